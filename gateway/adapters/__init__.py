@@ -1,0 +1,1 @@
+"""Thin adapters: the only modules that import pynetdicom, paho, sqlite-utils, pyudev."""

@@ -1,0 +1,89 @@
+"""Durable files: write to a temporary name, fsync, rename, fsync the directory.
+
+After ``write_atomic`` returns, the file survives a power cut with exactly the
+bytes given; before, it is either absent or complete under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.core.errors import SpoolFullError, StorageError
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(exc: OSError, path: Path) -> Exception:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFullError(f"no space left writing {path}")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_atomic(path: Path, pieces: Iterable[bytes] | bytes, mode: int = 0o600) -> int:
+    """Write ``pieces`` to ``path`` durably; return the byte count."""
+    if isinstance(pieces, bytes | bytearray | memoryview):
+        pieces = [bytes(pieces)]
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    written = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    written += n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _translate(exc, path) from exc
+    return written
+
+
+def adopt_atomic(src: Path, path: Path) -> None:
+    """Durably move an already-written file (same filesystem) to ``path``."""
+    try:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise _translate(exc, path) from exc
+
+
+def remove(path: Path) -> None:
+    """Delete a file if present; durability of the delete is best effort."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
+
+def read_pieces(path: Path, piece_bytes: int = 1 << 20) -> Iterable[bytes]:
+    try:
+        with open(path, "rb") as fh:
+            while piece := fh.read(piece_bytes):
+                yield piece
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc

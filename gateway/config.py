@@ -1,0 +1,260 @@
+"""Strict TOML configuration: one frozen ``Settings`` tree, loaded once, passed explicitly.
+
+Site settings (``/etc/gateway/gateway.toml``) are overridden table by table by
+device settings (``$STATE_DIRECTORY/device.toml``, written by provisioning).
+An unknown key, a missing required key or a wrong type raises ``ConfigError``
+naming the file, the table and the key. Every field carries help text in its
+metadata; docs/config.md documents each one (a test checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, tuple | list):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _req(help: str) -> Any:
+    return field(metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
+    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4)")
+    port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE)")
+    max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
+    allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate; empty = any")
+    max_associations: int = _f(8, "associations served at once")
+    network_timeout_s: float = _f(60.0, "idle timeout on an association's socket")
+    dimse_timeout_s: float = _f(60.0, "timeout waiting for a DIMSE message")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = _f("127.0.0.1", "MQTT broker host name or address")
+    port: int = _f(1883, "MQTT broker port (8883 for TLS)")
+    topic_prefix: str = _f("mgw/v1", "first topic levels; never carries patient data")
+    keepalive_s: int = _f(30, "MQTT keepalive interval")
+    ca_file: str = _f("", "CA bundle for the broker's certificate; set to enable TLS")
+    cert_file: str = _f("", "this client's certificate (mutual TLS)")
+    key_file: str = _f("", "this client's private key (mutual TLS), 0600")
+    reconnect_min_s: float = _f(1.0, "first reconnect delay; doubles up to reconnect_max_s, with jitter")
+    reconnect_max_s: float = _f(60.0, "longest reconnect delay")
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    max_frame_bytes: int = _f(131072, "largest chunk frame on the wire (<= 128 KiB for any broker)")
+    window_chunks: int = _f(64, "chunks published but not yet acknowledged by the cloud, at most")
+    ack_timeout_s: float = _f(30.0, "resend a chunk not acknowledged by the cloud within this time")
+    transfers_in_flight: int = _f(4, "objects sent concurrently")
+    zstd_level: int = _f(3, "zstandard level for packing (1-19)")
+    max_send_attempts: int = _f(20, "resend rounds of one object before it is quarantined")
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    retention_hours: float = _f(72.0, "keep acknowledged instances this long before purging")
+    high_water_percent: float = _f(90.0, "refuse C-STORE (0xA700) above this disk use")
+    low_water_percent: float = _f(85.0, "accept again below this disk use")
+    max_pack_attempts: int = _f(3, "pack failures of one instance before it is quarantined")
+
+
+@dataclass(frozen=True)
+class BoxSettings:
+    id: str = _req("this box's id: lowercase letters, digits and '-', as in its certificate")
+    cloud_public_key: str = _req("the cloud's envelope X25519 public key, base64 of 32 bytes")
+    state_dir: str = _f("", "spool, database and keys; default $STATE_DIRECTORY or /var/lib/gateway")
+    log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    box: BoxSettings = _req("this box")
+    dicom: DicomSettings = _f(None, "the DICOM listener facing the modality")
+    mqtt: MqttSettings = _f(None, "the uplink broker")
+    uplink: UplinkSettings = _f(None, "chunking, windows and retries of the uplink")
+    spool: SpoolSettings = _f(None, "local cache policy")
+
+
+@dataclass(frozen=True)
+class CloudNodeSettings:
+    state_dir: str = _f("", "archive, index and keys; default $STATE_DIRECTORY or /var/lib/gateway")
+    envelope_key_file: str = _f("keys/envelope.key", "X25519 private key (raw 32 bytes, 0600), relative to state_dir")
+    log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    share_group: str = _f("ingest", "MQTT 5 shared-subscription group of the ingest workers")
+    max_object_bytes: int = _f(4 * 1024**3, "refuse objects that declare more than this size")
+    staging_ttl_hours: float = _f(168.0, "drop staged chunks of transfers idle this long")
+    workers: int = _f(1, "ingest worker processes `mgw cloud run` starts")
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    cloud: CloudNodeSettings = _f(None, "this cloud node")
+    mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
+    ingest: IngestSettings = _f(None, "ingest workers")
+
+
+_BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    if tp is bool:
+        return type(value) is bool, value
+    if tp is int:
+        return type(value) is int, value
+    if tp is float:
+        return type(value) in (int, float), float(value) if type(value) in (int, float) else value
+    if tp is str:
+        return isinstance(value, str), value
+    if typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            return False, value
+        checked = [_type_ok(v, inner) for v in value]
+        return all(ok for ok, _ in checked), tuple(v for _, v in checked)
+    raise AssertionError(f"unsupported config type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}s"
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
+
+
+def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> T:
+    """Build dataclass ``cls`` from a TOML table, strictly."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{where}{key}'")
+    kwargs: dict[str, Any] = {}
+    for name, fld in known.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            sub = table.get(name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{source}: '{where}{name}' must be a table")
+            if name not in table and fld.default is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing table [{where}{name}]")
+            kwargs[name] = build(tp, sub, source, f"{where}{name}.")
+        elif name in table:
+            ok, value = _type_ok(table[name], tp)
+            if not ok:
+                raise ConfigError(f"{source}: '{where}{name}' must be of type {_type_name(tp)}")
+            kwargs[name] = value
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{source}: missing required key '{where}{name}'")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(paths: list[Path]) -> tuple[dict[str, Any], str]:
+    merged: dict[str, Any] = {}
+    names = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                merged = _merge(merged, tomllib.load(fh))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        names.append(str(path))
+    return merged, " + ".join(names)
+
+
+def _check_edge(s: EdgeSettings, source: str) -> None:
+    if not _BOX_ID.match(s.box.id):
+        raise ConfigError(f"{source}: 'box.id' must match {_BOX_ID.pattern}")
+    if not _AE.match(s.dicom.ae_title):
+        raise ConfigError(f"{source}: 'dicom.ae_title' must be 1-16 printable characters")
+    for aet in s.dicom.allowed_calling_aets:
+        if not _AE.match(aet):
+            raise ConfigError(f"{source}: 'dicom.allowed_calling_aets' has an invalid AE title")
+    if not 0 < s.spool.low_water_percent < s.spool.high_water_percent <= 100:
+        raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
+    if not 1 <= s.uplink.window_chunks <= 1024:
+        raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
+    from gateway.core.framing import MAX_FRAME_BYTES, MIN_FRAME_BYTES
+
+    if not MIN_FRAME_BYTES <= s.uplink.max_frame_bytes <= MAX_FRAME_BYTES:
+        raise ConfigError(f"{source}: 'uplink.max_frame_bytes' must be {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}")
+    import base64
+    import binascii
+
+    try:
+        if len(base64.b64decode(s.box.cloud_public_key, validate=True)) != 32:
+            raise ValueError
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _fill_defaults(obj: T) -> T:
+    """Replace ``None`` sub-tables (absent from the file) by their defaults."""
+    changes = {}
+    for fld in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, fld.name)
+        tp = typing.get_type_hints(type(obj))[fld.name]
+        if dataclasses.is_dataclass(tp):
+            changes[fld.name] = _fill_defaults(value if value is not None else tp())
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def load_edge(paths: list[Path]) -> EdgeSettings:
+    table, source = read_toml(paths)
+    settings = _fill_defaults(build(EdgeSettings, table, source))
+    _check_edge(settings, source)
+    return settings
+
+
+def load_cloud(paths: list[Path]) -> CloudSettings:
+    table, source = read_toml(paths)
+    return _fill_defaults(build(CloudSettings, table, source))
+
+
+def iter_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, type, help)`` for every leaf key, for docs and `mgw config`."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        tp = hints[fld.name]
+        if dataclasses.is_dataclass(tp):
+            out += iter_keys(tp, f"{prefix}{fld.name}.")  # type: ignore[arg-type]
+        else:
+            out.append((f"{prefix}{fld.name}", _type_name(tp), fld.metadata.get("help", "")))
+    return out
+
+

@@ -1,0 +1,53 @@
+"""The one error tree of the gateway.
+
+``PeerError`` means the other side (modality, broker, cloud, a box) broke the
+contract; ``LocalError`` means our configuration, resources or caller did.
+Bugs stay ``AssertionError``: the top level logs them and exits non-zero.
+Adapters translate library exceptions into these with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class PeerError(GatewayError):
+    """The remote side sent something that breaks the protocol."""
+
+
+class FrameError(PeerError):
+    """Bytes on the wire are not a well-formed frame of a known version."""
+
+
+class EnvelopeTamperedError(PeerError):
+    """Authentication of sealed data failed: altered, replayed, swapped or wrong key."""
+
+
+class UnexpectedAckError(PeerError):
+    """An acknowledgement that does not match anything we sent, or fails its MAC."""
+
+
+class IntegrityError(PeerError):
+    """A restored object does not match the hash or size its manifest promised."""
+
+
+class LocalError(GatewayError):
+    """Our configuration, resources or caller are at fault."""
+
+
+class ConfigError(LocalError):
+    """A configuration file is missing, unreadable or invalid (names file and key)."""
+
+
+class SpoolFullError(LocalError):
+    """The spool is above its high-water mark; the modality must retry later."""
+
+
+class StorageError(LocalError):
+    """The disk or database failed underneath us."""
+
+
+class IllegalTransitionError(LocalError):
+    """A state machine was asked to take a transition its table does not allow."""

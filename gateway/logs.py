@@ -1,0 +1,89 @@
+"""Structured logging with stable MESSAGE_IDs (explained in docs/catalog.md).
+
+Log facts, never patients: item ids, SOP Class names, byte counts, AE titles.
+Under systemd the journal gets each ``extra`` field as a journald field; on a
+terminal the same fields print as ``key=value`` after the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import sys
+import time
+
+
+class MSG(str, enum.Enum):
+    """Stable journald MESSAGE_IDs (128-bit, hex) for the events a field engineer cares about."""
+
+    SERVICE_STARTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0001"
+    ASSOCIATION_ACCEPTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0002"
+    ASSOCIATION_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0003"
+    INSTANCE_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0004"
+    STORE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0005"
+    SPOOL_HIGH_WATER = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0006"
+    ITEM_PACKED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0007"
+    ITEM_ACKNOWLEDGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0008"
+    ITEM_QUARANTINED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0009"
+    ITEM_PURGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000a"
+    UPLINK_UP = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000b"
+    UPLINK_DOWN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000c"
+    ACK_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000d"
+    CHUNK_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000e"
+    OBJECT_ARCHIVED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000f"
+    OBJECT_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0010"
+    OBJECT_DUPLICATE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0011"
+
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in record.__dict__.items():
+        if key in _STD_ATTRS or key.startswith("_"):
+            continue
+        out[key] = value.value if isinstance(value, MSG) else value
+    return out
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``2026-11-23T19:40:01Z INFO gateway.edge instance stored ITEM_ID=7 BYTES=525986``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        extras = " ".join(
+            f"{k}={v}" for k, v in _fields(record).items() if k != "MESSAGE_ID"
+        )
+        line = f"{ts} {record.levelname} {record.name} {record.getMessage()}"
+        if extras:
+            line += " " + extras
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(_fields(record))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def setup(level: str = "INFO", json_lines: bool = False) -> None:
+    """Configure the root logger once, for a service or the CLI."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pynetdicom", "paho"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
