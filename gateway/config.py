@@ -104,7 +104,7 @@ class IngestSettings:
     share_group: str = _f("ingest", "MQTT 5 shared-subscription group of the ingest workers")
     max_object_bytes: int = _f(4 * 1024**3, "refuse objects that declare more than this size")
     staging_ttl_hours: float = _f(168.0, "drop staged chunks of transfers idle this long")
-    workers: int = _f(1, "ingest worker processes `mgw cloud run` starts")
+    worker_id: str = _f("1", "stable id of this worker in its node; a restarted worker resumes its MQTT session")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class CloudSettings:
     ingest: IngestSettings = _f(None, "ingest workers")
 
 
-_BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 
@@ -197,8 +197,8 @@ def read_toml(paths: list[Path]) -> tuple[dict[str, Any], str]:
 
 
 def _check_edge(s: EdgeSettings, source: str) -> None:
-    if not _BOX_ID.match(s.box.id):
-        raise ConfigError(f"{source}: 'box.id' must match {_BOX_ID.pattern}")
+    if not BOX_ID.match(s.box.id):
+        raise ConfigError(f"{source}: 'box.id' must match {BOX_ID.pattern}")
     if not _AE.match(s.dicom.ae_title):
         raise ConfigError(f"{source}: 'dicom.ae_title' must be 1-16 printable characters")
     for aet in s.dicom.allowed_calling_aets:

@@ -34,6 +34,7 @@ class MSG(str, enum.Enum):
     OBJECT_ARCHIVED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000f"
     OBJECT_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0010"
     OBJECT_DUPLICATE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0011"
+    STAGING_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0012"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

@@ -22,6 +22,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir_durable(directory: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory that was missing,
+    so a power cut cannot lose a freshly created directory with its files."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)  # another process may have won the race: fine
+        fsync_dir(new.parent)
+
+
 def _translate(exc: OSError, path: Path) -> Exception:
     import errno
 
@@ -37,7 +50,7 @@ def write_atomic(path: Path, pieces: Iterable[bytes] | bytes, mode: int = 0o600)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     written = 0
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir_durable(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             for piece in pieces:
@@ -54,6 +67,9 @@ def write_atomic(path: Path, pieces: Iterable[bytes] | bytes, mode: int = 0o600)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise _translate(exc, path) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the source failed: leave nothing behind
+        raise
     return written
 
 
@@ -65,7 +81,7 @@ def adopt_atomic(src: Path, path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir_durable(path.parent)
         os.replace(src, path)
         fsync_dir(path.parent)
     except OSError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import zstandard
 
-from gateway.core.errors import FrameError, IntegrityError
+from gateway.core.errors import CodecError, FrameError, IntegrityError
 
 
 class Codec(enum.IntEnum):
@@ -81,7 +81,7 @@ class Decompressor:
             try:
                 out = self._zstd.decompress(data)
             except zstandard.ZstdError as exc:
-                raise IntegrityError(f"zstd stream is corrupt: {exc}") from exc
+                raise CodecError(f"zstd stream is corrupt: {exc}") from exc
         self._produced += len(out)
         if self._produced > self._max_bytes:
             raise IntegrityError(
@@ -91,4 +91,4 @@ class Decompressor:
 
     def finish(self) -> None:
         if self._zstd is not None and not self._zstd.eof:
-            raise IntegrityError("zstd stream is truncated")
+            raise CodecError("zstd stream is truncated")

@@ -33,6 +33,10 @@ class IntegrityError(PeerError):
     """A restored object does not match the hash or size its manifest promised."""
 
 
+class CodecError(IntegrityError):
+    """A compressed payload is corrupt, truncated, or uses a codec we do not know."""
+
+
 class LocalError(GatewayError):
     """Our configuration, resources or caller are at fault."""
 

@@ -78,6 +78,12 @@ class ChunkFrame:
     ciphertext: bytes
 
     def header(self) -> bytes:
+        if (len(self.transfer_id), len(self.eph_public), len(self.wrapped_key)) != (
+            TRANSFER_ID_BYTES, PUBLIC_KEY_BYTES, WRAPPED_KEY_BYTES
+        ):
+            raise ValueError("transfer id, ephemeral key or wrapped key has the wrong length")
+        if not 0 <= self.seq < 2**32:
+            raise ValueError("seq must fit in 32 bits")
         flags = FLAG_FINAL if self.final else 0
         return _CHUNK_HEADER.pack(
             CHUNK_MAGIC, WIRE_VERSION, flags, 0, self.transfer_id, self.seq,

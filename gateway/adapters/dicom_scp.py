@@ -1,0 +1,399 @@
+"""The edge's DICOM listener: C-ECHO and C-STORE SCP (pynetdicom), bytes kept exactly as sent.
+
+A C-STORE dataset is never decoded nor re-encoded: it is made durable in ``incoming_dir``
+(file and directory fsynced), its structure checked, committed by an ``InstanceSink``, and
+only then answered 0x0000. The handler never raises into pynetdicom: SpoolFullError ->
+0xA700, unparseable data -> 0xC210 and a quarantine copy, anything else -> 0xC211.
+
+Receive path: pynetdicom's chunked mode (``_config.STORE_RECV_CHUNKED_DATASET``) streams
+each dataset into a temporary Part-10 file as PDUs arrive (flat memory at any size); we
+adopt it by rename on the same filesystem, else copy it. ``_config`` is a process global
+with no per-AE switch, so ``start()`` sets it, idempotently; if something turns it off,
+the handler falls back to ``event.encoded_dataset()`` (same bytes, held in memory).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+from pydicom import dcmread
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway.adapters import blobs
+from gateway.config import DicomSettings
+from gateway.core.errors import PeerError, SpoolFullError
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+
+_STOP_JOIN_S = 10.0
+_EXPLICIT_LE, _IMPLICIT_LE = UID("1.2.840.10008.1.2.1"), UID("1.2.840.10008.1.2")
+_LOSSY_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 81, 91, 93, 112, 203))
+
+
+class Status(enum.IntEnum):
+    """C-STORE statuses we answer (PS3.4 B.2.3; 0xC210/0xC211 in pynetdicom's usage)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    CANNOT_UNDERSTAND = 0xC210
+    PROCESSING_FAILURE = 0xC211
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    path: Path  # durable Part-10 file in incoming_dir: our file meta + the dataset bytes as received
+    size: int
+    sha256: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str  # "" if absent
+    series_instance_uid: str  # "" if absent
+    transfer_syntax_uid: str
+    calling_ae: str
+    peer_address: str
+
+
+class InstanceSink(Protocol):
+    def accept(self, instance: ReceivedInstance) -> None:
+        """Commit durably (take the file, commit the row), then return. SpoolFullError -> 0xA700."""
+
+
+class DatasetStructureError(PeerError):
+    """The peer sent bytes that are not one complete, well-formed DICOM dataset."""
+
+
+def _ts_preference() -> list[str]:
+    """All syntaxes: explicit LE, other uncompressed, lossless, lossy. pynetdicom accepts the
+    first of *ours* the peer offered, so a modality is never pushed into lossy compression."""
+    def rank(uid: str) -> int:
+        if uid == _EXPLICIT_LE:
+            return 0
+        return 1 if not UID(uid).is_compressed else 3 if uid in _LOSSY_SYNTAXES else 2
+
+    return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
+
+
+def _build_ae(settings: DicomSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_bytes
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.network_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.add_supported_context(Verification)
+    syntaxes = _ts_preference()
+    for cx in AllStoragePresentationContexts:
+        # Role selection: the modality may act as SCU (it sends to us), never as SCP.
+        ae.add_supported_context(cast(str, cx.abstract_syntax), syntaxes, scu_role=True, scp_role=False)
+    return ae
+
+
+def _configure_pynetdicom() -> None:  # process-wide switches, idempotent
+    _config.STORE_RECV_CHUNKED_DATASET = True  # stream datasets to a file, never decode them
+    _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry PHI
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class DicomListener:
+    """Accepts associations from modalities and stores what they send, durably."""
+
+    def __init__(self, settings: DicomSettings, incoming_dir: Path, sink: InstanceSink) -> None:
+        self._settings = settings
+        self._incoming_dir = incoming_dir
+        self._quarantine_dir = incoming_dir.parent / "quarantine"
+        self._sink = sink
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+        self._port = settings.port
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                raise AssertionError("DicomListener already started")
+            _configure_pynetdicom()
+            self._incoming_dir.mkdir(parents=True, exist_ok=True)
+            self._quarantine_dir.mkdir(parents=True, exist_ok=True)
+            self._ae = _build_ae(self._settings)
+            handlers: list[Any] = [
+                (evt.EVT_C_ECHO, lambda event: Status.SUCCESS), (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_ABORTED, _on_aborted)]
+            address = (self._settings.bind_host, self._settings.port)
+            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            assert server is not None
+            self._server = server
+            self._port = int(server.server_address[1])
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def stop(self) -> None:
+        with self._lock:
+            ae, server = self._ae, self._server
+            self._ae = self._server = None
+        if ae is None or server is None:
+            return
+        associations = server.active_associations
+        ae.shutdown()  # aborts live associations, closes the listening socket
+        for assoc in associations:  # let handlers in flight finish: nothing writes after stop()
+            assoc.join(_STOP_JOIN_S)
+
+    def active_associations(self) -> int:
+        server = self._server
+        return 0 if server is None else len(server.active_associations)
+
+    def _on_c_store(self, event: Event) -> int:
+        """EVT_C_STORE: never raises; returns the DIMSE status."""
+        try:
+            return int(self._store(event))
+        except SpoolFullError:
+            log.warning("C-STORE refused: spool full", extra=_failure_fields(Status.OUT_OF_RESOURCES, event))
+            return Status.OUT_OF_RESOURCES
+        except Exception:
+            log.exception("C-STORE failed", extra=_failure_fields(Status.PROCESSING_FAILURE, event))
+            return Status.PROCESSING_FAILURE
+
+    def _store(self, event: Event) -> Status:
+        path = self._incoming_dir / f"{uuid.uuid4().hex}.dcm"
+        try:
+            size, sha256 = _land(event, path)
+            try:
+                instance = _describe(event, path, size, sha256)
+            except DatasetStructureError as exc:
+                self._quarantine(path, event, exc)
+                return Status.CANNOT_UNDERSTAND
+            self._sink.accept(instance)
+        except BaseException:
+            _discard(path)  # not committed: remove what the sink did not take
+            raise
+        log.info("instance stored", extra={
+            "MESSAGE_ID": MSG.INSTANCE_STORED.value, "SOP_CLASS": _sop_class_name(instance.sop_class_uid),
+            "BYTES": instance.size, "CALLING_AE": instance.calling_ae})
+        return Status.SUCCESS
+
+    def _quarantine(self, path: Path, event: Event, exc: DatasetStructureError) -> None:
+        target = self._quarantine_dir / path.name
+        blobs.adopt_atomic(path, target)
+        log.warning("C-STORE dataset unreadable (%s), quarantined", exc, extra={
+            **_failure_fields(Status.CANNOT_UNDERSTAND, event), "QUARANTINE_FILE": target.name})
+
+    def _on_rejected(self, event: Event) -> None:
+        try:
+            rq = event.assoc.requestor.primitive
+            assert rq is not None
+            calling = str(rq.calling_ae_title).strip()
+            reason = _rejection_reason(self._settings, calling, str(rq.called_ae_title).strip())
+            log.warning("association rejected: %s", reason, extra={
+                "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": reason, "CALLING_AE": calling,
+                "PEER_ADDRESS": str(event.assoc.requestor.address)})
+        except Exception:
+            log.exception("logging an association rejection failed")
+
+
+def _land(event: Event, path: Path) -> tuple[int, str]:
+    """Make the received Part-10 file durable at ``path``; return (bytes, sha256 hex)."""
+    spooled = event.dataset_path  # a Path in chunked mode, else None
+    if not isinstance(spooled, Path):  # chunked mode turned off elsewhere: same bytes, from memory
+        return _write_hashed(path, [event.encoded_dataset(include_meta=True)])
+    if os.stat(spooled).st_dev == os.stat(path.parent).st_dev:
+        blobs.adopt_atomic(spooled, path)  # pynetdicom's later unlink of it fails quietly
+        return _hash_file(path)
+    return _write_hashed(path, blobs.read_pieces(spooled))
+
+
+def _write_hashed(path: Path, pieces: Iterable[bytes]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+
+    def hashed() -> Iterator[bytes]:
+        for piece in pieces:
+            digest.update(piece)
+            yield piece
+
+    return blobs.write_atomic(path, hashed()), digest.hexdigest()
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    for piece in blobs.read_pieces(path):
+        digest.update(piece)
+        size += len(piece)
+    return size, digest.hexdigest()
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        log.exception("cannot remove an uncommitted incoming file")
+
+
+def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInstance:
+    req, requestor = cast(C_STORE, event.request), event.assoc.requestor
+    transfer_syntax = UID(event.context.transfer_syntax)
+    study, series = _read_header(path, transfer_syntax)
+    return ReceivedInstance(
+        path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
+        sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,
+        series_instance_uid=series, transfer_syntax_uid=str(transfer_syntax),
+        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address))
+
+
+def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str]:
+    """Check the structure to the last byte, then read study/series UIDs; never the pixels."""
+    with open(path, "rb") as fh:
+        check_dataset(fh, transfer_syntax)
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or "")
+    except Exception as exc:  # pydicom raises many types on hostile bytes; all mean "unreadable"
+        raise DatasetStructureError(f"header unreadable ({type(exc).__name__})") from exc
+
+
+# -- dataset structure (PS3.5 section 7): headers, lengths and delimiters, never values -----
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_ITEM, _ITEM_END, _SEQ_END, _UNDEFINED, _MAX_DEPTH = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0xFFFFFFFF, 32
+
+
+def check_dataset(fh: BinaryIO, transfer_syntax: UID) -> None:
+    """Raise DatasetStructureError unless the Part-10 file ``fh`` holds one complete dataset:
+    headers, items and delimiters are walked to the last byte, seeking over values (pixel
+    data are never read); a deflated dataset is inflated to its end, output discarded."""
+    fh.seek(0)
+    head = fh.read(144)
+    if head[128:140] != b"DICM\x02\x00\x00\x00UL\x04\x00":
+        raise AssertionError("incoming file lacks the file meta group length we expect")
+    start, end = 144 + struct.unpack("<L", head[140:144])[0], fh.seek(0, os.SEEK_END)
+    if end <= start:
+        raise DatasetStructureError("empty dataset")
+    if transfer_syntax.is_deflated:
+        fh.seek(start)
+        _check_deflate_stream(fh)
+    else:
+        _Walker(fh).elements(start, end, transfer_syntax, depth=0, delimited=False)
+
+
+def _check_deflate_stream(fh: BinaryIO) -> None:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        while (piece := fh.read(1 << 20)) and not inflater.eof:
+            while piece and not inflater.eof:
+                inflater.decompress(piece, 1 << 20)  # bounded output, dropped
+                piece = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise DatasetStructureError("deflated dataset corrupt") from exc
+    if not inflater.eof:
+        raise DatasetStructureError("deflated dataset truncated")
+
+
+class _Walker:
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+
+    def _header(self, pos: int, end: int, ts: UID) -> tuple[int, int, bytes, int]:
+        """(tag, value length, VR or b"", offset of the value) of the element at ``pos``."""
+        self._fh.seek(pos)
+        head = self._fh.read(12)
+        if pos + 8 > end or len(head) < 8:
+            raise DatasetStructureError(f"truncated at byte {pos}")
+        order = "<" if ts.is_little_endian else ">"
+        group, element = struct.unpack(order + "HH", head[:4])
+        tag, vr = group << 16 | element, head[4:6]
+        if group == 0xFFFE or ts.is_implicit_VR:
+            return tag, struct.unpack(order + "L", head[4:8])[0], b"", pos + 8
+        if not (vr.isalpha() and vr.isupper()):
+            raise DatasetStructureError(f"invalid VR at byte {pos}")
+        if vr not in _LONG_VRS:
+            return tag, struct.unpack(order + "H", head[6:8])[0], vr, pos + 8
+        if pos + 12 > end or len(head) < 12:
+            raise DatasetStructureError(f"truncated at byte {pos}")
+        return tag, struct.unpack(order + "L", head[8:12])[0], vr, pos + 12
+
+    def elements(self, pos: int, end: int, ts: UID, depth: int, delimited: bool) -> int:
+        """Walk elements to ``end`` or, in an undefined-length item, to its delimiter."""
+        while pos < end:
+            tag, length, vr, pos = self._header(pos, end, ts)
+            if tag == _ITEM_END and delimited:
+                return pos
+            if tag >> 16 == 0xFFFE:
+                raise DatasetStructureError(f"misplaced delimiter before byte {pos}")
+            if length == _UNDEFINED:  # sequence or encapsulated pixel data: items up to a delimiter
+                pos = self.items(pos, end, _IMPLICIT_LE if vr == b"UN" else ts, depth + 1)
+            elif pos + length > end:
+                raise DatasetStructureError(f"value overruns its container at byte {pos}")
+            else:
+                pos += length
+        if delimited:
+            raise DatasetStructureError("item delimiter missing")
+        return pos
+
+    def items(self, pos: int, end: int, ts: UID, depth: int) -> int:
+        if depth > _MAX_DEPTH:
+            raise DatasetStructureError("sequences nested too deep")
+        while True:
+            tag, length, _, pos = self._header(pos, end, ts)
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise DatasetStructureError(f"expected an item before byte {pos}")
+            if length == _UNDEFINED:
+                pos = self.elements(pos, end, ts, depth, delimited=True)
+            elif pos + length > end:
+                raise DatasetStructureError(f"item overruns its container at byte {pos}")
+            else:
+                pos += length
+
+
+def _on_accepted(event: Event) -> None:
+    requestor = event.assoc.requestor
+    log.info("association accepted", extra={
+        "MESSAGE_ID": MSG.ASSOCIATION_ACCEPTED.value, "CALLING_AE": str(requestor.ae_title).strip(),
+        "PEER_ADDRESS": str(requestor.address)})
+
+
+def _on_aborted(event: Event) -> None:
+    """pynetdicom keeps the temporary file of a C-STORE cut short by an abort; remove it."""
+    try:
+        partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_path", None)
+        if isinstance(partial, Path):
+            _discard(partial)
+    except Exception:
+        log.exception("removing a partial C-STORE file failed")
+
+
+def _rejection_reason(settings: DicomSettings, calling: str, called: str) -> str:
+    if called != settings.ae_title.strip():  # pynetdicom checks in this order: called AE wins
+        return "called AE title not recognised"
+    if settings.allowed_calling_aets and calling not in settings.allowed_calling_aets:
+        return "calling AE title not recognised"
+    return "local limit exceeded or negotiation refused"
+
+
+def _sop_class_name(uid: str) -> str:
+    return UID(uid).name if UID(uid).name != uid else "unknown SOP class"
+
+
+def _failure_fields(status: Status, event: Event) -> dict[str, Any]:
+    sop_class = _sop_class_name(str(cast(C_STORE, event.request).AffectedSOPClassUID))
+    return {"MESSAGE_ID": MSG.STORE_FAILED.value, "STATUS": f"0x{int(status):04X}", "SOP_CLASS": sop_class}

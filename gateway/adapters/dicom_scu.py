@@ -1,0 +1,87 @@
+"""Talking to DICOM peers as a client: DCMTK's tools when present, pynetdicom otherwise.
+
+Used by the demo (to play the modality) and by field commissioning. Note that
+pynetdicom installs Python scripts named ``storescu``/``echoscu`` which may
+shadow DCMTK's in PATH; ``find_dcmtk`` only returns the real DCMTK binaries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from gateway.core.errors import LocalError, PeerError
+
+
+def find_dcmtk(name: str) -> str | None:
+    """Path of DCMTK's ``name`` (storescu, echoscu, ...), or None."""
+    candidates = [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    found = shutil.which(name)
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (out.stdout + out.stderr).lower():
+            return path
+    return None
+
+
+def dcmtk_env() -> dict[str, str]:
+    """DCMTK leaves Nagle on unless told: on loopback it crawls without TCP_NODELAY=1."""
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+def storescu(host: str, port: int, called_ae: str, calling_ae: str, files: list[Path],
+             timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+    binary = find_dcmtk("storescu")
+    if binary is None:
+        raise LocalError("DCMTK storescu not found (apt-get install dcmtk)")
+    cmd = [binary, "-R", "-aet", calling_ae, "-aec", called_ae, "-nh", host, str(port), *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env())
+
+
+def pynetdicom_store(host: str, port: int, called_ae: str, calling_ae: str,
+                     files: list[Path]) -> list[int]:
+    """Send ``files`` on one association with pynetdicom; the DIMSE status of each."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    datasets = [dcmread(f) for f in files]
+    ae = AE(ae_title=calling_ae)
+    for ds in datasets:
+        pair = (ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        if not any(c.abstract_syntax == pair[0] and pair[1] in c.transfer_syntax
+                   for c in ae.requested_contexts):
+            ae.add_requested_context(pair[0], pair[1])
+    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=0)
+    if not assoc.is_established:
+        raise PeerError(f"association to {called_ae}@{host}:{port} was not accepted")
+    try:
+        statuses = []
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status else -1)
+        return statuses
+    finally:
+        assoc.release()
+
+
+def send_study(host: str, port: int, called_ae: str, calling_ae: str, files: list[Path]) -> str:
+    """Send as a modality would; return which sender was used. Raises on any failure."""
+    if find_dcmtk("storescu"):
+        result = storescu(host, port, called_ae, calling_ae, files)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise PeerError(f"storescu failed ({result.returncode}): {' | '.join(tail)}")
+        return "dcmtk storescu"
+    statuses = pynetdicom_store(host, port, called_ae, calling_ae, files)
+    if any(s != 0 for s in statuses):
+        raise PeerError(f"C-STORE statuses: {[hex(s) for s in statuses]}")
+    return "pynetdicom"

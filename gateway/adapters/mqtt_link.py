@@ -1,0 +1,209 @@
+"""The MQTT 5 link (paho-mqtt 2.x): the only module that imports paho.
+
+paho keeps its session in memory only, so it is a pipe here, not a store: the
+edge outbox and the cloud index are the sources of truth. This adapter runs
+its own network thread with reconnects (exponential backoff with jitter),
+turns paho callbacks into plain calls (``on_message(Inbound)``,
+``on_state(bool)``) and never lets a paho return code escape.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import MqttSettings
+from gateway.core.policy import backoff_s
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        subscriptions: list[tuple[str, int]],
+        on_message: Callable[[Inbound], None],
+        on_state: Callable[[bool], None] = lambda up: None,
+        session_expiry_s: int = 7 * 86400,
+        manual_ack: bool = False,
+        max_inflight: int = 64,
+        will: Will | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_state = on_state
+        self._session_expiry_s = session_expiry_s
+        self._jitter = jitter
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self.reconnects = 0
+        self.client_id = client_id
+        self._client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, will.qos, will.retain)
+        if settings.ca_file:
+            self._client.tls_set(
+                ca_certs=settings.ca_file,
+                certfile=settings.cert_file or None,
+                keyfile=settings.key_file or None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError):  # already gone
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def alive(self) -> bool:
+        """The network thread is running (for the watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- traffic -----------------------------------------------------------------
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> bool:
+        """Hand a message to paho; False when the link is down (nothing queued)."""
+        if not self._connected.is_set():
+            return False
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = expiry_s
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def ack(self, message: Inbound) -> None:
+        """With ``manual_ack``: send the PUBACK once the message is durably handled."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+    # -- network thread -------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if not self._connect_once():
+                delay = backoff_s(attempt, self._settings.reconnect_min_s,
+                                  self._settings.reconnect_max_s, self._jitter())
+                attempt += 1
+                self._stop.wait(delay)
+                continue
+            attempt = 0
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.2)
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    break
+            self._set_down(f"loop ended: {paho.error_string(rc)}")
+        try:
+            self._client.loop(timeout=0.1)
+        except (OSError, ValueError):
+            pass
+
+    def _connect_once(self) -> bool:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry_s
+        try:
+            self._client.connect(
+                self._settings.host, self._settings.port, self._settings.keepalive_s,
+                clean_start=False, properties=props,
+            )
+        except (OSError, socket.timeout, ssl.SSLError, ValueError) as exc:
+            log.warning("broker unreachable", extra={
+                "MESSAGE_ID": MSG.UPLINK_DOWN.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
+                "ERROR": str(exc)})
+            return False
+        return True
+
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("broker refused connection", extra={
+                "MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": str(reason_code)})
+            return
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+        log.info("uplink connected", extra={
+            "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
+            "SESSION_PRESENT": bool(flags.session_present)})
+        self._notify(True)
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self._set_down(str(reason_code))
+
+    def _set_down(self, reason: str) -> None:
+        if not self._connected.is_set():
+            return
+        self._connected.clear()
+        self.reconnects += 1
+        log.warning("uplink lost", extra={"MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": reason})
+        self._notify(False)
+
+    def _notify(self, up: bool) -> None:
+        try:
+            self._on_state(up)
+        except Exception:  # observer: log and swallow
+            log.exception("link state observer failed")
+
+    def _handle_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        inbound = Inbound(message.topic, bytes(message.payload), message.mid, message.qos)
+        try:
+            self._on_message(inbound)
+        except Exception:
+            log.exception("inbound message handler failed", extra={"TOPIC": message.topic})

@@ -1,0 +1,225 @@
+"""The edge spool index: SQLite through sqlite-utils, WAL, synchronous=FULL.
+
+The only module that touches the edge database. Every state change goes through
+``core.spool.step`` inside one transaction, so the database never holds a state
+the table does not allow, and a restart resumes from exactly what is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import sqlite_utils
+
+from gateway.core import spool
+from gateway.core.errors import StorageError
+from gateway.core.spool import Effect, ItemState
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        blob_name TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        transfer_id TEXT UNIQUE,
+        final_seq INTEGER,
+        frame0_bytes INTEGER,
+        frame_bytes INTEGER,
+        packed_bytes INTEGER,
+        ack_key BLOB,
+        acked_ranges TEXT NOT NULL DEFAULT '[]',
+        pack_attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        acked_at REAL
+    );
+    CREATE INDEX items_queue ON items(state, priority DESC, id);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    id: int
+    state: ItemState
+    priority: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str
+    size: int
+    sha256: str
+    blob_name: str
+    received_at: float
+    updated_at: float
+    transfer_id: str | None
+    final_seq: int | None
+    frame0_bytes: int | None
+    frame_bytes: int | None
+    packed_bytes: int | None
+    ack_key: bytes | None
+    acked_ranges: tuple[tuple[int, int], ...]
+    pack_attempts: int
+    reason: str | None
+    acked_at: float | None
+
+    @classmethod
+    def from_row(cls, row: dict) -> SpoolItem:
+        row = dict(row)
+        row["state"] = ItemState(row["state"])
+        row["acked_ranges"] = tuple(tuple(r) for r in json.loads(row["acked_ranges"]))
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+class SpoolStore:
+    """Thread-safe: one connection, one lock; each method is one transaction."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path
+        self._lock = threading.RLock()
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30.0)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"spool database {db_path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.db.conn:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                for statement in filter(str.strip, script.split(";")):
+                    self.db.conn.execute(statement)
+                self.db.conn.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                with self.db.conn:
+                    self.db.conn.execute("BEGIN IMMEDIATE")
+                    yield self.db.conn
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool database {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: tuple = ()) -> list[SpoolItem]:
+        with self._lock:
+            try:
+                rows = list(self.db.query(sql, params))
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool database {self.path}: {exc}") from exc
+        return [SpoolItem.from_row(r) for r in rows]
+
+    def add_received(self, meta: dict, blob_name: str, now: float, priority: int = 0) -> int:
+        """Commit a received instance (its blob is already durable)."""
+        row = dict(meta, blob_name=blob_name, received_at=now, updated_at=now,
+                   priority=priority, state=ItemState.RECEIVED.value)
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as conn:
+            cur = conn.execute(f"INSERT INTO items ({cols}) VALUES ({marks})", tuple(row.values()))
+            return int(cur.lastrowid or 0)
+
+    def get(self, item_id: int) -> SpoolItem | None:
+        items = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
+        return items[0] if items else None
+
+    def by_transfer(self, transfer_hex: str) -> SpoolItem | None:
+        items = self._query("SELECT * FROM items WHERE transfer_id = ?", (transfer_hex,))
+        return items[0] if items else None
+
+    def in_state(self, *states: ItemState, limit: int = 1000) -> list[SpoolItem]:
+        marks = ", ".join("?" for _ in states)
+        return self._query(
+            f"SELECT * FROM items WHERE state IN ({marks}) ORDER BY priority DESC, id LIMIT ?",
+            (*(s.value for s in states), limit),
+        )
+
+    def acked_before(self, cutoff: float, limit: int = 100) -> list[SpoolItem]:
+        return self._query(
+            "SELECT * FROM items WHERE state = ? AND acked_at <= ? ORDER BY acked_at LIMIT ?",
+            (ItemState.ACKNOWLEDGED.value, cutoff, limit),
+        )
+
+    def transition(
+        self, item_id: int, event: spool.Event, now: float, **columns: object
+    ) -> tuple[SpoolItem, tuple[Effect, ...]]:
+        """Apply ``event`` in one transaction; extra ``columns`` are written with it."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM items WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                raise StorageError(f"spool item {item_id} does not exist")
+            result = spool.step(ItemState(row[0]), event)
+            updates = dict(columns, state=result.state.value, updated_at=now)
+            if Effect.RECORD_ACK_TIME in result.effects:
+                updates["acked_at"] = now
+            if Effect.RECORD_REASON in result.effects:
+                updates["reason"] = getattr(event, "reason", None)
+            sets = ", ".join(f"{k} = ?" for k in updates)
+            conn.execute(f"UPDATE items SET {sets} WHERE id = ?", (*updates.values(), item_id))
+        item = self.get(item_id)
+        assert item is not None
+        return item, result.effects
+
+    def record_progress(self, item_id: int, ranges: tuple[tuple[int, int], ...], now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE items SET acked_ranges = ?, updated_at = ? WHERE id = ?",
+                (json.dumps([list(r) for r in ranges]), now, item_id),
+            )
+
+    def note_pack_failure(self, item_id: int, now: float) -> int:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE items SET pack_attempts = pack_attempts + 1, updated_at = ? WHERE id = ?",
+                (now, item_id),
+            )
+            return int(conn.execute("SELECT pack_attempts FROM items WHERE id = ?", (item_id,)).fetchone()[0])
+
+    def counts(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state"
+            ).fetchall()
+        return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
+                for state, n, b, oldest in rows}
+
+    def blob_names(self, predicate: Callable[[ItemState], bool]) -> set[str]:
+        with self._lock:
+            rows = self.db.execute("SELECT state, blob_name FROM items").fetchall()
+        return {name for state, name in rows if predicate(ItemState(state))}
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()

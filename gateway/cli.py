@@ -1,0 +1,179 @@
+"""``mgw``: the one console script. Subcommands are documented in docs/cli.md.
+
+Any failure exits non-zero with a one-line reason on stderr; ``--json`` gives
+machine-readable output where a script would use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from gateway import __version__, config, logs
+from gateway.core.errors import GatewayError
+from gateway.paths import Paths
+
+log = logging.getLogger("gateway.cli")
+
+
+class _Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def alive(self) -> bool: ...
+
+
+def _config_files(args: argparse.Namespace, name: str) -> list[Path]:
+    files = [Path(p) for p in args.config] if args.config else Paths.from_env().default_config_files(name)
+    if not files:
+        raise config.ConfigError(f"no configuration: pass --config or create /etc/gateway/{name}.toml")
+    return files
+
+
+def _edge_settings(args: argparse.Namespace) -> tuple[config.EdgeSettings, Paths]:
+    files = _config_files(args, "gateway")
+    settings = config.load_edge(files)
+    return settings, Paths.from_env(settings.box.state_dir, base=files[0].parent)
+
+
+def _cloud_settings(args: argparse.Namespace) -> tuple[config.CloudSettings, Paths]:
+    files = _config_files(args, "cloud")
+    settings = config.load_cloud(files)
+    return settings, Paths.from_env(settings.cloud.state_dir, base=files[0].parent)
+
+
+def run_service(service: _Service, name: str) -> int:
+    """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal."""
+    from gateway.adapters.sd_notify import Notifier
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    notifier = Notifier()
+    service.start()
+    notifier.ready(f"{name} running")
+    interval = notifier.watchdog_interval_s or 1.0
+    code = 0
+    while not stop.wait(interval):
+        if not service.alive():
+            log.error("a service loop died; exiting so that systemd restarts us")
+            code = 1
+            break
+        notifier.watchdog()
+    notifier.stopping()
+    service.stop()
+    return code
+
+
+def cmd_edge_run(args: argparse.Namespace) -> int:
+    settings, paths = _edge_settings(args)
+    logs.setup(settings.box.log_level, args.log_json)
+    from gateway.edge.service import EdgeService
+
+    return run_service(EdgeService(settings, paths), "edge")
+
+
+def cmd_cloud_run(args: argparse.Namespace) -> int:
+    settings, paths = _cloud_settings(args)
+    logs.setup(settings.cloud.log_level, args.log_json)
+    from gateway.cloud.service import CloudService
+
+    return run_service(CloudService(settings, paths), "cloud ingest")
+
+
+def cmd_cloud_keygen(args: argparse.Namespace) -> int:
+    from gateway.adapters import keystore
+
+    settings, paths = _cloud_settings(args)
+    key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    print(keystore.public_b64(key))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.adapters.store import SpoolStore
+
+    settings, paths = _edge_settings(args)
+    if not paths.spool_db.exists():
+        raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
+    store = SpoolStore(paths.spool_db)
+    counts = store.counts()
+    store.close()
+    doc = {"box_id": settings.box.id, "version": __version__, "spool": counts}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"box {settings.box.id}  mgw {__version__}")
+        for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
+            c = counts.get(state, {"items": 0, "bytes": 0})
+            print(f"  {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    files = _config_files(args, "cloud" if args.cloud else "gateway")
+    (config.load_cloud if args.cloud else config.load_edge)(files)
+    print(f"ok: {' + '.join(map(str, files))} is valid")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    logs.setup("WARNING", False)
+    return run_demo(once=args.once, as_json=args.json, workdir=args.workdir, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgw", description="Modality gateway: edge box, cloud ingest and field tools.")
+    parser.add_argument("--version", action="version", version=f"mgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", action="append", metavar="FILE", help="TOML file; repeat to layer (later wins)")
+        return p
+
+    demo = sub.add_parser("demo", help="all-in-one demo: broker, cloud, edge, a real study end to end")
+    demo.add_argument("--once", action="store_true", help="exit when the study is verified (0) or failed (1)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--workdir", type=Path, help="keep state here instead of a temporary directory")
+    demo.add_argument("--keep", action="store_true", help="do not delete the temporary directory")
+    demo.set_defaults(func=cmd_demo)
+
+    edge = sub.add_parser("edge", help="the edge box service").add_subparsers(dest="edge_cmd", required=True, metavar="ACTION")
+    run = with_config(edge.add_parser("run", help="run the edge service (DICOM listener, spool, uplink)"))
+    run.add_argument("--log-json", action="store_true", help="log JSON lines")
+    run.set_defaults(func=cmd_edge_run)
+
+    cloud = sub.add_parser("cloud", help="the cloud services").add_subparsers(dest="cloud_cmd", required=True, metavar="ACTION")
+    crun = with_config(cloud.add_parser("run", help="run one cloud ingest worker"))
+    crun.add_argument("--log-json", action="store_true", help="log JSON lines")
+    crun.set_defaults(func=cmd_cloud_run)
+    keygen = with_config(cloud.add_parser("keygen", help="create the envelope key if absent; print its public half"))
+    keygen.set_defaults(func=cmd_cloud_keygen)
+
+    status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
+    doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GatewayError as exc:
+        print(f"mgw: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, config.ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130

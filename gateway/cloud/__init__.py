@@ -1,0 +1,1 @@
+"""Cloud side: ingest of sealed chunk frames, the archive and its index."""

@@ -1,0 +1,103 @@
+"""One cloud ingest worker: the MQTT shared subscription wired to ``Ingest``.
+
+Chunks are PUBACKed (manual ack) only after ``Ingest`` has handled them, so
+the broker keeps what a crashed worker had not staged; the cloud's own ack
+frames are what the edge trusts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from gateway import __version__
+from gateway.adapters import keystore
+from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.cloud.archive import Archive
+from gateway.cloud.ingest import Ingest
+from gateway.config import CloudSettings
+from gateway.core import topics
+from gateway.core.errors import FrameError, GatewayError
+from gateway.core.framing import CHUNK_HEADER_BYTES
+from gateway.logs import MSG
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+STAGING_SWEEP_S = 3600.0
+
+
+class CloudService:
+    def __init__(self, settings: CloudSettings, paths: Paths) -> None:
+        self.settings = settings
+        self.paths = paths
+        key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+        self.archive = Archive(paths.archive_dir, paths.archive_db)
+        self.ingest = Ingest(settings.ingest, key, self.archive, paths.staging_dir)
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._stop = threading.Event()
+        prefix, group = settings.mqtt.topic_prefix, settings.ingest.share_group
+        self.link = MqttLink(
+            settings.mqtt, client_id=f"mgw-ingest-{group}-{settings.ingest.worker_id}",
+            subscriptions=[(topics.ingest_subscription(prefix, group), 1)],
+            on_message=self._inbox.put, manual_ack=True,
+        )
+        self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self.topic_rejects = 0
+
+    def start(self) -> None:
+        self._worker.start()
+        self.link.start()
+        log.info("cloud ingest started", extra={
+            "MESSAGE_ID": MSG.SERVICE_STARTED.value, "VERSION": __version__,
+            "BROKER": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
+            "ENVELOPE_PUBLIC_KEY": keystore.public_b64(
+                keystore.read_x25519(self.paths.key_file(self.settings.cloud.envelope_key_file)))})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.link.stop()
+        self._worker.join(10)
+        self.archive.close()
+
+    def alive(self) -> bool:
+        return self._worker.is_alive() and self.link.alive()
+
+    def _work(self) -> None:
+        prefix = self.settings.mqtt.topic_prefix
+        next_expiry = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_expiry:
+                self._expire()
+                next_expiry = time.monotonic() + STAGING_SWEEP_S
+            try:
+                message = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(prefix, message)
+            except GatewayError as exc:
+                # A local failure (disk, index). PUBACK anyway: a held message would
+                # block the broker's in-flight slots, and the edge resends every
+                # chunk the cloud has not acknowledged itself.
+                log.error("chunk not handled", extra={"ERROR": str(exc)})
+            self.link.ack(message)
+
+    def _expire(self) -> None:
+        try:
+            self.ingest.expire_staging()
+        except GatewayError as exc:  # housekeeping: log, try again next sweep
+            log.error("staging sweep failed", extra={"ERROR": str(exc)})
+
+    def _handle(self, prefix: str, message: Inbound) -> None:
+        try:
+            box_id, transfer_hex = topics.parse_chunk_topic(prefix, message.topic)
+            if message.payload[8:24].hex() != transfer_hex or len(message.payload) < CHUNK_HEADER_BYTES:
+                raise FrameError("chunk's transfer id differs from its topic")
+        except FrameError as exc:
+            self.topic_rejects += 1
+            log.warning("chunk rejected", extra={"MESSAGE_ID": MSG.CHUNK_REJECTED.value, "ERROR": str(exc)})
+            return
+        for out in self.ingest.handle_chunk(box_id, message.payload):
+            self.link.publish(topics.ack_topic(prefix, out.box_id), out.payload, qos=1)

@@ -1,0 +1,42 @@
+"""The DICOM Part 10 file layout (PS3.10 section 7): preamble, prefix, file meta.
+
+Only what the gateway needs without decoding a dataset: where the file meta
+group ends and the dataset, kept exactly as the modality sent it, begins.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from gateway.core.errors import FrameError
+
+PREAMBLE_BYTES = 128
+PREFIX = b"DICM"
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def dataset_offset(data: bytes) -> int:
+    """Offset of the first byte after the (0002,xxxx) file meta group.
+
+    File meta is always Explicit VR Little Endian. Raises ``FrameError`` if
+    ``data`` does not start like a Part 10 file.
+    """
+    if len(data) < PREAMBLE_BYTES + 4 or data[PREAMBLE_BYTES:PREAMBLE_BYTES + 4] != PREFIX:
+        raise FrameError("not a DICOM Part 10 file (no DICM prefix)")
+    pos = PREAMBLE_BYTES + 4
+    while pos + 8 <= len(data):
+        group, _element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            return pos
+        vr = bytes(data[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                break
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12 + length
+        else:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8 + length
+    if pos == len(data):
+        return pos
+    raise FrameError("file meta group is truncated")

@@ -1,0 +1,30 @@
+"""Pure timing and ordering decisions; ``now`` and randomness are parameters."""
+
+from __future__ import annotations
+
+
+def backoff_s(attempt: int, min_s: float, max_s: float, jitter: float) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random.
+
+    ``jitter`` is a uniform sample in [0, 1) supplied by the caller.
+    """
+    if attempt < 0:
+        raise ValueError("attempt must be >= 0")
+    ceiling = min(max_s, min_s * (2 ** min(attempt, 32)))
+    return ceiling / 2 + ceiling / 2 * jitter
+
+
+def ack_timeout_s(base_s: float, rounds: int, max_s: float = 600.0) -> float:
+    """How long to wait for the cloud before resending; grows with each silent round."""
+    return min(max_s, base_s * (2 ** min(rounds, 16)))
+
+
+def retention_expired(acked_at: float, now: float, retention_hours: float) -> bool:
+    return now - acked_at >= retention_hours * 3600.0
+
+
+def disk_refuses(used_percent: float, high_water: float, low_water: float, refusing: bool) -> bool:
+    """Hysteresis: start refusing above ``high_water``, accept again below ``low_water``."""
+    if refusing:
+        return used_percent >= low_water
+    return used_percent >= high_water

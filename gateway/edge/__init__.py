@@ -1,0 +1,1 @@
+"""The edge box: DICOM in, spool, pack, send; composed in ``service``."""

@@ -1,0 +1,136 @@
+"""Pack a received instance: compress and seal it into the outbox, durably.
+
+One item at a time: read the original blob (checking its hash on the way),
+seal it with a fresh data key for the cloud, write the frames to
+``outbox/<transfer>.frames`` (tmp + fsync + rename), then commit PACKED.
+A crash between the file and the commit leaves an orphan file that the
+startup sweep removes; the item is simply packed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.adapters import blobs
+from gateway.adapters.store import SpoolItem, SpoolStore
+from gateway.config import EdgeSettings
+from gateway.core import envelope, spool
+from gateway.core.codec import Codec
+from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
+from gateway.core.transfer import Manifest, ObjectKeys, seal_object
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tally:
+    frames: int = 0
+    frame0_bytes: int = 0
+    total_bytes: int = 0
+
+
+def outbox_path(outbox_dir: Path, transfer_hex: str) -> Path:
+    return outbox_dir / f"{transfer_hex}.frames"
+
+
+def frame_offset(item: SpoolItem, seq: int) -> tuple[int, int]:
+    """Byte offset and length of chunk ``seq`` in the item's outbox file."""
+    assert item.frame0_bytes is not None and item.frame_bytes is not None
+    assert item.packed_bytes is not None and item.final_seq is not None
+    if seq == 0:
+        return 0, item.frame0_bytes
+    start = item.frame0_bytes + (seq - 1) * item.frame_bytes
+    end = item.packed_bytes if seq == item.final_seq else start + item.frame_bytes
+    return start, end - start
+
+
+class Packer:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        store: SpoolStore,
+        blob_dir: Path,
+        outbox_dir: Path,
+        cloud_public: bytes,
+        clock: Callable[[], float],
+        urandom: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._blob_dir = blob_dir
+        self._outbox_dir = outbox_dir
+        self._cloud_public = cloud_public
+        self._clock = clock
+        self._urandom = urandom
+
+    def pack_one(self, item: SpoolItem) -> bool:
+        """Pack ``item``; True if it is now PACKED, False if it failed (and maybe quarantined)."""
+        try:
+            self._pack(item)
+            return True
+        except SpoolFullError as exc:
+            log.warning("no space to pack; will retry", extra={"ITEM_ID": item.id, "REASON": str(exc)})
+            return False
+        except GatewayError as exc:
+            self._failed(item, exc)
+            return False
+
+    def _pack(self, item: SpoolItem) -> None:
+        tid = self._urandom(16)
+        keys = ObjectKeys.create(self._cloud_public, tid, self._urandom(32), self._urandom(32))
+        manifest = Manifest(
+            codec=Codec.ZSTD, size=item.size, sha256=item.sha256,
+            sop_class_uid=item.sop_class_uid, sop_instance_uid=item.sop_instance_uid,
+            study_instance_uid=item.study_instance_uid, series_instance_uid=item.series_instance_uid,
+            transfer_syntax_uid=item.transfer_syntax_uid, item_id=item.id,
+        )
+        up = self._settings.uplink
+        tally = _Tally()
+        original = self._checked_read(item)
+        frames = seal_object(self._settings.box.id, keys, manifest, original, up.max_frame_bytes, up.zstd_level)
+        path = outbox_path(self._outbox_dir, tid.hex())
+        blobs.write_atomic(path, self._counted(frames, tally))
+        self._store.transition(
+            item.id, spool.Packed(), self._clock(),
+            transfer_id=tid.hex(), final_seq=tally.frames - 1, frame0_bytes=tally.frame0_bytes,
+            frame_bytes=up.max_frame_bytes, packed_bytes=tally.total_bytes,
+            ack_key=envelope.ack_key(keys.data_key), acked_ranges="[]",
+        )
+        log.info("instance packed", extra={
+            "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,
+            "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames})
+
+    def _checked_read(self, item: SpoolItem) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        for piece in blobs.read_pieces(self._blob_dir / item.blob_name):
+            digest.update(piece)
+            yield piece
+        if digest.hexdigest() != item.sha256:
+            raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
+
+    @staticmethod
+    def _counted(frames: Iterator[bytes], tally: _Tally) -> Iterator[bytes]:
+        for frame in frames:
+            if tally.frames == 0:
+                tally.frame0_bytes = len(frame)
+            tally.frames += 1
+            tally.total_bytes += len(frame)
+            yield frame
+
+    def _failed(self, item: SpoolItem, exc: GatewayError) -> None:
+        """A corrupt blob is quarantined at once; other failures after bounded attempts."""
+        now, reason = self._clock(), str(exc)
+        attempts = self._store.note_pack_failure(item.id, now)
+        if isinstance(exc, IntegrityError) or attempts >= self._settings.spool.max_pack_attempts:
+            self._store.transition(item.id, spool.PackFailed(reason=reason), now)
+            log.error("instance quarantined: cannot pack", extra={
+                "MESSAGE_ID": MSG.ITEM_QUARANTINED.value, "ITEM_ID": item.id,
+                "ATTEMPTS": attempts, "REASON": reason})
+        else:
+            log.warning("pack failed, will retry", extra={"ITEM_ID": item.id, "ATTEMPTS": attempts, "REASON": reason})

@@ -1,0 +1,234 @@
+"""The uplink sender: which chunks go out, and what the cloud's acks mean.
+
+Runs on the service loop thread only. The outbox and the spool database are
+the truth; the windows here are a cache rebuilt from them after a restart
+(acked chunk ranges are persisted at most ``PERSIST_EVERY_S`` apart, so a
+crash resends at most that much on top of the in-flight window).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from gateway.adapters import blobs
+from gateway.adapters.store import SpoolItem, SpoolStore
+from gateway.config import EdgeSettings
+from gateway.core import spool, topics
+from gateway.core.errors import FrameError, StorageError, UnexpectedAckError
+from gateway.core.framing import AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
+from gateway.core.spool import Effect, ItemState
+from gateway.core.window import TransferWindow
+from gateway.edge.packer import frame_offset, outbox_path
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+PERSIST_EVERY_S = 1.0
+
+
+class Publisher:  # the slice of MqttLink the sender needs
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                expiry_s: int | None = None) -> bool: ...
+
+
+@dataclass
+class _Active:
+    item: SpoolItem
+    window: TransferWindow
+    handle: BinaryIO | None = None
+    persisted_at: float = 0.0
+    persisted_count: int = 0
+
+
+@dataclass
+class SenderStats:
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    acks_bad: int = 0
+    acks_unknown: int = 0
+    objects_acked: int = 0
+    objects_rejected: int = 0
+    resent_chunks: int = 0
+    sent_seqs: dict[str, set[int]] = field(default_factory=dict, repr=False)
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        store: SpoolStore,
+        outbox_dir: Path,
+        blob_dir: Path,
+        link: Publisher,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._outbox_dir = outbox_dir
+        self._blob_dir = blob_dir
+        self._link = link
+        self._clock = clock
+        self._active: dict[int, _Active] = {}
+        self.stats = SenderStats()
+
+    # -- scheduling ------------------------------------------------------------------
+    def pump(self) -> int:
+        """Publish what is due; return the number of chunks published."""
+        self._refill()
+        up = self._settings.uplink
+        budget = up.window_chunks - sum(a.window.in_flight() for a in self._active.values())
+        now, sent = self._clock(), 0
+        for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
+            if budget <= 0:
+                break
+            seqs = active.window.due(now, budget, up.ack_timeout_s)
+            published = self._publish(active, seqs)
+            active.window.mark_sent(published, now)
+            budget -= len(published)
+            sent += len(published)
+            if len(published) < len(seqs):
+                break  # the link went down under us
+        return sent
+
+    def _refill(self) -> None:
+        want = self._settings.uplink.transfers_in_flight
+        if len(self._active) >= want:
+            return
+        for item in self._store.in_state(ItemState.SENDING, ItemState.PACKED, limit=want * 2):
+            if len(self._active) >= want:
+                break
+            if item.id not in self._active:
+                assert item.final_seq is not None
+                window = TransferWindow(final_seq=item.final_seq, acked=from_ranges(item.acked_ranges))
+                self._active[item.id] = _Active(item, window, persisted_count=len(window.acked))
+
+    def _publish(self, active: _Active, seqs: list[int]) -> list[int]:
+        item = active.item
+        assert item.transfer_id is not None
+        topic = topics.chunk_topic(self._settings.mqtt.topic_prefix, self._settings.box.id, item.transfer_id)
+        done: list[int] = []
+        seen = self.stats.sent_seqs.setdefault(item.transfer_id, set())
+        for seq in seqs:
+            frame = self._read_frame(active, seq)
+            if not self._link.publish(topic, frame, qos=1):
+                break
+            done.append(seq)
+            self.stats.chunks_sent += 1
+            self.stats.bytes_sent += len(frame)
+            if seq in seen:
+                self.stats.resent_chunks += 1
+            seen.add(seq)
+        if done and item.state is ItemState.PACKED:
+            active.item, _ = self._store.transition(item.id, spool.SendStarted(), self._clock())
+        return done
+
+    def _read_frame(self, active: _Active, seq: int) -> bytes:
+        if active.handle is None:
+            path = outbox_path(self._outbox_dir, active.item.transfer_id or "")
+            try:
+                active.handle = open(path, "rb")  # noqa: SIM115 - closed in _drop
+            except OSError as exc:
+                raise StorageError(f"outbox file of item {active.item.id} is missing: {exc}") from exc
+        offset, length = frame_offset(active.item, seq)
+        active.handle.seek(offset)
+        return active.handle.read(length)
+
+    def link_changed(self, up: bool) -> None:
+        """After a reconnect every unacknowledged chunk is due again, from the first missing."""
+        if up:
+            for active in self._active.values():
+                active.window.forget_in_flight()
+
+    # -- acknowledgements --------------------------------------------------------------
+    def on_ack(self, payload: bytes) -> None:
+        try:
+            transfer_hex = peek_ack_transfer_id(payload).hex()
+        except FrameError as exc:
+            self._bad_ack("malformed ack", exc)
+            return
+        item = self._lookup(transfer_hex)
+        if item is None or item.ack_key is None:
+            self.stats.acks_unknown += 1
+            log.debug("ack for an unknown transfer", extra={"TRANSFER": transfer_hex[:8]})
+            return
+        try:
+            ack = parse_ack(payload, self._settings.box.id, item.ack_key)
+        except (FrameError, UnexpectedAckError) as exc:
+            self._bad_ack("ack failed verification", exc)
+            return
+        if ack.kind is AckKind.PROGRESS:
+            self._progress(item, ack.ranges)
+        elif ack.kind is AckKind.STORED:
+            self._stored(item, ack.sha256.hex())
+        else:
+            self._rejected(item, ack.reason.name)
+
+    def _lookup(self, transfer_hex: str) -> SpoolItem | None:
+        for active in self._active.values():
+            if active.item.transfer_id == transfer_hex:
+                return active.item
+        return self._store.by_transfer(transfer_hex)
+
+    def _bad_ack(self, what: str, exc: Exception) -> None:
+        self.stats.acks_bad += 1
+        log.warning(what, extra={"MESSAGE_ID": MSG.ACK_REJECTED.value, "ERROR": str(exc)})
+
+    def _progress(self, item: SpoolItem, ranges: tuple[tuple[int, int], ...]) -> None:
+        active = self._active.get(item.id)
+        if active is None:
+            return  # not being sent now; its ranges are recovered when it is
+        now = self._clock()
+        active.window.on_progress(ranges, now)
+        acked = len(active.window.acked)
+        if acked > active.persisted_count and (
+            now - active.persisted_at >= PERSIST_EVERY_S or active.window.all_staged
+        ):
+            self._store.record_progress(item.id, to_ranges(active.window.acked), now)
+            active.persisted_at, active.persisted_count = now, acked
+
+    def _stored(self, item: SpoolItem, sha_hex: str) -> None:
+        if sha_hex != item.sha256:
+            self._bad_ack("STORED ack names another object", UnexpectedAckError(sha_hex[:12]))
+            return
+        if item.state not in (ItemState.PACKED, ItemState.SENDING):
+            return  # a repeated ack: nothing left to do
+        done, effects = self._store.transition(item.id, spool.CloudStored(), self._clock())
+        self._drop(item.id)
+        self.apply_effects(done, effects)
+        self.stats.objects_acked += 1
+        self.stats.sent_seqs.pop(item.transfer_id or "", None)
+        log.info("instance acknowledged by the cloud", extra={
+            "MESSAGE_ID": MSG.ITEM_ACKNOWLEDGED.value, "ITEM_ID": item.id, "BYTES": item.size,
+            "LATENCY_S": round(self._clock() - item.received_at, 3)})
+
+    def _rejected(self, item: SpoolItem, reason: str) -> None:
+        if item.state not in (ItemState.PACKED, ItemState.SENDING):
+            return
+        done, effects = self._store.transition(item.id, spool.CloudRejected(reason=f"cloud: {reason}"), self._clock())
+        self._drop(item.id)
+        self.apply_effects(done, effects)
+        self.stats.objects_rejected += 1
+        log.error("instance quarantined: the cloud rejected it", extra={
+            "MESSAGE_ID": MSG.ITEM_QUARANTINED.value, "ITEM_ID": item.id, "REASON": reason})
+
+    def _drop(self, item_id: int) -> None:
+        active = self._active.pop(item_id, None)
+        if active is not None and active.handle is not None:
+            active.handle.close()
+
+    def apply_effects(self, item: SpoolItem, effects: tuple[Effect, ...]) -> None:
+        for effect in effects:
+            if effect is Effect.DELETE_OUTBOX and item.transfer_id:
+                blobs.remove(outbox_path(self._outbox_dir, item.transfer_id))
+            elif effect is Effect.DELETE_BLOB:
+                blobs.remove(self._blob_dir / item.blob_name)
+
+    def close(self) -> None:
+        for item_id in list(self._active):
+            self._drop(item_id)
+
+    def in_flight(self) -> int:
+        return sum(a.window.in_flight() for a in self._active.values())

@@ -1,0 +1,206 @@
+"""The edge service: DICOM listener, packer thread, MQTT link and the loop thread.
+
+Threads belong to adapters (pynetdicom per association, paho's network loop)
+and post to this loop through a ``queue.Queue``; the loop alone touches the
+sender's windows. The DICOM sink commits directly (the database serialises
+writers) so that 0x0000 goes out only after the blob and its row are durable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway import __version__
+from gateway.adapters import blobs
+from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
+from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.adapters.store import SpoolStore
+from gateway.config import EdgeSettings
+from gateway.core import policy, spool, topics
+from gateway.core.errors import SpoolFullError
+from gateway.core.spool import ItemState
+from gateway.edge.packer import Packer
+from gateway.edge.sender import Sender
+from gateway.logs import MSG
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+RETENTION_SWEEP_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Ack:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Link:
+    up: bool
+
+
+class EdgeService:
+    def __init__(self, settings: EdgeSettings, paths: Paths, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.paths = paths
+        self._clock = clock
+        for d in (paths.incoming_dir, paths.blob_dir, paths.outbox_dir, paths.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.store = SpoolStore(paths.spool_db)
+        self._events: queue.Queue[_Ack | _Link] = queue.Queue()
+        self._wake = threading.Event()
+        self._pack_wake = threading.Event()
+        self._stop = threading.Event()
+        self._refusing = False
+        cloud_public = base64.b64decode(settings.box.cloud_public_key)
+        prefix = settings.mqtt.topic_prefix
+        self.link = MqttLink(
+            settings.mqtt, client_id=f"mgw-edge-{settings.box.id}",
+            subscriptions=[(topics.ack_topic(prefix, settings.box.id), 1)],
+            on_message=self._on_message, on_state=self._on_link,
+            max_inflight=settings.uplink.window_chunks,
+        )
+        self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock)
+        self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
+        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
+        self._threads: list[threading.Thread] = []
+        self.loop_heartbeat = clock()
+
+    # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
+    def accept(self, instance: ReceivedInstance) -> None:
+        if self._disk_refuses():
+            raise SpoolFullError("spool disk above its high-water mark")
+        name = f"{instance.sha256[:16]}-{instance.path.name}"
+        blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
+        meta = {
+            "sop_class_uid": instance.sop_class_uid, "sop_instance_uid": instance.sop_instance_uid,
+            "study_instance_uid": instance.study_instance_uid,
+            "series_instance_uid": instance.series_instance_uid,
+            "transfer_syntax_uid": instance.transfer_syntax_uid, "calling_ae": instance.calling_ae,
+            "size": instance.size, "sha256": instance.sha256,
+        }
+        try:
+            item_id = self.store.add_received(meta, name, self._clock())
+        except Exception:
+            blobs.remove(self.paths.blob_dir / name)
+            raise
+        log.info("instance stored", extra={
+            "MESSAGE_ID": MSG.INSTANCE_STORED.value, "ITEM_ID": item_id, "BYTES": instance.size,
+            "CALLING_AE": instance.calling_ae})
+        self._pack_wake.set()
+
+    def _disk_refuses(self) -> bool:
+        usage = shutil.disk_usage(self.paths.state_dir)
+        used = 100.0 * (usage.total - usage.free) / usage.total
+        sp = self.settings.spool
+        refusing = policy.disk_refuses(used, sp.high_water_percent, sp.low_water_percent, self._refusing)
+        if refusing != self._refusing:
+            log.warning("spool disk high-water mark %s", "reached" if refusing else "cleared", extra={
+                "MESSAGE_ID": MSG.SPOOL_HIGH_WATER.value, "USED_PERCENT": round(used, 1)})
+        self._refusing = refusing
+        return refusing
+
+    # -- adapter callbacks (paho's thread) ------------------------------------------------------
+    def _on_message(self, message: Inbound) -> None:
+        self._events.put(_Ack(message.payload))
+        self._wake.set()
+
+    def _on_link(self, up: bool) -> None:
+        self._events.put(_Link(up))
+        self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._sweep()
+        self.listener.start()
+        self.link.start()
+        for target, name in ((self._pack_loop, "packer"), (self._main_loop, "edge-loop")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("edge service started", extra={
+            "MESSAGE_ID": MSG.SERVICE_STARTED.value, "BOX_ID": self.settings.box.id,
+            "VERSION": __version__, "DICOM_PORT": self.listener.port,
+            "AE_TITLE": self.settings.dicom.ae_title})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._pack_wake.set()
+        self.listener.stop()
+        for thread in self._threads:
+            thread.join(10)
+        self.link.stop()
+        self.sender.close()
+        self.store.close()
+
+    def alive(self) -> bool:
+        """All loops are running and the main loop turned recently (for the watchdog)."""
+        fresh = self._clock() - self.loop_heartbeat < 30
+        return fresh and self.link.alive() and all(t.is_alive() for t in self._threads)
+
+    def _sweep(self) -> None:
+        """Remove what a crash left behind: never-committed uploads, orphans."""
+        for leftover in self.paths.incoming_dir.iterdir():
+            blobs.remove(leftover)
+        known = self.store.blob_names(lambda s: s is not ItemState.PURGED)
+        for path in self.paths.blob_dir.iterdir():
+            if path.name not in known:
+                blobs.remove(path)
+        live = {i.transfer_id for i in self.store.in_state(ItemState.PACKED, ItemState.SENDING, limit=10**9)}
+        for path in self.paths.outbox_dir.iterdir():
+            if path.stem not in live:
+                blobs.remove(path)
+
+    def _pack_loop(self) -> None:
+        while not self._stop.is_set():
+            self._pack_wake.clear()
+            items = self.store.in_state(ItemState.RECEIVED, limit=16)
+            failed = False
+            for item in items:
+                if self._stop.is_set():
+                    return
+                failed |= not self.packer.pack_one(item)
+                self._wake.set()
+            if failed:
+                self._stop.wait(5.0)  # let a transient failure clear before retrying
+            elif not items:
+                self._pack_wake.wait(1.0)
+
+    def _main_loop(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self.loop_heartbeat = self._clock()
+            self._drain_events()
+            if self.link.connected:
+                self.sender.pump()
+            if self._clock() >= next_sweep:
+                self._purge_expired()
+                next_sweep = self._clock() + RETENTION_SWEEP_S
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, _Ack):
+                self.sender.on_ack(event.payload)
+            else:
+                self.sender.link_changed(event.up)
+
+    def _purge_expired(self) -> None:
+        cutoff = self._clock() - self.settings.spool.retention_hours * 3600.0
+        for item in self.store.acked_before(cutoff):
+            done, effects = self.store.transition(item.id, spool.RetentionExpired(), self._clock())
+            self.sender.apply_effects(done, effects)
+            log.info("instance purged after retention", extra={
+                "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.size})

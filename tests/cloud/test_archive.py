@@ -1,0 +1,199 @@
+"""The archive and its index (gateway.cloud.archive) against a real SQLite file and real files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.cloud.archive import (
+    MIGRATIONS,
+    SCRATCH_DIR,
+    Archive,
+    StoreOutcome,
+    TransferState,
+    sanitise_uid,
+)
+from gateway.core.errors import IntegrityError, StorageError
+from gateway.core.framing import RejectReason
+from gateway.core.transfer import Manifest
+
+BOX = "box-1"
+TID = bytes(range(16))
+TID2 = bytes(range(16, 32))
+
+
+def manifest_for(data: bytes, sop: str = "1.2.3.4.5", sha256: str | None = None) -> Manifest:
+    return Manifest(codec=1, size=len(data), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=sop,
+                    study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    a = Archive(tmp_path / "archive", tmp_path / "index.db")
+    yield a
+    a.close()
+
+
+def scratch_files(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "archive" / SCRATCH_DIR).iterdir())
+
+
+def test_index_is_migrated_once_and_uses_wal_when_opened_twice(tmp_path: Path, archive: Archive) -> None:
+    again = Archive(tmp_path / "archive", tmp_path / "index.db")
+
+    assert archive.schema_version() == again.schema_version() == len(MIGRATIONS)
+    with sqlite3.connect(tmp_path / "index.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"instances", "transfers"} <= tables
+    again.close()
+
+
+def test_open_fails_with_storage_error_when_index_is_newer_than_the_software(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "index.db") as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+
+    with pytest.raises(StorageError, match="newer"):
+        Archive(tmp_path / "archive", tmp_path / "index.db")
+
+
+def test_open_fails_with_storage_error_when_index_path_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "index.db").mkdir()
+
+    with pytest.raises(StorageError):
+        Archive(tmp_path / "archive", tmp_path / "index.db")
+
+
+def test_object_is_filed_under_study_and_series_when_stored(tmp_path: Path, archive: Archive) -> None:
+    data = b"DICM object bytes"
+    manifest = manifest_for(data)
+
+    result = archive.store(manifest, archive.receive([data[:4], data[4:]]), BOX, TID, 3, 1000.0)
+
+    assert result.outcome is StoreOutcome.ARCHIVED
+    assert result.instance.path == tmp_path / "archive/1.2.3/1.2.3.4" / f"1.2.3.4.5_{manifest.sha256[:12]}.dcm"
+    assert result.instance.path.read_bytes() == data
+    assert archive.instances() == [result.instance]
+    record = archive.lookup_transfer(BOX, TID)
+    assert record is not None
+    assert (record.state, record.sha256, record.chunks, record.updated_at) == (
+        TransferState.STORED, manifest.sha256, 3, 1000.0)
+    assert scratch_files(tmp_path) == []
+
+
+def test_store_keeps_one_copy_when_the_same_object_is_stored_twice(tmp_path: Path, archive: Archive) -> None:
+    data = b"same object"
+    first = archive.store(manifest_for(data), archive.receive([data]), BOX, TID, 2, 1.0)
+    second = archive.store(manifest_for(data), archive.receive([data]), "box-2", TID2, 2, 2.0)
+
+    assert (first.outcome, second.outcome) == (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE)
+    assert second.instance == first.instance
+    assert archive.count() == 1
+    assert scratch_files(tmp_path) == []
+    stored = archive.lookup_transfer("box-2", TID2)
+    assert stored is not None and stored.state is TransferState.STORED
+
+
+def test_store_keeps_both_when_same_sop_instance_has_different_content(archive: Archive) -> None:
+    a, b = b"version one", b"version two"
+    archive.store(manifest_for(a), archive.receive([a]), BOX, TID, 2, 1.0)
+    archive.store(manifest_for(b), archive.receive([b]), BOX, TID2, 2, 2.0)
+
+    assert sorted(r.path.read_bytes() for r in archive.instances()) == [a, b]
+
+
+def test_store_uses_the_full_hash_name_when_the_short_name_is_taken(archive: Archive) -> None:
+    prefix = "ab" * 6
+    one = archive.store(manifest_for(b"1", sha256=prefix + "0" * 52), archive.receive([b"1"]), BOX, TID, 2, 1.0)
+    two = archive.store(manifest_for(b"2", sha256=prefix + "1" * 52), archive.receive([b"2"]), BOX, TID2, 2, 2.0)
+
+    assert one.instance.path.name == f"1.2.3.4.5_{prefix}.dcm"
+    assert two.instance.path.name == f"1.2.3.4.5_{prefix + '1' * 52}.dcm"
+    assert (one.instance.path.read_bytes(), two.instance.path.read_bytes()) == (b"1", b"2")
+
+
+def test_store_fails_and_leaves_nothing_when_the_study_folder_cannot_be_made(tmp_path: Path, archive: Archive) -> None:
+    (tmp_path / "archive" / "1.2.3").write_bytes(b"in the way")
+    scratch = archive.receive([b"data"])
+
+    with pytest.raises(StorageError):
+        archive.store(manifest_for(b"data"), scratch, BOX, TID, 2, 1.0)
+    assert archive.count() == 0
+    assert scratch_files(tmp_path) == []
+    assert archive.lookup_transfer(BOX, TID) is None
+
+
+def test_receive_leaves_no_file_when_the_source_fails(tmp_path: Path, archive: Archive) -> None:
+    def pieces() -> Iterator[bytes]:
+        yield b"partial"
+        raise IntegrityError("hash mismatch")
+
+    with pytest.raises(IntegrityError):
+        archive.receive(pieces())
+    assert scratch_files(tmp_path) == []
+
+
+def test_terminal_state_is_kept_when_a_later_reject_or_staging_arrives(archive: Archive) -> None:
+    archive.store(manifest_for(b"x"), archive.receive([b"x"]), BOX, TID, 2, 1.0)
+    archive.note_staging(BOX, TID2, 0, 1.0)
+    archive.note_staging(BOX, TID2, 5, 2.0)
+
+    after_reject = archive.reject(BOX, TID, RejectReason.INTEGRITY, 2, 3.0)
+    archive.note_staging(BOX, TID, 9, 4.0)
+    staging = archive.lookup_transfer(BOX, TID2)
+
+    assert (after_reject.state, after_reject.reason) == (TransferState.STORED, RejectReason.NONE)
+    stored = archive.lookup_transfer(BOX, TID)
+    assert stored is not None and (stored.state, stored.chunks) == (TransferState.STORED, 2)
+    assert staging is not None and (staging.state, staging.chunks) == (TransferState.STAGING, 5)
+
+
+def test_forget_staging_drops_the_row_when_the_transfer_is_still_staging(archive: Archive) -> None:
+    archive.note_staging(BOX, TID, 4, 1.0)
+    archive.reject(BOX, TID2, RejectReason.CODEC, 4, 1.0)
+
+    archive.forget_staging(BOX, TID)
+    archive.forget_staging(BOX, TID2)
+
+    assert archive.lookup_transfer(BOX, TID) is None
+    rejected = archive.lookup_transfer(BOX, TID2)
+    assert rejected is not None and (rejected.state, rejected.reason) == (TransferState.REJECTED, RejectReason.CODEC)
+
+
+def test_sweep_removes_scratch_files_when_older_than_the_cutoff(tmp_path: Path, archive: Archive) -> None:
+    scratch = archive.receive([b"left by a crash"])
+    mtime = scratch.stat().st_mtime
+
+    assert archive.sweep_scratch(mtime) == 0
+    assert archive.sweep_scratch(mtime + 1) == 1
+    assert scratch_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("uid", "expected"), [
+    ("1.2.840.10008.1.2", "1.2.840.10008.1.2"),
+    ("1.2.3\x00", "1.2.3"),
+    (" 1.2.3 ", "1.2.3"),
+    ("..", "unknown"),
+    ("../../etc/passwd", "unknown"),
+    ("1..2", "unknown"),
+    ("", "unknown"),
+    ("1." + "2" * 63, "unknown"),
+])
+def test_uid_is_sanitised_when_used_as_a_path_component(uid: str, expected: str) -> None:
+    assert sanitise_uid(uid) == expected
+
+
+@given(st.text())
+def test_sanitised_uid_is_a_plain_name_when_uid_is_arbitrary_text(uid: str) -> None:
+    name = sanitise_uid(uid)
+    assert name == "unknown" or (name[0].isdigit() and name[-1].isdigit() and ".." not in name)
+    assert set(name) <= set("0123456789.") or name == "unknown"
+    assert len(name) <= 64
