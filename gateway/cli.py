@@ -131,7 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mgw", description="Modality gateway: edge box, cloud ingest and field tools.")
+    parser = argparse.ArgumentParser(
+        prog="mgw", description="Modality gateway: edge box, cloud ingest and field tools.")
     parser.add_argument("--version", action="version", version=f"mgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -146,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="do not delete the temporary directory")
     demo.set_defaults(func=cmd_demo)
 
-    edge = sub.add_parser("edge", help="the edge box service").add_subparsers(dest="edge_cmd", required=True, metavar="ACTION")
+    edge = sub.add_parser("edge", help="the edge box service").add_subparsers(
+        dest="edge_cmd", required=True, metavar="ACTION")
     run = with_config(edge.add_parser("run", help="run the edge service (DICOM listener, spool, uplink)"))
     run.add_argument("--log-json", action="store_true", help="log JSON lines")
     run.set_defaults(func=cmd_edge_run)
 
-    cloud = sub.add_parser("cloud", help="the cloud services").add_subparsers(dest="cloud_cmd", required=True, metavar="ACTION")
+    cloud = sub.add_parser("cloud", help="the cloud services").add_subparsers(
+        dest="cloud_cmd", required=True, metavar="ACTION")
     crun = with_config(cloud.add_parser("run", help="run one cloud ingest worker"))
     crun.add_argument("--log-json", action="store_true", help="log JSON lines")
     crun.set_defaults(func=cmd_cloud_run)

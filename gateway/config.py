@@ -35,7 +35,7 @@ def _req(help: str) -> Any:
 @dataclass(frozen=True)
 class DicomSettings:
     ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
-    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4)")
+    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4)")  # noqa: S104
     port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE)")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
     allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate; empty = any")

@@ -14,7 +14,7 @@ import sys
 import time
 
 
-class MSG(str, enum.Enum):
+class MSG(enum.StrEnum):
     """Stable journald MESSAGE_IDs (128-bit, hex) for the events a field engineer cares about."""
 
     SERVICE_STARTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0001"

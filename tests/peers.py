@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -21,9 +19,12 @@ from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
+
+from gateway.adapters.dicom_scu import find_dcmtk
+from gateway.core.part10 import dataset_offset
 
 T = TypeVar("T")
 
@@ -44,7 +45,7 @@ REAL_IMAGE_NAMES = (
 )
 
 
-def _missing(reason: str) -> None:
+def _missing(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -52,20 +53,7 @@ def _missing(reason: str) -> None:
 
 @cache
 def _find_dcmtk(name: str) -> str | None:
-    candidates = [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
-    found = shutil.which(name)
-    if found:
-        candidates.append(found)
-    for path in candidates:
-        if not os.access(path, os.X_OK):
-            continue
-        try:
-            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in (out.stdout + out.stderr).lower() or "offis" in (out.stdout + out.stderr).lower():
-            return path
-    return None
+    return find_dcmtk(name)
 
 
 def dcmtk(name: str) -> str:
@@ -73,7 +61,6 @@ def dcmtk(name: str) -> str:
     path = _find_dcmtk(name)
     if path is None:
         _missing(f"DCMTK '{name}' not installed (apt-get install dcmtk)")
-    assert path is not None
     return path
 
 
@@ -124,41 +111,10 @@ def real_images() -> list[Path]:
     return paths
 
 
-def storescu_profile_args(files: list[Path], cfg_path: Path) -> list[str]:
-    """storescu arguments proposing exactly each file's own SOP class and transfer syntax.
-
-    That is what a modality does, and it keeps DCMTK from converting between
-    transfer syntaxes (by default storescu proposes only uncompressed ones).
-    """
-    from pydicom import dcmread
-
-    pairs: dict[tuple[str, str], None] = {}
-    for path in files:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-        pairs[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
-    lines = ["[[TransferSyntaxes]]"]
-    for i, (_, ts) in enumerate(pairs, 1):
-        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}"]
-    lines += ["[[PresentationContexts]]", "[Contexts]"]
-    for i, (sop_class, _) in enumerate(pairs, 1):
-        lines.append(f"PresentationContext{i} = {sop_class}\\TS{i}")
-    lines += ["[[Profiles]]", "[Files]", "PresentationContexts = Contexts"]
-    cfg_path.write_text("\n".join(lines) + "\n")
-    return ["-xf", str(cfg_path), "Files"]
-
-
 def dataset_bytes(path: Path) -> bytes:
     """The bytes of a Part-10 file after its file meta group: the dataset as encoded."""
     raw = path.read_bytes()
-    assert raw[128:132] == b"DICM", f"{path.name} is not a DICOM Part-10 file"
-    pos = 132
-    while struct.unpack_from("<H", raw, pos)[0] == 0x0002:
-        if raw[pos + 4 : pos + 6] in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
-            pos += 12 + struct.unpack_from("<L", raw, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", raw, pos + 6)[0]
-    return raw[pos:]
-
+    return raw[dataset_offset(raw):]
 
 def dimse_statuses(dcmtk_debug_output: str) -> list[int]:
     """Statuses of the DIMSE responses a DCMTK tool printed with ``-d``."""
@@ -185,10 +141,10 @@ def dcmtk_storescp(out_dir: Path, ae_title: str = "REFERENCE") -> Iterator[int]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 _RAW_SENDER = r"""

@@ -37,7 +37,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.adapters import blobs
 from gateway.config import DicomSettings
-from gateway.core.errors import PeerError, SpoolFullError
+from gateway.core.errors import DatasetStructureError, SpoolFullError
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ class ReceivedInstance:
 class InstanceSink(Protocol):
     def accept(self, instance: ReceivedInstance) -> None:
         """Commit durably (take the file, commit the row), then return. SpoolFullError -> 0xA700."""
-
-
-class DatasetStructureError(PeerError):
-    """The peer sent bytes that are not one complete, well-formed DICOM dataset."""
 
 
 def _ts_preference() -> list[str]:
@@ -160,8 +156,7 @@ class DicomListener:
             assoc.join(_STOP_JOIN_S)
 
     def active_associations(self) -> int:
-        server = self._server
-        return 0 if server is None else len(server.active_associations)
+        return 0 if (server := self._server) is None else len(server.active_associations)
 
     def _on_c_store(self, event: Event) -> int:
         """EVT_C_STORE: never raises; returns the DIMSE status."""
@@ -187,8 +182,8 @@ class DicomListener:
         except BaseException:
             _discard(path)  # not committed: remove what the sink did not take
             raise
-        log.info("instance stored", extra={
-            "MESSAGE_ID": MSG.INSTANCE_STORED.value, "SOP_CLASS": _sop_class_name(instance.sop_class_uid),
+        log.debug("C-STORE answered success", extra={
+            "SOP_CLASS": _sop_class_name(instance.sop_class_uid),
             "BYTES": instance.size, "CALLING_AE": instance.calling_ae})
         return Status.SUCCESS
 
@@ -374,10 +369,11 @@ def _on_accepted(event: Event) -> None:
 
 def _on_aborted(event: Event) -> None:
     """pynetdicom keeps the temporary file of a C-STORE cut short by an abort; remove it."""
+    message: Any = getattr(event.assoc.dimse, "message", None)
     try:
-        partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_path", None)
-        if isinstance(partial, Path):
-            _discard(partial)
+        if isinstance(getattr(message, "_data_set_path", None), Path):
+            message._data_set_file.close()  # no more PDUs come after an abort
+            _discard(message._data_set_path)
     except Exception:
         log.exception("removing a partial C-STORE file failed")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from gateway.core.errors import LocalError, PeerError
@@ -38,13 +39,39 @@ def dcmtk_env() -> dict[str, str]:
     return dict(os.environ, TCP_NODELAY="1")
 
 
+def storescu_profile(files: list[Path], cfg_path: Path) -> list[str]:
+    """storescu arguments proposing exactly each file's own SOP class and transfer syntax.
+
+    That is what a modality does, and it keeps DCMTK from converting between
+    transfer syntaxes (by default storescu proposes only uncompressed ones).
+    """
+    from pydicom import dcmread
+
+    pairs: dict[tuple[str, str], None] = {}
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        pairs[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
+    lines = ["[[TransferSyntaxes]]"]
+    for i, (_, ts) in enumerate(pairs, 1):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}"]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    for i, (sop_class, _) in enumerate(pairs, 1):
+        lines.append(f"PresentationContext{i} = {sop_class}\\TS{i}")
+    lines += ["[[Profiles]]", "[Files]", "PresentationContexts = Contexts"]
+    cfg_path.write_text("\n".join(lines) + "\n")
+    return ["-xf", str(cfg_path), "Files"]
+
+
 def storescu(host: str, port: int, called_ae: str, calling_ae: str, files: list[Path],
              timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu proposing each file's own SOP class and transfer syntax, as a modality does."""
     binary = find_dcmtk("storescu")
     if binary is None:
         raise LocalError("DCMTK storescu not found (apt-get install dcmtk)")
-    cmd = [binary, "-R", "-aet", calling_ae, "-aec", called_ae, "-nh", host, str(port), *map(str, files)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env())
+    with tempfile.TemporaryDirectory(prefix="mgw-storescu-") as tmp:
+        profile = storescu_profile(files, Path(tmp) / "profile.cfg")
+        cmd = [binary, "-aet", calling_ae, "-aec", called_ae, "-nh", *profile, host, str(port), *map(str, files)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env())
 
 
 def pynetdicom_store(host: str, port: int, called_ae: str, calling_ae: str,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -164,7 +163,7 @@ class MqttLink:
                 self._settings.host, self._settings.port, self._settings.keepalive_s,
                 clean_start=False, properties=props,
             )
-        except (OSError, socket.timeout, ssl.SSLError, ValueError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
             log.warning("broker unreachable", extra={
                 "MESSAGE_ID": MSG.UPLINK_DOWN.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
                 "ERROR": str(exc)})

@@ -144,7 +144,7 @@ class SpoolStore:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._tx() as conn:
-            cur = conn.execute(f"INSERT INTO items ({cols}) VALUES ({marks})", tuple(row.values()))
+            cur = conn.execute(f"INSERT INTO items ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608 - column names are ours, values bound
             return int(cur.lastrowid or 0)
 
     def get(self, item_id: int) -> SpoolItem | None:
@@ -158,7 +158,7 @@ class SpoolStore:
     def in_state(self, *states: ItemState, limit: int = 1000) -> list[SpoolItem]:
         marks = ", ".join("?" for _ in states)
         return self._query(
-            f"SELECT * FROM items WHERE state IN ({marks}) ORDER BY priority DESC, id LIMIT ?",
+            f"SELECT * FROM items WHERE state IN ({marks}) ORDER BY priority DESC, id LIMIT ?",  # noqa: S608 - column names are ours, values bound
             (*(s.value for s in states), limit),
         )
 
@@ -183,7 +183,7 @@ class SpoolStore:
             if Effect.RECORD_REASON in result.effects:
                 updates["reason"] = getattr(event, "reason", None)
             sets = ", ".join(f"{k} = ?" for k in updates)
-            conn.execute(f"UPDATE items SET {sets} WHERE id = ?", (*updates.values(), item_id))
+            conn.execute(f"UPDATE items SET {sets} WHERE id = ?", (*updates.values(), item_id))  # noqa: S608 - column names are ours, values bound
         item = self.get(item_id)
         assert item is not None
         return item, result.effects

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
+from typing import IO, cast
 
 import zstandard
 
@@ -60,35 +61,53 @@ def _rechunk(pieces: Iterable[bytes], piece_bytes: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-class Decompressor:
-    """Incremental decompressor that refuses to produce more than ``max_bytes``."""
+OUTPUT_PIECE_BYTES = 64 * 1024
 
-    def __init__(self, codec: int, max_bytes: int) -> None:
-        try:
-            self.codec = Codec(codec)
-        except ValueError as exc:
-            raise FrameError(f"unknown codec id {codec}") from exc
-        self._max_bytes = max_bytes
-        self._produced = 0
-        self._zstd = (
-            zstandard.ZstdDecompressor().decompressobj() if self.codec is Codec.ZSTD else None
-        )
 
-    def feed(self, data: bytes) -> bytes:
-        if self._zstd is None:
-            out = data
-        else:
-            try:
-                out = self._zstd.decompress(data)
-            except zstandard.ZstdError as exc:
-                raise CodecError(f"zstd stream is corrupt: {exc}") from exc
-        self._produced += len(out)
-        if self._produced > self._max_bytes:
-            raise IntegrityError(
-                f"payload expands beyond the declared {self._max_bytes} bytes"
-            )
+def decompress_stream(codec: int, pieces: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    """Yield the original bytes in pieces of at most ``OUTPUT_PIECE_BYTES``.
+
+    Pull-based, so memory stays bounded whatever the compression ratio (one
+    128 KiB zstd chunk can expand to gigabytes). Raises ``IntegrityError`` as
+    soon as the output exceeds ``max_bytes``, ``CodecError`` if the stream is
+    corrupt; exceptions raised while iterating ``pieces`` propagate unchanged.
+    """
+    try:
+        known = Codec(codec)
+    except ValueError as exc:
+        raise FrameError(f"unknown codec id {codec}") from exc
+    produced = 0
+    for out in _zstd_pieces(pieces) if known is Codec.ZSTD else _rechunk(pieces, OUTPUT_PIECE_BYTES):
+        produced += len(out)
+        if produced > max_bytes:
+            raise IntegrityError(f"payload expands beyond the declared {max_bytes} bytes")
+        if out:
+            yield out
+
+
+class _PieceReader:
+    """``read(n)`` over an iterator of byte strings, as zstd's stream_reader wants."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+        self._buf = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buf:
+            nxt = next(self._pieces, None)
+            if nxt is None:
+                return b""
+            self._buf = nxt
+        if size < 0:
+            size = len(self._buf)
+        out, self._buf = self._buf[:size], self._buf[size:]
         return out
 
-    def finish(self) -> None:
-        if self._zstd is not None and not self._zstd.eof:
-            raise CodecError("zstd stream is truncated")
+
+def _zstd_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], _PieceReader(pieces)))
+    try:
+        while out := reader.read(OUTPUT_PIECE_BYTES):
+            yield out
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"zstd stream is corrupt: {exc}") from exc

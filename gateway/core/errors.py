@@ -21,6 +21,10 @@ class FrameError(PeerError):
     """Bytes on the wire are not a well-formed frame of a known version."""
 
 
+class DatasetStructureError(PeerError):
+    """The modality sent bytes that are not one complete, well-formed DICOM dataset."""
+
+
 class EnvelopeTamperedError(PeerError):
     """Authentication of sealed data failed: altered, replayed, swapped or wrong key."""
 

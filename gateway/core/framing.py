@@ -126,6 +126,14 @@ class AckFrame:
     def _body(self) -> bytes:
         if len(self.ranges) > MAX_ACK_RANGES:
             raise ValueError("too many ranges in one ack")
+        if len(self.transfer_id) != TRANSFER_ID_BYTES:
+            raise ValueError("transfer id must be 16 bytes")
+        if any(not 0 <= start < stop < 2**32 for start, stop in self.ranges):
+            raise ValueError("ack ranges must be non-empty, start < stop, in 32 bits")
+        if self.sha256 and self.kind is not AckKind.STORED:
+            raise ValueError("only a STORED ack carries a SHA-256")
+        if self.reason is not RejectReason.NONE and self.kind is not AckKind.REJECTED:
+            raise ValueError("only a REJECTED ack carries a reason")
         parts = [_ACK_HEADER.pack(ACK_MAGIC, WIRE_VERSION, self.kind, self.reason,
                                   self.transfer_id, len(self.ranges))]
         parts += [_RANGE.pack(start, stop) for start, stop in self.ranges]
@@ -165,6 +173,8 @@ def parse_ack(data: bytes, box_id: str, key: bytes) -> AckFrame:
         kind, reason = AckKind(kind_raw), RejectReason(reason_raw)
     except ValueError as exc:
         raise FrameError(f"unknown ack kind {kind_raw} or reason {reason_raw}") from exc
+    if reason is not RejectReason.NONE and kind is not AckKind.REJECTED:
+        raise FrameError(f"a {kind.name} ack carries reason {reason.name}")
     if n > MAX_ACK_RANGES:
         raise FrameError(f"ack declares {n} ranges")
     sha_len = SHA256_BYTES if kind is AckKind.STORED else 0

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 
 from gateway.core import envelope
-from gateway.core.codec import Codec, Decompressor, compress_stream
+from gateway.core.codec import Codec, compress_stream, decompress_stream
 from gateway.core.errors import EnvelopeTamperedError, FrameError, IntegrityError
 from gateway.core.framing import (
     CHUNK_HEADER_BYTES,
@@ -46,9 +46,11 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise FrameError(f"manifest is {len(data)} bytes, above {MAX_MANIFEST_BYTES}")
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting is a RecursionError
             raise FrameError("manifest is not JSON") from exc
         if not isinstance(raw, dict) or raw.get("v") != MANIFEST_VERSION:
             raise FrameError("manifest version is not supported")
@@ -157,23 +159,29 @@ def open_object(
     if manifest.size > max_object_bytes:
         raise IntegrityError(f"object declares {manifest.size} bytes, above the limit")
     yield manifest
-    decomp = Decompressor(manifest.codec, manifest.size)
-    digest, produced, expected_seq, final = hashlib.sha256(), 0, 1, False
-    for frame in it:
-        if final or frame.seq != expected_seq:
-            raise FrameError(f"chunk {frame.seq} out of order (expected {expected_seq})")
-        out = decomp.feed(verify_chunk(box_id, frame, data_key))
+    digest, produced = hashlib.sha256(), 0
+    for out in decompress_stream(manifest.codec, _plaintexts(box_id, data_key, first, it), manifest.size):
         digest.update(out)
         produced += len(out)
-        final, expected_seq = frame.final, expected_seq + 1
-        if out:
-            yield out
-    if not final:
-        raise FrameError("object ends without its FINAL chunk")
-    decomp.finish()
+        yield out
     if produced != manifest.size or digest.hexdigest() != manifest.sha256:
         raise IntegrityError("restored object does not match its manifest hash")
 
+
+def _plaintexts(box_id: str, data_key: bytes, first: ChunkFrame, frames: Iterator[ChunkFrame]) -> Iterator[bytes]:
+    """Verified plaintexts of chunks 1..n: in order, of the manifest's transfer, ending FINAL."""
+    expected_seq, final = 1, False
+    for frame in frames:
+        if final or frame.seq != expected_seq:
+            raise FrameError(f"chunk {frame.seq} out of order (expected {expected_seq})")
+        if (frame.transfer_id, frame.eph_public, frame.wrapped_key) != (
+            first.transfer_id, first.eph_public, first.wrapped_key
+        ):
+            raise FrameError(f"chunk {frame.seq} belongs to another transfer")
+        final, expected_seq = frame.final, expected_seq + 1
+        yield verify_chunk(box_id, frame, data_key)
+    if not final:
+        raise FrameError("object ends without its FINAL chunk")
 
 
 __all__ = [

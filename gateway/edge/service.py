@@ -92,7 +92,7 @@ class EdgeService:
             raise
         log.info("instance stored", extra={
             "MESSAGE_ID": MSG.INSTANCE_STORED.value, "ITEM_ID": item_id, "BYTES": instance.size,
-            "CALLING_AE": instance.calling_ae})
+            "SOP_CLASS_UID": instance.sop_class_uid, "CALLING_AE": instance.calling_ae})
         self._pack_wake.set()
 
     def _disk_refuses(self) -> bool:

@@ -380,19 +380,18 @@ def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: G
 
     started = time.time()
     before = partial_files()
-    sender = subprocess.Popen([sys.executable, "-c", _ABORT_MID_STORE, str(gateway.listener.port), AE_TITLE],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert sender.stdout is not None and sender.stdin is not None
-        assert sender.stdout.readline().strip() == "SENT"
-        partial = wait_for(lambda: partial_files() - before, 10, "pynetdicom to spool the partial dataset")
-        sender.stdin.write("abort\n")
-        sender.stdin.flush()
-        assert sender.wait(timeout=30) == 0
-    finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
+    with subprocess.Popen([sys.executable, "-c", _ABORT_MID_STORE, str(gateway.listener.port), AE_TITLE],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as sender:
+        try:
+            assert sender.stdout is not None and sender.stdin is not None
+            assert sender.stdout.readline().strip() == "SENT"
+            partial = wait_for(lambda: partial_files() - before, 10, "pynetdicom to spool the partial dataset")
+            sender.stdin.write("abort\n")
+            sender.stdin.flush()
+            assert sender.wait(timeout=30) == 0
+        finally:
+            if sender.poll() is None:
+                sender.kill()
     wait_for(lambda: not any(p.exists() for p in partial), 10, "the partial dataset file to be removed")
     assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
     assert echo(gateway.listener.port, AE_TITLE).returncode == 0

@@ -211,8 +211,8 @@ def test_open_returns_the_original_when_the_compressed_stream_fills_its_last_fra
 def test_seal_emits_numbered_full_frames_with_one_final_last_when_payload_spans_chunks(
     codec: Codec, payload: bytes
 ) -> None:
-    frames = [parse_chunk(frame) for frame in seal(payload, codec)]
     raw = seal(payload, codec)
+    frames = [parse_chunk(frame) for frame in raw]
     assert [frame.seq for frame in frames] == list(range(len(frames)))
     assert [frame.final for frame in frames] == [False] * (len(frames) - 1) + [True]
     assert len(frames) >= 2  # the manifest, then at least one (possibly empty) payload chunk
@@ -342,7 +342,7 @@ def test_open_raises_envelope_tampered_error_when_a_middle_chunk_is_relabelled_f
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
-def test_open_raises_envelope_tampered_error_when_a_chunk_comes_from_another_object(codec: Codec) -> None:
+def test_open_raises_when_a_chunk_comes_from_another_object(codec: Codec) -> None:
     other_payload = pseudo_random(len(MULTI), seed=b"other object")
     mine = seal(MULTI, codec)
     theirs = seal(other_payload, codec, keys=make_keys(b"object b"))
@@ -350,9 +350,9 @@ def test_open_raises_envelope_tampered_error_when_a_chunk_comes_from_another_obj
     for index in range(1, len(mine)):
         mixed = list(mine)
         mixed[index] = theirs[index]
-        assert_detected(mixed, MULTI, (EnvelopeTamperedError,))
+        assert_detected(mixed, MULTI, (EnvelopeTamperedError, FrameError))
     # and the other way round: their manifest (and so their key) first, then our chunks
-    assert_detected([theirs[0], *mine[1:]], other_payload, (EnvelopeTamperedError,))
+    assert_detected([theirs[0], *mine[1:]], other_payload, (EnvelopeTamperedError, FrameError))
 
 
 def test_open_raises_before_yielding_when_a_chunk_comes_from_another_transfer_with_the_same_key() -> None:
@@ -550,7 +550,8 @@ def test_open_raises_integrity_error_when_an_authentic_zstd_stream_is_truncated(
     payload = pseudo_random(500)
     stream = zstandard.ZstdCompressor(write_checksum=True).compress(payload)
     manifest = manifest_for(payload, Codec.ZSTD).encode()
-    for cut in (1, 4, 10, len(stream) - 1):
+    checksum_bytes = 4  # a cut there loses no content: our own SHA-256 still vouches for the output
+    for cut in (0, 1, 4, 10, len(stream) // 2, len(stream) - checksum_bytes - 1):
         assert_detected(seal_plaintexts([manifest, stream[:cut]]), payload, (IntegrityError,))
 
 
@@ -558,6 +559,5 @@ def test_open_returns_the_original_when_an_authentic_stream_is_sealed_by_hand() 
     """The rogue-box helper itself seals like seal_object, so the tests above test what they claim."""
     payload = pseudo_random(100)
     manifest = manifest_for(payload, Codec.IDENTITY).encode()
-    frames = seal_plaintexts([manifest, payload[:60], payload[60:]])
-    assert restore(frames)[1] == payload
-    assert frames == seal(payload, pieces=[payload], max_frame_bytes=MIN_FRAME_BYTES)[:1] + frames[1:]
+    assert seal_plaintexts([manifest, payload]) == seal(payload)
+    assert restore(seal_plaintexts([manifest, payload[:60], payload[60:]]))[1] == payload

@@ -7,7 +7,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.core.part10 import dataset_offset
+from pydicom import dcmread
+
 from gateway.loopback import LoopbackDeployment
 
 
@@ -50,24 +51,35 @@ def state_count(d: LoopbackDeployment, state: str) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", (state,)).fetchone()[0])
 
 
+def edge_items(d: LoopbackDeployment) -> list[tuple[str, str, str]]:
+    """``(sop_instance_uid, transfer_syntax_uid, sha256)`` of every instance the edge answered success for."""
+    with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
+        return list(conn.execute("SELECT sop_instance_uid, transfer_syntax_uid, sha256 FROM items"))
+
+
 def reconcile(d: LoopbackDeployment, sent: list[Path]) -> Reconciliation:
-    """Every sent file must be archived once, with the modality's dataset bytes exactly."""
+    """Every instance the modality was told "stored" is in the archive once, byte-identical.
+
+    The reference is the SHA-256 the edge computed over the bytes it received
+    before answering 0x0000 (DCMTK storescu may re-encode a file on the way, so
+    the sender's file is not); each sent file must map to one such instance.
+    """
+    items = edge_items(d)
     rows = archive_rows(d)
-    archive_root = d.cloud_dir / "archive"
-    datasets: dict[bytes, int] = {}
+    by_sha: dict[str, int] = {}
     corrupt = 0
-    for sha, rel in rows:
-        data = (archive_root / rel).read_bytes() if not Path(rel).is_absolute() else Path(rel).read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha:
+    for sha, path in rows:
+        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha:
             corrupt += 1
-            continue
-        key = hashlib.sha256(data[dataset_offset(data):]).digest()
-        datasets[key] = datasets.get(key, 0) + 1
-    matched = lost = duplicated = 0
+        by_sha[sha] = by_sha.get(sha, 0) + 1
+    received = {(uid, ts): sha for uid, ts, sha in items}
+    matched = duplicated = 0
+    lost = sum(1 for _, _, sha in items if sha not in by_sha)  # told "stored", not in the cloud
     for f in sent:
-        data = f.read_bytes()
-        n = datasets.get(hashlib.sha256(data[dataset_offset(data):]).digest(), 0)
-        matched += n >= 1
-        lost += n == 0
+        meta = dcmread(f, stop_before_pixels=True)
+        sha = received.get((str(meta.SOPInstanceUID), str(meta.file_meta.TransferSyntaxUID)))
+        n = by_sha.get(sha, 0) if sha else 0
+        matched += n == 1
+        lost += sha is None  # never reached the edge at all
         duplicated += max(0, n - 1)
     return Reconciliation(len(sent), len(rows), matched, lost, corrupt, duplicated)
