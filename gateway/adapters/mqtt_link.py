@@ -68,6 +68,7 @@ class MqttLink:
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self.reconnects = 0
+        self._outage_logged = False
         self.client_id = client_id
         self._client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
@@ -178,6 +179,7 @@ class MqttLink:
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
         self._connected.set()
+        self._outage_logged = False
         log.info("uplink connected", extra={
             "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
             "SESSION_PRESENT": bool(flags.session_present)})

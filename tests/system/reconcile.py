@@ -68,8 +68,8 @@ def reconcile(d: LoopbackDeployment, sent: list[Path]) -> Reconciliation:
     rows = archive_rows(d)
     by_sha: dict[str, int] = {}
     corrupt = 0
-    for sha, path in rows:
-        if hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha:
+    for sha, rel in rows:
+        if hashlib.sha256((d.cloud_dir / "archive" / rel).read_bytes()).hexdigest() != sha:
             corrupt += 1
         by_sha[sha] = by_sha.get(sha, 0) + 1
     received = {(uid, ts): sha for uid, ts, sha in items}
