@@ -24,6 +24,7 @@ from typing import NoReturn, TypeVar
 import pytest
 
 from gateway.adapters.dicom_scu import find_dcmtk
+from gateway.adapters.dicom_scu import storescu_profile as storescu_profile_args  # noqa: F401 - re-exported for tests
 from gateway.core.part10 import dataset_offset
 
 T = TypeVar("T")

@@ -71,8 +71,9 @@ class ReceivedInstance:
 
 
 class InstanceSink(Protocol):
-    def accept(self, instance: ReceivedInstance) -> None:
-        """Commit durably (take the file, commit the row), then return. SpoolFullError -> 0xA700."""
+    def accept(self, instance: ReceivedInstance) -> int | None:
+        """Commit durably (take the file, commit the row), then return the spool item id
+        (None if the sink keeps no ids). SpoolFullError -> 0xA700."""
 
 
 def _ts_preference() -> list[str]:
@@ -150,9 +151,12 @@ class DicomListener:
             self._ae = self._server = None
         if ae is None or server is None:
             return
-        associations = server.active_associations
+        # Only an established association can be inside a C-STORE handler. A connection that
+        # never sent A-ASSOCIATE-RQ (a port probe) parks its thread until the ACSE timeout,
+        # and waiting for it would only delay the stop.
+        established = [a for a in server.active_associations if a.is_established]
         ae.shutdown()  # aborts live associations, closes the listening socket
-        for assoc in associations:  # let handlers in flight finish: nothing writes after stop()
+        for assoc in established:  # let handlers in flight finish: nothing writes after stop()
             assoc.join(_STOP_JOIN_S)
 
     def active_associations(self) -> int:
@@ -178,11 +182,12 @@ class DicomListener:
             except DatasetStructureError as exc:
                 self._quarantine(path, event, exc)
                 return Status.CANNOT_UNDERSTAND
-            self._sink.accept(instance)
+            item_id = self._sink.accept(instance)
         except BaseException:
             _discard(path)  # not committed: remove what the sink did not take
             raise
-        log.debug("C-STORE answered success", extra={
+        log.info("instance stored", extra={
+            "MESSAGE_ID": MSG.INSTANCE_STORED.value, "ITEM_ID": item_id,
             "SOP_CLASS": _sop_class_name(instance.sop_class_uid),
             "BYTES": instance.size, "CALLING_AE": instance.calling_ae})
         return Status.SUCCESS

@@ -73,7 +73,7 @@ class EdgeService:
         self.loop_heartbeat = clock()
 
     # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
-    def accept(self, instance: ReceivedInstance) -> None:
+    def accept(self, instance: ReceivedInstance) -> int:
         if self._disk_refuses():
             raise SpoolFullError("spool disk above its high-water mark")
         name = f"{instance.sha256[:16]}-{instance.path.name}"
@@ -90,10 +90,8 @@ class EdgeService:
         except Exception:
             blobs.remove(self.paths.blob_dir / name)
             raise
-        log.info("instance stored", extra={
-            "MESSAGE_ID": MSG.INSTANCE_STORED.value, "ITEM_ID": item_id, "BYTES": instance.size,
-            "SOP_CLASS_UID": instance.sop_class_uid, "CALLING_AE": instance.calling_ae})
         self._pack_wake.set()
+        return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
 
     def _disk_refuses(self) -> bool:
         usage = shutil.disk_usage(self.paths.state_dir)
