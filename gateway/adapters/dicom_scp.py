@@ -22,7 +22,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -70,6 +70,21 @@ class ReceivedInstance:
     peer_address: str
 
 
+class DicomService(Protocol):
+    """A further DIMSE service on the same AE (Storage Commitment, MPPS, Worklist...).
+
+    Each lives in its own adapter module; the listener only negotiates its presentation
+    contexts and routes its events. Handlers follow the C-STORE rule: never raise into
+    pynetdicom, answer a DIMSE status.
+    """
+
+    def contexts(self) -> Sequence[tuple[str, bool, bool]]:
+        """``(abstract syntax UID, modality may be SCU, modality may be SCP)`` to accept."""
+
+    def handlers(self) -> Sequence[tuple[Any, Callable[..., Any]]]:
+        """``(pynetdicom intervention or notification event, handler)`` pairs."""
+
+
 class InstanceSink(Protocol):
     def accept(self, instance: ReceivedInstance) -> int | None:
         """Commit durably (take the file, commit the row), then return the spool item id
@@ -87,7 +102,7 @@ def _ts_preference() -> list[str]:
     return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
 
 
-def _build_ae(settings: DicomSettings) -> AE:
+def _build_ae(settings: DicomSettings, services: Sequence[DicomService] = ()) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_bytes
@@ -101,6 +116,10 @@ def _build_ae(settings: DicomSettings) -> AE:
     for cx in AllStoragePresentationContexts:
         # Role selection: the modality may act as SCU (it sends to us), never as SCP.
         ae.add_supported_context(cast(str, cx.abstract_syntax), syntaxes, scu_role=True, scp_role=False)
+    for service in services:
+        for abstract_syntax, scu_role, scp_role in service.contexts():
+            ae.add_supported_context(abstract_syntax, [_EXPLICIT_LE, _IMPLICIT_LE], scu_role=scu_role,
+                                     scp_role=scp_role)
     return ae
 
 
@@ -113,8 +132,10 @@ def _configure_pynetdicom() -> None:  # process-wide switches, idempotent
 class DicomListener:
     """Accepts associations from modalities and stores what they send, durably."""
 
-    def __init__(self, settings: DicomSettings, incoming_dir: Path, sink: InstanceSink) -> None:
+    def __init__(self, settings: DicomSettings, incoming_dir: Path, sink: InstanceSink,
+                 services: Sequence[DicomService] = ()) -> None:
         self._settings = settings
+        self._services = tuple(services)
         self._incoming_dir = incoming_dir
         self._quarantine_dir = incoming_dir.parent / "quarantine"
         self._sink = sink
@@ -130,11 +151,13 @@ class DicomListener:
             _configure_pynetdicom()
             self._incoming_dir.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(parents=True, exist_ok=True)
-            self._ae = _build_ae(self._settings)
+            self._ae = _build_ae(self._settings, self._services)
             handlers: list[Any] = [
                 (evt.EVT_C_ECHO, lambda event: Status.SUCCESS), (evt.EVT_C_STORE, self._on_c_store),
                 (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_ABORTED, _on_aborted)]
+            for service in self._services:
+                handlers += service.handlers()
             address = (self._settings.bind_host, self._settings.port)
             server = self._ae.start_server(address, block=False, evt_handlers=handlers)
             assert server is not None
