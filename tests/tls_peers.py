@@ -1,0 +1,104 @@
+"""Real TLS peers for tests: a fleet CA, a mosquitto broker with mutual TLS and ACLs, and raw MQTT clients.
+
+The clients are plain paho clients (not ``MqttLink``) so that a test can see
+exactly what the broker grants or refuses: CONNACK codes, SUBACK codes and the
+messages actually delivered.
+"""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.adapters.mosquitto import MosquittoBroker
+from gateway.cloud import broker as broker_pki
+from gateway.cloud.authority import FleetAuthority
+
+PREFIX = "mgw/v1"
+
+
+def box_identity(authority: FleetAuthority, box_id: str, out: Path, site: str = "site-1",
+                 modality: str = "CT") -> tuple[Path, Path]:
+    """Enrol ``box_id`` the real way (token + CSR, key made here); ``(cert, key)`` files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box_id)]))
+           .sign(key, hashes.SHA256()))
+    token = authority.create_token(box_id, site, modality, ttl_s=600)
+    issued = authority.redeem(token, csr.public_bytes(serialization.Encoding.PEM), days=30)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{box_id}.pem", out / f"{box_id}.key"
+    cert_path.write_bytes(issued.certificate_pem)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def start_tls_broker(authority: FleetAuthority, workdir: Path) -> MosquittoBroker:
+    tls = broker_pki.emit(authority, workdir / "pki", PREFIX, ["127.0.0.1"])
+    broker = MosquittoBroker(workdir, tls=tls, persistence=False)
+    broker.start()
+    return broker
+
+
+@dataclass
+class Client:
+    """A raw MQTT 5 client; ``connect()`` returns the CONNACK outcome or the TLS error text."""
+
+    port: int
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    client_id: str = "test"
+    messages: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
+    subacks: queue.Queue[list[int]] = field(default_factory=queue.Queue)
+
+    def __post_init__(self) -> None:
+        self._connack: queue.Queue[int] = queue.Queue()
+        self._mqtt = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.cert is not None:
+            ctx.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        self._mqtt.tls_set_context(ctx)
+        self._mqtt.on_connect = lambda c, u, f, rc, p: self._connack.put(rc.value)
+        self._mqtt.on_disconnect = lambda c, u, f, rc, p: self._connack.put(-1)
+        self._mqtt.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self._mqtt.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.put([r.value for r in rcs])
+        self._thread: threading.Thread | None = None
+
+    def connect(self, timeout_s: float = 10.0) -> str:
+        """"ok", "refused:<code>" or "tls:<error>" / "closed"."""
+        try:
+            self._mqtt.connect("127.0.0.1", self.port, keepalive=30)
+        except (ssl.SSLError, OSError) as exc:
+            return f"tls:{exc}"
+        self._mqtt.loop_start()
+        try:
+            code = self._connack.get(timeout=timeout_s)
+        except queue.Empty:
+            return "closed"
+        return "ok" if code == 0 else "closed" if code < 0 else f"refused:{code}"
+
+    def subscribe(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        self._mqtt.subscribe(topic, qos=1)
+        return self.subacks.get(timeout=timeout_s)
+
+    def publish(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> None:
+        info = self._mqtt.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout_s)
+
+    def close(self) -> None:
+        try:
+            self._mqtt.disconnect()
+        finally:
+            self._mqtt.loop_stop()
