@@ -81,6 +81,16 @@ class BoxSettings:
     cloud_public_key: str = _req("the cloud's envelope X25519 public key, base64 of 32 bytes")
     state_dir: str = _f("", "spool, database and keys; default $STATE_DIRECTORY or /var/lib/gateway")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+    site: str = _f("", "site this box serves, as bound to its enrolment token (written by provisioning)")
+    modality: str = _f("", "modality this box serves, as bound to its enrolment token (written by provisioning)")
+
+
+@dataclass(frozen=True)
+class EnrolmentSettings:
+    url: str = _f("", "the cloud enrolment endpoint (https://host:port); empty = no automatic renewal")
+    ca_fingerprint: str = _f("", "SHA-256 (hex) of the fleet CA certificate, pinned at provisioning")
+    renew_at_fraction: float = _f(0.667, "renew the box certificate once this fraction of its lifetime has passed")
+    check_interval_s: float = _f(3600.0, "how often the edge checks whether its certificate is due for renewal")
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class EdgeSettings:
     mqtt: MqttSettings = _f(None, "the uplink broker")
     uplink: UplinkSettings = _f(None, "chunking, windows and retries of the uplink")
     spool: SpoolSettings = _f(None, "local cache policy")
+    enrolment: EnrolmentSettings = _f(None, "certificate enrolment and renewal")
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,23 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class AuthoritySettings:
+    pki_dir: str = _f("pki", "fleet CA key, certificate, registry and CRL, relative to state_dir")
+    box_cert_days: float = _f(90.0, "lifetime of box certificates; boxes renew at 2/3 of it")
+    token_ttl_hours: float = _f(72.0, "default lifetime of an enrolment token")
+    enrol_host: str = _f("127.0.0.1", "address the enrolment endpoint binds")
+    enrol_port: int = _f(8443, "TCP port of the enrolment endpoint (HTTPS)")
+    enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"), "names and addresses in the endpoint's certificate")
+    broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
+    broker_port: int = _f(8883, "broker TLS port boxes are told to use")
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     cloud: CloudNodeSettings = _f(None, "this cloud node")
     mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
     ingest: IngestSettings = _f(None, "ingest workers")
+    authority: AuthoritySettings = _f(None, "fleet certificate authority and enrolment endpoint")
 
 
 BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

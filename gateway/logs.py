@@ -35,6 +35,14 @@ class MSG(enum.StrEnum):
     OBJECT_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0010"
     OBJECT_DUPLICATE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0011"
     STAGING_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0012"
+    BOX_ENROLLED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0200"
+    ENROLMENT_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0201"
+    CERT_RENEWED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0202"
+    CERT_RENEWAL_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0203"
+    BOX_PROVISIONED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0204"
+    BUNDLE_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0205"
+    BOX_DECOMMISSIONED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0206"
+    CERT_REVOKED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0207"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

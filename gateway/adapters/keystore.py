@@ -10,6 +10,7 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from gateway.adapters import blobs
 from gateway.core import envelope
@@ -39,3 +40,97 @@ def read_x25519(path: Path) -> bytes:
 
 def public_b64(private_raw: bytes) -> str:
     return base64.b64encode(envelope.public_key_of(private_raw)).decode()
+
+
+class KeyStore(Protocol):
+    """Where the box's private keys live. Keys are made inside and never exported.
+
+    ``FileKeyStore`` keeps PEM files (0600) under ``$STATE_DIRECTORY/keys``; a TPM
+    store would implement the same calls and return a PKCS#11/engine handle path.
+    """
+
+    def generate_ec(self, name: str) -> None: ...
+    def csr(self, name: str, common_name: str) -> bytes: ...
+    def path(self, name: str) -> Path: ...
+    def exists(self, name: str) -> bool: ...
+    def replace(self, src: str, dst: str) -> None: ...
+    def secret(self, name: str, size: int = 32) -> bytes: ...
+    def erase_all(self) -> int: ...
+
+
+class FileKeyStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.key"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def generate_ec(self, name: str) -> None:
+        """A new EC P-256 private key named ``name`` (PKCS#8 PEM, 0600), replacing none in place."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        blobs.write_atomic(self.path(name), pem, mode=0o600)
+
+    def _load_ec(self, name: str):  # type: ignore[no-untyped-def]
+        from cryptography.hazmat.primitives import serialization
+
+        path = self.path(name)
+        try:
+            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(f"{path}: key file must not be readable by group or others (chmod 600)")
+            return serialization.load_pem_private_key(path.read_bytes(), None)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read key: {exc.strerror}") from exc
+
+    def csr(self, name: str, common_name: str) -> bytes:
+        """A PEM certificate signing request for key ``name``, subject CN ``common_name``."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        key = self._load_ec(name)
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []))
+               .sign(key, hashes.SHA256()))
+        return csr.public_bytes(serialization.Encoding.PEM)
+
+    def replace(self, src: str, dst: str) -> None:
+        """Atomically make key ``src`` the key ``dst`` (after a renewal)."""
+        blobs.adopt_atomic(self.path(src), self.path(dst))
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """A random symmetric key named ``name`` (raw bytes, 0600), created on first use."""
+        path = self.directory / f"{name}.secret"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            blobs.write_atomic(path, os.urandom(size), mode=0o600)
+        raw = path.read_bytes()
+        if len(raw) != size:
+            raise ConfigError(f"{path}: expected {size} bytes, found {len(raw)}")
+        return raw
+
+    def erase_all(self) -> int:
+        """Overwrite and delete every key file (crypto-erase). Returns how many were erased."""
+        if not self.directory.is_dir():
+            return 0
+        count = 0
+        for path in sorted(self.directory.iterdir()):
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            with open(path, "r+b") as fh:
+                fh.write(os.urandom(size))
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
+            count += 1
+        blobs.fsync_dir(self.directory)
+        return count

@@ -82,13 +82,18 @@ class MqttLink:
         self._client.on_message = self._handle_message
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
+        self._tls: ssl.SSLContext | None = None
         if settings.ca_file:
-            self._client.tls_set(
-                ca_certs=settings.ca_file,
-                certfile=settings.cert_file or None,
-                keyfile=settings.key_file or None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            self._tls = ssl.create_default_context(cafile=settings.ca_file)
+            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+            if settings.cert_file:
+                self._tls.load_cert_chain(settings.cert_file, settings.key_file or None)
+            self._client.tls_set_context(self._tls)
+
+    def reload_identity(self) -> None:
+        """Load the (renewed) client certificate and key; the next connection presents them."""
+        if self._tls is not None and self._settings.cert_file:
+            self._tls.load_cert_chain(self._settings.cert_file, self._settings.key_file or None)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:

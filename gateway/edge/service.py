@@ -26,7 +26,9 @@ from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
 from gateway.core.spool import ItemState
+from gateway.adapters.keystore import FileKeyStore
 from gateway.edge.packer import Packer
+from gateway.edge.renewal import Renewer
 from gateway.edge.sender import Sender
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -69,6 +71,7 @@ class EdgeService:
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock)
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
+        self.renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), self.link.reload_identity, clock)
         self._threads: list[threading.Thread] = []
         self.loop_heartbeat = clock()
 
@@ -116,6 +119,7 @@ class EdgeService:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._sweep()
+        self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
         self.listener.start()
         self.link.start()
         for target, name in ((self._pack_loop, "packer"), (self._main_loop, "edge-loop")):
@@ -135,6 +139,7 @@ class EdgeService:
         for thread in self._threads:
             thread.join(10)
         self.link.stop()
+        self.renewer.stop()
         self.sender.close()
         self.store.close()
 

@@ -1,0 +1,198 @@
+"""`mgw provision`: give a fresh box its identity, from a one-time enrolment token.
+
+1. fetch the fleet CA from the enrolment endpoint and check it against the pinned fingerprint;
+2. generate the box key in the key store (it never leaves the box) and a CSR;
+3. redeem the token: the cloud signs the CSR for the box id the token is bound to and answers
+   with the certificate, the cloud's envelope public key and where the broker is;
+4. write ``pki/ca.pem``, ``pki/box.pem`` and ``device.toml`` (which overrides the site file);
+5. self-test: key and certificate match, the certificate chains to the CA and is valid, the
+   configuration loads, and the broker accepts us over mutual TLS.
+
+Renewal (``gateway.edge.renewal``) reuses the same files and endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway import config
+from gateway.adapters import blobs, enrolment_client
+from gateway.adapters.keystore import FileKeyStore, KeyStore
+from gateway.core.errors import ConfigError, LocalError
+from gateway.logs import MSG
+from gateway.loopback import render_toml
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+BOX_KEY = "box"
+PENDING_KEY = "box.pending"
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    url: str
+    ca_fingerprint: str
+    token: str
+
+
+@dataclass
+class Provisioned:
+    box_id: str
+    site: str
+    modality: str
+    not_after: float
+    device_toml: Path
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+
+def pki_dir(paths: Paths) -> Path:
+    return paths.state_dir / "pki"
+
+
+def keys_dir(paths: Paths) -> Path:
+    return paths.state_dir / "keys"
+
+
+def device_toml(paths: Paths) -> Path:
+    return paths.state_dir / "device.toml"
+
+
+def key_store(paths: Paths) -> KeyStore:
+    return FileKeyStore(keys_dir(paths))
+
+
+def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None = None,
+              site_tables: dict[str, dict[str, Any]] | None = None, force: bool = False,
+              self_test: bool = True, say: Callable[[str], None] = lambda _: None) -> Provisioned:
+    store = keystore or key_store(paths)
+    if device_toml(paths).exists() and store.exists(BOX_KEY) and not force:
+        raise LocalError(f"this box is already provisioned ({device_toml(paths)}); "
+                         "run `mgw decommission` first, or pass --force to replace its identity")
+    say(f"fetching the fleet CA from {enrolment.url} (pinned {enrolment.ca_fingerprint[:16]}...)")
+    ca_pem = enrolment_client.fetch_ca(enrolment.url, enrolment.ca_fingerprint)
+    say("generating the box key on this box")
+    store.generate_ec(PENDING_KEY)
+    try:
+        say("redeeming the enrolment token")
+        answer = enrolment_client.enrol(enrolment.url, ca_pem, enrolment.token, store.csr(PENDING_KEY, ""))
+        result = _install(answer, ca_pem, enrolment, paths, store, site_tables or {})
+    finally:
+        if store.exists(PENDING_KEY):
+            store.path(PENDING_KEY).unlink()
+    log.info("box provisioned", extra={"MESSAGE_ID": MSG.BOX_PROVISIONED.value, "BOX_ID": result.box_id})
+    say(f"provisioned as box {result.box_id} (site {result.site or '-'}, modality {result.modality or '-'})")
+    if self_test:
+        say("self-test")
+        result.checks = run_self_test(paths, store)
+    return result
+
+
+def _check_answer(answer: dict[str, Any], ca_pem: bytes, store: KeyStore) -> x509.Certificate:
+    try:
+        cert = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+        key = serialization.load_pem_private_key(store.path(PENDING_KEY).read_bytes(), None)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise enrolment_client.EnrolmentError(f"the enrolment answer is not a certificate of our CA: {exc}") from exc
+    if cert.public_key() != key.public_key():
+        raise enrolment_client.EnrolmentError("the issued certificate is not for the key this box generated")
+    return cert
+
+
+def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths: Paths, store: KeyStore,
+             site_tables: dict[str, dict[str, Any]]) -> Provisioned:
+    cert = _check_answer(answer, ca_pem, store)
+    box_id = str(answer.get("box_id", ""))
+    if not config.BOX_ID.match(box_id):
+        raise enrolment_client.EnrolmentError("the enrolment answer carries no valid box id")
+    pki = pki_dir(paths)
+    pki.mkdir(parents=True, exist_ok=True, mode=0o755)
+    blobs.write_atomic(pki / "ca.pem", ca_pem, mode=0o644)
+    blobs.write_atomic(pki / "box.pem", str(answer["certificate"]).encode(), mode=0o644)
+    store.replace(PENDING_KEY, BOX_KEY)
+    mqtt = answer.get("mqtt") or {}
+    tables: dict[str, dict[str, Any]] = {
+        "box": {"id": box_id, "cloud_public_key": str(answer["cloud_public_key"]), "state_dir": str(paths.state_dir),
+                "site": str(answer.get("site", "")), "modality": str(answer.get("modality", ""))},
+        "mqtt": {"host": str(mqtt.get("host", "")), "port": int(mqtt.get("port", 8883)),
+                 "topic_prefix": str(mqtt.get("topic_prefix", "mgw/v1")),
+                 "ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "box.pem"),
+                 "key_file": str(store.path(BOX_KEY))},
+        "enrolment": {"url": enrolment.url, "ca_fingerprint": enrolment.ca_fingerprint},
+    }
+    for table, keys in site_tables.items():
+        tables.setdefault(table, {}).update(keys)
+    blobs.write_atomic(device_toml(paths), render_toml(tables).encode(), mode=0o644)
+    return Provisioned(box_id, tables["box"]["site"], tables["box"]["modality"],
+                       cert.not_valid_after_utc.timestamp(), device_toml(paths))
+
+
+def run_self_test(paths: Paths, store: KeyStore, broker_timeout_s: float = 15.0,
+                  clock: Callable[[], float] = time.time) -> list[tuple[str, bool, str]]:
+    """``(check, ok, detail or what to check)`` for identity, configuration and the broker."""
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        files = [f for f in paths.default_config_files("gateway")]
+        if device_toml(paths) not in files:
+            files.append(device_toml(paths))
+        settings = config.load_edge(files)
+        checks.append(("configuration loads", True, " + ".join(map(str, files))))
+    except ConfigError as exc:
+        return [("configuration loads", False, f"{exc}: fix the named key")]
+    checks.append(identity_check(settings, clock))
+    if checks[-1][1]:
+        checks.append(broker_check(settings, broker_timeout_s))
+    return checks
+
+
+def identity_check(settings: config.EdgeSettings, clock: Callable[[], float] = time.time) -> tuple[str, bool, str]:
+    try:
+        cert = x509.load_pem_x509_certificate(Path(settings.mqtt.cert_file).read_bytes())
+        ca = x509.load_pem_x509_certificate(Path(settings.mqtt.ca_file).read_bytes())
+        key = serialization.load_pem_private_key(Path(settings.mqtt.key_file).read_bytes(), None)
+        cert.verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError) as exc:
+        return ("certificate", False, f"{exc}: re-run `mgw provision` with a new token")
+    now = clock()
+    if cert.public_key() != key.public_key():
+        return ("certificate", False, "certificate and key do not match: re-run `mgw provision`")
+    if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+        return ("certificate", False, f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                                      f"{cert.not_valid_after_utc:%Y-%m-%d}): check the clock, or re-provision")
+    days = (cert.not_valid_after_utc.timestamp() - now) / 86400
+    cn = cert.subject.rfc4514_string()
+    if f"CN={settings.box.id}" not in cn.split(","):
+        return ("certificate", False, f"certificate is for {cn}, config says box {settings.box.id}")
+    until = dt.datetime.fromtimestamp(cert.not_valid_after_utc.timestamp(), dt.UTC)
+    return ("certificate", True, f"box {settings.box.id}, valid until {until:%Y-%m-%d} ({days:.0f} days)")
+
+
+def broker_check(settings: config.EdgeSettings, timeout_s: float) -> tuple[str, bool, str]:
+    from gateway.adapters.mqtt_link import MqttLink
+
+    link = MqttLink(settings.mqtt, client_id=f"mgw-selftest-{settings.box.id}", subscriptions=[],
+                    on_message=lambda _m: None, session_expiry_s=0)
+    link.start()
+    try:
+        ok = link.wait_connected(timeout_s)
+    finally:
+        link.stop()
+    where = f"{settings.mqtt.host}:{settings.mqtt.port}"
+    if ok:
+        return ("broker (mutual TLS)", True, f"connected to {where} as {settings.box.id}")
+    return ("broker (mutual TLS)", False, f"no connection to {where} within {timeout_s:.0f} s: check the "
+            "network/firewall (outbound TCP to that port), the clock, and that the box is not revoked")

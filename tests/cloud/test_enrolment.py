@@ -1,0 +1,131 @@
+"""Enrolment over real HTTPS against the real fleet CA, and `provision` on a box state dir."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from gateway.adapters import enrolment_client
+from gateway.adapters.keystore import FileKeyStore
+from gateway.cloud.authority import FleetAuthority
+from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
+from gateway.config import load_edge
+from gateway.edge import provision as prov
+from gateway.edge.renewal import Renewer, renewal_due
+from gateway.paths import Paths
+from tests.tls_peers import start_tls_broker
+
+PUB = "A" * 43 + "="
+
+
+class Clock:
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def cloud(tmp_path: Path):
+    clock = Clock()
+    authority = FleetAuthority(tmp_path / "ca", clock=clock)
+    broker = start_tls_broker(authority, tmp_path / "broker")
+    key_pem, cert_pem = authority.issue_with_key("enrolment", 30, server_hosts=["127.0.0.1"])
+    (tmp_path / "enrol.key").write_bytes(key_pem)
+    (tmp_path / "enrol.pem").write_bytes(cert_pem)
+    server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", broker.port, "mgw/v1", 90.0),
+                             tmp_path / "enrol.pem", tmp_path / "enrol.key")
+    server.start()
+    yield authority, server, clock, tmp_path
+    server.stop()
+    broker.stop()
+    authority.close()
+
+
+def _enrolment(authority: FleetAuthority, server: EnrolmentServer, token: str) -> prov.Enrolment:
+    return prov.Enrolment(f"https://127.0.0.1:{server.port}", authority.ca_fingerprint, token)
+
+
+def test_fresh_token_provisions_box_when_redeemed(cloud) -> None:
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    result = prov.provision(_enrolment(authority, server, token), paths, site_tables={"dicom": {"ae_title": "CT01"}})
+    assert result.ok, result.checks
+    assert (result.box_id, result.site, result.modality) == ("ct-01", "clinic-7", "CT")
+    key = paths.state_dir / "keys" / "box.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    settings = load_edge([result.device_toml])
+    assert (settings.box.id, settings.dicom.ae_title, settings.box.cloud_public_key) == ("ct-01", "CT01", PUB)
+    assert [r.kind for r in authority.records("ct-01")] == ["box"]
+    assert not (paths.state_dir / "keys" / "box.pending.key").exists()
+
+
+def test_token_refused_with_clear_message_when_reused(cloud) -> None:
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    first = Paths(tmp_path / "etc", tmp_path / "box1", tmp_path / "run")
+    prov.provision(_enrolment(authority, server, token), first, self_test=False)
+    second = Paths(tmp_path / "etc", tmp_path / "box2", tmp_path / "run")
+    with pytest.raises(enrolment_client.EnrolmentError, match="token already used"):
+        prov.provision(_enrolment(authority, server, token), second, self_test=False)
+    assert not (second.state_dir / "device.toml").exists()
+    assert not any((second.state_dir / "keys").glob("*.key"))
+
+
+def test_token_refused_with_clear_message_when_expired(cloud) -> None:
+    authority, server, clock, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=60)
+    clock.now += 61
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    with pytest.raises(enrolment_client.EnrolmentError, match="token expired"):
+        prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+
+
+def test_provision_refused_when_the_ca_fingerprint_does_not_match(cloud) -> None:
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=60)
+    bad = prov.Enrolment(f"https://127.0.0.1:{server.port}", "00" * 32, token)
+    with pytest.raises(enrolment_client.EnrolmentError, match="pinned fingerprint"):
+        prov.provision(bad, Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run"), self_test=False)
+    assert authority.records("ct-01") == []  # the token was never sent
+
+
+def test_certificate_renewed_when_two_thirds_of_its_lifetime_passed(cloud) -> None:
+    authority, server, clock, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    result = prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+    settings = load_edge([result.device_toml])
+    renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), clock=clock)
+    assert renewer.enabled and not renewer.check()  # fresh: not due
+    old = x509.load_pem_x509_certificate(Path(settings.mqtt.cert_file).read_bytes())
+    clock.now += 61 * 86400  # 90-day certificate: 2/3 is 60 days
+    assert renewer.check()
+    new = x509.load_pem_x509_certificate(Path(settings.mqtt.cert_file).read_bytes())
+    assert new.serial_number != old.serial_number
+    records = authority.records("ct-01")
+    assert records[-1].renewed_from == format(old.serial_number, "x")
+    assert prov.identity_check(settings, clock)[1]  # new key and certificate match
+
+
+def test_renewal_refused_when_the_box_is_revoked(cloud) -> None:
+    authority, server, clock, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    result = prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+    authority.revoke_box("ct-01", "stolen")
+    renewer = Renewer(load_edge([result.device_toml]), FileKeyStore(paths.state_dir / "keys"), clock=clock)
+    with pytest.raises(enrolment_client.EnrolmentError, match="revoked"):
+        renewer.renew()
+
+
+def test_renewal_due_when_the_fraction_of_lifetime_has_passed() -> None:
+    assert not renewal_due(0, 90, 59.9, 2 / 3)
+    assert renewal_due(0, 90, 60.0, 2 / 3)
