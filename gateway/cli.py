@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
     doctor.set_defaults(func=cmd_doctor)
+
+    from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
+
+    field.add_commands(sub, cloud, with_config)
     return parser
 
 

@@ -125,7 +125,8 @@ class AuthoritySettings:
     token_ttl_hours: float = _f(72.0, "default lifetime of an enrolment token")
     enrol_host: str = _f("127.0.0.1", "address the enrolment endpoint binds")
     enrol_port: int = _f(8443, "TCP port of the enrolment endpoint (HTTPS)")
-    enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"), "names and addresses in the endpoint's certificate")
+    enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"),
+                                          "names and addresses in the endpoint's certificate")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
     broker_port: int = _f(8883, "broker TLS port boxes are told to use")
 

@@ -134,3 +134,17 @@ class FileKeyStore:
             count += 1
         blobs.fsync_dir(self.directory)
         return count
+
+
+def read_raw_secret(path: Path, size: int) -> bytes:
+    """A raw key file of exactly ``size`` bytes that only its owner may read."""
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: key file must not be readable by group or others (chmod 600)")
+    if len(raw) != size:
+        raise ConfigError(f"{path}: expected {size} raw bytes, found {len(raw)}")
+    return raw

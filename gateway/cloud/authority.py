@@ -38,7 +38,7 @@ from gateway.config import BOX_ID
 from gateway.core.errors import ConfigError, PeerError
 
 INGEST_IDENTITY = "cloud.ingest"
-TOKEN_PREFIX = "mgw1-"
+TOKEN_PREFIX = "mgw1-"  # noqa: S105 - a format marker, not a secret
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY, subject TEXT NOT NULL, kind TEXT NOT NULL,
@@ -212,7 +212,8 @@ class FleetAuthority:
             row = db.execute("SELECT box_id, site, modality, expires_at, used_at FROM tokens WHERE token_sha256 = ?",
                              (token_hash(token),)).fetchone()
             if row is None:
-                raise EnrolmentRefusedError("enrolment token unknown: check it was copied whole, or ask ops for a new one")
+                raise EnrolmentRefusedError("enrolment token unknown: check it was copied whole, "
+                                            "or ask ops for a new one")
             box_id, site, modality, expires_at, used_at = row
             if used_at is not None:
                 raise EnrolmentRefusedError("enrolment token already used: each token provisions one box once; "

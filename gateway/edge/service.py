@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from gateway import __version__
 from gateway.adapters import blobs
 from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.store import SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
 from gateway.core.spool import ItemState
-from gateway.adapters.keystore import FileKeyStore
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
 from gateway.edge.sender import Sender

@@ -1,0 +1,150 @@
+"""Signed USB provisioning bundles: format, signing and verification.
+
+A stick carries one file at its root, ``MGW-PROVISION.bundle`` (the udev
+watcher runs ``mgw provision --bundle <mountpoint>/MGW-PROVISION.bundle``). It
+is UTF-8 JSON::
+
+    {"format": "mgw-provision-bundle/1",
+     "key_id": "<first 16 hex of SHA-256 of the signer's raw Ed25519 public key>",
+     "payload": "<base64 of the payload JSON bytes>",
+     "signature": "<base64 Ed25519 signature over b'mgw-provision-bundle/1\\n' + payload bytes>"}
+
+and the payload JSON is::
+
+    {"enrolment": {"url": "https://...", "ca_fingerprint": "<hex>", "token": "mgw1-..."},
+     "site": {"dicom": {...}, "uplink": {...}, "spool": {...}},     # optional edge tables
+     "created_at": <unix s>, "expires_at": <unix s>}
+
+The signature covers the payload bytes exactly as stored (no re-serialisation
+before checking). A box trusts only the Ed25519 public keys in its signer
+directory (``$CONFIGURATION_DIRECTORY/bundle-signers/*.pub``, each the base64 of
+32 raw bytes), shipped in the image; ops keep the private key offline. The site
+tables may only set the DICOM listener, uplink and spool: identity, broker and
+keys come from the enrolment itself, never from a stick.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway import config
+from gateway.core.errors import ConfigError, PeerError
+
+FORMAT = "mgw-provision-bundle/1"
+FILE_NAME = "MGW-PROVISION.bundle"
+MAX_BUNDLE_BYTES = 256 * 1024
+SITE_TABLES = {"dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings}
+
+
+class BundleRefusedError(PeerError):
+    """The bundle is unsigned, tampered, signed by an unknown key, expired or malformed."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    url: str
+    ca_fingerprint: str
+    token: str
+    site: dict[str, dict[str, Any]]
+    created_at: float
+    expires_at: float
+    key_id: str
+
+
+def key_id(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def _message(payload: bytes) -> bytes:
+    return FORMAT.encode() + b"\n" + payload
+
+
+def _check_site(site: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(site, dict):
+        raise BundleRefusedError("bundle 'site' must be a table of tables")
+    for table, keys in site.items():
+        if table not in SITE_TABLES:
+            raise BundleRefusedError(f"bundle may not set [{table}] (allowed: {', '.join(sorted(SITE_TABLES))})")
+        if not isinstance(keys, dict):
+            raise BundleRefusedError(f"bundle [{table}] must be a table")
+        try:
+            config.build(SITE_TABLES[table], keys, "bundle", f"{table}.")
+        except ConfigError as exc:
+            raise BundleRefusedError(str(exc)) from exc
+    return site
+
+
+def sign(private_raw: bytes, url: str, ca_fingerprint: str, token: str, site: dict[str, dict[str, Any]],
+         created_at: float, ttl_s: float) -> bytes:
+    """The bundle file's bytes, signed with the Ed25519 private key ``private_raw`` (32 bytes)."""
+    _check_site(site)
+    payload = json.dumps({
+        "enrolment": {"url": url, "ca_fingerprint": ca_fingerprint, "token": token},
+        "site": site, "created_at": created_at, "expires_at": created_at + ttl_s,
+    }, sort_keys=True).encode()
+    key = Ed25519PrivateKey.from_private_bytes(private_raw)
+    public = key.public_key().public_bytes_raw()
+    doc = {"format": FORMAT, "key_id": key_id(public), "payload": base64.b64encode(payload).decode(),
+           "signature": base64.b64encode(key.sign(_message(payload))).decode()}
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def load_signers(directory: Path) -> dict[str, Ed25519PublicKey]:
+    """Trusted signer keys by key id, from ``*.pub`` files (base64 of 32 raw bytes)."""
+    signers: dict[str, Ed25519PublicKey] = {}
+    for path in sorted(directory.glob("*.pub")) if directory.is_dir() else []:
+        try:
+            raw = base64.b64decode(path.read_text().strip(), validate=True)
+            signers[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
+        except (ValueError, binascii.Error, OSError) as exc:
+            raise ConfigError(f"{path}: not a base64 Ed25519 public key") from exc
+    return signers
+
+
+def verify(raw: bytes, signers: dict[str, Ed25519PublicKey], now: float) -> Bundle:
+    """The bundle's contents, or ``BundleRefusedError`` saying why it is refused."""
+    if not signers:
+        raise BundleRefusedError("no trusted bundle signers are installed on this box")
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise BundleRefusedError("bundle is too large")
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise BundleRefusedError(f"not a {FORMAT} file")
+        payload = base64.b64decode(str(doc["payload"]), validate=True)
+        signature = base64.b64decode(str(doc.get("signature", "")), validate=True)
+        kid = str(doc["key_id"])
+    except (ValueError, KeyError, binascii.Error) as exc:
+        raise BundleRefusedError(f"bundle is malformed: {exc.__class__.__name__}") from exc
+    if not signature:
+        raise BundleRefusedError("bundle is unsigned")
+    signer = signers.get(kid)
+    if signer is None:
+        raise BundleRefusedError(f"bundle is signed by an unknown key ({kid})")
+    try:
+        signer.verify(signature, _message(payload))
+    except InvalidSignature as exc:
+        raise BundleRefusedError("bundle signature does not verify: it was altered or forged") from exc
+    return _parse(payload, kid, now)
+
+
+def _parse(payload: bytes, kid: str, now: float) -> Bundle:
+    try:
+        body = json.loads(payload)
+        enrol = body["enrolment"]
+        bundle = Bundle(str(enrol["url"]), str(enrol["ca_fingerprint"]), str(enrol["token"]),
+                        _check_site(body.get("site", {})), float(body["created_at"]), float(body["expires_at"]), kid)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleRefusedError(f"signed bundle payload is malformed: {exc.__class__.__name__}") from exc
+    if now > bundle.expires_at:
+        raise BundleRefusedError("bundle expired: ask ops for a new one")
+    return bundle

@@ -1,0 +1,273 @@
+"""Field and fleet commands: `mgw provision`, `decommission`, and the cloud's CA commands.
+
+Registered into the parser by ``cli.build_parser``; documented in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway import config, logs
+from gateway.core.errors import ConfigError, GatewayError, LocalError
+from gateway.logs import MSG
+from gateway.paths import Paths
+
+log = logging.getLogger("gateway.field")
+
+
+def _state_paths(args: argparse.Namespace) -> Paths:
+    return Paths.from_env(str(args.state_dir) if args.state_dir else "")
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    return (lambda _m: None) if getattr(args, "json", False) else (lambda m: print(f"mgw: {m}", file=sys.stderr))
+
+
+# -- edge: provision ---------------------------------------------------------------------------
+def cmd_provision(args: argparse.Namespace) -> int:
+    from gateway import bundle as bundles
+    from gateway.edge import provision as prov
+
+    logs.setup("INFO" if not args.json else "WARNING", False)
+    paths = _state_paths(args)
+    say = _say(args)
+    site: dict[str, dict[str, Any]] = {}
+    if args.bundle:
+        signers = Path(args.signers) if args.signers else paths.config_dir / "bundle-signers"
+        try:
+            raw = Path(args.bundle).read_bytes()
+            got = bundles.verify(raw, bundles.load_signers(signers), time.time())
+        except (OSError, GatewayError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            log.error("provisioning bundle refused", extra={
+                "MESSAGE_ID": MSG.BUNDLE_REFUSED.value, "BUNDLE": str(args.bundle), "REASON": reason})
+            raise bundles.BundleRefusedError(f"{args.bundle}: {reason}") from exc
+        say(f"bundle signed by trusted key {got.key_id}")
+        enrolment = prov.Enrolment(got.url, got.ca_fingerprint, got.token)
+        site = got.site
+    else:
+        missing = [o for o, v in (("--token", args.token), ("--url", args.url),
+                                  ("--ca-fingerprint", args.ca_fingerprint)) if not v]
+        if missing:
+            raise ConfigError(f"provision needs --bundle, or all of --token --url --ca-fingerprint "
+                              f"(missing {' '.join(missing)})")
+        enrolment = prov.Enrolment(args.url, args.ca_fingerprint, args.token)
+    result = prov.provision(enrolment, paths, site_tables=site, force=args.force,
+                            self_test=not args.no_self_test, say=say)
+    doc = {"box_id": result.box_id, "site": result.site, "modality": result.modality,
+           "not_after": result.not_after, "device_toml": str(result.device_toml),
+           "self_test": [{"check": c, "ok": ok, "detail": d} for c, ok, d in result.checks], "ok": result.ok}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for check, ok, detail in result.checks:
+            print(f"  [{'ok' if ok else 'FAIL'}] {check}: {detail}")
+        print(f"box {result.box_id} provisioned; configuration in {result.device_toml}"
+              + ("" if result.ok else "; SELF-TEST FAILED (see above)"))
+    return 0 if result.ok else 1
+
+
+# -- edge: decommission ------------------------------------------------------------------------
+def cmd_decommission(args: argparse.Namespace) -> int:
+    from gateway.edge import decommission
+
+    if not args.yes:
+        raise LocalError("decommission destroys this box's keys and cached studies: pass --yes to confirm")
+    logs.setup("INFO", False)
+    report = decommission.crypto_erase(_state_paths(args))
+    log.warning("box decommissioned", extra={"MESSAGE_ID": MSG.BOX_DECOMMISSIONED.value, **{
+        k.upper(): v for k, v in report.items()}})
+    print(json.dumps(report, indent=2) if args.json else
+          f"decommissioned: {report['keys_erased']} keys crypto-erased, {report['files_removed']} cached files "
+          "removed; revoke the box in the cloud (`mgw cloud revoke BOX`) as well")
+    return 0
+
+
+# -- cloud -------------------------------------------------------------------------------------
+def _authority(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.cli import _cloud_settings
+    from gateway.cloud.authority import FleetAuthority
+
+    settings, paths = _cloud_settings(args)
+    return settings, paths, FleetAuthority(paths.key_file(settings.authority.pki_dir))
+
+
+def _enrol_url(settings: config.CloudSettings) -> str:
+    a = settings.authority
+    return f"https://{a.enrol_hostnames[0] if a.enrol_hostnames else a.enrol_host}:{a.enrol_port}"
+
+
+def cmd_cloud_enrol(args: argparse.Namespace) -> int:
+    from gateway.adapters import blobs, keystore
+    from gateway.cli import run_service
+    from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
+
+    settings, paths, authority = _authority(args)
+    logs.setup(settings.cloud.log_level, args.log_json)
+    a = settings.authority
+    key, cert = authority.dir / "enrolment.key", authority.dir / "enrolment.pem"
+    if not cert.exists():
+        key_pem, cert_pem = authority.issue_with_key("mgw enrolment", 825, server_hosts=list(a.enrol_hostnames))
+        blobs.write_atomic(key, key_pem, mode=0o600)
+        blobs.write_atomic(cert, cert_pem, mode=0o644)
+    envelope = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
+                               settings.mqtt.topic_prefix, a.box_cert_days)
+    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port)
+    return run_service(server, "enrolment")
+
+
+def cmd_cloud_token(args: argparse.Namespace) -> int:
+    settings, _, authority = _authority(args)
+    ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
+    token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600)
+    doc = {"box_id": args.box, "site": args.site, "modality": args.modality, "token": token,
+           "url": _enrol_url(settings), "ca_fingerprint": authority.ca_fingerprint, "expires_in_hours": ttl_h}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"mgw provision --url {doc['url']} --ca-fingerprint {doc['ca_fingerprint']} --token {token}")
+    return 0
+
+
+def cmd_cloud_revoke(args: argparse.Namespace) -> int:
+    _, _, authority = _authority(args)
+    count = authority.revoke_box(args.box, args.reason)
+    logging.getLogger("gateway.field").warning("box revoked", extra={
+        "MESSAGE_ID": MSG.CERT_REVOKED.value, "BOX_ID": args.box, "CERTIFICATES": count})
+    print(f"revoked {count} certificate(s) of {args.box}; CRL written to {authority.crl_path}: "
+          "copy it to the broker's crlfile and reload the broker")
+    return 0 if count else 1
+
+
+def cmd_cloud_certs(args: argparse.Namespace) -> int:
+    _, _, authority = _authority(args)
+    rows = [r.__dict__ for r in authority.records(args.box)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            state = "revoked" if r["revoked_at"] else "expired" if r["not_after"] < time.time() else "valid"
+            print(f"{r['serial'][:16]:16s} {r['kind']:7s} {r['subject']:24s} until "
+                  f"{time.strftime('%Y-%m-%d', time.gmtime(r['not_after']))} {state}"
+                  + (f" (renews {r['renewed_from'][:16]})" if r["renewed_from"] else ""))
+    return 0
+
+
+def cmd_cloud_broker_config(args: argparse.Namespace) -> int:
+    from gateway.adapters.mosquitto import render_config
+    from gateway.cloud import broker
+
+    settings, _, authority = _authority(args)
+    out = Path(args.out)
+    tls = broker.emit(authority, out, settings.mqtt.topic_prefix, args.host or ["127.0.0.1"])
+    conf = render_config(args.port, out / "data", "0.0.0.0", True, tls)  # noqa: S104 - the broker faces boxes
+    (out / "mosquitto.conf").write_text(conf)
+    key, cert = broker.issue_ingest_identity(authority, out / "ingest")
+    print(f"wrote {out}/mosquitto.conf, server certificate, CA, CRL and ACL; ingest identity {cert} and {key}")
+    return 0
+
+
+def cmd_cloud_bundle_key(args: argparse.Namespace) -> int:
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.adapters import blobs
+
+    if Path(args.out).exists():
+        raise LocalError(f"{args.out} exists; refusing to overwrite a signing key")
+    raw = os.urandom(32)
+    blobs.write_atomic(Path(args.out), raw, mode=0o600)
+    public = Ed25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+    print(base64.b64encode(public).decode())
+    return 0
+
+
+def cmd_cloud_bundle(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from gateway import bundle as bundles
+    from gateway.adapters import blobs, keystore
+
+    settings, _, authority = _authority(args)
+    site: dict[str, dict[str, Any]] = {}
+    if args.site_config:
+        try:
+            site = tomllib.loads(Path(args.site_config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{args.site_config}: {exc}") from exc
+    ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
+    token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600)
+    signing = keystore.read_raw_secret(Path(args.signing_key), 32)
+    raw = bundles.sign(signing, args.url or _enrol_url(settings), authority.ca_fingerprint, token, site,
+                       time.time(), ttl_h * 3600)
+    blobs.write_atomic(Path(args.out), raw, mode=0o600)
+    print(f"wrote {args.out} for box {args.box}; copy it to the root of a USB stick as {bundles.FILE_NAME}")
+    return 0
+
+
+def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+                 ) -> None:
+    p = sub.add_parser("provision", help="give this box its identity from an enrolment token or a signed bundle")
+    p.add_argument("--token", help="one-time enrolment token (mgw1-...)")
+    p.add_argument("--url", help="enrolment endpoint, https://host:port")
+    p.add_argument("--ca-fingerprint", help="SHA-256 of the fleet CA certificate (hex), pinned")
+    p.add_argument("--bundle", type=Path, help="a signed provisioning bundle (MGW-PROVISION.bundle)")
+    p.add_argument("--signers", type=Path, help="directory of trusted bundle signer keys (*.pub)")
+    p.add_argument("--state-dir", type=Path, help="state directory (default $STATE_DIRECTORY or /var/lib/gateway)")
+    p.add_argument("--force", action="store_true", help="replace an existing identity")
+    p.add_argument("--no-self-test", action="store_true", help="skip the self-test (broker connection)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_provision)
+
+    d = sub.add_parser("decommission", help="crypto-erase this box: keys, cached studies, identity")
+    d.add_argument("--state-dir", type=Path, help="state directory (default $STATE_DIRECTORY or /var/lib/gateway)")
+    d.add_argument("--yes", action="store_true", help="confirm; nothing happens without it")
+    d.add_argument("--json", action="store_true", help="print what was erased as JSON")
+    d.set_defaults(func=cmd_decommission)
+
+    e = with_config(cloud.add_parser("enrol", help="run the enrolment endpoint (HTTPS, EST-style)"))
+    e.add_argument("--log-json", action="store_true", help="log JSON lines")
+    e.set_defaults(func=cmd_cloud_enrol)
+    t = with_config(cloud.add_parser("token", help="create a one-time enrolment token for a box"))
+    t.add_argument("--box", required=True, help="box id the token enrols")
+    t.add_argument("--site", required=True, help="site the box serves")
+    t.add_argument("--modality", required=True, help="modality the box serves (CT, MR, DX...)")
+    t.add_argument("--ttl-hours", type=float, help="token lifetime (default authority.token_ttl_hours)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=cmd_cloud_token)
+    r = with_config(cloud.add_parser("revoke", help="revoke every certificate of a box and rewrite the CRL"))
+    r.add_argument("box", help="box id")
+    r.add_argument("--reason", default="unspecified", help="recorded in the registry")
+    r.set_defaults(func=cmd_cloud_revoke)
+    c = with_config(cloud.add_parser("certs", help="the certificate registry: issued, renewed, revoked"))
+    c.add_argument("--box", help="only this box")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=cmd_cloud_certs)
+    b = with_config(cloud.add_parser("broker-config", help="write a mosquitto config with mutual TLS and ACLs"))
+    b.add_argument("--out", required=True, help="directory for mosquitto.conf and its files")
+    b.add_argument("--host", action="append", help="broker host name or address boxes use; repeat")
+    b.add_argument("--port", type=int, default=8883, help="TLS listener port")
+    b.set_defaults(func=cmd_cloud_broker_config)
+    k = cloud.add_parser("bundle-key", help="create a bundle signing key; print its public half")
+    k.add_argument("--out", required=True, help="private key file to create (keep it offline)")
+    k.set_defaults(func=cmd_cloud_bundle_key)
+    u = with_config(cloud.add_parser("bundle", help="create a signed USB provisioning bundle for a box"))
+    u.add_argument("--signing-key", required=True, help="the bundle signing key (from bundle-key)")
+    u.add_argument("--box", required=True, help="box id")
+    u.add_argument("--site", required=True, help="site the box serves")
+    u.add_argument("--modality", required=True, help="modality the box serves")
+    u.add_argument("--site-config", help="TOML with [dicom], [uplink] and [spool] tables for the box")
+    u.add_argument("--url", help="enrolment endpoint the box uses (default from [authority])")
+    u.add_argument("--ttl-hours", type=float, help="bundle and token lifetime")
+    u.add_argument("--out", required=True, help="where to write the bundle")
+    u.set_defaults(func=cmd_cloud_bundle)
