@@ -22,7 +22,7 @@ from pathlib import Path
 from gateway.adapters import dicom_scu
 from gateway.core.errors import GatewayError, LocalError
 from gateway.core.spool import ItemState
-from gateway.loopback import EDGE_AE, LoopbackDeployment
+from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
 
 MODALITY_AE = "DEMO_MODALITY"
 TIMEOUT_S = 180.0
@@ -132,9 +132,11 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
     deployment: LoopbackDeployment | None = None
     try:
         files = study_files()
-        deployment = LoopbackDeployment(root)
+        deployment = LoopbackDeployment(root, secure=True)
         deployment.start()
-        say(f"mgw demo: broker on 127.0.0.1:{deployment.broker.port}, cloud and edge running, state in {root}")
+        say(f"mgw demo: fleet CA made; box {BOX_ID} provisioned with a one-time token over "
+            f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
+            f"cloud and edge running, state in {root}")
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
         say(f"mgw demo: sending {len(files)} real instances ({summary.bytes_original / 1e6:.1f} MB) "

@@ -44,10 +44,13 @@ def render_toml(tables: dict[str, dict[str, object]]) -> str:
 
 class LoopbackDeployment:
     def __init__(self, root: Path, edge_overrides: dict[str, dict[str, object]] | None = None,
-                 broker_persistence: bool = True) -> None:
+                 broker_persistence: bool = True, secure: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence)
+        self.secure = secure
+        self.enrol_port = free_port() if secure else 0
+        self.enrolment: subprocess.Popen[bytes] | None = None
         self.dicom_port = free_port()
         self.cloud_dir = root / "cloud"
         self.edge_dir = root / "edge"
@@ -59,14 +62,25 @@ class LoopbackDeployment:
         self.cloud: subprocess.Popen[bytes] | None = None
 
     def write_configs(self) -> None:
-        mqtt = {"host": "127.0.0.1", "port": self.broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
-        self.cloud_toml.write_text(render_toml({"cloud": {"state_dir": str(self.cloud_dir)}, "mqtt": mqtt}))
+        mqtt: dict[str, object] = {"host": "127.0.0.1", "port": self.broker.port, "reconnect_min_s": 0.2,
+                                   "reconnect_max_s": 2.0}
+        cloud: dict[str, dict[str, object]] = {"cloud": {"state_dir": str(self.cloud_dir)}, "mqtt": dict(mqtt)}
         tables: dict[str, dict[str, object]] = {
             "box": {"id": BOX_ID, "cloud_public_key": self.cloud_pub, "state_dir": str(self.edge_dir)},
             "dicom": {"ae_title": EDGE_AE, "bind_host": "127.0.0.1", "port": self.dicom_port},
             "mqtt": dict(mqtt),
             "uplink": {"ack_timeout_s": 5.0},
         }
+        if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
+            assert self.broker.tls is not None
+            cloud["mqtt"].update(ca_file=str(self.broker.tls.ca_file),
+                                 cert_file=str(self.cloud_dir / "keys/ingest.pem"),
+                                 key_file=str(self.cloud_dir / "keys/ingest.key"))
+            cloud["authority"] = {"enrol_port": self.enrol_port, "broker_host": "127.0.0.1",
+                                  "broker_port": self.broker.port}
+            del tables["box"]
+            tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
+        self.cloud_toml.write_text(render_toml(cloud))
         for table, keys in self._edge_overrides.items():
             tables.setdefault(table, {}).update(keys)
         self.edge_toml.write_text(render_toml(tables))
@@ -79,16 +93,67 @@ class LoopbackDeployment:
         )
 
     def start(self) -> None:
+        if self.secure:
+            self._prepare_pki()
         self.broker.start()
         self.write_configs()
         self.start_cloud()
+        if self.secure:
+            self.start_enrolment()
+            self.provision_edge(self.create_token())
         self.start_edge()
+
+    # -- secure mode: fleet CA, mutual TLS broker, enrolment, a provisioned box ------------------
+    def _prepare_pki(self) -> None:
+        from gateway.cloud import broker as broker_pki
+        from gateway.cloud.authority import FleetAuthority
+
+        self.authority = FleetAuthority(self.cloud_dir / "pki")
+        self.broker.tls = broker_pki.emit(self.authority, self.root / "broker" / "pki", "mgw/v1", ["127.0.0.1"])
+        broker_pki.issue_ingest_identity(self.authority, self.cloud_dir / "keys")
+
+    def create_token(self, box_id: str = BOX_ID, ttl_s: float = 600.0) -> str:
+        return self.authority.create_token(box_id, "loopback-site", "CT", ttl_s)
+
+    @property
+    def enrol_url(self) -> str:
+        return f"https://127.0.0.1:{self.enrol_port}"
+
+    def start_enrolment(self, timeout_s: float = 30.0) -> None:
+        self.enrolment = self._spawn(["cloud", "enrol", "--config", str(self.cloud_toml)], "enrolment.log")
+        self._wait_port(self.enrol_port, self.enrolment, timeout_s, "the enrolment endpoint")
+
+    def provision_edge(self, token: str) -> subprocess.CompletedProcess[str]:
+        """``mgw provision`` as a field engineer runs it; raises if it fails."""
+        args = [sys.executable, "-m", "gateway", "provision", "--url", self.enrol_url, "--ca-fingerprint",
+                self.authority.ca_fingerprint, "--token", token, "--state-dir", str(self.edge_dir), "--force"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120)  # noqa: S603 - our own CLI
+        with open(self.root / "provision.log", "a") as fh:
+            fh.write(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise LocalError(f"mgw provision failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+        return out
+
+    def _wait_port(self, port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise LocalError(f"{what} exited early with {proc.returncode}; see {self.root}/*.log")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise LocalError(f"{what} did not listen on port {port} within {timeout_s} s")
 
     def start_cloud(self) -> None:
         self.cloud = self._spawn(["cloud", "run", "--config", str(self.cloud_toml)], "cloud.log")
 
     def start_edge(self, wait_s: float = 30.0) -> None:
-        self.edge = self._spawn(["edge", "run", "--config", str(self.edge_toml)], "edge.log")
+        configs = ["--config", str(self.edge_toml)]
+        if self.secure:
+            configs += ["--config", str(self.edge_dir / "device.toml")]
+        self.edge = self._spawn(["edge", "run", *configs], "edge.log")
         self.wait_listening(wait_s)
 
     def wait_listening(self, timeout_s: float) -> None:
@@ -124,11 +189,14 @@ class LoopbackDeployment:
     def stop(self) -> None:
         self._end(self.edge, signal.SIGTERM)
         self._end(self.cloud, signal.SIGTERM)
+        self._end(self.enrolment, signal.SIGTERM)
         self.broker.stop()
+        if self.secure:
+            self.authority.close()
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
-        for name in ("edge.log", "cloud.log"):
+        for name in ("edge.log", "cloud.log", "enrolment.log", "provision.log"):
             path = self.root / name
             if path.exists():
                 out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
