@@ -47,3 +47,38 @@ def _provision(d: LoopbackDeployment, token: str, state: Path) -> subprocess.Com
     args = [sys.executable, "-m", "gateway", "provision", "--url", d.enrol_url, "--ca-fingerprint",
             d.authority.ca_fingerprint, "--token", token, "--state-dir", str(state), "--no-self-test"]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def _mgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_signed_bundle_provisions_a_box_and_a_tampered_one_is_refused_when_applied_from_a_stick(
+        deploy: Deploy, tmp_path: Path) -> None:
+    d = deploy(secure=True)
+    signers, stick = tmp_path / "signers", tmp_path / "stick"
+    signers.mkdir()
+    stick.mkdir()
+    made = _mgw("cloud", "bundle-key", "--out", str(tmp_path / "signing.key"))
+    assert made.returncode == 0, made.stderr
+    (signers / "ops.pub").write_text(made.stdout.strip())
+    (tmp_path / "site.toml").write_text('[dicom]\nae_title = "CT_ROOM_2"\n')
+    bundle_path = stick / "MGW-PROVISION.bundle"
+    made = _mgw("cloud", "bundle", "--config", str(d.cloud_toml), "--signing-key", str(tmp_path / "signing.key"),
+                "--box", "ct-room-2", "--site", "clinic-7", "--modality", "CT", "--site-config",
+                str(tmp_path / "site.toml"), "--url", d.enrol_url, "--out", str(bundle_path))
+    assert made.returncode == 0, made.stderr
+
+    tampered = stick / "tampered.bundle"
+    tampered.write_bytes(bundle_path.read_bytes().replace(b'"payload": "', b'"payload": "A'))
+    refused = _mgw("provision", "--bundle", str(tampered), "--signers", str(signers),
+                   "--state-dir", str(tmp_path / "box-x"))
+    assert refused.returncode == 1
+    assert "provisioning bundle refused" in refused.stderr  # logged (journald: MESSAGE_ID BUNDLE_REFUSED)
+    assert not (tmp_path / "box-x" / "device.toml").exists()
+
+    applied = _mgw("provision", "--bundle", str(bundle_path), "--signers", str(signers),
+                   "--state-dir", str(tmp_path / "box"), "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert '"box_id": "ct-room-2"' in applied.stdout and '"ok": true' in applied.stdout
+    assert 'ae_title = "CT_ROOM_2"' in (tmp_path / "box" / "device.toml").read_text()
