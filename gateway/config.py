@@ -39,6 +39,11 @@ class DicomSettings:
     port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE)")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
     allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate; empty = any")
+    allowed_peers: tuple[str, ...] = _f((), "modalities allowed to associate, as AE@address or AE@network/prefix; "
+                                            "empty = any address")
+    tls_cert_file: str = _f("", "certificate of the DICOM listener; set (with tls_key_file) to require DICOM TLS")
+    tls_key_file: str = _f("", "private key of the DICOM listener (0600)")
+    tls_ca_file: str = _f("", "CA bundle of modality client certificates; set to require them (mutual DICOM TLS)")
     max_associations: int = _f(8, "associations served at once")
     network_timeout_s: float = _f(60.0, "idle timeout on an association's socket")
     dimse_timeout_s: float = _f(60.0, "timeout waiting for a DIMSE message")
@@ -229,6 +234,13 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     for aet in s.dicom.allowed_calling_aets:
         if not _AE.match(aet):
             raise ConfigError(f"{source}: 'dicom.allowed_calling_aets' has an invalid AE title")
+    from gateway.core.admission import parse_rules
+
+    for rule in parse_rules(s.dicom.allowed_peers):
+        if not _AE.match(rule.ae_title):
+            raise ConfigError(f"{source}: 'dicom.allowed_peers' has an invalid AE title")
+    if bool(s.dicom.tls_cert_file) != bool(s.dicom.tls_key_file):
+        raise ConfigError(f"{source}: 'dicom.tls_cert_file' and 'dicom.tls_key_file' go together")
     if not 0 < s.spool.low_water_percent < s.spool.high_water_percent <= 100:
         raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
     if not 1 <= s.uplink.window_chunks <= 1024:

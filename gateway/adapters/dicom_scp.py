@@ -18,6 +18,7 @@ import enum
 import hashlib
 import logging
 import os
+import ssl
 import struct
 import threading
 import uuid
@@ -37,7 +38,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.adapters import blobs
 from gateway.config import DicomSettings
-from gateway.core.errors import DatasetStructureError, SpoolFullError
+from gateway.core import admission
+from gateway.core.errors import ConfigError, DatasetStructureError, SpoolFullError
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,8 @@ def _build_ae(settings: DicomSettings, services: Sequence[DicomService] = ()) ->
     ae.acse_timeout = settings.network_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.require_called_aet = True
-    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.require_calling_aet = list(settings.allowed_calling_aets) + [
+        r.ae_title for r in admission.parse_rules(settings.allowed_peers)]
     ae.add_supported_context(Verification)
     syntaxes = _ts_preference()
     for cx in AllStoragePresentationContexts:
@@ -143,6 +146,7 @@ class DicomListener:
         self._server: ThreadedAssociationServer | None = None
         self._port = settings.port
         self._lock = threading.Lock()
+        self._rules = admission.parse_rules(settings.allowed_peers)
 
     def start(self) -> None:
         with self._lock:
@@ -154,13 +158,16 @@ class DicomListener:
             self._ae = _build_ae(self._settings, self._services)
             handlers: list[Any] = [
                 (evt.EVT_C_ECHO, lambda event: Status.SUCCESS), (evt.EVT_C_STORE, self._on_c_store),
-                (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_ABORTED, _on_aborted)]
             for service in self._services:
                 handlers += service.handlers()
             address = (self._settings.bind_host, self._settings.port)
-            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            server = self._ae.start_server(address, block=False, evt_handlers=handlers,
+                                           ssl_context=_ssl_context(self._settings))
             assert server is not None
+            if self._rules:  # refuse strangers at TCP accept; _on_accepted re-checks (fail closed)
+                server.verify_request = self._verify_request  # type: ignore[method-assign]
             self._server = server
             self._port = int(server.server_address[1])
 
@@ -220,6 +227,27 @@ class DicomListener:
         blobs.adopt_atomic(path, target)
         log.warning("C-STORE dataset unreadable (%s), quarantined", exc, extra={
             **_failure_fields(Status.CANNOT_UNDERSTAND, event), "QUARANTINE_FILE": target.name})
+
+    def _verify_request(self, request: Any, client_address: Any) -> bool:
+        address = str(client_address[0])
+        if admission.address_admitted(self._rules, address):
+            return True
+        log.warning("association rejected: source address not allowed", extra={
+            "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": "source address not allowed",
+            "PEER_ADDRESS": address})
+        return False
+
+    def _on_accepted(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        reason = admission.refusal(self._rules, calling, str(requestor.address))
+        if reason is None:
+            _on_accepted(event)
+            return
+        log.warning("association aborted: %s", reason, extra={
+            "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": reason, "CALLING_AE": calling,
+            "PEER_ADDRESS": str(requestor.address)})
+        event.assoc.abort()
 
     def _on_rejected(self, event: Event) -> None:
         try:
@@ -388,6 +416,22 @@ class _Walker:
                 pos += length
 
 
+def _ssl_context(settings: DicomSettings) -> ssl.SSLContext | None:
+    """DICOM TLS on the LAN listener (PS3.15 B.1, TLS 1.2+), client certificates required if a CA is set."""
+    if not settings.tls_cert_file:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        if settings.tls_ca_file:
+            ctx.load_verify_locations(settings.tls_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"dicom TLS: cannot load {settings.tls_cert_file} / {settings.tls_key_file}: {exc}") from exc
+    return ctx
+
+
 def _on_accepted(event: Event) -> None:
     requestor = event.assoc.requestor
     log.info("association accepted", extra={
@@ -409,7 +453,8 @@ def _on_aborted(event: Event) -> None:
 def _rejection_reason(settings: DicomSettings, calling: str, called: str) -> str:
     if called != settings.ae_title.strip():  # pynetdicom checks in this order: called AE wins
         return "called AE title not recognised"
-    if settings.allowed_calling_aets and calling not in settings.allowed_calling_aets:
+    allowed = set(settings.allowed_calling_aets) | {r.ae_title for r in admission.parse_rules(settings.allowed_peers)}
+    if allowed and calling not in allowed:
         return "calling AE title not recognised"
     return "local limit exceeded or negotiation refused"
 
