@@ -13,7 +13,8 @@ from gateway.cloud.authority import FleetAuthority
 from gateway.core import admission
 from gateway.core.errors import ConfigError
 from gateway.logs import MSG
-from tests.adapters.test_dicom_scp import AE_TITLE, Gateway, start_gateway  # noqa: F401 - the fixture
+from tests.adapters.test_dicom_scp import AE_TITLE, Gateway
+from tests.adapters.test_dicom_scp import start_gateway as start_gateway  # noqa: F401 - the fixture
 from tests.peers import dcmtk, dcmtk_env, echo, real_images
 
 
