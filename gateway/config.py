@@ -78,6 +78,7 @@ class SpoolSettings:
     high_water_percent: float = _f(90.0, "refuse C-STORE (0xA700) above this disk use")
     low_water_percent: float = _f(85.0, "accept again below this disk use")
     max_pack_attempts: int = _f(3, "pack failures of one instance before it is quarantined")
+    encrypt_at_rest: bool = _f(True, "seal spooled originals with the cache key from the key store (AES-256-GCM)")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from gateway.core import envelope, spool
 from gateway.core.codec import Codec
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
+from gateway.edge import cache
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class Packer:
         cloud_public: bytes,
         clock: Callable[[], float],
         urandom: Callable[[int], bytes] = os.urandom,
+        cache_key: bytes | None = None,
     ) -> None:
+        self._cache_key = cache_key
         self._settings = settings
         self._store = store
         self._blob_dir = blob_dir
@@ -108,7 +111,7 @@ class Packer:
 
     def _checked_read(self, item: SpoolItem) -> Iterator[bytes]:
         digest = hashlib.sha256()
-        for piece in blobs.read_pieces(self._blob_dir / item.blob_name):
+        for piece in cache.read_blob(self._blob_dir / item.blob_name, self._cache_key):
             digest.update(piece)
             yield piece
         if digest.hexdigest() != item.sha256:

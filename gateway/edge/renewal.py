@@ -42,8 +42,8 @@ class Renewer:
         self.keystore = keystore
         self.on_renewed = on_renewed
         self._clock = clock
-        self.cert_path = Path(settings.mqtt.cert_file)
-        self.next_cert = self.cert_path.with_suffix(".next.pem")
+        self.cert_path = Path(settings.mqtt.cert_file or "box.pem")
+        self.next_cert = self.cert_path.with_name(self.cert_path.stem + ".next.pem")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -27,6 +27,7 @@ from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
 from gateway.core.spool import ItemState
+from gateway.edge import cache
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
 from gateway.edge.sender import Sender
@@ -68,10 +69,14 @@ class EdgeService:
             on_message=self._on_message, on_state=self._on_link,
             max_inflight=settings.uplink.window_chunks,
         )
-        self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock)
+        keys = FileKeyStore(paths.state_dir / "keys")
+        cache_key = keys.secret(cache.KEY_NAME)  # always readable, whatever encrypt_at_rest says now
+        self._cache_key = cache_key if settings.spool.encrypt_at_rest else None
+        self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
+                             cache_key=cache_key)
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
-        self.renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), self.link.reload_identity, clock)
+        self.renewer = Renewer(settings, keys, self.link.reload_identity, clock)
         self._threads: list[threading.Thread] = []
         self.loop_heartbeat = clock()
 
@@ -80,7 +85,12 @@ class EdgeService:
         if self._disk_refuses():
             raise SpoolFullError("spool disk above its high-water mark")
         name = f"{instance.sha256[:16]}-{instance.path.name}"
-        blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
+        if self._cache_key is not None:  # sealed at rest, fsynced, before the row and 0x0000
+            name += cache.SEALED_SUFFIX
+            cache.write_sealed(self.paths.blob_dir / name, self._cache_key, blobs.read_pieces(instance.path))
+            blobs.remove(instance.path)
+        else:
+            blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
         meta = {
             "sop_class_uid": instance.sop_class_uid, "sop_instance_uid": instance.sop_instance_uid,
             "study_instance_uid": instance.study_instance_uid,

@@ -33,6 +33,7 @@ ALLOWED_STDLIB = frozenset({
     "hashlib",
     "heapq",
     "hmac",
+    "ipaddress",
     "itertools",
     "json",
     "math",

@@ -82,3 +82,21 @@ def test_signed_bundle_provisions_a_box_and_a_tampered_one_is_refused_when_appli
     assert applied.returncode == 0, applied.stderr
     assert '"box_id": "ct-room-2"' in applied.stdout and '"ok": true' in applied.stdout
     assert 'ae_title = "CT_ROOM_2"' in (tmp_path / "box" / "device.toml").read_text()
+
+
+def test_decommission_crypto_erases_keys_and_cache_when_confirmed(deploy: Deploy) -> None:
+    d = deploy(secure=True)
+    files = [p for p in real_images() if p.name == "693_UNCI.dcm"]
+    dcmtk("storescu")
+    assert storescu("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files).returncode == 0
+    wait_for(lambda: acknowledged_count(d) >= 1, 60, "the instance acknowledged")
+    d.kill_edge()
+    sealed = [p for p in (d.edge_dir / "spool" / "blobs").iterdir() if p.is_file()]
+    assert sealed and all(p.read_bytes()[:5] == b"MGWC\x01" for p in sealed)
+    assert _mgw("decommission", "--state-dir", str(d.edge_dir)).returncode == 1  # needs --yes
+    assert (d.edge_dir / "keys" / "cache.secret").exists()
+    erased = _mgw("decommission", "--state-dir", str(d.edge_dir), "--yes", "--json")
+    assert erased.returncode == 0, erased.stderr
+    assert '"keys_erased": 2' in erased.stdout  # box.key and cache.secret
+    assert list((d.edge_dir / "keys").iterdir()) == []
+    assert not (d.edge_dir / "spool").exists() and not (d.edge_dir / "device.toml").exists()

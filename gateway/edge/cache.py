@@ -1,0 +1,35 @@
+"""The edge cache at rest: spooled originals sealed with the box's cache key.
+
+A blob whose name ends in ``.mgwc`` is sealed (``core.atrest``: streaming
+AES-256-GCM, key from the key store, one derived key per file); anything else
+is a plaintext blob from before encryption at rest was switched on, still
+readable. Outbox files need nothing more: they hold chunk frames already sealed
+to the cloud's envelope key, which the box itself cannot open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.adapters import blobs
+from gateway.core import atrest
+from gateway.core.errors import IntegrityError
+
+KEY_NAME = "cache"
+SEALED_SUFFIX = ".mgwc"
+
+
+def write_sealed(path: Path, key: bytes, pieces: Iterable[bytes]) -> int:
+    """Seal ``pieces`` into ``path`` durably (tmp, fsync, rename, directory fsync)."""
+    return blobs.write_atomic(path, atrest.seal_pieces(key, os.urandom(atrest.FILE_ID_BYTES), pieces))
+
+
+def read_blob(path: Path, key: bytes | None) -> Iterable[bytes]:
+    """The original bytes of a spooled blob, sealed or not, in bounded pieces."""
+    if not path.name.endswith(SEALED_SUFFIX):
+        return blobs.read_pieces(path)
+    if key is None:
+        raise IntegrityError(f"{path.name} is sealed but encryption at rest is off: no cache key")
+    return atrest.open_pieces(key, blobs.read_pieces(path))
