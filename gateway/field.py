@@ -91,6 +91,24 @@ def cmd_decommission(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- edge: commission --------------------------------------------------------------------------
+def cmd_commission(args: argparse.Namespace) -> int:
+    from gateway.cli import _config_files
+    from gateway.edge import commission
+
+    logs.setup("ERROR", False)  # the report says what failed; progress goes to stderr, JSON to stdout
+    files = _config_files(args, "gateway")
+    options = commission.Options(args.modality_host or "", args.modality_port, args.modality_ae or "", args.timeout)
+    report = commission.run(files, options, say=lambda m: print(f"mgw: {m}", file=sys.stderr, flush=True))
+    out_dir = Path(args.report_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"commission-{report.box_id or 'unknown'}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    Path(f"{stem}.txt").write_text(report.to_text())
+    Path(f"{stem}.json").write_text(report.to_json())
+    print(report.to_json() if args.json else report.to_text() + f"report written to {stem}.txt and {stem}.json")
+    return 0 if report.ok else 1
+
+
 # -- cloud -------------------------------------------------------------------------------------
 def _authority(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from gateway.cli import _cloud_settings
@@ -234,6 +252,15 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     d.add_argument("--yes", action="store_true", help="confirm; nothing happens without it")
     d.add_argument("--json", action="store_true", help="print what was erased as JSON")
     d.set_defaults(func=cmd_decommission)
+
+    m = with_config(sub.add_parser("commission", help="acceptance checks with a hand-over report (text and JSON)"))
+    m.add_argument("--modality-host", help="the modality's address, for a C-ECHO to its SCP")
+    m.add_argument("--modality-port", type=int, default=104, help="the modality's DICOM port")
+    m.add_argument("--modality-ae", help="the modality's AE title")
+    m.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cloud acknowledgement")
+    m.add_argument("--report-dir", default=".", help="where to write the report files")
+    m.add_argument("--json", action="store_true", help="print the report as JSON")
+    m.set_defaults(func=cmd_commission)
 
     e = with_config(cloud.add_parser("enrol", help="run the enrolment endpoint (HTTPS, EST-style)"))
     e.add_argument("--log-json", action="store_true", help="log JSON lines")

@@ -112,3 +112,55 @@ def send_study(host: str, port: int, called_ae: str, calling_ae: str, files: lis
     if any(s != 0 for s in statuses):
         raise PeerError(f"C-STORE statuses: {[hex(s) for s in statuses]}")
     return "pynetdicom"
+
+
+def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 10.0) -> int | None:
+    """One C-ECHO with pynetdicom: its DIMSE status, or None if no association was made."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if status and "Status" in status else None
+    finally:
+        assoc.release()
+
+
+COMMISSIONING_UID_ROOT = "1.2.826.0.1.3680043.10.1394."
+
+
+def write_test_object(path: Path, unique: str) -> str:
+    """A small Secondary Capture instance carrying no patient data; returns its SOP Instance UID.
+
+    Patient Name is ``MGW^COMMISSIONING`` and every UID is derived from ``unique``
+    (digits) under the gateway's commissioning root, so the object is recognisable
+    in the archive and never mistaken for a patient's.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sop = COMMISSIONING_UID_ROOT + unique + ".3"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop
+    ds.StudyInstanceUID = COMMISSIONING_UID_ROOT + unique + ".1"
+    ds.SeriesInstanceUID = COMMISSIONING_UID_ROOT + unique + ".2"
+    ds.PatientName, ds.PatientID, ds.Modality = "MGW^COMMISSIONING", "MGW-COMMISSIONING", "OT"
+    ds.ConversionType = "WSD"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(range(64)) * 64
+    ds.save_as(path, enforce_file_format=True)
+    return sop

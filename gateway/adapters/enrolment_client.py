@@ -92,3 +92,19 @@ def enrol(url: str, ca_pem: bytes, token: str, csr_pem: bytes) -> dict[str, Any]
 
 def reenrol(url: str, ca_pem: bytes, cert: Path, key: Path, csr_pem: bytes) -> dict[str, Any]:
     return _post(url, REENROL, {"csr": csr_pem.decode()}, _context(ca_pem, cert, key))
+
+
+def server_time(url: str, ca_pem: bytes) -> float:
+    """The enrolment endpoint's clock (its HTTP Date header), for a clock-skew check."""
+    import email.utils
+
+    request = urllib.request.Request(url.rstrip("/") + CACERTS)  # noqa: S310 - https, verified context
+    try:
+        with urllib.request.urlopen(request, context=_context(ca_pem), timeout=TIMEOUT_S) as rsp:  # noqa: S310
+            date = rsp.headers.get("Date", "")
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        raise EnrolmentError(f"enrolment endpoint {url} unreachable: {exc}") from exc
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError) as exc:
+        raise EnrolmentError("the enrolment endpoint sent no usable Date header") from exc

@@ -1,0 +1,241 @@
+"""`mgw commission`: the field engineer's acceptance checks, with a report to hand over.
+
+Run on the box while `mgw edge run` is running. Each check prints its progress,
+and every failure says what to check. The same checks are the checklist in
+provisioning/commissioning-checklist.md.
+
+1. configuration      the edge configuration loads (site file + device.toml)
+2. certificate        box certificate matches its key, chains to the fleet CA, is valid, is ours
+3. clock skew         local clock against the enrolment endpoint's (TLS and certificates need it)
+4. broker             mutual-TLS connection to the broker as this box
+5. echo to modality   C-ECHO from this box to the modality's SCP (if --modality-host is given)
+6. echo from modality our listener answers C-ECHO for the modality's AE title; the engineer
+                      also runs an echo from the modality console (recorded as a manual step)
+7. end to end         a synthetic test object (no patient data) C-STOREd to the listener, then
+                      followed until the cloud acknowledges it durably stored
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway import __version__, config
+from gateway.core.errors import GatewayError
+from gateway.core.spool import ItemState
+from gateway.edge import provision
+from gateway.paths import Paths
+
+MAX_SKEW_S = 60.0
+
+
+class Outcome:
+    OK = "ok"
+    FAIL = "FAIL"
+    SKIPPED = "skipped"
+    MANUAL = "manual"
+
+
+@dataclass
+class Check:
+    name: str
+    outcome: str
+    detail: str
+    seconds: float = 0.0
+
+
+@dataclass
+class Options:
+    modality_host: str = ""
+    modality_port: int = 104
+    modality_ae: str = ""
+    timeout_s: float = 120.0
+
+
+@dataclass
+class Report:
+    box_id: str = ""
+    site: str = ""
+    modality: str = ""
+    version: str = __version__
+    started_at: float = 0.0
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.outcome != Outcome.FAIL for c in self.checks)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+
+    def to_text(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at))
+        lines = [f"Commissioning report, box {self.box_id} (site {self.site or '-'}, "
+                 f"modality {self.modality or '-'}), mgw {self.version}, {when}", ""]
+        lines += [f"  [{c.outcome:7s}] {c.name}: {c.detail}" for c in self.checks]
+        lines += ["", "RESULT: " + ("PASSED" if self.ok else "FAILED: fix what the failed lines name, then re-run")]
+        return "\n".join(lines) + "\n"
+
+
+def run(files: list[Path], options: Options, say: Callable[[str], None] = lambda _m: None,
+        clock: Callable[[], float] = time.time) -> Report:
+    report = Report(started_at=clock())
+    steps: list[tuple[str, Callable[[], tuple[str, str]]]] = []
+    try:
+        settings = config.load_edge(files)
+    except GatewayError as exc:
+        report.checks.append(Check("configuration", Outcome.FAIL, f"{exc}: fix the named file and key"))
+        return report
+    report.box_id, report.site, report.modality = settings.box.id, settings.box.site, settings.box.modality
+    paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
+    report.checks.append(Check("configuration", Outcome.OK, " + ".join(map(str, files))))
+    steps = [
+        ("certificate", lambda: _certificate(settings, clock)),
+        ("clock skew", lambda: _clock_skew(settings, clock)),
+        ("broker (mutual TLS)", lambda: _broker(settings)),
+        ("C-ECHO to the modality", lambda: _echo_to_modality(settings, options)),
+        ("C-ECHO to this box", lambda: _echo_to_box(settings, options)),
+        ("C-ECHO from the modality console", lambda: _manual_echo(settings)),
+        ("test object end to end", lambda: _end_to_end(settings, paths, options, clock)),
+    ]
+    total = len(steps) + 1
+    say(f"[1/{total}] configuration: ok")
+    for number, (name, step) in enumerate(steps, start=2):
+        say(f"[{number}/{total}] {name} ...")
+        started = time.monotonic()
+        try:
+            outcome, detail = step()
+        except GatewayError as exc:
+            outcome, detail = Outcome.FAIL, str(exc)
+        report.checks.append(Check(name, outcome, detail, round(time.monotonic() - started, 2)))
+        say(f"[{number}/{total}] {name}: {outcome} - {detail}")
+    return report
+
+
+def _certificate(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, str]:
+    if not settings.mqtt.cert_file:
+        return Outcome.FAIL, "no box certificate configured (mqtt.cert_file): provision the box first (mgw provision)"
+    _, ok, detail = provision.identity_check(settings, clock)
+    return (Outcome.OK if ok else Outcome.FAIL), detail
+
+
+def _clock_skew(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, str]:
+    from gateway.adapters import enrolment_client
+
+    if not settings.enrolment.url or not settings.mqtt.ca_file:
+        return Outcome.SKIPPED, "no enrolment endpoint configured to compare clocks with"
+    skew = clock() - enrolment_client.server_time(settings.enrolment.url, Path(settings.mqtt.ca_file).read_bytes())
+    detail = f"local clock is {skew:+.1f} s from the cloud's"
+    if abs(skew) > MAX_SKEW_S:
+        return Outcome.FAIL, detail + f" (limit {MAX_SKEW_S:.0f} s): check NTP (timedatectl status)"
+    return Outcome.OK, detail
+
+
+def _broker(settings: config.EdgeSettings) -> tuple[str, str]:
+    _, ok, detail = provision.broker_check(settings, 15.0)
+    return (Outcome.OK if ok else Outcome.FAIL), detail
+
+
+def _echo_to_modality(settings: config.EdgeSettings, options: Options) -> tuple[str, str]:
+    from gateway.adapters import dicom_scu
+
+    if not options.modality_host:
+        return Outcome.SKIPPED, "no --modality-host given (the modality may not run a Verification SCP)"
+    called = options.modality_ae or "ANY-SCP"
+    where = f"{called}@{options.modality_host}:{options.modality_port}"
+    status = dicom_scu.echo(options.modality_host, options.modality_port, called, settings.dicom.ae_title)
+    if status == 0:
+        return Outcome.OK, f"{where} answered C-ECHO"
+    return Outcome.FAIL, (f"{where} did not answer C-ECHO (status {status}): check the modality's IP, port and "
+                          f"AE title, that it knows {settings.dicom.ae_title} as a peer, and the LAN cabling")
+
+
+def _local_calling_ae(settings: config.EdgeSettings, options: Options) -> tuple[str, str | None]:
+    """The calling AE to use from this box, or why the listener would refuse a local association."""
+    from gateway.core import admission
+
+    rules = admission.parse_rules(settings.dicom.allowed_peers)
+    for rule in rules:
+        if admission.refusal(rules, rule.ae_title, "127.0.0.1") is None:
+            return rule.ae_title, None
+    if rules:
+        return "", "dicom.allowed_peers admits no local address"
+    allowed = settings.dicom.allowed_calling_aets
+    if not allowed:
+        return "MGW-COMMISSION", None
+    return (options.modality_ae if options.modality_ae in allowed else allowed[0]), None
+
+
+def _listener_host(settings: config.EdgeSettings) -> str:
+    return "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "") else settings.dicom.bind_host  # noqa: S104
+
+
+def _echo_to_box(settings: config.EdgeSettings, options: Options) -> tuple[str, str]:
+    from gateway.adapters import dicom_scu
+
+    calling, why_not = _local_calling_ae(settings, options)
+    if why_not:
+        return Outcome.SKIPPED, why_not + ": use the modality console's echo (next line)"
+    if settings.dicom.tls_cert_file:
+        return Outcome.SKIPPED, "the listener requires DICOM TLS: use the modality console's echo (next line)"
+    host, port = _listener_host(settings), settings.dicom.port
+    status = dicom_scu.echo(host, port, settings.dicom.ae_title, calling)
+    if status == 0:
+        return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
+    return Outcome.FAIL, (f"{settings.dicom.ae_title}@{host}:{port} did not answer: is `mgw edge run` running "
+                          "(systemctl status gateway-edge)? is the port right?")
+
+
+def _manual_echo(settings: config.EdgeSettings) -> tuple[str, str]:
+    return Outcome.MANUAL, (f"on the modality, echo AE {settings.dicom.ae_title} at {_box_address()}:"
+                            f"{settings.dicom.port}; journal shows ASSOCIATION_ACCEPTED with its address")
+
+
+def _box_address() -> str:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent, this only picks the route
+            return str(sock.getsockname()[0])
+    except OSError:
+        return "<this box's LAN address>"
+
+
+def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
+                clock: Callable[[], float]) -> tuple[str, str]:
+    from gateway.adapters import dicom_scu
+    from gateway.adapters.store import SpoolStore
+
+    calling, why_not = _local_calling_ae(settings, options)
+    if why_not or settings.dicom.tls_cert_file:
+        return Outcome.SKIPPED, (why_not or "listener requires DICOM TLS") + \
+            ": send a test study from the modality and check `mgw status`"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mgw-commission-") as tmp:
+        obj = Path(tmp) / "commissioning.dcm"
+        sop = dicom_scu.write_test_object(obj, time.strftime("%Y%m%d%H%M%S", time.gmtime(clock())) +
+                                          str(int(clock() * 1000) % 1000))
+        statuses = dicom_scu.pynetdicom_store(_listener_host(settings), settings.dicom.port,
+                                              settings.dicom.ae_title, calling, [obj])
+    if statuses != [0]:
+        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u gateway-edge`"
+    store = SpoolStore(paths.spool_db)
+    try:
+        deadline = time.monotonic() + options.timeout_s
+        while time.monotonic() < deadline:
+            row = store.db.execute("SELECT state FROM items WHERE sop_instance_uid = ? ORDER BY id DESC LIMIT 1",
+                                   (sop,)).fetchone()
+            state = str(row[0]).upper() if row else ""
+            if state in (ItemState.ACKNOWLEDGED.name, ItemState.PURGED.name):
+                return Outcome.OK, f"test object acknowledged by the cloud in {time.monotonic() - started:.1f} s"
+            if state == ItemState.QUARANTINED.name:
+                return Outcome.FAIL, "test object quarantined: see `mgw status` and the journal (ITEM_QUARANTINED)"
+            time.sleep(0.25)
+    finally:
+        store.close()
+    return Outcome.FAIL, (f"no cloud acknowledgement within {options.timeout_s:.0f} s (last state {state or 'none'}): "
+                          "check the broker line above, the uplink (UPLINK_DOWN in the journal) and the cloud ingest")
