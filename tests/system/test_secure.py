@@ -128,3 +128,28 @@ def test_commission_passes_and_writes_a_report_when_the_box_is_provisioned_and_t
                   "--modality-ae", "CT_SCANNER", "--report-dir", str(tmp_path / "reports2"))
     assert failed.returncode == 1
     assert "[FAIL   ] C-ECHO to the modality" in failed.stdout and "check the modality's IP" in failed.stdout
+
+
+def test_prepare_usb_script_writes_a_bundle_the_box_accepts_when_given_a_directory(
+        deploy: Deploy, tmp_path: Path) -> None:
+    import os
+    import time
+
+    from gateway import bundle
+
+    d = deploy(secure=True)
+    made = _mgw("cloud", "bundle-key", "--out", str(tmp_path / "signing.key"))
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    script = Path(__file__).parents[2] / "provisioning" / "prepare-usb.sh"
+    env = dict(os.environ, MGW=str(Path(sys.executable).parent / "mgw"))
+    ran = subprocess.run(["sh", str(script), "--config", str(d.cloud_toml), "--signing-key",
+                          str(tmp_path / "signing.key"), "--box", "us-1", "--site", "clinic-7", "--modality", "US",
+                          "--dir", str(stick)], capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert [p.name for p in stick.iterdir()] == ["MGW-PROVISION.bundle"]
+    signers_dir = tmp_path / "signers"
+    signers_dir.mkdir()
+    (signers_dir / "ops.pub").write_text(made.stdout.strip())
+    got = bundle.verify((stick / "MGW-PROVISION.bundle").read_bytes(), bundle.load_signers(signers_dir), time.time())
+    assert got.ca_fingerprint == d.authority.ca_fingerprint and got.token.startswith("mgw1-")
