@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -239,7 +240,7 @@ class FleetAuthority:
         presented = x509.load_pem_x509_certificate(presented_pem)
         try:
             presented.verify_directly_issued_by(self._ca_cert)
-        except (ValueError, TypeError, Exception) as exc:
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise EnrolmentRefusedError("presented certificate was not issued by this fleet CA") from exc
         serial = format(presented.serial_number, "x")
         record = self.record(serial)
@@ -264,11 +265,12 @@ class FleetAuthority:
     def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise EnrolmentRefusedError("CSR is not a PEM certificate signing request") from exc
-        if not csr.is_signature_valid:
+            valid, public = csr.is_signature_valid, csr.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise EnrolmentRefusedError("CSR is not a usable PEM certificate signing request") from exc
+        if not valid:
             raise EnrolmentRefusedError("CSR signature does not verify (proof of possession failed)")
-        if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+        if not isinstance(public, ec.EllipticCurvePublicKey):
             raise EnrolmentRefusedError("CSR key must be an EC key (P-256)")
         return csr
 
