@@ -292,6 +292,13 @@ class FleetAuthority:
         self.write_crl()
         return cur.rowcount
 
+    def revoke_serial(self, serial: str, reason: str = "unspecified") -> bool:
+        """Revoke one certificate (for example one a renewal superseded); rewrite the CRL."""
+        cur = self._db.execute("UPDATE certificates SET revoked_at = ?, revoke_reason = ? "
+                               "WHERE serial = ? AND revoked_at IS NULL", (self._clock(), reason, serial))
+        self.write_crl()
+        return cur.rowcount == 1
+
     def crl_pem(self, next_update_days: float = 7.0) -> bytes:
         now = self._now()
         builder = (x509.CertificateRevocationListBuilder().issuer_name(self._ca_cert.subject)

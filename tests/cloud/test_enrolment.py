@@ -31,6 +31,9 @@ class Clock:
         return self.now
 
 
+BROKERS: dict[int, object] = {}
+
+
 @pytest.fixture
 def cloud(tmp_path: Path):
     clock = Clock()
@@ -42,7 +45,9 @@ def cloud(tmp_path: Path):
     server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", broker.port, "mgw/v1", 90.0),
                              tmp_path / "enrol.pem", tmp_path / "enrol.key")
     server.start()
+    BROKERS[server.port] = broker
     yield authority, server, clock, tmp_path
+    BROKERS.pop(server.port, None)
     server.stop()
     broker.stop()
     authority.close()
@@ -129,3 +134,31 @@ def test_renewal_refused_when_the_box_is_revoked(cloud) -> None:
 def test_renewal_due_when_the_fraction_of_lifetime_has_passed() -> None:
     assert not renewal_due(0, 90, 59.9, 2 / 3)
     assert renewal_due(0, 90, 60.0, 2 / 3)
+
+
+def test_link_presents_the_renewed_certificate_when_it_reconnects_after_renewal(cloud) -> None:
+    from gateway.adapters.mqtt_link import MqttLink
+    from gateway.cloud import broker as broker_pki
+
+    authority, server, clock, tmp_path = cloud
+    broker = BROKERS[server.port]
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    settings = load_edge([prov.provision(_enrolment(authority, server, token), paths, self_test=False).device_toml])
+    old_serial = format(x509.load_pem_x509_certificate(Path(settings.mqtt.cert_file).read_bytes()).serial_number, "x")
+    link = MqttLink(settings.mqtt, client_id="renewal-test", subscriptions=[], on_message=lambda _m: None,
+                    session_expiry_s=0)
+    later = Clock()
+    later.now = clock.now + 61 * 86400  # the box thinks renewal is due; the CA and broker keep real time
+    renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), link.reload_identity, later)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        assert renewer.check()
+        assert authority.revoke_serial(old_serial, "superseded")
+        broker_pki.refresh_crl(authority, broker.tls)  # type: ignore[attr-defined]
+        broker.stop()  # type: ignore[attr-defined]
+        broker.start()  # type: ignore[attr-defined]
+        assert link.wait_connected(15)  # reconnected: it presented the new certificate, the old one is revoked
+    finally:
+        link.stop()
