@@ -53,11 +53,16 @@ def seal_pieces(key: bytes, file_id: bytes, pieces: Iterable[bytes]) -> Iterator
     index = 0
     for piece in pieces:
         buffer += piece
-        while len(buffer) > SEGMENT_BYTES:  # keep one segment back: the last one is final
-            sealed = cipher.encrypt(_nonce(index, False), bytes(buffer[:SEGMENT_BYTES]), header)
-            del buffer[:SEGMENT_BYTES]
-            index += 1
-            yield _LEN.pack(len(sealed)) + sealed
+        if len(buffer) <= SEGMENT_BYTES:
+            continue
+        done = 0
+        with memoryview(buffer) as view:
+            while len(buffer) - done > SEGMENT_BYTES:  # keep one segment back: the last one is final
+                sealed = cipher.encrypt(_nonce(index, False), view[done:done + SEGMENT_BYTES], header)
+                done += SEGMENT_BYTES
+                index += 1
+                yield _LEN.pack(len(sealed)) + sealed
+        del buffer[:done]
     sealed = cipher.encrypt(_nonce(index, True), bytes(buffer), header)
     yield _LEN.pack(len(sealed)) + sealed
 
