@@ -187,7 +187,8 @@ def cmd_cloud_broker_config(args: argparse.Namespace) -> int:
     settings, _, authority = _authority(args)
     out = Path(args.out)
     tls = broker.emit(authority, out, settings.mqtt.topic_prefix, args.host or ["127.0.0.1"])
-    conf = render_config(args.port, out / "data", "0.0.0.0", True, tls)  # noqa: S104 - the broker faces boxes
+    (out / "data").mkdir(exist_ok=True)
+    conf = render_config(args.port, out / "data", args.bind, True, tls)
     (out / "mosquitto.conf").write_text(conf)
     key, cert = broker.issue_ingest_identity(authority, out / "ingest")
     print(f"wrote {out}/mosquitto.conf, server certificate, CA, CRL and ACL; ingest identity {cert} and {key}")
@@ -284,6 +285,7 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     b.add_argument("--out", required=True, help="directory for mosquitto.conf and its files")
     b.add_argument("--host", action="append", help="broker host name or address boxes use; repeat")
     b.add_argument("--port", type=int, default=8883, help="TLS listener port")
+    b.add_argument("--bind", default="0.0.0.0", help="address the listener binds")  # noqa: S104 - faces the boxes
     b.set_defaults(func=cmd_cloud_broker_config)
     k = cloud.add_parser("bundle-key", help="create a bundle signing key; print its public half")
     k.add_argument("--out", required=True, help="private key file to create (keep it offline)")

@@ -153,3 +153,45 @@ def test_prepare_usb_script_writes_a_bundle_the_box_accepts_when_given_a_directo
     (signers_dir / "ops.pub").write_text(made.stdout.strip())
     got = bundle.verify((stick / "MGW-PROVISION.bundle").read_bytes(), bundle.load_signers(signers_dir), time.time())
     assert got.ca_fingerprint == d.authority.ca_fingerprint and got.token.startswith("mgw1-")
+
+
+def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when_started(
+        deploy: Deploy, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.peers import free_port
+    from tests.tls_peers import Client, box_identity
+
+    d = deploy(secure=True)
+    port = free_port()
+    out = tmp_path / "prod-broker"
+    made = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(out), "--host", "127.0.0.1",
+                "--port", str(port), "--bind", "127.0.0.1")
+    assert made.returncode == 0, made.stderr
+    conf = (out / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "use_identity_as_username true" in conf and "crlfile" in conf
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), 10, "the generated broker to listen")
+        box = Client(port, d.authority.ca_cert_path, *box_identity(d.authority, "ct-9", tmp_path / "box"),
+                     client_id="ct-9")
+        assert box.connect() == "ok"
+        box.close()
+        stranger = Client(port, d.authority.ca_cert_path, client_id="anon")
+        assert stranger.connect() != "ok"
+        stranger.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
