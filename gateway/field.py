@@ -162,7 +162,7 @@ def cmd_cloud_revoke(args: argparse.Namespace) -> int:
     logging.getLogger("gateway.field").warning("box revoked", extra={
         "MESSAGE_ID": MSG.CERT_REVOKED.value, "BOX_ID": args.box, "CERTIFICATES": count})
     print(f"revoked {count} certificate(s) of {args.box}; CRL written to {authority.crl_path}: "
-          "copy it to the broker's crlfile and reload the broker")
+          "copy it to the broker's crlfile and reload the broker (SIGHUP)")
     return 0 if count else 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -145,6 +146,12 @@ class MosquittoBroker:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its configuration, ACL file and CRL (new connections only)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise LocalError("mosquitto is not running")
+        self._proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.cloud import broker as broker_pki
 from gateway.cloud.authority import INGEST_IDENTITY, FleetAuthority
+from tests.peers import wait_for
 from tests.tls_peers import PREFIX, Client, box_identity, start_tls_broker
 
 HEX = "0" * 31 + "1"
@@ -67,6 +68,17 @@ def test_broker_refuses_box_when_its_certificate_is_revoked(fleet) -> None:
     broker.stop()
     broker.start()
     assert client("box-r", cert=cert).connect().startswith(("tls:", "closed"))
+    assert client("box-ok").connect() == "ok"
+
+
+def test_revocation_takes_effect_without_a_restart_when_the_broker_reloads(fleet) -> None:
+    authority, broker, client, tmp_path = fleet
+    cert = box_identity(authority, "box-r", tmp_path / "boxes")
+    assert client("box-r", cert=cert).connect() == "ok"
+    authority.revoke_box("box-r", "stolen")
+    broker_pki.refresh_crl(authority, broker.tls)
+    broker.reload()
+    wait_for(lambda: client("box-r", cert=cert).connect(timeout_s=2) != "ok", 15, "the reloaded CRL to refuse box-r")
     assert client("box-ok").connect() == "ok"
 
 
