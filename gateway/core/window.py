@@ -2,7 +2,8 @@
 
 The cloud's PROGRESS acks say which chunks are durably staged; anything not
 staged is (re)sent, in order, at most ``limit`` at a time, and a chunk that
-stays unacknowledged past the ack timeout is sent again. After a disconnect
+stays unacknowledged past the ack timeout leaves the window (``expire``) and is
+sent again. After a disconnect
 ``forget_in_flight`` makes every unacknowledged chunk due at once, so a resume
 starts at the first missing chunk and resends at most one window.
 """
@@ -66,21 +67,27 @@ class TransferWindow:
             quiet_since = max(self.last_progress_at, self.poked_at)
             return [0] if limit > 0 and now - quiet_since >= timeout else []
         out: list[int] = []
-        expired = False
         for seq in range(self.total):
             if len(out) >= limit:
                 break
-            if seq in self.acked:
-                continue
-            sent = self.sent_at.get(seq)
-            if sent is None:
+            if seq not in self.acked and seq not in self.sent_at:
                 out.append(seq)
-            elif now - sent >= timeout:
-                out.append(seq)
-                expired = True
-        if expired:
-            self.silent_rounds += 1
         return out
+
+    def expire(self, now: float, base_timeout_s: float) -> int:
+        """Take chunks unacknowledged past the ack timeout out of flight; return how many.
+
+        Call before counting ``in_flight`` for a budget: a chunk lost on the way (a
+        broker with no subscriber yet drops it after its PUBACK) must free its slot,
+        or a window full of lost chunks would never be resent.
+        """
+        timeout = ack_timeout_s(base_timeout_s, self.silent_rounds)
+        stale = [seq for seq, sent in self.sent_at.items() if seq not in self.acked and now - sent >= timeout]
+        for seq in stale:
+            del self.sent_at[seq]
+        if stale:
+            self.silent_rounds += 1
+        return len(stale)
 
     def mark_sent(self, seqs: list[int], now: float) -> None:
         for seq in seqs:

@@ -79,8 +79,10 @@ class Sender:
         """Publish what is due; return the number of chunks published."""
         self._refill()
         up = self._settings.uplink
-        budget = up.window_chunks - sum(a.window.in_flight() for a in self._active.values())
         now, sent = self._clock(), 0
+        for active in self._active.values():
+            active.window.expire(now, up.ack_timeout_s)
+        budget = up.window_chunks - sum(a.window.in_flight() for a in self._active.values())
         for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
             if budget <= 0:
                 break
