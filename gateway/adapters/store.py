@@ -8,6 +8,7 @@ the table does not allow, and a restart resumes from exactly what is committed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -215,6 +216,35 @@ class SpoolStore:
         with self._lock:
             rows = self.db.execute("SELECT state, blob_name FROM items").fetchall()
         return {name for state, name in rows if predicate(ItemState(state))}
+
+    def by_sop_instance(self, sop_instance_uid: str) -> list[SpoolItem]:
+        return self._query("SELECT * FROM items WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
+
+    def last_received_at(self) -> float:
+        """When the newest instance arrived (0.0 for an empty spool)."""
+        with self._lock:
+            return float(self.db.execute("SELECT COALESCE(MAX(received_at), 0) FROM items").fetchone()[0])
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the database (SQLite online backup), written atomically."""
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            target = sqlite3.connect(tmp)
+            try:
+                with self._lock:
+                    self.db.conn.backup(target)
+            finally:
+                target.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(dest)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"backup of {self.path} to {dest}: {exc}") from exc
 
     def integrity_ok(self) -> bool:
         with self._lock:
