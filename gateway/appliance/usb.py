@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -70,7 +71,31 @@ def handle_stick(mountpoint: Path, load_settings: Callable[[], EdgeSettings], pa
     else:
         log.info("USB stick ignored: no bundle, uplink not down long enough", extra={
             "MESSAGE_ID": MSG.USB_STICK_IGNORED.value})
+    hand_over(paths.state_dir)
     return action
+
+
+def hand_over(state_dir: Path) -> int:
+    """Give what we (root) created under the state directory to its owner, the service user.
+
+    The handler runs as root (it mounts); provisioning writes keys and device.toml, and
+    opening the spool database can create its -wal/-shm files. Left root-owned, the
+    edge (User=mgw) could not read them. Returns how many entries changed owner.
+    """
+    try:
+        owner = state_dir.stat()
+    except FileNotFoundError:
+        return 0
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        return 0
+    changed = 0
+    for root, dirs, files in os.walk(state_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.lstat(path).st_uid != owner.st_uid:
+                os.lchown(path, owner.st_uid, owner.st_gid)
+                changed += 1
+    return changed
 
 
 def _provision(bundle: Path, provision_command: Sequence[str], restart_command: Sequence[str] | None) -> None:

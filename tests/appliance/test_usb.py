@@ -74,6 +74,25 @@ def test_handler_fails_with_the_reason_when_provisioning_fails(tmp_path: Path) -
     assert out.returncode == 1 and "provisioning failed: bundle signature invalid" in out.stderr
 
 
+def test_files_created_as_root_go_to_the_service_user_when_the_handler_is_done(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create files for another user")
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True)
+    os.chown(state, 4242, 4242)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    (stick / usb.PROVISION_BUNDLE).write_bytes(b"x")
+    writes_identity = (f"{sys.executable} -c \"import pathlib; "
+                       f"pathlib.Path('{state}/device.toml').write_text('x'); pathlib.Path('{state}/keys/box.key')"
+                       f".write_text('k')\"")
+    out = mgw("usb", "handle", "/dev/sdz1", "--mountpoint", str(stick), "--provision-command", writes_identity,
+              env={"STATE_DIRECTORY": str(state), "CONFIGURATION_DIRECTORY": str(tmp_path / "etc")})
+    assert out.returncode == 0, out.stderr
+    for path in (state / "device.toml", state / "keys", state / "keys/box.key"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4242), path
+
+
 def test_decide_exports_only_when_the_uplink_was_down_long_enough(tmp_path: Path) -> None:
     now = 10_000.0
     down = status.UplinkState(up=False, since=now - 3600)
