@@ -33,6 +33,7 @@ from gateway import __version__
 from gateway.adapters import dicom_probe
 from gateway.adapters.store import MIGRATIONS, SpoolStore
 from gateway.appliance.status import read_edge_status
+from gateway.appliance.usb import hand_over
 from gateway.config import EdgeSettings, load_edge
 from gateway.core.errors import GatewayError
 from gateway.core.spool import ItemState
@@ -121,6 +122,7 @@ def migrate(config_files: list[Path], paths: Paths) -> HookResult:
             ok, now_version = store.integrity_ok(), store.schema_version
         finally:
             store.close()
+        hand_over(paths.state_dir)  # the updater runs us as root; the service user must own its files
     except GatewayError as exc:
         return _rollback(str(exc))
     if not ok:

@@ -115,8 +115,28 @@ def test_migrate_is_idempotent_and_backs_up_once_when_the_new_version_adds_a_mig
         assert conn.execute("PRAGMA user_version").fetchone()[0] == before + 1
         assert "probe_note" in [r[1] for r in conn.execute("PRAGMA table_info(items)")]
     backup = paths.state_dir / update.BACKUP_DIR / f"spool-schema{before}.db"
-    with sqlite3.connect(backup) as conn:
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == before
+    if os.geteuid() == 0 and paths.state_dir.stat().st_uid != 0:
+        assert backup.stat().st_uid == paths.state_dir.stat().st_uid  # handed to the service user
+
+
+def test_migrate_leaves_files_to_the_service_user_when_run_as_root(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own files as another user")
+    d = deploy()
+    d.stop()
+    paths = Paths.from_env(str(d.edge_dir))
+    for root, dirs, files in os.walk(paths.state_dir):
+        for name in [*dirs, *files, "."]:
+            os.lchown(os.path.join(root, name), 4242, 4242)
+    newer = [*store_module.MIGRATIONS, "ALTER TABLE items ADD COLUMN probe_note TEXT"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", newer)
+    monkeypatch.setattr(update, "MIGRATIONS", newer)
+    assert update.migrate([d.edge_toml], paths) is update.HookResult.CONTINUE
+    owners = {p.stat().st_uid for p in paths.state_dir.rglob("*")}
+    assert owners == {4242}, owners
 
 
 def test_migrate_rolls_back_when_the_new_version_rejects_the_configuration(
