@@ -1,4 +1,4 @@
-"""The image recipe, validated without building it (a build needs root, network and ~15 min).
+"""The image recipe, validated without building it (a build needs root, network, loop devices and nspawn).
 
 `image/build --stage DIR` stages the extra tree; systemd's own tools check the
 presets and the data partition; mkosi parses the recipe (`mkosi summary`).
