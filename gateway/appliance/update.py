@@ -31,7 +31,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.adapters import dicom_probe
-from gateway.adapters.store import MIGRATIONS, SpoolStore
+from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
 from gateway.appliance.status import read_edge_status
 from gateway.appliance.usb import hand_over
 from gateway.config import EdgeSettings, load_edge
@@ -112,11 +112,11 @@ def migrate(config_files: list[Path], paths: Paths) -> HookResult:
                 return _rollback("identity file missing", FILE=key_file)
         if not paths.spool_db.exists():
             return HookResult.CONTINUE  # never ran: nothing to carry over
-        version = _schema_version(paths)  # read without migrating, to back up first
+        version = schema_version_of(paths.spool_db)  # read without migrating, to back up first
         backup = paths.state_dir / BACKUP_DIR / f"spool-schema{version}.db"
         if version < len(MIGRATIONS) and not backup.exists():
             backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _backup_unmigrated(paths.spool_db, backup)
+            backup_database(paths.spool_db, backup)
         store = SpoolStore(paths.spool_db)  # migrates, one transaction per step
         try:
             ok, now_version = store.integrity_ok(), store.schema_version
@@ -131,37 +131,6 @@ def migrate(config_files: list[Path], paths: Paths) -> HookResult:
         "MESSAGE_ID": MSG.UPDATE_MIGRATED.value, "SCHEMA_FROM": version, "SCHEMA_TO": now_version,
         "BOX_ID": settings.box.id, "VERSION": __version__})
     return HookResult.CONTINUE
-
-
-def _schema_version(paths: Paths) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{paths.spool_db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def _backup_unmigrated(db: Path, dest: Path) -> None:
-    """Copy the database as it is (before this version's migrations) for a manual restore."""
-    import sqlite3
-
-    from gateway.core.errors import StorageError
-
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        target = sqlite3.connect(tmp)
-        try:
-            src.backup(target)
-        finally:
-            target.close()
-        tmp.replace(dest)
-    except (sqlite3.Error, OSError) as exc:
-        raise StorageError(f"backup of {db}: {exc}") from exc
-    finally:
-        src.close()
 
 
 def _rollback(reason: str, **fields: object) -> HookResult:
