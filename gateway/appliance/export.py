@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.adapters import blobs
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core.codec import Codec
-from gateway.core.errors import SpoolFullError, StorageError
+from gateway.core.errors import IntegrityError, SpoolFullError, StorageError
 from gateway.core.spool import ItemState
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
+from gateway.edge import cache
 from gateway.edge.packer import frame_offset, outbox_path
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -75,7 +77,7 @@ def export_unacked(settings: EdgeSettings, paths: Paths, dest_root: Path, now: f
                 summary.complete = False
                 log.warning("stick full: export incomplete", extra={"ITEM_ID": item.id})
                 break
-            except StorageError as exc:  # this item's outbox or blob is unreadable: skip it
+            except (StorageError, IntegrityError) as exc:  # this item's outbox or blob is unreadable: skip it
                 log.warning("item not exported", extra={"ITEM_ID": item.id, "ERROR": str(exc)})
     finally:
         store.close()
@@ -125,8 +127,19 @@ def _seal_fresh(settings: EdgeSettings, paths: Paths, item: SpoolItem,
         series_instance_uid=item.series_instance_uid, transfer_syntax_uid=item.transfer_syntax_uid,
         item_id=item.id)
     up = settings.uplink
-    original = blobs.read_pieces(paths.blob_dir / item.blob_name)
+    cache_key = FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME)  # the blob may be sealed at rest
+    original = _checked(item, cache.read_blob(paths.blob_dir / item.blob_name, cache_key))
     return tid.hex(), seal_object(settings.box.id, keys, manifest, original, up.max_frame_bytes, up.zstd_level)
+
+
+def _checked(item: SpoolItem, pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The original bytes, refusing (``IntegrityError``) a blob that no longer matches its hash."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+        yield piece
+    if digest.hexdigest() != item.sha256:
+        raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
 
 
 def _length_prefixed(frames: Iterable[bytes], digest: hashlib._Hash, counter: list[int]) -> Iterator[bytes]:

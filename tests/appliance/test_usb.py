@@ -21,8 +21,11 @@ import pytest
 
 from gateway import config
 from gateway.adapters.dicom_scu import send_study
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
 from gateway.appliance import export, status, usb
+from gateway.bundle import FILE_NAME as BUNDLE_FILE_NAME
+from gateway.edge import cache
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
 from tests.peers import real_images, wait_for
@@ -93,6 +96,10 @@ def test_files_created_as_root_go_to_the_service_user_when_the_handler_is_done(t
         assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4242), path
 
 
+def test_bundle_name_matches_what_the_provisioning_tools_write_when_compared() -> None:
+    assert usb.PROVISION_BUNDLE == BUNDLE_FILE_NAME
+
+
 def test_decide_exports_only_when_the_uplink_was_down_long_enough(tmp_path: Path) -> None:
     now = 10_000.0
     down = status.UplinkState(up=False, since=now - 3600)
@@ -147,8 +154,7 @@ def test_export_then_import_archives_every_unacked_instance_once_when_the_uplink
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["stored"] == len(files)
     archived = archive_rows(d)
-    assert sorted(sha for sha, _ in archived) == sorted(hashlib.sha256(f.read_bytes()).hexdigest()
-                                                        for f in _sent_datasets(d))
+    assert sorted(sha for sha, _ in archived) == sorted(_spooled_hashes(d))
     again = mgw("cloud", "import", str(export_dir), "--config", str(d.cloud_toml), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["stored"] == len(files)
     assert archive_rows(d) == archived  # idempotent: nothing stored twice
@@ -159,11 +165,10 @@ def test_export_then_import_archives_every_unacked_instance_once_when_the_uplink
     assert archive_rows(d) == archived
 
 
-def _sent_datasets(d: LoopbackDeployment) -> list[Path]:
-    """The edge's spooled blobs are what the cloud must hold byte for byte."""
+def _spooled_hashes(d: LoopbackDeployment) -> list[str]:
+    """SHA-256 of what the modality sent, as the edge recorded it (its blobs are sealed at rest)."""
     with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT blob_name FROM items")]
-    return [d.edge_dir / "spool" / "blobs" / n for n in names]
+        return [r[0] for r in conn.execute("SELECT sha256 FROM items")]
 
 
 def test_import_seals_and_archives_items_when_they_were_not_packed_yet(
@@ -173,8 +178,9 @@ def test_import_seals_and_archives_items_when_they_were_not_packed_yet(
     settings = config.load_edge([d.edge_toml])
     paths = Paths.from_env(str(d.edge_dir))
     image = real_images()[0]
-    blob = paths.blob_dir / "unpacked.dcm"
-    blob.write_bytes(image.read_bytes())
+    blob = paths.blob_dir / f"unpacked{cache.SEALED_SUFFIX}"  # sealed at rest, as the edge spools it
+    cache.write_sealed(blob, FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME), [image.read_bytes()])
+    assert image.read_bytes()[128:132] == b"DICM" and b"DICM" not in blob.read_bytes()
     store = SpoolStore(paths.spool_db)
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
     store.add_received({"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.4",
