@@ -62,7 +62,8 @@ def run_service(service: _Service, name: str) -> int:
     code = 0
     while not stop.wait(interval):
         if not service.alive():
-            log.error("a service loop died; exiting so that systemd restarts us")
+            log.error("a service loop died; exiting so that systemd restarts us",
+                      extra={"MESSAGE_ID": logs.MSG.SERVICE_LOOP_DIED.value, "SERVICE": name})
             code = 1
             break
         notifier.watchdog()
@@ -93,6 +94,80 @@ def cmd_cloud_keygen(args: argparse.Namespace) -> int:
     settings, paths = _cloud_settings(args)
     key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
     print(keystore.public_b64(key))
+    return 0
+
+
+def cmd_cloud_import(args: argparse.Namespace) -> int:
+    from gateway.adapters import keystore
+    from gateway.cloud.archive import Archive
+    from gateway.cloud.importer import import_exports
+    from gateway.cloud.ingest import Ingest
+
+    settings, paths = _cloud_settings(args)
+    logs.setup(settings.cloud.log_level, False)
+    key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    archive = Archive(paths.archive_dir, paths.archive_db)
+    try:
+        summary = import_exports(args.directory, Ingest(settings.ingest, key, archive, paths.staging_dir), archive)
+    finally:
+        archive.close()
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(f"imported {len(summary.exports)} export(s): {summary.stored} stored, {summary.rejected} rejected, "
+              f"{summary.incomplete} incomplete, {summary.unreadable} unreadable")
+    return 0 if summary.rejected + summary.incomplete + summary.unreadable == 0 else 1
+
+
+def cmd_update_hook(args: argparse.Namespace) -> int:
+    """The A/B update hook contract: 0 go on, 1 roll back, 21 retry later (firmware_hooks/)."""
+    from gateway.appliance import update
+
+    logs.setup("INFO", args.log_json)
+    try:
+        if args.step == "rollback":
+            return int(update.rolled_back())
+        files = _config_files(args, "gateway")
+        paths = Paths.from_env(config.load_edge(files).box.state_dir, base=files[0].parent)
+        if args.step == "migrate":
+            return int(update.migrate(files, paths))
+        settings = config.load_edge(files)
+        if args.step == "pre-install":
+            return int(update.pre_install(settings, paths, proc_root=args.proc_root))
+        return int(update.commit_gate(settings, paths, update.default_probe(settings), timeout_s=args.timeout_s))
+    except GatewayError as exc:
+        print(f"mgw: error: {exc}", file=sys.stderr)
+        return int(update.HookResult.ROLLBACK)
+
+
+def cmd_usb_handle(args: argparse.Namespace) -> int:
+    import shlex
+    from contextlib import nullcontext
+
+    from gateway.adapters import udev_watch
+    from gateway.appliance import usb
+
+    logs.setup("INFO", False)
+    if args.mountpoint is None:
+        device = udev_watch.usb_filesystem(args.device)
+        if device.bus != "usb" or device.fs_usage != "filesystem":
+            print(f"mgw: {args.device} is not a USB filesystem; ignored", file=sys.stderr)
+            return 0
+        mount = udev_watch.mounted(device, Paths.from_env().runtime_dir.parent / "gateway-usb")
+    else:
+        mount = nullcontext(args.mountpoint)
+    restart = ["systemctl", "restart", "mgw-edge.service"] if Path("/run/systemd/system").is_dir() else None
+
+    def load() -> config.EdgeSettings:
+        return _edge_settings(args)[0]
+
+    try:
+        paths = _edge_settings(args)[1]
+    except config.ConfigError:  # unprovisioned: the default places
+        paths = Paths.from_env()
+    with mount as mountpoint:
+        action = usb.handle_stick(Path(mountpoint), load, paths, shlex.split(args.provision_command), restart)
+    print(action.value)
     return 0
 
 
@@ -160,6 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     crun.set_defaults(func=cmd_cloud_run)
     keygen = with_config(cloud.add_parser("keygen", help="create the envelope key if absent; print its public half"))
     keygen.set_defaults(func=cmd_cloud_keygen)
+
+    cimport = with_config(cloud.add_parser("import", help="import an emergency export from a USB stick"))
+    cimport.add_argument("directory", type=Path, metavar="DIR", help="an MGW-EXPORT-* directory or a stick's root")
+    cimport.add_argument("--json", action="store_true", help="print the summary as JSON")
+    cimport.set_defaults(func=cmd_cloud_import)
+
+    hook = with_config(sub.add_parser("update-hook", help="A/B update hook step (exit 0 go on, 1 roll back, 21 retry)"))
+    hook.add_argument("step", choices=["pre-install", "migrate", "commit-gate", "rollback"], help="which step")
+    hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help="where /proc is (tests)")
+    hook.add_argument("--timeout-s", type=float, help="commit gate deadline (default appliance.commit_gate_timeout_s)")
+    hook.add_argument("--log-json", action="store_true", help="log JSON lines")
+    hook.set_defaults(func=cmd_update_hook)
+
+    usbp = sub.add_parser("usb", help="USB sticks (started by udev through mgw-usb@.service)").add_subparsers(
+        dest="usb_cmd", required=True, metavar="ACTION")
+    handle = with_config(usbp.add_parser("handle", help="mount a stick, then provision or export, then unmount"))
+    handle.add_argument("device", help="block device, e.g. /dev/sdb1")
+    handle.add_argument("--mountpoint", type=Path, help="use this already-mounted directory instead (tests)")
+    handle.add_argument("--provision-command", default="mgw provision", help="command that applies a bundle")
+    handle.set_defaults(func=cmd_usb_handle)
 
     status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -100,6 +100,14 @@ class EnrolmentSettings:
 
 
 @dataclass(frozen=True)
+class ApplianceSettings:
+    update_quiet_s: float = _f(300.0, "refuse an update (retry later, 21) while a study arrived this recently")
+    update_min_free_bytes: int = _f(512 * 1024**2, "refuse an update (21) with less free space on the data partition")
+    commit_gate_timeout_s: float = _f(300.0, "the update commit gate waits this long for a healthy service")
+    export_after_down_s: float = _f(3600.0, "uplink down this long: a USB stick plugged in gets the emergency export")
+
+
+@dataclass(frozen=True)
 class EdgeSettings:
     box: BoxSettings = _req("this box")
     dicom: DicomSettings = _f(None, "the DICOM listener facing the modality")
@@ -107,6 +115,7 @@ class EdgeSettings:
     uplink: UplinkSettings = _f(None, "chunking, windows and retries of the uplink")
     spool: SpoolSettings = _f(None, "local cache policy")
     enrolment: EnrolmentSettings = _f(None, "certificate enrolment and renewal")
+    appliance: ApplianceSettings = _f(None, "update hooks and USB sticks (docs/operations.md)")
 
 
 @dataclass(frozen=True)

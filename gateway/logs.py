@@ -43,6 +43,20 @@ class MSG(enum.StrEnum):
     BUNDLE_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0205"
     BOX_DECOMMISSIONED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0206"
     CERT_REVOKED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0207"
+    # the appliance: update hooks, USB sticks, link events, watchdog (0400-04ff)
+    UPDATE_ALLOWED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0400"
+    UPDATE_DEFERRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0401"
+    UPDATE_MIGRATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0402"
+    UPDATE_COMMITTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0403"
+    UPDATE_GATE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0404"
+    UPDATE_ROLLED_BACK = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0405"
+    USB_PROVISION_APPLIED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0406"
+    USB_PROVISION_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0407"
+    USB_EXPORT_WRITTEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0408"
+    USB_STICK_IGNORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0409"
+    LINK_UP_NUDGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040a"
+    EXPORT_IMPORTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040b"
+    SERVICE_LOOP_DIED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040c"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

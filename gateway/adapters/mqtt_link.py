@@ -65,9 +65,11 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._jitter = jitter
         self._stop = threading.Event()
+        self._kick = threading.Event()  # ends a reconnect back-off early: stop() or nudge()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self.reconnects = 0
+        self.nudges = 0
         self._outage_logged = False
         self.client_id = client_id
         self._client = paho.Client(
@@ -102,12 +104,18 @@ class MqttLink:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._kick.set()
         try:
             self._client.disconnect()
         except (OSError, ValueError):  # already gone
             pass
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    def nudge(self) -> None:
+        """A network link came up: end the current reconnect back-off and try at once."""
+        self.nudges += 1
+        self._kick.set()
 
     @property
     def connected(self) -> bool:
@@ -148,7 +156,9 @@ class MqttLink:
                 delay = backoff_s(attempt, self._settings.reconnect_min_s,
                                   self._settings.reconnect_max_s, self._jitter())
                 attempt += 1
-                self._stop.wait(delay)
+                if self._kick.wait(delay) and not self._stop.is_set():
+                    attempt = 0  # nudged: the network changed, start the back-off afresh
+                self._kick.clear()
                 continue
             attempt = 0
             while not self._stop.is_set():

@@ -13,7 +13,11 @@ class Notifier:
     def __init__(self, address: str | None = None) -> None:
         self._address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         usec = os.environ.get("WATCHDOG_USEC", "")
-        self.watchdog_interval_s = int(usec) / 2e6 if usec.isdigit() else 0.0
+        # WATCHDOG_PID names the process systemd watches; a child that inherited the
+        # environment must not ping on its parent's behalf (sd_watchdog_enabled(3)).
+        pid = os.environ.get("WATCHDOG_PID", "")
+        ours = not pid or pid == str(os.getpid())
+        self.watchdog_interval_s = int(usec) / 2e6 if usec.isdigit() and ours else 0.0
 
     def _send(self, message: str) -> None:
         if not self._address:

@@ -8,6 +8,7 @@ the table does not allow, and a restart resumes from exactly what is committed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -216,6 +217,14 @@ class SpoolStore:
             rows = self.db.execute("SELECT state, blob_name FROM items").fetchall()
         return {name for state, name in rows if predicate(ItemState(state))}
 
+    def by_sop_instance(self, sop_instance_uid: str) -> list[SpoolItem]:
+        return self._query("SELECT * FROM items WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
+
+    def last_received_at(self) -> float:
+        """When the newest instance arrived (0.0 for an empty spool)."""
+        with self._lock:
+            return float(self.db.execute("SELECT COALESCE(MAX(received_at), 0) FROM items").fetchone()[0])
+
     def integrity_ok(self) -> bool:
         with self._lock:
             return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -223,3 +232,38 @@ class SpoolStore:
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()
+
+
+def schema_version_of(db_path: Path) -> int:
+    """``user_version`` of a spool database, read only (no migration)."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"spool database {db_path}: {exc}") from exc
+
+
+def backup_database(db_path: Path, dest: Path) -> None:
+    """A consistent copy (SQLite online backup) of ``db_path`` as it is, fsynced, renamed into place."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        target = sqlite3.connect(tmp)
+        try:
+            src.backup(target)
+        finally:
+            target.close()
+            src.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(dest)
+    except (sqlite3.Error, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"backup of {db_path} to {dest}: {exc}") from exc

@@ -26,6 +26,7 @@ from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
 STAGING_SWEEP_S = 3600.0
+LOOP_STALE_S = 120.0  # one object's assembly (up to max_object_bytes) happens inside a turn
 
 
 class CloudService:
@@ -45,6 +46,7 @@ class CloudService:
         )
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.topic_rejects = 0
+        self.loop_heartbeat = time.monotonic()
 
     def start(self) -> None:
         self._worker.start()
@@ -62,12 +64,15 @@ class CloudService:
         self.archive.close()
 
     def alive(self) -> bool:
-        return self._worker.is_alive() and self.link.alive()
+        """The worker thread turns and the MQTT thread runs (for the watchdog)."""
+        fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
+        return fresh and self._worker.is_alive() and self.link.alive()
 
     def _work(self) -> None:
         prefix = self.settings.mqtt.topic_prefix
         next_expiry = 0.0
         while not self._stop.is_set():
+            self.loop_heartbeat = time.monotonic()
             if time.monotonic() >= next_expiry:
                 self._expire()
                 next_expiry = time.monotonic() + STAGING_SWEEP_S

@@ -23,6 +23,8 @@ from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.store import SpoolStore
+from gateway.adapters.udev_watch import LinkWatcher
+from gateway.appliance import status
 from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
@@ -36,6 +38,7 @@ from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
 RETENTION_SWEEP_S = 60.0
+LOOP_STALE_S = 30.0  # the main loop turns every 0.2 s; this long without a turn means it hangs
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,11 @@ class EdgeService:
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
         self.renewer = Renewer(settings, keys, self.link.reload_identity, clock)
+        self.link_watcher = LinkWatcher(self._on_network_up)
         self._threads: list[threading.Thread] = []
-        self.loop_heartbeat = clock()
+        # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
+        # an RTC) must neither fake a hang nor hide one.
+        self.loop_heartbeat = time.monotonic()
 
     # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
     def accept(self, instance: ReceivedInstance) -> int:
@@ -126,12 +132,19 @@ class EdgeService:
         self._events.put(_Link(up))
         self._wake.set()
 
+    def _on_network_up(self) -> None:  # the link watcher's thread
+        if not self.link.connected:
+            log.info("network link up: reconnecting the uplink now", extra={"MESSAGE_ID": MSG.LINK_UP_NUDGE.value})
+            self.link.nudge()
+
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._sweep()
         self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
+        status.record_uplink(self.paths.state_dir, False, self._clock(), at_start=True)
         self.listener.start()
         self.link.start()
+        self.link_watcher.start()
         for target, name in ((self._pack_loop, "packer"), (self._main_loop, "edge-loop")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -140,12 +153,14 @@ class EdgeService:
             "MESSAGE_ID": MSG.SERVICE_STARTED.value, "BOX_ID": self.settings.box.id,
             "VERSION": __version__, "DICOM_PORT": self.listener.port,
             "AE_TITLE": self.settings.dicom.ae_title})
+        status.record_edge_ready(self.paths.runtime_dir, __version__, self._clock())
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         self._pack_wake.set()
         self.listener.stop()
+        self.link_watcher.stop()
         for thread in self._threads:
             thread.join(10)
         self.link.stop()
@@ -155,7 +170,7 @@ class EdgeService:
 
     def alive(self) -> bool:
         """All loops are running and the main loop turned recently (for the watchdog)."""
-        fresh = self._clock() - self.loop_heartbeat < 30
+        fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
         return fresh and self.link.alive() and all(t.is_alive() for t in self._threads)
 
     def _sweep(self) -> None:
@@ -191,7 +206,7 @@ class EdgeService:
         while not self._stop.is_set():
             self._wake.wait(0.2)
             self._wake.clear()
-            self.loop_heartbeat = self._clock()
+            self.loop_heartbeat = time.monotonic()
             self._drain_events()
             if self.link.connected:
                 self.sender.pump()
@@ -209,6 +224,7 @@ class EdgeService:
                 self.sender.on_ack(event.payload)
             else:
                 self.sender.link_changed(event.up)
+                status.record_uplink(self.paths.state_dir, event.up, self._clock())
 
     def _purge_expired(self) -> None:
         cutoff = self._clock() - self.settings.spool.retention_hours * 3600.0

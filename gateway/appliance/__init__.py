@@ -1,0 +1,1 @@
+"""The appliance around the edge service: update hooks, USB sticks, emergency export."""

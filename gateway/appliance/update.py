@@ -1,0 +1,227 @@
+"""Update hooks of an A/B (Mender/RAUC style) update, as steps with the hook contract.
+
+Exit status (``HookResult``): 0 go on, 1 roll back, 21 retry later. Every step
+is safe to run again after a power cut: it only reads, or does idempotent work
+(a transactional schema migration, an atomically replaced backup).
+
+* ``pre_install`` (ArtifactInstall_Enter): 21 while a modality holds an
+  association open (an ESTABLISHED TCP connection on the DICOM port, read from
+  ``<proc>/net/tcp*``), while a study arrived in the last ``update_quiet_s``, or
+  when the data partition lacks room; else 0.
+* ``migrate`` (ArtifactReboot_Leave, in the new slot): the new software must
+  accept the configuration and identity on the data partition (else 1); the
+  spool database is backed up once per schema version, then migrated; 1 if
+  its integrity check fails.
+* ``commit_gate`` (ArtifactCommit_Enter): within ``commit_gate_timeout_s`` the
+  new version's edge service is ready, C-ECHO answers 0x0000, a synthetic
+  probe instance is acknowledged by the cloud (end to end), and the database
+  passes its integrity check; else 1, and the updater rolls back.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import __version__
+from gateway.adapters import dicom_probe
+from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
+from gateway.appliance.status import read_edge_status
+from gateway.appliance.usb import hand_over
+from gateway.config import EdgeSettings, load_edge
+from gateway.core.errors import GatewayError
+from gateway.core.spool import ItemState
+from gateway.logs import MSG
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+TCP_ESTABLISHED = "01"
+BACKUP_DIR = "update"
+GATE_CALLING_AE = "MGW-GATE"
+
+
+class HookResult(enum.IntEnum):
+    CONTINUE = 0
+    ROLLBACK = 1
+    RETRY_LATER = 21
+
+
+class GateCheck(enum.Enum):
+    SERVICE_READY = "service-ready"
+    ECHO = "c-echo"
+    CLOUD_ACK = "cloud-ack"
+    INTEGRITY = "integrity"
+
+
+def established_connections(port: int, proc_root: Path = Path("/proc")) -> int:
+    """ESTABLISHED TCP connections whose local port is ``port`` (IPv4 and IPv6)."""
+    count = 0
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_root / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 3 and cols[3] == TCP_ESTABLISHED and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def pre_install(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/proc"),
+                now: float | None = None) -> HookResult:
+    now = time.time() if now is None else now
+    busy = established_connections(settings.dicom.port, proc_root)
+    if busy:
+        return _refuse("an association is active", ASSOCIATIONS=busy)
+    db_bytes = paths.spool_db.stat().st_size if paths.spool_db.exists() else 0
+    if paths.spool_db.exists():
+        store = SpoolStore(paths.spool_db)
+        try:
+            last = store.last_received_at()
+        finally:
+            store.close()
+        if now - last < settings.appliance.update_quiet_s:
+            return _refuse("a study arrived recently", SECONDS_AGO=round(now - last, 1))
+    need = max(settings.appliance.update_min_free_bytes, 2 * db_bytes)
+    free = shutil.disk_usage(paths.state_dir).free if paths.state_dir.exists() else 0
+    if free < need:
+        return _refuse("not enough free space on the data partition", FREE_BYTES=free, NEED_BYTES=need)
+    log.info("update may install", extra={"MESSAGE_ID": MSG.UPDATE_ALLOWED.value, "VERSION": __version__})
+    return HookResult.CONTINUE
+
+
+def _refuse(reason: str, **fields: object) -> HookResult:
+    log.warning("update deferred: %s", reason, extra={
+        "MESSAGE_ID": MSG.UPDATE_DEFERRED.value, "REASON": reason, **fields})
+    return HookResult.RETRY_LATER
+
+
+def migrate(config_files: list[Path], paths: Paths) -> HookResult:
+    """In the new slot: accept config and identity, back up once, migrate, check."""
+    try:
+        settings = load_edge(config_files)
+        for key_file in (settings.mqtt.cert_file, settings.mqtt.key_file, settings.mqtt.ca_file):
+            if key_file and not paths.key_file(key_file).is_file():
+                return _rollback("identity file missing", FILE=key_file)
+        if not paths.spool_db.exists():
+            return HookResult.CONTINUE  # never ran: nothing to carry over
+        version = schema_version_of(paths.spool_db)  # read without migrating, to back up first
+        backup = paths.state_dir / BACKUP_DIR / f"spool-schema{version}.db"
+        if version < len(MIGRATIONS) and not backup.exists():
+            backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            backup_database(paths.spool_db, backup)
+        store = SpoolStore(paths.spool_db)  # migrates, one transaction per step
+        try:
+            ok, now_version = store.integrity_ok(), store.schema_version
+        finally:
+            store.close()
+        hand_over(paths.state_dir)  # the updater runs us as root; the service user must own its files
+    except GatewayError as exc:
+        return _rollback(str(exc))
+    if not ok:
+        return _rollback("spool database fails its integrity check")
+    log.info("data partition migrated", extra={
+        "MESSAGE_ID": MSG.UPDATE_MIGRATED.value, "SCHEMA_FROM": version, "SCHEMA_TO": now_version,
+        "BOX_ID": settings.box.id, "VERSION": __version__})
+    return HookResult.CONTINUE
+
+
+def _rollback(reason: str, **fields: object) -> HookResult:
+    log.error("update must roll back: %s", reason, extra={
+        "MESSAGE_ID": MSG.UPDATE_GATE_FAILED.value, "REASON": reason, **fields})
+    return HookResult.ROLLBACK
+
+
+@dataclass
+class GateProbe:
+    """How the gate reaches the edge; ``send`` is the C-STORE of the probe file."""
+
+    host: str
+    send: Callable[[Path], None]
+    poll_s: float = 0.5
+
+
+def commit_gate(settings: EdgeSettings, paths: Paths, probe: GateProbe, timeout_s: float | None = None,
+                version: str = __version__) -> HookResult:
+    deadline = time.monotonic() + (settings.appliance.commit_gate_timeout_s if timeout_s is None else timeout_s)
+    pending = list(GateCheck)
+    sop_uid = ""
+    while True:
+        try:
+            while pending and _check(pending[0], settings, paths, probe, version, sop_uid):
+                log.info("commit gate check passed", extra={"CHECK": pending.pop(0).value})
+            if pending and pending[0] is GateCheck.CLOUD_ACK and not sop_uid:
+                sop_uid = _send_probe(probe)
+                continue
+        except GatewayError as exc:
+            log.info("commit gate check not yet passed", extra={"CHECK": pending[0].value, "ERROR": str(exc)})
+        if not pending:
+            log.info("update committed", extra={"MESSAGE_ID": MSG.UPDATE_COMMITTED.value, "VERSION": version})
+            return HookResult.CONTINUE
+        if time.monotonic() >= deadline:
+            return _rollback("commit gate timed out", CHECK=pending[0].value)
+        time.sleep(probe.poll_s)
+
+
+def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GateProbe,
+           version: str, sop_uid: str) -> bool:
+    if check is GateCheck.SERVICE_READY:
+        status = read_edge_status(paths.runtime_dir)
+        return status is not None and status.get("version") == version
+    if check is GateCheck.ECHO:
+        return dicom_probe.echo(probe.host, settings.dicom.port, settings.dicom.ae_title, _calling(settings)) == 0
+    if check is GateCheck.CLOUD_ACK:
+        if not sop_uid:
+            return False
+        store = SpoolStore(paths.spool_db)
+        try:
+            items = store.by_sop_instance(sop_uid)
+        finally:
+            store.close()
+        return any(i.state in (ItemState.ACKNOWLEDGED, ItemState.PURGED) for i in items)
+    store = SpoolStore(paths.spool_db)
+    try:
+        return store.integrity_ok()
+    finally:
+        store.close()
+
+
+def _calling(settings: EdgeSettings) -> str:
+    allowed = settings.dicom.allowed_calling_aets
+    return GATE_CALLING_AE if not allowed or GATE_CALLING_AE in allowed else allowed[0]
+
+
+def _send_probe(probe: GateProbe) -> str:
+    with tempfile.TemporaryDirectory(prefix="mgw-gate-") as tmp:
+        path = Path(tmp) / "probe.dcm"
+        uid = dicom_probe.write_probe_instance(path)
+        probe.send(path)
+    log.info("commit gate probe sent", extra={"CHECK": GateCheck.CLOUD_ACK.value})
+    return uid
+
+
+def default_probe(settings: EdgeSettings) -> GateProbe:
+    from gateway.adapters.dicom_scu import pynetdicom_store
+    from gateway.core.errors import PeerError
+
+    host = "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "", "::") else settings.dicom.bind_host  # noqa: S104
+
+    def send(path: Path) -> None:
+        statuses = pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, _calling(settings), [path])
+        if statuses != [0]:
+            raise PeerError(f"probe C-STORE status {statuses}")
+
+    return GateProbe(host, send)
+
+
+def rolled_back() -> HookResult:
+    """ArtifactRollback: the old slot runs again on the same data partition (migrations are additive)."""
+    log.warning("update rolled back", extra={"MESSAGE_ID": MSG.UPDATE_ROLLED_BACK.value, "VERSION": __version__})
+    return HookResult.CONTINUE

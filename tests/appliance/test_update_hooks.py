@@ -1,0 +1,179 @@
+"""The update hooks (firmware_hooks/ shims -> `mgw update-hook`) against a real edge on loopback."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.adapters import store as store_module
+from gateway.appliance import update
+from gateway.loopback import EDGE_AE, LoopbackDeployment
+from gateway.paths import Paths
+from tests.peers import real_images, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "firmware_hooks"
+MGW = str(Path(sys.executable).parent / "mgw")
+ROOMY = {"appliance": {"update_min_free_bytes": 1024}}
+
+
+def run_hook(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MGW=MGW, MGW_HOOK_ARGS=" ".join(args))
+    return subprocess.run([str(HOOKS / name)], env=env, capture_output=True, text=True, timeout=180)
+
+
+def layer(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$RUNTIME_DIRECTORY for the edge process and the hooks, as systemd would set it."""
+    path = tmp_path / "run"
+    path.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(path))
+    return path
+
+
+def test_hook_files_are_named_for_mender_and_executable_when_listed() -> None:
+    names = sorted(p.name for p in HOOKS.iterdir() if not p.name.endswith(".md"))
+    assert names == ["ArtifactCommit_Enter_10_health_gate", "ArtifactInstall_Enter_10_quiesce",
+                     "ArtifactReboot_Leave_10_migrate", "ArtifactRollback_Leave_10_record"]
+    assert all(os.access(HOOKS / n, os.X_OK) for n in names)
+
+
+def test_pre_install_retries_later_when_an_association_is_open(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    from pynetdicom import AE
+
+    d = deploy(edge_overrides=ROOMY)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE)
+    assert assoc.is_established
+    try:
+        busy = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml))
+    finally:
+        assoc.release()
+    assert busy.returncode == 21, busy.stderr
+    assert "association is active" in busy.stderr
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 10, "the association to close")
+    idle = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml))
+    assert idle.returncode == 0, idle.stderr
+
+
+def test_pre_install_retries_later_when_a_study_arrived_recently(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, tmp_path: Path) -> None:
+    from gateway.adapters.dicom_scu import send_study
+
+    d = deploy(edge_overrides=ROOMY)
+    send_study("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", real_images()[:1])
+    recent = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml))
+    assert recent.returncode == 21 and "study arrived recently" in recent.stderr
+    quiet = layer(tmp_path, "quiet.toml", "[appliance]\nupdate_quiet_s = 0.0\n")
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 10, "the association to close")
+    assert run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml), "--config", quiet).returncode == 0
+    full = layer(tmp_path, "full.toml", "[appliance]\nupdate_quiet_s = 0.0\nupdate_min_free_bytes = 1000000000000000\n")
+    short = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml), "--config", full)
+    assert short.returncode == 21 and "free space" in short.stderr
+
+
+def test_pre_install_counts_associations_when_proc_root_is_given(tmp_path: Path) -> None:
+    net = tmp_path / "proc" / "net"
+    net.mkdir(parents=True)
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    rows = ["   0: 0100007F:2B68 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1",
+            "   1: 00000000:2B68 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2",
+            "   2: 0100007F:0050 0100007F:D432 01 00000000:00000000 00:00000000 00000000     0        0 3"]
+    (net / "tcp").write_text(header + "\n".join(rows) + "\n")
+    assert update.established_connections(11112, tmp_path / "proc") == 1  # 0x2B68; LISTEN and port 80 not
+    assert update.established_connections(104, tmp_path / "proc") == 0
+
+
+def test_migrate_is_idempotent_and_backs_up_once_when_the_new_version_adds_a_migration(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = deploy()
+    d.stop()  # the new slot boots: the hook runs before the service
+    paths = Paths.from_env(str(d.edge_dir))
+    before = len(store_module.MIGRATIONS)
+    assert run_hook("ArtifactReboot_Leave_10_migrate", "--config", str(d.edge_toml)).returncode == 0
+    assert not (paths.state_dir / update.BACKUP_DIR).exists()  # nothing to migrate, nothing backed up
+    newer = [*store_module.MIGRATIONS, "ALTER TABLE items ADD COLUMN probe_note TEXT"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", newer)
+    monkeypatch.setattr(update, "MIGRATIONS", newer)
+    for _ in range(2):  # a power cut after the first run: the second must change nothing
+        assert update.migrate([d.edge_toml], paths) is update.HookResult.CONTINUE
+    with sqlite3.connect(paths.spool_db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == before + 1
+        assert "probe_note" in [r[1] for r in conn.execute("PRAGMA table_info(items)")]
+    backup = paths.state_dir / update.BACKUP_DIR / f"spool-schema{before}.db"
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == before
+    if os.geteuid() == 0 and paths.state_dir.stat().st_uid != 0:
+        assert backup.stat().st_uid == paths.state_dir.stat().st_uid  # handed to the service user
+
+
+def test_migrate_leaves_files_to_the_service_user_when_run_as_root(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own files as another user")
+    d = deploy()
+    d.stop()
+    paths = Paths.from_env(str(d.edge_dir))
+    for root, dirs, files in os.walk(paths.state_dir):
+        for name in [*dirs, *files, "."]:
+            os.lchown(os.path.join(root, name), 4242, 4242)
+    newer = [*store_module.MIGRATIONS, "ALTER TABLE items ADD COLUMN probe_note TEXT"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", newer)
+    monkeypatch.setattr(update, "MIGRATIONS", newer)
+    assert update.migrate([d.edge_toml], paths) is update.HookResult.CONTINUE
+    owners = {p.stat().st_uid for p in paths.state_dir.rglob("*")}
+    assert owners == {4242}, owners
+
+
+def test_migrate_rolls_back_when_the_new_version_rejects_the_configuration(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, tmp_path: Path) -> None:
+    d = deploy()
+    d.stop()
+    bad = layer(tmp_path, "bad.toml", "[spool]\nretention_hourz = 1\n")
+    out = run_hook("ArtifactReboot_Leave_10_migrate", "--config", str(d.edge_toml), "--config", bad)
+    assert out.returncode == 1 and "retention_hourz" in out.stderr
+
+
+def test_commit_gate_passes_when_the_edge_serves_and_the_cloud_acknowledges(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    d = deploy()
+    out = run_hook("ArtifactCommit_Enter_10_health_gate", "--config", str(d.edge_toml), "--timeout-s", "90")
+    assert out.returncode == 0, out.stderr[-3000:] + d.log_tail()
+    for check in update.GateCheck:
+        assert f"CHECK={check.value}" in out.stderr
+
+
+def test_commit_gate_rolls_back_when_the_cloud_never_acknowledges(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    d = deploy()
+    d.kill_cloud()
+    out = run_hook("ArtifactCommit_Enter_10_health_gate", "--config", str(d.edge_toml), "--timeout-s", "6")
+    assert out.returncode == 1
+    assert "commit gate timed out" in out.stderr and "CHECK=cloud-ack" in out.stderr
+
+
+def test_commit_gate_rolls_back_when_no_edge_of_this_version_is_ready(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    d = deploy()
+    d.kill_edge()
+    out = run_hook("ArtifactCommit_Enter_10_health_gate", "--config", str(d.edge_toml), "--timeout-s", "2")
+    assert out.returncode == 1 and "CHECK=service-ready" in out.stderr
+
+
+def test_rollback_hook_records_and_goes_on_when_run() -> None:
+    out = run_hook("ArtifactRollback_Leave_10_record")
+    assert out.returncode == 0 and "update rolled back" in out.stderr
