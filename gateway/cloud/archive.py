@@ -8,38 +8,39 @@ name only complete and fsynced (``blobs.adopt_atomic`` from a scratch file in
 always names a durable file; a crash in between leaves at worst an unindexed
 complete file, which the next store of the same object overwrites.
 
-The index (WAL, ``synchronous=FULL``, a busy timeout) is shared by several
-worker processes. Every write is one ``BEGIN IMMEDIATE`` transaction, so
-archive commits are serialised across processes; ``(sop_instance_uid, sha256)``
-is the primary key of ``instances``, so the same object stored twice (two
-transfers, two workers) is kept once and the second store reports DUPLICATE.
-Schema changes are transactional migrations numbered by ``PRAGMA user_version``.
+The index (``gateway.cloud.index``: SQLite by default, PostgreSQL when workers
+run on several machines) is shared by all workers. A store is one index
+transaction keyed by the SOP Instance UID, so stores of one object are
+serialised across workers; ``(sop_instance_uid, sha256)`` is the primary key of
+``instances``, so the same object stored twice (two transfers, two workers) is
+kept once and the second store reports DUPLICATE. When PACS destinations are
+configured, the same transaction enqueues the object for each of them
+(``gateway.cloud.forward``), so nothing archived is ever left unforwarded.
+With several machines, ``archive_dir`` is one shared filesystem (see
+docs/deployment.md).
 
-``sqlite3.Error`` and ``OSError`` become ``StorageError`` here (``blobs`` already
-raises ``StorageError``/``SpoolFullError``).
+``OSError`` becomes ``StorageError`` here (``blobs`` and the index backends
+already raise ``StorageError``/``SpoolFullError``).
 """
 
 from __future__ import annotations
 
 import enum
 import re
-import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from gateway.adapters import blobs
+from gateway.cloud.index import Index, SqliteIndex
 from gateway.core.errors import StorageError
 from gateway.core.framing import RejectReason
 from gateway.core.transfer import Manifest
 
-BUSY_TIMEOUT_S = 30.0
 SCRATCH_DIR = ".incoming"
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _MAX_UID_CHARS = 64
@@ -98,59 +99,22 @@ def sanitise_uid(uid: str) -> str:
 ensure_dir_durable = blobs.ensure_dir_durable
 
 
-def _v1_initial(db: Database) -> None:
-    db.table("instances").create(
-        {"sop_instance_uid": str, "sha256": str, "study_instance_uid": str,
-         "series_instance_uid": str, "sop_class_uid": str, "transfer_syntax": str,
-         "size": int, "path": str, "box_id": str, "transfer_id": str, "stored_at": float},
-        pk=("sop_instance_uid", "sha256"),
-        not_null={"sop_instance_uid", "sha256", "study_instance_uid", "series_instance_uid",
-                  "sop_class_uid", "transfer_syntax", "size", "path", "box_id", "transfer_id",
-                  "stored_at"},
-    )
-    db.table("instances").create_index(["path"], unique=True)
-    db.table("instances").create_index(["study_instance_uid"])
-    db.table("transfers").create(
-        {"box_id": str, "transfer_id": str, "state": str, "reason": int, "sha256": str,
-         "sop_instance_uid": str, "chunks": int, "updated_at": float},
-        pk=("box_id", "transfer_id"),
-        not_null={"box_id", "transfer_id", "state", "reason", "sha256", "sop_instance_uid",
-                  "chunks", "updated_at"},
-        defaults={"reason": 0, "sha256": "", "sop_instance_uid": "", "chunks": 0},
-    )
-    db.table("transfers").create_index(["state", "updated_at"])
-
-
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1_initial,)
-
-_UPSERT_TRANSFER = """
-INSERT INTO transfers (box_id, transfer_id, state, reason, sha256, sop_instance_uid, chunks, updated_at)
-VALUES (:box_id, :transfer_id, :state, :reason, :sha256, :sop_instance_uid, :chunks, :updated_at)
-ON CONFLICT (box_id, transfer_id) DO UPDATE SET
-  state = excluded.state, reason = excluded.reason, sha256 = excluded.sha256,
-  sop_instance_uid = excluded.sop_instance_uid, chunks = max(chunks, excluded.chunks),
-  updated_at = excluded.updated_at
-WHERE transfers.state = 'STAGING'
-"""  # terminal states (STORED, REJECTED) are never left
-
-
 class Archive:
     """Filesystem store plus index. Usable from any thread, one call at a time."""
 
-    def __init__(self, archive_dir: Path, db_path: Path) -> None:
+    def __init__(self, archive_dir: Path, index: Index | Path,
+                 forward_destinations: tuple[str, ...] = ()) -> None:
         self._dir = archive_dir
         self._scratch = archive_dir / SCRATCH_DIR
-        self._db_path = db_path
         self._lock = threading.RLock()
+        self._forward = tuple(forward_destinations)
         with self._guarded("open"):
             self._scratch.mkdir(parents=True, exist_ok=True)
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            self._db = Database(conn, execute_plugins=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.enable_wal()
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
+        self.index: Index = SqliteIndex(index) if isinstance(index, Path) else index
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
 
     # -- plumbing -----------------------------------------------------------
 
@@ -159,34 +123,11 @@ class Archive:
         with self._lock:
             try:
                 yield
-            except sqlite3.Error as exc:
-                raise StorageError(f"archive index {self._db_path}: {what}: {exc}") from exc
             except OSError as exc:
                 raise StorageError(f"archive {self._dir}: {what}: {exc.strerror or exc}") from exc
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction that takes the write lock up front (no upgrade deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.rollback()
-            raise
-
-    def _migrate(self) -> None:
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StorageError(f"archive index {self._db_path} has schema {version}, newer than this software")
-            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-                step(self._db)
-                self._db.execute(f"PRAGMA user_version = {number}")
-
     def schema_version(self) -> int:
-        with self._guarded("schema version"):
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return self.index.schema_version()
 
     # -- transfers ----------------------------------------------------------
 
@@ -195,9 +136,7 @@ class Archive:
             return self._transfer(box_id, transfer_id)
 
     def _transfer(self, box_id: str, transfer_id: bytes) -> TransferRecord | None:
-        rows = self._db.table("transfers").rows_where(
-            "box_id = ? AND transfer_id = ?", [box_id, transfer_id.hex()])
-        row = next(rows, None)
+        row = self.index.get_transfer(box_id, transfer_id.hex())
         if row is None:
             return None
         return TransferRecord(
@@ -208,21 +147,21 @@ class Archive:
     def _upsert_transfer(self, box_id: str, transfer_id: bytes, state: TransferState, now: float,
                          chunks: int = 0, reason: RejectReason = RejectReason.NONE,
                          sha256: str = "", sop_instance_uid: str = "") -> None:
-        self._db.execute(_UPSERT_TRANSFER, {
+        self.index.upsert_transfer({
             "box_id": box_id, "transfer_id": transfer_id.hex(), "state": state.value,
             "reason": int(reason), "sha256": sha256, "sop_instance_uid": sop_instance_uid,
             "chunks": chunks, "updated_at": now})
 
     def note_staging(self, box_id: str, transfer_id: bytes, chunks: int, now: float) -> None:
         """Record a transfer being staged (``chunks`` = FINAL seq + 1, or 0 while unknown)."""
-        with self._guarded("note staging"), self._transaction():
+        with self._guarded("note staging"), self.index.transaction():
             self._upsert_transfer(box_id, transfer_id, TransferState.STAGING, now, chunks)
 
     def reject(self, box_id: str, transfer_id: bytes, reason: RejectReason, chunks: int,
                now: float) -> TransferRecord:
         """Mark a transfer REJECTED unless it is already terminal; return its record."""
         with self._guarded("reject transfer"):
-            with self._transaction():
+            with self.index.transaction():
                 self._upsert_transfer(box_id, transfer_id, TransferState.REJECTED, now, chunks, reason)
             record = self._transfer(box_id, transfer_id)
         assert record is not None
@@ -230,9 +169,8 @@ class Archive:
 
     def forget_staging(self, box_id: str, transfer_id: bytes) -> None:
         """Drop the row of a transfer that is still STAGING (its chunks were expired)."""
-        with self._guarded("forget staging"), self._transaction():
-            self._db.execute("DELETE FROM transfers WHERE box_id = ? AND transfer_id = ? AND state = ?",
-                             [box_id, transfer_id.hex(), TransferState.STAGING.value])
+        with self._guarded("forget staging"), self.index.transaction():
+            self.index.delete_staging_transfer(box_id, transfer_id.hex())
 
     # -- objects ------------------------------------------------------------
 
@@ -266,10 +204,11 @@ class Archive:
         """
         row: dict[str, Any] = {}
         try:
-            with self._guarded("store"), self._transaction():
+            with self._guarded("store"), self.index.transaction(lock_key=manifest.sop_instance_uid):
                 existing = self._instance(manifest.sop_instance_uid, manifest.sha256)
                 if existing is None:
                     row = self._file_instance(manifest, scratch, box_id, transfer_id, now)
+                    self.index.enqueue_forwards(manifest.sop_instance_uid, manifest.sha256, self._forward, now)
                 self._upsert_transfer(box_id, transfer_id, TransferState.STORED, now, chunks,
                                       sha256=manifest.sha256,
                                       sop_instance_uid=manifest.sop_instance_uid)
@@ -292,7 +231,7 @@ class Archive:
             "sop_class_uid": manifest.sop_class_uid,
             "transfer_syntax": manifest.transfer_syntax_uid, "size": manifest.size,
             "path": rel, "box_id": box_id, "transfer_id": transfer_id.hex(), "stored_at": now}
-        self._db.table("instances").insert(row)
+        self.index.insert_instance(row)
         return row
 
     def _free_name(self, manifest: Manifest) -> str:
@@ -300,14 +239,12 @@ class Archive:
         folder = f"{sanitise_uid(manifest.study_instance_uid)}/{sanitise_uid(manifest.series_instance_uid)}"
         sop = sanitise_uid(manifest.sop_instance_uid)
         rel = f"{folder}/{sop}_{manifest.sha256[:12]}.dcm"
-        if self._db.table("instances").count_where("path = ?", [rel]):
+        if self.index.path_taken(rel):
             rel = f"{folder}/{sop}_{manifest.sha256}.dcm"
         return rel
 
     def _instance(self, sop_instance_uid: str, sha256: str) -> InstanceRecord | None:
-        rows = self._db.table("instances").rows_where(
-            "sop_instance_uid = ? AND sha256 = ?", [sop_instance_uid, sha256])
-        row = next(rows, None)
+        row = self.index.get_instance(sop_instance_uid, sha256)
         return None if row is None else self._record(row)
 
     def _record(self, row: dict[str, Any]) -> InstanceRecord:
@@ -317,12 +254,11 @@ class Archive:
 
     def instances(self) -> list[InstanceRecord]:
         with self._guarded("list instances"):
-            rows = self._db.table("instances").rows_where(order_by="stored_at, path")
-            return [self._record(row) for row in rows]
+            return [self._record(row) for row in self.index.list_instances()]
 
     def count(self) -> int:
         with self._guarded("count instances"):
-            return self._db.table("instances").count
+            return self.index.count_instances()
 
     def sweep_scratch(self, older_than: float) -> int:
         """Remove scratch files (left by a crash mid-assembly) last modified before ``older_than``."""
@@ -335,5 +271,4 @@ class Archive:
         return removed
 
     def close(self) -> None:
-        with self._guarded("close"):
-            self._db.close()
+        self.index.close()

@@ -18,36 +18,33 @@ fsynced; an object only once it is under its final name and its row committed;
 staging goes only after that commit. A crash leaves staged chunks, which the
 next (re-sent) chunk of the transfer re-examines and assembles, or a committed row.
 
-Multi-worker safety: a lock file per transfer, ``<transfer dir>/.lock``, held with
-``fcntl.flock`` (per open file description, so it also separates two ``Ingest``
-objects in one process) across staging, the completeness check, assembly and
-clean-up: one worker assembles, a waiter re-reads the index and answers STORED,
-and a waiter whose lock file was unlinked meanwhile sees the inode change and
-retries. Behind it the index serialises commits (``BEGIN IMMEDIATE``) and its
-``(sop_instance_uid, sha256)`` key keeps one copy even of one object sent twice.
-Not thread safe: one ``Ingest`` per thread (an ``Archive`` may be shared).
+Multi-worker safety: chunks of one transfer may reach any worker (the broker's
+shared subscription routes per message, not per transfer), so staging is shared
+(``gateway.cloud.staging``: a directory on one node, or PostgreSQL for workers on
+several machines). A worker holds the transfer exclusively across staging, the
+completeness check, assembly and clean-up: one worker assembles, a waiter
+re-reads the index and answers STORED. Behind it the index serialises stores
+of one object and its ``(sop_instance_uid, sha256)`` key keeps one copy even of
+one object sent twice. Not thread safe: one ``Ingest`` per thread (an
+``Archive`` may be shared).
 """
 
 from __future__ import annotations
 
 import enum
-import fcntl
 import logging
-import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.adapters import blobs
-from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState, ensure_dir_durable
+from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState
+from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
 from gateway.config import BOX_ID, IngestSettings
 from gateway.core import envelope, framing, transfer
 from gateway.core.codec import Codec
-from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError, StorageError
+from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError
 from gateway.core.framing import AckFrame, AckKind, ChunkFrame, RejectReason
 from gateway.core.transfer import Manifest
 from gateway.logs import MSG
@@ -56,9 +53,6 @@ log = logging.getLogger(__name__)
 
 MAX_PROGRESS_RANGES = 256  # a PROGRESS ack stays ~2 KiB; omitted ranges are merely re-sent
 KEY_CACHE_ENTRIES = 1024
-LOCK_NAME = ".lock"
-_CHUNK_FILE = re.compile(r"([0-9]+)\.chunk")
-_TRANSFER_DIR = re.compile(r"[0-9a-f]{32}")
 
 
 class ChunkRejection(enum.Enum):
@@ -119,9 +113,10 @@ class Ingest:
     """One ingest worker's logic; see the module docstring for the contract."""
 
     def __init__(self, settings: IngestSettings, envelope_private_key: bytes, archive: Archive,
-                 staging_dir: Path, clock: Callable[[], float] = time.time) -> None:
+                 staging: Staging | Path, clock: Callable[[], float] = time.time) -> None:
         self._settings, self._private, self._archive = settings, envelope_private_key, archive
-        self._staging, self._clock = staging_dir, clock
+        self._staging: Staging = FileStaging(staging) if isinstance(staging, Path) else staging
+        self._clock = clock
         self._keys: OrderedDict[tuple[str, bytes], _Keys] = OrderedDict()
         self._counters = dict.fromkeys(COUNTERS, 0)
 
@@ -136,18 +131,13 @@ class Ingest:
         except _Refused as refused:
             self._count_refusal(box_id, len(payload), refused)
             return []
-        tdir = self._staging / box_id / chunk.frame.transfer_id.hex()
+        thex = chunk.frame.transfer_id.hex()
         record = self._archive.lookup_transfer(box_id, chunk.frame.transfer_id)
-        if record is not None and record.state is not TransferState.STAGING and not tdir.exists():
+        if record is not None and record.state is not TransferState.STAGING \
+                and not self._staging.present(box_id, thex):
             return [self._terminal_ack(chunk, record)]
-        try:
-            with _transfer_lock(tdir) as fd:
-                assert fd is not None
-                now = self._clock()
-                os.utime(fd, (now, now))  # the lock file's mtime is the transfer's last activity
-                return self._handle_locked(chunk, tdir)
-        except OSError as exc:
-            raise StorageError(f"staging {tdir}: {exc.strerror or exc}") from exc
+        with self._staging.hold(box_id, thex, self._clock()) as staged:
+            return self._handle_locked(chunk, staged)
 
     def _authenticate(self, box_id: str, payload: bytes) -> _Verified:
         if not BOX_ID.fullmatch(box_id):
@@ -186,10 +176,10 @@ class Ingest:
             "MESSAGE_ID": MSG.CHUNK_REJECTED.value, "BOX_ID": box_id[:64],
             "TRANSFER": refused.transfer_id.hex()[:8], "BYTES": size, "REASON": refused.why.value})
 
-    def _handle_locked(self, chunk: _Verified, tdir: Path) -> list[Outgoing]:
+    def _handle_locked(self, chunk: _Verified, tdir: StagedTransfer) -> list[Outgoing]:
         record = self._archive.lookup_transfer(chunk.box_id, chunk.frame.transfer_id)
         if record is not None and record.state is not TransferState.STAGING:
-            _clear(tdir)  # left by a crash after the commit, or the winner of a race
+            tdir.clear()  # left by a crash after the commit, or the winner of a race
             return [self._terminal_ack(chunk, record)]
         chunks = record.chunks if record is not None else 0
         try:
@@ -200,20 +190,18 @@ class Ingest:
         except _Rejection as rejection:
             return self._reject(chunk, rejection.reason, chunks, tdir)
         chunks = self._stage(chunk, tdir, record)
-        staged = _staged_seqs(tdir)
+        staged = tdir.seqs()
         if chunks and staged.issuperset(range(chunks)):
             return self._assemble(chunk, chunks, tdir)
         return [self._progress_ack(chunk, staged)]
 
-    def _stage(self, chunk: _Verified, tdir: Path, record: TransferRecord | None) -> int:
+    def _stage(self, chunk: _Verified, tdir: StagedTransfer, record: TransferRecord | None) -> int:
         """Stage the frame (an existing seq is left alone); return the known chunk count."""
         seq = chunk.frame.seq
-        path = tdir / f"{seq}.chunk"
-        if path.exists():
-            self._counters["chunks_duplicate"] += 1
-        else:
-            blobs.write_atomic(path, chunk.raw)
+        if tdir.put(seq, chunk.raw):
             self._counters["chunks_staged"] += 1
+        else:
+            self._counters["chunks_duplicate"] += 1
         chunks = record.chunks if record is not None else 0
         if chunk.frame.final and chunks < seq + 1:
             chunks = seq + 1
@@ -221,7 +209,7 @@ class Ingest:
             self._archive.note_staging(chunk.box_id, chunk.frame.transfer_id, chunks, self._clock())
         return chunks
 
-    def _assemble(self, chunk: _Verified, chunks: int, tdir: Path) -> list[Outgoing]:
+    def _assemble(self, chunk: _Verified, chunks: int, tdir: StagedTransfer) -> list[Outgoing]:
         frames = _StagedFrames(tdir, chunks)
         try:
             manifest, scratch = self._restore(chunk, frames)
@@ -231,7 +219,7 @@ class Ingest:
             return self._drop_corrupt(chunk, frames.last_seq, tdir)
         result = self._archive.store(manifest, scratch, chunk.box_id, chunk.frame.transfer_id,
                                      chunks, self._clock())
-        _clear(tdir)
+        tdir.clear()
         duplicate = result.outcome is StoreOutcome.DUPLICATE
         self._counters["objects_duplicate" if duplicate else "objects_stored"] += 1
         log.info("object already archived" if duplicate else "object archived", extra={
@@ -269,10 +257,10 @@ class Ingest:
             raise _Rejection(RejectReason.TOO_LARGE)
 
     def _reject(self, chunk: _Verified, reason: RejectReason, chunks: int,
-                tdir: Path) -> list[Outgoing]:
+                tdir: StagedTransfer) -> list[Outgoing]:
         record = self._archive.reject(chunk.box_id, chunk.frame.transfer_id, reason, chunks,
                                       self._clock())
-        _clear(tdir)
+        tdir.clear()
         if record.state is TransferState.REJECTED:
             self._counters["objects_rejected"] += 1
             log.warning("object rejected", extra={
@@ -280,14 +268,14 @@ class Ingest:
                 "TRANSFER": chunk.tag, "REASON": record.reason.name, "CHUNKS": chunks})
         return [self._terminal_ack(chunk, record)]
 
-    def _drop_corrupt(self, chunk: _Verified, seq: int, tdir: Path) -> list[Outgoing]:
+    def _drop_corrupt(self, chunk: _Verified, seq: int, tdir: StagedTransfer) -> list[Outgoing]:
         """A staged file no longer verifies (our disk): drop it so a re-send replaces it."""
         self._counters["chunks_corrupt_staged"] += 1
         log.error("staged chunk is corrupt on disk; dropped", extra={
             "MESSAGE_ID": MSG.CHUNK_REJECTED.value, "BOX_ID": chunk.box_id,
             "TRANSFER": chunk.tag, "SEQ": seq})
-        blobs.remove(tdir / f"{seq}.chunk")
-        return [self._progress_ack(chunk, _staged_seqs(tdir))]
+        tdir.drop(seq)
+        return [self._progress_ack(chunk, tdir.seqs())]
 
     def _ack(self, chunk: _Verified, ack: AckFrame) -> Outgoing:
         return Outgoing(chunk.box_id, ack.encode(chunk.box_id, chunk.keys.ack_key))
@@ -305,42 +293,28 @@ class Ingest:
     def expire_staging(self) -> int:
         """Drop staged transfers idle longer than ``staging_ttl_hours``; return how many."""
         cutoff = self._clock() - self._settings.staging_ttl_hours * 3600
-        expired = 0
-        try:
-            for tdir in self._transfer_dirs():
-                expired += self._expire_one(tdir, cutoff)
-        except OSError as exc:
-            raise StorageError(f"expiring staging in {self._staging}: {exc.strerror or exc}") from exc
+        expired = self._staging.expire(
+            cutoff, lambda box_id, thex: self._archive.forget_staging(box_id, bytes.fromhex(thex)))
         self._archive.sweep_scratch(cutoff)
         self._counters["transfers_expired"] += expired
         if expired:  # no MESSAGE_ID yet: logs.MSG has no STAGING_EXPIRED (asked for)
             log.info("idle staged transfers dropped", extra={"COUNT": expired})
         return expired
 
-    def _expire_one(self, tdir: Path, cutoff: float) -> bool:
-        """The lock file's mtime is the transfer's last activity (touched by every chunk)."""
-        with _transfer_lock(tdir, wait=False) as fd:
-            if fd is None or os.fstat(fd).st_mtime >= cutoff:
-                return False  # busy, or active recently
-            self._archive.forget_staging(tdir.parent.name, bytes.fromhex(tdir.name))
-            _clear(tdir)
-        return True
-
-    def _transfer_dirs(self) -> list[Path]:
-        boxes = [b for b in self._staging.iterdir() if BOX_ID.fullmatch(b.name)] if self._staging.is_dir() else []
-        return [t for b in boxes if b.is_dir() for t in b.iterdir() if _TRANSFER_DIR.fullmatch(t.name) and t.is_dir()]
+    def close(self) -> None:
+        self._staging.close()
 
 
 class _StagedFrames:
     """Staged frames 0..chunks-1 in order; remembers the seq it handed out last."""
 
-    def __init__(self, tdir: Path, chunks: int) -> None:
-        self._dir, self._chunks, self.last_seq = tdir, chunks, -1
+    def __init__(self, staged: StagedTransfer, chunks: int) -> None:
+        self._staged, self._chunks, self.last_seq = staged, chunks, -1
 
     def __iter__(self) -> Iterator[ChunkFrame]:
         for seq in range(self._chunks):
             self.last_seq = seq
-            data = b"".join(blobs.read_pieces(self._dir / f"{seq}.chunk"))
+            data = self._staged.read(seq)
             try:
                 frame = framing.parse_chunk(data)
             except FrameError as exc:
@@ -354,46 +328,3 @@ def _only_bytes(pieces: Iterator[bytes | Manifest]) -> Iterator[bytes]:
     for piece in pieces:
         assert isinstance(piece, bytes)
         yield piece
-
-
-def _staged_seqs(tdir: Path) -> set[int]:
-    return {int(m.group(1)) for name in os.listdir(tdir) if (m := _CHUNK_FILE.fullmatch(name))}
-
-
-def _clear(tdir: Path) -> None:
-    """Remove a transfer's staging; the caller holds its lock. Missing is fine."""
-    if not tdir.is_dir():
-        return
-    for entry in tdir.iterdir():
-        if entry.name != LOCK_NAME:
-            entry.unlink(missing_ok=True)
-    (tdir / LOCK_NAME).unlink(missing_ok=True)  # waiters notice the inode change and retry
-    try:
-        tdir.rmdir()
-    except OSError:
-        pass  # a waiter already re-created its lock file here; it will clear again
-
-
-@contextmanager
-def _transfer_lock(tdir: Path, wait: bool = True) -> Iterator[int | None]:
-    """Hold ``tdir/.lock`` exclusively and yield its fd; None if not ``wait`` and busy."""
-    lock, fd = tdir / LOCK_NAME, None
-    while fd is None:
-        if wait:
-            ensure_dir_durable(tdir)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_ino != os.stat(lock).st_ino:
-                raise FileNotFoundError(lock)  # cleared while we waited: start over
-        except (FileNotFoundError, BlockingIOError):
-            if fd is not None:
-                os.close(fd)
-                fd = None
-            if not wait:
-                break
-    try:
-        yield fd
-    finally:
-        if fd is not None:
-            os.close(fd)

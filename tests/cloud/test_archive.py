@@ -12,16 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.cloud.archive import (
-    MIGRATIONS,
     SCRATCH_DIR,
     Archive,
     StoreOutcome,
     TransferState,
     sanitise_uid,
 )
+from gateway.cloud.index import MIGRATIONS
 from gateway.core.errors import IntegrityError, StorageError
 from gateway.core.framing import RejectReason
 from gateway.core.transfer import Manifest
+from tests.backends import Backend
 
 BOX = "box-1"
 TID = bytes(range(16))
@@ -36,8 +37,8 @@ def manifest_for(data: bytes, sop: str = "1.2.3.4.5", sha256: str | None = None)
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = Archive(tmp_path / "archive", tmp_path / "index.db")
+def archive(tmp_path: Path, backend: Backend) -> Iterator[Archive]:
+    a = backend.archive(tmp_path)
     yield a
     a.close()
 

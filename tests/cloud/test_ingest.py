@@ -45,6 +45,7 @@ from gateway.core.framing import (
 )
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.logs import MSG
+from tests.backends import Backend
 
 BOX = "box-1"
 FRAME_BYTES = MIN_FRAME_BYTES  # 1 KiB of payload per chunk
@@ -109,11 +110,12 @@ class Cloud:
     """One ingest worker: its own index connection, sharing ``root`` with any other."""
 
     def __init__(self, root: Path, keys: KeyPair, ingest_settings: IngestSettings | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, backend: Backend | None = None) -> None:
         self.root = root
-        self.archive = Archive(root / "archive", root / "index.db")
+        self.backend = backend or Backend("sqlite")
+        self.archive = self.backend.archive(root)
         self.ingest = Ingest(ingest_settings or IngestSettings(), keys.private, self.archive,
-                             root / "staging", clock)
+                             self.backend.staging(root), clock)
 
     def send(self, frame: bytes, box: str = BOX) -> list[Outgoing]:
         return self.ingest.handle_chunk(box, frame)
@@ -121,9 +123,12 @@ class Cloud:
     def send_all(self, frames: list[bytes], box: str = BOX) -> list[Outgoing]:
         return [ack for frame in frames for ack in self.send(frame, box)]
 
-    def staged_files(self) -> list[Path]:
-        staging = self.root / "staging"
-        return sorted(p for p in staging.rglob("*.chunk")) if staging.exists() else []
+    def staged_files(self) -> list[str]:
+        return self.backend.staged_names(self.root)
+
+    def close(self) -> None:
+        self.ingest.close()
+        self.archive.close()
 
     def scratch_files(self) -> list[Path]:
         return sorted((self.root / "archive" / ".incoming").iterdir())
@@ -157,10 +162,10 @@ def sealed(keys: KeyPair) -> Sealed:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, keys: KeyPair) -> Iterator[Cloud]:
-    c = Cloud(tmp_path, keys)
+def cloud(tmp_path: Path, keys: KeyPair, backend: Backend) -> Iterator[Cloud]:
+    c = Cloud(tmp_path, keys, backend=backend)
     yield c
-    c.archive.close()
+    c.close()
 
 
 def test_object_is_archived_byte_identical_when_all_chunks_arrive(cloud: Cloud, sealed: Sealed) -> None:
@@ -246,7 +251,7 @@ def test_chunk_is_rejected_when_replayed_into_another_transfer(cloud: Cloud, key
         assert cloud.send(bytes(replayed)) == []
 
     assert cloud.ingest.counters()["chunks_rejected_key"] == 2
-    assert [p.name for p in cloud.staged_files()] == ["0.chunk"]
+    assert cloud.staged_files() == ["0.chunk"]
     assert ack_of(cloud.send_all(other.frames)[-1], other).kind is AckKind.STORED
     assert [r.path.read_bytes() for r in cloud.archive.instances()] == [other.data]
 
@@ -274,7 +279,7 @@ def test_chunk_is_rejected_when_box_id_is_not_valid(cloud: Cloud, sealed: Sealed
     assert cloud.send(sealed.frames[0], box=box) == []
 
     assert cloud.ingest.counters()["chunks_rejected_malformed"] == 1
-    assert sorted(p.name for p in cloud.root.iterdir()) == ["archive", "index.db", "index.db-shm", "index.db-wal"]
+    assert not (cloud.root / "staging").exists() and cloud.staged_files() == []
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -306,8 +311,9 @@ def test_transfer_is_rejected_with_integrity_when_manifest_hash_does_not_match(c
 
 
 def test_transfer_is_rejected_too_large_when_manifest_declares_more_than_the_limit(
-        tmp_path: Path, keys: KeyPair, sealed: Sealed) -> None:
-    cloud = Cloud(tmp_path, keys, IngestSettings(max_object_bytes=len(sealed.data) - 1))
+        tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
+    cloud = Cloud(tmp_path, keys, backend=backend,
+                  ingest_settings=IngestSettings(max_object_bytes=len(sealed.data) - 1))
     [out] = cloud.send(sealed.frames[0])
 
     ack = ack_of(out, sealed)
@@ -351,8 +357,8 @@ def test_same_object_is_archived_once_when_sent_as_two_transfers(cloud: Cloud, k
 
 
 def test_object_is_archived_once_when_two_workers_each_receive_half_the_chunks(
-        tmp_path: Path, keys: KeyPair, sealed: Sealed) -> None:
-    workers = [Cloud(tmp_path, keys), Cloud(tmp_path, keys)]
+        tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
+    workers = [Cloud(tmp_path, keys, backend=backend), Cloud(tmp_path, keys, backend=backend)]
     acks = [ack_of(out, sealed) for seq, frame in enumerate(sealed.frames) for out in workers[seq % 2].send(frame)]
 
     assert [a.kind for a in acks].count(AckKind.STORED) == 1 and acks[-1].kind is AckKind.STORED
@@ -363,8 +369,8 @@ def test_object_is_archived_once_when_two_workers_each_receive_half_the_chunks(
 
 
 def test_object_is_archived_once_when_two_worker_threads_race_on_all_chunks(
-        tmp_path: Path, keys: KeyPair, sealed: Sealed) -> None:
-    workers = [Cloud(tmp_path, keys), Cloud(tmp_path, keys)]
+        tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
+    workers = [Cloud(tmp_path, keys, backend=backend), Cloud(tmp_path, keys, backend=backend)]
     barrier = threading.Barrier(2)
     last: list[AckFrame] = []
 
@@ -419,9 +425,9 @@ def test_object_is_archived_once_when_two_worker_processes_race_on_all_chunks(
 
 
 def test_assembly_resumes_when_a_resent_chunk_arrives_after_a_failed_store(
-        tmp_path: Path, keys: KeyPair, sealed: Sealed) -> None:
+        tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
     blocker = tmp_path / "archive" / sealed.manifest.study_instance_uid
-    first = Cloud(tmp_path, keys)
+    first = Cloud(tmp_path, keys, backend=backend)
     blocker.write_bytes(b"a file where the study folder must go")
     first.send_all(sealed.frames[:-1])
 
@@ -432,7 +438,7 @@ def test_assembly_resumes_when_a_resent_chunk_arrives_after_a_failed_store(
     first.archive.close()
 
     blocker.unlink()
-    restarted = Cloud(tmp_path, keys)  # a new worker process after the failure
+    restarted = Cloud(tmp_path, keys, backend=backend)  # a new worker process after the failure
     assert ack_of(restarted.send(sealed.frames[0])[0], sealed).kind is AckKind.STORED
     assert [r.path.read_bytes() for r in restarted.archive.instances()] == [sealed.data]
     assert restarted.staged_files() == []
@@ -442,24 +448,23 @@ def test_assembly_resumes_when_a_resent_chunk_arrives_after_a_failed_store(
 def test_corrupt_staged_chunk_is_dropped_and_refilled_when_assembly_finds_it(
         cloud: Cloud, sealed: Sealed, damage: str) -> None:
     cloud.send_all(sealed.frames[:-1])
-    victim = cloud.root / "staging" / BOX / sealed.keys.transfer_id.hex() / "2.chunk"
-    raw = bytearray(victim.read_bytes())
-    raw[-1] ^= 0x01
-    victim.write_bytes(bytes(raw) if damage == "flip" else bytes(raw[:50]))
+    cloud.backend.damage_staged(cloud.root, BOX, sealed.keys.transfer_id.hex(), 2, damage)
 
     [out] = cloud.send(sealed.frames[-1])
     ack = ack_of(out, sealed)
     assert (ack.kind, ack.ranges) == (AckKind.PROGRESS, ((0, 2), (3, len(sealed.frames))))
-    assert cloud.archive.count() == 0 and not victim.exists() and cloud.scratch_files() == []
+    assert cloud.archive.count() == 0 and "2.chunk" not in cloud.staged_files() and cloud.scratch_files() == []
     assert cloud.ingest.counters()["chunks_corrupt_staged"] == 1
 
     assert ack_of(cloud.send(sealed.frames[2])[0], sealed).kind is AckKind.STORED
     assert [r.path.read_bytes() for r in cloud.archive.instances()] == [sealed.data]
 
 
-def test_staged_transfer_is_dropped_when_idle_longer_than_ttl(tmp_path: Path, keys: KeyPair, sealed: Sealed) -> None:
+def test_staged_transfer_is_dropped_when_idle_longer_than_ttl(
+        tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
     now = [1_000_000.0]
-    cloud = Cloud(tmp_path, keys, IngestSettings(staging_ttl_hours=1.0), clock=lambda: now[0])
+    cloud = Cloud(tmp_path, keys, backend=backend, ingest_settings=IngestSettings(staging_ttl_hours=1.0),
+                  clock=lambda: now[0])
     cloud.send_all(sealed.frames[:3])
     now[0] += 3599
     assert cloud.ingest.expire_staging() == 0
@@ -468,7 +473,7 @@ def test_staged_transfer_is_dropped_when_idle_longer_than_ttl(tmp_path: Path, ke
     now[0] += 2
     assert cloud.ingest.expire_staging() == 1
     assert cloud.staged_files() == []
-    assert not (tmp_path / "staging" / BOX / sealed.keys.transfer_id.hex()).exists()
+    assert not cloud.ingest._staging.present(BOX, sealed.keys.transfer_id.hex())
     assert cloud.archive.lookup_transfer(BOX, sealed.keys.transfer_id) is None
     assert cloud.ingest.counters()["transfers_expired"] == 1
     assert ack_of(cloud.send_all(sealed.frames)[-1], sealed).kind is AckKind.STORED

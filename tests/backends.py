@@ -1,0 +1,72 @@
+"""The cloud index/staging backends a test can run against: SQLite files, or a real PostgreSQL.
+
+``pg_cluster`` (session scope, tests/conftest.py) starts one PostgreSQL server
+from Debian's packages on a loopback port; each test gets its own database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.adapters.postgres_cluster import PostgresCluster
+from gateway.cloud.archive import Archive
+from gateway.cloud.staging import FileStaging, Staging
+
+_numbers = itertools.count()
+
+
+@dataclass
+class Backend:
+    name: str  # "sqlite" or "postgres"
+    cluster: PostgresCluster | None = None
+    _dsn: str = field(default="", init=False)
+
+    @property
+    def dsn(self) -> str:
+        """The test's own database (created on first use); "" for SQLite."""
+        if self.cluster is not None and not self._dsn:
+            self._dsn = self.cluster.create_database(f"t{os.getpid()}_{next(_numbers)}")
+        return self._dsn
+
+    def archive(self, root: Path) -> Archive:
+        if self.cluster is None:
+            return Archive(root / "archive", root / "index.db")
+        from gateway.cloud.index_postgres import PostgresIndex
+
+        return Archive(root / "archive", PostgresIndex(self.dsn))
+
+    def staging(self, root: Path) -> Staging:
+        if self.cluster is None:
+            return FileStaging(root / "staging")
+        from gateway.cloud.staging_postgres import PostgresStaging
+
+        return PostgresStaging(self.dsn)
+
+    def staged_names(self, root: Path) -> list[str]:
+        """``<seq>.chunk`` for every staged chunk, sorted."""
+        if self.cluster is None:
+            staging = root / "staging"
+            return sorted(p.name for p in staging.rglob("*.chunk")) if staging.exists() else []
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            return sorted(f"{seq}.chunk" for (seq,) in conn.execute("SELECT seq FROM staged_chunks"))
+
+    def damage_staged(self, root: Path, box: str, transfer_hex: str, seq: int, how: str) -> None:
+        """Flip the last bit of a staged chunk, or truncate it to 50 bytes (our disk going bad)."""
+        def damaged(raw: bytes) -> bytes:
+            flipped = raw[:-1] + bytes([raw[-1] ^ 0x01])
+            return flipped if how == "flip" else flipped[:50]
+
+        if self.cluster is None:
+            victim = root / "staging" / box / transfer_hex / f"{seq}.chunk"
+            victim.write_bytes(damaged(victim.read_bytes()))
+            return
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            (raw,) = conn.execute("SELECT frame FROM staged_chunks WHERE seq = %s", [seq]).fetchone()
+            conn.execute("UPDATE staged_chunks SET frame = %s WHERE seq = %s", [damaged(bytes(raw)), seq])
