@@ -147,11 +147,37 @@ class AuthoritySettings:
 
 
 @dataclass(frozen=True)
+class IndexSettings:
+    backend: str = _f("sqlite", "archive index and shared ingest staging: sqlite (one node) or postgres (many)")
+    dsn: str = _f("", "postgres: libpq connection string without a password, e.g. 'host=db dbname=mgw user=mgw'")
+    password_file: str = _f("", "postgres: file holding the password (0600), relative to state_dir; empty = none")
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    stow_url: str = _f("", "DICOMweb STOW-RS endpoint of the reading site's PACS (.../studies); empty = off")
+    stow_username: str = _f("", "HTTP basic-auth user for STOW-RS; its password is in stow_password_file")
+    stow_password_file: str = _f("", "file holding the STOW-RS password (0600), relative to state_dir")
+    cstore_host: str = _f("", "C-STORE SCP host of the PACS; empty = off")
+    cstore_port: int = _f(104, "C-STORE SCP port of the PACS")
+    cstore_called_ae: str = _f("PACS", "AE title of the PACS (called AE)")
+    cstore_calling_ae: str = _f("MGW-CLOUD", "our AE title towards the PACS (calling AE)")
+    timeout_s: float = _f(60.0, "network timeout of one forward attempt")
+    batch: int = _f(32, "queue entries one forwarder claims at a time")
+    lease_s: float = _f(300.0, "a claimed entry returns to the queue if not finished within this time")
+    backoff_min_s: float = _f(5.0, "first retry delay; doubles per attempt up to backoff_max_s")
+    backoff_max_s: float = _f(3600.0, "longest retry delay")
+    max_attempts: int = _f(50, "attempts before an entry is FAILED (alerted, retried only by an operator)")
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     cloud: CloudNodeSettings = _f(None, "this cloud node")
     mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
     ingest: IngestSettings = _f(None, "ingest workers")
     authority: AuthoritySettings = _f(None, "fleet certificate authority and enrolment endpoint")
+    index: IndexSettings = _f(None, "archive index backend")
+    forward: ForwardSettings = _f(None, "forwarding archived objects to the reading site's PACS")
 
 
 BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -289,7 +315,16 @@ def load_edge(paths: list[Path]) -> EdgeSettings:
 
 def load_cloud(paths: list[Path]) -> CloudSettings:
     table, source = read_toml(paths)
-    return _fill_defaults(build(CloudSettings, table, source))
+    settings = _fill_defaults(build(CloudSettings, table, source))
+    if settings.index.backend not in ("sqlite", "postgres"):
+        raise ConfigError(f"{source}: 'index.backend' must be 'sqlite' or 'postgres'")
+    if settings.index.backend == "postgres" and not settings.index.dsn:
+        raise ConfigError(f"{source}: 'index.dsn' is required when 'index.backend' is 'postgres'")
+    if "password" in settings.index.dsn.lower():
+        raise ConfigError(f"{source}: 'index.dsn' must not carry a password; use 'index.password_file'")
+    if settings.forward.cstore_host and not _AE.match(settings.forward.cstore_called_ae):
+        raise ConfigError(f"{source}: 'forward.cstore_called_ae' must be 1-16 printable characters")
+    return settings
 
 
 def iter_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -57,6 +57,10 @@ class MSG(enum.StrEnum):
     LINK_UP_NUDGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040a"
     EXPORT_IMPORTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040b"
     SERVICE_LOOP_DIED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e040c"
+    FORWARD_DONE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0600"
+    FORWARD_RETRY = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0601"
+    FORWARD_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0602"
+    INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

@@ -243,6 +243,10 @@ class Archive:
             rel = f"{folder}/{sop}_{manifest.sha256}.dcm"
         return rel
 
+    def instance(self, sop_instance_uid: str, sha256: str) -> InstanceRecord | None:
+        with self._guarded("lookup instance"):
+            return self._instance(sop_instance_uid, sha256)
+
     def _instance(self, sop_instance_uid: str, sha256: str) -> InstanceRecord | None:
         row = self.index.get_instance(sop_instance_uid, sha256)
         return None if row is None else self._record(row)

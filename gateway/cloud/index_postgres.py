@@ -214,3 +214,8 @@ class PostgresIndex:
     def close(self) -> None:
         with self._guarded("close"):
             self._conn.close()
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with ``password`` added (libpq quoting); the result must not be logged."""
+    return psycopg.conninfo.make_conninfo(dsn, password=password)

@@ -15,7 +15,9 @@ import time
 from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.cloud import backends
 from gateway.cloud.archive import Archive
+from gateway.cloud.forward import Forwarder, run_forever
 from gateway.cloud.ingest import Ingest
 from gateway.config import CloudSettings
 from gateway.core import topics
@@ -34,8 +36,18 @@ class CloudService:
         self.settings = settings
         self.paths = paths
         key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
-        self.archive = Archive(paths.archive_dir, paths.archive_db)
-        self.ingest = Ingest(settings.ingest, key, self.archive, paths.staging_dir)
+        self.archive = backends.open_archive(settings, paths)
+        self.ingest = Ingest(settings.ingest, key, self.archive, backends.open_staging(settings, paths))
+        self._forwarder: threading.Thread | None = None
+        self._forward_archive: Archive | None = None
+        destinations = backends.open_destinations(settings, paths)
+        if destinations:  # its own index connection: the ingest thread never waits on a PACS
+            owner = f"{settings.ingest.share_group}-{settings.ingest.worker_id}"
+            self._forward_archive = backends.open_archive(settings, paths)
+            forwarder = Forwarder(settings.forward, self._forward_archive, destinations, owner)
+            self._forwarder = threading.Thread(
+                target=run_forever, args=(forwarder, self._stop_requested), kwargs={"wait": self._wait},
+                name="forward", daemon=True)
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._stop = threading.Event()
         prefix, group = settings.mqtt.topic_prefix, settings.ingest.share_group
@@ -48,8 +60,16 @@ class CloudService:
         self.topic_rejects = 0
         self.loop_heartbeat = time.monotonic()
 
+    def _stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _wait(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
     def start(self) -> None:
         self._worker.start()
+        if self._forwarder is not None:
+            self._forwarder.start()
         self.link.start()
         log.info("cloud ingest started", extra={
             "MESSAGE_ID": MSG.SERVICE_STARTED.value, "VERSION": __version__,
@@ -61,6 +81,11 @@ class CloudService:
         self._stop.set()
         self.link.stop()
         self._worker.join(10)
+        if self._forwarder is not None:
+            self._forwarder.join(30)
+        if self._forward_archive is not None:
+            self._forward_archive.close()
+        self.ingest.close()
         self.archive.close()
 
     def alive(self) -> bool:

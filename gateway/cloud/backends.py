@@ -1,0 +1,84 @@
+"""Opening what a cloud worker shares with the others, as its configuration says.
+
+``[index] backend = "sqlite"`` (default): ``archive.db`` and a staging directory
+under the node's state directory; every worker of the node shares them.
+``"postgres"``: the index and staging in one PostgreSQL database, for workers
+on several machines (the archive directory is then a shared filesystem).
+Passwords come from 0600 files named by the configuration, never from TOML.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+from gateway.cloud.archive import Archive
+from gateway.cloud.forward import Destination, destinations_from
+from gateway.cloud.staging import FileStaging, Staging
+from gateway.config import CloudSettings
+from gateway.core.errors import ConfigError
+from gateway.logs import MSG
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def read_secret(path: Path) -> str:
+    """One line from a 0600 file (trailing newline stripped)."""
+    try:
+        st = path.stat()
+        text = path.read_text().strip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: secret file must not be readable by group or others (chmod 600)")
+    return text
+
+
+def postgres_dsn(settings: CloudSettings, paths: Paths) -> str:
+    from gateway.cloud.index_postgres import with_password
+
+    index = settings.index
+    if not index.password_file:
+        return index.dsn
+    return with_password(index.dsn, read_secret(paths.key_file(index.password_file)))
+
+
+def forward_destinations(settings: CloudSettings) -> tuple[str, ...]:
+    """Queue names of the PACS destinations turned on (stow, cstore)."""
+    names = []
+    if settings.forward.stow_url:
+        names.append("stow")
+    if settings.forward.cstore_host:
+        names.append("cstore")
+    return tuple(names)
+
+
+def open_archive(settings: CloudSettings, paths: Paths) -> Archive:
+    destinations = forward_destinations(settings)
+    if settings.index.backend == "postgres":
+        from gateway.cloud.index_postgres import PostgresIndex
+
+        index = PostgresIndex(postgres_dsn(settings, paths))
+        archive = Archive(paths.archive_dir, index, destinations)
+    else:
+        archive = Archive(paths.archive_dir, paths.archive_db, destinations)
+    log.info("archive index opened", extra={
+        "MESSAGE_ID": MSG.INDEX_OPENED.value, "BACKEND": settings.index.backend,
+        "INDEX": archive.index.where, "SCHEMA": archive.schema_version()})
+    return archive
+
+
+def open_staging(settings: CloudSettings, paths: Paths) -> Staging:
+    if settings.index.backend == "postgres":
+        from gateway.cloud.staging_postgres import PostgresStaging
+
+        return PostgresStaging(postgres_dsn(settings, paths))
+    return FileStaging(paths.staging_dir)
+
+
+def open_destinations(settings: CloudSettings, paths: Paths) -> list[Destination]:
+    fwd = settings.forward
+    password = read_secret(paths.key_file(fwd.stow_password_file)) if fwd.stow_password_file else ""
+    return destinations_from(fwd, password)

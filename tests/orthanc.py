@@ -1,0 +1,93 @@
+"""A real Orthanc PACS (Debian's orthanc + orthanc-dicomweb) on loopback ports, for forwarding tests.
+
+The configuration is generated per run: HTTP and DICOM ports on 127.0.0.1, no
+authentication, storage in a temp dir, the DICOMweb plugin loaded. Orthanc's
+REST API is how a test reads back what the PACS holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.adapters.mosquitto import free_port
+from tests.peers import _missing
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+AET = "ORTHANC"
+
+
+class Orthanc:
+    def __init__(self, root: Path, http_port: int, dicom_port: int) -> None:
+        self.root, self.http_port, self.dicom_port = root, http_port, dicom_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def stow_url(self) -> str:
+        return f"{self.url}/dicom-web/studies"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:  # noqa: S310 - loopback
+            body = response.read()
+        return json.loads(body) if path != "/file" and not path.endswith("/file") else body
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return bytes(self.get(f"/instances/{orthanc_id}/file"))
+
+    def sop_instance_uid(self, orthanc_id: str) -> str:
+        return str(self.get(f"/instances/{orthanc_id}/simplified-tags")["SOPInstanceUID"])
+
+
+@contextmanager
+def orthanc(root: Path) -> Iterator[Orthanc]:
+    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not Path(binary).exists() or not DICOMWEB_PLUGIN.exists():
+        _missing("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    root.mkdir(parents=True, exist_ok=True)
+    server = Orthanc(root, free_port(), free_port())
+    config = {
+        "Name": "mgw-test-pacs", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+        "StorageCompression": False, "HttpPort": server.http_port, "DicomPort": server.dicom_port,
+        "DicomAet": AET, "DicomCheckCalledAet": True, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "OverwriteInstances": True, "UnknownSopClassAccepted": True, "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True, "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
+    }
+    conf = root / "orthanc.json"
+    conf.write_text(json.dumps(config, indent=1))
+    proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=open(root / "orthanc.log", "ab"))  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {proc.returncode}; see {root}/orthanc.log")
+            try:
+                server.get("/system")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
