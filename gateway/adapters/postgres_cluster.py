@@ -4,7 +4,7 @@ Debian's server binaries (``/usr/lib/postgresql/<v>/bin``) are run directly:
 ``initdb`` into a fresh directory, ``postgres`` listening on 127.0.0.1 only,
 trust authentication for loopback (the cluster lives and dies with its owner).
 PostgreSQL refuses to run as root, so as root the cluster runs as the
-``postgres`` system user (created by Debian's package) via ``runuser``.
+``postgres`` system user (created by Debian's package).
 Production uses a managed or packaged PostgreSQL; see docs/deployment.md.
 """
 
@@ -50,25 +50,30 @@ class PostgresCluster:
     def dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} dbname={DATABASE} user=postgres connect_timeout=10"
 
-    def _as_owner(self, argv: list[str]) -> list[str]:
-        return ["runuser", "-u", self._user, "--", *argv] if self._user else argv
+    def _owner(self) -> dict[str, object]:
+        """Popen arguments that run a server binary as the cluster's owner (never as root)."""
+        if not self._user:
+            return {}
+        entry = pwd.getpwnam(self._user)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+                "env": {"PATH": "/usr/bin:/bin", "HOME": str(self.root), "LC_ALL": "C.UTF-8"}}
 
     def start(self, timeout_s: float = 60.0) -> None:
         if self._user:
             entry = pwd.getpwnam(self._user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         init = subprocess.run(
-            self._as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                            "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-            capture_output=True, text=True, check=False)
+            [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+             "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            capture_output=True, text=True, check=False, **self._owner())  # type: ignore[call-overload]
         if init.returncode != 0:
             raise LocalError(f"initdb failed: {init.stderr.strip()[-400:]}")
-        self._proc = subprocess.Popen(
-            self._as_owner([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-                            "-c", "max_connections=100", "-c", "shared_buffers=64MB"]),
+        self._proc = subprocess.Popen(  # type: ignore[call-overload]
+            [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+             "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "postgres.log", "ab"),  # noqa: SIM115
-        )
+            **self._owner())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
