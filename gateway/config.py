@@ -131,6 +131,8 @@ class IngestSettings:
     max_object_bytes: int = _f(4 * 1024**3, "refuse objects that declare more than this size")
     staging_ttl_hours: float = _f(168.0, "drop staged chunks of transfers idle this long")
     worker_id: str = _f("1", "stable id of this worker in its node; a restarted worker resumes its MQTT session")
+    session_expiry_s: int = _f(60, "MQTT session expiry of a worker: a worker back within it resumes its queue; "
+                               "a dead worker stops receiving shared-subscription messages once it lapses")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ def render_toml(tables: dict[str, dict[str, object]]) -> str:
 
 class LoopbackDeployment:
     def __init__(self, root: Path, edge_overrides: dict[str, dict[str, object]] | None = None,
-                 broker_persistence: bool = True, secure: bool = False) -> None:
+                 broker_persistence: bool = True, secure: bool = False, cloud_workers: int = 1,
+                 cloud_overrides: dict[str, dict[str, object]] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence)
@@ -59,7 +60,9 @@ class LoopbackDeployment:
         self.edge_toml = root / "edge.toml"
         self._edge_overrides = edge_overrides or {}
         self.edge: subprocess.Popen[bytes] | None = None
-        self.cloud: subprocess.Popen[bytes] | None = None
+        self.cloud: subprocess.Popen[bytes] | None = None  # the first ingest worker
+        self.clouds: list[subprocess.Popen[bytes] | None] = [None] * cloud_workers
+        self._cloud_overrides = cloud_overrides or {}
 
     def write_configs(self) -> None:
         mqtt: dict[str, object] = {"host": "127.0.0.1", "port": self.broker.port, "reconnect_min_s": 0.2,
@@ -80,7 +83,13 @@ class LoopbackDeployment:
                                   "broker_port": self.broker.port}
             del tables["box"]
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
-        self.cloud_toml.write_text(render_toml(cloud))
+        for n in range(len(self.clouds)):
+            worker = {table: dict(keys) for table, keys in cloud.items()}
+            if len(self.clouds) > 1:
+                worker["ingest"] = {"worker_id": str(n + 1)}
+            for table, keys in self._cloud_overrides.items():
+                worker.setdefault(table, {}).update(keys)
+            self.cloud_worker_toml(n).write_text(render_toml(worker))
         for table, keys in self._edge_overrides.items():
             tables.setdefault(table, {}).update(keys)
         self.edge_toml.write_text(render_toml(tables))
@@ -146,8 +155,23 @@ class LoopbackDeployment:
                 time.sleep(0.05)
         raise LocalError(f"{what} did not listen on port {port} within {timeout_s} s")
 
+    @property
+    def index_dsn(self) -> str:
+        """The PostgreSQL index's DSN when the cloud uses one, else ""."""
+        return str(self._cloud_overrides.get("index", {}).get("dsn", ""))
+
+    def cloud_worker_toml(self, n: int) -> Path:
+        return self.cloud_toml if n == 0 else self.root / f"cloud-{n + 1}.toml"
+
     def start_cloud(self) -> None:
-        self.cloud = self._spawn(["cloud", "run", "--config", str(self.cloud_toml)], "cloud.log")
+        for n in range(len(self.clouds)):
+            self.start_cloud_worker(n)
+
+    def start_cloud_worker(self, n: int) -> None:
+        log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
+        self.clouds[n] = self._spawn(["cloud", "run", "--config", str(self.cloud_worker_toml(n))], log_name)
+        if n == 0:
+            self.cloud = self.clouds[0]
 
     def start_edge(self, wait_s: float = 30.0) -> None:
         configs = ["--config", str(self.edge_toml)]
@@ -159,7 +183,7 @@ class LoopbackDeployment:
     def wait_listening(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for proc in (self.edge, self.cloud):
+            for proc in (self.edge, *self.clouds):
                 if proc is not None and proc.poll() is not None:
                     raise LocalError(f"a service exited early with {proc.returncode}; see {self.root}/*.log")
             try:
@@ -184,11 +208,16 @@ class LoopbackDeployment:
         self._end(self.edge, signal.SIGKILL)
 
     def kill_cloud(self) -> None:
-        self._end(self.cloud, signal.SIGKILL)
+        for proc in self.clouds:
+            self._end(proc, signal.SIGKILL)
+
+    def kill_cloud_worker(self, n: int) -> None:
+        self._end(self.clouds[n], signal.SIGKILL)
 
     def stop(self) -> None:
         self._end(self.edge, signal.SIGTERM)
-        self._end(self.cloud, signal.SIGTERM)
+        for proc in self.clouds:
+            self._end(proc, signal.SIGTERM)
         self._end(self.enrolment, signal.SIGTERM)
         self.broker.stop()
         if self.secure:
@@ -196,7 +225,8 @@ class LoopbackDeployment:
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
-        for name in ("edge.log", "cloud.log", "enrolment.log", "provision.log"):
+        for name in ("edge.log", "cloud.log", *(f"cloud-{n + 1}.log" for n in range(1, len(self.clouds))),
+                     "enrolment.log", "provision.log"):
             path = self.root / name
             if path.exists():
                 out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))

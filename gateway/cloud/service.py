@@ -54,7 +54,7 @@ class CloudService:
         self.link = MqttLink(
             settings.mqtt, client_id=f"mgw-ingest-{group}-{settings.ingest.worker_id}",
             subscriptions=[(topics.ingest_subscription(prefix, group), 1)],
-            on_message=self._inbox.put, manual_ack=True,
+            on_message=self._inbox.put, manual_ack=True, session_expiry_s=settings.ingest.session_expiry_s,
         )
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.topic_rejects = 0

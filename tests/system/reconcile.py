@@ -27,11 +27,27 @@ class Reconciliation:
 
 
 def archive_rows(d: LoopbackDeployment) -> list[tuple[str, str]]:
+    if d.index_dsn:
+        import psycopg
+
+        with psycopg.connect(d.index_dsn) as conn:
+            return [(sha, path) for sha, path in conn.execute("SELECT sha256, path FROM instances")]
     db = d.cloud_dir / "archive.db"
     if not db.exists():
         return []
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return [(sha, path) for sha, path in conn.execute("SELECT sha256, path FROM instances")]
+
+
+def staged_chunks(d: LoopbackDeployment) -> int:
+    """Chunks staged in the cloud right now (shared staging: files, or PostgreSQL rows)."""
+    if d.index_dsn:
+        import psycopg
+
+        with psycopg.connect(d.index_dsn) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM staged_chunks").fetchone()[0])
+    staging = d.cloud_dir / "staging"
+    return sum(1 for _ in staging.rglob("*.chunk")) if staging.exists() else 0
 
 
 def acknowledged_count(d: LoopbackDeployment) -> int:

@@ -7,6 +7,7 @@ ends with a reconciliation against the cloud archive.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from tests.peers import dcmtk, echo, real_images, wait_for
-from tests.system.reconcile import acknowledged_count, reconcile, state_count
+from tests.system.reconcile import acknowledged_count, reconcile, staged_chunks, state_count
 
 Deploy = Callable[..., LoopbackDeployment]
 # Small frames and a small window make a transfer long enough to cut in the middle.
@@ -91,3 +92,26 @@ def test_transfer_completes_once_when_the_cloud_is_killed_mid_transfer(deploy: D
     _wait_all_acknowledged(d, len(files))
     result = reconcile(d, files)
     assert result.clean, result
+
+
+@pytest.mark.parametrize("index", ["sqlite", "postgres"])
+def test_transfer_completes_once_when_one_of_three_workers_is_killed_mid_transfer(
+        deploy: Deploy, index: str, request: pytest.FixtureRequest) -> None:
+    # A broker keeps routing a share of the group's messages to a dead worker's session until it
+    # expires (mosquitto queues them there); a short expiry bounds that, the edge resends the rest.
+    overrides: dict[str, dict[str, object]] = {"ingest": {"session_expiry_s": 2}}
+    if index == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        overrides["index"] = {"backend": "postgres", "dsn": cluster.create_database(f"e2e_{os.getpid()}")}
+    d = deploy(edge_overrides=SLOW_UPLINK, cloud_workers=3, cloud_overrides=overrides)
+    files = _large_study()
+    _send(d, files)
+    wait_for(lambda: state_count(d, "sending") >= 1, 60, "a transfer in flight")
+    wait_for(lambda: staged_chunks(d) >= 2, 60, "chunks staged, awaiting reassembly")
+    d.kill_cloud_worker(1)  # SIGKILL, mid-transfer; not restarted
+    assert acknowledged_count(d) < len(files)
+    _wait_all_acknowledged(d, len(files))
+    result = reconcile(d, files)
+    assert result.clean, result
+    assert result.archived_rows == len(files)
+    assert all(p is not None and p.poll() is None for n, p in enumerate(d.clouds) if n != 1)
