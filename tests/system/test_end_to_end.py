@@ -7,6 +7,7 @@ ends with a reconciliation against the cloud archive.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.peers import dcmtk, echo, real_images, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile, staged_chunks, state_count
 
 Deploy = Callable[..., LoopbackDeployment]
+_databases = itertools.count()
 # Small frames and a small window make a transfer long enough to cut in the middle.
 SLOW_UPLINK = {"uplink": {"max_frame_bytes": 4096, "window_chunks": 4, "ack_timeout_s": 2.0}}
 
@@ -38,13 +40,23 @@ def _wait_all_acknowledged(d: LoopbackDeployment, n: int, timeout_s: float = 120
         raise
 
 
+def _index_tables(index: str, request: pytest.FixtureRequest) -> dict[str, dict[str, object]]:
+    """Cloud TOML tables for an index backend: nothing for SQLite, a fresh database for PostgreSQL."""
+    if index == "sqlite":
+        return {}
+    cluster = request.getfixturevalue("pg_cluster")
+    return {"index": {"backend": "postgres", "dsn": cluster.create_database(f"e2e_{os.getpid()}_{next(_databases)}")}}
+
+
 def _large_study() -> list[Path]:
     by_name = {p.name: p for p in real_images()}
     return [by_name[n] for n in ("RG1_UNCI.dcm", "MR2_UNCI.dcm", "693_UNCI.dcm", "US1_UNCI.dcm")]
 
 
-def test_study_is_archived_byte_identical_when_a_modality_sends_it(deploy: Deploy) -> None:
-    d = deploy()
+@pytest.mark.parametrize("index", ["sqlite", "postgres"])
+def test_study_is_archived_byte_identical_when_a_modality_sends_it(
+        deploy: Deploy, index: str, request: pytest.FixtureRequest) -> None:
+    d = deploy(cloud_overrides=_index_tables(index, request))
     assert echo(d.dicom_port, EDGE_AE).returncode == 0
     files = real_images()
     modalities = {subprocess.run(["dcmdump", "+P", "0008,0060", str(f)], capture_output=True, text=True).stdout
@@ -99,10 +111,7 @@ def test_transfer_completes_once_when_one_of_three_workers_is_killed_mid_transfe
         deploy: Deploy, index: str, request: pytest.FixtureRequest) -> None:
     # A broker keeps routing a share of the group's messages to a dead worker's session until it
     # expires (mosquitto queues them there); a short expiry bounds that, the edge resends the rest.
-    overrides: dict[str, dict[str, object]] = {"ingest": {"session_expiry_s": 2}}
-    if index == "postgres":
-        cluster = request.getfixturevalue("pg_cluster")
-        overrides["index"] = {"backend": "postgres", "dsn": cluster.create_database(f"e2e_{os.getpid()}")}
+    overrides = {"ingest": {"session_expiry_s": 2}, **_index_tables(index, request)}
     d = deploy(edge_overrides=SLOW_UPLINK, cloud_workers=3, cloud_overrides=overrides)
     files = _large_study()
     _send(d, files)
