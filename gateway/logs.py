@@ -61,6 +61,7 @@ class MSG(enum.StrEnum):
     FORWARD_RETRY = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0601"
     FORWARD_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0602"
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
+    FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

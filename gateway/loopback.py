@@ -45,10 +45,11 @@ def render_toml(tables: dict[str, dict[str, object]]) -> str:
 class LoopbackDeployment:
     def __init__(self, root: Path, edge_overrides: dict[str, dict[str, object]] | None = None,
                  broker_persistence: bool = True, secure: bool = False, cloud_workers: int = 1,
-                 cloud_overrides: dict[str, dict[str, object]] | None = None) -> None:
+                 cloud_overrides: dict[str, dict[str, object]] | None = None,
+                 broker_limits: dict[str, int] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence)
+        self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence, limits=broker_limits)
         self.secure = secure
         self.enrol_port = free_port() if secure else 0
         self.enrolment: subprocess.Popen[bytes] | None = None

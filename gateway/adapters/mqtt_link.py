@@ -21,10 +21,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import MqttSettings
+from gateway.core.errors import LocalError
 from gateway.core.policy import backoff_s
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
+
+
+class PacketTooLargeError(LocalError):
+    """A PUBLISH would exceed the broker's Maximum Packet Size; it was not sent."""
+
+    def __init__(self, packet_bytes: int, max_packet_bytes: int) -> None:
+        super().__init__(f"a {packet_bytes}-byte PUBLISH exceeds the broker's maximum packet size {max_packet_bytes}")
+        self.packet_bytes, self.max_packet_bytes = packet_bytes, max_packet_bytes
+
+
+def _varint_bytes(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def publish_packet_bytes(topic: str, payload: bytes, qos: int, with_expiry: bool) -> int:
+    """Size of the MQTT 5 PUBLISH packet paho sends for this message (MQTT 5.0, 3.3)."""
+    props = 5 if with_expiry else 0  # Message Expiry Interval: id byte + four-byte integer
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + _varint_bytes(props) + props + len(payload)
+    return 1 + _varint_bytes(remaining) + remaining
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,9 @@ class MqttLink:
         self.nudges = 0
         self._outage_logged = False
         self.client_id = client_id
+        self._max_inflight = max_inflight
+        self.server_max_packet_bytes = 0  # the broker's Maximum Packet Size from CONNACK; 0 = none announced
+        self.server_receive_maximum = 0  # the broker's Receive Maximum from CONNACK; 0 = none announced
         self._client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -140,6 +163,10 @@ class MqttLink:
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = expiry_s
+        size = publish_packet_bytes(topic, payload, qos, expiry_s is not None)
+        if self.server_max_packet_bytes and size > self.server_max_packet_bytes:
+            # Sending it would make the broker close the connection (0x95), again and again.
+            raise PacketTooLargeError(size, self.server_max_packet_bytes)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.rc == paho.MQTT_ERR_SUCCESS
 
@@ -191,6 +218,7 @@ class MqttLink:
             log.warning("broker refused connection", extra={
                 "MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": str(reason_code)})
             return
+        self._apply_server_limits(client, properties)
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
         self._connected.set()
@@ -199,6 +227,28 @@ class MqttLink:
             "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
             "SESSION_PRESENT": bool(flags.session_present)})
         self._notify(True)
+
+    def _apply_server_limits(self, client: paho.Client, properties: Properties | None) -> None:
+        """Honour the broker's CONNACK limits: never more in flight, never a larger packet."""
+        receive_maximum = getattr(properties, "ReceiveMaximum", None) if properties else None
+        self.server_receive_maximum = int(receive_maximum or 0)
+        inflight = max(1, min(self._max_inflight, self.server_receive_maximum or self._max_inflight))
+        # paho 2 refuses max_inflight_messages_set() once connected and never reads Receive
+        # Maximum itself; at CONNACK nothing is in flight yet on this connection, so its limit
+        # is set directly before anything is (re)sent.
+        client._max_inflight_messages = inflight  # noqa: SLF001
+        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self.server_max_packet_bytes = int(max_packet or 0)
+
+    def receive_maximum(self) -> int:
+        """QoS 1 publishes the broker lets us have in flight; 0 if it announced no limit."""
+        return self.server_receive_maximum
+
+    def max_payload_bytes(self, topic: str) -> int:
+        """Largest QoS 1 payload on ``topic`` the broker accepts; 0 if it announced no limit."""
+        if not self.server_max_packet_bytes:
+            return 0
+        return max(0, self.server_max_packet_bytes - (publish_packet_bytes(topic, b"", 1, False) + 4))
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._set_down(str(reason_code))

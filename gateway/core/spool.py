@@ -65,7 +65,15 @@ class Replayed:
     pass
 
 
-Event = Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
+@dataclass(frozen=True)
+class FramesTooLarge:
+    """The broker's maximum packet size is below this item's frames: pack it again, smaller."""
+
+    max_packet_bytes: int
+
+
+Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
+         | FramesTooLarge)
 
 
 # Effects: what the service must do, imperative.
@@ -91,6 +99,8 @@ TRANSITIONS: dict[tuple[ItemState, type], tuple[ItemState, tuple[Effect, ...]]] 
     (S.ACKNOWLEDGED, RetentionExpired): (S.PURGED, (E.DELETE_BLOB,)),
     (S.PURGED, CloudStored): (S.PURGED, ()),
     (S.QUARANTINED, Replayed): (S.RECEIVED, ()),
+    (S.PACKED, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
+    (S.SENDING, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
 }
 
 TERMINAL = frozenset({S.PURGED})

@@ -22,6 +22,7 @@ from gateway.config import EdgeSettings
 from gateway.core import envelope, spool
 from gateway.core.codec import Codec
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
+from gateway.core.framing import MIN_FRAME_BYTES
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.edge import cache
 from gateway.logs import MSG
@@ -62,6 +63,7 @@ class Packer:
         clock: Callable[[], float],
         urandom: Callable[[int], bytes] = os.urandom,
         cache_key: bytes | None = None,
+        frame_limit: Callable[[], int] = lambda: 0,
     ) -> None:
         self._cache_key = cache_key
         self._settings = settings
@@ -71,6 +73,7 @@ class Packer:
         self._cloud_public = cloud_public
         self._clock = clock
         self._urandom = urandom
+        self._frame_limit = frame_limit  # the broker's largest chunk frame, 0 = none known
 
     def pack_one(self, item: SpoolItem) -> bool:
         """Pack ``item``; True if it is now PACKED, False if it failed (and maybe quarantined)."""
@@ -96,18 +99,25 @@ class Packer:
         up = self._settings.uplink
         tally = _Tally()
         original = self._checked_read(item)
-        frames = seal_object(self._settings.box.id, keys, manifest, original, up.max_frame_bytes, up.zstd_level)
+        frame_bytes = self.frame_bytes()
+        frames = seal_object(self._settings.box.id, keys, manifest, original, frame_bytes, up.zstd_level)
         path = outbox_path(self._outbox_dir, tid.hex())
         blobs.write_atomic(path, self._counted(frames, tally))
         self._store.transition(
             item.id, spool.Packed(), self._clock(),
             transfer_id=tid.hex(), final_seq=tally.frames - 1, frame0_bytes=tally.frame0_bytes,
-            frame_bytes=up.max_frame_bytes, packed_bytes=tally.total_bytes,
+            frame_bytes=frame_bytes, packed_bytes=tally.total_bytes,
             ack_key=envelope.ack_key(keys.data_key), acked_ranges="[]",
         )
         log.info("instance packed", extra={
             "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,
             "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames})
+
+    def frame_bytes(self) -> int:
+        """``uplink.max_frame_bytes``, lowered to what the broker last said it accepts."""
+        limit = self._frame_limit()
+        configured = self._settings.uplink.max_frame_bytes
+        return max(MIN_FRAME_BYTES, min(configured, limit)) if limit else configured
 
     def _checked_read(self, item: SpoolItem) -> Iterator[bytes]:
         digest = hashlib.sha256()

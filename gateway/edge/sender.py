@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway.adapters import blobs
+from gateway.adapters.mqtt_link import PacketTooLargeError
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core import spool, topics
@@ -82,7 +83,8 @@ class Sender:
         now, sent = self._clock(), 0
         for active in self._active.values():
             active.window.expire(now, up.ack_timeout_s)
-        budget = up.window_chunks - sum(a.window.in_flight() for a in self._active.values())
+        window = min(up.window_chunks, getattr(self._link, "receive_maximum", lambda: 0)() or up.window_chunks)
+        budget = window - sum(a.window.in_flight() for a in self._active.values())
         for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
             if budget <= 0:
                 break
@@ -115,7 +117,12 @@ class Sender:
         seen = self.stats.sent_seqs.setdefault(item.transfer_id, set())
         for seq in seqs:
             frame = self._read_frame(active, seq)
-            if not self._link.publish(topic, frame, qos=1):
+            try:
+                published = self._link.publish(topic, frame, qos=1)
+            except PacketTooLargeError as exc:
+                self._repack(active, exc)
+                return []
+            if not published:
                 break
             done.append(seq)
             self.stats.chunks_sent += 1
@@ -126,6 +133,17 @@ class Sender:
         if done and item.state is ItemState.PACKED:
             active.item, _ = self._store.transition(item.id, spool.SendStarted(), self._clock())
         return done
+
+    def _repack(self, active: _Active, exc: PacketTooLargeError) -> None:
+        """Frames packed before the broker's limit was known: pack the item again, smaller."""
+        item, effects = self._store.transition(
+            active.item.id, spool.FramesTooLarge(exc.max_packet_bytes), self._clock())
+        self._drop(item.id)
+        self.apply_effects(item, effects)
+        self.stats.sent_seqs.pop(active.item.transfer_id or "", None)
+        log.warning("frames exceed the broker's maximum packet size; packing again", extra={
+            "MESSAGE_ID": MSG.FRAMES_TOO_LARGE.value, "ITEM_ID": item.id, "PACKET_BYTES": exc.packet_bytes,
+            "MAX_PACKET_BYTES": exc.max_packet_bytes})
 
     def _read_frame(self, active: _Active, seq: int) -> bytes:
         if active.handle is None:

@@ -75,8 +75,9 @@ class EdgeService:
         keys = FileKeyStore(paths.state_dir / "keys")
         cache_key = keys.secret(cache.KEY_NAME)  # always readable, whatever encrypt_at_rest says now
         self._cache_key = cache_key if settings.spool.encrypt_at_rest else None
+        chunk_topic = topics.chunk_topic(prefix, settings.box.id, "0" * 32)
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
-                             cache_key=cache_key)
+                             cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
         self.renewer = Renewer(settings, keys, self.link.reload_identity, clock)

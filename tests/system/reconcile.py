@@ -39,6 +39,12 @@ def archive_rows(d: LoopbackDeployment) -> list[tuple[str, str]]:
         return [(sha, path) for sha, path in conn.execute("SELECT sha256, path FROM instances")]
 
 
+def frame_sizes(d: LoopbackDeployment) -> list[int]:
+    """The chunk frame size each edge item was packed with."""
+    with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
+        return [int(n) for (n,) in conn.execute("SELECT frame_bytes FROM items WHERE frame_bytes IS NOT NULL")]
+
+
 def staged_chunks(d: LoopbackDeployment) -> int:
     """Chunks staged in the cloud right now (shared staging: files, or PostgreSQL rows)."""
     if d.index_dsn:

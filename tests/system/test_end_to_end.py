@@ -18,7 +18,7 @@ import pytest
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from tests.peers import dcmtk, echo, real_images, wait_for
-from tests.system.reconcile import acknowledged_count, reconcile, staged_chunks, state_count
+from tests.system.reconcile import acknowledged_count, frame_sizes, reconcile, staged_chunks, state_count
 
 Deploy = Callable[..., LoopbackDeployment]
 _databases = itertools.count()
@@ -124,3 +124,34 @@ def test_transfer_completes_once_when_one_of_three_workers_is_killed_mid_transfe
     assert result.clean, result
     assert result.archived_rows == len(files)
     assert all(p is not None and p.poll() is None for n, p in enumerate(d.clouds) if n != 1)
+
+
+def test_study_arrives_byte_identical_when_the_broker_has_tight_packet_and_inflight_limits(deploy: Deploy) -> None:
+    # A clustered broker may announce a small Maximum Packet Size and Receive Maximum in its
+    # CONNACK; the edge packs to the first and keeps in flight no more than the second.
+    d = deploy(broker_limits={"max_packet_size": 8192, "max_inflight_messages": 2},
+               edge_overrides={"uplink": {"window_chunks": 16, "ack_timeout_s": 5.0}})
+    files = _large_study()
+    _send(d, files)
+    _wait_all_acknowledged(d, len(files))
+    result = reconcile(d, files)
+    assert result.clean, result
+    log = (d.root / "broker" / "mosquitto.log").read_text(errors="replace")
+    assert "too large" not in log.lower() and "exceeded" not in log.lower()
+    assert frame_sizes(d) and max(frame_sizes(d)) < 8192  # packed to the broker's limit, not 128 KiB
+
+
+def test_items_packed_for_a_larger_broker_limit_are_packed_again_when_the_broker_lowers_it(deploy: Deploy) -> None:
+    d = deploy()
+    d.broker.kill()
+    files = _large_study()
+    _send(d, files)  # packed offline at the configured 128 KiB frames
+    wait_for(lambda: state_count(d, "packed") == len(files), 60, "items packed offline")
+    assert min(frame_sizes(d)) > 8192
+    d.broker.limits = {"max_packet_size": 8192}
+    d.broker.start()
+    _wait_all_acknowledged(d, len(files))
+    result = reconcile(d, files)
+    assert result.clean, result
+    assert max(frame_sizes(d)) < 8192
+    assert "packing again" in (d.root / "edge.log").read_text()
