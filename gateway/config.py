@@ -60,6 +60,7 @@ class MqttSettings:
     key_file: str = _f("", "this client's private key (mutual TLS), 0600")
     reconnect_min_s: float = _f(1.0, "first reconnect delay; doubles up to reconnect_max_s, with jitter")
     reconnect_max_s: float = _f(60.0, "longest reconnect delay")
+    max_topic_levels: int = _f(8, "deepest topic the broker allows (AWS IoT: 8); topic_prefix + 3 levels must fit")
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,16 @@ def read_toml(paths: list[Path]) -> tuple[dict[str, Any], str]:
     return merged, " + ".join(names)
 
 
+def _check_topic_depth(mqtt: MqttSettings, source: str) -> None:
+    """Chunk topics are ``<prefix>/<box>/up/<transfer>``: the prefix's levels plus three."""
+    levels = len(mqtt.topic_prefix.split("/")) + 3
+    if levels > mqtt.max_topic_levels:
+        raise ConfigError(f"{source}: 'mqtt.topic_prefix' makes {levels}-level topics, "
+                          f"more than 'mqtt.max_topic_levels' ({mqtt.max_topic_levels})")
+
+
 def _check_edge(s: EdgeSettings, source: str) -> None:
+    _check_topic_depth(s.mqtt, source)
     if not BOX_ID.match(s.box.id):
         raise ConfigError(f"{source}: 'box.id' must match {BOX_ID.pattern}")
     if not _AE.match(s.dicom.ae_title):
@@ -318,6 +328,7 @@ def load_edge(paths: list[Path]) -> EdgeSettings:
 def load_cloud(paths: list[Path]) -> CloudSettings:
     table, source = read_toml(paths)
     settings = _fill_defaults(build(CloudSettings, table, source))
+    _check_topic_depth(settings.mqtt, source)
     if settings.index.backend not in ("sqlite", "postgres"):
         raise ConfigError(f"{source}: 'index.backend' must be 'sqlite' or 'postgres'")
     if settings.index.backend == "postgres" and not settings.index.dsn:

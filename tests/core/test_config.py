@@ -305,3 +305,14 @@ def test_iter_keys_lists_every_leaf_key_with_help_when_walking_a_settings_tree(c
     assert len(names) == len(set(names)) > 5
     assert all(help_text for _, _, help_text in keys), "every key needs help text"
     assert all("." in name for name in names)
+
+
+def test_config_is_refused_when_topic_prefix_makes_topics_deeper_than_the_broker_allows(tmp_path: Path) -> None:
+    from gateway.config import load_cloud
+
+    conf = tmp_path / "cloud.toml"
+    conf.write_text('[mqtt]\ntopic_prefix = "a/b/c/d/e/f"\nmax_topic_levels = 8\n')
+    with pytest.raises(ConfigError, match="9-level topics"):
+        load_cloud([conf])
+    conf.write_text('[mqtt]\ntopic_prefix = "a/b/c/d/e"\nmax_topic_levels = 8\n')
+    assert load_cloud([conf]).mqtt.topic_prefix == "a/b/c/d/e"
