@@ -101,7 +101,7 @@ class PostgresCluster:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)  # fast shutdown
+            self._proc.send_signal(signal.SIGQUIT)  # immediate shutdown: the cluster is thrown away
             try:
                 self._proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -45,6 +45,18 @@ def frame_sizes(d: LoopbackDeployment) -> list[int]:
         return [int(n) for (n,) in conn.execute("SELECT frame_bytes FROM items WHERE frame_bytes IS NOT NULL")]
 
 
+def forward_states(d: LoopbackDeployment) -> dict[str, int]:
+    """PACS forward queue entries per state (SQLite index)."""
+    db = d.cloud_dir / "archive.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        try:
+            return dict(conn.execute("SELECT state, COUNT(*) FROM forwards GROUP BY state").fetchall())
+        except sqlite3.OperationalError:  # not migrated yet
+            return {}
+
+
 def staged_chunks(d: LoopbackDeployment) -> int:
     """Chunks staged in the cloud right now (shared staging: files, or PostgreSQL rows)."""
     if d.index_dsn:

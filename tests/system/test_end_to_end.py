@@ -7,6 +7,7 @@ ends with a reconciliation against the cloud archive.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import subprocess
@@ -17,8 +18,17 @@ import pytest
 
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
+from tests.orthanc import orthanc
 from tests.peers import dcmtk, echo, real_images, wait_for
-from tests.system.reconcile import acknowledged_count, frame_sizes, reconcile, staged_chunks, state_count
+from tests.system.reconcile import (
+    acknowledged_count,
+    edge_items,
+    forward_states,
+    frame_sizes,
+    reconcile,
+    staged_chunks,
+    state_count,
+)
 
 Deploy = Callable[..., LoopbackDeployment]
 _databases = itertools.count()
@@ -155,3 +165,16 @@ def test_items_packed_for_a_larger_broker_limit_are_packed_again_when_the_broker
     assert result.clean, result
     assert max(frame_sizes(d)) < 8192
     assert "packing again" in (d.root / "edge.log").read_text()
+
+
+def test_study_reaches_a_real_pacs_byte_identical_when_the_cloud_forwards_it(deploy: Deploy, tmp_path: Path) -> None:
+    with orthanc(tmp_path / "orthanc") as pacs:
+        d = deploy(cloud_overrides={"forward": {"stow_url": pacs.stow_url}})
+        files = _large_study()
+        _send(d, files)
+        _wait_all_acknowledged(d, len(files))
+        assert reconcile(d, files).clean
+        wait_for(lambda: forward_states(d) == {"DONE": len(files)}, 60, "every object forwarded")
+        received_by_edge = {sha for _, _, sha in edge_items(d)}
+        held = {hashlib.sha256(pacs.instance_file(i)).hexdigest() for i in pacs.instances()}
+        assert held == received_by_edge  # modality -> edge -> broker -> cloud -> PACS, every byte
