@@ -36,7 +36,17 @@ def read_secret(path: Path) -> str:
     return text
 
 
+def _postgres() -> None:
+    """psycopg is an optional extra (the edge image does not carry it): a clear error if absent."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("index.backend = \"postgres\" needs psycopg 3: "
+                          "pip install 'modality-gateway[postgres]'") from exc
+
+
 def postgres_dsn(settings: CloudSettings, paths: Paths) -> str:
+    _postgres()
     from gateway.cloud.index_postgres import with_password
 
     index = settings.index
