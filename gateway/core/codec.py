@@ -8,17 +8,19 @@ with a clear error instead of producing a wrong file.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, cast
 
 import zstandard
 
 from gateway.core.errors import CodecError, FrameError, IntegrityError
+from gateway.core.segment import ImageDecoder, decode_segments
 
 
 class Codec(enum.IntEnum):
     IDENTITY = 0
     ZSTD = 1
+    PIXEL = 2  # segmented payload (gateway/core/segment.py): pixel strips image-coded, the rest zstd
 
 
 def compress_stream(
@@ -43,12 +45,14 @@ def compress_stream(
             yield b""
         return
     if codec is Codec.IDENTITY:
-        yield from _rechunk(pieces, piece_bytes)
+        yield from rechunk(pieces, piece_bytes)
         return
+    if codec is Codec.PIXEL:
+        raise ValueError("a PIXEL payload is coded by the caller (gateway/codecs): use transfer.seal_payload")
     raise FrameError(f"unknown codec {codec!r}")
 
 
-def _rechunk(pieces: Iterable[bytes], piece_bytes: int) -> Iterator[bytes]:
+def rechunk(pieces: Iterable[bytes], piece_bytes: int) -> Iterator[bytes]:
     buf = bytearray()
     emitted = False
     for data in pieces:
@@ -64,20 +68,30 @@ def _rechunk(pieces: Iterable[bytes], piece_bytes: int) -> Iterator[bytes]:
 OUTPUT_PIECE_BYTES = 64 * 1024
 
 
-def decompress_stream(codec: int, pieces: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+def decompress_stream(
+    codec: int, pieces: Iterable[bytes], max_bytes: int, image_decoders: Mapping[int, ImageDecoder] | None = None
+) -> Iterator[bytes]:
     """Yield the original bytes in pieces of at most ``OUTPUT_PIECE_BYTES``.
 
     Pull-based, so memory stays bounded whatever the compression ratio (one
     128 KiB zstd chunk can expand to gigabytes). Raises ``IntegrityError`` as
     soon as the output exceeds ``max_bytes``, ``CodecError`` if the stream is
     corrupt; exceptions raised while iterating ``pieces`` propagate unchanged.
+    ``image_decoders`` decode the IMAGE segments of a PIXEL payload (none: such a
+    payload raises ``CodecError``); PIXEL output comes in pieces of at most one segment.
     """
     try:
         known = Codec(codec)
     except ValueError as exc:
         raise FrameError(f"unknown codec id {codec}") from exc
     produced = 0
-    for out in _zstd_pieces(pieces) if known is Codec.ZSTD else _rechunk(pieces, OUTPUT_PIECE_BYTES):
+    if known is Codec.ZSTD:
+        outs = _zstd_pieces(pieces)
+    elif known is Codec.PIXEL:
+        outs = decode_segments(pieces, image_decoders or {})
+    else:
+        outs = rechunk(pieces, OUTPUT_PIECE_BYTES)
+    for out in outs:
         produced += len(out)
         if produced > max_bytes:
             raise IntegrityError(f"payload expands beyond the declared {max_bytes} bytes")

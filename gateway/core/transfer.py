@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 
 from gateway.core import envelope
-from gateway.core.codec import Codec, compress_stream, decompress_stream
+from gateway.core.codec import Codec, compress_stream, decompress_stream, rechunk
 from gateway.core.errors import EnvelopeTamperedError, FrameError, IntegrityError
 from gateway.core.framing import (
     CHUNK_HEADER_BYTES,
@@ -21,6 +21,7 @@ from gateway.core.framing import (
     ChunkFrame,
     chunk_aad,
 )
+from gateway.core.segment import ImageDecoder
 
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024
@@ -109,18 +110,32 @@ def seal_object(
     so the edge can address chunk ``seq`` in its outbox file by arithmetic.
     """
     piece_bytes = payload_bytes_per_frame(max_frame_bytes)
+    payload = compress_stream(Codec(manifest.codec), original, piece_bytes, level)
+    yield from seal_payload(box_id, keys, manifest, payload, max_frame_bytes)
+
+
+def seal_payload(
+    box_id: str,
+    keys: ObjectKeys,
+    manifest: Manifest,
+    payload: Iterable[bytes],
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Iterator[bytes]:
+    """Like ``seal_object`` for a payload the caller already coded with ``manifest.codec``
+    (a PIXEL payload from gateway/codecs): the pieces may have any sizes."""
+    piece_bytes = payload_bytes_per_frame(max_frame_bytes)
     manifest_bytes = manifest.encode()
     if len(manifest_bytes) > min(piece_bytes, MAX_MANIFEST_BYTES):
         raise ValueError("manifest too large for one frame")
     yield _frame(box_id, keys, 0, False, manifest_bytes)
     pending: bytes | None = None
     seq = 1
-    for piece in compress_stream(Codec(manifest.codec), original, piece_bytes, level):
+    for piece in rechunk(payload, piece_bytes):
         if pending is not None:
             yield _frame(box_id, keys, seq, False, pending)
             seq += 1
         pending = piece
-    assert pending is not None  # compress_stream always yields at least one piece
+    assert pending is not None  # rechunk always yields at least one piece
     yield _frame(box_id, keys, seq, True, pending)
 
 
@@ -144,6 +159,7 @@ def open_object(
     data_key: bytes,
     frames: Iterable[ChunkFrame],
     max_object_bytes: int,
+    image_decoders: Mapping[int, ImageDecoder] | None = None,
 ) -> Iterator[bytes | Manifest]:
     """Yield the ``Manifest`` first, then the original bytes piece by piece.
 
@@ -160,7 +176,8 @@ def open_object(
         raise IntegrityError(f"object declares {manifest.size} bytes, above the limit")
     yield manifest
     digest, produced = hashlib.sha256(), 0
-    for out in decompress_stream(manifest.codec, _plaintexts(box_id, data_key, first, it), manifest.size):
+    plaintexts = _plaintexts(box_id, data_key, first, it)
+    for out in decompress_stream(manifest.codec, plaintexts, manifest.size, image_decoders):
         digest.update(out)
         produced += len(out)
         yield out
@@ -192,6 +209,7 @@ __all__ = [
     "open_object",
     "payload_bytes_per_frame",
     "seal_object",
+    "seal_payload",
     "unwrap_key",
     "verify_chunk",
 ]
