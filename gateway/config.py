@@ -70,6 +70,7 @@ class UplinkSettings:
     ack_timeout_s: float = _f(30.0, "resend a chunk not acknowledged by the cloud within this time")
     transfers_in_flight: int = _f(4, "objects sent concurrently")
     zstd_level: int = _f(3, "zstandard level for packing (1-19)")
+    pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (JPEG-LS strips, codec 2)")
     max_send_attempts: int = _f(20, "resend rounds of one object before it is quarantined")
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState
 from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
+from gateway.codecs.jpegls import IMAGE_DECODERS
 from gateway.config import BOX_ID, IngestSettings
 from gateway.core import envelope, framing, transfer
 from gateway.core.codec import Codec
@@ -231,7 +232,7 @@ class Ingest:
     def _restore(self, chunk: _Verified, frames: _StagedFrames) -> tuple[Manifest, Path]:
         """Restore into a scratch file; ``_Rejection`` names what the box got wrong."""
         pieces = transfer.open_object(chunk.box_id, chunk.keys.data_key, frames,
-                                      self._settings.max_object_bytes)
+                                      self._settings.max_object_bytes, IMAGE_DECODERS)
         try:
             manifest = next(pieces)
         except FrameError as exc:

@@ -59,7 +59,9 @@ def plan(path: Path, transfer_syntax_uid: str) -> PixelPlan | None:
         planar = int(ds.get("PlanarConfiguration", 0) or 0)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         stored = int(ds.get("BitsStored", allocated) or allocated)
-    except (InvalidDicomError, OSError, AttributeError, TypeError, ValueError, EOFError):
+    except (InvalidDicomError, OSError, EOFError):
+        return None
+    except Exception:  # pydicom raises many other kinds on a malformed header: the object goes ZSTD
         return None
     if allocated not in (8, 16) or samples not in (1, 3) or min(rows, columns, frames) <= 0:
         return None

@@ -1,8 +1,10 @@
 """Pack a received instance: compress and seal it into the outbox, durably.
 
 One item at a time: read the original blob (checking its hash on the way),
-seal it with a fresh data key for the cloud, write the frames to
-``outbox/<transfer>.frames`` (tmp + fsync + rename), then commit PACKED.
+choose its codec (PIXEL for uncompressed little-endian images with a pixel
+plan, else ZSTD; gateway/codecs/pixel.py), seal it with a fresh data key for
+the cloud, write the frames to ``outbox/<transfer>.frames`` (tmp + fsync +
+rename), then commit PACKED.
 A crash between the file and the commit leaves an orphan file that the
 startup sweep removes; the item is simply packed again.
 """
@@ -18,12 +20,13 @@ from pathlib import Path
 
 from gateway.adapters import blobs
 from gateway.adapters.store import SpoolItem, SpoolStore
+from gateway.codecs import pixel
 from gateway.config import EdgeSettings
 from gateway.core import envelope, spool
 from gateway.core.codec import Codec
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
 from gateway.core.framing import MIN_FRAME_BYTES
-from gateway.core.transfer import Manifest, ObjectKeys, seal_object
+from gateway.core.transfer import Manifest, ObjectKeys, seal_object, seal_payload
 from gateway.edge import cache
 from gateway.logs import MSG
 
@@ -90,17 +93,22 @@ class Packer:
     def _pack(self, item: SpoolItem) -> None:
         tid = self._urandom(16)
         keys = ObjectKeys.create(self._cloud_public, tid, self._urandom(32), self._urandom(32))
+        up = self._settings.uplink
+        plan = pixel.plan(self._blob_dir / item.blob_name, item.transfer_syntax_uid) if up.pixel_codec else None
         manifest = Manifest(
-            codec=Codec.ZSTD, size=item.size, sha256=item.sha256,
+            codec=Codec.ZSTD if plan is None else Codec.PIXEL, size=item.size, sha256=item.sha256,
             sop_class_uid=item.sop_class_uid, sop_instance_uid=item.sop_instance_uid,
             study_instance_uid=item.study_instance_uid, series_instance_uid=item.series_instance_uid,
             transfer_syntax_uid=item.transfer_syntax_uid, item_id=item.id,
         )
-        up = self._settings.uplink
         tally = _Tally()
         original = self._checked_read(item)
         frame_bytes = self.frame_bytes()
-        frames = seal_object(self._settings.box.id, keys, manifest, original, frame_bytes, up.zstd_level)
+        if plan is None:
+            frames = seal_object(self._settings.box.id, keys, manifest, original, frame_bytes, up.zstd_level)
+        else:
+            payload = pixel.pixel_payload(original, plan, up.zstd_level)
+            frames = seal_payload(self._settings.box.id, keys, manifest, payload, frame_bytes)
         path = outbox_path(self._outbox_dir, tid.hex())
         blobs.write_atomic(path, self._counted(frames, tally))
         self._store.transition(
@@ -111,7 +119,7 @@ class Packer:
         )
         log.info("instance packed", extra={
             "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,
-            "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames})
+            "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames, "CODEC": manifest.codec})
 
     def frame_bytes(self) -> int:
         """``uplink.max_frame_bytes``, lowered to what the broker last said it accepts."""
