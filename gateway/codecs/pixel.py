@@ -22,6 +22,7 @@ from gateway.codecs import jpegls
 from gateway.core.segment import MAX_SEGMENT_RAW_BYTES, byte_segments
 
 STRIP_RAW_BYTES = 4 * 1024 * 1024
+MIN_PIXEL_BYTES = 64 * 1024
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -43,9 +44,10 @@ class PixelPlan:
         return self.columns * self.components * self.sample_bytes
 
 
-def plan(path: Path, transfer_syntax_uid: str) -> PixelPlan | None:
+def plan(path: Path, transfer_syntax_uid: str, min_pixel_bytes: int = MIN_PIXEL_BYTES) -> PixelPlan | None:
     """The pixel plan of a Part 10 file, or None when PIXEL does not apply (compressed or big
-    endian transfer syntax, no or unusual pixel data, unparseable header)."""
+    endian transfer syntax, no or unusual pixel data, unparseable header, fewer pixel bytes
+    than ``min_pixel_bytes``: there whole-file zstd is as small and has less overhead)."""
     if transfer_syntax_uid not in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
         return None
     try:
@@ -74,7 +76,7 @@ def plan(path: Path, transfer_syntax_uid: str) -> PixelPlan | None:
     else:
         offset, value_length = tag_at + 8, struct.unpack_from("<I", head, 4)[0]
     length = frames * rows * columns * samples * (allocated // 8)
-    if value_length == 0xFFFFFFFF or value_length < length:
+    if value_length == 0xFFFFFFFF or value_length < length or length < min_pixel_bytes:
         return None
     # colour-by-plane rows are single-sample rows: code them as a taller grey image
     components = 1 if planar == 1 else samples
@@ -96,6 +98,19 @@ class _ExactReader:
         return out
 
 
+def code_strip(strip: bytes, pixel: PixelPlan, level: int = 3) -> bytes:
+    """The smaller of the strip's verified JPEG-LS segment and its byte-shuffle+zstd segment(s).
+
+    JPEG-LS wins on real acquisitions; zstd wins on synthetic flat images (secondary captures,
+    overlays) and takes any strip JPEG-LS cannot restore exactly or cannot code at all.
+    """
+    image = None
+    if len(strip) <= MAX_SEGMENT_RAW_BYTES:
+        image = jpegls.encode_strip(strip, pixel.columns, pixel.components, pixel.sample_bytes, pixel.signed_bits)
+    fallback = b"".join(byte_segments(strip, level, pixel.sample_bytes))
+    return image if image is not None and len(image) < len(fallback) else fallback
+
+
 def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3) -> Iterator[bytes]:
     """The PIXEL payload of the file whose bytes ``original`` yields, in segments."""
     reader = _ExactReader(original)
@@ -113,8 +128,6 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3) -
         if not strip:
             return
         remaining -= len(strip)
-        coded = jpegls.encode_strip(strip, pixel.columns, pixel.components, pixel.sample_bytes,
-                                    pixel.signed_bits) if len(strip) <= MAX_SEGMENT_RAW_BYTES else None
-        yield coded if coded is not None else b"".join(byte_segments(strip, level, pixel.sample_bytes))
+        yield code_strip(strip, pixel, level)
     while tail := reader.read(MAX_SEGMENT_RAW_BYTES):
         yield from byte_segments(tail, level)
