@@ -39,6 +39,11 @@ from gateway.paths import Paths
 log = logging.getLogger(__name__)
 RETENTION_SWEEP_S = 60.0
 LOOP_STALE_S = 30.0  # the main loop turns every 0.2 s; this long without a turn means it hangs
+# Packing yields to reception: the JPEG-LS coder holds the GIL, and the modality must never
+# wait for us. It packs once no C-STORE has arrived for PACK_QUIET_S, or after deferring one
+# item PACK_MAX_DEFER_S (an association that never pauses still gets its items packed).
+PACK_QUIET_S = 0.5
+PACK_MAX_DEFER_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class EdgeService:
         self._pack_wake = threading.Event()
         self._stop = threading.Event()
         self._refusing = False
+        self._last_accept_s = 0.0  # time.monotonic() of the last committed C-STORE
         cloud_public = base64.b64decode(settings.box.cloud_public_key)
         prefix = settings.mqtt.topic_prefix
         self.link = MqttLink(
@@ -111,6 +117,7 @@ class EdgeService:
             blobs.remove(self.paths.blob_dir / name)
             raise
         self._pack_wake.set()
+        self._last_accept_s = time.monotonic()
         return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
 
     def _disk_refuses(self) -> bool:
@@ -193,6 +200,7 @@ class EdgeService:
             items = self.store.in_state(ItemState.RECEIVED, limit=16)
             failed = False
             for item in items:
+                self._yield_to_reception()
                 if self._stop.is_set():
                     return
                 failed |= not self.packer.pack_one(item)
@@ -201,6 +209,14 @@ class EdgeService:
                 self._stop.wait(5.0)  # let a transient failure clear before retrying
             elif not items:
                 self._pack_wake.wait(1.0)
+
+    def _yield_to_reception(self) -> None:
+        deadline = time.monotonic() + PACK_MAX_DEFER_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            quiet_for = time.monotonic() - self._last_accept_s
+            if quiet_for >= PACK_QUIET_S:
+                return
+            self._stop.wait(PACK_QUIET_S - quiet_for)
 
     def _main_loop(self) -> None:
         next_sweep = 0.0

@@ -1,0 +1,121 @@
+"""C-STORE ingest on loopback: DCMTK storescu -> DCMTK storescp beside storescu -> our edge, one association each.
+
+    .venv/bin/python bench/ingest.py [--mb 300] [--image 693_UNCI.dcm] [--keep DIR]
+
+Builds a study of real images from pydicom-data with fresh UIDs (one study, one series, a new
+SOP Instance UID per instance), then times DCMTK storescu (TCP_NODELAY=1, 128 KiB PDUs) sending
+it on one association to (a) DCMTK storescp writing every file to disk (bit-preserving, no
+fsync) and (b) `mgw edge run` with full durability (fsync of file and index before 0x0000), its
+packer running alongside as in production. Checks every instance is in the edge's spool index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.peers: the DCMTK helpers
+
+from gateway.loopback import EDGE_AE, LoopbackDeployment  # noqa: E402
+from tests.peers import data_store_dir, dcmtk, dcmtk_env, dcmtk_storescp  # noqa: E402
+
+PDU_BYTES = 131072  # the largest DCMTK negotiates
+
+
+def make_study(out: Path, image: str, target_mb: float) -> tuple[int, int]:
+    """Copies of ``image`` with fresh UIDs until ``target_mb``; returns (instances, bytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(data_store_dir() / image)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    count, total = 0, 0
+    while total < target_mb * 1e6:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = count + 1
+        path = out / f"{count:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+        count += 1
+    return count, total
+
+
+def storescu(port: int, called: str, study: Path) -> float:
+    args = [dcmtk("storescu"), "-aet", "MODALITY", "-aec", called, "--max-pdu", str(PDU_BYTES),
+            "+sd", "127.0.0.1", str(port), str(study)]
+    t0 = time.perf_counter()
+    done = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
+    return elapsed
+
+
+def edge_items(edge_dir: Path) -> int:
+    db = next(edge_dir.rglob("spool.db"))
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=300.0, help="study size to build")
+    parser.add_argument("--image", default="693_UNCI.dcm", help="pydicom-data image to copy (CT by default)")
+    parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
+    parser.add_argument("--profile", type=Path, help="py-spy the edge while it receives; collapsed stacks here")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="mgw-bench-ingest-"))
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    count, total = make_study(root / "study", args.image, args.mb)
+    print(f"study: {count} x {args.image} with fresh UIDs, {total / 1e6:.1f} MB; storescu TCP_NODELAY=1, "
+          f"--max-pdu {PDU_BYTES}, one association")
+    try:
+        with dcmtk_storescp(root / "storescp") as port:
+            t_ref = storescu(port, "REFERENCE", root / "study")
+        received = len(list((root / "storescp").iterdir()))
+        print(f"{'DCMTK storescp (disk, no fsync)':<40} {total / t_ref / 1e6:>7.1f} MB/s  {t_ref:6.1f} s  "
+              f"{received} files")
+        deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0}})
+        deploy.broker.start()
+        deploy.write_configs()
+        deploy.start_edge()
+        spy = None
+        if args.profile is not None:
+            assert deploy.edge is not None
+            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                                    "record", "-r", "250", "--format", "raw", "-o", str(args.profile),
+                                    "-p", str(deploy.edge.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
+        try:
+            t_edge = storescu(deploy.dicom_port, EDGE_AE, root / "study")
+            items = edge_items(deploy.edge_dir)
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+            deploy.stop()
+        print(f"{'mgw edge (fsync file + index)':<40} {total / t_edge / 1e6:>7.1f} MB/s  {t_edge:6.1f} s  "
+              f"{items} items committed")
+        if items != count:
+            print(f"MISMATCH: {count} sent, {items} in the spool index")
+            return 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
