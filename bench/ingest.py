@@ -5,8 +5,10 @@
 Builds a study of real images from pydicom-data with fresh UIDs (one study, one series, a new
 SOP Instance UID per instance), then times DCMTK storescu (TCP_NODELAY=1, 128 KiB PDUs) sending
 it on one association to (a) DCMTK storescp writing every file to disk (bit-preserving, no
-fsync) and (b) `mgw edge run` with full durability (fsync of file and index before 0x0000), its
-packer running alongside as in production. Checks every instance is in the edge's spool index.
+fsync), (b) a bare pynetdicom SCP that streams each dataset to a temporary file and deletes it
+(the floor of the library we build on) and (c) `mgw edge run` with full durability (fsync of
+file and index before 0x0000), its packer running alongside as in production. Checks that
+every instance is in the edge's spool index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,10 +31,26 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.peers: the DCMTK helpers
 
-from gateway.loopback import EDGE_AE, LoopbackDeployment  # noqa: E402
+from gateway.loopback import EDGE_AE, LoopbackDeployment, free_port  # noqa: E402
 from tests.peers import data_store_dir, dcmtk, dcmtk_env, dcmtk_storescp  # noqa: E402
 
 PDU_BYTES = 131072  # the largest DCMTK negotiates
+BARE_SCP = r"""
+import os, sys
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+_config.STORE_RECV_CHUNKED_DATASET = True
+ae = AE(ae_title="BARE")
+ae.maximum_pdu_size = 0
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+def accepted(event):
+    event.assoc.dul._run_loop_delay = 0.0002  # as the edge sets it
+def store(event):
+    os.unlink(event.dataset_path)  # the pynetdicom floor: stream to a temp file, keep nothing
+    return 0
+ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True,
+                evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_ACCEPTED, accepted)])
+"""
 
 
 def make_study(out: Path, image: str, target_mb: float) -> tuple[int, int]:
@@ -61,6 +80,17 @@ def storescu(port: int, called: str, study: Path) -> float:
     return elapsed
 
 
+def wait_listening(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
 def edge_items(edge_dir: Path) -> int:
     db = next(edge_dir.rglob("spool.db"))
     with sqlite3.connect(db) as conn:
@@ -87,6 +117,15 @@ def main() -> int:
         received = len(list((root / "storescp").iterdir()))
         print(f"{'DCMTK storescp (disk, no fsync)':<40} {total / t_ref / 1e6:>7.1f} MB/s  {t_ref:6.1f} s  "
               f"{received} files")
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port)])
+        try:
+            wait_listening(port)
+            t_bare = storescu(port, "BARE", root / "study")
+        finally:
+            bare.terminate()
+            bare.wait(10)
+        print(f"{'bare pynetdicom SCP (chunked, discards)':<40} {total / t_bare / 1e6:>7.1f} MB/s  {t_bare:6.1f} s")
         deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0}})
         deploy.broker.start()
         deploy.write_configs()
