@@ -2,10 +2,12 @@
 
     sudo .venv/bin/python bench/clinic_link.py [--mb 500] [--cc cubic|bbr|reno] [--cuts N]
 
-Needs root (network namespaces, tc). The edge side lives in its own network namespace joined to
-the cloud side (this namespace) by a veth pair shaped with tc netem: 20 Mbit/s each way, 40 ms
-each way (80 ms RTT), 1% loss on the uplink (edge -> cloud). The modality (DCMTK storescu,
-TCP_NODELAY=1) sends a study of real images with fresh UIDs:
+Needs root (network namespaces, ethtool). The edge side lives in its own network namespace,
+joined to the cloud side (this namespace) through a third namespace where bench/link_emulator.py
+forwards frames between two veth pairs: 20 Mbit/s each way, 40 ms each way (80 ms RTT), 1%
+random loss on the uplink (edge -> cloud). (The kernel here has no sch_netem, hence the user-space
+emulator.) The modality (DCMTK storescu, TCP_NODELAY=1) sends a study of real images with fresh
+UIDs:
 
   (a) DIMSE: storescu in the edge namespace -> DCMTK storescp on the cloud side, across the link;
   (b) ours: storescu -> `mgw edge run` on the edge side's loopback; the edge forwards over MQTT
@@ -25,6 +27,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,11 +45,11 @@ from gateway.adapters.mosquitto import MosquittoBroker, free_port  # noqa: E402
 from gateway.loopback import EDGE_AE, LoopbackDeployment  # noqa: E402
 from tests.peers import dcmtk, dcmtk_env  # noqa: E402
 
-NS = "mgw7-edge"
-VETH_EDGE, VETH_CLOUD = "mgw7e", "mgw7c"
+NS, NS_LINK = "mgw7-edge", "mgw7-link"
+VETH_EDGE, VETH_CLOUD, LINK_EDGE, LINK_CLOUD = "mgw7e0", "mgw7c0", "mgw7e1", "mgw7c1"
 EDGE_IP, CLOUD_IP = "10.77.7.2", "10.77.7.1"
-RATE, ONE_WAY_DELAY, LOSS = "20mbit", "40ms", "1%"
-LINK_BPS = 20e6
+RATE_MBIT, ONE_WAY_DELAY_MS, LOSS = 20.0, 40.0, 0.01
+LINK_BPS = RATE_MBIT * 1e6
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -57,26 +60,49 @@ def in_ns(*args: str) -> list[str]:
     return ["ip", "netns", "exec", NS, *args]
 
 
-def link_up(cc: str) -> None:
+def link_up(cc: str) -> subprocess.Popen[bytes]:
+    """Namespaces, veths and the emulator; returns the emulator process."""
     link_down()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", VETH_CLOUD, "type", "veth", "peer", "name", VETH_EDGE)
+    for ns in (NS, NS_LINK):
+        sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", VETH_CLOUD, "type", "veth", "peer", "name", LINK_CLOUD)
+    sh("ip", "link", "add", VETH_EDGE, "type", "veth", "peer", "name", LINK_EDGE)
+    sh("ip", "link", "set", LINK_CLOUD, "netns", NS_LINK)
+    sh("ip", "link", "set", LINK_EDGE, "netns", NS_LINK)
     sh("ip", "link", "set", VETH_EDGE, "netns", NS)
     sh("ip", "addr", "add", f"{CLOUD_IP}/24", "dev", VETH_CLOUD)
-    sh("ip", "link", "set", VETH_CLOUD, "up")
     sh(*in_ns("ip", "addr", "add", f"{EDGE_IP}/24", "dev", VETH_EDGE))
-    sh(*in_ns("ip", "link", "set", VETH_EDGE, "up"))
+    for prefix, dev in (((), VETH_CLOUD), (in_ns(), VETH_EDGE), (in_link(), LINK_CLOUD), (in_link(), LINK_EDGE)):
+        # frames of at most one MTU with real checksums: the emulator forwards them as they are
+        sh(*prefix, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off")
+        sh(*prefix, "ip", "link", "set", dev, "up")
     sh(*in_ns("ip", "link", "set", "lo", "up"))
-    sh(*in_ns("tc", "qdisc", "add", "dev", VETH_EDGE, "root", "netem", "delay", ONE_WAY_DELAY,
-              "loss", LOSS, "rate", RATE, "limit", "10000"))
-    sh("tc", "qdisc", "add", "dev", VETH_CLOUD, "root", "netem", "delay", ONE_WAY_DELAY, "rate", RATE,
-       "limit", "10000")
-    sh(*in_ns("sysctl", "-w", f"net.ipv4.tcp_congestion_control={cc}"))
+    if cc:  # some sandboxes forbid it: then the kernel's default stays, and is reported
+        sh(*in_ns("sysctl", "-w", f"net.ipv4.tcp_congestion_control={cc}"), check=False)
+    emulator = subprocess.Popen(in_link(sys.executable, str(Path(__file__).resolve().parent / "link_emulator.py"),
+                                        LINK_EDGE, LINK_CLOUD, "--rate-mbit", str(RATE_MBIT),
+                                        "--delay-ms", str(ONE_WAY_DELAY_MS), "--loss", str(LOSS)))
+    with socket.create_server((CLOUD_IP, 0)) as probe:  # the link passes a TCP handshake
+        probe_port = probe.getsockname()[1]
+        connect = f"import socket; socket.create_connection(('{CLOUD_IP}', {probe_port}), timeout=5).close()"
+        if sh(*in_ns(sys.executable, "-c", connect), check=False).returncode != 0:
+            emulator.terminate()
+            raise SystemExit("the emulated link does not pass a TCP handshake")
+    return emulator
+
+
+def congestion_control() -> str:
+    return sh(*in_ns("cat", "/proc/sys/net/ipv4/tcp_congestion_control")).stdout.strip()
 
 
 def link_down() -> None:
     sh("ip", "link", "del", VETH_CLOUD, check=False)
     sh("ip", "netns", "del", NS, check=False)
+    sh("ip", "netns", "del", NS_LINK, check=False)
+
+
+def in_link(*args: str) -> list[str]:
+    return ["ip", "netns", "exec", NS_LINK, *args]
 
 
 def edge_tx_bytes() -> int:
@@ -175,16 +201,17 @@ def cut_link(cuts: int, stop: threading.Event) -> None:
     for _ in range(cuts):
         if stop.wait(rng.uniform(5.0, 15.0)):
             return
-        sh(*in_ns("ip", "link", "set", VETH_EDGE, "down"))
+        sh(*in_link("ip", "link", "set", LINK_EDGE, "down"))
         time.sleep(3.0)
-        sh(*in_ns("ip", "link", "set", VETH_EDGE, "up"))
+        sh(*in_link("ip", "link", "set", LINK_EDGE, "up"))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=500.0)
     parser.add_argument("--image", default="693_UNCI.dcm")
-    parser.add_argument("--cc", default="cubic", choices=["cubic", "bbr", "reno"])
+    parser.add_argument("--cc", default="", choices=["", "cubic", "bbr", "reno"],
+                        help="congestion control of the edge namespace (default: the kernel's)")
     parser.add_argument("--cuts", type=int, default=0)
     parser.add_argument("--skip-dimse", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=7200.0)
@@ -196,12 +223,14 @@ def main() -> int:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"link: veth + netem {RATE} each way, {ONE_WAY_DELAY} each way, {LOSS} loss edge->cloud; "
-          f"congestion control {args.cc} on the sending side")
+    print(f"link: {RATE_MBIT:.0f} Mbit/s each way, {ONE_WAY_DELAY_MS:.0f} ms each way, {LOSS:.0%} loss edge->cloud "
+          f"(bench/link_emulator.py)")
     try:
         count, total = make_study(root / "study", args.image, args.mb)
         print(f"study: {count} x {args.image} with fresh UIDs, {total / 1e6:.1f} MB")
-        link_up(args.cc)
+        emulator = link_up(args.cc)
+        print(f"congestion control of the sending side: {congestion_control()}"
+              + (f" (asked for {args.cc})" if args.cc and args.cc != congestion_control() else ""))
         if not args.skip_dimse:
             t_dimse = dimse_run(root, root / "study")
             print(f"{'DIMSE storescu -> storescp':<32} {t_dimse:8.1f} s  {total / t_dimse / 1e6:6.2f} MB/s of original")
@@ -218,6 +247,9 @@ def main() -> int:
                   f"{(wire_cut - wire) / args.cuts / 1e6:.2f} MB extra per cut")
         return 0
     finally:
+        if "emulator" in locals():
+            emulator.terminate()
+            emulator.wait(10)
         link_down()
         shutil.rmtree(root, ignore_errors=True)
 
