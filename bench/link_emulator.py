@@ -6,7 +6,8 @@ Bridges Ethernet frames between two interfaces (raw AF_PACKET sockets), each dir
 its own queue: a serialisation delay at the link rate, then a fixed propagation delay; frames
 from IF_EDGE towards IF_CLOUD are dropped at random with probability ``--loss``; a full queue
 (``--queue-packets``) drops at the tail, like a router. Both interfaces need offloads off
-(TSO/GSO/GRO) so that frames are at most one MTU. Runs until SIGTERM.
+(TSO/GSO/GRO, checksums) so that frames are at most one MTU. An interface taken down (a cut)
+drops what is sent to it. Runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main() -> int:
                 try:
                     frame, addr = src.recvfrom(65535)
                 except BlockingIOError:
+                    break
+                except OSError:  # the interface is down (a cut): nothing to forward
                     break
                 if addr[2] == PACKET_OUTGOING:
                     continue  # our own transmission on this interface
