@@ -137,8 +137,9 @@ class ClinicDeployment(LoopbackDeployment):
     """The loopback deployment with the edge in the namespace behind the shaped link."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root, edge_overrides={"mqtt": {"host": CLOUD_IP}, "dicom": {"max_pdu_bytes": 0},
-                                               "uplink": {"ack_timeout_s": 30.0}})
+        # keepalive 5 s: a cut longer than ~8 s drops the MQTT connection, so cuts exercise resume
+        super().__init__(root, edge_overrides={"mqtt": {"host": CLOUD_IP, "keepalive_s": 5},
+                                               "dicom": {"max_pdu_bytes": 0}, "uplink": {"ack_timeout_s": 30.0}})
         self.broker = MosquittoBroker(root / "broker", host=CLOUD_IP)
 
     def write_configs(self) -> None:
@@ -171,7 +172,8 @@ def edge_state(edge_dir: Path) -> tuple[int, int]:
     return int(acked), int(packed)
 
 
-def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float) -> tuple[float, int, int]:
+def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float,
+             cut_s: float = 10.0) -> tuple[float, int, int]:
     """(seconds to all acknowledged, sealed bytes, bytes the edge put on the link)."""
     deploy = ClinicDeployment(root)
     deploy.start()
@@ -179,7 +181,7 @@ def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float) -
     try:
         tx0 = edge_tx_bytes()
         t0 = time.perf_counter()
-        cutter = threading.Thread(target=cut_link, args=(cuts, stop), daemon=True)
+        cutter = threading.Thread(target=cut_link, args=(cuts, cut_s, stop), daemon=True)
         cutter.start()
         storescu(deploy.dicom_port, EDGE_AE, "127.0.0.1", study)
         deadline = time.monotonic() + timeout_s
@@ -196,13 +198,13 @@ def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float) -
         deploy.stop()
 
 
-def cut_link(cuts: int, stop: threading.Event) -> None:
+def cut_link(cuts: int, cut_s: float, stop: threading.Event) -> None:
     rng = random.Random(7)  # noqa: S311 - timing jitter, not security
     for _ in range(cuts):
-        if stop.wait(rng.uniform(5.0, 15.0)):
+        if stop.wait(rng.uniform(3.0, 8.0)):
             return
         sh(*in_link("ip", "link", "set", LINK_EDGE, "down"))
-        time.sleep(3.0)
+        time.sleep(cut_s)
         sh(*in_link("ip", "link", "set", LINK_EDGE, "up"))
 
 
@@ -213,6 +215,7 @@ def main() -> int:
     parser.add_argument("--cc", default="", choices=["", "cubic", "bbr", "reno"],
                         help="congestion control of the edge namespace (default: the kernel's)")
     parser.add_argument("--cuts", type=int, default=0)
+    parser.add_argument("--cut-s", type=float, default=10.0, help="length of each cut (> ~8 s drops MQTT)")
     parser.add_argument("--skip-dimse", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=7200.0)
     args = parser.parse_args()
@@ -242,8 +245,9 @@ def main() -> int:
         if not args.skip_dimse:
             print(f"speed-up over DIMSE: {t_dimse / t_ours:.2f}x")
         if args.cuts:
-            t_cut, _, wire_cut = ours_run(root / "ours-cut", root / "study", count, args.cuts, args.timeout_s)
-            print(f"with {args.cuts} cuts of 3 s: {t_cut:.1f} s, {wire_cut / 1e6:.1f} MB on the wire, "
+            t_cut, _, wire_cut = ours_run(root / "ours-cut", root / "study", count, args.cuts, args.timeout_s,
+                                          args.cut_s)
+            print(f"with {args.cuts} cuts of {args.cut_s:.0f} s: {t_cut:.1f} s, {wire_cut / 1e6:.1f} MB on the wire, "
                   f"{(wire_cut - wire) / args.cuts / 1e6:.2f} MB extra per cut")
         return 0
     finally:
