@@ -15,9 +15,10 @@ UIDs:
       every instance (the edge's spool says ACKNOWLEDGED).
 
 Reports seconds for each, our compressed bytes (sealed frames) and goodput against the ideal
-(compressed bytes / link rate). ``--cuts N`` takes the link down N times (3 s each, at random
-moments) during (b) and reports the extra bytes the edge put on the wire per cut, against a run
-without cuts. The congestion control (``--cc``) is set for the edge namespace, which sends.
+(compressed bytes / link rate). ``--cuts N`` takes the link down N times (``--cut-s`` each, at
+random moments) during (b) and reports the extra bytes the edge put on the wire per cut, against
+a run without cuts. ``--cc`` asks for a congestion control in the edge namespace, which sends;
+the one in use is printed (some sandboxes forbid setting it, then the kernel default stays).
 """
 
 from __future__ import annotations
