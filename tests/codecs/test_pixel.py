@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -173,3 +174,24 @@ def test_real_images_restore_byte_exact_and_smaller_than_zstd_when_packed_as_pix
             assert SegmentKind.IMAGE in segment_kinds(payload), path.name
         assert len(payload) <= len(zstandard.ZstdCompressor(level=3).compress(data)) + 64, path.name
     assert planned >= 4  # CT, MR, CR, US at least
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_decode_raises_codec_error_when_a_jpeg_ls_codestream_is_damaged(damage: str) -> None:
+    from gateway.core.errors import CodecError
+
+    values = np.repeat(np.arange(64, dtype="<u2") * 40, 16)
+    coded = jpegls.encode_strip(values.tobytes(), 32, 1, 2, 0)
+    assert coded is not None
+    header, body = SegmentHeader.decode(coded[:HEADER.size]), bytearray(coded[HEADER.size:])
+    if damage == "truncate":
+        body = body[: len(body) // 2]
+    elif damage == "flip":
+        body[len(body) // 2] ^= 0xFF
+    else:
+        body = bytearray(b"\xff\xd8" + bytes(range(256)))
+    try:
+        restored = jpegls.decode_segment(header, bytes(body))
+    except CodecError:
+        return
+    assert restored != values.tobytes()  # decoded without complaint: then the hash check catches it
