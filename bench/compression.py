@@ -115,9 +115,9 @@ def main() -> int:
     for path, data in zip(files, blobs, strict=True):
         PATHS[id(data)] = path
         syntax = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        if (plan := pixel.plan(path, syntax)) is not None:
+        if (plan := pixel.plan(data, syntax)) is not None:
             PLANS[id(data)] = plan
-        if (plan := pixel.plan(path, syntax, 0)) is not None:
+        if (plan := pixel.plan(data, syntax, 0)) is not None:
             ANCHOR_PLANS[id(data)] = plan
     total = sum(map(len, blobs))
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")

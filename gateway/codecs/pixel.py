@@ -10,10 +10,10 @@ zstd'd instead), and whatever follows as zstd. Memory: one strip and its codestr
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -22,6 +22,7 @@ from gateway.codecs import jpegls
 from gateway.core.segment import MAX_SEGMENT_RAW_BYTES, byte_segments
 
 STRIP_RAW_BYTES = 4 * 1024 * 1024
+HEAD_BYTES = 1024 * 1024  # a dataset header longer than this is packed ZSTD
 MIN_PIXEL_BYTES = 64 * 1024
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -44,24 +45,35 @@ class PixelPlan:
         return self.columns * self.components * self.sample_bytes
 
 
-def plan(path: Path, transfer_syntax_uid: str, min_pixel_bytes: int = MIN_PIXEL_BYTES) -> PixelPlan | None:
-    """The pixel plan of a Part 10 file, or None when PIXEL does not apply (compressed or big
-    endian transfer syntax, no or unusual pixel data, unparseable header, fewer pixel bytes
-    than ``min_pixel_bytes``: there whole-file zstd is as small and has less overhead)."""
+def head_of(pieces: Iterable[bytes], limit: int = HEAD_BYTES) -> bytes:
+    """The first ``limit`` bytes of a file read as pieces (a sealed blob decrypts as it goes)."""
+    out = bytearray()
+    for piece in pieces:
+        out += piece
+        if len(out) >= limit:
+            break
+    return bytes(out[:limit])
+
+
+def plan(head: bytes, transfer_syntax_uid: str, min_pixel_bytes: int = MIN_PIXEL_BYTES) -> PixelPlan | None:
+    """The pixel plan of a Part 10 file from its first bytes (``head_of``), or None when PIXEL
+    does not apply: compressed or big endian transfer syntax, no or unusual pixel data, a
+    header unparseable or longer than ``head``, fewer pixel bytes than ``min_pixel_bytes``
+    (there whole-file zstd is as small and has less overhead)."""
     if transfer_syntax_uid not in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
         return None
     try:
-        with path.open("rb") as fp:
-            ds = dcmread(fp, stop_before_pixels=True)
-            tag_at = fp.tell()
-            head = fp.read(12)
+        fp = io.BytesIO(head)
+        ds = dcmread(fp, stop_before_pixels=True)
+        tag_at = fp.tell()
+        head = fp.read(12)
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples, allocated = int(ds.SamplesPerPixel), int(ds.BitsAllocated)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         planar = int(ds.get("PlanarConfiguration", 0) or 0)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         stored = int(ds.get("BitsStored", allocated) or allocated)
-    except (InvalidDicomError, OSError, EOFError):
+    except (InvalidDicomError, EOFError):
         return None
     except Exception:  # pydicom raises many other kinds on a malformed header: the object goes ZSTD
         return None

@@ -94,7 +94,10 @@ class Packer:
         tid = self._urandom(16)
         keys = ObjectKeys.create(self._cloud_public, tid, self._urandom(32), self._urandom(32))
         up = self._settings.uplink
-        plan = pixel.plan(self._blob_dir / item.blob_name, item.transfer_syntax_uid) if up.pixel_codec else None
+        plan = None
+        if up.pixel_codec:
+            head = pixel.head_of(cache.read_blob(self._blob_dir / item.blob_name, self._cache_key))
+            plan = pixel.plan(head, item.transfer_syntax_uid)
         manifest = Manifest(
             codec=Codec.ZSTD if plan is None else Codec.PIXEL, size=item.size, sha256=item.sha256,
             sop_class_uid=item.sop_class_uid, sop_instance_uid=item.sop_instance_uid,

@@ -117,7 +117,7 @@ def test_file_restores_byte_exact_when_signed_multiframe_pixels_are_packed(tmp_p
     values = (rng.integers(-2048, 2048, size=(3, 40, 50)).cumsum(axis=2) // 64).astype("<i2")
     path = image_file(tmp_path / "ct.dcm", values.tobytes(), 40, 50, 16, 12, signed=1, frames=3, trailer=True)
     data = path.read_bytes()
-    plan = pixel.plan(path, str(ExplicitVRLittleEndian), 0)
+    plan = pixel.plan(path.read_bytes(), str(ExplicitVRLittleEndian), 0)
     assert plan is not None and plan.length == values.nbytes and plan.signed_bits == 12
     payload = b"".join(pixel.pixel_payload([data[i:i + 999] for i in range(0, len(data), 999)], plan, 3))
     assert SegmentKind.IMAGE in segment_kinds(payload)
@@ -128,7 +128,7 @@ def test_file_restores_byte_exact_when_rgb_is_implicit_vr(tmp_path: Path) -> Non
     rgb = np.tile(np.arange(60, dtype=np.uint8), 30 * 3).tobytes()[: 30 * 20 * 3]
     path = image_file(tmp_path / "us.dcm", rgb, 30, 20, 8, 8, samples=3, implicit=True)
     data = path.read_bytes()
-    plan = pixel.plan(path, str(ImplicitVRLittleEndian), 0)
+    plan = pixel.plan(path.read_bytes(), str(ImplicitVRLittleEndian), 0)
     assert plan is not None and plan.components == 3
     assert restore(b"".join(pixel.pixel_payload([data], plan)), len(data)) == data
 
@@ -137,7 +137,7 @@ def test_pixel_rows_fall_back_to_shuffle_zstd_when_the_file_is_shorter_than_plan
     values = np.arange(64 * 64, dtype="<u2")
     path = image_file(tmp_path / "mr.dcm", values.tobytes(), 64, 64, 16, 12)
     data = path.read_bytes()
-    plan = pixel.plan(path, str(ExplicitVRLittleEndian), 0)
+    plan = pixel.plan(path.read_bytes(), str(ExplicitVRLittleEndian), 0)
     assert plan is not None
     cut = data[:-101]  # a blob that lost its tail: not whole rows any more
     payload = b"".join(pixel.pixel_payload([cut], plan))
@@ -147,14 +147,16 @@ def test_pixel_rows_fall_back_to_shuffle_zstd_when_the_file_is_shorter_than_plan
 
 def test_plan_is_none_when_pixel_codec_does_not_apply(tmp_path: Path) -> None:
     one_bit = image_file(tmp_path / "seg.dcm", bytes(8), 8, 8, 1, 1)
-    assert pixel.plan(one_bit, str(ExplicitVRLittleEndian), 0) is None
+    assert pixel.plan(one_bit.read_bytes(), str(ExplicitVRLittleEndian), 0) is None
     small = image_file(tmp_path / "small.dcm", bytes(512), 16, 16, 16, 12)
-    assert pixel.plan(small, str(ExplicitVRLittleEndian), 0) is not None
-    assert pixel.plan(small, str(ExplicitVRLittleEndian)) is None  # below MIN_PIXEL_BYTES: zstd
-    assert pixel.plan(small, "1.2.840.10008.1.2.4.80", 0) is None  # JPEG-LS already: zstd passes it
+    assert pixel.plan(small.read_bytes(), str(ExplicitVRLittleEndian), 0) is not None
+    assert pixel.plan(small.read_bytes(), str(ExplicitVRLittleEndian)) is None  # below MIN_PIXEL_BYTES: zstd
+    assert pixel.plan(small.read_bytes(), "1.2.840.10008.1.2.4.80", 0) is None  # JPEG-LS already: zstd passes it
+    assert pixel.plan(small.read_bytes()[:300], str(ExplicitVRLittleEndian), 0) is None  # header cut short
+    assert pixel.head_of([b"ab", b"cd", b"ef"], 3) == b"abc"
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
-    assert pixel.plan(garbage, str(ExplicitVRLittleEndian), 0) is None
+    assert pixel.plan(garbage.read_bytes(), str(ExplicitVRLittleEndian), 0) is None
 
 
 def test_real_images_restore_byte_exact_and_smaller_than_zstd_when_packed_as_pixel() -> None:
@@ -164,7 +166,7 @@ def test_real_images_restore_byte_exact_and_smaller_than_zstd_when_packed_as_pix
     planned, acquired = 0, {"693_UNCI.dcm", "MR2_UNCI.dcm", "RG1_UNCI.dcm", "US1_UNCI.dcm"}
     for path in real_images():
         data = path.read_bytes()
-        plan = pixel.plan(path, dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        plan = pixel.plan(path.read_bytes(), dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
         if plan is None:
             continue
         planned += 1
