@@ -88,6 +88,27 @@ def cmd_cloud_run(args: argparse.Namespace) -> int:
     return run_service(CloudService(settings, paths), "cloud ingest")
 
 
+def cmd_cloud_fleet(args: argparse.Namespace) -> int:
+    settings, paths = _cloud_settings(args)
+    logs.setup(settings.cloud.log_level, args.log_json)
+    from gateway.cloud.fleet import FleetService
+
+    return run_service(FleetService(settings, paths), "cloud fleet")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulator import run_simulation
+
+    settings, _ = _cloud_settings(args)
+    logs.setup("WARNING", False)
+    report = run_simulation(settings.mqtt, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
+                            outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours)
+    print(json.dumps(report, indent=2) if args.json else
+          f"simulated {report['boxes']} boxes for {report['seconds']} s: {report['heartbeats']} heartbeats, "
+          f"{report['exams']} exams, {report['outages']} outages")
+    return 0
+
+
 def cmd_cloud_keygen(args: argparse.Namespace) -> int:
     from gateway.adapters import keystore
 
@@ -233,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     crun = with_config(cloud.add_parser("run", help="run one cloud ingest worker"))
     crun.add_argument("--log-json", action="store_true", help="log JSON lines")
     crun.set_defaults(func=cmd_cloud_run)
+    fleet = with_config(cloud.add_parser("fleet", help="run the fleet registry, alerts, REST API and dashboard"))
+    fleet.add_argument("--log-json", action="store_true", help="log JSON lines")
+    fleet.set_defaults(func=cmd_cloud_fleet)
     keygen = with_config(cloud.add_parser("keygen", help="create the envelope key if absent; print its public half"))
     keygen.set_defaults(func=cmd_cloud_keygen)
 
@@ -259,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
+
+    sim = with_config(sub.add_parser("simulate", help="drive N simulated boxes against a real broker and cloud"))
+    sim.add_argument("--boxes", type=int, default=10, help="simulated boxes (1-5000)")
+    sim.add_argument("--minutes", type=float, default=1.0, help="run this long, then stop (at most 1440)")
+    sim.add_argument("--heartbeat-s", type=float, default=30.0, help="heartbeat period of each box")
+    sim.add_argument("--outage-percent", type=float, default=2.0, help="chance per box and minute of an outage")
+    sim.add_argument("--backfill-hours", type=float, default=8.0, help="exams each box reports from before the start")
+    sim.add_argument("--seed", type=int, default=1, help="random seed, for repeatable runs")
+    sim.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim.set_defaults(func=cmd_simulate)
 
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")

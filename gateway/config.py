@@ -110,6 +110,25 @@ class ApplianceSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    heartbeat_s: float = _f(30.0, "heartbeat period; each heartbeat expires on the broker after twice this")
+    site: str = _f("", "site name shown in the fleet view (no patient data); empty = the box id")
+    metrics_bind: str = _f("127.0.0.1", "address of the local Prometheus /metrics endpoint")
+    metrics_port: int = _f(9464, "port of the local Prometheus /metrics endpoint; 0 = off")
+    thermal_dir: str = _f("/sys/class/thermal", "where CPU temperature sensors are read (thermal_zone*/temp)")
+
+
+@dataclass(frozen=True)
+class UtilisationSettings:
+    mpps: bool = _f(True, "accept MPPS (N-CREATE/N-SET) from the modality as the source of exam times")
+    exam_quiet_s: float = _f(300.0, "an exam is complete once no instance of its study arrived for this long")
+    utc_offset_minutes: int = _f(0, "the modality clock's offset from UTC when a header carries none")
+    max_header_age_h: float = _f(24.0, "header times older than this before receipt are not used (bad clock, re-send)")
+    max_header_ahead_s: float = _f(300.0, "header times later than receipt by more than this are not used")
+    resend_s: float = _f(60.0, "resend a utilisation record the cloud has not acknowledged after this")
+
+
+@dataclass(frozen=True)
 class EdgeSettings:
     box: BoxSettings = _req("this box")
     dicom: DicomSettings = _f(None, "the DICOM listener facing the modality")
@@ -118,6 +137,8 @@ class EdgeSettings:
     spool: SpoolSettings = _f(None, "local cache policy")
     enrolment: EnrolmentSettings = _f(None, "certificate enrolment and renewal")
     appliance: ApplianceSettings = _f(None, "update hooks and USB sticks (docs/operations.md)")
+    health: HealthSettings = _f(None, "heartbeat, birth/death and the local metrics endpoint")
+    utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,24 @@ class ForwardSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    http_bind: str = _f("127.0.0.1", "address of the fleet REST API, dashboard and /metrics")
+    http_port: int = _f(8080, "port of the fleet REST API, dashboard and /metrics")
+    offline_after_s: float = _f(90.0, "a box with no birth nor heartbeat for this long is offline")
+    backlog_alert_minutes: float = _f(60.0, "alert when a box's oldest unacknowledged item is older")
+    disk_alert_percent: float = _f(85.0, "alert when a box's state disk is fuller")
+    cert_alert_days: float = _f(30.0, "alert when a box's certificate expires within this many days")
+    silent_modality_hours: float = _f(4.0, "alert when a modality sent no study for this many opening hours")
+    opening_hours: str = _f("08:00-18:00", "local opening hours, HH:MM-HH:MM, for utilisation and silence")
+    open_weekdays: tuple[int, ...] = _f((1, 2, 3, 4, 5, 6), "ISO weekdays the sites open (1 = Monday)")
+    utc_offset_minutes: int = _f(0, "the sites' local time offset from UTC (480 for China)")
+    min_exam_s: float = _f(60.0, "an exam shorter than this (one image) occupies the table this long")
+    patient_change_max_s: float = _f(900.0, "gaps between exams up to this long are patient change, longer idle")
+    history_interval_s: float = _f(300.0, "keep one health sample per box this often")
+    history_days: float = _f(30.0, "drop health samples and cleared alerts older than this")
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     cloud: CloudNodeSettings = _f(None, "this cloud node")
     mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
@@ -182,6 +221,7 @@ class CloudSettings:
     authority: AuthoritySettings = _f(None, "fleet certificate authority and enrolment endpoint")
     index: IndexSettings = _f(None, "archive index backend")
     forward: ForwardSettings = _f(None, "forwarding archived objects to the reading site's PACS")
+    fleet: FleetSettings = _f(None, "fleet registry, analytics, alerts, API and dashboard")
 
 
 BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -338,7 +378,17 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
         raise ConfigError(f"{source}: 'index.dsn' must not carry a password; use 'index.password_file'")
     if settings.forward.cstore_host and not _AE.match(settings.forward.cstore_called_ae):
         raise ConfigError(f"{source}: 'forward.cstore_called_ae' must be 1-16 printable characters")
+    _check_fleet(settings.fleet, source)
     return settings
+
+
+def _check_fleet(f: FleetSettings, source: str) -> None:
+    from gateway.core.utilisation import OpeningHours
+
+    try:
+        OpeningHours.parse(f.opening_hours, f.open_weekdays, f.utc_offset_minutes)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: 'fleet.opening_hours'/'fleet.open_weekdays': {exc}") from exc
 
 
 def iter_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -66,6 +66,7 @@ class Summary:
     bytes_on_wire: int = 0
     seconds: float = 0.0
     sender: str = ""
+    dashboard_url: str = ""
     ok: bool = False
 
 
@@ -137,6 +138,8 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
         say(f"mgw demo: fleet CA made; box {BOX_ID} provisioned with a one-time token over "
             f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
             f"cloud and edge running, state in {root}")
+        summary.dashboard_url = deployment.dashboard_url
+        say(f"mgw demo: fleet dashboard at {deployment.dashboard_url}")
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
         say(f"mgw demo: sending {len(files)} real instances ({summary.bytes_original / 1e6:.1f} MB) "
@@ -149,6 +152,7 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
         if summary.ok and not once and not as_json:
             say("mgw demo: running. Send more with: storescu -aec MGW 127.0.0.1 "
                 f"{deployment.dicom_port} FILE.dcm   (Ctrl-C stops)")
+            say(f"mgw demo: open the dashboard: {deployment.dashboard_url}")
             _wait_for_interrupt()
     except GatewayError as exc:
         say(f"mgw demo: failed: {exc}")

@@ -62,6 +62,16 @@ class MSG(enum.StrEnum):
     FORWARD_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0602"
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
     FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
+    # issue 5, fleet and utilisation: 0300-03ff
+    EXAM_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0300"
+    MPPS_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0301"
+    MPPS_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0302"
+    BOX_ONLINE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0303"
+    BOX_OFFLINE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0304"
+    ALERT_RAISED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0305"
+    ALERT_CLEARED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0306"
+    TELEMETRY_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0307"
+    METRICS_UNAVAILABLE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0308"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

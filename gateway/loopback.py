@@ -64,16 +64,25 @@ class LoopbackDeployment:
         self.cloud: subprocess.Popen[bytes] | None = None  # the first ingest worker
         self.clouds: list[subprocess.Popen[bytes] | None] = [None] * cloud_workers
         self._cloud_overrides = cloud_overrides or {}
+        self.fleet: subprocess.Popen[bytes] | None = None
+        self.fleet_port = free_port()
+        self.edge_metrics_port = free_port()
+        self._fleet_overrides: dict[str, object] = {}
 
     def write_configs(self) -> None:
         mqtt: dict[str, object] = {"host": "127.0.0.1", "port": self.broker.port, "reconnect_min_s": 0.2,
                                    "reconnect_max_s": 2.0}
         cloud: dict[str, dict[str, object]] = {"cloud": {"state_dir": str(self.cloud_dir)}, "mqtt": dict(mqtt)}
+        cloud["fleet"] = {"http_port": self.fleet_port, "offline_after_s": 10.0, "history_interval_s": 2.0,
+                          "opening_hours": "00:00-24:00", "open_weekdays": [1, 2, 3, 4, 5, 6, 7],
+                          **self._fleet_overrides}
         tables: dict[str, dict[str, object]] = {
             "box": {"id": BOX_ID, "cloud_public_key": self.cloud_pub, "state_dir": str(self.edge_dir)},
             "dicom": {"ae_title": EDGE_AE, "bind_host": "127.0.0.1", "port": self.dicom_port},
             "mqtt": dict(mqtt),
             "uplink": {"ack_timeout_s": 5.0},
+            "health": {"heartbeat_s": 2.0, "metrics_port": self.edge_metrics_port},
+            "utilisation": {"exam_quiet_s": 3.0},
         }
         if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
             assert self.broker.tls is not None
@@ -167,6 +176,11 @@ class LoopbackDeployment:
     def start_cloud(self) -> None:
         for n in range(len(self.clouds)):
             self.start_cloud_worker(n)
+        self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.cloud_toml)], "fleet.log")
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.fleet_port}/"
 
     def start_cloud_worker(self, n: int) -> None:
         log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
@@ -220,13 +234,14 @@ class LoopbackDeployment:
         for proc in self.clouds:
             self._end(proc, signal.SIGTERM)
         self._end(self.enrolment, signal.SIGTERM)
+        self._end(self.fleet, signal.SIGTERM)
         self.broker.stop()
         if self.secure:
             self.authority.close()
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
-        for name in ("edge.log", "cloud.log", *(f"cloud-{n + 1}.log" for n in range(1, len(self.clouds))),
+        for name in ("edge.log", "cloud.log", "fleet.log", *(f"cloud-{n + 1}.log" for n in range(1, len(self.clouds))),
                      "enrolment.log", "provision.log"):
             path = self.root / name
             if path.exists():

@@ -25,11 +25,12 @@ import threading
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -41,6 +42,7 @@ from gateway.adapters import blobs
 from gateway.config import DicomSettings
 from gateway.core import admission
 from gateway.core.errors import ConfigError, DatasetStructureError, SpoolFullError
+from gateway.core.exam import HEADER_TAGS
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ class ReceivedInstance:
     transfer_syntax_uid: str
     calling_ae: str
     peer_address: str
+    # Header strings for utilisation (core.exam.HEADER_TAGS: Modality, acquisition/content/series/study
+    # date and time); read in the same pass as the UIDs, never the pixels. Empty values are omitted.
+    header: dict[str, str] = field(default_factory=dict)
 
 
 class DicomService(Protocol):
@@ -311,23 +316,27 @@ def _discard(path: Path) -> None:
 def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInstance:
     req, requestor = cast(C_STORE, event.request), event.assoc.requestor
     transfer_syntax = UID(event.context.transfer_syntax)
-    study, series = _read_header(path, transfer_syntax)
+    study, series, header = _read_header(path, transfer_syntax)
     return ReceivedInstance(
         path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
         sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,
         series_instance_uid=series, transfer_syntax_uid=str(transfer_syntax),
-        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address))
+        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address), header=header)
 
 
-def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str]:
-    """Check the structure to the last byte, then read study/series UIDs; never the pixels."""
+def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str, dict[str, str]]:
+    """Check the structure to the last byte, then read study/series UIDs and the utilisation
+    header strings; never the pixels."""
     with open(path, "rb") as fh:
         found = check_dataset(fh, transfer_syntax)
     if not transfer_syntax.is_deflated:  # the walk read them on its way (pydicom would cost 0.4 ms more)
-        return _uid_text(found.get(_STUDY_UID)), _uid_text(found.get(_SERIES_UID))
+        header = {kw: text for tag, kw in _HEADER_TAGS.items() if (text := _uid_text(found.get(tag)))}
+        return _uid_text(found.get(_STUDY_UID)), _uid_text(found.get(_SERIES_UID)), header
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or "")
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", *HEADER_TAGS])
+        header = {tag: str(value).strip() for tag in HEADER_TAGS if (value := ds.get(tag))}
+        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or ""), header
     except Exception as exc:  # pydicom raises many types on hostile bytes; all mean "unreadable"
         raise DatasetStructureError(f"header unreadable ({type(exc).__name__})") from exc
 
@@ -337,7 +346,10 @@ def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str]:
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _ITEM, _ITEM_END, _SEQ_END, _UNDEFINED, _MAX_DEPTH = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0xFFFFFFFF, 32
 _STUDY_UID, _SERIES_UID, _MAX_UID_BYTES = 0x0020000D, 0x0020000E, 64
-_WANTED = frozenset({_STUDY_UID, _SERIES_UID})
+# Utilisation's header strings (core.exam.HEADER_TAGS: DA, TM, DT, CS, SH; all short ASCII), read
+# by the same walk at no extra I/O.
+_HEADER_TAGS: dict[int, str] = {int(tag_for_keyword(kw) or 0): kw for kw in HEADER_TAGS}
+_WANTED = frozenset({_STUDY_UID, _SERIES_UID, *_HEADER_TAGS})
 
 
 def _uid_text(value: bytes | None) -> str:

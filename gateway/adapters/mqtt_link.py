@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSettings
 from gateway.core.errors import LocalError
@@ -77,6 +78,7 @@ class MqttLink:
         max_inflight: int = 64,
         will: Will | None = None,
         jitter: Callable[[], float] = random.random,
+        will_factory: Callable[[], Will] | None = None,
     ) -> None:
         self._settings = settings
         self._subscriptions = subscriptions
@@ -84,6 +86,7 @@ class MqttLink:
         self._on_state = on_state
         self._session_expiry_s = session_expiry_s
         self._jitter = jitter
+        self._will_factory = will_factory  # called before every connect (a fresh will each time)
         self._stop = threading.Event()
         self._kick = threading.Event()  # ends a reconnect back-off early: stop() or nudge()
         self._thread: threading.Thread | None = None
@@ -125,11 +128,15 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, send_will: bool = False) -> None:
+        """Disconnect; with ``send_will`` the broker publishes our will (MQTT 5 reason 0x04)."""
         self._stop.set()
         self._kick.set()
         try:
-            self._client.disconnect()
+            if send_will:
+                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+            else:
+                self._client.disconnect()
         except (OSError, ValueError):  # already gone
             pass
         if self._thread is not None:
@@ -201,6 +208,9 @@ class MqttLink:
     def _connect_once(self) -> bool:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s
+        if self._will_factory is not None:
+            will = self._will_factory()
+            self._client.will_set(will.topic, will.payload, will.qos, will.retain)
         try:
             self._client.connect(
                 self._settings.host, self._settings.port, self._settings.keepalive_s,

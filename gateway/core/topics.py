@@ -37,3 +37,32 @@ def parse_chunk_topic(prefix: str, topic: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[1] != "up" or not _BOX.match(parts[0]) or not _HEX.match(parts[2]):
         raise FrameError("malformed chunk topic")
     return parts[0], parts[2]
+
+
+# -- fleet telemetry (docs/protocol.md, "Fleet telemetry") --------------------------------------
+#    {prefix}/{box_id}/state      birth and death (last will), JSON, QoS 1, retained
+#    {prefix}/{box_id}/health     heartbeat, JSON, QoS 1, message expiry 2 x the period
+#    {prefix}/{box_id}/util       utilisation (exam) records, JSON, QoS 1, no expiry
+#    {prefix}/{box_id}/util/ack   cloud -> edge: record stored, JSON, QoS 1
+TELEMETRY_LEAVES = ("state", "health", "util")
+
+
+def telemetry_topic(prefix: str, box_id: str, leaf: str) -> str:
+    return f"{prefix}/{box_id}/{leaf}"
+
+
+def util_ack_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/util/ack"
+
+
+def fleet_subscriptions(prefix: str) -> list[str]:
+    return [f"{prefix}/+/{leaf}" for leaf in TELEMETRY_LEAVES]
+
+
+def parse_telemetry_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """``(box_id, leaf)`` of a telemetry topic, or ``FrameError``."""
+    head = prefix + "/"
+    parts = topic[len(head):].split("/") if topic.startswith(head) else []
+    if len(parts) != 2 or parts[1] not in TELEMETRY_LEAVES or not _BOX.match(parts[0]):
+        raise FrameError("malformed telemetry topic")
+    return parts[0], parts[1]

@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.adapters import blobs
+from gateway.adapters import blobs, keystore
 from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
 from gateway.adapters.keystore import FileKeyStore
+from gateway.adapters.exam_store import ExamStore
+from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.store import SpoolStore
 from gateway.adapters.udev_watch import LinkWatcher
@@ -30,9 +32,11 @@ from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
 from gateway.core.spool import ItemState
 from gateway.edge import cache
+from gateway.edge.exams import ExamRecorder
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
 from gateway.edge.sender import Sender
+from gateway.edge.telemetry import Telemetry
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -85,9 +89,11 @@ class EdgeService:
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
-        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self)
+        self.exams, mpps = _utilisation(settings, paths, clock)
+        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=mpps)
         self.renewer = Renewer(settings, keys, self.link.reload_identity, clock)
         self.link_watcher = LinkWatcher(self._on_network_up)
+        self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock)
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
@@ -118,6 +124,7 @@ class EdgeService:
             raise
         self._pack_wake.set()
         self._last_accept_s = time.monotonic()
+        self.exams.observe(instance)  # enqueue only: utilisation never slows the answer
         return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
 
     def _disk_refuses(self) -> bool:
@@ -153,6 +160,7 @@ class EdgeService:
         self.listener.start()
         self.link.start()
         self.link_watcher.start()
+        self.telemetry.start()
         for target, name in ((self._pack_loop, "packer"), (self._main_loop, "edge-loop")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -171,15 +179,17 @@ class EdgeService:
         self.link_watcher.stop()
         for thread in self._threads:
             thread.join(10)
+        self.telemetry.stop()
         self.link.stop()
         self.renewer.stop()
         self.sender.close()
         self.store.close()
+        self.exams.store.close()
 
     def alive(self) -> bool:
         """All loops are running and the main loop turned recently (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
-        return fresh and self.link.alive() and all(t.is_alive() for t in self._threads)
+        return fresh and self.link.alive() and self.telemetry.alive() and all(t.is_alive() for t in self._threads)
 
     def _sweep(self) -> None:
         """Remove what a crash left behind: never-committed uploads, orphans."""
@@ -250,3 +260,13 @@ class EdgeService:
             self.sender.apply_effects(done, effects)
             log.info("instance purged after retention", extra={
                 "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.size})
+
+
+def _utilisation(settings: EdgeSettings, paths: Paths, clock: Callable[[], float]
+                 ) -> tuple[ExamRecorder, list[MppsService]]:
+    """The exam recorder and, when enabled, the MPPS SCP that feeds it."""
+    u = settings.utilisation
+    secret = keystore.load_or_create_x25519(paths.state_dir / "keys" / "study_key.secret")  # 32 random bytes
+    recorder = ExamRecorder(u, ExamStore(paths.state_dir / "utilisation.db", paths.spool_db), secret, clock)
+    mpps = [MppsService(recorder, recorder.store, u.utc_offset_minutes * 60, clock)] if u.mpps else []
+    return recorder, mpps

@@ -1,0 +1,257 @@
+"""The edge's exam and MPPS records: SQLite ``utilisation.db`` beside ``spool.db``.
+
+A separate file so utilisation never contends for the spool's write lock on the C-STORE
+path. WAL with ``synchronous=NORMAL``: a power cut may lose the last fraction of a second
+of exam bookkeeping (derived data), never an image. The study UID is kept here, on the
+box, to find a study's spool items and MPPS; only ``study_key`` (a keyed hash) leaves it.
+Read-only queries on ``spool.db`` (turnaround, backlog) use their own connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from gateway.core.errors import StorageError
+from gateway.core.exam import Exam, ExamStatus, TimeSource
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE exams (
+        study_key TEXT PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        start REAL NOT NULL,
+        end REAL NOT NULL,
+        images INTEGER NOT NULL,
+        series INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        cloud_stored_at REAL,
+        closed INTEGER NOT NULL DEFAULT 0,
+        revision INTEGER NOT NULL DEFAULT 1,
+        sent_revision INTEGER NOT NULL DEFAULT 0,
+        sent_at REAL NOT NULL DEFAULT 0,
+        acked_revision INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX exams_open ON exams(closed, last_received_at);
+    CREATE TABLE exam_series (study_key TEXT NOT NULL, series_key TEXT NOT NULL, PRIMARY KEY (study_key, series_key));
+    CREATE TABLE mpps (
+        sop_instance_uid TEXT PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        study_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    """,
+]
+
+_EXAM_FIELDS = ("study_key", "modality", "start", "end", "images", "series", "source", "status",
+                "first_received_at", "last_received_at", "cloud_stored_at")
+_DONE_STATES = ("acknowledged", "purged")
+_BACKLOG_STATES = ("received", "packed", "sending")
+
+
+@dataclass(frozen=True)
+class StoredExam:
+    exam: Exam
+    study_uid: str
+    closed: bool
+    revision: int
+    sent_revision: int
+    sent_at: float
+    acked_revision: int
+
+
+@dataclass(frozen=True)
+class Backlog:
+    items: int
+    bytes: int
+    oldest_received_at: float | None
+    quarantined: int
+
+
+def _exam(row: sqlite3.Row) -> Exam:
+    values = {k: row[k] for k in _EXAM_FIELDS}
+    values["source"], values["status"] = TimeSource(values["source"]), ExamStatus(values["status"])
+    return Exam(**values)
+
+
+class ExamStore:
+    """Thread-safe: one connection and one lock; each method is one transaction."""
+
+    def __init__(self, db_path: Path, spool_db: Path) -> None:
+        self._lock = threading.RLock()
+        self._spool_db = spool_db
+        self._spool: sqlite3.Connection | None = None
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self.db = sqlite_utils.Database(self._conn)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"utilisation database {db_path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={number}")
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"utilisation database: {exc}") from exc
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params))
+            except sqlite3.Error as exc:
+                raise StorageError(f"utilisation database: {exc}") from exc
+
+    # -- exams ----------------------------------------------------------------------------------
+    def get(self, study_key: str) -> StoredExam | None:
+        rows = self._rows("SELECT * FROM exams WHERE study_key = ?", (study_key,))
+        return self._stored(rows[0]) if rows else None
+
+    @staticmethod
+    def _stored(row: sqlite3.Row) -> StoredExam:
+        return StoredExam(_exam(row), row["study_uid"], bool(row["closed"]), row["revision"], row["sent_revision"],
+                          row["sent_at"], row["acked_revision"])
+
+    def add_series(self, study_key: str, series_key: str) -> bool:
+        """Record the series; True if it is new for the study."""
+        with self._tx() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO exam_series VALUES (?, ?)", (study_key, series_key))
+            return cur.rowcount == 1
+
+    def save(self, exam: Exam, study_uid: str, *, closed: bool) -> None:
+        """Insert or update; any change makes a new revision to send."""
+        values = {k: getattr(exam, k) for k in _EXAM_FIELDS}
+        values["source"], values["status"] = exam.source.value, exam.status.value
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO exams ({', '.join(_EXAM_FIELDS)}, study_uid, closed) "  # noqa: S608 - constant names
+                f"VALUES ({', '.join('?' * (len(_EXAM_FIELDS) + 2))}) "
+                f"ON CONFLICT(study_key) DO UPDATE SET "
+                + ", ".join(f"{k} = excluded.{k}" for k in (*_EXAM_FIELDS[1:], "closed"))
+                + ", revision = revision + 1",
+                (*values.values(), study_uid, int(closed)))
+
+    def open_quiet(self, received_before: float) -> list[StoredExam]:
+        rows = self._rows("SELECT * FROM exams WHERE closed = 0 AND last_received_at < ?", (received_before,))
+        return [self._stored(r) for r in rows]
+
+    def awaiting_cloud(self, limit: int = 200) -> list[StoredExam]:
+        rows = self._rows("SELECT * FROM exams WHERE closed = 1 AND cloud_stored_at IS NULL AND images > 0 "
+                          "ORDER BY last_received_at LIMIT ?", (limit,))
+        return [self._stored(r) for r in rows]
+
+    def due(self, sent_before: float, limit: int = 100) -> list[StoredExam]:
+        """Closed exams whose latest revision the cloud has not acknowledged, not sent since ``sent_before``."""
+        rows = self._rows("SELECT * FROM exams WHERE closed = 1 AND acked_revision < revision "
+                          "AND (sent_revision < revision OR sent_at < ?) ORDER BY last_received_at LIMIT ?",
+                          (sent_before, limit))
+        return [self._stored(r) for r in rows]
+
+    def mark_sent(self, study_key: str, revision: int, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE exams SET sent_revision = ?, sent_at = ? WHERE study_key = ?",
+                         (revision, now, study_key))
+
+    def mark_acked(self, study_key: str, revision: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE exams SET acked_revision = MAX(acked_revision, ?) WHERE study_key = ?",
+                         (revision, study_key))
+
+    def unacked(self) -> int:
+        return int(self._rows("SELECT COUNT(*) FROM exams WHERE acked_revision < revision AND closed = 1")[0][0])
+
+    def last_study_per_modality(self) -> dict[str, float]:
+        rows = self._rows("SELECT modality, MAX(last_received_at) FROM exams GROUP BY modality")
+        return {r[0]: float(r[1]) for r in rows}
+
+    # -- MPPS -------------------------------------------------------------------------------------
+    def mpps_get(self, sop_instance_uid: str) -> tuple[str, ExamStatus] | None:
+        """``(study UID, status)`` of a procedure step, or None."""
+        rows = self._rows("SELECT study_uid, status FROM mpps WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return (rows[0][0], ExamStatus(rows[0][1])) if rows else None
+
+    def mpps_put(self, sop_instance_uid: str, study_uid: str, study_key: str, status: ExamStatus,
+                 now: float) -> bool:
+        """Create (True) or update (False)."""
+        with self._tx() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO mpps VALUES (?, ?, ?, ?, ?, ?)",
+                               (sop_instance_uid, study_uid, study_key, status.value, now, now))
+            if cur.rowcount == 1:
+                return True
+            conn.execute("UPDATE mpps SET status = ?, updated_at = ? WHERE sop_instance_uid = ?",
+                         (status.value, now, sop_instance_uid))
+            return False
+
+    # -- counters -----------------------------------------------------------------------------------
+    def next_counter(self, name: str) -> int:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO counters VALUES (?, 0) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                         (name,))
+            return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+    # -- the spool, read only -----------------------------------------------------------------------
+    def _spool_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                if self._spool is None:
+                    uri = f"file:{self._spool_db}?mode=ro"
+                    self._spool = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+                return list(self._spool.execute(sql, params))
+            except sqlite3.Error as exc:
+                raise StorageError(f"spool database (read only): {exc}") from exc
+
+    def study_stored_at(self, study_uid: str) -> float | None:
+        """When the cloud acknowledged the study's last instance, once all are acknowledged."""
+        marks = ",".join("?" * len(_DONE_STATES))
+        rows = self._spool_rows(
+            f"SELECT COUNT(*), SUM(state IN ({marks})), MAX(acked_at) FROM items WHERE study_instance_uid = ? "  # noqa: S608
+            "AND state != 'quarantined'", (*_DONE_STATES, study_uid))
+        total, done, last = rows[0]
+        return float(last) if total and total == done and last is not None else None
+
+    def backlog(self) -> Backlog:
+        marks = ",".join("?" * len(_BACKLOG_STATES))
+        items, size, oldest = self._spool_rows(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items WHERE state IN ({marks})",  # noqa: S608
+            _BACKLOG_STATES)[0]
+        quarantined = self._spool_rows("SELECT COUNT(*) FROM items WHERE state = 'quarantined'")[0][0]
+        return Backlog(int(items), int(size), None if oldest is None else float(oldest), int(quarantined))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+            if self._spool is not None:
+                self._spool.close()

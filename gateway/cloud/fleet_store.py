@@ -1,0 +1,215 @@
+"""The fleet database: boxes, health history, exams and alerts. All of the fleet's SQL is here.
+
+``FleetStore`` is the narrow interface the fleet service and the API use; ``SqliteFleetStore``
+implements it on one SQLite file (WAL, ``synchronous=NORMAL``: registry rows are rebuilt
+from the next heartbeat, exam records are re-sent by the edge until acknowledged, and the
+acknowledgement is sent only after the commit). A PostgreSQL implementation can be added
+beside it without touching the callers: plain SQL, ``?`` placeholders, no SQLite-only
+functions outside this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.core.errors import StorageError
+from gateway.core.fleet import AlertKind, BoxState
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE boxes (
+        box_id TEXT PRIMARY KEY, site TEXT NOT NULL, version TEXT NOT NULL, online INTEGER NOT NULL,
+        bd_seq INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, changed_at REAL NOT NULL,
+        health TEXT NOT NULL
+    );
+    CREATE TABLE health_samples (
+        box_id TEXT NOT NULL, at REAL NOT NULL, online INTEGER NOT NULL, backlog_items INTEGER,
+        backlog_bytes INTEGER, oldest_age_s REAL, disk_used_percent REAL, cpu_temp_c REAL, reconnects INTEGER,
+        PRIMARY KEY (box_id, at)
+    );
+    CREATE TABLE exams (
+        box_id TEXT NOT NULL, study_key TEXT NOT NULL, revision INTEGER NOT NULL, site TEXT NOT NULL,
+        modality TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL, images INTEGER NOT NULL,
+        series INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL, cloud_stored_at REAL,
+        PRIMARY KEY (box_id, study_key)
+    );
+    CREATE INDEX exams_by_modality ON exams(box_id, modality, start);
+    CREATE INDEX exams_by_site ON exams(site, last_received_at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY, box_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
+        detail TEXT NOT NULL, raised_at REAL NOT NULL, cleared_at REAL
+    );
+    CREATE INDEX alerts_open ON alerts(cleared_at, box_id)
+    """,
+]
+EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
+               "status", "first_received_at", "last_received_at", "cloud_stored_at")
+_SAMPLE_FIELDS = ("box_id", "at", "online", "backlog_items", "backlog_bytes", "oldest_age_s", "disk_used_percent",
+                  "cpu_temp_c", "reconnects")
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    box_id: str
+    kind: AlertKind
+    subject: str
+    detail: str
+    raised_at: float
+    cleared_at: float | None
+
+
+class FleetStore(Protocol):
+    def save_boxes(self, states: Iterable[BoxState]) -> None: ...
+    def load_boxes(self) -> list[BoxState]: ...
+    def add_samples(self, rows: Iterable[dict[str, Any]]) -> None: ...
+    def samples(self, box_id: str, since: float) -> list[dict[str, Any]]: ...
+    def upsert_exam(self, record: dict[str, Any]) -> bool: ...
+    def exams(self, *, box_id: str | None = None, modality: str | None = None, since: float = 0.0,
+              until: float = 1e12, limit: int = 100_000) -> list[dict[str, Any]]: ...
+    def modalities(self) -> list[dict[str, Any]]: ...
+    def turnarounds(self, since: float) -> list[tuple[str, float]]: ...
+    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert: ...
+    def clear_alert(self, alert_id: int, at: float) -> None: ...
+    def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]: ...
+    def prune(self, before: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class SqliteFleetStore:
+    """``FleetStore`` on SQLite. Thread-safe: one connection, one lock, one transaction per call."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"fleet database {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={number}")
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"fleet database: {exc}") from exc
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params))
+            except sqlite3.Error as exc:
+                raise StorageError(f"fleet database: {exc}") from exc
+
+    # -- boxes ----------------------------------------------------------------------------------------
+    def save_boxes(self, states: Iterable[BoxState]) -> None:
+        rows = [(s.box_id, s.site, s.version, int(s.online), s.bd_seq, s.first_seen, s.last_seen, s.changed_at,
+                 json.dumps(s.health, separators=(",", ":"))) for s in states]
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def load_boxes(self) -> list[BoxState]:
+        return [BoxState(r["box_id"], bool(r["online"]), r["bd_seq"], r["first_seen"], r["last_seen"],
+                         r["changed_at"], json.loads(r["health"]), r["site"], r["version"])
+                for r in self._rows("SELECT * FROM boxes")]
+
+    def add_samples(self, rows: Iterable[dict[str, Any]]) -> None:
+        values = [tuple(r.get(k) for k in _SAMPLE_FIELDS) for r in rows]
+        if values:
+            with self._tx() as conn:
+                marks = ",".join("?" * len(_SAMPLE_FIELDS))
+                conn.executemany(f"INSERT OR REPLACE INTO health_samples VALUES ({marks})", values)  # noqa: S608
+
+    def samples(self, box_id: str, since: float) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._rows(
+            "SELECT * FROM health_samples WHERE box_id = ? AND at >= ? ORDER BY at", (box_id, since))]
+
+    # -- exams ----------------------------------------------------------------------------------------
+    def upsert_exam(self, record: dict[str, Any]) -> bool:
+        """Store a record unless a later revision is already there; True if stored or equal."""
+        values = tuple(record.get(k) for k in EXAM_FIELDS)
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO exams ({','.join(EXAM_FIELDS)}) VALUES ({','.join('?' * len(EXAM_FIELDS))}) "  # noqa: S608
+                "ON CONFLICT(box_id, study_key) DO UPDATE SET "
+                + ", ".join(f"{k} = excluded.{k}" for k in EXAM_FIELDS[2:])
+                + " WHERE excluded.revision > exams.revision", values)
+            row = conn.execute("SELECT revision FROM exams WHERE box_id = ? AND study_key = ?",
+                               (record["box_id"], record["study_key"])).fetchone()
+        return bool(row and row[0] >= record["revision"])
+
+    def exams(self, *, box_id: str | None = None, modality: str | None = None, since: float = 0.0,
+              until: float = 1e12, limit: int = 100_000) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM exams WHERE start >= ? AND start < ?", [since, until]
+        if box_id is not None:
+            sql, params = sql + " AND box_id = ?", [*params, box_id]
+        if modality is not None:
+            sql, params = sql + " AND modality = ?", [*params, modality]
+        return [dict(r) for r in self._rows(sql + " ORDER BY start LIMIT ?", (*params, limit))]
+
+    def modalities(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._rows(
+            "SELECT box_id, site, modality, COUNT(*) AS exams, SUM(images) AS images, MAX(end) AS last_exam_end, "
+            "MIN(start) AS first_exam_start FROM exams GROUP BY box_id, site, modality ORDER BY box_id, modality")]
+
+    def turnarounds(self, since: float) -> list[tuple[str, float]]:
+        rows = self._rows("SELECT site, cloud_stored_at - last_received_at FROM exams "
+                          "WHERE cloud_stored_at IS NOT NULL AND last_received_at >= ?", (since,))
+        return [(r[0], max(0.0, float(r[1]))) for r in rows]
+
+    # -- alerts ---------------------------------------------------------------------------------------
+    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert:
+        with self._tx() as conn:
+            cur = conn.execute("INSERT INTO alerts (box_id, kind, subject, detail, raised_at) VALUES (?, ?, ?, ?, ?)",
+                               (box_id, kind.value, subject, detail, at))
+        return Alert(int(cur.lastrowid or 0), box_id, kind, subject, detail, at, None)
+
+    def clear_alert(self, alert_id: int, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE alerts SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (at, alert_id))
+
+    def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]:
+        where = "cleared_at IS NULL" if open_only else "(cleared_at IS NULL OR raised_at >= ?)"
+        params: tuple = () if open_only else (since,)
+        return [Alert(r["id"], r["box_id"], AlertKind(r["kind"]), r["subject"], r["detail"], r["raised_at"],
+                      r["cleared_at"])
+                for r in self._rows(f"SELECT * FROM alerts WHERE {where} ORDER BY raised_at DESC", params)]  # noqa: S608
+
+    def prune(self, before: float) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM health_samples WHERE at < ?", (before,))
+            conn.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL AND cleared_at < ?", (before,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

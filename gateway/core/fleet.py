@@ -1,0 +1,149 @@
+"""Fleet state from birth, death and heartbeat messages, and the alert rules: pure.
+
+Online/offline follows Sparkplug B's idea: a box publishes a *birth* on every connect and
+registers a *death* as its MQTT last will, both carrying ``bd_seq``, a number that grows with
+every connection. A death whose ``bd_seq`` is lower than the last birth's is stale (the
+broker noticed an old connection's end after the box was back) and is ignored.
+Message formats: docs/protocol.md, "Fleet telemetry".
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.core.errors import FrameError
+from gateway.core.utilisation import OpeningHours, silent_since
+
+TELEMETRY_VERSION = 1
+_BOX = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
+
+
+class MessageKind(enum.StrEnum):
+    BIRTH = "birth"
+    DEATH = "death"
+    HEARTBEAT = "heartbeat"
+
+
+class AlertKind(enum.StrEnum):
+    BOX_OFFLINE = "box_offline"
+    BACKLOG_AGE = "backlog_age"
+    DISK_FULL = "disk_full"
+    CERT_EXPIRY = "cert_expiry"
+    MODALITY_SILENT = "modality_silent"
+    QUARANTINE_NOT_EMPTY = "quarantine_not_empty"
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    kind: MessageKind
+    box_id: str
+    bd_seq: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BoxState:
+    box_id: str
+    online: bool
+    bd_seq: int
+    first_seen: float
+    last_seen: float  # last birth or heartbeat received
+    changed_at: float  # when ``online`` last changed
+    health: dict[str, Any] = field(default_factory=dict)  # the last heartbeat's body
+    site: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    offline_after_s: float
+    backlog_age_s: float
+    disk_used_percent: float
+    cert_expiry_days: float
+    silent_modality_s: float
+    hours: OpeningHours
+
+
+def decode(kind: MessageKind, topic_box: str, payload: bytes) -> Telemetry:
+    """A telemetry message, checked; FrameError if it is not one (never another exception)."""
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FrameError(f"{kind.value}: not JSON") from exc
+    if not isinstance(doc, dict) or doc.get("v") != TELEMETRY_VERSION:
+        raise FrameError(f"{kind.value}: not a version {TELEMETRY_VERSION} object")
+    box, seq = doc.get("box_id"), doc.get("bd_seq")
+    if box != topic_box or not isinstance(box, str) or not _BOX.match(box):
+        raise FrameError(f"{kind.value}: box id differs from the topic's")
+    if type(seq) is not int or seq < 0:
+        raise FrameError(f"{kind.value}: bd_seq must be a non-negative integer")
+    return Telemetry(kind, box, seq, doc)
+
+
+def encode(kind: MessageKind, box_id: str, bd_seq: int, **fields: Any) -> bytes:
+    return json.dumps({"v": TELEMETRY_VERSION, "kind": kind.value, "box_id": box_id, "bd_seq": bd_seq, **fields},
+                      separators=(",", ":"), sort_keys=True).encode()
+
+
+def apply(state: BoxState | None, msg: Telemetry, now: float) -> BoxState | None:
+    """The box's state after ``msg``; the same object when the message is stale."""
+    if state is None:
+        if msg.kind is MessageKind.DEATH:
+            return None  # a death of a box we never saw alive says nothing
+        state = BoxState(msg.box_id, False, msg.bd_seq, now, now, now)
+    if msg.bd_seq < state.bd_seq:
+        return state
+    if msg.kind is MessageKind.DEATH:
+        return replace(state, online=False, changed_at=now if state.online else state.changed_at)
+    changed = now if not state.online else state.changed_at
+    body = msg.body if msg.kind is MessageKind.HEARTBEAT else state.health
+    return replace(state, online=True, bd_seq=msg.bd_seq, last_seen=now, changed_at=changed, health=body,
+                   site=str(msg.body.get("site") or state.site), version=str(msg.body.get("version") or state.version))
+
+
+def timed_out(state: BoxState, now: float, offline_after_s: float) -> BoxState:
+    """No birth nor heartbeat for ``offline_after_s``: offline, as if its death had come."""
+    if state.online and now - state.last_seen > offline_after_s:
+        return replace(state, online=False, changed_at=now)
+    return state
+
+
+def _num(doc: dict[str, Any], *path: str) -> float | None:
+    value: Any = doc
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if type(value) in (int, float) else None
+
+
+def evaluate(state: BoxState, rules: AlertRules, now: float) -> dict[tuple[AlertKind, str], str]:
+    """Active alerts of one box: ``{(kind, subject): detail}``; subject is "" or a modality."""
+    out: dict[tuple[AlertKind, str], str] = {}
+    if not state.online:
+        out[(AlertKind.BOX_OFFLINE, "")] = f"offline since {state.changed_at:.0f}"
+        return out  # the rest would be stale figures
+    h = state.health
+    age = _num(h, "backlog", "oldest_unacked_age_s")
+    if age is not None and age > rules.backlog_age_s:
+        out[(AlertKind.BACKLOG_AGE, "")] = f"oldest unacknowledged item {age / 60:.0f} min old"
+    used = _num(h, "disk", "used_percent")
+    if used is not None and used > rules.disk_used_percent:
+        out[(AlertKind.DISK_FULL, "")] = f"disk {used:.1f}% used"
+    not_after = _num(h, "cert_not_after")
+    if not_after is not None and not_after - now < rules.cert_expiry_days * 86400:
+        out[(AlertKind.CERT_EXPIRY, "")] = f"certificate expires in {(not_after - now) / 86400:.1f} days"
+    quarantined = _num(h, "quarantine_items")
+    if quarantined:
+        out[(AlertKind.QUARANTINE_NOT_EMPTY, "")] = f"{quarantined:.0f} items quarantined"
+    last = h.get("last_study") if isinstance(h.get("last_study"), dict) else {}
+    for modality, when in sorted(last.items()):
+        if not (isinstance(modality, str) and _MODALITY.match(modality) and type(when) in (int, float)):
+            continue
+        silent = silent_since(float(when), state.first_seen, now, rules.hours)
+        if silent > rules.silent_modality_s:
+            out[(AlertKind.MODALITY_SILENT, modality)] = f"no study for {silent / 3600:.1f} opening hours"
+    return out

@@ -1,0 +1,211 @@
+"""The edge's telemetry: birth, death (last will), heartbeats, utilisation records, /metrics.
+
+A second MQTT connection (client id ``mgw-edge-<box>-telemetry``) so telemetry never waits
+behind image chunks in the uplink's window, and its last will says "this box is gone".
+Every connect registers a will carrying a fresh ``bd_seq`` (persisted, growing); the birth
+published right after carries the same number (Sparkplug B). A clean stop disconnects with
+reason 0x04, so the broker publishes the death at once. Utilisation records are business
+data: QoS 1, no expiry, resent until the cloud acknowledges each revision on ``util/ack``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.adapters import host
+from gateway.adapters.exam_store import ExamStore
+from gateway.adapters.metrics_http import MetricsServer, Sample
+from gateway.adapters.mqtt_link import Inbound, MqttLink, Will
+from gateway.config import EdgeSettings
+from gateway.core import exam as exams
+from gateway.core import fleet, topics
+from gateway.core.fleet import MessageKind
+from gateway.edge.exams import ExamRecorder
+from gateway.paths import Paths
+
+log = logging.getLogger(__name__)
+_TICK_S = 1.0
+
+
+class Telemetry:
+    def __init__(self, settings: EdgeSettings, paths: Paths, recorder: ExamRecorder, uplink: MqttLink,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._paths = paths
+        self._recorder = recorder
+        self._store: ExamStore = recorder.store
+        self._uplink = uplink
+        self._clock = clock
+        self._started = clock()
+        self._box = settings.box.id
+        self._prefix = settings.mqtt.topic_prefix
+        self._bd_seq = -1
+        self._seq = 0
+        self._births = 0
+        self._acks: queue.Queue[bytes] = queue.Queue()
+        self._connected_flag = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.link = MqttLink(
+            settings.mqtt, client_id=f"mgw-edge-{self._box}-telemetry",
+            subscriptions=[(topics.util_ack_topic(self._prefix, self._box), 1)],
+            on_message=self._on_message, on_state=self._on_state, will_factory=self._will,
+        )
+        h = settings.health
+        self.metrics = MetricsServer(h.metrics_bind, h.metrics_port, self._samples) if h.metrics_port else None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start()
+        self.link.start()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.link.stop(send_will=True)
+        if self.metrics is not None:
+            self.metrics.stop()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.link.alive()
+
+    # -- MQTT callbacks (paho's thread) -----------------------------------------------------------------
+    def _will(self) -> Will:
+        self._bd_seq = self._store.next_counter("bd_seq")
+        payload = fleet.encode(MessageKind.DEATH, self._box, self._bd_seq)
+        return Will(topics.telemetry_topic(self._prefix, self._box, "state"), payload, qos=1, retain=True)
+
+    def _on_state(self, up: bool) -> None:
+        if up:
+            self._connected_flag.set()
+            self._wake.set()
+
+    def _on_message(self, message: Inbound) -> None:
+        self._acks.put(message.payload)
+        self._wake.set()
+
+    # -- the telemetry thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._connected_flag.is_set() and self.link.connected:
+                    self._connected_flag.clear()
+                    self._publish_birth()
+                    next_beat = 0.0  # a heartbeat right after the birth
+                self._drain_acks()
+                self._recorder.pump()
+                if self.link.connected:
+                    self._send_records()
+                    if self._clock() >= next_beat:
+                        self._publish_heartbeat()
+                        next_beat = self._clock() + self._settings.health.heartbeat_s
+            except Exception:  # observer: telemetry must never stop the box
+                log.exception("telemetry round failed")
+            self._wake.wait(_TICK_S)
+            self._wake.clear()
+
+    def _publish_birth(self) -> None:
+        payload = fleet.encode(MessageKind.BIRTH, self._box, self._bd_seq, at=round(self._clock(), 3),
+                               version=__version__, site=self._site(), heartbeat_s=self._settings.health.heartbeat_s)
+        self.link.publish(topics.telemetry_topic(self._prefix, self._box, "state"), payload, qos=1, retain=True)
+        self._births += 1
+
+    def _publish_heartbeat(self) -> None:
+        self._seq += 1
+        body = self.snapshot()
+        payload = fleet.encode(MessageKind.HEARTBEAT, self._box, self._bd_seq, seq=self._seq, **body)
+        expiry = int(2 * self._settings.health.heartbeat_s) + 1
+        self.link.publish(topics.telemetry_topic(self._prefix, self._box, "health"), payload, qos=1, expiry_s=expiry)
+
+    def _send_records(self) -> None:
+        now = self._clock()
+        for stored in self._store.due(now - self._settings.utilisation.resend_s):
+            record = exams.to_record(stored.exam, self._box, stored.revision)
+            record["site"] = self._site()
+            payload = json.dumps(record, separators=(",", ":")).encode()
+            if self.link.publish(topics.telemetry_topic(self._prefix, self._box, "util"), payload, qos=1):
+                self._store.mark_sent(stored.exam.study_key, stored.revision, now)
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                payload = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                doc = json.loads(payload)
+                key, revision = str(doc["study_key"]), int(doc["revision"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("utilisation ack malformed, ignored")
+                continue
+            self._store.mark_acked(key, revision)
+
+    def _site(self) -> str:
+        return self._settings.health.site or self._box
+
+    # -- figures ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The heartbeat body (docs/protocol.md): health figures, no patient data."""
+        now = self._clock()
+        backlog = self._store.backlog()
+        disk = host.disk(self._paths.state_dir)
+        return {
+            "at": round(now, 3), "uptime_s": round(now - self._started, 1), "version": __version__,
+            "site": self._site(),
+            "backlog": {"items": backlog.items, "bytes": backlog.bytes,
+                        "oldest_unacked_age_s": None if backlog.oldest_received_at is None
+                        else round(max(0.0, now - backlog.oldest_received_at), 1)},
+            "quarantine_items": backlog.quarantined,
+            "disk": None if disk is None else {"free_bytes": disk.free_bytes, "total_bytes": disk.total_bytes,
+                                               "used_percent": round(disk.used_percent, 2)},
+            "cpu_temp_c": host.cpu_temp_c(Path(self._settings.health.thermal_dir)),
+            "reconnects": self._uplink.reconnects, "uplink_connected": self._uplink.connected,
+            "last_study": self._store.last_study_per_modality(),
+            "cert_not_after": host.cert_not_after(self._settings.mqtt.cert_file),
+            "utilisation_unacked": self._store.unacked(), "exams_dropped": self._recorder.dropped,
+        }
+
+    def _samples(self) -> Iterator[Sample]:
+        snap = self.snapshot()
+        box = {"box_id": self._box}
+        yield Sample("mgw_edge_up", "1 while the edge service runs", 1, box)
+        yield Sample("mgw_edge_uptime_seconds", "seconds since the edge service started", snap["uptime_s"], box)
+        yield Sample("mgw_edge_uplink_connected", "1 while the image uplink is connected",
+                     int(snap["uplink_connected"]), box)
+        yield Sample("mgw_edge_uplink_reconnects_total", "uplink connections lost", snap["reconnects"], box, True)
+        yield Sample("mgw_edge_backlog_items", "instances not yet acknowledged by the cloud",
+                     snap["backlog"]["items"], box)
+        yield Sample("mgw_edge_backlog_bytes", "bytes not yet acknowledged by the cloud", snap["backlog"]["bytes"], box)
+        yield Sample("mgw_edge_backlog_oldest_age_seconds", "age of the oldest unacknowledged instance",
+                     snap["backlog"]["oldest_unacked_age_s"] or 0.0, box)
+        yield Sample("mgw_edge_quarantine_items", "instances set aside in quarantine", snap["quarantine_items"], box)
+        if snap["disk"] is not None:
+            yield Sample("mgw_edge_disk_free_bytes", "free bytes on the state disk", snap["disk"]["free_bytes"], box)
+            yield Sample("mgw_edge_disk_used_ratio", "used fraction of the state disk",
+                         snap["disk"]["used_percent"] / 100.0, box)
+        if snap["cpu_temp_c"] is not None:
+            yield Sample("mgw_edge_cpu_temperature_celsius", "hottest thermal zone", snap["cpu_temp_c"], box)
+        if snap["cert_not_after"] is not None:
+            yield Sample("mgw_edge_certificate_expiry_timestamp_seconds", "client certificate notAfter",
+                         snap["cert_not_after"], box)
+        for modality, when in snap["last_study"].items():
+            yield Sample("mgw_edge_last_study_timestamp_seconds", "last study received per modality", when,
+                         {**box, "modality": modality})
+        yield Sample("mgw_edge_utilisation_unacked", "exam records the cloud has not acknowledged",
+                     snap["utilisation_unacked"], box)
+        yield Sample("mgw_edge_births_total", "birth messages published", self._births, box, True)

@@ -1,0 +1,215 @@
+"""``mgw simulate``: N simulated boxes against a real broker and cloud, for a bounded time.
+
+Each simulated box publishes what a real edge publishes (core.fleet and core.exam
+formats, the same topics): a birth, heartbeats with plausible health figures, exam
+records (a backfill of the day so far, then live exams), and now and then an outage: its
+death (as the broker would publish its last will), silence, then a new birth with the
+next ``bd_seq``. To keep one process light at thousands of boxes, the boxes share a small
+pool of MQTT connections; the cloud sees the same messages as from real boxes (only the
+broker-side will is replaced by an explicit death).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import __version__
+from gateway.adapters.mqtt_link import MqttLink
+from gateway.config import MqttSettings
+from gateway.core import fleet, topics
+from gateway.core.errors import LocalError
+from gateway.core.fleet import MessageKind
+
+MODALITIES = ("CT", "MR", "DX", "US", "MG", "CR")
+MAX_BOXES, MAX_MINUTES = 5000, 1440.0
+
+
+@dataclass
+class SimBox:
+    box_id: str
+    modality: str
+    site: str
+    bd_seq: int = 0
+    seq: int = 0
+    started: float = 0.0
+    online: bool = True
+    back_at: float = 0.0
+    backlog_items: int = 0
+    disk_used: float = 50.0
+    cert_not_after: float = 0.0
+    quarantine: int = 0
+    last_study: float | None = None
+    exams: int = 0
+    next_exam: float = 0.0
+
+
+@dataclass
+class SimReport:
+    boxes: int = 0
+    seconds: float = 0.0
+    births: int = 0
+    deaths: int = 0
+    heartbeats: int = 0
+    exams: int = 0
+    outages: int = 0
+    publish_failures: int = 0
+    last_heartbeat: dict[str, float] = field(default_factory=dict)  # box -> "at" of its last heartbeat
+
+
+class Simulator:
+    def __init__(self, mqtt: MqttSettings, boxes: int, heartbeat_s: float = 30.0, outage_percent: float = 2.0,
+                 seed: int = 1, backfill_hours: float = 8.0, connections: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not 1 <= boxes <= MAX_BOXES:
+            raise LocalError(f"--boxes must be 1..{MAX_BOXES}")
+        if heartbeat_s < 1:
+            raise LocalError("--heartbeat-s must be at least 1")
+        self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
+        self._clock = clock
+        self._prefix = mqtt.topic_prefix
+        self.heartbeat_s = heartbeat_s
+        self._outage_p = outage_percent / 100.0
+        self._backfill_s = backfill_hours * 3600
+        run = uuid.uuid4().hex[:8]
+        n_links = connections or max(1, min(8, boxes // 50 + 1))
+        self._links = [MqttLink(mqtt, client_id=f"mgw-sim-{run}-{i}", subscriptions=[], on_message=lambda m: None,
+                                session_expiry_s=0, max_inflight=1000) for i in range(n_links)]
+        self.boxes = [self._new_box(i) for i in range(boxes)]
+        self.report = SimReport(boxes=boxes)
+        self._lock = threading.Lock()
+
+    def _new_box(self, i: int) -> SimBox:
+        rng = self._rng
+        return SimBox(box_id=f"sim-{i:04d}", modality=MODALITIES[i % len(MODALITIES)], site=f"site-{i // 4:03d}",
+                      disk_used=rng.uniform(30, 70) if rng.random() > 0.02 else rng.uniform(86, 95),
+                      cert_not_after=self._clock() + 86400 * (rng.uniform(5, 25) if rng.random() < 0.03
+                                                              else rng.uniform(60, 365)),
+                      bd_seq=rng.randrange(1, 1000))
+
+    # -- running ---------------------------------------------------------------------------------------
+    def run(self, seconds: float, stop: threading.Event | None = None) -> SimReport:
+        stop = stop or threading.Event()
+        for link in self._links:
+            link.start()
+        try:
+            if not all(link.wait_connected(15) for link in self._links):
+                raise LocalError(f"broker {self._links[0]._settings.host}:{self._links[0]._settings.port} unreachable")
+            self._loop(seconds, stop)
+        finally:
+            for link in self._links:
+                link.stop()
+        return self.report
+
+    def _loop(self, seconds: float, stop: threading.Event) -> None:
+        start = self._clock()
+        due: list[tuple[float, int]] = []
+        for i, box in enumerate(self.boxes):
+            box.started = start
+            self._birth(i, box)
+            self._backfill(i, box, start)
+            heapq.heappush(due, (start + self._rng.uniform(0, self.heartbeat_s), i))
+        while not stop.is_set() and self._clock() - start < seconds:
+            when, i = due[0]
+            wait = when - self._clock()
+            if wait > 0:
+                stop.wait(min(wait, 0.2))
+                continue
+            heapq.heappop(due)
+            heapq.heappush(due, (when + self.heartbeat_s, i))
+            self._tick(i, self.boxes[i], self._clock())
+        self.report.seconds = round(self._clock() - start, 1)
+
+    def _tick(self, i: int, box: SimBox, now: float) -> None:
+        if not box.online:
+            if now >= box.back_at:
+                box.online, box.bd_seq = True, box.bd_seq + 1
+                self._birth(i, box)
+            return
+        if self._rng.random() < self._outage_p * self.heartbeat_s / 60.0:
+            box.online, box.back_at = False, now + self._rng.uniform(60, 180)
+            self._publish(i, "state", fleet.encode(MessageKind.DEATH, box.box_id, box.bd_seq), retain=True)
+            self.report.deaths += 1
+            self.report.outages += 1
+            return
+        while box.next_exam and box.next_exam <= now:
+            self._exam(i, box, box.next_exam)
+            box.next_exam += self._rng.expovariate(1 / 600.0)
+        self._heartbeat(i, box, now)
+
+    # -- messages ---------------------------------------------------------------------------------------
+    def _publish(self, i: int, leaf: str, payload: bytes, retain: bool = False, expiry_s: int | None = None) -> None:
+        link = self._links[i % len(self._links)]
+        if not link.publish(topics.telemetry_topic(self._prefix, self.boxes[i].box_id, leaf), payload, qos=1,
+                            retain=retain, expiry_s=expiry_s):
+            self.report.publish_failures += 1
+
+    def _birth(self, i: int, box: SimBox) -> None:
+        self._publish(i, "state", fleet.encode(MessageKind.BIRTH, box.box_id, box.bd_seq, at=self._clock(),
+                                               version=__version__, site=box.site, heartbeat_s=self.heartbeat_s),
+                      retain=True)
+        self.report.births += 1
+
+    def _heartbeat(self, i: int, box: SimBox, now: float) -> None:
+        rng = self._rng
+        box.seq += 1
+        box.backlog_items = max(0, box.backlog_items + rng.randint(-3, 3))
+        box.quarantine = 1 if rng.random() < 0.002 else box.quarantine
+        body: dict[str, Any] = {
+            "seq": box.seq, "at": round(now, 3), "uptime_s": round(now - box.started, 1), "version": __version__,
+            "site": box.site, "reconnects": box.bd_seq % 7, "uplink_connected": True,
+            "backlog": {"items": box.backlog_items, "bytes": box.backlog_items * 520_000,
+                        "oldest_unacked_age_s": round(rng.uniform(1, 40), 1) if box.backlog_items else None},
+            "quarantine_items": box.quarantine,
+            "disk": {"free_bytes": int((100 - box.disk_used) * 2.5e9), "total_bytes": int(2.5e11),
+                     "used_percent": round(box.disk_used, 2)},
+            "cpu_temp_c": round(rng.uniform(42, 68), 1), "cert_not_after": box.cert_not_after,
+            "last_study": {box.modality: box.last_study} if box.last_study else {},
+            "utilisation_unacked": 0, "exams_dropped": 0,
+        }
+        self._publish(i, "health", fleet.encode(MessageKind.HEARTBEAT, box.box_id, box.bd_seq, **body),
+                      expiry_s=int(2 * self.heartbeat_s) + 1)
+        self.report.heartbeats += 1
+        with self._lock:
+            self.report.last_heartbeat[box.box_id] = now
+
+    def _backfill(self, i: int, box: SimBox, now: float) -> None:
+        t = now - self._backfill_s
+        while self._backfill_s and t < now - 900:
+            t += self._rng.expovariate(1 / 1200.0)
+            if t < now - 900:
+                self._exam(i, box, t)
+        box.next_exam = now + self._rng.expovariate(1 / 600.0)
+
+    def _exam(self, i: int, box: SimBox, start: float) -> None:
+        rng = self._rng
+        duration = rng.uniform(240, 1500) if box.modality in ("CT", "MR") else rng.uniform(60, 420)
+        images = rng.randint(200, 1500) if box.modality in ("CT", "MR") else rng.randint(1, 6)
+        end = start + duration
+        received = end + rng.uniform(1, 20)
+        box.exams += 1
+        box.last_study = received
+        record = {"v": 1, "box_id": box.box_id, "study_key": uuid.UUID(int=rng.getrandbits(128)).hex,
+                  "revision": 1, "modality": box.modality, "start": round(start, 3), "end": round(end, 3),
+                  "images": images, "series": rng.randint(1, 6), "source": "header", "status": "completed",
+                  "first_received_at": round(start + 5, 3), "last_received_at": round(received, 3),
+                  "cloud_stored_at": round(received + rng.lognormvariate(2.5, 0.6), 3), "site": box.site}
+        self._publish(i, "util", json.dumps(record, separators=(",", ":")).encode())
+        self.report.exams += 1
+
+
+def run_simulation(mqtt: MqttSettings, *, boxes: int, minutes: float, heartbeat_s: float, outage_percent: float,
+                   seed: int, backfill_hours: float = 8.0) -> dict[str, Any]:
+    if not 0 < minutes <= MAX_MINUTES:
+        raise LocalError(f"--minutes must be in (0, {MAX_MINUTES:.0f}]")
+    sim = Simulator(mqtt, boxes, heartbeat_s, outage_percent, seed, backfill_hours)
+    report = sim.run(minutes * 60)
+    doc = {k: v for k, v in report.__dict__.items() if k != "last_heartbeat"}
+    return doc
