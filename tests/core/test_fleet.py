@@ -57,8 +57,8 @@ def test_every_rule_fires_when_its_threshold_is_crossed() -> None:
 
 
 def test_healthy_box_has_no_alert_when_figures_are_normal() -> None:
-    body = {"backlog": {"oldest_unacked_age_s": None}, "disk": {"used_percent": 40.0}, "cert_not_after": NOW + 90 * 86400,
-            "quarantine_items": 0, "last_study": {"CT": NOW - 60}}
+    body = {"backlog": {"oldest_unacked_age_s": None}, "disk": {"used_percent": 40.0},
+            "cert_not_after": NOW + 90 * 86400, "quarantine_items": 0, "last_study": {"CT": NOW - 60}}
     s = fleet.apply(None, msg(MessageKind.HEARTBEAT, 1, **body), NOW)
     assert s is not None and fleet.evaluate(s, RULES, NOW) == {}
 
