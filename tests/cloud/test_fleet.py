@@ -1,0 +1,151 @@
+"""The fleet service against a real mosquitto: telemetry in, registry, exam records acknowledged,
+alerts raised and cleared, the REST API and /metrics over real HTTP, and the simulator."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.adapters.mosquitto import MosquittoBroker
+from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.cloud.fleet import FleetService
+from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, _fill_defaults
+from gateway.core import fleet, topics
+from gateway.core.fleet import MessageKind
+from gateway.paths import Paths
+from gateway.simulator import Simulator
+from tests.peers import _missing, free_port, wait_for
+
+PREFIX = "mgw/v1"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    try:
+        b = MosquittoBroker(tmp_path / "broker")
+    except Exception as exc:  # noqa: BLE001 - skip or fail with the reason
+        _missing(str(exc))
+    b.start()
+    yield b
+    b.stop()
+
+
+def settings(broker: MosquittoBroker, **fleet_keys: Any) -> CloudSettings:
+    fleet_settings = FleetSettings(http_port=free_port(), opening_hours="00:00-24:00",
+                                   open_weekdays=(1, 2, 3, 4, 5, 6, 7), **fleet_keys)
+    return _fill_defaults(CloudSettings(mqtt=MqttSettings(port=broker.port, reconnect_min_s=0.2),
+                                        ingest=IngestSettings(), fleet=fleet_settings))
+
+
+@pytest.fixture
+def service(broker: MosquittoBroker, tmp_path: Path) -> Iterator[FleetService]:
+    svc = FleetService(settings(broker, offline_after_s=3.0), Paths(tmp_path, tmp_path / "cloud", tmp_path))
+    svc.start()
+    assert svc.link.wait_connected(10)
+    yield svc
+    svc.stop()
+
+
+class Box:
+    """A box's telemetry link, as a real client of the broker."""
+
+    def __init__(self, broker: MosquittoBroker, box_id: str) -> None:
+        self.box_id = box_id
+        self.acks: list[dict[str, Any]] = []
+        self.link = MqttLink(MqttSettings(port=broker.port), client_id=f"test-{box_id}",
+                             subscriptions=[(topics.util_ack_topic(PREFIX, box_id), 1)], on_message=self._ack)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def _ack(self, message: Inbound) -> None:
+        self.acks.append(json.loads(message.payload))
+
+    def send(self, leaf: str, payload: bytes) -> None:
+        assert self.link.publish(topics.telemetry_topic(PREFIX, self.box_id, leaf), payload, qos=1)
+
+    def state(self, kind: MessageKind, bd_seq: int) -> None:
+        self.send("state", fleet.encode(kind, self.box_id, bd_seq, site="clinic-a", version="9.9"))
+
+
+def get(svc: FleetService, path: str) -> Any:
+    with urllib.request.urlopen(svc.http.url.rstrip("/") + path, timeout=10) as rsp:  # noqa: S310 - loopback
+        body = rsp.read()
+        return body.decode() if path == "/metrics" else json.loads(body)
+
+
+def box_doc(svc: FleetService, box_id: str) -> dict[str, Any] | None:
+    return next((b for b in get(svc, "/api/v1/boxes")["boxes"] if b["box_id"] == box_id), None)
+
+
+def test_registry_ignores_a_stale_death_when_the_box_was_reborn(service: FleetService, broker: MosquittoBroker) -> None:
+    box = Box(broker, "box-a")
+    box.state(MessageKind.BIRTH, 4)
+    wait_for(lambda: (d := box_doc(service, "box-a")) and d["online"], 10, "box-a online")
+    box.state(MessageKind.BIRTH, 5)
+    box.state(MessageKind.DEATH, 4)  # a late will from the previous connection
+    box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-a", 5, at=1.0, disk={"used_percent": 97.0}))
+    wait_for(lambda: "disk_full" in (box_doc(service, "box-a") or {}).get("alerts", []), 10, "disk alert")
+    assert box_doc(service, "box-a")["online"] and box_doc(service, "box-a")["site"] == "clinic-a"
+    box.state(MessageKind.DEATH, 5)
+    wait_for(lambda: not box_doc(service, "box-a")["online"], 10, "box-a offline after its death")
+
+    def kinds() -> set[tuple[str, bool]]:
+        return {(a["kind"], a["cleared_at"] is None) for a in get(service, "/api/v1/alerts?all=1")["alerts"]}
+
+    wait_for(lambda: ("box_offline", True) in kinds(), 10, "the offline alert")
+    assert ("disk_full", False) in kinds()  # cleared: an offline box's figures are stale
+
+
+def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: MosquittoBroker) -> None:
+    box = Box(broker, "box-b")
+    box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-b", 1, at=1.0))
+    wait_for(lambda: (d := box_doc(service, "box-b")) and d["online"], 10, "box-b online")
+    wait_for(lambda: not box_doc(service, "box-b")["online"], 10, "box-b offline after offline_after_s")
+    assert "box_offline" in box_doc(service, "box-b")["alerts"]
+    metrics = get(service, "/metrics")
+    assert 'mgw_fleet_box_up{box_id="box-b",site=""} 0.0' in metrics
+    assert 'mgw_fleet_alerts_open{kind="box_offline"} 1.0' in metrics
+
+
+def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetService,
+                                                                 broker: MosquittoBroker) -> None:
+    box = Box(broker, "box-c")
+    box.state(MessageKind.BIRTH, 1)
+    t0 = time.time() // 86400 * 86400 + 3600  # 01:00 UTC today
+    record = {"v": 1, "box_id": "box-c", "study_key": "ab" * 16, "revision": 2, "modality": "CT", "start": t0,
+              "end": t0 + 600, "images": 300, "series": 3, "source": "header", "status": "completed",
+              "first_received_at": t0 + 10, "last_received_at": t0 + 620, "cloud_stored_at": t0 + 650,
+              "site": "clinic-c"}
+    box.send("util", json.dumps(record).encode())
+    box.send("util", json.dumps({**record, "revision": 1, "images": 1}).encode())  # an older revision, late
+    box.send("util", b"{not json")
+    wait_for(lambda: len(box.acks) >= 1, 10, "the ack of revision 2")
+    wait_for(lambda: service.counters.rejected >= 1, 10, "the malformed record refused")
+    assert box.acks[0] == {"v": 1, "study_key": "ab" * 16, "revision": 2}
+    modalities = get(service, "/api/v1/modalities")["modalities"]
+    assert [(m["box_id"], m["modality"], m["exams"], m["images"]) for m in modalities] == [("box-c", "CT", 1, 300)]
+    assert get(service, "/api/v1/turnaround?days=2")["sites"][0]["p50_s"] == 30.0
+    util = get(service, "/api/v1/utilisation?box=box-c&modality=CT&days=1")
+    assert util["days"][-1]["exams"] == 1 and util["days"][-1]["occupancy"] == pytest.approx(600 / 86400, abs=1e-4)
+
+
+def test_simulated_fleet_is_registered_when_the_simulator_runs(service: FleetService, broker: MosquittoBroker) -> None:
+    sim = Simulator(MqttSettings(port=broker.port), boxes=40, heartbeat_s=2.0, outage_percent=0.0, backfill_hours=1)
+    stop = threading.Event()
+    runner = threading.Thread(target=sim.run, args=(6.0, stop))
+    runner.start()
+    try:
+        wait_for(lambda: sum(b["online"] and b["heartbeat_at"] is not None
+                             for b in get(service, "/api/v1/boxes")["boxes"]) == 40, 20, "40 boxes' heartbeats")
+    finally:
+        stop.set()
+        runner.join(20)
+    assert sim.report.heartbeats >= 40 and sim.report.publish_failures == 0
+    wait_for(lambda: service.counters.exams >= sim.report.exams > 0, 20, "every simulated exam stored")
