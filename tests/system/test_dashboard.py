@@ -1,0 +1,88 @@
+"""The fleet view end to end, as a new user would see it: a real deployment (mosquitto, cloud
+ingest, cloud fleet, edge), a real study from DCMTK storescu, the dashboard in a real headless
+Chromium; then the box is killed and turns offline."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selenium.webdriver.common.by import By
+
+from gateway.adapters import dicom_scu
+from gateway.demo import study_files
+from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
+from tests.peers import wait_for
+from tests.system.browser import chromium
+
+
+def api(d: LoopbackDeployment, path: str) -> Any:
+    with urllib.request.urlopen(d.dashboard_url.rstrip("/") + path, timeout=10) as rsp:  # noqa: S310 - loopback
+        return json.loads(rsp.read())
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as rsp:  # noqa: S310 - loopback
+            return rsp.read().decode()
+    except OSError:
+        return ""
+
+
+def box(d: LoopbackDeployment) -> dict[str, Any] | None:
+    try:
+        return next((b for b in api(d, "/api/v1/boxes")["boxes"] if b["box_id"] == BOX_ID), None)
+    except OSError:
+        return None
+
+
+def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was_sent(
+        deploy: Callable[..., LoopbackDeployment], tmp_path: Path) -> None:
+    d = deploy()
+    files = study_files()
+    dicom_scu.send_study("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files)
+    wait_for(lambda: (b := box(d)) and b["online"], 30, "the demo box online in the fleet API")
+    sites = wait_for(lambda: api(d, "/api/v1/turnaround")["sites"], 60, "the study's turnaround")
+    assert sites[0]["site"] == BOX_ID and 0 <= sites[0]["p95_s"] < 60
+    modalities = {m["modality"]: m for m in api(d, "/api/v1/modalities")["modalities"]}
+    assert sum(m["images"] for m in modalities.values()) == len(files) and "CT" in modalities
+    metrics = wait_for(lambda: fetch(f"http://127.0.0.1:{d.edge_metrics_port}/metrics"), 10, "the edge /metrics")
+    assert f'mgw_edge_backlog_items{{box_id="{BOX_ID}"}} 0.0' in metrics
+    assert "mgw_edge_last_study_timestamp_seconds" in metrics
+
+    with chromium() as browser:
+        browser.get(d.dashboard_url)
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 20, "the box row")
+        status = browser.find_element(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"] td[data-status]')
+        assert status.get_attribute("data-status") == "online"
+        assert browser.find_elements(By.CSS_SELECTOR, f'#turnaround tr[data-site="{BOX_ID}"]')
+        shot = tmp_path / "dashboard.png"
+        assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        browser.get(f"{d.dashboard_url}#/utilisation/{BOX_ID}/CT")
+        rows = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#utilisation tbody tr"), 20, "utilisation rows")
+        assert int(rows[0].find_elements(By.TAG_NAME, "td")[1].text) >= 1  # today's CT exam
+        assert browser.find_elements(By.CSS_SELECTOR, "canvas")
+        browser.save_screenshot(str(tmp_path / "utilisation.png"))
+
+        d.kill_edge()  # SIGKILL: the broker publishes the box's last will
+        browser.get(f"{d.dashboard_url}#/box/{BOX_ID}")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#box-status[data-status="offline"]'), 20,
+                 "the killed box shown offline")
+        browser.save_screenshot(str(tmp_path / "box-offline.png"))
+    wait_for(lambda: "box_offline" in box(d)["alerts"], 10, "the offline alert")
+
+
+def test_chinese_labels_are_shown_when_the_operator_switches_language(
+        deploy: Callable[..., LoopbackDeployment]) -> None:
+    d = deploy()
+    wait_for(lambda: (b := box(d)) and b["online"], 30, "the demo box online")
+    with chromium() as browser:
+        browser.get(d.dashboard_url)
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 20, "the box row")
+        browser.find_element(By.ID, "lang").click()
+        wait_for(lambda: "在线" in browser.find_element(By.ID, "boxes").text, 10, "Chinese status label")
+        assert browser.find_element(By.CSS_SELECTOR, "header h1").text == "影像网关设备总览"
