@@ -52,6 +52,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX items_queue ON items(state, priority DESC, id);
     """,
+    # issue 5: utilisation finds a study's items (turnaround: all acknowledged?) without a scan
+    """
+    CREATE INDEX IF NOT EXISTS items_study ON items(study_instance_uid);
+    """,
 ]
 
 

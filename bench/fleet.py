@@ -1,0 +1,143 @@
+"""How many boxes one cloud fleet process keeps fresh, and what it costs.
+
+For each fleet size: a real mosquitto, one real ``mgw cloud fleet`` process, and the fleet
+simulator (gateway/simulator.py, in this process) publishing births, heartbeats every
+``--heartbeat-s`` and exam records for N boxes. Once a second the bench reads
+``/api/v1/boxes`` (as the dashboard does) and measures, per box, how far the registry is
+behind: if the registry does not yet hold the last heartbeat the box sent, it is behind by
+the time since that heartbeat was sent; else 0. It reports the worst and the 99th
+percentile of that over the run, the API's response time, and the fleet process's CPU
+(from /proc, user+system over wall time) and peak RSS.
+
+    .venv/bin/python -m bench.fleet --boxes 1000 --seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway.adapters.mosquitto import MosquittoBroker, free_port
+from gateway.config import MqttSettings
+from gateway.core.utilisation import percentile
+from gateway.loopback import render_toml
+from gateway.simulator import Simulator
+
+GOAL_BEHIND_S = 5.0
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as rsp:  # noqa: S310 - loopback only
+        return json.loads(rsp.read())
+
+
+def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path) -> dict[str, Any]:
+    broker = MosquittoBroker(root / "broker", persistence=False)
+    broker.start()
+    port = free_port()
+    toml = root / "cloud.toml"
+    toml.write_text(render_toml({
+        "cloud": {"state_dir": str(root / "cloud"), "log_level": "WARNING"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "fleet": {"http_port": port, "offline_after_s": 3 * heartbeat_s}}))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
+                            stdout=subprocess.DEVNULL, stderr=open(root / "fleet.log", "ab"))  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}/api/v1/boxes"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(url)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        sim = Simulator(MqttSettings(port=broker.port), boxes, heartbeat_s=heartbeat_s, outage_percent=0.0,
+                        backfill_hours=0.0)
+        stop = threading.Event()
+        runner = threading.Thread(target=sim.run, args=(seconds + heartbeat_s, stop), daemon=True)
+        cpu0, wall0 = _proc_cpu_s(proc.pid), time.monotonic()
+        runner.start()
+        time.sleep(heartbeat_s)  # every box has sent its first heartbeat
+        behind, api_s, rss, online = [], [], 0.0, 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t = time.time()
+            with sim._lock:
+                sent = dict(sim.report.last_heartbeat)
+            t_api = time.monotonic()
+            doc = _get(url)
+            api_s.append(time.monotonic() - t_api)
+            held = {b["box_id"]: (b.get("heartbeat_at") or 0.0) for b in doc["boxes"]}
+            online = sum(b["online"] for b in doc["boxes"])
+            behind += [t - at if held.get(box, 0.0) < at - 0.01 else 0.0 for box, at in sent.items()]
+            rss = max(rss, _proc_rss_mb(proc.pid))
+            time.sleep(max(0.0, 1.0 - (time.time() - t)))
+        cpu = (_proc_cpu_s(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        stop.set()
+        runner.join(30)
+        worst = max(behind, default=0.0)
+        return {"boxes": boxes, "heartbeat_s": heartbeat_s, "seconds": seconds, "online_at_end": online,
+                "heartbeats_sent": sim.report.heartbeats, "behind_max_s": round(worst, 2),
+                "behind_p99_s": round(percentile(behind, 99) or 0.0, 2),
+                "api_p50_ms": round(1000 * (percentile(api_s, 50) or 0.0), 1),
+                "api_max_ms": round(1000 * max(api_s, default=0.0), 1),
+                "fleet_cpu_percent": round(100 * cpu, 1), "fleet_rss_mb_peak": round(rss, 1),
+                "fresh": worst <= GOAL_BEHIND_S and online == boxes}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        broker.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--boxes", type=int, nargs="+", default=[1000])
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--heartbeat-s", type=float, default=30.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the simulator's links log every clean disconnect
+    results = []
+    for n in args.boxes:
+        with tempfile.TemporaryDirectory(prefix="mgw-bench-fleet-") as tmp:
+            result = run_one(n, args.seconds, args.heartbeat_s, Path(tmp))
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print("| boxes | heartbeat | online | registry behind, max / p99 | API p50 / max | fleet CPU | fleet RSS | fresh |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['boxes']} | {r['heartbeat_s']:.0f} s | {r['online_at_end']} | {r['behind_max_s']} s / "
+              f"{r['behind_p99_s']} s | {r['api_p50_ms']} / {r['api_max_ms']} ms | {r['fleet_cpu_percent']}% | "
+              f"{r['fleet_rss_mb_peak']} MB | {'yes' if r['fresh'] else 'no'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
