@@ -79,6 +79,8 @@ class Backlog:
     bytes: int
     oldest_received_at: float | None
     quarantined: int
+    spool_items: int  # RECEIVED: not yet packed
+    outbox_items: int  # PACKED or SENDING: sealed, waiting for the cloud
 
 
 def _exam(row: sqlite3.Row) -> Exam:
@@ -243,12 +245,16 @@ class ExamStore:
         return float(last) if total and total == done and last is not None else None
 
     def backlog(self) -> Backlog:
-        marks = ",".join("?" * len(_BACKLOG_STATES))
-        items, size, oldest = self._spool_rows(
-            f"SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items WHERE state IN ({marks})",  # noqa: S608
-            _BACKLOG_STATES)[0]
-        quarantined = self._spool_rows("SELECT COUNT(*) FROM items WHERE state = 'quarantined'")[0][0]
-        return Backlog(int(items), int(size), None if oldest is None else float(oldest), int(quarantined))
+        rows = self._spool_rows("SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items "
+                                "WHERE state IN ('received', 'packed', 'sending', 'quarantined') GROUP BY state")
+        by_state = {r[0]: r[1:] for r in rows}
+        backlog = [by_state[s] for s in _BACKLOG_STATES if s in by_state]
+        oldest = min((r[2] for r in backlog), default=None)
+        return Backlog(items=sum(r[0] for r in backlog), bytes=sum(r[1] for r in backlog),
+                       oldest_received_at=None if oldest is None else float(oldest),
+                       quarantined=int(by_state.get("quarantined", (0,))[0]),
+                       spool_items=int(by_state.get("received", (0,))[0]),
+                       outbox_items=sum(int(by_state[s][0]) for s in ("packed", "sending") if s in by_state))
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import defaultdict
 from typing import Any
 
@@ -16,8 +17,6 @@ def opening_hours(settings: FleetSettings) -> OpeningHours:
 
 
 def _iso_day(day: int) -> str:
-    import datetime
-
     return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
 
 

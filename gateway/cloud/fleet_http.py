@@ -12,6 +12,7 @@ import json
 import logging
 import mimetypes
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -160,8 +161,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
 
     def _route(self, path: str, q: dict[str, str]) -> None:
-        import time
-
         service, now = self.fleet.service, time.time()
         if path == "/metrics":
             self._send(metrics_http.render(self.fleet.registry), metrics_http.CONTENT_TYPE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable
+from dataclasses import replace
 
 from gateway.adapters.dicom_scp import ReceivedInstance
 from gateway.adapters.exam_store import ExamStore, StoredExam
@@ -100,6 +101,4 @@ class ExamRecorder:
 
 
 def _with_stored(exam: exams.Exam, stored_at: float | None) -> exams.Exam:
-    from dataclasses import replace
-
     return exam if stored_at is None else replace(exam, cloud_stored_at=stored_at)

@@ -167,7 +167,8 @@ class Telemetry:
         return {
             "at": round(now, 3), "uptime_s": round(now - self._started, 1), "version": __version__,
             "site": self._site(),
-            "backlog": {"items": backlog.items, "bytes": backlog.bytes,
+            "backlog": {"items": backlog.items, "bytes": backlog.bytes, "spool_items": backlog.spool_items,
+                        "outbox_items": backlog.outbox_items,
                         "oldest_unacked_age_s": None if backlog.oldest_received_at is None
                         else round(max(0.0, now - backlog.oldest_received_at), 1)},
             "quarantine_items": backlog.quarantined,
@@ -190,6 +191,10 @@ class Telemetry:
         yield Sample("mgw_edge_uplink_reconnects_total", "uplink connections lost", snap["reconnects"], box, True)
         yield Sample("mgw_edge_backlog_items", "instances not yet acknowledged by the cloud",
                      snap["backlog"]["items"], box)
+        yield Sample("mgw_edge_backlog_stage_items", "unacknowledged instances by stage",
+                     snap["backlog"]["spool_items"], {**box, "stage": "spool"})
+        yield Sample("mgw_edge_backlog_stage_items", "unacknowledged instances by stage",
+                     snap["backlog"]["outbox_items"], {**box, "stage": "outbox"})
         yield Sample("mgw_edge_backlog_bytes", "bytes not yet acknowledged by the cloud", snap["backlog"]["bytes"], box)
         yield Sample("mgw_edge_backlog_oldest_age_seconds", "age of the oldest unacknowledged instance",
                      snap["backlog"]["oldest_unacked_age_s"] or 0.0, box)

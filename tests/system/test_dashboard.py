@@ -74,6 +74,12 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
                  "the killed box shown offline")
         browser.save_screenshot(str(tmp_path / "box-offline.png"))
     wait_for(lambda: "box_offline" in box(d)["alerts"], 10, "the offline alert")
+    seq_before = box(d)["bd_seq"]
+    d.start_edge()  # a restarted box is born again with a higher bd_seq, and its alert clears
+    wait_for(lambda: (b := box(d))["online"] and not b["alerts"], 30, "the restarted box online, alert cleared")
+    assert box(d)["bd_seq"] > seq_before
+    cleared = [a for a in api(d, "/api/v1/alerts?all=1")["alerts"] if a["kind"] == "box_offline"]
+    assert cleared and cleared[0]["cleared_at"] >= cleared[0]["raised_at"]
 
 
 def test_chinese_labels_are_shown_when_the_operator_switches_language(
