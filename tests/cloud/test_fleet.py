@@ -103,6 +103,24 @@ def test_registry_ignores_a_stale_death_when_the_box_was_reborn(service: FleetSe
     assert ("disk_full", False) in kinds()  # cleared: an offline box's figures are stale
 
 
+def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
+        broker: MosquittoBroker, tmp_path: Path) -> None:
+    paths = Paths(tmp_path, tmp_path / "cloud", tmp_path)
+    first = FleetService(settings(broker, offline_after_s=60.0), paths)
+    first.start()
+    box = Box(broker, "box-r")
+    box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-r", 3, at=1.0, quarantine_items=2))
+    wait_for(lambda: (d := box_doc(first, "box-r")) and "quarantine_not_empty" in d["alerts"], 10, "the alert")
+    first.stop()
+    second = FleetService(settings(broker, offline_after_s=60.0), paths)
+    try:
+        state = second.box("box-r")
+        assert state is not None and state.bd_seq == 3 and state.health["quarantine_items"] == 2
+        assert [(a.box_id, a.kind.value) for a in second.open_alerts()] == [("box-r", "quarantine_not_empty")]
+    finally:
+        second.store.close()
+
+
 def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: MosquittoBroker) -> None:
     box = Box(broker, "box-b")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-b", 1, at=1.0))

@@ -84,7 +84,10 @@ function chart(canvas, config) {
   config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false }, config.options || {});
   charts.push(new window.Chart(canvas, config));
 }
-const timeAxis = { type: "linear", ticks: { callback: (v) => fmtClock(v), maxTicksLimit: 8 } };
+const fmtClockS = (s) => new Date(s * 1000).toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB");
+// Linear axis of Unix seconds; seconds shown when the axis spans under 20 minutes.
+const timeAxis = { type: "linear", ticks: { maxTicksLimit: 8,
+  callback: (v, i, ticks) => (ticks[ticks.length - 1].value - ticks[0].value < 1200 ? fmtClockS(v) : fmtClock(v)) } };
 
 function sortable(table, rows, columns, render) {
   let key = null, asc = true;
