@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -130,7 +131,7 @@ class ExamStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"utilisation database: {exc}") from exc
 
-    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return list(self._conn.execute(sql, params))
@@ -225,7 +226,7 @@ class ExamStore:
             return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
     # -- the spool, read only -----------------------------------------------------------------------
-    def _spool_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _spool_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 if self._spool is None:

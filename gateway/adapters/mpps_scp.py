@@ -12,10 +12,11 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
 
 from gateway.core import exam as exams
@@ -94,7 +95,7 @@ class MppsService:
         return (status if isinstance(status, Dataset) else code), ds
 
     def _create(self, event: Event) -> tuple[Any, Dataset | None]:
-        req = event.request
+        req = cast(N_CREATE, event.request)
         if str(req.AffectedSOPClassUID) != MPPS_SOP_CLASS:
             return NStatus.NO_SUCH_SOP_CLASS, None
         uid = str(req.AffectedSOPInstanceUID or "")
@@ -115,7 +116,7 @@ class MppsService:
         return NStatus.SUCCESS, ds
 
     def _set(self, event: Event) -> tuple[Any, Dataset | None]:
-        req = event.request
+        req = cast(N_SET, event.request)
         if str(req.RequestedSOPClassUID) != MPPS_SOP_CLASS:
             return NStatus.NO_SUCH_SOP_CLASS, None
         uid = str(req.RequestedSOPInstanceUID or "")

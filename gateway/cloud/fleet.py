@@ -32,9 +32,9 @@ from gateway.paths import Paths
 log = logging.getLogger(__name__)
 FLUSH_S = 1.0
 _PRUNE_S = 3600.0
-_EXAM_KEYS = {"study_key": str, "revision": int, "modality": str, "start": (int, float), "end": (int, float),
-              "images": int, "series": int, "source": str, "status": str, "first_received_at": (int, float),
-              "last_received_at": (int, float)}
+_EXAM_KEYS: dict[str, type | tuple[type, ...]] = {
+    "study_key": str, "revision": int, "modality": str, "start": (int, float), "end": (int, float), "images": int,
+    "series": int, "source": str, "status": str, "first_received_at": (int, float), "last_received_at": (int, float)}
 
 
 @dataclass

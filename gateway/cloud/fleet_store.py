@@ -122,7 +122,7 @@ class SqliteFleetStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"fleet database: {exc}") from exc
 
-    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return list(self._conn.execute(sql, params))
@@ -170,7 +170,8 @@ class SqliteFleetStore:
 
     def exams(self, *, box_id: str | None = None, modality: str | None = None, since: float = 0.0,
               until: float = 1e12, limit: int = 100_000) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM exams WHERE start >= ? AND start < ?", [since, until]
+        sql = "SELECT * FROM exams WHERE start >= ? AND start < ?"
+        params: list[Any] = [since, until]
         if box_id is not None:
             sql, params = sql + " AND box_id = ?", [*params, box_id]
         if modality is not None:
@@ -200,7 +201,7 @@ class SqliteFleetStore:
 
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]:
         where = "cleared_at IS NULL" if open_only else "(cleared_at IS NULL OR raised_at >= ?)"
-        params: tuple = () if open_only else (since,)
+        params: tuple[Any, ...] = () if open_only else (since,)
         return [Alert(r["id"], r["box_id"], AlertKind(r["kind"]), r["subject"], r["detail"], r["raised_at"],
                       r["cleared_at"])
                 for r in self._rows(f"SELECT * FROM alerts WHERE {where} ORDER BY raised_at DESC", params)]  # noqa: S608

@@ -139,8 +139,9 @@ def evaluate(state: BoxState, rules: AlertRules, now: float) -> dict[tuple[Alert
     quarantined = _num(h, "quarantine_items")
     if quarantined:
         out[(AlertKind.QUARANTINE_NOT_EMPTY, "")] = f"{quarantined:.0f} items quarantined"
-    last = h.get("last_study") if isinstance(h.get("last_study"), dict) else {}
-    for modality, when in sorted(last.items()):
+    raw = h.get("last_study")
+    last: dict[Any, Any] = raw if isinstance(raw, dict) else {}
+    for modality, when in sorted(last.items(), key=lambda kv: str(kv[0])):
         if not (isinstance(modality, str) and _MODALITY.match(modality) and type(when) in (int, float)):
             continue
         silent = silent_since(float(when), state.first_seen, now, rules.hours)

@@ -103,7 +103,8 @@ def _clip(spans: Sequence[tuple[float, float]], lo: float, hi: float) -> list[tu
 def _gaps(busy: Sequence[tuple[float, float]], lo: float, hi: float, change_max_s: float
           ) -> tuple[list[float], list[float]]:
     """Gaps inside [lo, hi): between exams up to ``change_max_s`` are patient change, the rest idle."""
-    change, idle = [], []
+    change: list[float] = []
+    idle: list[float] = []
     cursor, first = lo, True
     for start, end in busy:
         gap = start - cursor

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from selenium.webdriver.common.by import By
 
 from gateway.adapters import dicom_scu
@@ -49,6 +50,11 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
     assert sites[0]["site"] == BOX_ID and 0 <= sites[0]["p95_s"] < 60
     modalities = {m["modality"]: m for m in api(d, "/api/v1/modalities")["modalities"]}
     assert sum(m["images"] for m in modalities.values()) == len(files) and "CT" in modalities
+    # No patient data leaves the box: no study UID in what the fleet stored, nor in any log.
+    uids = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID).encode() for f in files}
+    stored = b"".join(p.read_bytes() for p in (d.cloud_dir).glob("fleet.db*"))
+    logs = b"".join(p.read_bytes() for p in d.root.glob("*.log"))
+    assert stored and not [u for u in uids if u in stored or u in logs]
     metrics = wait_for(lambda: fetch(f"http://127.0.0.1:{d.edge_metrics_port}/metrics"), 10, "the edge /metrics")
     assert f'mgw_edge_backlog_items{{box_id="{BOX_ID}"}} 0.0' in metrics
     assert "mgw_edge_last_study_timestamp_seconds" in metrics
