@@ -98,3 +98,16 @@ def test_chinese_labels_are_shown_when_the_operator_switches_language(
         browser.find_element(By.ID, "lang").click()
         wait_for(lambda: "在线" in browser.find_element(By.ID, "boxes").text, 10, "Chinese status label")
         assert browser.find_element(By.CSS_SELECTOR, "header h1").text == "影像网关设备总览"
+
+
+def test_sort_order_survives_the_refresh_when_the_operator_sorts_a_column(
+        deploy: Callable[..., LoopbackDeployment]) -> None:
+    d = deploy()
+    wait_for(lambda: (b := box(d)) and b["online"], 30, "the demo box online")
+    with chromium() as browser:
+        browser.get(d.dashboard_url)
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 20, "the box row")
+        browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].click()  # "Box"
+        stamp = browser.find_element(By.ID, "updated").text
+        wait_for(lambda: browser.find_element(By.ID, "updated").text != stamp, 15, "the 5 s refresh")
+        assert "sorted" in browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].get_attribute("class")

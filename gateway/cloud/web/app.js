@@ -89,10 +89,12 @@ const fmtClockS = (s) => new Date(s * 1000).toLocaleTimeString(lang === "zh" ? "
 const timeAxis = { type: "linear", ticks: { maxTicksLimit: 8,
   callback: (v, i, ticks) => (ticks[ticks.length - 1].value - ticks[0].value < 1200 ? fmtClockS(v) : fmtClock(v)) } };
 
+const sortState = {}; // table id -> {key, asc}: the operator's sort survives the 5 s refresh
 function sortable(table, rows, columns, render) {
-  let key = null, asc = true;
+  const saved = sortState[table.id] || {};
+  let key = saved.key ?? null, asc = saved.asc ?? true;
   const head = el("tr", {}, columns.map((c) => el("th", { class: c.num ? "num" : "", onclick: () => {
-    asc = key === c.key ? !asc : true; key = c.key; draw();
+    asc = key === c.key ? !asc : true; key = c.key; sortState[table.id] = { key, asc }; draw();
   } }, t(c.label))));
   const body = el("tbody");
   table.append(el("thead", {}, head), body);
