@@ -100,7 +100,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.simulator import run_simulation
 
     settings, _ = _cloud_settings(args)
-    logs.setup("WARNING", False)
+    logs.setup("ERROR", False)
     report = run_simulation(settings.mqtt, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
                             outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours)
     print(json.dumps(report, indent=2) if args.json else

@@ -125,6 +125,10 @@ class Simulator:
             heapq.heappop(due)
             heapq.heappush(due, (when + self.heartbeat_s, i))
             self._tick(i, self.boxes[i], self._clock())
+        for i, box in enumerate(self.boxes):  # a clean stop: each box's death, as its will would say
+            if box.online:
+                self._publish(i, "state", fleet.encode(MessageKind.DEATH, box.box_id, box.bd_seq), retain=True)
+                self.report.deaths += 1
         self.report.seconds = round(self._clock() - start, 1)
 
     def _tick(self, i: int, box: SimBox, now: float) -> None:

@@ -167,3 +167,5 @@ def test_simulated_fleet_is_registered_when_the_simulator_runs(service: FleetSer
         runner.join(20)
     assert sim.report.heartbeats >= 40 and sim.report.publish_failures == 0
     wait_for(lambda: service.counters.exams >= sim.report.exams > 0, 20, "every simulated exam stored")
+    wait_for(lambda: not any(b["online"] for b in get(service, "/api/v1/boxes")["boxes"]), 10,
+             "every simulated box offline after its final death")
