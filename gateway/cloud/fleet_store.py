@@ -4,8 +4,10 @@
 implements it on one SQLite file (WAL, ``synchronous=NORMAL``: registry rows are rebuilt
 from the next heartbeat, exam records are re-sent by the edge until acknowledged, and the
 acknowledgement is sent only after the commit). A PostgreSQL implementation can be added
-beside it without touching the callers: plain SQL, ``?`` placeholders, no SQLite-only
-functions outside this module.
+beside it without touching the callers. The statements are kept to what both accept
+(``INSERT ... ON CONFLICT ... DO UPDATE/NOTHING``, no ``INSERT OR REPLACE``, no SQLite-only
+functions); only the ``?`` placeholders, the connection and the migrations' column types
+(``REAL``, ``INTEGER PRIMARY KEY``) would change.
 """
 
 from __future__ import annotations
@@ -136,7 +138,11 @@ class SqliteFleetStore:
         if not rows:
             return
         with self._tx() as conn:
-            conn.executemany("INSERT OR REPLACE INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET "
+                "site = excluded.site, version = excluded.version, online = excluded.online, "
+                "bd_seq = excluded.bd_seq, first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
+                "changed_at = excluded.changed_at, health = excluded.health", rows)
 
     def load_boxes(self) -> list[BoxState]:
         return [BoxState(r["box_id"], bool(r["online"]), r["bd_seq"], r["first_seen"], r["last_seen"],
@@ -148,7 +154,8 @@ class SqliteFleetStore:
         if values:
             with self._tx() as conn:
                 marks = ",".join("?" * len(_SAMPLE_FIELDS))
-                conn.executemany(f"INSERT OR REPLACE INTO health_samples VALUES ({marks})", values)  # noqa: S608
+                conn.executemany(f"INSERT INTO health_samples VALUES ({marks}) "  # noqa: S608 - constant names
+                                 "ON CONFLICT (box_id, at) DO NOTHING", values)
 
     def samples(self, box_id: str, since: float) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rows(
