@@ -5,6 +5,7 @@ Chromium; then the box is killed and turns offline."""
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -111,3 +112,15 @@ def test_sort_order_survives_the_refresh_when_the_operator_sorts_a_column(
         stamp = browser.find_element(By.ID, "updated").text
         wait_for(lambda: browser.find_element(By.ID, "updated").text != stamp, 15, "the 5 s refresh")
         assert "sorted" in browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].get_attribute("class")
+
+
+def test_cleanly_stopped_box_is_offline_at_once_when_it_disconnects_with_its_will(
+        deploy: Callable[..., LoopbackDeployment]) -> None:
+    d = deploy()
+    wait_for(lambda: (b := box(d)) and b["online"], 30, "the demo box online")
+    assert d.edge is not None
+    d.edge.send_signal(signal.SIGTERM)  # MQTT 5 DISCONNECT 0x04: the broker publishes the death now
+    assert d.edge.wait(15) == 0
+    # well within fleet.offline_after_s (10 s here): the death, not the time-out, turned it offline
+    wait_for(lambda: not box(d)["online"], 4, "the stopped box offline")
+    assert "CAUSE=death" in (d.root / "fleet.log").read_text()
