@@ -112,7 +112,6 @@ class ApplianceSettings:
 @dataclass(frozen=True)
 class HealthSettings:
     heartbeat_s: float = _f(30.0, "heartbeat period; each heartbeat expires on the broker after twice this")
-    site: str = _f("", "site name shown in the fleet view (no patient data); empty = the box id")
     metrics_bind: str = _f("127.0.0.1", "address of the local Prometheus /metrics endpoint")
     metrics_port: int = _f(9464, "port of the local Prometheus /metrics endpoint; 0 = off")
     thermal_dir: str = _f("/sys/class/thermal", "where CPU temperature sensors are read (thermal_zone*/temp)")

@@ -23,7 +23,8 @@ def crypto_erase(paths: Paths) -> dict[str, int]:
         if directory.is_dir():
             removed += sum(1 for p in directory.rglob("*") if p.is_file())
             shutil.rmtree(directory)
-    for name in ("spool.db", "spool.db-wal", "spool.db-shm", "device.toml"):
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm", "device.toml",
+                 "utilisation.db", "utilisation.db-wal", "utilisation.db-shm"):  # exams keep study UIDs
         path = paths.state_dir / name
         if path.exists():
             path.unlink()

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.adapters import blobs, keystore
+from gateway.adapters import blobs
 from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
-from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.exam_store import ExamStore
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.store import SpoolStore
@@ -89,15 +89,20 @@ class EdgeService:
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
-        self.exams, mpps = _utilisation(settings, paths, clock)
+        self.exams, mpps = _utilisation(settings, paths, keys, clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=mpps)
-        self.renewer = Renewer(settings, keys, self.link.reload_identity, clock)
+        self.renewer = Renewer(settings, keys, self._identity_renewed, clock)
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock)
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
         self.loop_heartbeat = time.monotonic()
+
+    def _identity_renewed(self) -> None:
+        """A renewed certificate: both MQTT connections present it at their next connect."""
+        self.link.reload_identity()
+        self.telemetry.link.reload_identity()
 
     # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
     def accept(self, instance: ReceivedInstance) -> int:
@@ -262,11 +267,11 @@ class EdgeService:
                 "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.size})
 
 
-def _utilisation(settings: EdgeSettings, paths: Paths, clock: Callable[[], float]
+def _utilisation(settings: EdgeSettings, paths: Paths, keys: FileKeyStore, clock: Callable[[], float]
                  ) -> tuple[ExamRecorder, list[MppsService]]:
     """The exam recorder and, when enabled, the MPPS SCP that feeds it."""
     u = settings.utilisation
-    secret = keystore.load_or_create_x25519(paths.state_dir / "keys" / "study_key.secret")  # 32 random bytes
+    secret = keys.secret("study_key")  # names studies outside the box (HMAC); never leaves it
     recorder = ExamRecorder(u, ExamStore(paths.state_dir / "utilisation.db", paths.spool_db), secret, clock)
     mpps = [MppsService(recorder, recorder.store, u.utc_offset_minutes * 60, clock)] if u.mpps else []
     return recorder, mpps

@@ -156,7 +156,7 @@ class Telemetry:
             self._store.mark_acked(key, revision)
 
     def _site(self) -> str:
-        return self._settings.health.site or self._box
+        return self._settings.box.site or self._box  # box.site is written by provisioning
 
     # -- figures ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -43,12 +43,13 @@ def box(d: LoopbackDeployment) -> dict[str, Any] | None:
 
 def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was_sent(
         deploy: Callable[..., LoopbackDeployment], tmp_path: Path) -> None:
-    d = deploy()
+    d = deploy(secure=True)  # as the demo runs: mutual TLS and per-box ACLs, a provisioned box
     files = study_files()
     dicom_scu.send_study("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files)
-    wait_for(lambda: (b := box(d)) and b["online"], 30, "the demo box online in the fleet API")
+    online = wait_for(lambda: (b := box(d)) and b["online"] and b, 30, "the demo box online in the fleet API")
+    assert online["site"] == "loopback-site" and online["cert_not_after"] > online["last_seen"] + 86400
     sites = wait_for(lambda: api(d, "/api/v1/turnaround")["sites"], 60, "the study's turnaround")
-    assert sites[0]["site"] == BOX_ID and 0 <= sites[0]["p95_s"] < 60
+    assert sites[0]["site"] == "loopback-site" and 0 <= sites[0]["p95_s"] < 60
     modalities = {m["modality"]: m for m in api(d, "/api/v1/modalities")["modalities"]}
     assert sum(m["images"] for m in modalities.values()) == len(files) and "CT" in modalities
     # No patient data leaves the box: no study UID in what the fleet stored, nor in any log.
@@ -65,7 +66,7 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 20, "the box row")
         status = browser.find_element(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"] td[data-status]')
         assert status.get_attribute("data-status") == "online"
-        assert browser.find_elements(By.CSS_SELECTOR, f'#turnaround tr[data-site="{BOX_ID}"]')
+        assert browser.find_elements(By.CSS_SELECTOR, '#turnaround tr[data-site="loopback-site"]')
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
