@@ -97,7 +97,7 @@ def test_decommission_crypto_erases_keys_and_cache_when_confirmed(deploy: Deploy
     assert (d.edge_dir / "keys" / "cache.secret").exists()
     erased = _mgw("decommission", "--state-dir", str(d.edge_dir), "--yes", "--json")
     assert erased.returncode == 0, erased.stderr
-    assert '"keys_erased": 2' in erased.stdout  # box.key and cache.secret
+    assert '"keys_erased": 3' in erased.stdout  # box.key, cache.secret and study_key.secret (utilisation)
     assert list((d.edge_dir / "keys").iterdir()) == []
     assert not (d.edge_dir / "spool").exists() and not (d.edge_dir / "device.toml").exists()
 
