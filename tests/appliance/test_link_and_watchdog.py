@@ -92,7 +92,9 @@ def test_edge_sends_ready_and_pings_the_watchdog_when_run_under_notify(
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # ping every 0.2 s
     deploy()
-    wait_for(lambda: sum(m == "WATCHDOG=1" for m in notify.drain()) >= 3, 30, "three watchdog pings")
+    # the fleet service pings too: wait for the edge's READY as well as the pings
+    wait_for(lambda: sum(m == "WATCHDOG=1" for m in notify.drain()) >= 3
+             and "READY=1\nSTATUS=edge running" in notify.messages, 30, "the edge ready and three watchdog pings")
     assert "READY=1\nSTATUS=edge running" in notify.messages  # the edge's, not only the cloud's
     assert "READY=1\nSTATUS=cloud ingest running" in notify.messages
 

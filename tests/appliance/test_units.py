@@ -66,7 +66,7 @@ def _exposure(unit: Path) -> float:
     return float(found.group(1))
 
 
-@pytest.mark.parametrize("unit", ["mgw-edge.service", "mgw-cloud.service"])
+@pytest.mark.parametrize("unit", ["mgw-edge.service", "mgw-cloud.service", "mgw-fleet.service"])
 def test_exposure_is_at_most_3_when_analyzed_offline(unit: str) -> None:
     assert _exposure(SYSTEMD / unit) <= MAX_EXPOSURE
 
