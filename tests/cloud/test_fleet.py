@@ -56,7 +56,10 @@ def service(broker: MosquittoBroker, tmp_path: Path) -> Iterator[FleetService]:
 class Box:
     """A box's telemetry link, as a real client of the broker."""
 
+    made: list[Box] = []  # stopped after each test (see the autouse fixture)
+
     def __init__(self, broker: MosquittoBroker, box_id: str) -> None:
+        Box.made.append(self)
         self.box_id = box_id
         self.acks: list[dict[str, Any]] = []
         self.link = MqttLink(MqttSettings(port=broker.port), client_id=f"test-{box_id}",
@@ -72,6 +75,13 @@ class Box:
 
     def state(self, kind: MessageKind, bd_seq: int) -> None:
         self.send("state", fleet.encode(kind, self.box_id, bd_seq, site="clinic-a", version="9.9"))
+
+
+@pytest.fixture(autouse=True)
+def _stop_boxes() -> Iterator[None]:
+    yield
+    while Box.made:
+        Box.made.pop().link.stop()
 
 
 def get(svc: FleetService, path: str) -> Any:
@@ -109,6 +119,8 @@ def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
     first = FleetService(settings(broker, offline_after_s=60.0), paths)
     first.start()
     box = Box(broker, "box-r")
+    box.state(MessageKind.BIRTH, 3)  # retained: the fleet gets it whenever its subscription is live
+    wait_for(lambda: box_doc(first, "box-r"), 10, "box-r known")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-r", 3, at=1.0, quarantine_items=2))
     wait_for(lambda: (d := box_doc(first, "box-r")) and "quarantine_not_empty" in d["alerts"], 10, "the alert")
     first.stop()
@@ -123,12 +135,14 @@ def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
 
 def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: MosquittoBroker) -> None:
     box = Box(broker, "box-b")
+    box.state(MessageKind.BIRTH, 1)
+    wait_for(lambda: box_doc(service, "box-b"), 10, "box-b known")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-b", 1, at=1.0))
-    wait_for(lambda: (d := box_doc(service, "box-b")) and d["online"], 10, "box-b online")
+    wait_for(lambda: (d := box_doc(service, "box-b")) and d["heartbeat_at"] == 1.0, 10, "box-b's heartbeat")
     wait_for(lambda: not box_doc(service, "box-b")["online"], 10, "box-b offline after offline_after_s")
     assert "box_offline" in box_doc(service, "box-b")["alerts"]
     metrics = get(service, "/metrics")
-    assert 'mgw_fleet_box_up{box_id="box-b",site=""} 0.0' in metrics
+    assert 'mgw_fleet_box_up{box_id="box-b",site="clinic-a"} 0.0' in metrics
     assert 'mgw_fleet_alerts_open{kind="box_offline"} 1.0' in metrics
 
 
@@ -136,6 +150,8 @@ def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetS
                                                                  broker: MosquittoBroker) -> None:
     box = Box(broker, "box-c")
     box.state(MessageKind.BIRTH, 1)
+    # the fleet's subscription is live once it has seen this box (exam records are not retained)
+    wait_for(lambda: box_doc(service, "box-c"), 10, "box-c known to the fleet")
     t0 = time.time() // 86400 * 86400 + 3600  # 01:00 UTC today
     record = {"v": 1, "box_id": "box-c", "study_key": "ab" * 16, "revision": 2, "modality": "CT", "start": t0,
               "end": t0 + 600, "images": 300, "series": 3, "source": "header", "status": "completed",
