@@ -118,9 +118,10 @@ def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
     paths = Paths(tmp_path, tmp_path / "cloud", tmp_path)
     first = FleetService(settings(broker, offline_after_s=60.0), paths)
     first.start()
+    assert first.link.wait_connected(10)
     box = Box(broker, "box-r")
     box.state(MessageKind.BIRTH, 3)  # retained: the fleet gets it whenever its subscription is live
-    wait_for(lambda: box_doc(first, "box-r"), 10, "box-r known")
+    wait_for(lambda: box_doc(first, "box-r"), 30, "box-r known")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-r", 3, at=1.0, quarantine_items=2))
     wait_for(lambda: (d := box_doc(first, "box-r")) and "quarantine_not_empty" in d["alerts"], 10, "the alert")
     first.stop()
@@ -136,7 +137,7 @@ def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
 def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: MosquittoBroker) -> None:
     box = Box(broker, "box-b")
     box.state(MessageKind.BIRTH, 1)
-    wait_for(lambda: box_doc(service, "box-b"), 10, "box-b known")
+    wait_for(lambda: box_doc(service, "box-b"), 30, "box-b known")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-b", 1, at=1.0))
     wait_for(lambda: (d := box_doc(service, "box-b")) and d["heartbeat_at"] == 1.0, 10, "box-b's heartbeat")
     wait_for(lambda: not box_doc(service, "box-b")["online"], 10, "box-b offline after offline_after_s")
@@ -151,7 +152,7 @@ def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetS
     box = Box(broker, "box-c")
     box.state(MessageKind.BIRTH, 1)
     # the fleet's subscription is live once it has seen this box (exam records are not retained)
-    wait_for(lambda: box_doc(service, "box-c"), 10, "box-c known to the fleet")
+    wait_for(lambda: box_doc(service, "box-c"), 30, "box-c known to the fleet")
     t0 = time.time() // 86400 * 86400 + 3600  # 01:00 UTC today
     record = {"v": 1, "box_id": "box-c", "study_key": "ab" * 16, "revision": 2, "modality": "CT", "start": t0,
               "end": t0 + 600, "images": 300, "series": 3, "source": "header", "status": "completed",
