@@ -50,8 +50,11 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
     assert online["site"] == "loopback-site" and online["cert_not_after"] > online["last_seen"] + 86400
     sites = wait_for(lambda: api(d, "/api/v1/turnaround")["sites"], 60, "the study's turnaround")
     assert sites[0]["site"] == "loopback-site" and 0 <= sites[0]["p95_s"] < 60
-    modalities = {m["modality"]: m for m in api(d, "/api/v1/modalities")["modalities"]}
-    assert sum(m["images"] for m in modalities.values()) == len(files) and "CT" in modalities
+    def modalities() -> dict[str, Any]:
+        return {m["modality"]: m for m in api(d, "/api/v1/modalities")["modalities"]}
+
+    wait_for(lambda: sum(m["images"] for m in modalities().values()) == len(files), 30, "every image counted")
+    assert "CT" in modalities()
     # No patient data leaves the box: no study UID in what the fleet stored, nor in any log.
     uids = {str(dcmread(f, stop_before_pixels=True).StudyInstanceUID).encode() for f in files}
     stored = b"".join(p.read_bytes() for p in (d.cloud_dir).glob("fleet.db*"))
