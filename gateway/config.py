@@ -84,6 +84,19 @@ class SpoolSettings:
 
 
 @dataclass(frozen=True)
+class CommitmentSettings:
+    enabled: bool = _f(True, "offer Storage Commitment (push model) to modalities on the edge AE")
+    modalities: tuple[str, ...] = _f((), "where to send an N-EVENT-REPORT when the requesting association is "
+                                      "closed: 'AE@host:port' per modality, AE = the modality's calling AE title")
+    absent_grace_s: float = _f(60.0, "a referenced instance not received this long after the request is failed (0x0112)")
+    max_wait_hours: float = _f(168.0, "a referenced instance not acknowledged by the cloud this long after the "
+                                      "request is failed (0x0110)")
+    report_retry_min_s: float = _f(5.0, "first delay before re-sending an undelivered N-EVENT-REPORT; doubles")
+    report_retry_max_s: float = _f(600.0, "longest delay between N-EVENT-REPORT delivery attempts")
+    max_report_attempts: int = _f(100, "delivery attempts of one N-EVENT-REPORT before it is abandoned (alert)")
+
+
+@dataclass(frozen=True)
 class BoxSettings:
     id: str = _req("this box's id: lowercase letters, digits and '-', as in its certificate")
     cloud_public_key: str = _req("the cloud's envelope X25519 public key, base64 of 32 bytes")
@@ -138,6 +151,7 @@ class EdgeSettings:
     appliance: ApplianceSettings = _f(None, "update hooks and USB sticks (docs/operations.md)")
     health: HealthSettings = _f(None, "heartbeat, birth/death and the local metrics endpoint")
     utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
+    commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
 
 
 @dataclass(frozen=True)
@@ -333,6 +347,7 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
         raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
+    _check_commitment(s.commitment, source)
     from gateway.core.framing import MAX_FRAME_BYTES, MIN_FRAME_BYTES
 
     if not MIN_FRAME_BYTES <= s.uplink.max_frame_bytes <= MAX_FRAME_BYTES:
@@ -345,6 +360,19 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ValueError
     except (ValueError, binascii.Error) as exc:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _check_commitment(c: CommitmentSettings, source: str) -> None:
+    from gateway.core.commitment import parse_modality
+
+    for entry in c.modalities:
+        try:
+            parse_modality(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: 'commitment.modalities': {exc}") from exc
+    if c.max_report_attempts < 1 or c.report_retry_min_s <= 0 or c.report_retry_max_s < c.report_retry_min_s:
+        raise ConfigError(f"{source}: need commitment.max_report_attempts >= 1 and "
+                          "0 < report_retry_min_s <= report_retry_max_s")
 
 
 def _fill_defaults(obj: T) -> T:

@@ -72,6 +72,15 @@ class MSG(enum.StrEnum):
     ALERT_CLEARED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0306"
     TELEMETRY_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0307"
     METRICS_UNAVAILABLE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0308"
+    # custody (issue 3): 0100-01ff
+    COMMITMENT_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0100"
+    COMMITMENT_REQUEST_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0101"
+    COMMITMENT_REPORTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0102"
+    COMMITMENT_UNDELIVERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0103"
+    COMMITMENT_ABANDONED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0104"
+    SPOOL_PURGED_FOR_SPACE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0105"
+    QUARANTINE_REPLAYED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0106"
+    QUARANTINE_DELETED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0107"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

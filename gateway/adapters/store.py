@@ -56,6 +56,26 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS items_study ON items(study_instance_uid);
     """,
+    # 3: Storage Commitment requests awaiting their N-EVENT-REPORT (gateway/adapters/commitment_store.py)
+    """
+    CREATE TABLE commitments (
+        id INTEGER PRIMARY KEY,
+        transaction_uid TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        peer_address TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        reported_at REAL,
+        committed_count INTEGER,
+        failed_count INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX commitments_due ON commitments(state, next_attempt_at);
+    CREATE INDEX items_sop_instance ON items(sop_instance_uid);
+    """,
 ]
 
 

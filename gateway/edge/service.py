@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 from gateway import __version__
 from gateway.adapters import blobs
+from gateway.adapters.commitment_store import CommitmentStore
 from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
 from gateway.adapters.exam_store import ExamStore
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.adapters.storage_commitment import StorageCommitmentScp
 from gateway.adapters.store import SpoolStore
 from gateway.adapters.udev_watch import LinkWatcher
 from gateway.appliance import status
@@ -90,7 +92,10 @@ class EdgeService:
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
         self.exams, mpps = _utilisation(settings, paths, keys, clock)
-        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=mpps)
+        self.commitments = StorageCommitmentScp(settings.commitment, settings.dicom, CommitmentStore(paths.spool_db),
+                                                clock)
+        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self,
+                                      services=[*mpps, self.commitments])
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock)
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock)
@@ -163,6 +168,7 @@ class EdgeService:
         self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
         status.record_uplink(self.paths.state_dir, False, self._clock(), at_start=True)
         self.listener.start()
+        self.commitments.start()
         self.link.start()
         self.link_watcher.start()
         self.telemetry.start()
@@ -182,6 +188,7 @@ class EdgeService:
         self._pack_wake.set()
         self.listener.stop()
         self.link_watcher.stop()
+        self.commitments.stop()
         for thread in self._threads:
             thread.join(10)
         self.telemetry.stop()
@@ -194,7 +201,8 @@ class EdgeService:
     def alive(self) -> bool:
         """All loops are running and the main loop turned recently (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
-        return fresh and self.link.alive() and self.telemetry.alive() and all(t.is_alive() for t in self._threads)
+        return (fresh and self.link.alive() and self.telemetry.alive() and self.commitments.alive()
+                and all(t.is_alive() for t in self._threads))
 
     def _sweep(self) -> None:
         """Remove what a crash left behind: never-committed uploads, orphans."""
@@ -254,6 +262,7 @@ class EdgeService:
                 return
             if isinstance(event, _Ack):
                 self.sender.on_ack(event.payload)
+                self.commitments.wake()
             else:
                 self.sender.link_changed(event.up)
                 status.record_uplink(self.paths.state_dir, event.up, self._clock())
