@@ -88,7 +88,8 @@ class CommitmentSettings:
     enabled: bool = _f(True, "offer Storage Commitment (push model) to modalities on the edge AE")
     modalities: tuple[str, ...] = _f((), "where to send an N-EVENT-REPORT when the requesting association is "
                                       "closed: 'AE@host:port' per modality, AE = the modality's calling AE title")
-    absent_grace_s: float = _f(60.0, "a referenced instance not received this long after the request is failed (0x0112)")
+    absent_grace_s: float = _f(60.0, "a referenced instance not received this long after the request is "
+                                     "failed (0x0112)")
     max_wait_hours: float = _f(168.0, "a referenced instance not acknowledged by the cloud this long after the "
                                       "request is failed (0x0110)")
     report_retry_min_s: float = _f(5.0, "first delay before re-sending an undelivered N-EVENT-REPORT; doubles")

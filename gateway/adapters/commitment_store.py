@@ -20,6 +20,8 @@ from gateway.core.commitment import CommitmentState, Reference, SpooledCopy
 from gateway.core.errors import StorageError
 from gateway.core.spool import ItemState
 
+_COLUMNS = ("id, transaction_uid, calling_ae, peer_address, refs, requested_at, state, attempts, next_attempt_at,"
+            " reported_at, last_error")
 _IN_BATCH = 500  # bound parameters per IN (...) query
 
 
@@ -93,9 +95,8 @@ class CommitmentStore:
     def _select(self, where: str, params: tuple[object, ...]) -> list[PendingCommitment]:
         with self._lock:
             try:
-                rows = self._conn.execute(
-                    "SELECT id, transaction_uid, calling_ae, peer_address, refs, requested_at, state, attempts,"
-                    f" next_attempt_at, reported_at, last_error FROM commitments {where}", params).fetchall()  # noqa: S608 - fixed SQL
+                sql = f"SELECT {_COLUMNS} FROM commitments {where}"  # noqa: S608 - fixed SQL
+                rows = self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"spool database {self.path}: {exc}") from exc
         return [PendingCommitment(
@@ -113,9 +114,8 @@ class CommitmentStore:
                 for start in range(0, len(uids), _IN_BATCH):
                     batch = uids[start:start + _IN_BATCH]
                     marks = ", ".join("?" for _ in batch)
-                    for uid, sop_class, state in self._conn.execute(
-                            f"SELECT sop_instance_uid, sop_class_uid, state FROM items WHERE sop_instance_uid IN ({marks})",  # noqa: S608 - marks only
-                            batch):
+                    sql = f"SELECT sop_instance_uid, sop_class_uid, state FROM items WHERE sop_instance_uid IN ({marks})"  # noqa: S608, E501 - marks only
+                    for uid, sop_class, state in self._conn.execute(sql, batch):
                         out.setdefault(uid, []).append(SpooledCopy(sop_class, ItemState(state)))
             except sqlite3.Error as exc:
                 raise StorageError(f"spool database {self.path}: {exc}") from exc

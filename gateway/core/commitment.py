@@ -142,7 +142,8 @@ class ModalityAddress:
     port: int
 
 
-_MODALITY = re.compile(r"^(?P<ae>[\x20-\x3f\x41-\x5b\x5d-\x7e]{1,16})@(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:@\[\]]+):(?P<port>\d{1,5})$")
+_MODALITY = re.compile(r"^(?P<ae>[\x20-\x3f\x41-\x5b\x5d-\x7e]{1,16})"  # default repertoire, no '@' or '\'
+                       r"@(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:@\[\]]+):(?P<port>\d{1,5})$")
 
 
 def parse_modality(entry: str) -> ModalityAddress:

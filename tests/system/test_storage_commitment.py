@@ -167,6 +167,8 @@ def test_n_action_is_refused_with_a_status_when_the_request_is_malformed(deploy:
     assert assoc.is_established
     assert _action(assoc, "", [("1.2.3", "1.2.3.4")]) == 0x0120  # no Transaction UID
     assert _action(assoc, generate_uid(), [("1.2.3", "not-a-uid")]) == 0x0106
-    status, _ = assoc.send_n_action(Dataset(), 7, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+    info = Dataset()
+    info.TransactionUID = generate_uid()
+    status, _ = assoc.send_n_action(info, 7, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
     assert int(status.Status) == 0x0123  # no such action
     assoc.release()
