@@ -50,6 +50,8 @@ LOOP_STALE_S = 30.0  # the main loop turns every 0.2 s; this long without a turn
 # item PACK_MAX_DEFER_S (an association that never pauses still gets its items packed).
 PACK_QUIET_S = 0.5
 PACK_MAX_DEFER_S = 30.0
+DISK_CHECK_S = 2.0
+PURGE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ class EdgeService:
             self._stop.wait(PACK_QUIET_S - quiet_for)
 
     def _main_loop(self) -> None:
-        next_sweep = 0.0
+        next_sweep = next_disk_check = 0.0
         while not self._stop.is_set():
             self._wake.wait(0.2)
             self._wake.clear()
@@ -253,6 +255,9 @@ class EdgeService:
             if self._clock() >= next_sweep:
                 self._purge_expired()
                 next_sweep = self._clock() + RETENTION_SWEEP_S
+            if self._clock() >= next_disk_check:
+                self._relieve_disk()
+                next_disk_check = self._clock() + DISK_CHECK_S
 
     def _drain_events(self) -> None:
         while True:
@@ -266,6 +271,23 @@ class EdgeService:
             else:
                 self.sender.link_changed(event.up)
                 status.record_uplink(self.paths.state_dir, event.up, self._clock())
+
+    def _relieve_disk(self) -> None:
+        """Above the high-water mark, purge acknowledged instances oldest first (never an
+        unacknowledged one) until use falls below the low-water mark or none is left."""
+        purged = freed = 0
+        while self._disk_refuses() and not self._stop.is_set():
+            batch = self.store.acked_before(float("inf"), limit=PURGE_BATCH)
+            if not batch:
+                break
+            for item in batch:
+                done, effects = self.store.transition(item.id, spool.RetentionExpired(), self._clock())
+                self.sender.apply_effects(done, effects)
+                purged, freed = purged + 1, freed + item.size
+        if purged:
+            log.warning("acknowledged instances purged early to free disk space", extra={
+                "MESSAGE_ID": MSG.SPOOL_PURGED_FOR_SPACE.value, "ITEMS": purged, "BYTES": freed,
+                "REFUSING": self._refusing})
 
     def _purge_expired(self) -> None:
         cutoff = self._clock() - self.settings.spool.retention_hours * 3600.0
