@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -212,6 +213,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from gateway.adapters.store import SpoolStore
+    from gateway.edge.quarantine import Quarantine
+
+    _, paths = _edge_settings(args)
+    if not paths.spool_db.exists():
+        raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
+    store = SpoolStore(paths.spool_db)
+    try:
+        desk = Quarantine(store, paths)
+        if args.quarantine_cmd == "list":
+            docs = [e.as_dict() for e in desk.entries()]
+        else:
+            action = {"show": desk.get, "replay": desk.replay, "delete": desk.delete}[args.quarantine_cmd]
+            docs = [action(args.id).as_dict()]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(docs if args.quarantine_cmd == "list" else docs[0], indent=2))
+        return 0
+    verb = {"replay": "replayed ", "delete": "deleted "}.get(args.quarantine_cmd, "")
+    for d in docs:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(d["received_at"])))  # type: ignore[arg-type]
+        print(f"{verb}{d['id']:>10}  {d['kind']:4s}  {when}  {int(d['bytes']):>11d} B  "  # type: ignore[call-overload]
+              f"{d['sop_class'] or '-'}  AE={d['calling_ae'] or '-'}  reason: {d['reason'] or '-'}")
+    if args.quarantine_cmd == "list" and not docs:
+        print("quarantine is empty")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     files = _config_files(args, "cloud" if args.cloud else "gateway")
     (config.load_cloud if args.cloud else config.load_edge)(files)
@@ -293,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1, help="random seed, for repeatable runs")
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.set_defaults(func=cmd_simulate)
+
+    quarantine = sub.add_parser("quarantine", help="quarantined instances: list, show, replay, delete (no PHI)")
+    qsub = quarantine.add_subparsers(dest="quarantine_cmd", required=True, metavar="ACTION")
+    for name, text in (("list", "every quarantined entry with its reason"), ("show", "one entry"),
+                       ("replay", "send a quarantined item through the queue again"),
+                       ("delete", "delete a quarantined entry's data (the item's row is kept)")):
+        q = with_config(qsub.add_parser(name, help=text))
+        if name != "list":
+            q.add_argument("id", help="entry id from `mgw quarantine list` (an item id, or file:<name>)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(func=cmd_quarantine)
 
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")

@@ -28,3 +28,10 @@ def disk_refuses(used_percent: float, high_water: float, low_water: float, refus
     if refusing:
         return used_percent >= low_water
     return used_percent >= high_water
+
+
+def delivery_exhausted(silent_rounds: int, max_rounds: int, cloud_acked_others_since: bool) -> bool:
+    """Quarantine a transfer resent ``max_rounds`` times without progress, but only while the
+    cloud is demonstrably alive (it acknowledged other transfers meanwhile): an outage of the
+    cloud or the link must never send the queue to quarantine."""
+    return silent_rounds >= max_rounds and cloud_acked_others_since

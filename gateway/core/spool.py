@@ -6,12 +6,15 @@
         v                   v                       v                          v
     QUARANTINED       ACKNOWLEDGED             QUARANTINED                  PURGED
         |
-     Replayed --> RECEIVED
+     Replayed --> RECEIVED            (PACKED/SENDING --SendExhausted--> QUARANTINED)
+        |
+     Discarded --> PURGED             (an operator's `mgw quarantine delete`)
 
 The database holds the state; ``step`` says what the next state is and which
 effects the service must carry out. The original blob is deleted only on the
-way to PURGED, which only ACKNOWLEDGED can reach: an instance the cloud has
-not confirmed is never deleted.
+way to PURGED, which only ACKNOWLEDGED can reach, or QUARANTINED by an
+operator's explicit decision: the service never deletes an instance the cloud
+has not confirmed.
 """
 
 from __future__ import annotations
@@ -74,6 +77,19 @@ class FramesTooLarge:
 
 Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
          | FramesTooLarge)
+class SendExhausted:
+    """Resent ``max_send_attempts`` rounds without progress while the cloud acked others."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """An operator deleted a quarantined item."""
+
+
+Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
+         | FramesTooLarge | SendExhausted | Discarded)
 
 
 # Effects: what the service must do, imperative.
@@ -101,6 +117,9 @@ TRANSITIONS: dict[tuple[ItemState, type], tuple[ItemState, tuple[Effect, ...]]] 
     (S.QUARANTINED, Replayed): (S.RECEIVED, ()),
     (S.PACKED, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
     (S.SENDING, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
+    (S.PACKED, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
+    (S.SENDING, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
+    (S.QUARANTINED, Discarded): (S.PURGED, (E.DELETE_BLOB,)),
 }
 
 TERMINAL = frozenset({S.PURGED})

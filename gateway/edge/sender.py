@@ -18,7 +18,7 @@ from gateway.adapters import blobs
 from gateway.adapters.mqtt_link import PacketTooLargeError
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
-from gateway.core import spool, topics
+from gateway.core import policy, spool, topics
 from gateway.core.errors import FrameError, StorageError, UnexpectedAckError
 from gateway.core.framing import AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
 from gateway.core.spool import Effect, ItemState
@@ -73,6 +73,7 @@ class Sender:
         self._link = link
         self._clock = clock
         self._active: dict[int, _Active] = {}
+        self._last_ack_at = 0.0  # any verified ack: the cloud is alive
         self.stats = SenderStats()
 
     # -- scheduling ------------------------------------------------------------------
@@ -88,6 +89,10 @@ class Sender:
         for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
             if budget <= 0:
                 break
+            if policy.delivery_exhausted(active.window.silent_rounds, up.max_send_attempts,
+                                         self._last_ack_at > active.window.last_progress_at):
+                self._exhausted(active)
+                continue
             seqs = active.window.due(now, budget, up.ack_timeout_s)
             published = self._publish(active, seqs)
             active.window.mark_sent(published, now)
@@ -179,6 +184,7 @@ class Sender:
         except (FrameError, UnexpectedAckError) as exc:
             self._bad_ack("ack failed verification", exc)
             return
+        self._last_ack_at = self._clock()
         if ack.kind is AckKind.PROGRESS:
             self._progress(item, ack.ranges)
         elif ack.kind is AckKind.STORED:
@@ -233,6 +239,15 @@ class Sender:
         self.stats.objects_rejected += 1
         log.error("instance quarantined: the cloud rejected it", extra={
             "MESSAGE_ID": MSG.ITEM_QUARANTINED.value, "ITEM_ID": item.id, "REASON": reason})
+
+    def _exhausted(self, active: _Active) -> None:
+        item, rounds = active.item, active.window.silent_rounds
+        reason = f"delivery: no acknowledgement after {rounds} resend rounds while the cloud acknowledged others"
+        done, effects = self._store.transition(item.id, spool.SendExhausted(reason=reason), self._clock())
+        self._drop(item.id)
+        self.apply_effects(done, effects)
+        log.error("instance quarantined: not delivered after bounded resends", extra={
+            "MESSAGE_ID": MSG.ITEM_QUARANTINED.value, "ITEM_ID": item.id, "ATTEMPTS": rounds, "REASON": reason})
 
     def _drop(self, item_id: int) -> None:
         active = self._active.pop(item_id, None)
