@@ -72,6 +72,8 @@ class UplinkSettings:
     zstd_level: int = _f(3, "zstandard level for packing (1-19)")
     pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (JPEG-LS strips, codec 2)")
     max_send_attempts: int = _f(20, "resend rounds of one object before it is quarantined")
+    max_kbps: int = _f(0, "uplink cap in kbit/s outside every bandwidth window; 0 = unlimited")
+    bandwidth_windows: tuple[str, ...] = _f((), "caps by local time, first match wins: '[mon[-fri] ]HH:MM-HH:MM=KBPS'")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,15 @@ class SpoolSettings:
     low_water_percent: float = _f(85.0, "accept again below this disk use")
     max_pack_attempts: int = _f(3, "pack failures of one instance before it is quarantined")
     encrypt_at_rest: bool = _f(True, "seal spooled originals with the cache key from the key store (AES-256-GCM)")
+    study_stable_s: float = _f(120.0, "a study with no new instance for this long is reported complete")
+
+
+@dataclass(frozen=True)
+class PrioritySettings:
+    stat_calling_aets: tuple[str, ...] = _f((), "instances from these calling AE titles are STAT (jump the queue)")
+    stat_modalities: tuple[str, ...] = _f((), "instances of these Modality (0008,0060) values are STAT, e.g. 'CT'")
+    honor_dicom_priority: bool = _f(True, "C-STORE Priority HIGH and Requested Procedure Priority HIGH/STAT raise "
+                                          "the priority")
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class EdgeSettings:
     health: HealthSettings = _f(None, "heartbeat, birth/death and the local metrics endpoint")
     utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
+    priority: PrioritySettings = _f(None, "which instances jump the uplink queue")
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,15 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
+    from gateway.core.bandwidth import parse_window
+
+    for entry in s.uplink.bandwidth_windows:
+        try:
+            parse_window(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: 'uplink.bandwidth_windows': {exc}") from exc
+    if s.uplink.max_kbps < 0:
+        raise ConfigError(f"{source}: 'uplink.max_kbps' must be >= 0")
     from gateway.core.framing import MAX_FRAME_BYTES, MIN_FRAME_BYTES
 
     if not MIN_FRAME_BYTES <= s.uplink.max_frame_bytes <= MAX_FRAME_BYTES:

@@ -81,6 +81,7 @@ class MSG(enum.StrEnum):
     SPOOL_PURGED_FOR_SPACE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0105"
     QUARANTINE_REPLAYED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0106"
     QUARANTINE_DELETED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0107"
+    STUDY_COMPLETE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0108"
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

@@ -77,6 +77,12 @@ class ReceivedInstance:
     # Header strings for utilisation (core.exam.HEADER_TAGS: Modality, acquisition/content/series/study
     # date and time); read in the same pass as the UIDs, never the pixels. Empty values are omitted.
     header: dict[str, str] = field(default_factory=dict)
+    dimse_priority: int = 0  # C-STORE Priority: 0 medium, 1 high, 2 low (for priority rules)
+    requested_priority: str = ""  # (0040,1003) Requested Procedure Priority, else (0032,000C) Study Priority ID
+
+    @property
+    def modality(self) -> str:
+        return self.header.get("Modality", "")
 
 
 class DicomService(Protocol):
@@ -316,27 +322,30 @@ def _discard(path: Path) -> None:
 def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInstance:
     req, requestor = cast(C_STORE, event.request), event.assoc.requestor
     transfer_syntax = UID(event.context.transfer_syntax)
-    study, series, header = _read_header(path, transfer_syntax)
+    study, series, header, priority = _read_header(path, transfer_syntax)
     return ReceivedInstance(
         path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
         sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,
         series_instance_uid=series, transfer_syntax_uid=str(transfer_syntax),
-        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address), header=header)
+        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address), header=header,
+        dimse_priority=int(getattr(req, "Priority", 0) or 0), requested_priority=priority)
 
 
-def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str, dict[str, str]]:
-    """Check the structure to the last byte, then read study/series UIDs and the utilisation
-    header strings; never the pixels."""
+def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str, dict[str, str], str]:
+    """Check the structure to the last byte, then read study/series UIDs, the utilisation header
+    strings and the priority attributes; never the pixels."""
     with open(path, "rb") as fh:
         found = check_dataset(fh, transfer_syntax)
     if not transfer_syntax.is_deflated:  # the walk read them on its way (pydicom would cost 0.4 ms more)
         header = {kw: text for tag, kw in _HEADER_TAGS.items() if (text := _uid_text(found.get(tag)))}
-        return _uid_text(found.get(_STUDY_UID)), _uid_text(found.get(_SERIES_UID)), header
+        priority = _uid_text(found.get(_REQUESTED_PRIORITY)) or _uid_text(found.get(_STUDY_PRIORITY))
+        return _uid_text(found.get(_STUDY_UID)), _uid_text(found.get(_SERIES_UID)), header, priority.strip()
     try:
         ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", *HEADER_TAGS])
+                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", *HEADER_TAGS, *_PRIORITY_KEYWORDS])
         header = {tag: str(value).strip() for tag in HEADER_TAGS if (value := ds.get(tag))}
-        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or ""), header
+        priority = str(ds.get("RequestedProcedurePriority") or ds.get("StudyPriorityID") or "").strip()
+        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or ""), header, priority
     except Exception as exc:  # pydicom raises many types on hostile bytes; all mean "unreadable"
         raise DatasetStructureError(f"header unreadable ({type(exc).__name__})") from exc
 
@@ -349,7 +358,9 @@ _STUDY_UID, _SERIES_UID, _MAX_UID_BYTES = 0x0020000D, 0x0020000E, 64
 # Utilisation's header strings (core.exam.HEADER_TAGS: DA, TM, DT, CS, SH; all short ASCII), read
 # by the same walk at no extra I/O.
 _HEADER_TAGS: dict[int, str] = {int(tag_for_keyword(kw) or 0): kw for kw in HEADER_TAGS}
-_WANTED = frozenset({_STUDY_UID, _SERIES_UID, *_HEADER_TAGS})
+_REQUESTED_PRIORITY, _STUDY_PRIORITY = 0x00401003, 0x0032000C  # for priority rules (core.priority)
+_PRIORITY_KEYWORDS = ("RequestedProcedurePriority", "StudyPriorityID")
+_WANTED = frozenset({_STUDY_UID, _SERIES_UID, *_HEADER_TAGS, _REQUESTED_PRIORITY, _STUDY_PRIORITY})
 
 
 def _uid_text(value: bytes | None) -> str:

@@ -75,6 +75,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX commitments_due ON commitments(state, next_attempt_at);
     CREATE INDEX items_sop_instance ON items(sop_instance_uid);
+    CREATE TABLE studies (
+        id INTEGER PRIMARY KEY,
+        study_instance_uid TEXT NOT NULL UNIQUE,
+        calling_ae TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        instances INTEGER NOT NULL DEFAULT 0,
+        first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        completed_at REAL
+    );
+    CREATE INDEX studies_open ON studies(completed_at, last_received_at);
     """,
 ]
 
@@ -171,6 +182,26 @@ class SpoolStore:
         with self._tx() as conn:
             cur = conn.execute(f"INSERT INTO items ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608 - column names are ours, values bound
             return int(cur.lastrowid or 0)
+
+    def note_study(self, study_instance_uid: str, calling_ae: str, priority: int, now: float) -> None:
+        """Count one more instance of a study; a new instance reopens a completed study."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO studies (study_instance_uid, calling_ae, priority, instances, first_received_at,"
+                " last_received_at) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
+                " instances = instances + 1, last_received_at = excluded.last_received_at, completed_at = NULL,"
+                " priority = MAX(priority, excluded.priority)",
+                (study_instance_uid, calling_ae, priority, now, now))
+
+    def complete_stable_studies(self, cutoff: float, now: float) -> list[tuple[int, str, int, int, float]]:
+        """Mark complete every open study with no instance since ``cutoff``; return
+        ``(study row id, calling AE, instances, priority, first_received_at)`` of each."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, calling_ae, instances, priority, first_received_at FROM studies"
+                " WHERE completed_at IS NULL AND last_received_at <= ?", (cutoff,)).fetchall()
+            conn.executemany("UPDATE studies SET completed_at = ? WHERE id = ?", [(now, r[0]) for r in rows])
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
     def get(self, item_id: int) -> SpoolItem | None:
         items = self._query("SELECT * FROM items WHERE id = ?", (item_id,))

@@ -9,6 +9,7 @@ crash resends at most that much on top of the in-flight window).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from gateway.adapters import blobs
 from gateway.adapters.mqtt_link import PacketTooLargeError
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
-from gateway.core import policy, spool, topics
+from gateway.core import bandwidth, policy, spool, topics
 from gateway.core.errors import FrameError, StorageError, UnexpectedAckError
 from gateway.core.framing import AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
 from gateway.core.spool import Effect, ItemState
@@ -74,6 +75,9 @@ class Sender:
         self._clock = clock
         self._active: dict[int, _Active] = {}
         self._last_ack_at = 0.0  # any verified ack: the cloud is alive
+        self._windows = [bandwidth.parse_window(w) for w in settings.uplink.bandwidth_windows]
+        self._bucket = bandwidth.TokenBucket()
+        self.throttled = 0  # times the bandwidth cap held a chunk back
         self.stats = SenderStats()
 
     # -- scheduling ------------------------------------------------------------------
@@ -102,12 +106,19 @@ class Sender:
                 break  # the link went down under us
         return sent
 
+    def cap_kbps(self) -> int:
+        local = time.localtime(self._clock())
+        return bandwidth.cap_kbps(self._windows, self._settings.uplink.max_kbps, local.tm_wday,
+                                  local.tm_hour * 60 + local.tm_min)
+
     def _refill(self) -> None:
+        """Take the next transfers in priority order; a transfer that outranks every active
+        one is taken even when all slots are busy (up to twice as many), so STAT jumps in."""
         want = self._settings.uplink.transfers_in_flight
-        if len(self._active) >= want:
-            return
+        top = max((a.item.priority for a in self._active.values()), default=None)
         for item in self._store.in_state(ItemState.SENDING, ItemState.PACKED, limit=want * 2):
-            if len(self._active) >= want:
+            outranks = top is not None and item.priority > top
+            if len(self._active) >= (want * 2 if outranks else want):
                 break
             if item.id not in self._active:
                 assert item.final_seq is not None
@@ -120,8 +131,12 @@ class Sender:
         topic = topics.chunk_topic(self._settings.mqtt.topic_prefix, self._settings.box.id, item.transfer_id)
         done: list[int] = []
         seen = self.stats.sent_seqs.setdefault(item.transfer_id, set())
+        cap = self.cap_kbps()
         for seq in seqs:
             frame = self._read_frame(active, seq)
+            if not self._bucket.take(len(frame), self._clock(), cap):
+                self.throttled += 1
+                break  # not published, not marked sent: the ack protocol never sees it
             try:
                 published = self._link.publish(topic, frame, qos=1)
             except PacketTooLargeError as exc:

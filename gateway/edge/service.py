@@ -32,6 +32,7 @@ from gateway.appliance import status
 from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
 from gateway.core.errors import SpoolFullError
+from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
 from gateway.edge import cache
 from gateway.edge.exams import ExamRecorder
@@ -78,6 +79,8 @@ class EdgeService:
         self._stop = threading.Event()
         self._refusing = False
         self._last_accept_s = 0.0  # time.monotonic() of the last committed C-STORE
+        p = settings.priority
+        self._priority_rules = PriorityRules(p.stat_calling_aets, p.stat_modalities, p.honor_dicom_priority)
         cloud_public = base64.b64decode(settings.box.cloud_public_key)
         prefix = settings.mqtt.topic_prefix
         self.link = MqttLink(
@@ -129,15 +132,36 @@ class EdgeService:
             "transfer_syntax_uid": instance.transfer_syntax_uid, "calling_ae": instance.calling_ae,
             "size": instance.size, "sha256": instance.sha256,
         }
+        priority = classify(self._priority_rules, instance.calling_ae, instance.modality,
+                            instance.dimse_priority, instance.requested_priority)
         try:
-            item_id = self.store.add_received(meta, name, self._clock())
+            item_id = self.store.add_received(meta, name, self._clock(), priority=int(priority))
         except Exception:
             blobs.remove(self.paths.blob_dir / name)
             raise
+        self._note_study(instance, int(priority))
         self._pack_wake.set()
         self._last_accept_s = time.monotonic()
         self.exams.observe(instance)  # enqueue only: utilisation never slows the answer
         return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
+
+    def _note_study(self, instance: ReceivedInstance, priority: int) -> None:
+        """Observer: study bookkeeping never fails a C-STORE whose item is committed."""
+        if not instance.study_instance_uid:
+            return
+        try:
+            self.store.note_study(instance.study_instance_uid, instance.calling_ae, priority, self._clock())
+        except Exception:
+            log.exception("study bookkeeping failed (the instance itself is stored)")
+
+    def _complete_stable_studies(self) -> None:
+        cutoff = self._clock() - self.settings.spool.study_stable_s
+        for study_id, calling_ae, instances, priority, first_at in self.store.complete_stable_studies(
+                cutoff, self._clock()):
+            log.info("study complete: no new instance for %.0f s", self.settings.spool.study_stable_s, extra={
+                "MESSAGE_ID": MSG.STUDY_COMPLETE.value, "STUDY_ID": study_id, "CALLING_AE": calling_ae,
+                "INSTANCES": instances, "PRIORITY": priority,
+                "RECEIVING_S": round(self._clock() - first_at - self.settings.spool.study_stable_s, 1)})
 
     def _disk_refuses(self) -> bool:
         usage = shutil.disk_usage(self.paths.state_dir)
@@ -257,6 +281,7 @@ class EdgeService:
                 next_sweep = self._clock() + RETENTION_SWEEP_S
             if self._clock() >= next_disk_check:
                 self._relieve_disk()
+                self._complete_stable_studies()
                 next_disk_check = self._clock() + DISK_CHECK_S
 
     def _drain_events(self) -> None:
