@@ -15,6 +15,8 @@ high-water mark. Then everything heals and the trial reconciles:
 - lost: told 0x0000 but not in the archive (after the edge settles)
 - corrupt: an archived file whose SHA-256 differs from the edge's record of what it received
 - duplicated: more than one archived object for one SOP Instance, or orphan archive files
+  (scratch files of a write cut short under archive/.incoming are counted apart, as
+  scratch_leftovers: the cloud does not sweep them yet)
 - false successes: told 0x0000 but the edge has no record of the instance
 
 It prints one line per trial on stderr and one line of totals on stdout.
@@ -28,6 +30,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +44,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import dcmtk_env, find_dcmtk, storescu_profile
+from gateway.cloud.archive import SCRATCH_DIR
 from gateway.link_proxy import LinkProxy
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 
@@ -59,13 +63,15 @@ class Tally:
     duplicated: int = 0
     false_successes: int = 0
     resends: int = 0
+    scratch_leftovers: int = 0
     faults: Counter[str] = field(default_factory=Counter)
 
     def line(self, seconds: float) -> str:
         faults = ",".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         return (f"trials={self.trials} instances={self.instances} lost={self.lost} corrupt={self.corrupt} "
                 f"duplicated={self.duplicated} false_successes={self.false_successes} "
-                f"(resends={self.resends} faults: {faults}; {seconds:.0f} s)")
+                f"(resends={self.resends} scratch_leftovers={self.scratch_leftovers} faults: {faults}; "
+                f"{seconds:.0f} s)")
 
 
 def source_dir() -> Path:
@@ -232,9 +238,12 @@ def reconcile(d: LoopbackDeployment, m: Modality) -> dict[str, int]:
     known = {rel for _, _, rel in rows}
     archive_dir = d.cloud_dir / "archive"
     if archive_dir.is_dir():
-        out["duplicated"] += sum(1 for p in archive_dir.rglob("*") if p.is_file()
-                                 and str(p.relative_to(archive_dir)) not in known)
-    return {k: out[k] for k in ("lost", "corrupt", "duplicated", "false_successes")}
+        for p in archive_dir.rglob("*"):
+            if not p.is_file() or str(p.relative_to(archive_dir)) in known:
+                continue
+            # a scratch file under .incoming is a write cut short by SIGKILL, not an archived object
+            out["scratch_leftovers" if SCRATCH_DIR in p.relative_to(archive_dir).parts else "duplicated"] += 1
+    return {k: out[k] for k in ("lost", "corrupt", "duplicated", "false_successes", "scratch_leftovers")}
 
 
 def trial(n: int, rng: random.Random, workdir: Path, storescu: str, tally: Tally) -> dict[str, int]:
@@ -272,7 +281,7 @@ def trial(n: int, rng: random.Random, workdir: Path, storescu: str, tally: Tally
         tally.trials += 1
         tally.instances += len(files)
         tally.resends += modality.attempts - len(files)
-        for key in ("lost", "corrupt", "duplicated", "false_successes"):
+        for key in ("lost", "corrupt", "duplicated", "false_successes", "scratch_leftovers"):
             setattr(tally, key, getattr(tally, key) + result[key])
         tally.lost += result["unsent"]  # never accepted within the trial: the modality still has it, but count it
         return result
@@ -299,10 +308,16 @@ def main() -> int:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"command: {' '.join(sys.argv)}; root: {os.geteuid() == 0}", file=sys.stderr)
     tally, started = Tally(), time.monotonic()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # the trial's finally stops its processes
     for n in range(args.trials):
         if time.monotonic() - started > args.max_minutes * 60:
             break
-        result = trial(n, random.Random(args.seed * 100_003 + n), args.workdir, storescu, tally)
+        try:
+            result = trial(n, random.Random(args.seed * 100_003 + n), args.workdir, storescu, tally)
+        except KeyboardInterrupt:
+            print(f"interrupted in trial {n}", file=sys.stderr)
+            break
         bad = any(result[k] for k in ("lost", "corrupt", "duplicated", "false_successes", "unsent"))
         print(f"trial {n}: {result}{'  <-- KEPT ' + str(args.workdir / f'trial-{n:04d}') if bad else ''}",
               file=sys.stderr, flush=True)
