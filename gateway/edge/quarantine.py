@@ -23,10 +23,12 @@ from pathlib import Path
 from pydicom.uid import UID
 
 from gateway.adapters import blobs
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.core import spool
-from gateway.core.errors import LocalError
+from gateway.core.errors import GatewayError, LocalError
 from gateway.core.spool import ItemState
+from gateway.edge import cache
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -112,7 +114,7 @@ class Quarantine:
             raise QuarantineError("an unreadable dataset cannot be replayed: the modality must send it again")
         item = self._item(entry_id)
         blob = self._paths.blob_dir / item.blob_name
-        if not blob.is_file() or _sha256(blob) != item.sha256:
+        if not blob.is_file() or self._sha256(blob) != item.sha256:
             raise QuarantineError(f"item {item.id}: its spooled blob is missing or no longer matches its hash; "
                                   "it cannot be replayed, only deleted")
         self._store.transition(
@@ -139,8 +141,19 @@ class Quarantine:
         return entry
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for piece in blobs.read_pieces(path):
-        digest.update(piece)
-    return digest.hexdigest()
+    def _sha256(self, path: Path) -> str:
+        """SHA-256 of the original bytes (a sealed blob is opened with the cache key); "" if
+        the blob cannot be read or opened."""
+        key = None
+        if path.name.endswith(cache.SEALED_SUFFIX):
+            keys = FileKeyStore(self._paths.state_dir / "keys")
+            if not keys.path(cache.KEY_NAME).with_suffix(".secret").exists():
+                return ""
+            key = keys.secret(cache.KEY_NAME)
+        digest = hashlib.sha256()
+        try:
+            for piece in cache.read_blob(path, key):
+                digest.update(piece)
+        except (GatewayError, OSError):
+            return ""
+        return digest.hexdigest()
