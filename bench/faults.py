@@ -45,6 +45,7 @@ from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import dcmtk_env, find_dcmtk, storescu_profile
 from gateway.cloud.archive import SCRATCH_DIR
+from gateway.core.errors import LocalError
 from gateway.link_proxy import LinkProxy
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 
@@ -64,14 +65,15 @@ class Tally:
     false_successes: int = 0
     resends: int = 0
     scratch_leftovers: int = 0
+    aborted: int = 0  # trials the harness could not run (e.g. a port taken), not counted as trials
     faults: Counter[str] = field(default_factory=Counter)
 
     def line(self, seconds: float) -> str:
         faults = ",".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         return (f"trials={self.trials} instances={self.instances} lost={self.lost} corrupt={self.corrupt} "
                 f"duplicated={self.duplicated} false_successes={self.false_successes} "
-                f"(resends={self.resends} scratch_leftovers={self.scratch_leftovers} faults: {faults}; "
-                f"{seconds:.0f} s)")
+                f"(aborted={self.aborted} resends={self.resends} scratch_leftovers={self.scratch_leftovers} "
+                f"faults: {faults}; {seconds:.0f} s)")
 
 
 def source_dir() -> Path:
@@ -257,10 +259,21 @@ def trial(n: int, rng: random.Random, workdir: Path, storescu: str, tally: Tally
     }
     if use_disk:
         overrides["spool"] = {"high_water_percent": SmallDisk.HIGH, "low_water_percent": SmallDisk.LOW}
-    d = LoopbackDeployment(root, edge_overrides=overrides, broker_persistence=rng.random() < 0.5)
-    disk = SmallDisk(d.edge_dir) if use_disk else None
+    persistence = rng.random() < 0.5
+    for attempt in range(3):  # a free port taken by someone else between probe and bind: start again
+        d = LoopbackDeployment(root / f"run{attempt}", edge_overrides=overrides, broker_persistence=persistence)
+        disk = SmallDisk(d.edge_dir) if use_disk else None
+        try:
+            d.start()
+            break
+        except LocalError:
+            d.stop()
+            if disk is not None:
+                disk.close()
+            if attempt == 2:
+                proxy.close()
+                raise
     try:
-        d.start()
         proxy.target = ("127.0.0.1", d.broker.port)
         files = make_instances(rng, root / "modality")
         modality = Modality(storescu, d.dicom_port, files, time.monotonic() + 240)
@@ -318,6 +331,10 @@ def main() -> int:
         except KeyboardInterrupt:
             print(f"interrupted in trial {n}", file=sys.stderr)
             break
+        except Exception as exc:  # the harness, not the product: reported, never hidden  # noqa: BLE001
+            tally.aborted += 1
+            print(f"trial {n}: ABORTED by the harness: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            continue
         bad = any(result[k] for k in ("lost", "corrupt", "duplicated", "false_successes", "unsent"))
         print(f"trial {n}: {result}{'  <-- KEPT ' + str(args.workdir / f'trial-{n:04d}') if bad else ''}",
               file=sys.stderr, flush=True)
