@@ -83,3 +83,4 @@ def test_held_back_chunks_count_one_silent_round_per_timeout_when_not_published(
         w.expire(float(t), 30.0)
         assert w.due(float(t), 4, 30.0)[:2] == [0, 1]
     assert w.silent_rounds == 1
+

@@ -101,3 +101,19 @@ def test_no_false_success_when_the_edge_is_killed_while_receiving(deploy: Deploy
     outcome = reconcile(d, [big])
     assert outcome.clean, outcome
     assert list((d.edge_dir / "spool" / "incoming").iterdir()) == []  # the partial file was swept
+
+
+def test_lost_window_is_resent_when_the_broker_restarts_without_persistence_and_no_worker(deploy: Deploy) -> None:
+    """Chunks published while no ingest worker is subscribed are dropped by a fresh broker;
+    their window slots must expire so that they are sent again (bench/faults.py found this stall)."""
+    d = deploy(edge_overrides=SLOW_UPLINK, broker_persistence=False)
+    files = _large_study()[1:]
+    _send(d, files)
+    wait_for(lambda: state_count(d, "sending") >= 1, 60, "a transfer in flight")
+    d.kill_cloud()
+    d.broker.kill()
+    d.broker.start()  # empty: no session, no subscription of the cloud
+    wait_for(lambda: (d.root / "edge.log").read_text().count("uplink connected") >= 2, 30, "the edge reconnected")
+    d.start_cloud()
+    _all_acknowledged(d, len(files))
+    assert reconcile(d, files).clean
