@@ -75,8 +75,7 @@ class FramesTooLarge:
     max_packet_bytes: int
 
 
-Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
-         | FramesTooLarge)
+@dataclass(frozen=True)
 class SendExhausted:
     """Resent ``max_send_attempts`` rounds without progress while the cloud acked others."""
 
