@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.adapters.sqlite_db import SqliteDatabase
 from gateway.core.commitment import CommitmentState, Reference, SpooledCopy
 from gateway.core.errors import StorageError
 from gateway.core.spool import ItemState
@@ -43,29 +43,14 @@ class PendingCommitment:
 class CommitmentStore:
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
-        self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30.0, isolation_level=None)
-            self._conn.execute("PRAGMA synchronous=FULL")
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StorageError(f"spool database {db_path}: {exc}") from exc
-        if version < 3:
+        self._database = SqliteDatabase(db_path, "spool database", synchronous="FULL", wal=False)
+        self._lock = self._database.lock
+        self._conn = self._database.conn
+        if self._database.schema_version < 3:
             raise AssertionError("the spool database must be migrated (SpoolStore) before CommitmentStore opens it")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database {self.path}: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._database.tx()
 
     def add(self, transaction_uid: str, calling_ae: str, peer_address: str, refs: Sequence[Reference],
             now: float) -> int:

@@ -10,15 +10,14 @@ Read-only queries on ``spool.db`` (turnaround, backlog) use their own connection
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from gateway.adapters.sqlite_db import SqliteDatabase
 from gateway.core.errors import StorageError
 from gateway.core.exam import Exam, ExamStatus, TimeSource
 
@@ -94,49 +93,18 @@ class ExamStore:
     """Thread-safe: one connection and one lock; each method is one transaction."""
 
     def __init__(self, db_path: Path, spool_db: Path) -> None:
-        self._lock = threading.RLock()
+        self._database = SqliteDatabase(db_path, "utilisation database", synchronous="NORMAL")
+        self._lock = self._database.lock
         self._spool_db = spool_db
         self._spool: sqlite3.Connection | None = None
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30.0, isolation_level=None)
-            self._conn.row_factory = sqlite3.Row
-            self.db = sqlite_utils.Database(self._conn)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.Error as exc:
-            raise StorageError(f"utilisation database {db_path}: {exc}") from exc
+        self._database.migrate(MIGRATIONS)
+        self.db = sqlite_utils.Database(self._database.conn)
 
-    def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, script.split(";")):
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version={number}")
-            self._conn.execute("COMMIT")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"utilisation database: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._database.tx()
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return list(self._conn.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise StorageError(f"utilisation database: {exc}") from exc
+        return self._database.rows(sql, params)
 
     # -- exams ----------------------------------------------------------------------------------
     def get(self, study_key: str) -> StoredExam | None:
@@ -259,6 +227,6 @@ class ExamStore:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._database.close()
             if self._spool is not None:
                 self._spool.close()
