@@ -1,22 +1,24 @@
 """The fleet database: boxes, health history, exams and alerts. All of the fleet's SQL is here.
 
-``FleetStore`` is the narrow interface the fleet service and the API use; ``SqliteFleetStore``
-implements it on one SQLite file (WAL, ``synchronous=NORMAL``: registry rows are rebuilt
-from the next heartbeat, exam records are re-sent by the edge until acknowledged, and the
-acknowledgement is sent only after the commit). A PostgreSQL implementation can be added
-beside it without touching the callers. The statements are kept to what both accept
-(``INSERT ... ON CONFLICT ... DO UPDATE/NOTHING``, no ``INSERT OR REPLACE``, no SQLite-only
-functions); only the ``?`` placeholders, the connection and the migrations' column types
-(``REAL``, ``INTEGER PRIMARY KEY``) would change.
+``FleetStore`` is the narrow interface the fleet service and the API use. ``SqlFleetStore``
+holds the statements, written once for both backends (``INSERT ... ON CONFLICT ... DO
+UPDATE/NOTHING``, ``RETURNING``, the column ``"end"`` quoted, no backend-only functions, ``?``
+placeholders that a backend may translate); a backend supplies the connection, the
+transactions and the numbered migrations. ``SqliteFleetStore`` keeps one SQLite file (WAL,
+``synchronous=NORMAL``: registry rows are rebuilt from the next heartbeat, exam records are
+re-sent by the edge until acknowledged, and the acknowledgement is sent only after the
+commit). ``PostgresFleetStore`` (``fleet_store_postgres.py``) keeps the same tables, with the
+same migration numbers, in the PostgreSQL database of ``[index]``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +58,8 @@ EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
 _SAMPLE_FIELDS = ("box_id", "at", "online", "backlog_items", "backlog_bytes", "oldest_age_s", "disk_used_percent",
                   "cpu_temp_c", "reconnects")
+_SAMPLE_INTEGERS = frozenset({"online", "backlog_items", "backlog_bytes", "reconnects"})
+_BIGINT = 2**63
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Alert:
 
 
 class FleetStore(Protocol):
+    where: str  # the file, or postgresql:<database>; never a password
+
+    def schema_version(self) -> int: ...
     def save_boxes(self, states: Iterable[BoxState]) -> None: ...
     def load_boxes(self) -> list[BoxState]: ...
     def add_samples(self, rows: Iterable[dict[str, Any]]) -> None: ...
@@ -86,50 +93,44 @@ class FleetStore(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteFleetStore:
-    """``FleetStore`` on SQLite. Thread-safe: one connection, one lock, one transaction per call."""
+class Statements(Protocol):
+    """What a backend hands the shared SQL: run one statement (its rows as dicts), or one per row."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.Error as exc:
-            raise StorageError(f"fleet database {path}: {exc}") from exc
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
-    def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, script.split(";")):
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version={number}")
-            self._conn.execute("COMMIT")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"fleet database: {exc}") from exc
+def _sample_value(key: str, value: Any) -> Any:
+    """A health figure as its column holds it; anything else (a string, NaN, out of range) is None,
+    so a box reporting nonsense loses that figure on both backends alike, never the whole batch."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value if key in ("box_id", "at") else None
+    if key in _SAMPLE_INTEGERS:
+        return value if isinstance(value, int) and -_BIGINT <= value < _BIGINT else None
+    return float(value) if math.isfinite(value) else None
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return list(self._conn.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise StorageError(f"fleet database: {exc}") from exc
+
+def _quoted(name: str) -> str:
+    return f'"{name}"'  # "end" is reserved in PostgreSQL
+
+
+_UPSERT_EXAM = (
+    f"INSERT INTO exams ({','.join(map(_quoted, EXAM_FIELDS))}) VALUES ({','.join('?' * len(EXAM_FIELDS))}) "  # noqa: S608
+    "ON CONFLICT (box_id, study_key) DO UPDATE SET "
+    + ", ".join(f"{_quoted(k)} = excluded.{_quoted(k)}" for k in EXAM_FIELDS[2:])
+    + " WHERE excluded.revision > exams.revision")
+
+
+class SqlFleetStore:
+    """The fleet's statements over a backend's ``_tx`` (one transaction) and ``_read`` (no transaction)."""
+
+    where: str
+
+    def _tx(self) -> AbstractContextManager[Statements]:
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
     # -- boxes ----------------------------------------------------------------------------------------
     def save_boxes(self, states: Iterable[BoxState]) -> None:
@@ -137,8 +138,8 @@ class SqliteFleetStore:
                  json.dumps(s.health, separators=(",", ":"))) for s in states]
         if not rows:
             return
-        with self._tx() as conn:
-            conn.executemany(
+        with self._tx() as tx:
+            tx.executemany(
                 "INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET "
                 "site = excluded.site, version = excluded.version, online = excluded.online, "
                 "bd_seq = excluded.bd_seq, first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
@@ -147,33 +148,29 @@ class SqliteFleetStore:
     def load_boxes(self) -> list[BoxState]:
         return [BoxState(r["box_id"], bool(r["online"]), r["bd_seq"], r["first_seen"], r["last_seen"],
                          r["changed_at"], json.loads(r["health"]), r["site"], r["version"])
-                for r in self._rows("SELECT * FROM boxes")]
+                for r in self._read("SELECT * FROM boxes ORDER BY box_id")]
 
     def add_samples(self, rows: Iterable[dict[str, Any]]) -> None:
-        values = [tuple(r.get(k) for k in _SAMPLE_FIELDS) for r in rows]
+        values = [tuple(_sample_value(k, r.get(k)) for k in _SAMPLE_FIELDS) for r in rows]
         if values:
-            with self._tx() as conn:
+            with self._tx() as tx:
                 marks = ",".join("?" * len(_SAMPLE_FIELDS))
-                conn.executemany(f"INSERT INTO health_samples VALUES ({marks}) "  # noqa: S608 - constant names
-                                 "ON CONFLICT (box_id, at) DO NOTHING", values)
+                tx.executemany(f"INSERT INTO health_samples VALUES ({marks}) "  # noqa: S608 - constant names
+                               "ON CONFLICT (box_id, at) DO NOTHING", values)
 
     def samples(self, box_id: str, since: float) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._rows(
-            "SELECT * FROM health_samples WHERE box_id = ? AND at >= ? ORDER BY at", (box_id, since))]
+        return self._read("SELECT * FROM health_samples WHERE box_id = ? AND at >= ? ORDER BY at", (box_id, since))
 
     # -- exams ----------------------------------------------------------------------------------------
     def upsert_exam(self, record: dict[str, Any]) -> bool:
-        """Store a record unless a later revision is already there; True if stored or equal."""
+        """Store a record unless a later revision is already there; True if the stored revision is
+        this one or later (the edge may then forget it)."""
         values = tuple(record.get(k) for k in EXAM_FIELDS)
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO exams ({','.join(EXAM_FIELDS)}) VALUES ({','.join('?' * len(EXAM_FIELDS))}) "  # noqa: S608
-                "ON CONFLICT(box_id, study_key) DO UPDATE SET "
-                + ", ".join(f"{k} = excluded.{k}" for k in EXAM_FIELDS[2:])
-                + " WHERE excluded.revision > exams.revision", values)
-            row = conn.execute("SELECT revision FROM exams WHERE box_id = ? AND study_key = ?",
-                               (record["box_id"], record["study_key"])).fetchone()
-        return bool(row and row[0] >= record["revision"])
+        with self._tx() as tx:
+            tx.execute(_UPSERT_EXAM, values)
+            rows = tx.execute("SELECT revision FROM exams WHERE box_id = ? AND study_key = ?",
+                              (record["box_id"], record["study_key"]))
+        return bool(rows and rows[0]["revision"] >= record["revision"])
 
     def exams(self, *, box_id: str | None = None, modality: str | None = None, since: float = 0.0,
               until: float = 1e12, limit: int = 100_000) -> list[dict[str, Any]]:
@@ -183,40 +180,108 @@ class SqliteFleetStore:
             sql, params = sql + " AND box_id = ?", [*params, box_id]
         if modality is not None:
             sql, params = sql + " AND modality = ?", [*params, modality]
-        return [dict(r) for r in self._rows(sql + " ORDER BY start LIMIT ?", (*params, limit))]
+        return self._read(sql + " ORDER BY start, box_id, study_key LIMIT ?", (*params, limit))
 
     def modalities(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._rows(
-            "SELECT box_id, site, modality, COUNT(*) AS exams, SUM(images) AS images, MAX(end) AS last_exam_end, "
-            "MIN(start) AS first_exam_start FROM exams GROUP BY box_id, site, modality ORDER BY box_id, modality")]
+        return self._read(
+            'SELECT box_id, site, modality, COUNT(*) AS exams, SUM(images) AS images, MAX("end") AS last_exam_end, '
+            "MIN(start) AS first_exam_start FROM exams GROUP BY box_id, site, modality ORDER BY box_id, modality")
 
     def turnarounds(self, since: float) -> list[tuple[str, float]]:
-        rows = self._rows("SELECT site, cloud_stored_at - last_received_at FROM exams "
+        rows = self._read("SELECT site, cloud_stored_at - last_received_at AS seconds FROM exams "
                           "WHERE cloud_stored_at IS NOT NULL AND last_received_at >= ?", (since,))
-        return [(r[0], max(0.0, float(r[1]))) for r in rows]
+        return [(r["site"], max(0.0, float(r["seconds"]))) for r in rows]
 
     # -- alerts ---------------------------------------------------------------------------------------
     def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert:
-        with self._tx() as conn:
-            cur = conn.execute("INSERT INTO alerts (box_id, kind, subject, detail, raised_at) VALUES (?, ?, ?, ?, ?)",
-                               (box_id, kind.value, subject, detail, at))
-        return Alert(int(cur.lastrowid or 0), box_id, kind, subject, detail, at, None)
+        with self._tx() as tx:
+            rows = tx.execute("INSERT INTO alerts (box_id, kind, subject, detail, raised_at) VALUES (?, ?, ?, ?, ?) "
+                              "RETURNING id", (box_id, kind.value, subject, detail, at))
+        return Alert(int(rows[0]["id"]), box_id, kind, subject, detail, at, None)
 
     def clear_alert(self, alert_id: int, at: float) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE alerts SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (at, alert_id))
+        with self._tx() as tx:
+            tx.execute("UPDATE alerts SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (at, alert_id))
 
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]:
         where = "cleared_at IS NULL" if open_only else "(cleared_at IS NULL OR raised_at >= ?)"
         params: tuple[Any, ...] = () if open_only else (since,)
         return [Alert(r["id"], r["box_id"], AlertKind(r["kind"]), r["subject"], r["detail"], r["raised_at"],
                       r["cleared_at"])
-                for r in self._rows(f"SELECT * FROM alerts WHERE {where} ORDER BY raised_at DESC", params)]  # noqa: S608
+                for r in self._read(f"SELECT * FROM alerts WHERE {where} ORDER BY raised_at DESC, id DESC",  # noqa: S608
+                                    params)]
 
     def prune(self, before: float) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM health_samples WHERE at < ?", (before,))
-            conn.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL AND cleared_at < ?", (before,))
+        with self._tx() as tx:
+            tx.execute("DELETE FROM health_samples WHERE at < ?", (before,))
+            tx.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL AND cleared_at < ?", (before,))
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+class _SqliteStatements:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
+class SqliteFleetStore(SqlFleetStore):
+    """``FleetStore`` on SQLite. Thread-safe: one connection, one lock, one transaction per call."""
+
+    def __init__(self, path: Path) -> None:
+        self.where = str(path)
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = _dict_row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except (sqlite3.Error, OverflowError) as exc:
+            raise StorageError(f"fleet database {path}: {exc}") from exc
+
+    def schema_version(self) -> int:
+        return int(self._read("PRAGMA user_version")[0]["user_version"])
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()["user_version"]
+        if version > len(MIGRATIONS):
+            raise StorageError(f"fleet database {self.where} has schema {version}, newer than this software")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={number}")
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Statements]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteStatements(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OverflowError) as exc:
+                raise StorageError(f"fleet database: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"fleet database: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
