@@ -199,7 +199,7 @@ class AuthoritySettings:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    backend: str = _f("sqlite", "archive index and shared ingest staging: sqlite (one node) or postgres (many)")
+    backend: str = _f("sqlite", "archive index, ingest staging and fleet store: sqlite (one node) or postgres (many)")
     dsn: str = _f("", "postgres: libpq connection string without a password, e.g. 'host=db dbname=mgw user=mgw'")
     password_file: str = _f("", "postgres: file holding the password (0600), relative to state_dir; empty = none")
 

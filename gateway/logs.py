@@ -62,6 +62,7 @@ class MSG(enum.StrEnum):
     FORWARD_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0602"
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
     FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
+    FLEET_STORE_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0680"
     # issue 5, fleet and utilisation: 0300-03ff
     EXAM_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0300"
     MPPS_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0301"

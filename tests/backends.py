@@ -13,7 +13,9 @@ from pathlib import Path
 
 from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.cloud.archive import Archive
+from gateway.cloud.fleet_store import FleetStore, SqliteFleetStore
 from gateway.cloud.staging import FileStaging, Staging
+from gateway.config import IndexSettings
 
 _numbers = itertools.count()
 
@@ -37,6 +39,17 @@ class Backend:
         from gateway.cloud.index_postgres import PostgresIndex
 
         return Archive(root / "archive", PostgresIndex(self.dsn))
+
+    def fleet_store(self, root: Path) -> FleetStore:
+        if self.cluster is None:
+            return SqliteFleetStore(root / "fleet.db")
+        from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+
+        return PostgresFleetStore(self.dsn)
+
+    def index_settings(self) -> IndexSettings:
+        """The cloud's ``[index]`` for this backend (the defaults for SQLite)."""
+        return IndexSettings() if self.cluster is None else IndexSettings(backend="postgres", dsn=self.dsn)
 
     def staging(self, root: Path) -> Staging:
         if self.cluster is None:

@@ -4,6 +4,8 @@
 under the node's state directory; every worker of the node shares them.
 ``"postgres"``: the index and staging in one PostgreSQL database, for workers
 on several machines (the archive directory is then a shared filesystem).
+The fleet service's store follows the same choice: ``fleet.db`` beside ``archive.db``, or its
+own tables in the same PostgreSQL database.
 Passwords come from 0600 files named by the configuration, never from TOML.
 """
 
@@ -14,6 +16,7 @@ import stat
 from pathlib import Path
 
 from gateway.cloud.archive import Archive
+from gateway.cloud.fleet_store import FleetStore, SqliteFleetStore
 from gateway.cloud.forward import Destination, destinations_from
 from gateway.cloud.staging import FileStaging, Staging
 from gateway.config import CloudSettings
@@ -92,3 +95,17 @@ def open_destinations(settings: CloudSettings, paths: Paths) -> list[Destination
     fwd = settings.forward
     password = read_secret(paths.key_file(fwd.stow_password_file)) if fwd.stow_password_file else ""
     return destinations_from(fwd, password)
+
+
+def open_fleet_store(settings: CloudSettings, paths: Paths) -> FleetStore:
+    store: FleetStore
+    if settings.index.backend == "postgres":
+        from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+
+        store = PostgresFleetStore(postgres_dsn(settings, paths))
+    else:
+        store = SqliteFleetStore(paths.state_dir / "fleet.db")
+    log.info("fleet store opened", extra={
+        "MESSAGE_ID": MSG.FLEET_STORE_OPENED.value, "BACKEND": settings.index.backend,
+        "STORE": store.where, "SCHEMA": store.schema_version()})
+    return store

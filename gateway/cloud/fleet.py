@@ -21,7 +21,8 @@ from typing import Any
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud.analytics import opening_hours
-from gateway.cloud.fleet_store import Alert, FleetStore, SqliteFleetStore
+from gateway.cloud import backends
+from gateway.cloud.fleet_store import Alert, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import fleet, topics
 from gateway.core.errors import FrameError, GatewayError
@@ -51,7 +52,7 @@ class FleetService:
         self.settings = settings
         self.fleet = settings.fleet
         self._clock = clock
-        self.store: FleetStore = store or SqliteFleetStore(paths.state_dir / "fleet.db")
+        self.store: FleetStore = store or backends.open_fleet_store(settings, paths)
         f = settings.fleet
         self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
                                 f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f))

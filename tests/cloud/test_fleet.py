@@ -21,6 +21,7 @@ from gateway.core import fleet, topics
 from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from gateway.simulator import Simulator
+from tests.backends import Backend
 from tests.peers import _missing, free_port, wait_for
 
 PREFIX = "mgw/v1"
@@ -37,16 +38,17 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     b.stop()
 
 
-def settings(broker: MosquittoBroker, **fleet_keys: Any) -> CloudSettings:
+def settings(broker: MosquittoBroker, backend: Backend, **fleet_keys: Any) -> CloudSettings:
     fleet_settings = FleetSettings(http_port=free_port(), opening_hours="00:00-24:00",
                                    open_weekdays=(1, 2, 3, 4, 5, 6, 7), **fleet_keys)
     return _fill_defaults(CloudSettings(mqtt=MqttSettings(port=broker.port, reconnect_min_s=0.2),
-                                        ingest=IngestSettings(), fleet=fleet_settings))
+                                        ingest=IngestSettings(), fleet=fleet_settings,
+                                        index=backend.index_settings()))
 
 
 @pytest.fixture
-def service(broker: MosquittoBroker, tmp_path: Path) -> Iterator[FleetService]:
-    svc = FleetService(settings(broker, offline_after_s=3.0), Paths(tmp_path, tmp_path / "cloud", tmp_path))
+def service(broker: MosquittoBroker, tmp_path: Path, backend: Backend) -> Iterator[FleetService]:
+    svc = FleetService(settings(broker, backend, offline_after_s=3.0), Paths(tmp_path, tmp_path / "cloud", tmp_path))
     svc.start()
     assert svc.link.wait_connected(10)
     yield svc
@@ -114,9 +116,9 @@ def test_registry_ignores_a_stale_death_when_the_box_was_reborn(service: FleetSe
 
 
 def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
-        broker: MosquittoBroker, tmp_path: Path) -> None:
+        broker: MosquittoBroker, tmp_path: Path, backend: Backend) -> None:
     paths = Paths(tmp_path, tmp_path / "cloud", tmp_path)
-    first = FleetService(settings(broker, offline_after_s=60.0), paths)
+    first = FleetService(settings(broker, backend, offline_after_s=60.0), paths)
     first.start()
     assert first.link.wait_connected(10)
     box = Box(broker, "box-r")
@@ -125,7 +127,8 @@ def test_registry_and_open_alerts_survive_when_the_fleet_service_restarts(
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-r", 3, at=1.0, quarantine_items=2))
     wait_for(lambda: (d := box_doc(first, "box-r")) and "quarantine_not_empty" in d["alerts"], 10, "the alert")
     first.stop()
-    second = FleetService(settings(broker, offline_after_s=60.0), paths)
+    assert (tmp_path / "cloud" / "fleet.db").exists() == (backend.name == "sqlite")
+    second = FleetService(settings(broker, backend, offline_after_s=60.0), paths)
     try:
         state = second.box("box-r")
         assert state is not None and state.bd_seq == 3 and state.health["quarantine_items"] == 2
