@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,8 +21,8 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud.analytics import opening_hours
 from gateway.cloud import backends
+from gateway.cloud.analytics import opening_hours
 from gateway.cloud.fleet_store import Alert, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import fleet, topics
@@ -248,7 +249,20 @@ def _exam_record(box_id: str, payload: bytes) -> dict[str, Any]:
         raise FrameError("util: 'cloud_stored_at' mistyped")
     doc["site"] = str(doc.get("site") or box_id)[:64]
     doc["modality"] = doc["modality"][:16]
+    _check_storable(doc)
     return doc
+
+
+def _check_storable(doc: dict[str, Any]) -> None:
+    """What both fleet store backends hold alike: counts in 0..2**31-1, finite times, text without NUL."""
+    for key in ("revision", "images", "series"):
+        if not 0 <= doc[key] < 2**31:
+            raise FrameError(f"util: '{key}' out of range")
+    for key in ("start", "end", "first_received_at", "last_received_at", "cloud_stored_at"):
+        if doc.get(key) is not None and not math.isfinite(doc[key]):
+            raise FrameError(f"util: '{key}' is not a finite time")
+    if any("\x00" in doc[key] for key in ("study_key", "modality", "source", "status", "site")):
+        raise FrameError("util: text holds a NUL character")
 
 
 def _log_transition(state: BoxState, cause: str) -> None:

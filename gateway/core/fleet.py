@@ -80,8 +80,10 @@ def decode(kind: MessageKind, topic_box: str, payload: bytes) -> Telemetry:
     box, seq = doc.get("box_id"), doc.get("bd_seq")
     if box != topic_box or not isinstance(box, str) or not _BOX.match(box):
         raise FrameError(f"{kind.value}: box id differs from the topic's")
-    if type(seq) is not int or seq < 0:
-        raise FrameError(f"{kind.value}: bd_seq must be a non-negative integer")
+    if type(seq) is not int or not 0 <= seq < 2**63:
+        raise FrameError(f"{kind.value}: bd_seq must be a non-negative 64-bit integer")
+    if any("\x00" in str(doc.get(key) or "") for key in ("site", "version")):
+        raise FrameError(f"{kind.value}: site or version holds a NUL character")
     return Telemetry(kind, box, seq, doc)
 
 

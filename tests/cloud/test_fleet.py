@@ -164,8 +164,12 @@ def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetS
     box.send("util", json.dumps(record).encode())
     box.send("util", json.dumps({**record, "revision": 1, "images": 1}).encode())  # an older revision, late
     box.send("util", b"{not json")
+    for unstorable in ({"images": 2**31}, {"revision": -1}, {"modality": "C\x00T"}):  # on neither backend
+        box.send("util", json.dumps({**record, "study_key": "cd" * 16, **unstorable}).encode())
+    box.send("util", json.dumps({**record, "study_key": "cd" * 16}).replace('"end": ' + str(t0 + 600),
+                                                                          '"end": NaN').encode())
     wait_for(lambda: len(box.acks) >= 1, 10, "the ack of revision 2")
-    wait_for(lambda: service.counters.rejected >= 1, 10, "the malformed record refused")
+    wait_for(lambda: service.counters.rejected >= 5, 10, "the malformed and unstorable records refused")
     assert box.acks[0] == {"v": 1, "study_key": "ab" * 16, "revision": 2}
     modalities = get(service, "/api/v1/modalities")["modalities"]
     assert [(m["box_id"], m["modality"], m["exams"], m["images"]) for m in modalities] == [("box-c", "CT", 1, 300)]

@@ -70,6 +70,14 @@ def test_decode_refuses_when_box_or_sequence_is_wrong() -> None:
         fleet.decode(MessageKind.BIRTH, "box-1", b'{"v":1,"box_id":"box-1","bd_seq":-1}')
 
 
+def test_decode_refuses_when_a_field_cannot_be_stored_by_either_backend() -> None:
+    with pytest.raises(FrameError, match="64-bit"):
+        fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 2**63))
+    with pytest.raises(FrameError, match="NUL"):
+        fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 1, site="a\x00b"))
+    assert fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 2**63 - 1)).bd_seq
+
+
 @given(st.binary(max_size=200))
 def test_decode_raises_only_frame_error_when_payload_is_arbitrary(payload: bytes) -> None:
     try:

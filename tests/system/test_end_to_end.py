@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +79,17 @@ def test_study_is_archived_byte_identical_when_a_modality_sends_it(
     result = reconcile(d, files)
     assert result.clean, result
     assert result.archived_rows == len(files)
+    # The fleet service (mgw cloud fleet) keeps the box's exam records in the same backend.
+    wait_for(lambda: _fleet_images(d) == len(files), 60, "every image counted by the fleet")
+    assert (d.cloud_dir / "fleet.db").exists() == (index == "sqlite")
+
+
+def _fleet_images(d: LoopbackDeployment) -> int:
+    try:
+        with urllib.request.urlopen(d.dashboard_url + "api/v1/modalities", timeout=10) as rsp:  # noqa: S310
+            return sum(m["images"] for m in json.loads(rsp.read())["modalities"])
+    except OSError:
+        return -1
 
 
 def test_transfer_completes_once_when_the_broker_restarts_mid_transfer(deploy: Deploy) -> None:
