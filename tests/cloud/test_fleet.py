@@ -144,7 +144,8 @@ def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: Mo
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-b", 1, at=1.0))
     wait_for(lambda: (d := box_doc(service, "box-b")) and d["heartbeat_at"] == 1.0, 10, "box-b's heartbeat")
     wait_for(lambda: not box_doc(service, "box-b")["online"], 10, "box-b offline after offline_after_s")
-    assert "box_offline" in box_doc(service, "box-b")["alerts"]
+    # the registry turns it offline first; the alert follows in the same flush, after the store's writes
+    wait_for(lambda: "box_offline" in box_doc(service, "box-b")["alerts"], 10, "box-b's offline alert")
     metrics = get(service, "/metrics")
     assert 'mgw_fleet_box_up{box_id="box-b",site="clinic-a"} 0.0' in metrics
     assert 'mgw_fleet_alerts_open{kind="box_offline"} 1.0' in metrics
