@@ -63,12 +63,12 @@ class _PostgresStatements:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cur = self._conn.execute(_pg(sql), params)  # type: ignore[call-overload]
+        cur = self._conn.execute(_pg(sql), params)
         return cur.fetchall() if cur.description else []
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._conn.cursor() as cur:
-            cur.executemany(_pg(sql), rows)  # type: ignore[call-overload]
+            cur.executemany(_pg(sql), rows)
 
 
 class PostgresFleetStore(SqlFleetStore):
