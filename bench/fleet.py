@@ -9,7 +9,10 @@ the time since that heartbeat was sent; else 0. It reports the worst and the 99t
 percentile of that over the run, the API's response time, and the fleet process's CPU
 (from /proc, user+system over wall time) and peak RSS.
 
-    .venv/bin/python -m bench.fleet --boxes 1000 --seconds 120
+``--index postgres`` runs the same with the fleet store in a real PostgreSQL (Debian's server,
+started on a loopback port), as ``[index] backend = "postgres"`` does.
+
+    .venv/bin/python -m bench.fleet --boxes 1000 --seconds 120 [--index sqlite postgres]
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _get(url: str) -> Any:
         return json.loads(rsp.read())
 
 
-def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path) -> dict[str, Any]:
+def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str = "") -> dict[str, Any]:
     broker = MosquittoBroker(root / "broker", persistence=False)
     broker.start()
     port = free_port()
@@ -62,7 +65,8 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path) -> dict[
     toml.write_text(render_toml({
         "cloud": {"state_dir": str(root / "cloud"), "log_level": "WARNING"},
         "mqtt": {"host": "127.0.0.1", "port": broker.port},
-        "fleet": {"http_port": port, "offline_after_s": 3 * heartbeat_s}}))
+        "fleet": {"http_port": port, "offline_after_s": 3 * heartbeat_s},
+        **({"index": {"backend": "postgres", "dsn": dsn}} if dsn else {})}))
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
                             stdout=subprocess.DEVNULL, stderr=open(root / "fleet.log", "ab"))  # noqa: SIM115
     url = f"http://127.0.0.1:{port}/api/v1/boxes"
@@ -101,7 +105,8 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path) -> dict[
         stop.set()
         runner.join(30)
         worst = max(behind, default=0.0)
-        return {"boxes": boxes, "heartbeat_s": heartbeat_s, "seconds": seconds, "online_at_end": online,
+        return {"index": "postgres" if dsn else "sqlite", "boxes": boxes, "heartbeat_s": heartbeat_s,
+                "seconds": seconds, "online_at_end": online,
                 "heartbeats_sent": sim.report.heartbeats, "behind_max_s": round(worst, 2),
                 "behind_p99_s": round(percentile(behind, 99) or 0.0, 2),
                 "api_p50_ms": round(1000 * (percentile(api_s, 50) or 0.0), 1),
@@ -122,18 +127,33 @@ def main() -> int:
     parser.add_argument("--boxes", type=int, nargs="+", default=[1000])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--heartbeat-s", type=float, default=30.0)
+    parser.add_argument("--index", nargs="+", default=["sqlite"], choices=["sqlite", "postgres"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the simulator's links log every clean disconnect
+    cluster = None
+    if "postgres" in args.index:
+        from gateway.adapters.postgres_cluster import PostgresCluster
+
+        cluster = PostgresCluster()
+        cluster.start()
     results = []
-    for n in args.boxes:
-        with tempfile.TemporaryDirectory(prefix="mgw-bench-fleet-") as tmp:
-            result = run_one(n, args.seconds, args.heartbeat_s, Path(tmp))
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    print("| boxes | heartbeat | online | registry behind, max / p99 | API p50 / max | fleet CPU | fleet RSS | fresh |")
-    print("|---|---|---|---|---|---|---|---|")
+    try:
+        for index in args.index:
+            for n in args.boxes:
+                dsn = cluster.create_database(f"fleet_{n}") if cluster and index == "postgres" else ""
+                with tempfile.TemporaryDirectory(prefix="mgw-bench-fleet-") as tmp:
+                    result = run_one(n, args.seconds, args.heartbeat_s, Path(tmp), dsn)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    print("| store | boxes | heartbeat | online | registry behind, max / p99 | API p50 / max | fleet CPU | fleet RSS "
+          "| fresh |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['boxes']} | {r['heartbeat_s']:.0f} s | {r['online_at_end']} | {r['behind_max_s']} s / "
+        print(f"| {r['index']} | {r['boxes']} | {r['heartbeat_s']:.0f} s | {r['online_at_end']} | "
+              f"{r['behind_max_s']} s / "
               f"{r['behind_p99_s']} s | {r['api_p50_ms']} / {r['api_max_ms']} ms | {r['fleet_cpu_percent']}% | "
               f"{r['fleet_rss_mb_peak']} MB | {'yes' if r['fresh'] else 'no'} |")
     return 0
