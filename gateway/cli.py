@@ -121,16 +121,17 @@ def cmd_cloud_keygen(args: argparse.Namespace) -> int:
 
 def cmd_cloud_import(args: argparse.Namespace) -> int:
     from gateway.adapters import keystore
-    from gateway.cloud.archive import Archive
+    from gateway.cloud import backends
     from gateway.cloud.importer import import_exports
     from gateway.cloud.ingest import Ingest
 
     settings, paths = _cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
     key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
-    archive = Archive(paths.archive_dir, paths.archive_db)
+    archive = backends.open_archive(settings, paths)  # the configured index: SQLite or PostgreSQL
     try:
-        summary = import_exports(args.directory, Ingest(settings.ingest, key, archive, paths.staging_dir), archive)
+        staging = backends.open_staging(settings, paths)
+        summary = import_exports(args.directory, Ingest(settings.ingest, key, archive, staging), archive)
     finally:
         archive.close()
     if args.json:
