@@ -152,7 +152,7 @@ async function fleetView(view) {
     el("td", { class: "num" }, fmtAge((b.backlog || {}).oldest_unacked_age_s)),
     el("td", { class: "num" }, b.disk ? `${b.disk.used_percent.toFixed(1)}%` : t("none")),
     el("td", { class: "num" }, b.cert_not_after ? t("in_days", { n: Math.floor((b.cert_not_after - now) / 86400) }) : t("none")),
-    el("td", {}, Object.entries(b.last_study || {}).map(([m, w]) => `${m} ${t("ago", { n: fmtAge(now - w) })}`).join(", ") || t("none")),
+    el("td", { class: "wrap" }, Object.entries(b.last_study || {}).map(([m, w]) => `${m} ${t("ago", { n: fmtAge(now - w) })}`).join(", ") || t("none")),
     el("td", {}, b.version)));
 
   const taTable = el("table", { id: "turnaround" });
