@@ -288,7 +288,7 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
     kwargs: dict[str, Any] = {}
     for name, fld in known.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             sub = table.get(name, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{source}: '{where}{name}' must be a table")
@@ -300,7 +300,7 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
             if not ok:
                 raise ConfigError(f"{source}: '{where}{name}' must be of type {_type_name(tp)}")
             kwargs[name] = value
-        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{where}{name}'")
     return cls(**kwargs)
 
@@ -403,7 +403,7 @@ def _fill_defaults(obj: T) -> T:
     for fld in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, fld.name)
         tp = typing.get_type_hints(type(obj))[fld.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             changes[fld.name] = _fill_defaults(value if value is not None else tp())
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 

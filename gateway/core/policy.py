@@ -10,13 +10,13 @@ def backoff_s(attempt: int, min_s: float, max_s: float, jitter: float) -> float:
     """
     if attempt < 0:
         raise ValueError("attempt must be >= 0")
-    ceiling = min(max_s, min_s * (2 ** min(attempt, 32)))
+    ceiling = min(max_s, min_s * float(2 ** min(attempt, 32)))
     return ceiling / 2 + ceiling / 2 * jitter
 
 
 def ack_timeout_s(base_s: float, rounds: int, max_s: float = 600.0) -> float:
     """How long to wait for the cloud before resending; grows with each silent round."""
-    return min(max_s, base_s * (2 ** min(rounds, 16)))
+    return min(max_s, base_s * float(2 ** min(rounds, 16)))
 
 
 def retention_expired(acked_at: float, now: float, retention_hours: float) -> bool:
