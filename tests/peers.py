@@ -52,6 +52,12 @@ def _missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def require_root(why: str) -> None:
+    """Skip when not root (a developer's laptop); under CI=true, where we run as root, fail."""
+    if os.geteuid() != 0:
+        _missing(f"needs root {why}")
+
+
 @cache
 def _find_dcmtk(name: str) -> str | None:
     return find_dcmtk(name)

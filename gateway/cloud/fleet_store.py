@@ -13,6 +13,7 @@ same migration numbers, in the PostgreSQL database of ``[index]``.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import sqlite3
@@ -121,16 +122,18 @@ _UPSERT_EXAM = (
     + " WHERE excluded.revision > exams.revision")
 
 
-class SqlFleetStore:
+class SqlFleetStore(abc.ABC):
     """The fleet's statements over a backend's ``_tx`` (one transaction) and ``_read`` (no transaction)."""
 
     where: str
 
+    @abc.abstractmethod
     def _tx(self) -> AbstractContextManager[Statements]:
-        raise NotImplementedError
+        """One write transaction on the backend's connection."""
 
+    @abc.abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Rows of one read, as dicts keyed by column name."""
 
     # -- boxes ----------------------------------------------------------------------------------------
     def save_boxes(self, states: Iterable[BoxState]) -> None:

@@ -20,7 +20,7 @@ from gateway.adapters.sd_notify import Notifier
 from gateway.cli import run_service
 from gateway.config import MqttSettings
 from gateway.loopback import LoopbackDeployment
-from tests.peers import _missing, wait_for
+from tests.peers import _missing, require_root, wait_for
 
 
 def test_nudge_reconnects_at_once_when_the_link_is_backing_off(
@@ -63,8 +63,9 @@ print("fired" if ok else "silent")
 @pytest.mark.needs_root
 def test_link_watcher_fires_when_a_link_comes_up_in_a_network_namespace() -> None:
     """A real RTM_NEWLINK from the kernel, in a namespace of our own (nothing on the host changes)."""
-    if os.geteuid() != 0 or subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs root and unshare --net")
+    require_root("to make a network namespace")
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        _missing("unshare --net is refused here (no network namespaces)")
     out = subprocess.run(["unshare", "--net", sys.executable, "-c", _WATCH_IN_NETNS], capture_output=True,
                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]

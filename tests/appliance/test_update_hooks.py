@@ -15,7 +15,7 @@ from gateway.adapters import store as store_module
 from gateway.appliance import update
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
-from tests.peers import real_images, wait_for
+from tests.peers import real_images, require_root, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "firmware_hooks"
@@ -123,8 +123,7 @@ def test_migrate_is_idempotent_and_backs_up_once_when_the_new_version_adds_a_mig
 
 def test_migrate_leaves_files_to_the_service_user_when_run_as_root(
         deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to own files as another user")
+    require_root("to own files as another user")
     d = deploy()
     d.stop()
     paths = Paths.from_env(str(d.edge_dir))

@@ -28,7 +28,7 @@ from gateway.bundle import FILE_NAME as BUNDLE_FILE_NAME
 from gateway.edge import cache
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
-from tests.peers import real_images, wait_for
+from tests.peers import real_images, require_root, wait_for
 from tests.system.reconcile import archive_rows, state_count
 
 MGW = str(Path(sys.executable).parent / "mgw")
@@ -78,8 +78,7 @@ def test_handler_fails_with_the_reason_when_provisioning_fails(tmp_path: Path) -
 
 
 def test_files_created_as_root_go_to_the_service_user_when_the_handler_is_done(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create files for another user")
+    require_root("to create files for another user")
     state = tmp_path / "state"
     (state / "keys").mkdir(parents=True)
     os.chown(state, 4242, 4242)

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.loopback import EDGE_AE, LoopbackDeployment
-from tests.peers import _missing, dcmtk, dcmtk_env, dimse_statuses, real_images, wait_for
+from tests.peers import _missing, dcmtk, dcmtk_env, dimse_statuses, real_images, require_root, wait_for
 from tests.system.reconcile import acknowledged_count, state_count
 
 TMPFS_MIB = 32
@@ -33,8 +33,7 @@ def _store(port: int, path: Path) -> int:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[LoopbackDeployment]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
+    require_root("to mount a tmpfs")
     try:
         MosquittoBroker(tmp_path / "probe")
     except Exception as exc:  # noqa: BLE001 - only to skip or fail with the reason
