@@ -26,16 +26,8 @@ def load_or_create_x25519(path: Path) -> bytes:
 
 
 def read_x25519(path: Path) -> bytes:
-    try:
-        st = path.stat()
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read key: {exc.strerror}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: key file must not be readable by group or others (chmod 600)")
-    if len(raw) != 32:
-        raise ConfigError(f"{path}: an X25519 private key is 32 raw bytes, found {len(raw)}")
-    return raw
+    """A raw 32-byte X25519 private key that only its owner may read."""
+    return read_raw_secret(path, 32)
 
 
 def public_b64(private_raw: bytes) -> str:
