@@ -240,6 +240,30 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class BudgetSettings:
+    """What one box may hold of the cloud; a box over budget is slowed, others are unaffected."""
+
+    max_messages_per_s: float = _f(400.0, "chunk messages per second one box may have handled by one worker; "
+                                   "above it chunks are dropped unacknowledged (the box resends later)")
+    burst_messages: int = _f(2000, "messages a box may send at once above its rate before it is slowed")
+    max_open_transfers: int = _f(64, "unfinished transfers one box may have staged; a chunk of a further one "
+                                 "waits (is not acknowledged) until one completes or expires")
+    max_staging_bytes: int = _f(2 * 1024**3, "bytes of staged chunks one box may hold in the cloud")
+    usage_refresh_s: float = _f(2.0, "how long a worker trusts its count of a box's staged transfers and bytes")
+
+
+@dataclass(frozen=True)
+class DeadLetterSettings:
+    """Messages that cannot be processed: acknowledged at the broker, recorded, alerted, never redelivered."""
+
+    keep_per_box: int = _f(1000, "dead letters kept per box (the oldest go first)")
+    keep_total: int = _f(100_000, "dead letters kept in all")
+    writes_per_box_per_minute: int = _f(60, "dead letters written per box and minute; more are counted into "
+                                        "the last one written")
+    alert_window_s: float = _f(3600.0, "a box has a dead_letters alert while it had one within this window")
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     cloud: CloudNodeSettings = _f(None, "this cloud node")
     mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
@@ -248,6 +272,8 @@ class CloudSettings:
     index: IndexSettings = _f(None, "archive index backend")
     forward: ForwardSettings = _f(None, "forwarding archived objects to the reading site's PACS")
     fleet: FleetSettings = _f(None, "fleet registry, analytics, alerts, API and dashboard")
+    budgets: BudgetSettings = _f(None, "per-box limits at the cloud ingest")
+    dead_letters: DeadLetterSettings = _f(None, "the dead-letter store for messages that cannot be processed")
 
 
 BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

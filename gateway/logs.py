@@ -72,6 +72,8 @@ class MSG(enum.StrEnum):
     ALERT_RAISED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0305"
     ALERT_CLEARED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0306"
     TELEMETRY_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0307"
+    MESSAGE_DEAD_LETTERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0309"
+    BOX_OVER_BUDGET = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e030a"
     METRICS_UNAVAILABLE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0308"
     # custody (issue 3): 0100-01ff
     COMMITMENT_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0100"
@@ -83,6 +85,18 @@ class MSG(enum.StrEnum):
     QUARANTINE_REPLAYED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0106"
     QUARANTINE_DELETED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0107"
     STUDY_COMPLETE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0108"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}
+
+
+def escape(value: object, max_chars: int = 200) -> str:
+    """An untrusted value made safe for one log line: control characters (newlines included) and
+    backslashes escaped, cut to ``max_chars`` characters (then marked with an ellipsis)."""
+    text = str(value)
+    cut = len(text) > max_chars
+    text = text[:max_chars].translate(_CONTROL)
+    return text + "…" if cut else text
 
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -103,9 +117,9 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
         extras = " ".join(
-            f"{k}={v}" for k, v in _fields(record).items() if k != "MESSAGE_ID"
+            f"{k}={escape(v, 1000)}" for k, v in _fields(record).items() if k != "MESSAGE_ID"
         )
-        line = f"{ts} {record.levelname} {record.name} {record.getMessage()}"
+        line = f"{ts} {record.levelname} {record.name} {escape(record.getMessage(), 2000)}"
         if extras:
             line += " " + extras
         if record.exc_info:

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud import backends
 from gateway.cloud.analytics import opening_hours
+from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.fleet_store import Alert, FleetStore
 from gateway.config import CloudSettings
-from gateway.core import fleet, topics
-from gateway.core.errors import FrameError, GatewayError
+from gateway.core import fleet, schema, topics
+from gateway.core.errors import FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -34,9 +34,6 @@ from gateway.paths import Paths
 log = logging.getLogger(__name__)
 FLUSH_S = 1.0
 _PRUNE_S = 3600.0
-_EXAM_KEYS: dict[str, type | tuple[type, ...]] = {
-    "study_key": str, "revision": int, "modality": str, "start": (int, float), "end": (int, float), "images": int,
-    "series": int, "source": str, "status": str, "first_received_at": (int, float), "last_received_at": (int, float)}
 
 
 @dataclass
@@ -58,7 +55,10 @@ class FleetService:
         self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
                                 f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f))
         self._lock = threading.Lock()
-        self.boxes: dict[str, BoxState] = {s.box_id: s for s in self.store.load_boxes()}
+        self.boxes: dict[str, BoxState] = {  # stored health is re-checked: it may predate the checks
+            s.box_id: replace(s, health=fleet.health_of(s.health)) for s in self.store.load_boxes()}
+        self.dead_letters = DeadLetters(self.store, settings.dead_letters, f"fleet-{settings.ingest.worker_id}",
+                                        clock)
         self._open: dict[tuple[str, AlertKind, str], Alert] = {
             (a.box_id, a.kind, a.subject): a for a in self.store.alerts(open_only=True)}
         self._dirty: set[str] = set()
@@ -124,21 +124,29 @@ class FleetService:
             fn()
         except GatewayError as exc:
             log.error("fleet housekeeping failed", extra={"ERROR": str(exc)})
+        except Exception:  # a bug in housekeeping must not end the loop; it runs again next second
+            log.exception("fleet housekeeping failed")
 
     def _handle(self, message: Inbound) -> None:
+        """Apply one telemetry message; a message that cannot be applied is dead-lettered, never raised."""
         self.counters.messages += 1
+        box_id: str | None = None
         try:
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
                 self._exam(box_id, message.payload)
-                return
-            if not message.payload:
-                return  # a retained message being cleared
-            kind = MessageKind.HEARTBEAT if leaf == "health" else _state_kind(message.payload)
-            self.apply(fleet.decode(kind, box_id, message.payload))
+            elif message.payload:  # an empty one clears a retained message
+                self.apply(fleet.decode(leaf, box_id, message.payload))
         except FrameError as exc:
             self.counters.rejected += 1
-            log.warning("telemetry rejected", extra={"MESSAGE_ID": MSG.TELEMETRY_REJECTED.value, "ERROR": str(exc)})
+            reason = DeadLetterReason.TOPIC if box_id is None else DeadLetterReason.MALFORMED
+            self.dead_letters.put(box_id, message.topic, reason, str(exc), len(message.payload))
+        except LocalError as exc:  # our store failed; an exam record comes again, a heartbeat soon
+            log.error("telemetry not handled", extra={"ERROR": str(exc)})
+        except Exception as exc:  # a bug met by this message: set it aside, go on with the next
+            log.exception("telemetry handler failed; message dead-lettered")
+            self.dead_letters.put(box_id, message.topic, DeadLetterReason.INTERNAL, f"{type(exc).__name__}: {exc}",
+                                  len(message.payload))
 
     def apply(self, msg: fleet.Telemetry) -> None:
         now = self._clock()
@@ -149,16 +157,21 @@ class FleetService:
                 return
             self.boxes[msg.box_id] = after
             self._dirty.add(msg.box_id)
-        if msg.kind is MessageKind.HEARTBEAT and isinstance(msg.body.get("at"), int | float):
-            self.counters.lag_s_max = max(self.counters.lag_s_max, now - float(msg.body["at"]))
+        at = msg.body.get("at")
+        if msg.kind is MessageKind.HEARTBEAT and isinstance(at, float):
+            self.counters.lag_s_max = max(self.counters.lag_s_max, now - at)
         if before is None or before.online != after.online:
             _log_transition(after, msg.kind.value)
 
     def _exam(self, box_id: str, payload: bytes) -> None:
-        record = _exam_record(box_id, payload)
-        if self.store.upsert_exam(record):
+        record = schema.parse(schema.ExamRecord, payload, "util")
+        if record.box_id != box_id:
+            raise FrameError("util: box id differs from the topic's")
+        doc = schema.to_builtins(record)
+        doc["site"] = record.site or box_id
+        if self.store.upsert_exam(doc):
             self.counters.exams += 1
-            ack = json.dumps({"v": 1, "study_key": record["study_key"], "revision": record["revision"]}).encode()
+            ack = json.dumps({"v": 1, "study_key": record.study_key, "revision": record.revision}).encode()
             self.link.publish(topics.util_ack_topic(self._prefix, box_id), ack, qos=1)
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
@@ -176,6 +189,7 @@ class FleetService:
             boxes = list(self.boxes.values())
         self.store.save_boxes(dirty)
         self.store.add_samples(self._samples(dirty, now))
+        self.dead_letters.flush()
         self._evaluate(boxes, now)
         self.counters.lag_s_max = 0.0
 
@@ -199,6 +213,9 @@ class FleetService:
         for state in boxes:
             for (kind, subject), detail in fleet.evaluate(state, self.rules, now).items():
                 active[(state.box_id, kind, subject)] = detail
+        for letter in self.store.dead_letter_summary(now - self.settings.dead_letters.alert_window_s):
+            active[(letter.box_id, AlertKind.DEAD_LETTERS, "")] = (
+                f"{letter.messages} messages set aside (last: {letter.reason}: {letter.detail})")
         for key, detail in active.items():
             if key not in self._open:
                 alert = self.store.raise_alert(key[0], key[1], key[2], detail, now)
@@ -222,47 +239,6 @@ class FleetService:
     def box(self, box_id: str) -> BoxState | None:
         with self._lock:
             return self.boxes.get(box_id)
-
-
-def _state_kind(payload: bytes) -> MessageKind:
-    try:
-        kind = json.loads(payload.decode("utf-8")).get("kind")
-    except (UnicodeDecodeError, ValueError, AttributeError) as exc:
-        raise FrameError("state: not a JSON object") from exc
-    if kind not in (MessageKind.BIRTH.value, MessageKind.DEATH.value):
-        raise FrameError("state: kind must be birth or death")
-    return MessageKind(kind)
-
-
-def _exam_record(box_id: str, payload: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FrameError("util: not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != 1 or doc.get("box_id") != box_id:
-        raise FrameError("util: not a version 1 record of this box")
-    for key, tp in _EXAM_KEYS.items():
-        if not isinstance(doc.get(key), tp) or isinstance(doc.get(key), bool):
-            raise FrameError(f"util: '{key}' missing or mistyped")
-    stored = doc.get("cloud_stored_at")
-    if stored is not None and not isinstance(stored, int | float):
-        raise FrameError("util: 'cloud_stored_at' mistyped")
-    doc["site"] = str(doc.get("site") or box_id)[:64]
-    doc["modality"] = doc["modality"][:16]
-    _check_storable(doc)
-    return doc
-
-
-def _check_storable(doc: dict[str, Any]) -> None:
-    """What both fleet store backends hold alike: counts in 0..2**31-1, finite times, text without NUL."""
-    for key in ("revision", "images", "series"):
-        if not 0 <= doc[key] < 2**31:
-            raise FrameError(f"util: '{key}' out of range")
-    for key in ("start", "end", "first_received_at", "last_received_at", "cloud_stored_at"):
-        if doc.get(key) is not None and not math.isfinite(doc[key]):
-            raise FrameError(f"util: '{key}' is not a finite time")
-    if any("\x00" in doc[key] for key in ("study_key", "modality", "source", "status", "site")):
-        raise FrameError("util: text holds a NUL character")
 
 
 def _log_transition(state: BoxState, cause: str) -> None:

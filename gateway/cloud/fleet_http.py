@@ -8,6 +8,7 @@ time (``.ci/install``) into web/vendor/ and served from here, never from a CDN.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -91,6 +92,9 @@ class FleetHttp:
         out += [Sample("mgw_fleet_messages_total", "telemetry messages received", c.messages, counter=True),
                 Sample("mgw_fleet_messages_rejected_total", "telemetry messages refused", c.rejected, counter=True),
                 Sample("mgw_fleet_exam_records_total", "utilisation records stored", c.exams, counter=True)]
+        out += [Sample("mgw_fleet_dead_letters_total", "telemetry messages set aside, by reason", n,
+                       {"reason": reason.value}, counter=True)
+                for reason, n in sorted(self.service.dead_letters.counts.items())]
         for b in boxes:
             labels = {"box_id": b.box_id, "site": b.site}
             backlog = b.health.get("backlog") or {}
@@ -175,6 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/v1/alerts":
             alerts = service.store.alerts(open_only=q.get("all") != "1", since=now - float(q.get("days", 7)) * _DAY_S)
             self._json({"now": now, "alerts": [_alert_doc(a) for a in alerts]})
+        elif path == "/api/v1/dead-letters":
+            box = q.get("box")
+            if box is not None and not BOX_ID.match(box):
+                raise ValueError("box is not a box id")
+            letters = service.store.dead_letters(box_id=box, since=now - float(q.get("days", 7)) * _DAY_S,
+                                                 limit=max(1, min(int(q.get("limit", 200)), 5000)))
+            self._json({"now": now, "dead_letters": [dataclasses.asdict(d) for d in letters]})
         elif path == "/api/v1/modalities":
             self._json({"modalities": service.store.modalities()})
         elif path == "/api/v1/utilisation":

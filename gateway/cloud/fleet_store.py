@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +54,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_open ON alerts(cleared_at, box_id)
     """,
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY, box_id TEXT NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
+        detail TEXT NOT NULL, at REAL NOT NULL, bytes INTEGER NOT NULL, messages INTEGER NOT NULL,
+        service TEXT NOT NULL
+    );
+    CREATE INDEX dead_letters_by_box ON dead_letters(box_id, id);
+    CREATE INDEX dead_letters_by_time ON dead_letters(at)
+    """,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -61,6 +70,21 @@ _SAMPLE_FIELDS = ("box_id", "at", "online", "backlog_items", "backlog_bytes", "o
                   "cpu_temp_c", "reconnects")
 _SAMPLE_INTEGERS = frozenset({"online", "backlog_items", "backlog_bytes", "reconnects"})
 _BIGINT = 2**63
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message from a box that could not be processed (``messages`` > 1: coalesced repeats)."""
+
+    box_id: str
+    topic: str
+    reason: str  # a DeadLetterReason value
+    detail: str
+    at: float
+    bytes: int
+    messages: int = 1
+    service: str = ""
+    id: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,10 @@ class FleetStore(Protocol):
     def clear_alert(self, alert_id: int, at: float) -> None: ...
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]: ...
     def prune(self, before: float) -> None: ...
+    def add_dead_letters(self, letters: Sequence[DeadLetter], keep_per_box: int, keep_total: int) -> None: ...
+    def dead_letters(self, *, box_id: str | None = None, since: float = 0.0,
+                     limit: int = 1000) -> list[DeadLetter]: ...
+    def dead_letter_summary(self, since: float) -> list[DeadLetter]: ...
     def close(self) -> None: ...
 
 
@@ -218,6 +246,42 @@ class SqlFleetStore(abc.ABC):
         with self._tx() as tx:
             tx.execute("DELETE FROM health_samples WHERE at < ?", (before,))
             tx.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL AND cleared_at < ?", (before,))
+            tx.execute("DELETE FROM dead_letters WHERE at < ?", (before,))
+
+    # -- dead letters ---------------------------------------------------------------------------------
+    def add_dead_letters(self, letters: Sequence[DeadLetter], keep_per_box: int, keep_total: int) -> None:
+        """Record letters, then keep only the newest ``keep_per_box`` of each box and ``keep_total`` in all."""
+        if not letters:
+            return
+        with self._tx() as tx:
+            tx.executemany("INSERT INTO dead_letters (box_id, topic, reason, detail, at, bytes, messages, service) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(d.box_id, d.topic, d.reason, d.detail, d.at, d.bytes, d.messages, d.service)
+                            for d in letters])
+            for box_id in sorted({d.box_id for d in letters}):
+                tx.execute("DELETE FROM dead_letters WHERE box_id = ? AND id NOT IN (SELECT id FROM dead_letters "
+                           "WHERE box_id = ? ORDER BY id DESC LIMIT ?)", (box_id, box_id, keep_per_box))
+            tx.execute("DELETE FROM dead_letters WHERE id NOT IN (SELECT id FROM dead_letters ORDER BY id DESC "
+                       "LIMIT ?)", (keep_total,))
+
+    def dead_letters(self, *, box_id: str | None = None, since: float = 0.0, limit: int = 1000) -> list[DeadLetter]:
+        sql = "SELECT * FROM dead_letters WHERE at >= ?"
+        params: list[Any] = [since]
+        if box_id is not None:
+            sql, params = sql + " AND box_id = ?", [*params, box_id]
+        return [_dead_letter(r) for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))]
+
+    def dead_letter_summary(self, since: float) -> list[DeadLetter]:
+        """Per box since ``since``: messages summed, and the latest letter's reason, detail and time."""
+        rows = self._read(
+            "SELECT d.*, s.total FROM dead_letters d JOIN (SELECT box_id, MAX(id) AS last, SUM(messages) AS total "
+            "FROM dead_letters WHERE at >= ? GROUP BY box_id) s ON d.id = s.last ORDER BY d.box_id", (since,))
+        return [replace(_dead_letter(r), messages=int(r["total"])) for r in rows]
+
+
+def _dead_letter(r: dict[str, Any]) -> DeadLetter:
+    return DeadLetter(r["box_id"], r["topic"], r["reason"], r["detail"], r["at"], int(r["bytes"]),
+                      int(r["messages"]), r["service"], int(r["id"]))
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState
+from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.jpegls import IMAGE_DECODERS
 from gateway.config import BOX_ID, IngestSettings
@@ -48,7 +49,7 @@ from gateway.core.codec import Codec
 from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError
 from gateway.core.framing import AckFrame, AckKind, ChunkFrame, RejectReason
 from gateway.core.transfer import Manifest
-from gateway.logs import MSG
+from gateway.logs import MSG, escape
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ class ChunkRejection(enum.Enum):
     KEY = "key"  # the data key does not unwrap: forged, or replayed into another transfer
     AUTH = "auth"  # AES-GCM fails: altered, or published under another box id
 
+
+_LETTER_REASON = {
+    ChunkRejection.MALFORMED: DeadLetterReason.MALFORMED,
+    ChunkRejection.KEY: DeadLetterReason.KEY,
+    ChunkRejection.AUTH: DeadLetterReason.AUTH,
+}
 
 COUNTERS = (
     "chunks_received", "chunks_staged", "chunks_duplicate", "chunks_rejected",
@@ -114,23 +121,27 @@ class Ingest:
     """One ingest worker's logic; see the module docstring for the contract."""
 
     def __init__(self, settings: IngestSettings, envelope_private_key: bytes, archive: Archive,
-                 staging: Staging | Path, clock: Callable[[], float] = time.time) -> None:
+                 staging: Staging | Path, clock: Callable[[], float] = time.time,
+                 dead_letters: DeadLetters | None = None) -> None:
         self._settings, self._private, self._archive = settings, envelope_private_key, archive
         self._staging: Staging = FileStaging(staging) if isinstance(staging, Path) else staging
         self._clock = clock
+        self._dead_letters = dead_letters
+        # No object of max_object_bytes needs more chunks: every chunk but the last carries >= 1 KiB.
+        self._max_seq = settings.max_object_bytes // 1024 + 2
         self._keys: OrderedDict[tuple[str, bytes], _Keys] = OrderedDict()
         self._counters = dict.fromkeys(COUNTERS, 0)
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
-    def handle_chunk(self, box_id: str, payload: bytes) -> list[Outgoing]:
+    def handle_chunk(self, box_id: str, payload: bytes, topic: str = "") -> list[Outgoing]:
         """Acks to publish for one chunk; raises ``LocalError`` if our disk or index fails."""
         self._counters["chunks_received"] += 1
         try:
             chunk = self._authenticate(box_id, payload)
         except _Refused as refused:
-            self._count_refusal(box_id, len(payload), refused)
+            self._count_refusal(box_id, topic, len(payload), refused)
             return []
         thex = chunk.frame.transfer_id.hex()
         record = self._archive.lookup_transfer(box_id, chunk.frame.transfer_id)
@@ -147,6 +158,10 @@ class Ingest:
             frame = framing.parse_chunk(payload)
         except FrameError as exc:
             raise _Refused(ChunkRejection.MALFORMED, str(exc)) from exc
+        if frame.seq > self._max_seq:
+            raise _Refused(ChunkRejection.MALFORMED, f"chunk number {frame.seq} is beyond any object's "
+                           f"(at most {self._max_seq} for {self._settings.max_object_bytes} bytes)",
+                           frame.transfer_id)
         try:
             keys = self._keys_for(box_id, frame)
         except EnvelopeTamperedError as exc:
@@ -170,11 +185,14 @@ class Ingest:
             self._keys.popitem(last=False)
         return hit
 
-    def _count_refusal(self, box_id: str, size: int, refused: _Refused) -> None:
+    def _count_refusal(self, box_id: str, topic: str, size: int, refused: _Refused) -> None:
         self._counters["chunks_rejected"] += 1
         self._counters[f"chunks_rejected_{refused.why.value}"] += 1
+        if self._dead_letters is not None:  # it logs, bounded per box
+            self._dead_letters.put(box_id, topic, _LETTER_REASON[refused.why], str(refused), size)
+            return
         log.warning("chunk rejected: %s", refused, extra={
-            "MESSAGE_ID": MSG.CHUNK_REJECTED.value, "BOX_ID": box_id[:64],
+            "MESSAGE_ID": MSG.CHUNK_REJECTED.value, "BOX_ID": escape(box_id, 64),
             "TRANSFER": refused.transfer_id.hex()[:8], "BYTES": size, "REASON": refused.why.value})
 
     def _handle_locked(self, chunk: _Verified, tdir: StagedTransfer) -> list[Outgoing]:
@@ -298,8 +316,8 @@ class Ingest:
             cutoff, lambda box_id, thex: self._archive.forget_staging(box_id, bytes.fromhex(thex)))
         self._archive.sweep_scratch(cutoff)
         self._counters["transfers_expired"] += expired
-        if expired:  # no MESSAGE_ID yet: logs.MSG has no STAGING_EXPIRED (asked for)
-            log.info("idle staged transfers dropped", extra={"COUNT": expired})
+        if expired:
+            log.info("idle staged transfers dropped", extra={"MESSAGE_ID": MSG.STAGING_EXPIRED.value, "COUNT": expired})
         return expired
 
     def close(self) -> None:

@@ -17,17 +17,19 @@ from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud import backends
 from gateway.cloud.archive import Archive
+from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.forward import Forwarder, run_forever
 from gateway.cloud.ingest import Ingest
-from gateway.config import CloudSettings
+from gateway.config import BOX_ID, CloudSettings
 from gateway.core import topics
-from gateway.core.errors import FrameError, GatewayError
+from gateway.core.errors import FrameError, GatewayError, LocalError
 from gateway.core.framing import CHUNK_HEADER_BYTES
 from gateway.logs import MSG
 from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
 STAGING_SWEEP_S = 3600.0
+DEAD_LETTER_FLUSH_S = 1.0
 LOOP_STALE_S = 120.0  # one object's assembly (up to max_object_bytes) happens inside a turn
 
 
@@ -37,7 +39,12 @@ class CloudService:
         self.paths = paths
         key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
         self.archive = backends.open_archive(settings, paths)
-        self.ingest = Ingest(settings.ingest, key, self.archive, backends.open_staging(settings, paths))
+        # The worker thread's own fleet-store connection, for dead letters (opened before it starts).
+        self._letters_store = backends.open_fleet_store(settings, paths)
+        self.dead_letters = DeadLetters(self._letters_store, settings.dead_letters,
+                                        f"ingest-{settings.ingest.share_group}-{settings.ingest.worker_id}", time.time)
+        self.ingest = Ingest(settings.ingest, key, self.archive, backends.open_staging(settings, paths),
+                             dead_letters=self.dead_letters)
         self._forwarder: threading.Thread | None = None
         self._forward_archive: Archive | None = None
         destinations = backends.open_destinations(settings, paths)
@@ -87,6 +94,7 @@ class CloudService:
             self._forward_archive.close()
         self.ingest.close()
         self.archive.close()
+        self._letters_store.close()
 
     def alive(self) -> bool:
         """The worker thread turns and the MQTT thread runs (for the watchdog)."""
@@ -95,7 +103,7 @@ class CloudService:
 
     def _work(self) -> None:
         prefix = self.settings.mqtt.topic_prefix
-        next_expiry = 0.0
+        next_expiry = next_flush = 0.0
         while not self._stop.is_set():
             self.loop_heartbeat = time.monotonic()
             if time.monotonic() >= next_expiry:
@@ -105,14 +113,34 @@ class CloudService:
                 message = self._inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            try:
-                self._handle(prefix, message)
-            except GatewayError as exc:
-                # A local failure (disk, index). PUBACK anyway: a held message would
-                # block the broker's in-flight slots, and the edge resends every
-                # chunk the cloud has not acknowledged itself.
-                log.error("chunk not handled", extra={"ERROR": str(exc)})
+            self._handle_one(prefix, message)
+            if time.monotonic() >= next_flush:
+                self._flush_dead_letters()
+                next_flush = time.monotonic() + DEAD_LETTER_FLUSH_S
+        self._flush_dead_letters()
+
+    def _handle_one(self, prefix: str, message: Inbound) -> None:
+        """Handle one message and PUBACK it, whatever happens: nothing a box sends ends this loop."""
+        try:
+            self._handle(prefix, message)
+        except LocalError as exc:
+            # Our disk or index failed. PUBACK anyway: a held message would block the
+            # broker's in-flight slots, and the edge resends every chunk the cloud has
+            # not acknowledged itself.
+            log.error("chunk not handled", extra={"ERROR": str(exc)})
+        except Exception as exc:  # a bug met by this message: set it aside, go on with the next
+            log.exception("chunk handling failed; message dead-lettered")
+            box_id = _topic_box(prefix, message.topic)
+            self.dead_letters.put(box_id, message.topic, DeadLetterReason.INTERNAL,
+                                  f"{type(exc).__name__}: {exc}", len(message.payload))
+        finally:
             self.link.ack(message)
+
+    def _flush_dead_letters(self) -> None:
+        try:
+            self.dead_letters.flush()
+        except Exception:  # housekeeping must not end the loop
+            log.exception("dead-letter flush failed")
 
     def _expire(self) -> None:
         try:
@@ -127,7 +155,15 @@ class CloudService:
                 raise FrameError("chunk's transfer id differs from its topic")
         except FrameError as exc:
             self.topic_rejects += 1
-            log.warning("chunk rejected", extra={"MESSAGE_ID": MSG.CHUNK_REJECTED.value, "ERROR": str(exc)})
+            self.dead_letters.put(_topic_box(prefix, message.topic), message.topic, DeadLetterReason.TOPIC,
+                                  str(exc), len(message.payload))
             return
-        for out in self.ingest.handle_chunk(box_id, message.payload):
+        for out in self.ingest.handle_chunk(box_id, message.payload, message.topic):
             self.link.publish(topics.ack_topic(prefix, out.box_id), out.payload, qos=1)
+
+
+def _topic_box(prefix: str, topic: str) -> str | None:
+    """The box a topic names (``{prefix}/{box}/...``), if it names a well-formed one."""
+    head = prefix + "/"
+    box = topic[len(head):].split("/", 1)[0] if topic.startswith(head) else ""
+    return box if BOX_ID.fullmatch(box) else None

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.core import schema
 from gateway.core.errors import FrameError
 from gateway.core.utilisation import OpeningHours, silent_since
 
 TELEMETRY_VERSION = 1
-_BOX = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 
@@ -36,6 +36,7 @@ class AlertKind(enum.StrEnum):
     CERT_EXPIRY = "cert_expiry"
     MODALITY_SILENT = "modality_silent"
     QUARANTINE_NOT_EMPTY = "quarantine_not_empty"
+    DEAD_LETTERS = "dead_letters"  # the cloud set aside messages of this box that it could not process
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,36 @@ class AlertRules:
     hours: OpeningHours
 
 
-def decode(kind: MessageKind, topic_box: str, payload: bytes) -> Telemetry:
-    """A telemetry message, checked; FrameError if it is not one (never another exception)."""
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FrameError(f"{kind.value}: not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != TELEMETRY_VERSION:
-        raise FrameError(f"{kind.value}: not a version {TELEMETRY_VERSION} object")
-    box, seq = doc.get("box_id"), doc.get("bd_seq")
-    if box != topic_box or not isinstance(box, str) or not _BOX.match(box):
+_KINDS: dict[type, MessageKind] = {
+    schema.Birth: MessageKind.BIRTH, schema.Death: MessageKind.DEATH, schema.Heartbeat: MessageKind.HEARTBEAT}
+
+
+def decode(expected: str, topic_box: str, payload: bytes) -> Telemetry:
+    """A telemetry message parsed into typed values (``core.schema``); ``FrameError`` with the
+    reason if it is not one, never another exception. ``expected`` is the topic leaf (``health``:
+    a heartbeat; ``state``: a birth or a death) or a ``MessageKind`` the message must be."""
+    parsed: schema.Birth | schema.Death | schema.Heartbeat
+    if expected in ("health", MessageKind.HEARTBEAT):
+        parsed = schema.parse(schema.Heartbeat, payload, "heartbeat")
+    elif expected in ("state", MessageKind.BIRTH, MessageKind.DEATH):
+        parsed = schema.parse_state(payload)
+    else:
+        raise FrameError(f"{expected}: not a telemetry topic")
+    kind = _KINDS[type(parsed)]
+    if expected in set(MessageKind) and kind != expected:
+        raise FrameError(f"{expected}: the message is a {kind.value}")
+    if parsed.box_id != topic_box:
         raise FrameError(f"{kind.value}: box id differs from the topic's")
-    if type(seq) is not int or not 0 <= seq < 2**63:
-        raise FrameError(f"{kind.value}: bd_seq must be a non-negative 64-bit integer")
-    if any("\x00" in str(doc.get(key) or "") for key in ("site", "version")):
-        raise FrameError(f"{kind.value}: site or version holds a NUL character")
-    return Telemetry(kind, box, seq, doc)
+    body = schema.to_builtins(parsed)
+    return Telemetry(kind, parsed.box_id, parsed.bd_seq, body)
+
+
+def health_of(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored heartbeat body re-checked (it may predate the checks): the body, or {} if unusable."""
+    try:
+        return schema.to_builtins(schema.parse(schema.Heartbeat, json.dumps(stored).encode(), "stored health"))
+    except (FrameError, TypeError, ValueError):
+        return {}
 
 
 def encode(kind: MessageKind, box_id: str, bd_seq: int, **fields: Any) -> bytes:

@@ -71,9 +71,9 @@ def test_decode_refuses_when_box_or_sequence_is_wrong() -> None:
 
 
 def test_decode_refuses_when_a_field_cannot_be_stored_by_either_backend() -> None:
-    with pytest.raises(FrameError, match="64-bit"):
+    with pytest.raises(FrameError, match="bd_seq"):
         fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 2**63))
-    with pytest.raises(FrameError, match="NUL"):
+    with pytest.raises(FrameError, match="site"):
         fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 1, site="a\x00b"))
     assert fleet.decode(MessageKind.BIRTH, "box-1", fleet.encode(MessageKind.BIRTH, "box-1", 2**63 - 1)).bd_seq
 

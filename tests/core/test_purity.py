@@ -42,7 +42,9 @@ ALLOWED_STDLIB = frozenset({
     "typing",
 })
 # Third-party packages the core may use, with all their submodules; and the core itself.
-ALLOWED_PACKAGES = ("zstandard", "cryptography", CORE_PACKAGE)
+# msgspec parses bytes into typed values and does nothing else (no I/O, clock or state): the
+# boundary's message shapes (core/schema.py) are domain rules, so they live in the core.
+ALLOWED_PACKAGES = ("zstandard", "cryptography", "msgspec", CORE_PACKAGE)
 # Builtins that do I/O, read input or import or run code by name: never called from core.
 FORBIDDEN_CALLS = frozenset({"open", "print", "input", "__import__", "exec", "eval", "compile", "breakpoint"})
 

@@ -23,6 +23,7 @@ const I18N = {
     none: "–", days_left: "days", in_days: "in {n} d", ago: "{n} ago", fleet_counts: "{on} online · {off} offline · {al} alerts",
     box_offline: "Box offline", backlog_age: "Backlog too old", disk_full: "Disk nearly full", cert_expiry: "Certificate expiring",
     modality_silent: "Modality silent", quarantine_not_empty: "Quarantine not empty",
+    dead_letters: "Messages set aside",
   },
   zh: {
     title: "影像网关设备总览", nav_fleet: "设备", nav_util: "设备利用率", loading: "加载中…",
@@ -42,6 +43,7 @@ const I18N = {
     none: "–", days_left: "天", in_days: "{n} 天后", ago: "{n}前", fleet_counts: "在线 {on} · 离线 {off} · 告警 {al}",
     box_offline: "设备离线", backlog_age: "积压过久", disk_full: "磁盘将满", cert_expiry: "证书即将过期",
     modality_silent: "检查设备长时间无检查", quarantine_not_empty: "隔离区非空",
+    dead_letters: "消息被搁置",
   },
 };
 

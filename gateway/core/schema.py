@@ -1,0 +1,146 @@
+"""Typed shapes of every JSON message a box sends the cloud, parsed at the boundary: pure.
+
+A message from a box is hostile until it is parsed. ``parse(kind, payload)`` turns the bytes of
+one MQTT message into a frozen, fully typed value or raises ``FrameError`` with a reason that
+names the offending field; it never raises anything else, whatever the bytes (wrong JSON types,
+booleans where numbers belong, NaN or infinite times, NUL characters, nesting a thousand
+levels deep, megabytes of padding). Nothing downstream sees raw JSON.
+
+msgspec does the parsing (a schema library made for this: one C pass from bytes to typed
+structs, strict about types, with bounds as annotations); docs/architecture.md says why it was
+chosen. Unknown keys are ignored, so the edge may add a field without a new version
+(docs/protocol.md, "Fleet telemetry"); a known key with a wrong type or out of its range
+refuses the whole message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from gateway.core.errors import FrameError
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a heartbeat is ~600 bytes; anything near this is not ours
+
+T = TypeVar("T")
+
+# -- value types, with their bounds ------------------------------------------------------------------------
+BoxId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # what a BIGINT column holds
+Count32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # what an INTEGER column holds on both backends
+Time = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]  # Unix seconds, finite (year < 5000)
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e10)]
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Celsius = Annotated[float, msgspec.Meta(ge=-100.0, le=300.0)]
+Text = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]  # no NUL, no control
+Modality = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9_]{1,16}$")]
+StudyKey = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16,64}$")]
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    pass
+
+
+class _Telemetry(_Message, frozen=True, tag_field="kind"):
+    """Birth, death and heartbeat carry their ``kind`` as a tag (docs/protocol.md)."""
+
+
+class Backlog(_Message, frozen=True):
+    items: Count = 0
+    bytes: Count = 0
+    spool_items: Count = 0
+    outbox_items: Count = 0
+    oldest_unacked_age_s: Seconds | None = None
+
+
+class Disk(_Message, frozen=True):
+    free_bytes: Count | None = None
+    total_bytes: Count | None = None
+    used_percent: Percent | None = None
+
+
+class Birth(_Telemetry, frozen=True, tag="birth"):
+    v: Literal[1]
+    box_id: BoxId
+    bd_seq: Count
+    at: Time | None = None
+    version: Text = ""
+    site: Text = ""
+    heartbeat_s: Seconds | None = None
+
+
+class Death(_Telemetry, frozen=True, tag="death"):
+    v: Literal[1]
+    box_id: BoxId
+    bd_seq: Count
+
+
+class Heartbeat(_Telemetry, frozen=True, tag="heartbeat"):
+    v: Literal[1]
+    box_id: BoxId
+    bd_seq: Count
+    seq: Count = 0
+    at: Time | None = None
+    uptime_s: Seconds | None = None
+    version: Text = ""
+    site: Text = ""
+    backlog: Backlog | None = None
+    quarantine_items: Count = 0
+    disk: Disk | None = None
+    cpu_temp_c: Celsius | None = None
+    reconnects: Count = 0
+    uplink_connected: bool = False
+    # Keys as the modality sent them (the alert rules skip odd ones); one odd key must not cost
+    # the whole heartbeat, or the box would look offline.
+    last_study: Annotated[dict[Annotated[str, msgspec.Meta(max_length=16)], Time], msgspec.Meta(max_length=32)] = {}
+    cert_not_after: Time | None = None
+    utilisation_unacked: Count = 0
+    exams_dropped: Count = 0
+
+
+class ExamRecord(_Message, frozen=True):
+    v: Literal[1]
+    box_id: BoxId
+    study_key: StudyKey
+    revision: Count32
+    modality: Modality
+    start: Time
+    end: Time
+    images: Count32
+    series: Count32
+    source: Literal["mpps", "header", "received"]
+    status: Literal["in_progress", "completed", "discontinued"]
+    first_received_at: Time
+    last_received_at: Time
+    cloud_stored_at: Time | None = None
+    site: Text = ""
+
+
+State = Birth | Death  # decoded by the "kind" tag
+
+
+def parse(kind: type[T], payload: bytes, what: str) -> T:
+    """``payload`` as a ``kind``, or ``FrameError("<what>: <reason>")``; never another exception."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise FrameError(f"{what}: {len(payload)} bytes, above the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        return msgspec.json.decode(payload, type=kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise FrameError(f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"{what}: not JSON ({exc})") from None
+    except RecursionError:
+        raise FrameError(f"{what}: nested too deeply") from None
+
+
+def parse_state(payload: bytes) -> Birth | Death:
+    """A retained birth or death message (a union tagged by ``kind``)."""
+    return parse(State, payload, "state")  # type: ignore[arg-type]
+
+
+def to_builtins(value: _Message) -> dict[str, Any]:
+    """A parsed message as plain JSON types (for storage and the API)."""
+    out = msgspec.to_builtins(value)
+    assert isinstance(out, dict)
+    return out
