@@ -178,7 +178,7 @@ class CloudNodeSettings:
 class IngestSettings:
     share_group: str = _f("ingest", "MQTT 5 shared-subscription group of the ingest workers")
     max_object_bytes: int = _f(4 * 1024**3, "refuse objects that declare more than this size")
-    staging_ttl_hours: float = _f(168.0, "drop staged chunks of transfers idle this long")
+    staging_ttl_hours: float = _f(48.0, "drop staged chunks of transfers idle this long (the box resends them)")
     worker_id: str = _f("1", "stable id of this worker in its node; a restarted worker resumes its MQTT session")
     session_expiry_s: int = _f(60, "MQTT session expiry of a worker: a worker back within it resumes its queue; "
                                "a dead worker stops receiving shared-subscription messages once it lapses")
@@ -248,7 +248,8 @@ class BudgetSettings:
     burst_messages: int = _f(2000, "messages a box may send at once above its rate before it is slowed")
     max_open_transfers: int = _f(64, "unfinished transfers one box may have staged; a chunk of a further one "
                                  "waits (is not acknowledged) until one completes or expires")
-    max_staging_bytes: int = _f(2 * 1024**3, "bytes of staged chunks one box may hold in the cloud")
+    max_staging_bytes: int = _f(8 * 1024**3, "staged bytes above which a box may start no new transfer (it "
+                                "may finish those it has: at most this plus ingest.max_object_bytes)")
     usage_refresh_s: float = _f(2.0, "how long a worker trusts its count of a box's staged transfers and bytes")
 
 
@@ -454,7 +455,14 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
     if settings.forward.cstore_host and not _AE.match(settings.forward.cstore_called_ae):
         raise ConfigError(f"{source}: 'forward.cstore_called_ae' must be 1-16 printable characters")
     _check_fleet(settings.fleet, source)
+    _check_budgets(settings.budgets, source)
     return settings
+
+
+def _check_budgets(b: BudgetSettings, source: str) -> None:
+    if not (b.max_messages_per_s > 0 and b.burst_messages >= 1 and b.max_open_transfers >= 1
+            and b.max_staging_bytes > 0 and b.usage_refresh_s >= 0):
+        raise ConfigError(f"{source}: '[budgets]' limits must be positive")
 
 
 def _check_fleet(f: FleetSettings, source: str) -> None:

@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState
+from gateway.cloud.budget import BoxBudgets, OverBudget
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.jpegls import IMAGE_DECODERS
-from gateway.config import BOX_ID, IngestSettings
+from gateway.config import BOX_ID, BudgetSettings, IngestSettings
 from gateway.core import envelope, framing, transfer
 from gateway.core.codec import Codec
 from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError
@@ -72,7 +73,7 @@ _LETTER_REASON = {
 COUNTERS = (
     "chunks_received", "chunks_staged", "chunks_duplicate", "chunks_rejected",
     *(f"chunks_rejected_{r.value}" for r in ChunkRejection), "chunks_corrupt_staged",
-    "objects_stored", "objects_duplicate", "objects_rejected", "transfers_expired",
+    "objects_stored", "objects_duplicate", "objects_rejected", "transfers_expired", "chunks_over_budget",
 )
 
 
@@ -122,11 +123,13 @@ class Ingest:
 
     def __init__(self, settings: IngestSettings, envelope_private_key: bytes, archive: Archive,
                  staging: Staging | Path, clock: Callable[[], float] = time.time,
-                 dead_letters: DeadLetters | None = None) -> None:
+                 dead_letters: DeadLetters | None = None, budgets: BudgetSettings | None = None) -> None:
         self._settings, self._private, self._archive = settings, envelope_private_key, archive
         self._staging: Staging = FileStaging(staging) if isinstance(staging, Path) else staging
         self._clock = clock
         self._dead_letters = dead_letters
+        self._budgets = None if budgets is None else BoxBudgets(budgets, settings.max_object_bytes, self._staging,
+                                                                 clock)
         # No object of max_object_bytes needs more chunks: every chunk but the last carries >= 1 KiB.
         self._max_seq = settings.max_object_bytes // 1024 + 2
         self._keys: OrderedDict[tuple[str, bytes], _Keys] = OrderedDict()
@@ -139,17 +142,35 @@ class Ingest:
         """Acks to publish for one chunk; raises ``LocalError`` if our disk or index fails."""
         self._counters["chunks_received"] += 1
         try:
+            if self._budgets is not None:
+                self._budgets.admit_message(box_id)
             chunk = self._authenticate(box_id, payload)
         except _Refused as refused:
             self._count_refusal(box_id, topic, len(payload), refused)
             return []
+        except OverBudget as over:
+            return self._over_budget(box_id, topic, len(payload), over)
         thex = chunk.frame.transfer_id.hex()
         record = self._archive.lookup_transfer(box_id, chunk.frame.transfer_id)
         if record is not None and record.state is not TransferState.STAGING \
                 and not self._staging.present(box_id, thex):
             return [self._terminal_ack(chunk, record)]
+        new_transfer = record is None and not self._staging.present(box_id, thex)
+        if self._budgets is not None:
+            try:
+                self._budgets.admit_chunk(box_id, new_transfer)
+            except OverBudget as over:
+                return self._over_budget(box_id, topic, len(payload), over)
+            self._budgets.staged(box_id, len(payload), new_transfer)
         with self._staging.hold(box_id, thex, self._clock()) as staged:
             return self._handle_locked(chunk, staged)
+
+    def _over_budget(self, box_id: str, topic: str, size: int, over: OverBudget) -> list[Outgoing]:
+        """Not acknowledged: the box resends it later. Dead-lettered (bounded per box) for the alert."""
+        self._counters["chunks_over_budget"] += 1
+        if self._dead_letters is not None:
+            self._dead_letters.put(box_id, topic, DeadLetterReason.BUDGET, str(over), size)
+        return []
 
     def _authenticate(self, box_id: str, payload: bytes) -> _Verified:
         if not BOX_ID.fullmatch(box_id):

@@ -44,7 +44,7 @@ class CloudService:
         self.dead_letters = DeadLetters(self._letters_store, settings.dead_letters,
                                         f"ingest-{settings.ingest.share_group}-{settings.ingest.worker_id}", time.time)
         self.ingest = Ingest(settings.ingest, key, self.archive, backends.open_staging(settings, paths),
-                             dead_letters=self.dead_letters)
+                             dead_letters=self.dead_letters, budgets=settings.budgets)
         self._forwarder: threading.Thread | None = None
         self._forward_archive: Archive | None = None
         destinations = backends.open_destinations(settings, paths)

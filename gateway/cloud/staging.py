@@ -48,6 +48,7 @@ class Staging(Protocol):
     def hold(self, box_id: str, transfer_hex: str, now: float) -> AbstractContextManager[StagedTransfer]: ...
     def expire(self, cutoff: float, forget: Forget) -> int: ...
     def chunk_count(self) -> int: ...
+    def usage(self, box_id: str) -> tuple[int, int]: ...  # (unfinished transfers, staged bytes) of one box
     def close(self) -> None: ...
 
 
@@ -116,6 +117,23 @@ class FileStaging:
 
     def chunk_count(self) -> int:
         return sum(1 for _ in self.root.rglob("*.chunk")) if self.root.exists() else 0
+
+    def usage(self, box_id: str) -> tuple[int, int]:
+        transfers = size = 0
+        try:
+            with os.scandir(self.root / box_id) as tdirs:
+                for tdir in tdirs:
+                    if not (_TRANSFER_DIR.fullmatch(tdir.name) and tdir.is_dir(follow_symlinks=False)):
+                        continue
+                    transfers += 1
+                    with os.scandir(tdir.path) as chunks:
+                        size += sum(c.stat(follow_symlinks=False).st_size for c in chunks
+                                    if _CHUNK_FILE.fullmatch(c.name))
+        except FileNotFoundError:
+            pass  # nothing staged for this box, or a transfer cleared while counting
+        except OSError as exc:
+            raise StorageError(f"staging usage of {box_id}: {exc.strerror or exc}") from exc
+        return transfers, size
 
     def close(self) -> None:
         pass

@@ -119,6 +119,14 @@ class PostgresStaging:
             row = self._conn.execute("SELECT COUNT(*) AS n FROM staged_chunks").fetchone()
             return int(row["n"]) if row else 0
 
+    def usage(self, box_id: str) -> tuple[int, int]:
+        with self._guarded("usage"):
+            row = self._conn.execute(
+                "SELECT COUNT(DISTINCT transfer_id) AS transfers, COALESCE(SUM(octet_length(frame)), 0) AS size "
+                "FROM staged_chunks WHERE box_id = %s", [box_id]).fetchone()
+        assert row is not None
+        return int(row["transfers"]), int(row["size"])
+
     def close(self) -> None:
         with self._guarded("close"):
             self._conn.close()
