@@ -20,6 +20,7 @@ from typing import Protocol
 from gateway import __version__, config, logs
 from gateway.core.errors import GatewayError
 from gateway.paths import Paths
+from gateway.supervision import StartRecord
 
 log = logging.getLogger("gateway.cli")
 
@@ -49,14 +50,20 @@ def _cloud_settings(args: argparse.Namespace) -> tuple[config.CloudSettings, Pat
     return settings, Paths.from_env(settings.cloud.state_dir, base=files[0].parent)
 
 
-def run_service(service: _Service, name: str) -> int:
-    """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal."""
+def run_service(service: _Service, name: str, starts: StartRecord | None = None) -> int:
+    """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal.
+
+    With ``starts``, the start is recorded and a clean stop marked, so that a run that dies
+    (its loop, or the process) shows as an unclean restart next time (``gateway.supervision``).
+    """
     from gateway.adapters.sd_notify import Notifier
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     notifier = Notifier()
+    if starts is not None:
+        starts.started()
     service.start()
     notifier.ready(f"{name} running")
     interval = notifier.watchdog_interval_s or 1.0
@@ -70,6 +77,8 @@ def run_service(service: _Service, name: str) -> int:
         notifier.watchdog()
     notifier.stopping()
     service.stop()
+    if starts is not None and code == 0:
+        starts.stopped()
     return code
 
 
@@ -78,7 +87,8 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     logs.setup(settings.box.log_level, args.log_json)
     from gateway.edge.service import EdgeService
 
-    return run_service(EdgeService(settings, paths), "edge")
+    edge = EdgeService(settings, paths)
+    return run_service(edge, "edge", StartRecord(paths.state_dir, "edge", time.time))
 
 
 def cmd_cloud_run(args: argparse.Namespace) -> int:
@@ -86,7 +96,8 @@ def cmd_cloud_run(args: argparse.Namespace) -> int:
     logs.setup(settings.cloud.log_level, args.log_json)
     from gateway.cloud.service import CloudService
 
-    return run_service(CloudService(settings, paths), "cloud ingest")
+    service = CloudService(settings, paths)
+    return run_service(service, "cloud ingest", service.starts)
 
 
 def cmd_cloud_fleet(args: argparse.Namespace) -> int:
@@ -94,7 +105,8 @@ def cmd_cloud_fleet(args: argparse.Namespace) -> int:
     logs.setup(settings.cloud.log_level, args.log_json)
     from gateway.cloud.fleet import FleetService
 
-    return run_service(FleetService(settings, paths), "cloud fleet")
+    fleet = FleetService(settings, paths)
+    return run_service(fleet, "cloud fleet", fleet.starts)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -182,6 +182,9 @@ class IngestSettings:
     worker_id: str = _f("1", "stable id of this worker in its node; a restarted worker resumes its MQTT session")
     session_expiry_s: int = _f(60, "MQTT session expiry of a worker: a worker back within it resumes its queue; "
                                "a dead worker stops receiving shared-subscription messages once it lapses")
+    metrics_bind: str = _f("127.0.0.1", "address of this worker's Prometheus /metrics")
+    metrics_port: int = _f(9471, "port of this worker's /metrics (each worker of a node needs its own; "
+                           "0 = any free port)")
 
 
 @dataclass(frozen=True)

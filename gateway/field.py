@@ -127,6 +127,7 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     from gateway.adapters import blobs, keystore
     from gateway.cli import run_service
     from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
+    from gateway.supervision import StartRecord
 
     settings, paths, authority = _authority(args)
     logs.setup(settings.cloud.log_level, args.log_json)
@@ -140,7 +141,7 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
                                settings.mqtt.topic_prefix, a.box_cert_days)
     server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port)
-    return run_service(server, "enrolment")
+    return run_service(server, "enrolment", StartRecord(paths.state_dir, "enrolment", time.time))
 
 
 def cmd_cloud_token(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from gateway.core.errors import FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
+from gateway.supervision import StartRecord
 
 log = logging.getLogger(__name__)
 FLUSH_S = 1.0
@@ -71,6 +72,7 @@ class FleetService:
                              subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
+        self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
         self.http: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------

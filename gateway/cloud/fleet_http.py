@@ -95,6 +95,7 @@ class FleetHttp:
         out += [Sample("mgw_fleet_dead_letters_total", "telemetry messages set aside, by reason", n,
                        {"reason": reason.value}, counter=True)
                 for reason, n in sorted(self.service.dead_letters.counts.items())]
+        out += list(self.service.starts.samples())
         for b in boxes:
             labels = {"box_id": b.box_id, "site": b.site}
             backlog = b.health.get("backlog") or {}

@@ -11,9 +11,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 
 from gateway import __version__
 from gateway.adapters import keystore
+from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud import backends
 from gateway.cloud.archive import Archive
@@ -26,6 +28,7 @@ from gateway.core.errors import FrameError, GatewayError, LocalError
 from gateway.core.framing import CHUNK_HEADER_BYTES
 from gateway.logs import MSG
 from gateway.paths import Paths
+from gateway.supervision import StartRecord
 
 log = logging.getLogger(__name__)
 STAGING_SWEEP_S = 3600.0
@@ -64,8 +67,26 @@ class CloudService:
             on_message=self._inbox.put, manual_ack=True, session_expiry_s=settings.ingest.session_expiry_s,
         )
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self.starts = StartRecord(paths.state_dir, f"ingest-{group}-{settings.ingest.worker_id}", time.time)
+        self.metrics = MetricsServer(settings.ingest.metrics_bind, settings.ingest.metrics_port, self._samples)
         self.topic_rejects = 0
         self.loop_heartbeat = time.monotonic()
+
+    def _samples(self) -> Iterator[Sample]:
+        """/metrics of this worker: what it handled, what it set aside, and its own starts."""
+        labels = {"worker": f"{self.settings.ingest.share_group}-{self.settings.ingest.worker_id}"}
+        for name, value in self.ingest.counters().items():
+            yield Sample(f"mgw_ingest_{name}_total", f"ingest counter {name}", value, labels, counter=True)
+        yield Sample("mgw_ingest_topic_rejects_total", "messages on a topic that is not a chunk topic",
+                     self.topic_rejects, labels, counter=True)
+        for reason in DeadLetterReason:
+            yield Sample("mgw_ingest_dead_letters_total", "messages set aside, by reason",
+                         self.dead_letters.counts[reason], {**labels, "reason": reason.value}, counter=True)
+        yield Sample("mgw_ingest_uplink_connected", "1 while connected to the broker", int(self.link.connected),
+                     labels)
+        yield Sample("mgw_ingest_broker_reconnects_total", "connections to the broker lost", self.link.reconnects,
+                     labels, counter=True)
+        yield from self.starts.samples()
 
     def _stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -74,6 +95,7 @@ class CloudService:
         self._stop.wait(seconds)
 
     def start(self) -> None:
+        self.metrics.start()
         self._worker.start()
         if self._forwarder is not None:
             self._forwarder.start()
@@ -86,6 +108,7 @@ class CloudService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.metrics.stop()
         self.link.stop()
         self._worker.join(10)
         if self._forwarder is not None:

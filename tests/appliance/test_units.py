@@ -88,6 +88,15 @@ def test_edge_unit_is_notify_with_watchdog_and_start_limits_when_read() -> None:
         assert line in text, line
 
 
+@pytest.mark.parametrize("unit, command", [("mgw-cloud.service", "cloud run"), ("mgw-fleet.service", "cloud fleet"),
+                                           ("mgw-enrol.service", "cloud enrol")])
+def test_cloud_unit_is_supervised_with_watchdog_and_restart_when_read(unit: str, command: str) -> None:
+    text = (SYSTEMD / unit).read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StartLimitBurst=", "StateDirectory=gateway",
+                 "User=mgw", f"ExecStart=/usr/bin/mgw {command} --config /etc/gateway/cloud.toml"):
+        assert line in text, line
+
+
 def test_sysusers_and_tmpfiles_create_user_and_dirs_when_applied_to_a_root(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     for kind in ("sysusers.d", "tmpfiles.d"):

@@ -1,0 +1,87 @@
+"""What a service remembers of its own starts, so that a restart shows in metrics and alerts.
+
+systemd restarts a cloud or edge service whose loop died (``Restart=on-failure`` and the
+watchdog: ``cli.run_service``). That is a safety net, not a fix, and it must never go unseen.
+Each start of a service reads and rewrites ``<state>/starts/<service>.json``: how many times it
+started, when, and whether the run before ended cleanly (``stopped()`` marks a clean stop). A
+start after an unclean end (a crash, a watchdog kill, a power cut) is logged as
+SERVICE_RESTARTED and counted in ``mgw_service_unclean_restarts_total``, which the Prometheus
+rules in deploy/prometheus/ turn into an alert.
+
+The file is written atomically (temporary file, fsync, rename); an unreadable one counts as a
+first start rather than stopping the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from gateway import __version__
+from gateway.adapters import blobs
+from gateway.adapters.metrics_http import Sample
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Starts:
+    starts: int = 0  # starts so far, this one included
+    unclean: int = 0  # starts after a run that did not stop cleanly
+    started_at: float = 0.0
+    running: bool = False  # set while a run is on; still set at the next start = that run died
+
+
+class StartRecord:
+    def __init__(self, state_dir: Path, service: str, clock: Callable[[], float]) -> None:
+        self.service = service
+        self._path = state_dir / "starts" / f"{service}.json"
+        self._clock = clock
+        self.current = Starts()
+
+    def started(self) -> Starts:
+        before = self._read()
+        unclean = before.unclean + int(before.running)
+        self.current = Starts(before.starts + 1, unclean, self._clock(), True)
+        self._write(self.current)
+        if before.running:
+            log.warning("service restarted after an unclean stop", extra={
+                "MESSAGE_ID": MSG.SERVICE_RESTARTED.value, "SERVICE": self.service, "STARTS": self.current.starts,
+                "UNCLEAN": unclean, "PREVIOUS_START": before.started_at})
+        return self.current
+
+    def stopped(self) -> None:
+        self.current = replace(self.current, running=False)
+        self._write(self.current)
+
+    def samples(self) -> Iterator[Sample]:
+        labels = {"service": self.service}
+        yield Sample("mgw_service_starts_total", "starts of this service since it was installed",
+                     self.current.starts, labels, counter=True)
+        yield Sample("mgw_service_unclean_restarts_total", "starts after a run that crashed or was killed",
+                     self.current.unclean, labels, counter=True)
+        yield Sample("mgw_service_start_time_seconds", "when this run started", self.current.started_at, labels)
+        yield Sample("mgw_build_info", "the software version of this process", 1,
+                     {**labels, "version": __version__})
+
+    def _read(self) -> Starts:
+        try:
+            doc = json.loads(self._path.read_bytes())
+            return Starts(int(doc["starts"]), int(doc["unclean"]), float(doc["started_at"]), bool(doc["running"]))
+        except FileNotFoundError:
+            return Starts()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("start record unreadable; counting from here", extra={
+                "SERVICE": self.service, "ERROR": str(exc)})
+            return Starts()
+
+    def _write(self, starts: Starts) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            blobs.write_atomic(self._path, json.dumps(asdict(starts)).encode(), mode=0o600)
+        except OSError as exc:  # an observer: a full disk must not stop the service
+            log.warning("start record not written", extra={"SERVICE": self.service, "ERROR": str(exc)})
