@@ -95,8 +95,9 @@ class LoopbackDeployment:
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
         for n in range(len(self.clouds)):
             worker = {table: dict(keys) for table, keys in cloud.items()}
+            worker["ingest"] = {"metrics_port": 0}  # any free port: several workers, parallel tests
             if len(self.clouds) > 1:
-                worker["ingest"] = {"worker_id": str(n + 1)}
+                worker["ingest"]["worker_id"] = str(n + 1)
             for table, keys in self._cloud_overrides.items():
                 worker.setdefault(table, {}).update(keys)
             self.cloud_worker_toml(n).write_text(render_toml(worker))
