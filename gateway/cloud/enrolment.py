@@ -215,9 +215,11 @@ class EnrolmentServer:
         """The answer to one POST, or a ``Refusal``."""
         if path not in (ENROL, REENROL):
             raise Refusal(404, MSG.ENROLMENT_BAD_REQUEST, "no such endpoint")
-        self.guard.admit("address", attempt.address, "this address")
+        # read (bounded) before any refusal: closing on an unread body resets the connection,
+        # and the client would lose the answer telling it when to retry
         body = read_body(rfile, headers.get("Content-Length"), headers.get("Transfer-Encoding"),
                          self.limits.max_body_bytes)
+        self.guard.admit("address", attempt.address, "this address")
         if path == ENROL:
             return self.enrol(parse(body, EnrolRequest), attempt)
         return self.reenrol(parse(body, ReenrolRequest), peer_der, attempt)
@@ -270,20 +272,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         ep = self.endpoint
-        attempt = Attempt(self.path.rsplit("/", 1)[-1][:40], address_key(str(self.client_address[0])))
+        name = self.path.rsplit("/", 1)[-1] if self.path in (ENROL, REENROL) else "other"
+        attempt = Attempt(name, address_key(str(self.client_address[0])))
+        status, retry_after = 200, 0
         try:
             peer = self.connection.getpeercert(binary_form=True)
-            self._json(200, ep.serve_post(self.path, self.headers, self.rfile, peer, attempt))
+            doc = ep.serve_post(self.path, self.headers, self.rfile, peer, attempt)
         except Refusal as refusal:
-            reason = ep.refused(refusal, attempt)
-            doc: dict[str, Any] = {"error": reason}
-            if refusal.retry_after:
-                doc["retry_after_s"] = refusal.retry_after
-            self._json(refusal.status, doc, refusal.retry_after)
-        except OSError as exc:  # the peer went away or stalled mid-request: nobody to answer
-            log.debug("enrolment connection from %s lost: %s", attempt.address, exc)
+            status, retry_after = refusal.status, refusal.retry_after
+            doc = {"error": ep.refused(refusal, attempt)}
+            if retry_after:
+                doc["retry_after_s"] = retry_after
+        except OSError as exc:  # the client stalled or went away mid-request: nobody to answer
+            ep.refused(Refusal(400, MSG.ENROLMENT_BAD_REQUEST, f"request not received whole ({exc})"), attempt)
+            return
         except Exception as exc:  # a bug of ours: log it, answer 500, keep serving
             log.exception("enrolment request failed", extra={
                 "MESSAGE_ID": MSG.ENROLMENT_REFUSED.value, "STATUS": 500,
                 "REASON": f"internal error ({type(exc).__name__})", **attempt.log_fields()})
-            self._json(500, {"error": "internal error at the enrolment endpoint; ops can see it in its log"})
+            status, doc = 500, {"error": "internal error at the enrolment endpoint; ops can see it in its log"}
+        try:
+            self._json(status, doc, retry_after)
+        except OSError as exc:
+            log.debug("enrolment answer to %s not delivered: %s", attempt.address, exc)

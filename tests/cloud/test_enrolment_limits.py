@@ -213,6 +213,21 @@ def test_oversize_body_never_read_when_the_client_sends_it_whole(make_cloud: Any
     assert cloud.provision(cloud.token(), "box").box_id == "ct-01"
 
 
+def test_stalled_body_refused_and_counted_when_the_client_stops_sending(make_cloud: Any,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    cloud = make_cloud(replace(GENEROUS, request_timeout_s=1.0, max_failures=1))
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    ctx = ssl.create_default_context(cadata=cloud.authority.ca_pem.decode())
+    with socket.create_connection(("127.0.0.1", cloud.server.port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"POST {ENROL} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+        assert tls.recv(1024) == b""  # closed unanswered once the body stalled for request_timeout_s
+    assert _fields(caplog.records[0], "MESSAGE_ID", "STATUS") == (MSG.ENROLMENT_BAD_REQUEST, 400)
+    assert "request not received whole" in caplog.records[0].__dict__["REASON"]
+    status, doc, _ = cloud.enrol(cloud.token())  # it counted: max_failures=1 locked the address out
+    assert status == 403 and "this address locked out" in doc["error"]
+
+
 def test_renewal_limited_by_the_box_certificate_when_one_box_asks_from_two_addresses(make_cloud: Any) -> None:
     cloud = make_cloud(replace(GENEROUS, box_per_minute=1, box_burst=2))
     ident = box_identity(cloud.authority, "ct-01", cloud.tmp / "box")
