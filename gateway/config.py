@@ -201,6 +201,28 @@ class AuthoritySettings:
 
 
 @dataclass(frozen=True)
+class EnrolmentLimitSettings:
+    """What one address, token or box may ask of the enrolment endpoint; over it, refused, others served."""
+
+    address_per_minute: float = _f(6.0, "enrolment and renewal requests one source address (IPv6: its /64) may "
+                                        "make per minute on average; more get HTTP 429 with Retry-After")
+    address_burst: int = _f(10, "requests one source address may make at once after a quiet spell")
+    token_per_minute: float = _f(2.0, "attempts with one enrolment token per minute on average")
+    token_burst: int = _f(3, "attempts with one enrolment token at once")
+    box_per_minute: float = _f(1.0, "renewal requests per minute from one box certificate on average")
+    box_burst: int = _f(3, "renewal requests from one box certificate at once")
+    max_failures: int = _f(5, "refused attempts of one address, token or box within failure_window_s "
+                              "that lock it out")
+    failure_window_s: float = _f(900.0, "refused attempts older than this no longer count toward a lockout")
+    lockout_s: float = _f(900.0, "how long a locked-out address, token or box is refused without a try")
+    max_tracked_keys: int = _f(10000, "addresses, tokens and boxes remembered per table (the least recently "
+                                      "seen are forgotten first): bounds the memory a flood can take")
+    max_body_bytes: int = _f(65536, "largest request body accepted (HTTP 413 above); read no further")
+    max_connections: int = _f(32, "connections served at once; more are closed unanswered")
+    request_timeout_s: float = _f(10.0, "a connection silent this long (TLS handshake, headers or body) is closed")
+
+
+@dataclass(frozen=True)
 class IndexSettings:
     backend: str = _f("sqlite", "archive index, ingest staging and fleet store: sqlite (one node) or postgres (many)")
     dsn: str = _f("", "postgres: libpq connection string without a password, e.g. 'host=db dbname=mgw user=mgw'")
@@ -273,6 +295,7 @@ class CloudSettings:
     mqtt: MqttSettings = _f(None, "the broker the boxes publish to")
     ingest: IngestSettings = _f(None, "ingest workers")
     authority: AuthoritySettings = _f(None, "fleet certificate authority and enrolment endpoint")
+    enrolment: EnrolmentLimitSettings = _f(None, "rate limits and lockouts of the enrolment endpoint")
     index: IndexSettings = _f(None, "archive index backend")
     forward: ForwardSettings = _f(None, "forwarding archived objects to the reading site's PACS")
     fleet: FleetSettings = _f(None, "fleet registry, analytics, alerts, API and dashboard")
@@ -459,6 +482,7 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
         raise ConfigError(f"{source}: 'forward.cstore_called_ae' must be 1-16 printable characters")
     _check_fleet(settings.fleet, source)
     _check_budgets(settings.budgets, source)
+    _check_enrolment_limits(settings.enrolment, source)
     return settings
 
 
@@ -466,6 +490,19 @@ def _check_budgets(b: BudgetSettings, source: str) -> None:
     if not (b.max_messages_per_s > 0 and b.burst_messages >= 1 and b.max_open_transfers >= 1
             and b.max_staging_bytes > 0 and b.usage_refresh_s >= 0):
         raise ConfigError(f"{source}: '[budgets]' limits must be positive")
+
+
+def _check_enrolment_limits(e: EnrolmentLimitSettings, source: str) -> None:
+    positive = ("address_per_minute", "address_burst", "token_per_minute", "token_burst", "box_per_minute",
+                "box_burst", "max_failures", "failure_window_s", "max_tracked_keys", "max_body_bytes",
+                "max_connections", "request_timeout_s")
+    import math
+
+    for name in positive:
+        if not 0 < getattr(e, name) < math.inf:
+            raise ConfigError(f"{source}: 'enrolment.{name}' must be a positive finite number")
+    if not 0 <= e.lockout_s < math.inf:
+        raise ConfigError(f"{source}: 'enrolment.lockout_s' must be a finite number >= 0")
 
 
 def _check_fleet(f: FleetSettings, source: str) -> None:

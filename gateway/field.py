@@ -140,16 +140,19 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     envelope = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
                                settings.mqtt.topic_prefix, a.box_cert_days)
-    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port)
+    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment)
     return run_service(server, "enrolment", StartRecord(paths.state_dir, "enrolment", time.time))
 
 
 def cmd_cloud_token(args: argparse.Namespace) -> int:
+    from gateway.cloud.authority import token_ref
+
     settings, _, authority = _authority(args)
     ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
     token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600)
     doc = {"box_id": args.box, "site": args.site, "modality": args.modality, "token": token,
-           "url": _enrol_url(settings), "ca_fingerprint": authority.ca_fingerprint, "expires_in_hours": ttl_h}
+           "token_ref": token_ref(token), "url": _enrol_url(settings), "ca_fingerprint": authority.ca_fingerprint,
+           "expires_in_hours": ttl_h}
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -43,6 +43,10 @@ class MSG(enum.StrEnum):
     BUNDLE_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0205"
     BOX_DECOMMISSIONED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0206"
     CERT_REVOKED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0207"
+    ENROLMENT_RATE_LIMITED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0208"
+    ENROLMENT_LOCKED_OUT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0209"
+    ENROLMENT_LOCKOUT_STARTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e020a"
+    ENROLMENT_BAD_REQUEST = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e020b"
     # the appliance: update hooks, USB sticks, link events, watchdog (0400-04ff)
     UPDATE_ALLOWED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0400"
     UPDATE_DEFERRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0401"

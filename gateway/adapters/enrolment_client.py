@@ -26,6 +26,7 @@ CACERTS = "/.well-known/est/cacerts"
 ENROL = "/.well-known/est/simpleenroll"
 REENROL = "/.well-known/est/simplereenroll"
 TIMEOUT_S = 30.0
+MAX_ERROR_BYTES = 16 * 1024
 
 
 class EnrolmentError(PeerError):
@@ -37,14 +38,24 @@ def _open(request: urllib.request.Request, ctx: ssl.SSLContext) -> bytes:
         with urllib.request.urlopen(request, context=ctx, timeout=TIMEOUT_S) as rsp:  # noqa: S310 - https only
             return bytes(rsp.read())
     except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("error", exc.reason)
-        except (ValueError, AttributeError):
-            reason = exc.reason
-        raise EnrolmentError(f"enrolment refused ({exc.code}): {reason}") from exc
+        raise EnrolmentError(_refusal(exc)) from exc
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         raise EnrolmentError(f"enrolment endpoint {request.full_url} unreachable: {exc}; "
                              "check the URL, the network and the clock") from exc
+
+
+def _refusal(exc: urllib.error.HTTPError) -> str:
+    """One line saying why the endpoint refused us, and when to try again if it said."""
+    try:
+        reason = str(json.loads(exc.read(MAX_ERROR_BYTES)).get("error", exc.reason))
+    except (ValueError, AttributeError, OSError):
+        reason = str(exc.reason)
+    reason = " ".join(reason.split())[:300]  # one line, whatever the server sent
+    retry = (exc.headers.get("Retry-After", "") if exc.headers else "").strip()
+    when = f"; retry in {int(retry)} s" if retry.isdigit() and f"{int(retry)} s" not in reason else ""
+    if exc.code == 429:
+        return f"enrolment endpoint busy (429): {reason}{when}"
+    return f"enrolment refused ({exc.code}): {reason}{when}"
 
 
 def fetch_ca(url: str, pinned_sha256: str) -> bytes:

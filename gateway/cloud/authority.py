@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import secrets
 import sqlite3
 import time
@@ -81,6 +82,20 @@ class CertRecord:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_TOKEN_ID = re.compile(r"^mgw1-([A-Za-z0-9_-]{8})\.")
+
+
+def token_ref(token: str) -> str:
+    """A short name of a token that is safe to log and to count attempts by, never the token.
+
+    A token is ``mgw1-<id>.<secret>``: the reference is a hash prefix of the id alone, so every
+    attempt with that id, right secret or wrong, counts toward the same token's limits. Anything
+    else (an older token without an id, a guess) is named by a hash prefix of the whole string.
+    """
+    m = _TOKEN_ID.match(token)
+    return hashlib.sha256((m.group(1) if m else token).encode()).hexdigest()[:12]
 
 
 def fingerprint(cert_pem: bytes) -> str:
@@ -198,7 +213,7 @@ class FleetAuthority:
             raise ConfigError(f"box id {box_id!r} must match {BOX_ID.pattern}")
         if ttl_s <= 0:
             raise ConfigError("token lifetime must be positive")
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = f"{TOKEN_PREFIX}{secrets.token_urlsafe(6)}.{secrets.token_urlsafe(32)}"  # <id>.<256-bit secret>
         now = self._clock()
         self._db.execute("INSERT INTO tokens (token_sha256, box_id, site, modality, created_at, expires_at)"
                          " VALUES (?, ?, ?, ?, ?, ?)", (token_hash(token), box_id, site, modality, now, now + ttl_s))
@@ -280,7 +295,7 @@ class FleetAuthority:
         return CertRecord(*row) if row else None
 
     def records(self, subject: str | None = None) -> list[CertRecord]:
-        sql, args = "SELECT * FROM certificates", ()
+        sql, args = "SELECT * FROM certificates", tuple[str, ...]()
         if subject is not None:
             sql, args = sql + " WHERE subject = ?", (subject,)
         return [CertRecord(*r) for r in self._db.execute(sql + " ORDER BY issued_at", args)]

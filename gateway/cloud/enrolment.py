@@ -10,7 +10,10 @@ Deviations from RFC 7030, on purpose: JSON bodies and PEM instead of
 base64 PKCS#7/PKCS#10, and the bootstrap is authorised by a one-time token in
 the body rather than HTTP Basic. A successful answer also carries what the box
 needs next: the cloud's envelope public key and where the broker is.
-Refusals are HTTP 403 with ``{"error": "<what to check>"}``.
+Refusals are ``{"error": "<what to check>"}`` with HTTP 403 (token, CSR or certificate refused,
+or locked out after repeated refusals), 429 (over a rate limit), 400/411/413 (a malformed or
+oversize body); 429 and lockouts carry ``Retry-After``. The limits, and why, are in
+``gateway/cloud/enrolment_guard.py``; every attempt is logged once with its MESSAGE_ID.
 """
 
 from __future__ import annotations
@@ -19,19 +22,35 @@ import json
 import logging
 import ssl
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gateway.cloud.authority import EnrolmentRefusedError, FleetAuthority, Issued
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from gateway.cloud.authority import EnrolmentRefusedError, FleetAuthority, Issued, token_ref
+from gateway.cloud.enrolment_guard import (
+    EnrolRequest,
+    Guard,
+    Lockout,
+    ReenrolRequest,
+    Refusal,
+    address_key,
+    parse,
+    read_body,
+)
+from gateway.config import EnrolmentLimitSettings
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
 CACERTS = "/.well-known/est/cacerts"
 ENROL = "/.well-known/est/simpleenroll"
 REENROL = "/.well-known/est/simplereenroll"
-MAX_BODY_BYTES = 64 * 1024
+_CONTROL = {c: " " for c in (*range(0x20), 0x7F)}
 
 
 @dataclass(frozen=True)
@@ -45,11 +64,66 @@ class BoxDirections:
     cert_days: float
 
 
+@dataclass
+class Attempt:
+    """One POST as it is being served: what it is counted against and logged with."""
+
+    endpoint: str
+    address: str
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keys.append(("address", self.address))
+
+    def count_as(self, kind: str, key: str, log_field: str) -> None:
+        self.keys.append((kind, key))
+        self.fields[log_field] = key
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"ENDPOINT": self.endpoint, "ADDRESS": self.address, **self.fields}
+
+
+class _Server(ThreadingHTTPServer):
+    """At most ``max_connections`` connections served at once; more are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("enrolment connection refused", extra={
+                "MESSAGE_ID": MSG.ENROLMENT_RATE_LIMITED.value, "ADDRESS": address_key(str(client_address[0])),
+                "REASON": "too many connections at once"})
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("enrolment connection from %s ended with an error", client_address, exc_info=True)
+
+
 class EnrolmentServer:
     def __init__(self, authority: FleetAuthority, directions: BoxDirections, cert_file: Path, key_file: Path,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, limits: EnrolmentLimitSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.authority = authority
         self.directions = directions
+        self.limits = limits or EnrolmentLimitSettings()
+        self.guard = Guard(self.limits, clock)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(cert_file), str(key_file))
@@ -60,9 +134,11 @@ class EnrolmentServer:
 
         class Handler(_Handler):
             endpoint = server
+            timeout = self.limits.request_timeout_s
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd = _Server((host, port), Handler, self.limits.max_connections)
+        # the handshake runs in the connection's own thread, under its timeout, not in accept()
+        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
 
     @property
@@ -91,28 +167,74 @@ class EnrolmentServer:
             "mqtt": {"host": d.broker_host, "port": d.broker_port, "topic_prefix": d.topic_prefix},
         }
 
-    def enrol(self, body: dict[str, Any]) -> dict[str, Any]:
-        token, csr = body.get("token"), body.get("csr")
-        if not isinstance(token, str) or not isinstance(csr, str):
-            raise EnrolmentRefusedError("request must carry 'token' and 'csr' strings")
-        with self._lock:  # one SQLite connection; redeem is atomic anyway
-            issued = self.authority.redeem(token, csr.encode(), self.directions.cert_days)
+    def enrol(self, req: EnrolRequest, attempt: Attempt) -> dict[str, Any]:
+        ref = token_ref(req.token)
+        attempt.count_as("token", ref, "TOKEN_REF")
+        self.guard.admit("token", ref, "this enrolment token")
+        try:
+            with self._lock:  # one SQLite connection; redeem is atomic anyway
+                issued = self.authority.redeem(req.token, req.csr.encode(), self.directions.cert_days)
+        except EnrolmentRefusedError as exc:
+            raise Refusal(403, MSG.ENROLMENT_REFUSED, str(exc)) from exc
+        self.guard.succeeded("token", ref)
         log.info("box enrolled", extra={"MESSAGE_ID": MSG.BOX_ENROLLED.value, "BOX_ID": issued.box_id,
-                                        "SERIAL": issued.serial})
+                                        "SERIAL": issued.serial, **attempt.log_fields()})
         return self.answer(issued)
 
-    def reenrol(self, body: dict[str, Any], peer_der: bytes | None) -> dict[str, Any]:
-        csr = body.get("csr")
+    def reenrol(self, req: ReenrolRequest, peer_der: bytes | None, attempt: Attempt) -> dict[str, Any]:
         if peer_der is None:
-            raise EnrolmentRefusedError("renewal needs the box's current certificate (mutual TLS)")
-        if not isinstance(csr, str):
-            raise EnrolmentRefusedError("request must carry a 'csr' string")
-        with self._lock:
-            issued = self.authority.renew(ssl.DER_cert_to_PEM_cert(peer_der).encode(), csr.encode(),
-                                          self.directions.cert_days)
+            raise Refusal(403, MSG.ENROLMENT_REFUSED, "renewal needs the box's current certificate (mutual TLS)")
+        box = _identity(peer_der)
+        attempt.count_as("box", box, "BOX_ID")
+        self.guard.admit("box", box, "this box")
+        try:
+            with self._lock:
+                issued = self.authority.renew(ssl.DER_cert_to_PEM_cert(peer_der).encode(), req.csr.encode(),
+                                              self.directions.cert_days)
+        except EnrolmentRefusedError as exc:
+            raise Refusal(403, MSG.ENROLMENT_REFUSED, str(exc)) from exc
+        self.guard.succeeded("box", box)
         log.info("box certificate renewed", extra={"MESSAGE_ID": MSG.CERT_RENEWED.value,
-                                                   "BOX_ID": issued.box_id, "SERIAL": issued.serial})
+                                                   "SERIAL": issued.serial, **attempt.log_fields()})
         return self.answer(issued)
+
+    def refused(self, refusal: Refusal, attempt: Attempt) -> str:
+        """Count and log a refusal; the reason to send back (with any lockout it started)."""
+        lockouts = self.guard.failed(attempt.keys) if refusal.counts else []
+        reason = refusal.reason.translate(_CONTROL)[:300]
+        log.warning("enrolment request refused", extra={
+            "MESSAGE_ID": refusal.msg.value, "STATUS": refusal.status, "REASON": reason,
+            "RETRY_AFTER": refusal.retry_after, **attempt.log_fields()})
+        for lockout in lockouts:
+            log.warning("enrolment lockout started", extra={
+                "MESSAGE_ID": MSG.ENROLMENT_LOCKOUT_STARTED.value, "KIND": lockout.kind, "KEY": lockout.key,
+                "LOCKOUT_S": lockout.seconds, **attempt.log_fields()})
+        return reason + "".join(_lockout_note(lo) for lo in lockouts)
+
+    def serve_post(self, path: str, headers: Any, rfile: Any, peer_der: bytes | None, attempt: Attempt) -> Any:
+        """The answer to one POST, or a ``Refusal``."""
+        if path not in (ENROL, REENROL):
+            raise Refusal(404, MSG.ENROLMENT_BAD_REQUEST, "no such endpoint")
+        # read (bounded) before any refusal: closing on an unread body resets the connection,
+        # and the client would lose the answer telling it when to retry
+        body = read_body(rfile, headers.get("Content-Length"), headers.get("Transfer-Encoding"),
+                         self.limits.max_body_bytes)
+        self.guard.admit("address", attempt.address, "this address")
+        if path == ENROL:
+            return self.enrol(parse(body, EnrolRequest), attempt)
+        return self.reenrol(parse(body, ReenrolRequest), peer_der, attempt)
+
+
+def _lockout_note(lockout: Lockout) -> str:
+    what = {"address": "this address", "token": "this token", "box": "this box"}[lockout.kind]
+    return f"; too many refused attempts: {what} is locked out for {round(lockout.seconds)} s"
+
+
+def _identity(der: bytes) -> str:
+    """The box id (common name) of a certificate the TLS layer verified against the fleet CA."""
+    cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else f"serial:{cert.serial_number:x}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -122,15 +244,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         log.debug("enrolment http: " + format, *args)
 
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
+    def handle(self) -> None:
+        try:
+            self.connection.do_handshake()
+        except OSError as exc:  # ssl.SSLError and timeouts too: a client that never finishes its handshake
+            log.debug("enrolment TLS handshake with %s failed: %s", self.client_address, exc)
+            return
+        super().handle()
+
+    def _send(self, code: int, body: bytes, ctype: str, retry_after: int = 0) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if retry_after:
+            self.send_header("Retry-After", str(retry_after))
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, code: int, doc: dict[str, Any]) -> None:
-        self._send(code, json.dumps(doc).encode(), "application/json")
+    def _json(self, code: int, doc: dict[str, Any], retry_after: int = 0) -> None:
+        self._send(code, json.dumps(doc).encode(), "application/json", retry_after)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path == CACERTS:
@@ -139,22 +271,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "no such endpoint"})
 
     def do_POST(self) -> None:  # noqa: N802
+        ep = self.endpoint
+        name = self.path.rsplit("/", 1)[-1] if self.path in (ENROL, REENROL) else "other"
+        attempt = Attempt(name, address_key(str(self.client_address[0])))
+        status, retry_after = 200, 0
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY_BYTES:
-                raise EnrolmentRefusedError("request body missing or too large")
-            body = json.loads(self.rfile.read(length))
-            if not isinstance(body, dict):
-                raise EnrolmentRefusedError("request body must be a JSON object")
-            if self.path == ENROL:
-                self._json(200, self.endpoint.enrol(body))
-            elif self.path == REENROL:
-                peer = self.connection.getpeercert(binary_form=True)  # type: ignore[attr-defined]
-                self._json(200, self.endpoint.reenrol(body, peer))
-            else:
-                self._json(404, {"error": "no such endpoint"})
-        except EnrolmentRefusedError as exc:
-            log.warning("enrolment refused", extra={"MESSAGE_ID": MSG.ENROLMENT_REFUSED.value, "REASON": str(exc)})
-            self._json(403, {"error": str(exc)})
-        except (ValueError, json.JSONDecodeError):
-            self._json(400, {"error": "request body is not valid JSON"})
+            peer = self.connection.getpeercert(binary_form=True)
+            doc = ep.serve_post(self.path, self.headers, self.rfile, peer, attempt)
+        except Refusal as refusal:
+            status, retry_after = refusal.status, refusal.retry_after
+            doc = {"error": ep.refused(refusal, attempt)}
+            if retry_after:
+                doc["retry_after_s"] = retry_after
+        except OSError as exc:  # the client stalled or went away mid-request: nobody to answer
+            ep.refused(Refusal(400, MSG.ENROLMENT_BAD_REQUEST, f"request not received whole ({exc})"), attempt)
+            return
+        except Exception as exc:  # a bug of ours: log it, answer 500, keep serving
+            log.exception("enrolment request failed", extra={
+                "MESSAGE_ID": MSG.ENROLMENT_REFUSED.value, "STATUS": 500,
+                "REASON": f"internal error ({type(exc).__name__})", **attempt.log_fields()})
+            status, doc = 500, {"error": "internal error at the enrolment endpoint; ops can see it in its log"}
+        try:
+            self._json(status, doc, retry_after)
+        except OSError as exc:
+            log.debug("enrolment answer to %s not delivered: %s", attempt.address, exc)
