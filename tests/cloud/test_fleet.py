@@ -194,3 +194,28 @@ def test_simulated_fleet_is_registered_when_the_simulator_runs(service: FleetSer
     wait_for(lambda: service.counters.exams >= sim.report.exams > 0, 20, "every simulated exam stored")
     wait_for(lambda: not any(b["online"] for b in get(service, "/api/v1/boxes")["boxes"]), 10,
              "every simulated box offline after its final death")
+
+
+def test_poison_telemetry_is_dead_lettered_and_alerted_and_the_loop_goes_on_when_fields_have_wrong_types(
+        service: FleetService, broker: MosquittoBroker) -> None:
+    rogue, honest = Box(broker, "box-rogue"), Box(broker, "box-ok")
+    rogue.state(MessageKind.BIRTH, 1)
+    # What crashed the fleet service: a heartbeat whose figures have the wrong JSON types, and a
+    # retained state message the broker would hand it again after every restart.
+    rogue.send("health", json.dumps({"v": 1, "kind": "heartbeat", "box_id": "box-rogue", "bd_seq": 1,
+                                     "backlog": [1, 2], "disk": "full"}).encode())
+    rogue.send("state", b'{"v":1,"kind":"birth","box_id":"box-rogue","bd_seq":"two"}')
+    rogue.send("util", b"[" * 50_000 + b"]" * 50_000)
+    honest.state(MessageKind.BIRTH, 7)
+    honest.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-ok", 7, at=1.0, disk={"used_percent": 10.0}))
+    wait_for(lambda: (d := box_doc(service, "box-ok")) and d["online"] and d["disk"], 20, "the honest box")
+    wait_for(lambda: len(get(service, "/api/v1/dead-letters?box=box-rogue")["dead_letters"]) == 3, 20,
+             "three dead letters for the rogue box")
+    letters = get(service, "/api/v1/dead-letters?box=box-rogue")["dead_letters"]
+    assert {d["reason"] for d in letters} == {"malformed"}
+    assert any("backlog" in d["detail"] for d in letters) and any("bd_seq" in d["detail"] for d in letters)
+    wait_for(lambda: "dead_letters" in (box_doc(service, "box-rogue") or {}).get("alerts", []), 20,
+             "the dead_letters alert")
+    assert "dead_letters" not in box_doc(service, "box-ok")["alerts"]
+    assert service.alive()
+    assert 'mgw_fleet_dead_letters_total{reason="malformed"} 3.0' in get(service, "/metrics")
