@@ -117,6 +117,24 @@ class ExamRecord(_Message, frozen=True):
     site: Text = ""
 
 
+Uid = Annotated[str, msgspec.Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]  # as the modality sent it
+
+
+class ManifestV1(_Message, frozen=True, forbid_unknown_fields=True):
+    """The sealed manifest of an object (chunk 0; docs/protocol.md): every key, none other."""
+
+    v: Literal[1]
+    codec: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    size: Count
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    sop_class_uid: Uid
+    sop_instance_uid: Uid
+    study_instance_uid: Uid
+    series_instance_uid: Uid
+    transfer_syntax_uid: Uid
+    item_id: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # the edge's own row id; only echoed
+
+
 State = Birth | Death  # decoded by the "kind" tag
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from gateway.core import envelope
+from gateway.core import envelope, schema
 from gateway.core.codec import Codec, compress_stream, decompress_stream, rechunk
 from gateway.core.errors import EnvelopeTamperedError, FrameError, IntegrityError
 from gateway.core.framing import (
@@ -47,24 +47,12 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
+        """The manifest of chunk 0, typed and bounded (``core.schema``), or ``FrameError``."""
         if len(data) > MAX_MANIFEST_BYTES:
             raise FrameError(f"manifest is {len(data)} bytes, above {MAX_MANIFEST_BYTES}")
-        try:
-            raw = json.loads(data)
-        except (ValueError, RecursionError) as exc:  # deep nesting is a RecursionError
-            raise FrameError("manifest is not JSON") from exc
-        if not isinstance(raw, dict) or raw.get("v") != MANIFEST_VERSION:
-            raise FrameError("manifest version is not supported")
-        want = {f.name: f.type for f in fields(cls)}
-        if set(raw) != set(want):
-            raise FrameError(f"manifest keys differ: {sorted(set(raw) ^ set(want))}")
-        for name, value in raw.items():
-            expected = int if want[name] == "int" else str
-            if type(value) is not expected:
-                raise FrameError(f"manifest field {name} has the wrong type")
-        if raw["size"] < 0 or len(raw["sha256"]) != 64:
-            raise FrameError("manifest size or hash is malformed")
-        return cls(**raw)
+        m = schema.parse(schema.ManifestV1, data, "manifest")
+        return cls(m.codec, m.size, m.sha256, m.sop_class_uid, m.sop_instance_uid, m.study_instance_uid,
+                   m.series_instance_uid, m.transfer_syntax_uid, m.item_id, m.v)
 
 
 @dataclass(frozen=True)
