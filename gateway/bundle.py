@@ -16,7 +16,14 @@ and the payload JSON is::
      "created_at": <unix s>, "expires_at": <unix s>}
 
 The signature covers the payload bytes exactly as stored (no re-serialisation
-before checking). A box trusts only the Ed25519 public keys in its signer
+before checking), and it is checked before any JSON parser sees a byte: the
+outer document must be a flat object of exactly those four string members in
+base64/hex characters, matched by one linear pattern, not parsed; only a
+payload that verifies is parsed, and anything it holds that does not parse
+(bad JSON, nesting too deep, wrong types) is a ``BundleRefusedError``, as is a
+file on the stick that is a link, FIFO, device or folder, or larger than
+``MAX_BUNDLE_BYTES`` (``read_file``: checked on the open descriptor, never more
+read). A box trusts only the Ed25519 public keys in its signer
 directory (``$CONFIGURATION_DIRECTORY/bundle-signers/*.pub``, each the base64 of
 32 raw bytes), shipped in the image; ops keep the private key offline. The site
 tables may only set the DICOM listener, uplink and spool: identity, broker and
@@ -29,6 +36,9 @@ import base64
 import binascii
 import hashlib
 import json
+import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +47,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway import config
+from gateway.adapters import safefs
 from gateway.core.errors import ConfigError, PeerError
+from gateway.logs import escape
 
 FORMAT = "mgw-provision-bundle/1"
 FILE_NAME = "MGW-PROVISION.bundle"
 MAX_BUNDLE_BYTES = 256 * 1024
+_MEMBER = rb'\s*"([a-z_]{1,16})"\s*:\s*"([A-Za-z0-9+/=._-]{0,%d})"\s*' % MAX_BUNDLE_BYTES
+_ENVELOPE = re.compile(rb"\s*\{" + b",".join([_MEMBER] * 4) + rb"\}\s*")
+_ENVELOPE_KEYS = {"format", "key_id", "payload", "signature"}
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
 SITE_TABLES = {"dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings}
 
 
@@ -73,13 +90,14 @@ def _check_site(site: Any) -> dict[str, dict[str, Any]]:
         raise BundleRefusedError("bundle 'site' must be a table of tables")
     for table, keys in site.items():
         if table not in SITE_TABLES:
-            raise BundleRefusedError(f"bundle may not set [{table}] (allowed: {', '.join(sorted(SITE_TABLES))})")
+            allowed = ", ".join(sorted(SITE_TABLES))
+            raise BundleRefusedError(f"bundle may not set [{escape(table)}] (allowed: {allowed})")
         if not isinstance(keys, dict):
-            raise BundleRefusedError(f"bundle [{table}] must be a table")
+            raise BundleRefusedError(f"bundle [{escape(table)}] must be a table")
         try:
             config.build(SITE_TABLES[table], keys, "bundle", f"{table}.")
         except ConfigError as exc:
-            raise BundleRefusedError(str(exc)) from exc
+            raise BundleRefusedError(escape(exc)) from exc
     return site
 
 
@@ -110,23 +128,56 @@ def load_signers(directory: Path) -> dict[str, Ed25519PublicKey]:
     return signers
 
 
+def read_file(path: Path, limit: int = MAX_BUNDLE_BYTES) -> bytes:
+    """The bytes of the bundle file ``path`` (``BundleRefusedError`` if it is not a plain file of
+    at most ``limit`` bytes): opened ``O_NOFOLLOW`` relative to a descriptor of its folder."""
+    try:
+        dir_fd = safefs.open_dir(path.parent)
+    except OSError as exc:
+        raise BundleRefusedError(f"cannot open the folder of the bundle: {exc.strerror}") from exc
+    try:
+        return safefs.read_regular(dir_fd, path.name, limit)
+    except (safefs.UnsafeFileError, ValueError) as exc:
+        raise BundleRefusedError(str(exc)) from exc
+    finally:
+        os.close(dir_fd)
+
+
+def _envelope(raw: bytes) -> dict[str, str]:
+    """The four members of the outer document, matched without a parser (no nesting, no escapes)."""
+    match = _ENVELOPE.fullmatch(raw)
+    if match is None:
+        raise BundleRefusedError(f"not a {FORMAT} file (the outer document must be a flat object "
+                                 f"of {', '.join(sorted(_ENVELOPE_KEYS))})")
+    members = match.groups()
+    doc = {members[i].decode(): members[i + 1].decode() for i in range(0, len(members), 2)}
+    if set(doc) != _ENVELOPE_KEYS:
+        raise BundleRefusedError(f"not a {FORMAT} file (members must be {', '.join(sorted(_ENVELOPE_KEYS))})")
+    return doc
+
+
 def verify(raw: bytes, signers: dict[str, Ed25519PublicKey], now: float) -> Bundle:
-    """The bundle's contents, or ``BundleRefusedError`` saying why it is refused."""
+    """The bundle's contents, or ``BundleRefusedError`` saying why it is refused.
+
+    The signature is checked before anything signed is parsed; the refusal reasons contain no
+    byte of the bundle (a forged key id or field cannot reach a log line)."""
     if not signers:
         raise BundleRefusedError("no trusted bundle signers are installed on this box")
     if len(raw) > MAX_BUNDLE_BYTES:
         raise BundleRefusedError("bundle is too large")
-    try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise BundleRefusedError(f"not a {FORMAT} file")
-        payload = base64.b64decode(str(doc["payload"]), validate=True)
-        signature = base64.b64decode(str(doc.get("signature", "")), validate=True)
-        kid = str(doc["key_id"])
-    except (ValueError, KeyError, binascii.Error) as exc:
-        raise BundleRefusedError(f"bundle is malformed: {exc.__class__.__name__}") from exc
-    if not signature:
+    doc = _envelope(raw)
+    if doc["format"] != FORMAT:
+        raise BundleRefusedError(f"not a {FORMAT} file")
+    if not doc["signature"]:
         raise BundleRefusedError("bundle is unsigned")
+    try:
+        payload = base64.b64decode(doc["payload"], validate=True)
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise BundleRefusedError("bundle is malformed: payload or signature is not base64") from exc
+    kid = doc["key_id"]
+    if not _KEY_ID.fullmatch(kid):
+        raise BundleRefusedError("bundle is malformed: key_id is not 16 hex digits")
     signer = signers.get(kid)
     if signer is None:
         raise BundleRefusedError(f"bundle is signed by an unknown key ({kid})")
@@ -140,11 +191,26 @@ def verify(raw: bytes, signers: dict[str, Ed25519PublicKey], now: float) -> Bund
 def _parse(payload: bytes, kid: str, now: float) -> Bundle:
     try:
         body = json.loads(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("enrolment"), dict):
+            raise TypeError("payload is not a table with an enrolment table")
         enrol = body["enrolment"]
-        bundle = Bundle(str(enrol["url"]), str(enrol["ca_fingerprint"]), str(enrol["token"]),
-                        _check_site(body.get("site", {})), float(body["created_at"]), float(body["expires_at"]), kid)
-    except (ValueError, KeyError, TypeError) as exc:
+        bundle = Bundle(_text(enrol["url"]), _text(enrol["ca_fingerprint"]), _text(enrol["token"]),
+                        _check_site(body.get("site", {})), _number(body["created_at"]), _number(body["expires_at"]),
+                        kid)
+    except _PARSE_ERRORS as exc:
         raise BundleRefusedError(f"signed bundle payload is malformed: {exc.__class__.__name__}") from exc
     if now > bundle.expires_at:
         raise BundleRefusedError("bundle expired: ask ops for a new one")
     return bundle
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError("times must be finite numbers")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.isprintable():
+        raise TypeError("enrolment values must be printable strings")
+    return value

@@ -177,7 +177,7 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
 
 def cmd_usb_handle(args: argparse.Namespace) -> int:
     import shlex
-    from contextlib import nullcontext
+    from contextlib import AbstractContextManager, nullcontext
 
     from gateway.adapters import udev_watch
     from gateway.appliance import usb
@@ -188,9 +188,10 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
         if device.bus != "usb" or device.fs_usage != "filesystem":
             print(f"mgw: {args.device} is not a USB filesystem; ignored", file=sys.stderr)
             return 0
-        mount = udev_watch.mounted(device, Paths.from_env().runtime_dir.parent / "gateway-usb")
+        mount: AbstractContextManager[udev_watch.Stick] = udev_watch.mounted(
+            device, Paths.from_env().runtime_dir.parent / "gateway-usb")
     else:
-        mount = nullcontext(args.mountpoint)
+        mount = nullcontext(udev_watch.Stick(Path(args.mountpoint)))
     restart = ["systemctl", "restart", "mgw-edge.service"] if Path("/run/systemd/system").is_dir() else None
 
     def load() -> config.EdgeSettings:
@@ -200,8 +201,9 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
         paths = _edge_settings(args)[1]
     except config.ConfigError:  # unprovisioned: the default places
         paths = Paths.from_env()
-    with mount as mountpoint:
-        action = usb.handle_stick(Path(mountpoint), load, paths, shlex.split(args.provision_command), restart)
+    with mount as stick:
+        action = usb.handle_stick(stick.path, load, paths, shlex.split(args.provision_command), restart,
+                                  make_writable=stick.make_writable)
     print(action.value)
     return 0
 

@@ -42,14 +42,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
     site: dict[str, dict[str, Any]] = {}
     if args.bundle:
         signers = Path(args.signers) if args.signers else paths.config_dir / "bundle-signers"
-        try:
-            raw = Path(args.bundle).read_bytes()
+        try:  # a plain file of bounded size, never through a link; the signature before any parsing
+            raw = bundles.read_file(Path(args.bundle))
             got = bundles.verify(raw, bundles.load_signers(signers), time.time())
-        except (OSError, GatewayError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            log.error("provisioning bundle refused", extra={
-                "MESSAGE_ID": MSG.BUNDLE_REFUSED.value, "BUNDLE": str(args.bundle), "REASON": reason})
-            raise bundles.BundleRefusedError(f"{args.bundle}: {reason}") from exc
+        except GatewayError as exc:
+            log.error("provisioning bundle refused", extra={  # the formatter escapes both fields
+                "MESSAGE_ID": MSG.BUNDLE_REFUSED.value, "BUNDLE": str(args.bundle), "REASON": str(exc)})
+            raise bundles.BundleRefusedError(f"{logs.escape(args.bundle)}: {logs.escape(exc)}") from exc
         say(f"bundle signed by trusted key {got.key_id}")
         enrolment = prov.Enrolment(got.url, got.ca_fingerprint, got.token)
         site = got.site

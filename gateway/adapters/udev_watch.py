@@ -8,7 +8,9 @@ Thin on purpose; the decisions live in ``gateway.core.netlink`` and
   (interfaces added or renamed, e.g. a USB modem); either calls ``on_link_up``
   when a link became usable, and the edge nudges its uplink to reconnect at once.
 * ``usb_filesystem``: pyudev's view of a block device (is it a USB filesystem?).
-* ``mounted``: mount a stick nosuid,nodev,noexec for the handler, unmount after.
+* ``mounted``: mount a stick for the handler, unmount after: only vfat or exFAT (probed
+  by blkid and matching udev's view), read-only, nosuid,nodev,noexec,nosymfollow; the
+  export remounts it read-write with the same restrictions.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from gateway.core import netlink
-from gateway.core.errors import FrameError, LocalError
+from gateway.core.errors import FrameError, LocalError, PeerError
+from gateway.logs import MSG, escape
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ class LinkWatcher:
 
     def _run(self) -> None:
         assert self._sock is not None
-        readers: list[object] = [self._sock] + ([self._udev_monitor] if self._udev_monitor is not None else [])
+        readers: list[Any] = [self._sock] + ([self._udev_monitor] if self._udev_monitor is not None else [])
         while not self._stop.is_set():
             ready, _, _ = select.select(readers, [], [], 0.5)
             for source in ready:
@@ -95,7 +99,7 @@ class LinkWatcher:
             log.exception("link-up observer failed", extra={"WHY": why})
 
 
-def _udev_net_monitor() -> object | None:
+def _udev_net_monitor() -> Any:
     """A pyudev monitor of ``net`` devices, or None where udev is absent (containers)."""
     try:
         import pyudev
@@ -129,18 +133,87 @@ def usb_filesystem(devnode: str) -> BlockDevice:
     return BlockDevice(devnode, props.get("ID_BUS", ""), props.get("ID_FS_USAGE", ""), props.get("ID_FS_TYPE", ""))
 
 
-MOUNT_OPTIONS = "nosuid,nodev,noexec,noatime"
+# What a stick may carry: FAT and exFAT, what sticks are sold with and ops format them as. Not
+# NTFS (ntfs3 is young and has had memory-safety bugs on crafted images) nor ext4/btrfs/xfs (a
+# stick with a Linux file system is not one of ours, and can hold links, devices and set-id files).
+STICK_FILESYSTEMS = ("vfat", "exfat")
+MOUNT_OPTIONS = "nosuid,nodev,noexec,noatime,nosymfollow"
+FS_OPTIONS = {"vfat": "uid=0,gid=0,umask=077,flush", "exfat": "uid=0,gid=0,umask=077"}
+
+
+class StickRefusedError(PeerError):
+    """The stick's file system is not one the box mounts, or it is not what udev said."""
+
+
+def probe(devnode: str) -> str:
+    """The file system type by blkid's low-level probe of the device itself (``-p``: no cache;
+    two signatures on one device are refused as ambiguous)."""
+    try:
+        result = subprocess.run(["blkid", "-p", "-o", "export", devnode], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LocalError(f"blkid {devnode}: {exc}") from exc
+    if result.returncode == 8:
+        raise StickRefusedError("it carries more than one file system signature")
+    props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    if result.returncode != 0 or props.get("USAGE") != "filesystem":
+        raise StickRefusedError("no file system found on it")
+    return props.get("TYPE", "")
+
+
+def check_filesystem(device: BlockDevice, probed: str, allowed: tuple[str, ...] = STICK_FILESYSTEMS) -> str:
+    """The type to mount ``device`` as; ``StickRefusedError`` (logged) if it is not allowed or if
+    udev's view and the probe disagree."""
+    if probed != device.fs_type:
+        reason = f"udev says {escape(device.fs_type or 'nothing')}, the device says {escape(probed or 'nothing')}"
+    elif probed not in allowed:
+        reason = f"file system {escape(probed)} is not one a stick may use ({', '.join(allowed)})"
+    else:
+        return probed
+    _refused(device, reason)
+
+
+def _refused(device: BlockDevice, reason: str) -> NoReturn:
+    log.warning("USB stick refused", extra={"MESSAGE_ID": MSG.USB_STICK_REFUSED.value,
+                                            "DEVICE": device.devnode, "REASON": reason})
+    raise StickRefusedError(f"{device.devnode}: {reason}")
+
+
+def mount_options(fs_type: str, writable: bool) -> str:
+    """Never set-id, device nodes, executables or link following; read-only unless ``writable``."""
+    extra = [FS_OPTIONS[fs_type]] if fs_type in FS_OPTIONS else []
+    return ",".join(["rw" if writable else "ro", MOUNT_OPTIONS, *extra])
+
+
+@dataclass(frozen=True)
+class Stick:
+    path: Path
+    fs_type: str | None = None  # None: mounted by someone else (``--mountpoint``), left as it is
+
+    def make_writable(self) -> None:
+        """Remount read-write, with the same restrictions (for the emergency export)."""
+        if self.fs_type is not None:
+            _run(["mount", "-i", "-o", "remount," + mount_options(self.fs_type, True), str(self.path)])
 
 
 @contextmanager
-def mounted(device: BlockDevice, mount_root: Path) -> Iterator[Path]:
-    """Mount ``device`` under ``mount_root``; sync and unmount on the way out."""
+def mounted(device: BlockDevice, mount_root: Path,
+            allowed: tuple[str, ...] = STICK_FILESYSTEMS) -> Iterator[Stick]:
+    """Mount ``device`` read-only under ``mount_root`` as the type its probe found (only ``allowed``
+    types; ``-i``: no mount helper programs); sync and unmount on the way out."""
+    try:
+        probed = probe(device.devnode)
+    except StickRefusedError as exc:
+        _refused(device, str(exc))
+    fs_type = check_filesystem(device, probed, allowed)
     target = mount_root / Path(device.devnode).name
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    options = MOUNT_OPTIONS + (",uid=0,gid=0,umask=077" if device.fs_type in ("vfat", "exfat") else "")
-    _run(["mount", "-t", device.fs_type or "auto", "-o", options, device.devnode, str(target)])
     try:
-        yield target
+        _run(["mount", "-i", "-t", fs_type, "-o", mount_options(fs_type, False), device.devnode, str(target)])
+    except LocalError:
+        target.rmdir()
+        raise
+    try:
+        yield Stick(target, fs_type)
     finally:
         _run(["sync", "-f", str(target)])
         _run(["umount", str(target)])

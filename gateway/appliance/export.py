@@ -5,9 +5,17 @@ Layout on the stick, one directory per export::
     MGW-EXPORT-<box>-<UTC time>/
         <transfer>.mgwx     chunk frames exactly as the uplink would publish them,
                             each preceded by its length (4 bytes, big endian)
-        manifest.json       written last: box, time, and per transfer its file,
-                            frame count, bytes and SHA-256 ("complete": false if
-                            the stick filled up)
+        manifest.json       box, time, per transfer its file, frame count, bytes and
+                            SHA-256, and per item not written its id and why.
+                            Written first ("complete": false), every CHECKPOINT_S
+                            and last; "complete": true only when every item was
+                            written. Each .mgwx goes under a temporary name,
+                            fsynced and renamed: a final name is always complete.
+
+Nothing on the stick is followed: the folder is new (mkdir) and opened
+O_NOFOLLOW, and every file is created O_EXCL|O_NOFOLLOW relative to it. The stick
+filling up or failing stops the export; an item whose spooled data cannot be
+read is listed and the rest still go.
 
 Packed items are copied from the outbox (their transfer id, so the cloud's
 record answers the box's later resend with STORED); items not packed yet are
@@ -19,6 +27,7 @@ uplink returns. Nothing on the stick is readable without the cloud's key.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -28,13 +37,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gateway.adapters import blobs
+from gateway.adapters import safefs
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
+from gateway.core import atrest
 from gateway.core.codec import Codec
-from gateway.core.errors import IntegrityError, SpoolFullError, StorageError
+from gateway.core.errors import GatewayError, IntegrityError, StorageError
 from gateway.core.spool import ItemState
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.edge import cache
@@ -51,11 +62,20 @@ FRAME_LENGTH = struct.Struct(">I")
 UNACKED = (ItemState.RECEIVED, ItemState.PACKED, ItemState.SENDING)
 
 
+CHECKPOINT_S = 30.0  # while writing, the manifest is rewritten this often (a stick pulled mid-way)
+
+
 @dataclass
 class ExportSummary:
     directory: Path
-    transfers: list[dict] = field(default_factory=list)
-    complete: bool = True
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # why nothing more was written (the stick filled up or failed)
+    manifest_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.manifest_error is None
 
     @property
     def bytes(self) -> int:
@@ -64,50 +84,113 @@ class ExportSummary:
 
 def export_unacked(settings: EdgeSettings, paths: Paths, dest_root: Path, now: float | None = None,
                    urandom: Callable[[int], bytes] = os.urandom) -> ExportSummary:
+    """Write the export into a new folder directly under ``dest_root`` (the stick's root).
+
+    Nothing on the stick is followed: the folder is made with mkdir and opened ``O_NOFOLLOW``,
+    every file created in it relative to its descriptor (``safefs.write_new``). ``SinkError`` if
+    not even the folder can be made; after that, every item not written is listed in the manifest.
+    """
     now = time.time() if now is None else now
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    summary = ExportSummary(dest_root / f"{EXPORT_PREFIX}{settings.box.id}-{stamp}")
-    summary.directory.mkdir(parents=True, exist_ok=True)
-    store = SpoolStore(paths.spool_db)
+    name, dir_fd = _make_export_dir(dest_root, f"{EXPORT_PREFIX}{settings.box.id}-{stamp}")
+    summary = ExportSummary(dest_root / name)
     try:
-        for item in store.in_state(*UNACKED, limit=10**9):
-            try:
-                summary.transfers.append(_export_item(settings, paths, item, summary.directory, urandom))
-            except SpoolFullError:
-                summary.complete = False
-                log.warning("stick full: export incomplete", extra={"ITEM_ID": item.id})
-                break
-            except (StorageError, IntegrityError) as exc:  # this item's outbox or blob is unreadable: skip it
-                log.warning("item not exported", extra={"ITEM_ID": item.id, "ERROR": str(exc)})
+        _write_manifest(settings, summary, dir_fd, now, final=False)  # a stick pulled from now on says so
+        store = SpoolStore(paths.spool_db)
+        try:
+            items = store.in_state(*UNACKED, limit=10**9)
+        finally:
+            store.close()
+        _export_items(settings, paths, items, summary, dir_fd, now, urandom)
+        _write_manifest(settings, summary, dir_fd, now, final=True)
     finally:
-        store.close()
-    doc = {"format": EXPORT_FORMAT, "v": EXPORT_VERSION, "box_id": settings.box.id, "created_at": now,
-           "complete": summary.complete, "transfers": summary.transfers}
-    blobs.write_atomic(summary.directory / MANIFEST_NAME, json.dumps(doc, indent=1).encode())
-    log.info("emergency export written", extra={
-        "MESSAGE_ID": MSG.USB_EXPORT_WRITTEN.value, "ITEMS": len(summary.transfers),
-        "BYTES": summary.bytes, "COMPLETE": summary.complete})
+        os.close(dir_fd)
+    (log.info if summary.complete else log.warning)("emergency export written", extra={
+        "MESSAGE_ID": MSG.USB_EXPORT_WRITTEN.value, "ITEMS": len(summary.transfers), "BYTES": summary.bytes,
+        "COMPLETE": summary.complete, "FAILED": len(summary.failed), "STOPPED": summary.stopped or "",
+        "MANIFEST_ERROR": summary.manifest_error or ""})
     return summary
 
 
-def _export_item(settings: EdgeSettings, paths: Paths, item: SpoolItem, dest: Path,
-                 urandom: Callable[[int], bytes]) -> dict:
+def _make_export_dir(dest_root: Path, base: str) -> tuple[str, int]:
+    """A new folder (never one that was there: the stick may have put a link there), opened."""
+    try:
+        root_fd = safefs.open_dir(dest_root)
+    except OSError as exc:
+        raise safefs.SinkError(f"cannot open the stick's root: {exc.strerror}", False) from exc
+    try:
+        for n in range(10):
+            name = base if n == 0 else f"{base}-{n}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=root_fd)
+            except FileExistsError:
+                continue
+            fd = safefs.open_dir(name, dir_fd=root_fd)
+            os.fsync(root_fd)
+            return name, fd
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise safefs.SinkError(f"cannot create {base} on the stick: {exc.strerror}", full) from exc
+    finally:
+        os.close(root_fd)
+    raise safefs.SinkError(f"cannot create {base} on the stick: the name and its variants are taken", False)
+
+
+def _export_items(settings: EdgeSettings, paths: Paths, items: list[SpoolItem], summary: ExportSummary,
+                  dir_fd: int, now: float, urandom: Callable[[int], bytes]) -> None:
+    checkpoint = time.monotonic() + CHECKPOINT_S
+    for item in items:
+        if summary.stopped is not None:
+            summary.failed.append({"item_id": item.id, "reason": f"not attempted: {summary.stopped}"})
+            continue
+        try:
+            summary.transfers.append(_export_item(settings, paths, item, dir_fd, urandom))
+        except safefs.SinkError as exc:  # the stick: nothing more can go onto it
+            summary.stopped = "the stick is full" if exc.full else "the stick failed"
+            summary.failed.append({"item_id": item.id, "reason": str(exc)})
+            log.warning("export stopped", extra={"ITEM_ID": item.id, "ERROR": str(exc)})
+        except (GatewayError, OSError) as exc:  # this item's outbox or blob is unreadable: the rest still go
+            reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+            summary.failed.append({"item_id": item.id, "reason": reason or exc.__class__.__name__})
+            log.warning("item not exported", extra={"ITEM_ID": item.id, "ERROR": reason})
+        if summary.stopped is None and time.monotonic() >= checkpoint:
+            _write_manifest(settings, summary, dir_fd, now, final=False)
+            checkpoint = time.monotonic() + CHECKPOINT_S
+
+
+def _write_manifest(settings: EdgeSettings, summary: ExportSummary, dir_fd: int, now: float, final: bool) -> None:
+    """The manifest: exactly the files written so far (each complete under its final name) and
+    every item not written with why; ``complete`` only in the final one with nothing failed."""
+    doc = {"format": EXPORT_FORMAT, "v": EXPORT_VERSION, "box_id": settings.box.id, "created_at": now,
+           "complete": final and not summary.failed, "transfers": summary.transfers, "failed": summary.failed}
+    try:
+        safefs.write_new(dir_fd, MANIFEST_NAME, [json.dumps(doc, indent=1).encode()])
+    except safefs.SinkError as exc:
+        summary.manifest_error = str(exc)
+        summary.stopped = summary.stopped or ("the stick is full" if exc.full else "the stick failed")
+        log.warning("export manifest not written", extra={"ERROR": str(exc)})
+    else:
+        summary.manifest_error = None
+
+
+def _export_item(settings: EdgeSettings, paths: Paths, item: SpoolItem, dir_fd: int,
+                 urandom: Callable[[int], bytes]) -> dict[str, Any]:
     outbox = outbox_path(paths.outbox_dir, item.transfer_id) if item.transfer_id else None
-    if item.state is not ItemState.RECEIVED and outbox is not None and outbox.exists():
+    if item.state is not ItemState.RECEIVED and outbox is not None and os.path.lexists(outbox):
         transfer_hex, frames = item.transfer_id, _outbox_frames(item, outbox)
     else:
         transfer_hex, frames = _seal_fresh(settings, paths, item, urandom)
     assert transfer_hex is not None
     digest, counter = hashlib.sha256(), [0]
-    path = dest / f"{transfer_hex}.mgwx"
-    size = blobs.write_atomic(path, _length_prefixed(frames, digest, counter))
-    return {"transfer_id": transfer_hex, "file": path.name, "frames": counter[0], "bytes": size,
+    name = f"{transfer_hex}.mgwx"
+    size = safefs.write_new(dir_fd, name, _length_prefixed(frames, digest, counter))
+    return {"transfer_id": transfer_hex, "file": name, "frames": counter[0], "bytes": size,
             "sha256": digest.hexdigest(), "item_id": item.id}
 
 
 def _outbox_frames(item: SpoolItem, outbox: Path) -> Iterator[bytes]:
     assert item.final_seq is not None
-    with open(outbox, "rb") as fh:
+    with safefs.open_regular(outbox) as fh:  # root reading the service user's folder: no link followed
         for seq in range(item.final_seq + 1):
             start, length = frame_offset(item, seq)
             fh.seek(start)
@@ -128,8 +211,18 @@ def _seal_fresh(settings: EdgeSettings, paths: Paths, item: SpoolItem,
         item_id=item.id)
     up = settings.uplink
     cache_key = FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME)  # the blob may be sealed at rest
-    original = _checked(item, cache.read_blob(paths.blob_dir / item.blob_name, cache_key))
+    original = _checked(item, _blob_pieces(paths.blob_dir / item.blob_name, cache_key))
     return tid.hex(), seal_object(settings.box.id, keys, manifest, original, up.max_frame_bytes, up.zstd_level)
+
+
+def _blob_pieces(path: Path, key: bytes | None) -> Iterator[bytes]:
+    """``cache.read_blob``, but the file opened without following a link (``safefs.open_regular``)."""
+    if path.name.endswith(cache.SEALED_SUFFIX) and key is None:
+        raise IntegrityError(f"{path.name} is sealed but encryption at rest is off: no cache key")
+    with safefs.open_regular(path) as fh:
+        pieces = iter(lambda: fh.read(1 << 20), b"")
+        yield from (atrest.open_pieces(key, pieces) if key is not None and path.name.endswith(cache.SEALED_SUFFIX)
+                    else pieces)
 
 
 def _checked(item: SpoolItem, pieces: Iterable[bytes]) -> Iterator[bytes]:

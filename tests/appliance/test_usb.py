@@ -187,6 +187,7 @@ def test_import_seals_and_archives_items_when_they_were_not_packed_yet(
                         "transfer_syntax_uid": "1.2.840.10008.1.2.1", "calling_ae": "MODALITY",
                         "size": image.stat().st_size, "sha256": sha}, blob.name, time.time())
     store.close()
+    (tmp_path / "stick").mkdir()
     summary = export.export_unacked(settings, paths, tmp_path / "stick")
     assert [t["item_id"] for t in summary.transfers] and summary.complete
     out = mgw("cloud", "import", str(summary.directory), "--config", str(d.cloud_toml), "--json")
@@ -201,6 +202,7 @@ def test_import_refuses_a_file_when_it_was_altered_on_the_stick(
     send_study("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", real_images()[:1])
     wait_for(lambda: state_count(d, "received") == 0, 60, "the instance packed")
     d.stop()
+    (tmp_path / "stick").mkdir()
     summary = export.export_unacked(config.load_edge([d.edge_toml]), Paths.from_env(str(d.edge_dir)),
                                     tmp_path / "stick")
     victim = next(summary.directory.glob("*.mgwx"))
