@@ -22,14 +22,13 @@ import os
 import ssl
 import struct
 import threading
+import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
-from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -38,10 +37,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from gateway.adapters import blobs
+from gateway.adapters import blobs, dicom_admission
 from gateway.config import DicomSettings
-from gateway.core import admission
-from gateway.core.errors import ConfigError, DatasetStructureError, SpoolFullError
+from gateway.core import admission, dataset
+from gateway.core.errors import ConfigError, DatasetLimitError, DatasetStructureError, SpoolFullError
 from gateway.core.exam import HEADER_TAGS
 from gateway.logs import MSG
 
@@ -60,6 +59,7 @@ class Status(enum.IntEnum):
     OUT_OF_RESOURCES = 0xA700
     CANNOT_UNDERSTAND = 0xC210
     PROCESSING_FAILURE = 0xC211
+    TOO_COSTLY = 0xC212  # cannot understand: reading it would pass the reader's limits (core.dataset.Limits)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _ts_preference() -> list[str]:
     return sorted(ALL_TRANSFER_SYNTAXES, key=rank)
 
 
-def _build_ae(settings: DicomSettings, services: Sequence[DicomService] = ()) -> AE:
+def _build_ae(settings: DicomSettings, policy: admission.Policy, services: Sequence[DicomService] = ()) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_bytes
@@ -125,8 +125,8 @@ def _build_ae(settings: DicomSettings, services: Sequence[DicomService] = ()) ->
     ae.acse_timeout = settings.network_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.require_called_aet = True
-    ae.require_calling_aet = list(settings.allowed_calling_aets) + [
-        r.ae_title for r in admission.parse_rules(settings.allowed_peers)]
+    # pynetdicom's own calling AE check backs up the per-address one (dicom_admission)
+    ae.require_calling_aet = [] if policy.admits_anyone else list(policy.ae_titles)
     ae.add_supported_context(Verification)
     syntaxes = _ts_preference()
     for cx in AllStoragePresentationContexts:
@@ -149,7 +149,9 @@ class DicomListener:
     """Accepts associations from modalities and stores what they send, durably."""
 
     def __init__(self, settings: DicomSettings, incoming_dir: Path, sink: InstanceSink,
-                 services: Sequence[DicomService] = ()) -> None:
+                 services: Sequence[DicomService] = (), provisioned: bool = False) -> None:
+        """``provisioned``: admission is deny-by-default (core.admission): empty allow-lists admit
+        nobody but the box's own tools."""
         self._settings = settings
         self._services = tuple(services)
         self._incoming_dir = incoming_dir
@@ -159,7 +161,9 @@ class DicomListener:
         self._server: ThreadedAssociationServer | None = None
         self._port = settings.port
         self._lock = threading.Lock()
-        self._rules = admission.parse_rules(settings.allowed_peers)
+        policy = admission.Policy.from_settings(settings.allowed_peers, settings.allowed_calling_aets, provisioned)
+        self._gate = dicom_admission.Gatekeeper(policy, settings.ae_title)
+        self._refused = dicom_admission.Counts()  # datasets refused, by reason
 
     def start(self) -> None:
         with self._lock:
@@ -168,21 +172,21 @@ class DicomListener:
             _configure_pynetdicom()
             self._incoming_dir.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(parents=True, exist_ok=True)
-            self._ae = _build_ae(self._settings, self._services)
+            self._ae = _build_ae(self._settings, self._gate.policy, self._services)
             handlers: list[Any] = [
                 (evt.EVT_C_ECHO, lambda event: Status.SUCCESS), (evt.EVT_C_STORE, self._on_c_store),
-                (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
-                (evt.EVT_ABORTED, _on_aborted)]
+                (evt.EVT_REQUESTED, self._gate.on_requested), (evt.EVT_ACCEPTED, self._on_accepted),
+                (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ABORTED, _on_aborted)]
             for service in self._services:
                 handlers += service.handlers()
             address = (self._settings.bind_host, self._settings.port)
             server = self._ae.start_server(address, block=False, evt_handlers=handlers,
                                            ssl_context=_ssl_context(self._settings))
             assert server is not None
-            if self._rules:  # refuse strangers at TCP accept; _on_accepted re-checks (fail closed)
-                server.verify_request = self._verify_request  # type: ignore[method-assign]
+            server.verify_request = self._gate.verify_request  # type: ignore[method-assign]
             self._server = server
             self._port = int(server.server_address[1])
+            self._gate.describe(str(server.server_address[0]), self._port)
 
     @property
     def port(self) -> int:
@@ -205,6 +209,10 @@ class DicomListener:
     def active_associations(self) -> int:
         return 0 if (server := self._server) is None else len(server.active_associations)
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Associations rejected and datasets refused since start, by reason (for metrics)."""
+        return {"associations_rejected": self._gate.rejected.snapshot(), "datasets_refused": self._refused.snapshot()}
+
     def _on_c_store(self, event: Event) -> int:
         """EVT_C_STORE: never raises; returns the DIMSE status."""
         try:
@@ -223,8 +231,7 @@ class DicomListener:
             try:
                 instance = _describe(event, path, size, sha256)
             except DatasetStructureError as exc:
-                self._quarantine(path, event, exc)
-                return Status.CANNOT_UNDERSTAND
+                return self._quarantine(path, event, exc)
             item_id = self._sink.accept(instance)
         except BaseException:
             _discard(path)  # not committed: remove what the sink did not take
@@ -235,42 +242,26 @@ class DicomListener:
             "BYTES": instance.size, "CALLING_AE": instance.calling_ae})
         return Status.SUCCESS
 
-    def _quarantine(self, path: Path, event: Event, exc: DatasetStructureError) -> None:
+    def _quarantine(self, path: Path, event: Event, exc: DatasetStructureError) -> Status:
+        limit = isinstance(exc, DatasetLimitError)
+        status = Status.TOO_COSTLY if limit else Status.CANNOT_UNDERSTAND
+        self._refused.add("over a limit" if limit else "malformed")
         target = self._quarantine_dir / path.name
         blobs.adopt_atomic(path, target)
-        log.warning("C-STORE dataset unreadable (%s), quarantined", exc, extra={
-            **_failure_fields(Status.CANNOT_UNDERSTAND, event), "QUARANTINE_FILE": target.name})
-
-    def _verify_request(self, request: Any, client_address: Any) -> bool:
-        address = str(client_address[0])
-        if admission.address_admitted(self._rules, address):
-            return True
-        log.warning("association rejected: source address not allowed", extra={
-            "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": "source address not allowed",
-            "PEER_ADDRESS": address})
-        return False
+        log.warning("C-STORE dataset %s (%s), quarantined", "refused" if limit else "unreadable", exc, extra={
+            **_failure_fields(status, event), "REASON": str(exc), "QUARANTINE_FILE": target.name})
+        return status
 
     def _on_accepted(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        calling = str(requestor.ae_title).strip()
-        reason = admission.refusal(self._rules, calling, str(requestor.address))
-        if reason is None:
+        if self._gate.check_accepted(event):
             _on_accepted(event)
-            return
-        log.warning("association aborted: %s", reason, extra={
-            "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": reason, "CALLING_AE": calling,
-            "PEER_ADDRESS": str(requestor.address)})
-        event.assoc.abort()
 
     def _on_rejected(self, event: Event) -> None:
         try:
             rq = event.assoc.requestor.primitive
             assert rq is not None
-            calling = str(rq.calling_ae_title).strip()
-            reason = _rejection_reason(self._settings, calling, str(rq.called_ae_title).strip())
-            log.warning("association rejected: %s", reason, extra={
-                "MESSAGE_ID": MSG.ASSOCIATION_REJECTED.value, "REASON": reason, "CALLING_AE": calling,
-                "PEER_ADDRESS": str(event.assoc.requestor.address)})
+            reason = _rejection_reason(self._settings, str(rq.called_ae_title).strip())
+            self._gate.on_rejected(event, reason)
         except Exception:
             log.exception("logging an association rejection failed")
 
@@ -333,135 +324,45 @@ def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInsta
 
 def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str, dict[str, str], str]:
     """Check the structure to the last byte, then read study/series UIDs, the utilisation header
-    strings and the priority attributes; never the pixels."""
+    strings and the priority attributes, all met on the same walk; never the pixels."""
     with open(path, "rb") as fh:
         found = check_dataset(fh, transfer_syntax)
-    if not transfer_syntax.is_deflated:  # the walk read them on its way (pydicom would cost 0.4 ms more)
-        header = {kw: text for tag, kw in _HEADER_TAGS.items() if (text := _uid_text(found.get(tag)))}
-        priority = _uid_text(found.get(_REQUESTED_PRIORITY)) or _uid_text(found.get(_STUDY_PRIORITY))
-        return _uid_text(found.get(_STUDY_UID)), _uid_text(found.get(_SERIES_UID)), header, priority.strip()
-    try:
-        ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", *HEADER_TAGS, *_PRIORITY_KEYWORDS])
-        header = {tag: str(value).strip() for tag in HEADER_TAGS if (value := ds.get(tag))}
-        priority = str(ds.get("RequestedProcedurePriority") or ds.get("StudyPriorityID") or "").strip()
-        return str(ds.get("StudyInstanceUID") or ""), str(ds.get("SeriesInstanceUID") or ""), header, priority
-    except Exception as exc:  # pydicom raises many types on hostile bytes; all mean "unreadable"
-        raise DatasetStructureError(f"header unreadable ({type(exc).__name__})") from exc
+    header = {kw: text for tag, kw in _HEADER_TAGS.items() if (text := found.text(tag))}
+    priority = found.text(_REQUESTED_PRIORITY) or found.text(_STUDY_PRIORITY)
+    return found.text(_STUDY_UID), found.text(_SERIES_UID), header, priority
 
 
-# -- dataset structure (PS3.5 section 7): headers, lengths and delimiters, never values -----
+# -- dataset structure: the walk itself is pure (gateway.core.dataset); this feeds it a file ----
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_ITEM, _ITEM_END, _SEQ_END, _UNDEFINED, _MAX_DEPTH = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0xFFFFFFFF, 32
-_STUDY_UID, _SERIES_UID, _MAX_UID_BYTES = 0x0020000D, 0x0020000E, 64
+_STUDY_UID, _SERIES_UID = 0x0020000D, 0x0020000E
 # Utilisation's header strings (core.exam.HEADER_TAGS: DA, TM, DT, CS, SH; all short ASCII), read
 # by the same walk at no extra I/O.
 _HEADER_TAGS: dict[int, str] = {int(tag_for_keyword(kw) or 0): kw for kw in HEADER_TAGS}
 _REQUESTED_PRIORITY, _STUDY_PRIORITY = 0x00401003, 0x0032000C  # for priority rules (core.priority)
-_PRIORITY_KEYWORDS = ("RequestedProcedurePriority", "StudyPriorityID")
 _WANTED = frozenset({_STUDY_UID, _SERIES_UID, *_HEADER_TAGS, _REQUESTED_PRIORITY, _STUDY_PRIORITY})
+_READ_PIECE = 1 << 16
 
 
-def _uid_text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("ascii", "replace").rstrip("\0 ")
-
-
-def check_dataset(fh: BinaryIO, transfer_syntax: UID) -> dict[int, bytes]:
-    """Raise DatasetStructureError unless the Part-10 file ``fh`` holds one complete dataset:
-    headers, items and delimiters are walked to the last byte, seeking over values (pixel
-    data are never read); a deflated dataset is inflated to its end, output discarded.
-    Returns the values of the top-level Study and Series Instance UIDs met on the way
-    (none for a deflated dataset)."""
+def check_dataset(fh: BinaryIO, transfer_syntax: str, limits: dataset.Limits | None = None) -> dataset.Walked:
+    """Raise DatasetStructureError (DatasetLimitError past ``limits``) unless the Part-10 file ``fh``
+    holds one complete dataset; return the top-level values of the wanted tags. Values the walk
+    does not need (pixel data) are seeked over, never read; a deflated dataset is inflated as it
+    is read, in bounded pieces, and nothing inflated is kept."""
     fh.seek(0)
     head = fh.read(144)
     if head[128:140] != b"DICM\x02\x00\x00\x00UL\x04\x00":
         raise AssertionError("incoming file lacks the file meta group length we expect")
     start, end = 144 + struct.unpack("<L", head[140:144])[0], fh.seek(0, os.SEEK_END)
-    if end <= start:
-        raise DatasetStructureError("empty dataset")
-    if transfer_syntax.is_deflated:
-        fh.seek(start)
-        _check_deflate_stream(fh)
-        return {}
-    walker = _Walker(fh)
-    walker.elements(start, end, transfer_syntax, depth=0, delimited=False)
-    return walker.found
-
-
-def _check_deflate_stream(fh: BinaryIO) -> None:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        while (piece := fh.read(1 << 20)) and not inflater.eof:
-            while piece and not inflater.eof:
-                inflater.decompress(piece, 1 << 20)  # bounded output, dropped
-                piece = inflater.unconsumed_tail
-    except zlib.error as exc:
-        raise DatasetStructureError("deflated dataset corrupt") from exc
-    if not inflater.eof:
-        raise DatasetStructureError("deflated dataset truncated")
-
-
-class _Walker:
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.found: dict[int, bytes] = {}  # top-level values of _WANTED tags
-
-    def _header(self, pos: int, end: int, ts: UID) -> tuple[int, int, bytes, int]:
-        """(tag, value length, VR or b"", offset of the value) of the element at ``pos``."""
-        self._fh.seek(pos)
-        head = self._fh.read(12)
-        if pos + 8 > end or len(head) < 8:
-            raise DatasetStructureError(f"truncated at byte {pos}")
-        order = "<" if ts.is_little_endian else ">"
-        group, element = struct.unpack(order + "HH", head[:4])
-        tag, vr = group << 16 | element, head[4:6]
-        if group == 0xFFFE or ts.is_implicit_VR:
-            return tag, struct.unpack(order + "L", head[4:8])[0], b"", pos + 8
-        if not (vr.isalpha() and vr.isupper()):
-            raise DatasetStructureError(f"invalid VR at byte {pos}")
-        if vr not in _LONG_VRS:
-            return tag, struct.unpack(order + "H", head[6:8])[0], vr, pos + 8
-        if pos + 12 > end or len(head) < 12:
-            raise DatasetStructureError(f"truncated at byte {pos}")
-        return tag, struct.unpack(order + "L", head[8:12])[0], vr, pos + 12
-
-    def elements(self, pos: int, end: int, ts: UID, depth: int, delimited: bool) -> int:
-        """Walk elements to ``end`` or, in an undefined-length item, to its delimiter."""
-        while pos < end:
-            tag, length, vr, pos = self._header(pos, end, ts)
-            if tag == _ITEM_END and delimited:
-                return pos
-            if tag >> 16 == 0xFFFE:
-                raise DatasetStructureError(f"misplaced delimiter before byte {pos}")
-            if length == _UNDEFINED:  # sequence or encapsulated pixel data: items up to a delimiter
-                pos = self.items(pos, end, _IMPLICIT_LE if vr == b"UN" else ts, depth + 1)
-            elif pos + length > end:
-                raise DatasetStructureError(f"value overruns its container at byte {pos}")
-            else:
-                if depth == 0 and tag in _WANTED and length <= _MAX_UID_BYTES:
-                    self._fh.seek(pos)
-                    self.found[tag] = self._fh.read(length)
-                pos += length
-        if delimited:
-            raise DatasetStructureError("item delimiter missing")
-        return pos
-
-    def items(self, pos: int, end: int, ts: UID, depth: int) -> int:
-        if depth > _MAX_DEPTH:
-            raise DatasetStructureError("sequences nested too deep")
-        while True:
-            tag, length, _, pos = self._header(pos, end, ts)
-            if tag == _SEQ_END:
-                return pos
-            if tag != _ITEM:
-                raise DatasetStructureError(f"expected an item before byte {pos}")
-            if length == _UNDEFINED:
-                pos = self.elements(pos, end, ts, depth, delimited=True)
-            elif pos + length > end:
-                raise DatasetStructureError(f"item overruns its container at byte {pos}")
-            else:
-                pos += length
+    walk = dataset.DatasetWalk(dataset.Syntax.from_uid(str(transfer_syntax)), _WANTED, limits, time.monotonic)
+    fh.seek(start)
+    remaining = end - start
+    while remaining > 0 and (piece := fh.read(min(_READ_PIECE, remaining))):
+        remaining -= len(piece)
+        if skip := min(walk.feed(piece), remaining):
+            fh.seek(skip, os.SEEK_CUR)
+            walk.skip(skip)
+            remaining -= skip
+    return walk.finish()
 
 
 def _ssl_context(settings: DicomSettings) -> ssl.SSLContext | None:
@@ -502,13 +403,11 @@ def _on_aborted(event: Event) -> None:
         log.exception("removing a partial C-STORE file failed")
 
 
-def _rejection_reason(settings: DicomSettings, calling: str, called: str) -> str:
+def _rejection_reason(settings: DicomSettings, called: str) -> str:
+    """Why pynetdicom itself rejected (ours carry their own reason): PS3.8 reason 7 or a limit."""
     if called != settings.ae_title.strip():  # pynetdicom checks in this order: called AE wins
         return "called AE title not recognised"
-    allowed = set(settings.allowed_calling_aets) | {r.ae_title for r in admission.parse_rules(settings.allowed_peers)}
-    if allowed and calling not in allowed:
-        return "calling AE title not recognised"
-    return "local limit exceeded or negotiation refused"
+    return "calling AE title not recognised, local limit exceeded or negotiation refused"
 
 
 def _sop_class_name(uid: str) -> str:

@@ -25,6 +25,10 @@ class DatasetStructureError(PeerError):
     """The modality sent bytes that are not one complete, well-formed DICOM dataset."""
 
 
+class DatasetLimitError(DatasetStructureError):
+    """A dataset would cost more to read than the reader allows (inflated size, elements, depth, time)."""
+
+
 class EnvelopeTamperedError(PeerError):
     """Authentication of sealed data failed: altered, replayed, swapped or wrong key."""
 

@@ -39,7 +39,9 @@ ALLOWED_STDLIB = frozenset({
     "math",
     "re",
     "struct",
+    "types",
     "typing",
+    "zlib",  # inflating a deflated dataset in memory (core.dataset): computation only
 })
 # Third-party packages the core may use, with all their submodules; and the core itself.
 # msgspec parses bytes into typed values and does nothing else (no I/O, clock or state): the
