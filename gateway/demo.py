@@ -133,7 +133,7 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
     deployment: LoopbackDeployment | None = None
     try:
         files = study_files()
-        deployment = LoopbackDeployment(root, secure=True)
+        deployment = LoopbackDeployment(root, secure=True, modalities=(f"{MODALITY_AE}@127.0.0.1",))
         deployment.start()
         say(f"mgw demo: fleet CA made; box {BOX_ID} provisioned with a one-time token over "
             f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
@@ -150,8 +150,8 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
         summary.seconds = round(time.monotonic() - started, 2)
         summary.ok = summary.hash_matched == summary.instances_sent == summary.acknowledged
         if summary.ok and not once and not as_json:
-            say("mgw demo: running. Send more with: storescu -aec MGW 127.0.0.1 "
-                f"{deployment.dicom_port} FILE.dcm   (Ctrl-C stops)")
+            say(f"mgw demo: running. Send more with: storescu -aet {MODALITY_AE} -aec {EDGE_AE} 127.0.0.1 "
+                f"{deployment.dicom_port} FILE.dcm   (Ctrl-C stops; the box admits only {MODALITY_AE}@127.0.0.1)")
             say(f"mgw demo: open the dashboard: {deployment.dashboard_url}")
             _wait_for_interrupt()
     except GatewayError as exc:

@@ -59,9 +59,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
             raise ConfigError(f"provision needs --bundle, or all of --token --url --ca-fingerprint "
                               f"(missing {' '.join(missing)})")
         enrolment = prov.Enrolment(args.url, args.ca_fingerprint, args.token)
+    lan = prov.Lan(tuple(args.modality or ()), args.dicom_bind or "")
     result = prov.provision(enrolment, paths, site_tables=site, force=args.force,
-                            self_test=not args.no_self_test, say=say)
+                            self_test=not args.no_self_test, say=say, lan=lan)
     doc = {"box_id": result.box_id, "site": result.site, "modality": result.modality,
+           "dicom": {"allowed_peers": list(result.allowed_peers), "bind_host": result.bind_host},
            "not_after": result.not_after, "device_toml": str(result.device_toml),
            "self_test": [{"check": c, "ok": ok, "detail": d} for c, ok, d in result.checks], "ok": result.ok}
     if args.json:
@@ -246,6 +248,11 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     p.add_argument("--bundle", type=Path, help="a signed provisioning bundle (MGW-PROVISION.bundle)")
     p.add_argument("--signers", type=Path, help="directory of trusted bundle signer keys (*.pub)")
     p.add_argument("--state-dir", type=Path, help="state directory (default $STATE_DIRECTORY or /var/lib/gateway)")
+    p.add_argument("--modality", action="append", metavar="AE@ADDRESS",
+                   help="the modality the DICOM listener admits (its calling AE title and IP address or "
+                        "network/prefix); repeat for more; replaces the bundle's dicom.allowed_peers")
+    p.add_argument("--dicom-bind", metavar="ADDRESS",
+                   help="address the DICOM listener binds (default: this box's address towards the modality)")
     p.add_argument("--force", action="store_true", help="replace an existing identity")
     p.add_argument("--no-self-test", action="store_true", help="skip the self-test (broker connection)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -21,6 +21,7 @@ from gateway.core.errors import LocalError
 
 BOX_ID = "demo-box"
 EDGE_AE = "MGW"
+MODALITY_AE = "MODALITY"  # the calling AE title the tests' modality uses; provisioning admits it
 
 
 def _toml_value(value: object) -> str:
@@ -46,8 +47,10 @@ class LoopbackDeployment:
     def __init__(self, root: Path, edge_overrides: dict[str, dict[str, object]] | None = None,
                  broker_persistence: bool = True, secure: bool = False, cloud_workers: int = 1,
                  cloud_overrides: dict[str, dict[str, object]] | None = None,
-                 broker_limits: dict[str, int] | None = None) -> None:
+                 broker_limits: dict[str, int] | None = None,
+                 modalities: tuple[str, ...] = (f"{MODALITY_AE}@127.0.0.1",)) -> None:
         self.root = root
+        self.modalities = modalities  # what `mgw provision --modality` records (secure mode)
         root.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence, limits=broker_limits)
         self.secure = secure
@@ -146,7 +149,8 @@ class LoopbackDeployment:
     def provision_edge(self, token: str) -> subprocess.CompletedProcess[str]:
         """``mgw provision`` as a field engineer runs it; raises if it fails."""
         args = [sys.executable, "-m", "gateway", "provision", "--url", self.enrol_url, "--ca-fingerprint",
-                self.authority.ca_fingerprint, "--token", token, "--state-dir", str(self.edge_dir), "--force"]
+                self.authority.ca_fingerprint, "--token", token, "--state-dir", str(self.edge_dir), "--force",
+                *(arg for peer in self.modalities for arg in ("--modality", peer))]
         out = subprocess.run(args, capture_output=True, text=True, timeout=120)  # noqa: S603 - our own CLI
         with open(self.root / "provision.log", "a") as fh:
             fh.write(out.stdout + out.stderr)
@@ -250,4 +254,4 @@ class LoopbackDeployment:
         return "\n".join(out)
 
 
-__all__ = ["BOX_ID", "EDGE_AE", "LoopbackDeployment", "free_port"]
+__all__ = ["BOX_ID", "EDGE_AE", "MODALITY_AE", "LoopbackDeployment", "free_port"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import threading
 from typing import Any
 
@@ -77,7 +76,7 @@ class Gatekeeper:
             "DIAGNOSTIC": refusal.diagnostic})
 
     # -- pynetdicom's hooks -------------------------------------------------------------------
-    def verify_request(self, request: socket.socket, client_address: Any) -> bool:
+    def verify_request(self, request: Any, client_address: Any) -> bool:
         """ThreadedAssociationServer.verify_request: False closes the connection (after our RJ)."""
         address = str(client_address[0])
         try:

@@ -15,14 +15,15 @@ PROBE_PATIENT_ID = "MGW-HEALTHCHECK"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 10.0) -> int:
-    """C-ECHO; the DIMSE status (0 = success). ``PeerError`` if no association."""
+def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 10.0, source: str = "") -> int:
+    """C-ECHO; the DIMSE status (0 = success). ``PeerError`` if no association. ``source``: the
+    local address to connect from (the box's own tools use the listener's address)."""
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = ae.associate(host, port, ae_title=called_ae, bind_address=(source, 0))
     if not assoc.is_established:
         raise PeerError(f"association to {called_ae}@{host}:{port} was not accepted")
     try:

@@ -75,8 +75,9 @@ def storescu(host: str, port: int, called_ae: str, calling_ae: str, files: list[
 
 
 def pynetdicom_store(host: str, port: int, called_ae: str, calling_ae: str,
-                     files: list[Path]) -> list[int]:
-    """Send ``files`` on one association with pynetdicom; the DIMSE status of each."""
+                     files: list[Path], source: str = "") -> list[int]:
+    """Send ``files`` on one association with pynetdicom; the DIMSE status of each. ``source``:
+    the local address to connect from (the box's own tools use the listener's address)."""
     from pydicom import dcmread
     from pynetdicom import AE
 
@@ -87,7 +88,7 @@ def pynetdicom_store(host: str, port: int, called_ae: str, calling_ae: str,
         if not any(c.abstract_syntax == pair[0] and pair[1] in c.transfer_syntax
                    for c in ae.requested_contexts):
             ae.add_requested_context(pair[0], pair[1])
-    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=0)
+    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=0, bind_address=(source, 0))
     if not assoc.is_established:
         raise PeerError(f"association to {called_ae}@{host}:{port} was not accepted")
     try:
@@ -114,7 +115,8 @@ def send_study(host: str, port: int, called_ae: str, calling_ae: str, files: lis
     return "pynetdicom"
 
 
-def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 10.0) -> int | None:
+def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 10.0,
+         source: str = "") -> int | None:
     """One C-ECHO with pynetdicom: its DIMSE status, or None if no association was made."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -122,7 +124,7 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = ae.associate(host, port, ae_title=called_ae, bind_address=(source, 0))
     if not assoc.is_established:
         return None
     try:

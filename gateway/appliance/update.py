@@ -35,6 +35,7 @@ from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, sche
 from gateway.appliance.status import read_edge_status
 from gateway.appliance.usb import hand_over
 from gateway.config import EdgeSettings, load_edge
+from gateway.core import admission
 from gateway.core.errors import GatewayError
 from gateway.core.spool import ItemState
 from gateway.logs import MSG
@@ -43,7 +44,7 @@ from gateway.paths import Paths
 log = logging.getLogger(__name__)
 TCP_ESTABLISHED = "01"
 BACKUP_DIR = "update"
-GATE_CALLING_AE = "MGW-GATE"
+GATE_CALLING_AE = admission.GATE_AE  # admitted from the box itself (core.admission)
 
 
 class HookResult(enum.IntEnum):
@@ -176,7 +177,8 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         status = read_edge_status(paths.runtime_dir)
         return status is not None and status.get("version") == version
     if check is GateCheck.ECHO:
-        return dicom_probe.echo(probe.host, settings.dicom.port, settings.dicom.ae_title, _calling(settings)) == 0
+        return dicom_probe.echo(probe.host, settings.dicom.port, settings.dicom.ae_title, _calling(settings),
+                                source=probe.host) == 0
     if check is GateCheck.CLOUD_ACK:
         if not sop_uid:
             return False
@@ -194,8 +196,8 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
 
 
 def _calling(settings: EdgeSettings) -> str:
-    allowed = settings.dicom.allowed_calling_aets
-    return GATE_CALLING_AE if not allowed or GATE_CALLING_AE in allowed else allowed[0]
+    """The listener admits MGW-GATE from the box's own address whatever its allow-lists say."""
+    return GATE_CALLING_AE
 
 
 def _send_probe(probe: GateProbe) -> str:
@@ -214,7 +216,8 @@ def default_probe(settings: EdgeSettings) -> GateProbe:
     host = "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "", "::") else settings.dicom.bind_host  # noqa: S104
 
     def send(path: Path) -> None:
-        statuses = pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, _calling(settings), [path])
+        statuses = pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, _calling(settings), [path],
+                                    source=host)
         if statuses != [0]:
             raise PeerError(f"probe C-STORE status {statuses}")
 

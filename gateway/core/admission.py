@@ -10,10 +10,10 @@ but the commissioning caller. On an unprovisioned box (a lab configuration writt
 the appliance never runs the edge before provisioning) empty lists admit anyone, and the
 listener says so in a warning when it starts.
 
-The commissioning caller (``mgw commission`` on the box itself) is always admitted: calling
-AE title ``MGW-COMMISSION`` from the very address it connects to, which only a process on
-the box can use (Linux drops packets from outside that carry one of the box's own addresses
-as their source).
+The box's own tools are always admitted: calling AE title ``MGW-COMMISSION`` (``mgw
+commission``) or ``MGW-GATE`` (the update commit gate's probe) from the very address they
+connect to, which only a process on the box can use (Linux drops packets from outside that
+carry one of the box's own addresses as their source).
 
 Refusals carry the A-ASSOCIATE-RJ fields to answer with (PS3.8 9.3.4): rejected-permanent,
 source DICOM UL service-user; reason 3 (calling AE title not recognised) for an AE title no
@@ -30,6 +30,8 @@ from gateway.core.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 COMMISSIONING_AE = "MGW-COMMISSION"
+GATE_AE = "MGW-GATE"
+LOCAL_AE_TITLES = frozenset({COMMISSIONING_AE, GATE_AE})  # admitted only from the box itself
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Policy:
     @property
     def ae_titles(self) -> tuple[str, ...]:
         """Every calling AE title some entry admits, the commissioning one included."""
-        return tuple(sorted({COMMISSIONING_AE, *self.calling_aets, *(r.ae_title for r in self.rules)}))
+        return tuple(sorted({*LOCAL_AE_TITLES, *self.calling_aets, *(r.ae_title for r in self.rules)}))
 
     def summary(self) -> str:
         if self.admits_anyone:
@@ -77,7 +79,7 @@ class Policy:
         parts = [f"{len(self.rules)} modality entries (dicom.allowed_peers)"]
         if self.calling_aets:
             parts.append(f"{len(self.calling_aets)} AE titles from any address (dicom.allowed_calling_aets)")
-        return ", ".join(parts) + f", and {COMMISSIONING_AE} from this box"
+        return ", ".join(parts) + f", and {' and '.join(sorted(LOCAL_AE_TITLES))} from this box"
 
 
 def parse_rules(entries: tuple[str, ...]) -> tuple[PeerRule, ...]:
@@ -123,7 +125,7 @@ def refusal(policy: Policy, calling_ae: str, address: str, local_address: str) -
     calling_ae = calling_ae.strip()
     if policy.admits_anyone or calling_ae in policy.calling_aets:
         return None
-    if calling_ae == COMMISSIONING_AE and _from_this_box(address, local_address):
+    if calling_ae in LOCAL_AE_TITLES and _from_this_box(address, local_address):
         return None
     ip = _address(address)
     if ip is None or not any(ip in r.network for r in policy.rules):

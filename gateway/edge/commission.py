@@ -156,19 +156,11 @@ def _echo_to_modality(settings: config.EdgeSettings, options: Options) -> tuple[
 
 
 def _local_calling_ae(settings: config.EdgeSettings, options: Options) -> tuple[str, str | None]:
-    """The calling AE to use from this box, or why the listener would refuse a local association."""
+    """The calling AE to use from this box: the listener admits MGW-COMMISSION from the box's own
+    address (core.admission) whatever its allow-lists say."""
     from gateway.core import admission
 
-    rules = admission.parse_rules(settings.dicom.allowed_peers)
-    for rule in rules:
-        if admission.refusal(rules, rule.ae_title, "127.0.0.1") is None:
-            return rule.ae_title, None
-    if rules:
-        return "", "dicom.allowed_peers admits no local address"
-    allowed = settings.dicom.allowed_calling_aets
-    if not allowed:
-        return "MGW-COMMISSION", None
-    return (options.modality_ae if options.modality_ae in allowed else allowed[0]), None
+    return admission.COMMISSIONING_AE, None
 
 
 def _listener_host(settings: config.EdgeSettings) -> str:
@@ -184,7 +176,7 @@ def _echo_to_box(settings: config.EdgeSettings, options: Options) -> tuple[str, 
     if settings.dicom.tls_cert_file:
         return Outcome.SKIPPED, "the listener requires DICOM TLS: use the modality console's echo (next line)"
     host, port = _listener_host(settings), settings.dicom.port
-    status = dicom_scu.echo(host, port, settings.dicom.ae_title, calling)
+    status = dicom_scu.echo(host, port, settings.dicom.ae_title, calling, source=host)
     if status == 0:
         return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
     return Outcome.FAIL, (f"{settings.dicom.ae_title}@{host}:{port} did not answer: is `mgw edge run` running "
@@ -219,8 +211,9 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
         obj = Path(tmp) / "commissioning.dcm"
         sop = dicom_scu.write_test_object(obj, time.strftime("%Y%m%d%H%M%S", time.gmtime(clock())) +
                                           str(int(clock() * 1000) % 1000))
-        statuses = dicom_scu.pynetdicom_store(_listener_host(settings), settings.dicom.port,
-                                              settings.dicom.ae_title, calling, [obj])
+        host = _listener_host(settings)
+        statuses = dicom_scu.pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, calling, [obj],
+                                              source=host)
     if statuses != [0]:
         return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u gateway-edge`"
     store = SpoolStore(paths.spool_db)

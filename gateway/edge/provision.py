@@ -4,7 +4,11 @@
 2. generate the box key in the key store (it never leaves the box) and a CSR;
 3. redeem the token: the cloud signs the CSR for the box id the token is bound to and answers
    with the certificate, the cloud's envelope public key and where the broker is;
-4. write ``pki/ca.pem``, ``pki/box.pem`` and ``device.toml`` (which overrides the site file);
+4. write ``pki/ca.pem``, ``pki/box.pem`` and ``device.toml`` (which overrides the site file),
+   with the modality the listener admits (``--modality AE@ADDRESS`` or the bundle's [dicom]
+   ``allowed_peers``) and the address it listens on: ``--dicom-bind``, the bundle's
+   ``bind_host``, else this box's address on the route to the modality. A provisioned box's
+   listener is deny-by-default (core.admission): with no modality recorded it admits none;
 5. self-test: key and certificate match, the certificate chains to the CA and is valid, the
    configuration loads, and the broker accepts us over mutual TLS.
 
@@ -14,7 +18,9 @@ Renewal (``gateway.edge.renewal``) reuses the same files and endpoint.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway import config
 from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import FileKeyStore, KeyStore
+from gateway.core import admission
 from gateway.core.errors import ConfigError, LocalError
 from gateway.logs import MSG
 from gateway.loopback import render_toml
@@ -44,6 +51,14 @@ class Enrolment:
     token: str
 
 
+@dataclass(frozen=True)
+class Lan:
+    """What the DICOM listener admits and where it listens, recorded by provisioning."""
+
+    modalities: tuple[str, ...] = ()  # dicom.allowed_peers entries, AE@address or AE@network/prefix
+    bind: str = ""  # dicom.bind_host; "" = this box's address towards the modality
+
+
 @dataclass
 class Provisioned:
     box_id: str
@@ -52,6 +67,8 @@ class Provisioned:
     not_after: float
     device_toml: Path
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    allowed_peers: tuple[str, ...] = ()
+    bind_host: str = ""
 
     @property
     def ok(self) -> bool:
@@ -76,8 +93,9 @@ def key_store(paths: Paths) -> KeyStore:
 
 def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None = None,
               site_tables: dict[str, dict[str, Any]] | None = None, force: bool = False,
-              self_test: bool = True, say: Callable[[str], None] = lambda _: None) -> Provisioned:
+              self_test: bool = True, say: Callable[[str], None] = lambda _: None, lan: Lan = Lan()) -> Provisioned:
     store = keystore or key_store(paths)
+    dicom = _lan_table(lan, (site_tables or {}).get("dicom", {}))  # checked before the token is spent
     if device_toml(paths).exists() and store.exists(BOX_KEY) and not force:
         raise LocalError(f"this box is already provisioned ({device_toml(paths)}); "
                          "run `mgw decommission` first, or pass --force to replace its identity")
@@ -88,12 +106,16 @@ def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None =
     try:
         say("redeeming the enrolment token")
         answer = enrolment_client.enrol(enrolment.url, ca_pem, enrolment.token, store.csr(PENDING_KEY, ""))
-        result = _install(answer, ca_pem, enrolment, paths, store, site_tables or {})
+        result = _install(answer, ca_pem, enrolment, paths, store, {**(site_tables or {}), "dicom": dicom})
     finally:
         if store.exists(PENDING_KEY):
             store.path(PENDING_KEY).unlink()
     log.info("box provisioned", extra={"MESSAGE_ID": MSG.BOX_PROVISIONED.value, "BOX_ID": result.box_id})
     say(f"provisioned as box {result.box_id} (site {result.site or '-'}, modality {result.modality or '-'})")
+    say(f"DICOM listener on {result.bind_host or 'every interface'}, admitting "
+        + (", ".join(result.allowed_peers) if result.allowed_peers else
+           "NO modality (deny-by-default): set one with `mgw provision --modality AE@ADDRESS` or in "
+           f"{device_toml(paths)} [dicom] allowed_peers"))
     if self_test:
         say("self-test")
         result.checks = run_self_test(paths, store)
@@ -137,8 +159,44 @@ def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths:
     for table, keys in site_tables.items():
         tables.setdefault(table, {}).update(keys)
     blobs.write_atomic(device_toml(paths), render_toml(tables).encode(), mode=0o644)
+    dicom = tables.get("dicom", {})
     return Provisioned(box_id, tables["box"]["site"], tables["box"]["modality"],
-                       cert.not_valid_after_utc.timestamp(), device_toml(paths))
+                       cert.not_valid_after_utc.timestamp(), device_toml(paths),
+                       allowed_peers=tuple(dicom.get("allowed_peers", ())), bind_host=str(dicom.get("bind_host", "")))
+
+
+def _lan_table(lan: Lan, bundle_dicom: dict[str, Any]) -> dict[str, Any]:
+    """The [dicom] keys to record: the bundle's, then the command line's on top; the bind
+    address worked out from the modality's when neither names one."""
+    dicom = dict(bundle_dicom)
+    if lan.modalities:
+        dicom["allowed_peers"] = list(lan.modalities)
+    if lan.bind:
+        dicom["bind_host"] = lan.bind
+    rules = admission.parse_rules(tuple(dicom.get("allowed_peers", ())))
+    if rules and "bind_host" not in dicom and (towards := address_towards(rules)):
+        dicom["bind_host"] = towards
+    if "bind_host" in dicom:
+        try:
+            ipaddress.ip_address(str(dicom["bind_host"]))
+        except ValueError as exc:
+            raise ConfigError(f"dicom bind address {dicom['bind_host']!r} is not an IP address") from exc
+    return dicom
+
+
+def address_towards(rules: tuple[admission.PeerRule, ...]) -> str:
+    """This box's source address on the route to every modality, if they share one (no packet
+    is sent: a UDP connect only picks the route); "" when they differ or there is no route."""
+    found = set()
+    for rule in rules:
+        family = socket.AF_INET6 if rule.network.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.connect((str(rule.network.network_address), 104))
+                found.add(str(sock.getsockname()[0]))
+        except OSError:
+            return ""
+    return found.pop() if len(found) == 1 else ""
 
 
 def run_self_test(paths: Paths, store: KeyStore, broker_timeout_s: float = 15.0,

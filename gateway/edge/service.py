@@ -99,11 +99,11 @@ class EdgeService:
         self.exams, mpps = _utilisation(settings, paths, keys, clock)
         self.commitments = StorageCommitmentScp(settings.commitment, settings.dicom, CommitmentStore(paths.spool_db),
                                                 clock)
-        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self,
-                                      services=[*mpps, self.commitments])
+        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=[*mpps, self.commitments],
+                                      provisioned=(paths.state_dir / "device.toml").exists())
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock)
         self.link_watcher = LinkWatcher(self._on_network_up)
-        self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock)
+        self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, dicom_counts=self.listener.counts)
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.

@@ -37,8 +37,10 @@ _TICK_S = 1.0
 
 class Telemetry:
     def __init__(self, settings: EdgeSettings, paths: Paths, recorder: ExamRecorder, uplink: MqttLink,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 dicom_counts: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
         self._settings = settings
+        self._dicom_counts = dicom_counts  # DicomListener.counts: refusals by reason
         self._paths = paths
         self._recorder = recorder
         self._store: ExamStore = recorder.store
@@ -214,3 +216,13 @@ class Telemetry:
         yield Sample("mgw_edge_utilisation_unacked", "exam records the cloud has not acknowledged",
                      snap["utilisation_unacked"], box)
         yield Sample("mgw_edge_births_total", "birth messages published", self._births, box, True)
+        yield from self._dicom_samples(box)
+
+    def _dicom_samples(self, box: dict[str, str]) -> Iterator[Sample]:
+        counts = self._dicom_counts()
+        for reason, n in sorted(counts.get("associations_rejected", {}).items()):
+            yield Sample("mgw_edge_dicom_associations_rejected_total", "DICOM connections and associations refused",
+                         n, {**box, "reason": reason}, True)
+        for reason, n in sorted(counts.get("datasets_refused", {}).items()):
+            yield Sample("mgw_edge_dicom_datasets_refused_total", "C-STORE datasets refused and quarantined",
+                         n, {**box, "reason": reason}, True)
