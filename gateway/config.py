@@ -35,12 +35,14 @@ def _req(help: str) -> Any:
 @dataclass(frozen=True)
 class DicomSettings:
     ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
-    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4)")  # noqa: S104
+    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4); provisioning records "  # noqa: S104
+                                   "the box's address towards the modality")
     port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE)")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
-    allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate; empty = any")
-    allowed_peers: tuple[str, ...] = _f((), "modalities allowed to associate, as AE@address or AE@network/prefix; "
-                                            "empty = any address")
+    allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate from any address")
+    allowed_peers: tuple[str, ...] = _f((), "modalities allowed to associate, as AE@address or AE@network/prefix "
+                                            "(recorded by provisioning); with both lists empty a provisioned box "
+                                            "admits no modality, an unprovisioned one any")
     tls_cert_file: str = _f("", "certificate of the DICOM listener; set (with tls_key_file) to require DICOM TLS")
     tls_key_file: str = _f("", "private key of the DICOM listener (0600)")
     tls_ca_file: str = _f("", "CA bundle of modality client certificates; set to require them (mutual DICOM TLS)")

@@ -128,8 +128,8 @@ def refusal(policy: Policy, calling_ae: str, address: str, local_address: str) -
     if calling_ae in LOCAL_AE_TITLES and _from_this_box(address, local_address):
         return None
     ip = _address(address)
-    if ip is None or not any(ip in r.network for r in policy.rules):
-        return ADDRESS_NOT_ALLOWED
+    if ip is None or not any(ip in r.network for r in policy.rules):  # AE-only entries admit any address
+        return AE_NOT_RECOGNISED if policy.calling_aets else ADDRESS_NOT_ALLOWED
     if not any(r.ae_title == calling_ae for r in policy.rules):
         return AE_NOT_RECOGNISED
     if not any(r.ae_title == calling_ae and ip in r.network for r in policy.rules):

@@ -191,3 +191,21 @@ def test_walker_parses_or_raises_dataset_structure_error_when_bytes_are_arbitrar
         check_dataset(io.BytesIO(head + blob), ts)
     except DatasetStructureError:
         pass
+
+
+def test_deflate_bomb_and_item_flood_get_c212_and_the_once_truncated_length_is_stored_when_sent_deflated(
+        listener: DicomListener, tmp_path: Path) -> None:
+    from tests.dicom_cases import DEFLATED_LE, deflate_bomb, item_flood, truncation_length_case
+
+    files = [part10_file(tmp_path / f"{name}.dcm", CT_IMAGE_STORAGE, f"1.2.3.9.{n}", DEFLATED_LE, blob)
+             for n, (name, blob) in enumerate((("bomb", deflate_bomb()), ("flood", item_flood()),
+                                                ("length", truncation_length_case())))]
+    before = listener.counts()["datasets_refused"].get("over a limit", 0)
+    assert send_verbatim(listener.port, files, AE_TITLE) == [0xC212, 0xC212, 0x0000]
+    assert listener.counts()["datasets_refused"]["over a limit"] == before + 2
+    sink = listener._sink
+    assert isinstance(sink, MemorySink)
+    stored = sink.accepted[-1]
+    assert stored.transfer_syntax_uid == DEFLATED_LE and stored.study_instance_uid == "1.2.3.4"
+    assert stored.modality == "CT"
+    _still_serving(listener)
