@@ -62,7 +62,7 @@ def test_signed_bundle_provisions_a_box_and_a_tampered_one_is_refused_when_appli
     made = _mgw("cloud", "bundle-key", "--out", str(tmp_path / "signing.key"))
     assert made.returncode == 0, made.stderr
     (signers / "ops.pub").write_text(made.stdout.strip())
-    (tmp_path / "site.toml").write_text('[dicom]\nae_title = "CT_ROOM_2"\n')
+    (tmp_path / "site.toml").write_text('[dicom]\nae_title = "CT_ROOM_2"\nallowed_peers = ["CT_SCANNER@127.0.0.1"]\n')
     bundle_path = stick / "MGW-PROVISION.bundle"
     made = _mgw("cloud", "bundle", "--config", str(d.cloud_toml), "--signing-key", str(tmp_path / "signing.key"),
                 "--box", "ct-room-2", "--site", "clinic-7", "--modality", "CT", "--site-config",
@@ -81,7 +81,29 @@ def test_signed_bundle_provisions_a_box_and_a_tampered_one_is_refused_when_appli
                    "--state-dir", str(tmp_path / "box"), "--json")
     assert applied.returncode == 0, applied.stderr
     assert '"box_id": "ct-room-2"' in applied.stdout and '"ok": true' in applied.stdout
-    assert 'ae_title = "CT_ROOM_2"' in (tmp_path / "box" / "device.toml").read_text()
+    device = (tmp_path / "box" / "device.toml").read_text()
+    assert 'ae_title = "CT_ROOM_2"' in device
+    assert 'allowed_peers = ["CT_SCANNER@127.0.0.1"]' in device and 'bind_host = "127.0.0.1"' in device
+
+
+def test_provisioned_box_admits_only_the_recorded_modality_and_counts_the_rest_when_strangers_call(
+        deploy: Deploy) -> None:
+    import urllib.request
+
+    d = deploy(secure=True)
+    device = (d.edge_dir / "device.toml").read_text()
+    assert 'allowed_peers = ["MODALITY@127.0.0.1"]' in device and 'bind_host = "127.0.0.1"' in device
+    files = [p for p in real_images() if p.name == "693_UNCI.dcm"]
+    dcmtk("storescu")
+    refused = storescu("127.0.0.1", d.dicom_port, EDGE_AE, "STORESCU", files)  # storescu's default AE title
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr, refused.stderr
+    assert storescu("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files).returncode == 0
+    url = f"http://127.0.0.1:{d.edge_metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - our own endpoint on loopback
+        metrics = answer.read().decode()
+    assert ('mgw_edge_dicom_associations_rejected_total{box_id="demo-box",reason="calling AE title not recognised"} '
+            '1.0') in metrics
+    wait_for(lambda: acknowledged_count(d) >= 1, 60, "the modality's instance acknowledged")
 
 
 def test_decommission_crypto_erases_keys_and_cache_when_confirmed(deploy: Deploy) -> None:
