@@ -319,15 +319,25 @@ class SqliteFleetStore(SqlFleetStore):
         return int(self._read("PRAGMA user_version")[0]["user_version"])
 
     def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()["user_version"]
-        if version > len(MIGRATIONS):
-            raise StorageError(f"fleet database {self.where} has schema {version}, newer than this software")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        """Each numbered migration in its own write transaction, the version read inside it: the
+        ingest workers and the fleet service may open a new fleet.db at the same moment."""
+        while True:
             self._conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, script.split(";")):
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version={number}")
-            self._conn.execute("COMMIT")
+            version = self._conn.execute("PRAGMA user_version").fetchone()["user_version"]
+            if version > len(MIGRATIONS):
+                self._conn.execute("ROLLBACK")
+                raise StorageError(f"fleet database {self.where} has schema {version}, newer than this software")
+            if version == len(MIGRATIONS):
+                self._conn.execute("COMMIT")
+                return
+            try:
+                for statement in filter(str.strip, MIGRATIONS[version].split(";")):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={version + 1}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _tx(self) -> Iterator[Statements]:

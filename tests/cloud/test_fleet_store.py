@@ -182,3 +182,15 @@ def test_schema_is_migrated_once_when_two_fleet_services_start_together(pg_clust
     finally:
         for s in opened:
             s.close()
+
+
+def test_concurrent_opens_migrate_once_when_services_start_together_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """The ingest workers (dead letters) and the fleet service open fleet.db at the same moment."""
+    import concurrent.futures
+
+    path = tmp_path / "fleet.db"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        stores = list(pool.map(lambda _: SqliteFleetStore(path), range(6)))
+    assert {s.schema_version() for s in stores} == {len(fleet_store.MIGRATIONS)}
+    for s in stores:
+        s.close()
