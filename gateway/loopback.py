@@ -109,7 +109,8 @@ class LoopbackDeployment:
             tables["ingest"]["worker_id"] = str(n + 1)
         if self.secure:
             keys = self.cloud_dir / "keys"
-            tables["mqtt"].update(cert_file=str(keys / f"{role}-{n + 1}.pem"), key_file=str(keys / f"{role}-{n + 1}.key"))
+            tables["mqtt"].update(cert_file=str(keys / f"{role}-{n + 1}.pem"),
+                                  key_file=str(keys / f"{role}-{n + 1}.key"))
         for table, values in self._cloud_overrides.items():
             tables.setdefault(table, {}).update(values)
         return tables

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from gateway.core.errors import LocalError
 
-
 GUARD_SOURCE = Path(__file__).with_name("mgw_guard.c")
 # Largest MQTT packet the broker accepts from anyone: a chunk frame (uplink.max_frame_bytes,
 # <= 128 KiB) plus topic, properties and fixed header with room to spare. Acks and telemetry
