@@ -200,6 +200,8 @@ class AuthoritySettings:
                                           "names and addresses in the endpoint's certificate")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
     broker_port: int = _f(8883, "broker TLS port boxes are told to use")
+    broker_crl_file: str = _f("", "where the broker reads the CRL: every revocation and renewal rewrites it "
+                                  "(relative to state_dir); empty = only pki_dir/crl.pem")
 
 
 @dataclass(frozen=True)

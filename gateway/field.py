@@ -116,7 +116,9 @@ def _authority(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from gateway.cloud.authority import FleetAuthority
 
     settings, paths = _cloud_settings(args)
-    return settings, paths, FleetAuthority(paths.key_file(settings.authority.pki_dir))
+    a = settings.authority
+    copies = (paths.key_file(a.broker_crl_file),) if a.broker_crl_file else ()
+    return settings, paths, FleetAuthority(paths.key_file(a.pki_dir), crl_copies=copies)
 
 
 def _enrol_url(settings: config.CloudSettings) -> str:
@@ -166,8 +168,9 @@ def cmd_cloud_revoke(args: argparse.Namespace) -> int:
     count = authority.revoke_box(args.box, args.reason)
     logging.getLogger("gateway.field").warning("box revoked", extra={
         "MESSAGE_ID": MSG.CERT_REVOKED.value, "BOX_ID": args.box, "CERTIFICATES": count})
-    print(f"revoked {count} certificate(s) of {args.box}; CRL written to {authority.crl_path}: "
-          "copy it to the broker's crlfile and reload the broker (SIGHUP)")
+    where = ", ".join(str(p) for p in (authority.crl_path, *authority.crl_copies))
+    print(f"revoked {count} certificate(s) of {args.box}; CRL written to {where}. The broker's guard plugin "
+          "reads it within a second and disconnects the box; if the broker reads another copy, copy it there")
     return 0 if count else 1
 
 
@@ -187,16 +190,26 @@ def cmd_cloud_certs(args: argparse.Namespace) -> int:
 
 def cmd_cloud_broker_config(args: argparse.Namespace) -> int:
     from gateway.adapters.mosquitto import render_config
-    from gateway.cloud import broker
+    from gateway.cloud import broker, emqx
 
-    settings, _, authority = _authority(args)
+    settings, paths, authority = _authority(args)
     out = Path(args.out)
-    tls = broker.emit(authority, out, settings.mqtt.topic_prefix, args.host or ["127.0.0.1"])
+    a = settings.authority
+    crl = paths.key_file(a.broker_crl_file) if a.broker_crl_file else out / "crl.pem"
+    tls = broker.emit(authority, out, settings.mqtt.topic_prefix, args.host or ["127.0.0.1"], crl_file=crl)
     (out / "data").mkdir(exist_ok=True)
-    conf = render_config(args.port, out / "data", args.bind, True, tls)
-    (out / "mosquitto.conf").write_text(conf)
-    key, cert = broker.issue_ingest_identity(authority, out / "ingest")
-    print(f"wrote {out}/mosquitto.conf, server certificate, CA, CRL and ACL; ingest identity {cert} and {key}")
+    (out / "mosquitto.conf").write_text(render_config(args.port, out / "data", args.bind, True, tls))
+    identities = [broker.issue_service_identity(authority, "ingest", str(n), out / "identities")
+                  for n in range(1, args.ingest_workers + 1)]
+    identities.append(broker.issue_service_identity(authority, "fleet", "1", out / "identities"))
+    (out / "emqx").mkdir(exist_ok=True)
+    (out / "emqx" / "acl.conf").write_text(emqx.render_acl(settings.mqtt.topic_prefix))
+    (out / "emqx" / "emqx.conf").write_text(emqx.render_conf(out, out / "emqx" / "acl.conf", args.port))
+    print(f"wrote {out}/mosquitto.conf with the CA, server certificate, CRL ({crl}) and guard plugin "
+          f"{tls.guard_plugin.name}; cloud identities in {out}/identities "
+          f"({', '.join(cert.stem for _, cert in identities)}); the EMQX equivalent in {out}/emqx")
+    if not a.broker_crl_file:
+        print(f"set authority.broker_crl_file = \"{crl}\" so that revocations reach this broker")
     return 0
 
 
@@ -296,6 +309,8 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     b.add_argument("--host", action="append", help="broker host name or address boxes use; repeat")
     b.add_argument("--port", type=int, default=8883, help="TLS listener port")
     b.add_argument("--bind", default="0.0.0.0", help="address the listener binds")  # noqa: S104 - faces the boxes
+    b.add_argument("--ingest-workers", type=int, default=1,
+                   help="ingest worker identities to issue (cloud.ingest.1..N); the fleet gets cloud.fleet.1")
     b.set_defaults(func=cmd_cloud_broker_config)
     k = cloud.add_parser("bundle-key", help="create a bundle signing key; print its public half")
     k.add_argument("--out", required=True, help="private key file to create (keep it offline)")

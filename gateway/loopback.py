@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class LoopbackDeployment:
         self.edge_dir = root / "edge"
         self.cloud_pub = keystore.public_b64(keystore.load_or_create_x25519(self.cloud_dir / "keys" / "envelope.key"))
         self.cloud_toml = root / "cloud.toml"
+        self.fleet_toml = root / "fleet.toml"
+        self.plugin_dir = Path(tempfile.gettempdir()) / "mgw-broker-plugin"  # built once per plugin version
         self.edge_toml = root / "edge.toml"
         self._edge_overrides = edge_overrides or {}
         self.edge: subprocess.Popen[bytes] | None = None
@@ -88,25 +91,32 @@ class LoopbackDeployment:
             "utilisation": {"exam_quiet_s": 3.0},
         }
         if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
-            assert self.broker.tls is not None
-            cloud["mqtt"].update(ca_file=str(self.broker.tls.ca_file),
-                                 cert_file=str(self.cloud_dir / "keys/ingest.pem"),
-                                 key_file=str(self.cloud_dir / "keys/ingest.key"))
+            assert self.broker.tls is not None and self.broker.tls.crl_file is not None
+            cloud["mqtt"]["ca_file"] = str(self.broker.tls.ca_file)
             cloud["authority"] = {"enrol_port": self.enrol_port, "broker_host": "127.0.0.1",
-                                  "broker_port": self.broker.port}
+                                  "broker_port": self.broker.port, "broker_crl_file": str(self.broker.tls.crl_file)}
             del tables["box"]
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
         for n in range(len(self.clouds)):
-            worker = {table: dict(keys) for table, keys in cloud.items()}
-            worker["ingest"] = {"metrics_port": 0}  # any free port: several workers, parallel tests
-            if len(self.clouds) > 1:
-                worker["ingest"]["worker_id"] = str(n + 1)
-            for table, keys in self._cloud_overrides.items():
-                worker.setdefault(table, {}).update(keys)
-            self.cloud_worker_toml(n).write_text(render_toml(worker))
+            self.cloud_worker_toml(n).write_text(render_toml(self._service_tables(cloud, "ingest", n)))
+        self.fleet_toml.write_text(render_toml(self._service_tables(cloud, "fleet", 0)))
         for table, keys in self._edge_overrides.items():
             tables.setdefault(table, {}).update(keys)
         self.edge_toml.write_text(render_toml(tables))
+
+    def _service_tables(self, cloud: dict[str, dict[str, object]], role: str, n: int) -> dict[str, dict[str, object]]:
+        """One cloud process's configuration: its own worker id and, when secure, its own identity."""
+        tables = {table: dict(keys) for table, keys in cloud.items()}
+        tables["ingest"] = {"metrics_port": 0}  # any free port: several workers, parallel tests
+        if role == "ingest" and len(self.clouds) > 1:
+            tables["ingest"]["worker_id"] = str(n + 1)
+        if self.secure:
+            keys = self.cloud_dir / "keys"
+            tables["mqtt"].update(cert_file=str(keys / f"{role}-{n + 1}.pem"),
+                                  key_file=str(keys / f"{role}-{n + 1}.key"))
+        for table, values in self._cloud_overrides.items():
+            tables.setdefault(table, {}).update(values)
+        return tables
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -131,9 +141,13 @@ class LoopbackDeployment:
         from gateway.cloud import broker as broker_pki
         from gateway.cloud.authority import FleetAuthority
 
-        self.authority = FleetAuthority(self.cloud_dir / "pki")
-        self.broker.tls = broker_pki.emit(self.authority, self.root / "broker" / "pki", "mgw/v1", ["127.0.0.1"])
-        broker_pki.issue_ingest_identity(self.authority, self.cloud_dir / "keys")
+        crl = self.root / "broker" / "pki" / "crl.pem"
+        self.authority = FleetAuthority(self.cloud_dir / "pki", crl_copies=(crl,))
+        self.broker.tls = broker_pki.emit(self.authority, self.root / "broker" / "pki", "mgw/v1", ["127.0.0.1"],
+                                          crl_file=crl, plugin_dir=self.plugin_dir)
+        for n in range(len(self.clouds)):
+            broker_pki.issue_service_identity(self.authority, "ingest", str(n + 1), self.cloud_dir / "keys")
+        broker_pki.issue_service_identity(self.authority, "fleet", "1", self.cloud_dir / "keys")
 
     def create_token(self, box_id: str = BOX_ID, ttl_s: float = 600.0) -> str:
         return self.authority.create_token(box_id, "loopback-site", "CT", ttl_s)
@@ -181,7 +195,7 @@ class LoopbackDeployment:
     def start_cloud(self) -> None:
         for n in range(len(self.clouds)):
             self.start_cloud_worker(n)
-        self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.cloud_toml)], "fleet.log")
+        self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
 
     @property
     def dashboard_url(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.cloud import broker as broker_pki
@@ -44,11 +47,22 @@ def box_identity(authority: FleetAuthority, box_id: str, out: Path, site: str = 
     return cert_path, key_path
 
 
+PLUGIN_DIR = Path(tempfile.gettempdir()) / "mgw-broker-plugin"
+
+
 def start_tls_broker(authority: FleetAuthority, workdir: Path) -> MosquittoBroker:
-    tls = broker_pki.emit(authority, workdir / "pki", PREFIX, ["127.0.0.1"])
+    """A mosquitto with mutual TLS and the guard plugin; it reads the CRL at ``authority.crl_copies[0]``."""
+    crl = authority.crl_copies[0] if authority.crl_copies else None
+    tls = broker_pki.emit(authority, workdir / "pki", PREFIX, ["127.0.0.1"], crl_file=crl, plugin_dir=PLUGIN_DIR)
     broker = MosquittoBroker(workdir, tls=tls, persistence=False)
     broker.start()
     return broker
+
+
+def service_identity(authority: FleetAuthority, role: str, worker: str, out: Path) -> tuple[Path, Path]:
+    """A cloud process's ``(cert, key)`` files, CN ``cloud.<role>.<worker>``."""
+    key, cert = broker_pki.issue_service_identity(authority, role, worker, out)
+    return cert, key
 
 
 @dataclass
@@ -70,16 +84,23 @@ class Client:
         if self.cert is not None:
             ctx.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
         self._mqtt.tls_set_context(ctx)
+        self.disconnected = threading.Event()
         self._mqtt.on_connect = lambda c, u, f, rc, p: self._connack.put(rc.value)
-        self._mqtt.on_disconnect = lambda c, u, f, rc, p: self._connack.put(-1)
+        self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
         self._mqtt.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.put([r.value for r in rcs])
         self._thread: threading.Thread | None = None
 
-    def connect(self, timeout_s: float = 10.0) -> str:
-        """"ok", "refused:<code>" or "tls:<error>" / "closed"."""
+    def _on_disconnect(self, client, userdata, flags, rc, properties) -> None:  # type: ignore[no-untyped-def]
+        self._connack.put(-1)
+        self.disconnected.set()
+
+    def connect(self, timeout_s: float = 10.0, clean_start: bool = True) -> str:
+        """"ok", "refused:<code>" or "tls:<error>" / "closed". Not reconnecting after a drop."""
+        self._mqtt.reconnect_delay_set(3600, 3600)
         try:
-            self._mqtt.connect("127.0.0.1", self.port, keepalive=30)
+            self._mqtt.connect("127.0.0.1", self.port, keepalive=30, clean_start=clean_start,
+                               properties=self._session_properties(clean_start))
         except (ssl.SSLError, OSError) as exc:
             return f"tls:{exc}"
         self._mqtt.loop_start()
@@ -88,6 +109,14 @@ class Client:
         except queue.Empty:
             return "closed"
         return "ok" if code == 0 else "closed" if code < 0 else f"refused:{code}"
+
+    @staticmethod
+    def _session_properties(clean_start: bool) -> Properties | None:
+        if clean_start:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300
+        return props
 
     def subscribe(self, topic: str, timeout_s: float = 10.0) -> list[int]:
         self._mqtt.subscribe(topic, qos=1)

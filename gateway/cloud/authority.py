@@ -12,8 +12,15 @@ renewed and revoked, and the hash of every token (never the token itself).
 ``crl_pem()`` renders the current CRL; the broker reads it as ``crlfile``.
 
 Subject common names are identities: a box's CN is its box id (lowercase
-letters, digits, '-'), which the broker maps to its MQTT username; cloud
-service identities contain a '.', which no box id can (``cloud.ingest``).
+letters, digits, '-'), which the broker makes its MQTT username and binds its
+client id to; cloud service identities contain a '.', which no box id can:
+``cloud.<role>.<worker>`` (``service_identity``), one per cloud process, since
+the broker lets only one connection at a time use a client id.
+
+A renewal revokes the certificate it supersedes (reason ``superseded``), and
+every change to the revocation list is written to ``<pki>/crl.pem`` and to each
+``crl_copies`` path (the broker's copy: its guard plugin polls it and drops
+open connections of revoked certificates).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from gateway.adapters import blobs
 from gateway.config import BOX_ID
 from gateway.core.errors import ConfigError, PeerError
 
-INGEST_IDENTITY = "cloud.ingest"
+SERVICE_ROLES = ("ingest", "fleet")
+_WORKER = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 TOKEN_PREFIX = "mgw1-"  # noqa: S105 - a format marker, not a secret
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
@@ -80,6 +88,15 @@ class CertRecord:
     revoke_reason: str | None
 
 
+def service_identity(role: str, worker: str) -> str:
+    """The certificate CN, and MQTT client id, of one cloud process: ``cloud.<role>.<worker>``."""
+    if role not in SERVICE_ROLES:
+        raise ConfigError(f"service role {role!r} must be one of {', '.join(SERVICE_ROLES)}")
+    if not _WORKER.match(worker):
+        raise ConfigError(f"worker id {worker!r} must match {_WORKER.pattern}")
+    return f"cloud.{role}.{worker}"
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -114,9 +131,11 @@ def _ts(when: dt.datetime) -> float:
 
 
 class FleetAuthority:
-    def __init__(self, pki_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pki_dir: Path, clock: Callable[[], float] = time.time,
+                 crl_copies: tuple[Path, ...] = ()) -> None:
         self.dir = pki_dir
         self._clock = clock
+        self.crl_copies = crl_copies
         pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ca_key_path = pki_dir / "ca.key"
         self.ca_cert_path = pki_dir / "ca.pem"
@@ -270,6 +289,9 @@ class FleetAuthority:
         if cn not in ("", record.subject):
             raise EnrolmentRefusedError(f"CSR names {cn!r} but the certificate is for box {record.subject!r}")
         cert = self._sign(record.subject, csr.public_key(), days, None, "box", renewed_from=serial)  # type: ignore[arg-type]
+        # The old certificate is superseded: revoked now, so a copy of it is worth nothing. The box
+        # presents the new one at its next connect; the broker drops connections still on the old one.
+        self.revoke_serial(serial, "superseded")
         site, modality = self._db.execute(
             "SELECT site, modality FROM tokens WHERE box_id = ? ORDER BY created_at DESC LIMIT 1",
             (record.subject,)).fetchone() or ("", "")
@@ -327,7 +349,10 @@ class FleetAuthority:
         return crl.public_bytes(serialization.Encoding.PEM)
 
     def write_crl(self) -> Path:
-        blobs.write_atomic(self.crl_path, self.crl_pem(), mode=0o644)
+        """Write the CRL to ``<pki>/crl.pem`` and to every ``crl_copies`` path (atomically)."""
+        pem = self.crl_pem()
+        for path in (self.crl_path, *self.crl_copies):
+            blobs.write_atomic(path, pem, mode=0o644)
         return self.crl_path
 
 

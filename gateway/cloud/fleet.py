@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import backends
+from gateway.cloud import backends, broker
 from gateway.cloud.analytics import opening_hours
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.fleet_store import Alert, FleetStore
@@ -68,7 +68,8 @@ class FleetService:
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._stop = threading.Event()
         self._prefix = settings.mqtt.topic_prefix
-        self.link = MqttLink(settings.mqtt, client_id=f"mgw-fleet-{settings.ingest.worker_id}",
+        self.link = MqttLink(settings.mqtt,
+                             client_id=broker.service_client_id(settings.mqtt, "fleet", settings.ingest.worker_id),
                              subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)

@@ -17,7 +17,7 @@ from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import backends
+from gateway.cloud import backends, broker
 from gateway.cloud.archive import Archive
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.forward import Forwarder, run_forever
@@ -62,7 +62,7 @@ class CloudService:
         self._stop = threading.Event()
         prefix, group = settings.mqtt.topic_prefix, settings.ingest.share_group
         self.link = MqttLink(
-            settings.mqtt, client_id=f"mgw-ingest-{group}-{settings.ingest.worker_id}",
+            settings.mqtt, client_id=broker.service_client_id(settings.mqtt, "ingest", settings.ingest.worker_id),
             subscriptions=[(topics.ingest_subscription(prefix, group), 1)],
             on_message=self._inbox.put, manual_ack=True, session_expiry_s=settings.ingest.session_expiry_s,
         )

@@ -242,7 +242,7 @@ def identity_check(settings: config.EdgeSettings, clock: Callable[[], float] = t
 def broker_check(settings: config.EdgeSettings, timeout_s: float) -> tuple[str, bool, str]:
     from gateway.adapters.mqtt_link import MqttLink
 
-    link = MqttLink(settings.mqtt, client_id=f"mgw-selftest-{settings.box.id}", subscriptions=[],
+    link = MqttLink(settings.mqtt, client_id=f"{settings.box.id}:selftest", subscriptions=[],
                     on_message=lambda _m: None, session_expiry_s=0)
     link.start()
     try:

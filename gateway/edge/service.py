@@ -84,7 +84,7 @@ class EdgeService:
         cloud_public = base64.b64decode(settings.box.cloud_public_key)
         prefix = settings.mqtt.topic_prefix
         self.link = MqttLink(
-            settings.mqtt, client_id=f"mgw-edge-{settings.box.id}",
+            settings.mqtt, client_id=settings.box.id,
             subscriptions=[(topics.ack_topic(prefix, settings.box.id), 1)],
             on_message=self._on_message, on_state=self._on_link,
             max_inflight=settings.uplink.window_chunks,

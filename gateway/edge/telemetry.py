@@ -1,6 +1,7 @@
 """The edge's telemetry: birth, death (last will), heartbeats, utilisation records, /metrics.
 
-A second MQTT connection (client id ``mgw-edge-<box>-telemetry``) so telemetry never waits
+A second MQTT connection (client id ``<box>:telemetry``; the broker binds client ids to the
+certificate's identity) so telemetry never waits
 behind image chunks in the uplink's window, and its last will says "this box is gone".
 Every connect registers a will carrying a fresh ``bd_seq`` (persisted, growing); the birth
 published right after carries the same number (Sparkplug B). A clean stop disconnects with
@@ -58,7 +59,7 @@ class Telemetry:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.link = MqttLink(
-            settings.mqtt, client_id=f"mgw-edge-{self._box}-telemetry",
+            settings.mqtt, client_id=f"{self._box}:telemetry",
             subscriptions=[(topics.util_ack_topic(self._prefix, self._box), 1)],
             on_message=self._on_message, on_state=self._on_state, will_factory=self._will,
         )

@@ -75,7 +75,7 @@ def test_crl_lists_the_serials_of_a_box_when_it_is_revoked(ca: FleetAuthority) -
     first = ca.redeem(ca.create_token("ct-01", "s", "CT", 60), _csr()[1], days=30)
     second = ca.renew(first.certificate_pem, _csr()[1], days=30)
     other = ca.redeem(ca.create_token("mr-02", "s", "MR", 60), _csr()[1], days=30)
-    assert ca.revoke_box("ct-01", "stolen") == 2
+    assert ca.revoke_box("ct-01", "stolen") == 1  # the first was revoked as superseded by the renewal
     crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
     assert crl.is_signature_valid(x509.load_pem_x509_certificate(ca.ca_pem).public_key())  # type: ignore[arg-type]
     revoked = {format(r.serial_number, "x") for r in crl}
@@ -83,3 +83,14 @@ def test_crl_lists_the_serials_of_a_box_when_it_is_revoked(ca: FleetAuthority) -
     assert ca.record(second.serial).renewed_from == first.serial  # type: ignore[union-attr]
     with pytest.raises(EnrolmentRefusedError, match="revoked"):
         ca.renew(second.certificate_pem, _csr()[1], days=30)
+
+
+def test_renewal_revokes_the_superseded_certificate_when_it_issues_the_new_one(ca: FleetAuthority) -> None:
+    first = ca.redeem(ca.create_token("ct-01", "s", "CT", 60), _csr()[1], days=30)
+    second = ca.renew(first.certificate_pem, _csr()[1], days=30)
+    old, new = ca.record(first.serial), ca.record(second.serial)
+    assert old is not None and old.revoke_reason == "superseded" and old.revoked_at is not None
+    assert new is not None and new.revoked_at is None
+    assert first.serial in {format(r.serial_number, "x") for r in x509.load_pem_x509_crl(ca.crl_path.read_bytes())}
+    with pytest.raises(EnrolmentRefusedError, match="revoked"):
+        ca.renew(first.certificate_pem, _csr()[1], days=30)

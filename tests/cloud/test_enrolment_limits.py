@@ -228,12 +228,25 @@ def test_stalled_body_refused_and_counted_when_the_client_stops_sending(make_clo
     assert status == 403 and "this address locked out" in doc["error"]
 
 
+def _renew(cloud: Any, ident: tuple[Path, Path], source: str) -> tuple[Path, Path]:
+    """Renew as a box does, keeping the new key; the new certificate supersedes (revokes) ``ident``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    status, doc, _ = cloud.post(REENROL, {"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}, source, ident)
+    assert status == 200, doc
+    cert_path, key_path = ident[0].with_suffix(".renewed.pem"), ident[1].with_suffix(".renewed.key")
+    cert_path.write_text(doc["certificate"])
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 def test_renewal_limited_by_the_box_certificate_when_one_box_asks_from_two_addresses(make_cloud: Any) -> None:
     cloud = make_cloud(replace(GENEROUS, box_per_minute=1, box_burst=2))
     ident = box_identity(cloud.authority, "ct-01", cloud.tmp / "box")
     other = box_identity(cloud.authority, "mr-02", cloud.tmp / "box")
-    assert cloud.post(REENROL, {"csr": _csr()}, A, ident)[0] == 200
-    assert cloud.post(REENROL, {"csr": _csr()}, B, ident)[0] == 200
+    ident = _renew(cloud, ident, A)
+    ident = _renew(cloud, ident, B)
     status, doc, headers = cloud.post(REENROL, {"csr": _csr()}, B, ident)
     assert status == 429 and "too many requests from this box" in doc["error"] and int(headers["Retry-After"]) > 0
     assert cloud.post(REENROL, {"csr": _csr()}, B, other)[0] == 200  # another box from the same address

@@ -191,7 +191,9 @@ def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when
                 "--port", str(port), "--bind", "127.0.0.1")
     assert made.returncode == 0, made.stderr
     conf = (out / "mosquitto.conf").read_text()
-    assert "require_certificate true" in conf and "use_identity_as_username true" in conf and "crlfile" in conf
+    assert "require_certificate true" in conf and "plugin_opt_crl_file" in conf and "max_packet_size" in conf
+    assert {p.name for p in (out / "identities").iterdir()} >= {"ingest-1.pem", "ingest-1.key", "fleet-1.pem"}
+    assert "peer_cert_as_username = cn" in (out / "emqx" / "emqx.conf").read_text()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -201,6 +203,10 @@ def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when
                      client_id="ct-9")
         assert box.connect() == "ok"
         box.close()
+        ingest = Client(port, d.authority.ca_cert_path, out / "identities" / "ingest-1.pem",
+                        out / "identities" / "ingest-1.key", client_id="cloud.ingest.1")
+        assert ingest.connect() == "ok"
+        ingest.close()
         stranger = Client(port, d.authority.ca_cert_path, client_id="anon")
         assert stranger.connect() != "ok"
         stranger.close()
