@@ -6,11 +6,13 @@ bytes given; before, it is either absent or complete under its final name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from gateway.core import atrest
 from gateway.core.errors import SpoolFullError, StorageError
 
 
@@ -43,7 +45,7 @@ def _translate(exc: OSError, path: Path) -> Exception:
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def write_atomic(path: Path, pieces: Iterable[bytes] | bytes, mode: int = 0o600) -> int:
+def write_atomic(path: Path, pieces: Iterable[bytes | bytearray] | bytes, mode: int = 0o600) -> int:
     """Write ``pieces`` to ``path`` durably; return the byte count."""
     if isinstance(pieces, bytes | bytearray | memoryview):
         pieces = [bytes(pieces)]
@@ -103,3 +105,58 @@ def read_pieces(path: Path, piece_bytes: int = 1 << 20) -> Iterable[bytes]:
                 yield piece
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+class SealingFile:
+    """A new file (0600, never overwriting) sealed from its first byte (``core.atrest``) as
+    plaintext is written into it piece by piece, e.g. by pynetdicom's chunked receive, which
+    calls ``write``, ``file.flush`` and ``close`` and knows it by ``name``. Counts and hashes
+    the plaintext on the way. A write error is kept and raised by ``finish``, never into the
+    writer (pynetdicom's network thread). ``finish`` does not fsync: the caller adopts the
+    file durably (``adopt_atomic``)."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path, self.name, self.file = path, str(path), self  # ``file``: NamedTemporaryFile's shape
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._sealer = atrest.Sealer(key, os.urandom(atrest.FILE_ID_BYTES))
+        self._error: Exception | None = None
+        self._fd = -1
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            self._error = _translate(exc, path)
+        self._put(self._sealer.header)
+
+    def write(self, piece: bytes | bytearray | memoryview) -> int:
+        self._digest.update(piece)
+        self.size += len(piece)
+        for record in self._sealer.update(piece):
+            self._put(record)
+        return len(piece)
+
+    def flush(self) -> None:
+        """Nothing to do: records go straight to the descriptor."""
+
+    def finish(self) -> tuple[int, str]:
+        """Write the final segment and close; return (plaintext bytes, plaintext SHA-256 hex)."""
+        self._put(self._sealer.finish())
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self.size, self._digest.hexdigest()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _put(self, data: bytes | bytearray) -> None:
+        if self._error is not None or self._fd < 0:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self._error = _translate(exc, self.path)

@@ -1,22 +1,24 @@
 """The edge's DICOM listener: C-ECHO and C-STORE SCP (pynetdicom), bytes kept exactly as sent.
 
 A C-STORE dataset is never decoded nor re-encoded: it is made durable in ``incoming_dir``
-(file and directory fsynced), its structure checked, committed by an ``InstanceSink``, and
+(file and directory fsynced), sealed with the box's cache key from its first byte (no
+plaintext ever reaches a disk), its structure checked, committed by an ``InstanceSink``, and
 only then answered 0x0000. The handler never raises into pynetdicom: SpoolFullError ->
 0xA700, unparseable data -> 0xC210 and a quarantine copy, anything else -> 0xC211.
 
 Receive path: pynetdicom's chunked mode (``_config.STORE_RECV_CHUNKED_DATASET``) streams
-each dataset into a temporary Part-10 file as PDUs arrive (flat memory at any size); we
-adopt it by rename on the same filesystem, else copy it. ``_config`` is a process global
-with no per-AE switch, so ``start()`` sets it, idempotently; if something turns it off,
-the handler falls back to ``event.encoded_dataset()`` (same bytes, held in memory).
+each dataset into a Part-10 file as PDUs arrive (flat memory at any size). That file would
+be a plaintext ``NamedTemporaryFile`` in the system temp dir; ``start()`` replaces the name
+pynetdicom creates it with, so that for our AE it is a ``blobs.SealingFile`` in
+``incoming_dir`` (AES-256-GCM segments, the plaintext hashed on the way); other AEs in the
+process keep pynetdicom's file. Both switches are process globals with no per-AE form, so
+``start()`` sets them, idempotently; if chunked mode is turned off, the handler seals
+``event.encoded_dataset()`` instead (same bytes, held in memory).
 """
 
 from __future__ import annotations
 
 import enum
-import errno
-import hashlib
 import logging
 import os
 import ssl
@@ -24,14 +26,15 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -39,7 +42,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.adapters import blobs, dicom_admission
 from gateway.config import DicomSettings
-from gateway.core import admission, dataset
+from gateway.core import admission, atrest, dataset
 from gateway.core.errors import ConfigError, DatasetLimitError, DatasetStructureError, SpoolFullError
 from gateway.core.exam import HEADER_TAGS
 from gateway.logs import MSG
@@ -64,7 +67,8 @@ class Status(enum.IntEnum):
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    path: Path  # durable Part-10 file in incoming_dir: our file meta + the dataset bytes as received
+    path: Path  # durable sealed (core.atrest, cache key) Part-10 file in incoming_dir: our file meta + the
+    # dataset bytes as received; size and sha256 are of that plaintext
     size: int
     sha256: str
     sop_class_uid: str
@@ -139,8 +143,26 @@ def _build_ae(settings: DicomSettings, policy: admission.Policy, services: Seque
     return ae
 
 
+_PYNETDICOM_TEMPFILE = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+_SEALED_TARGETS: weakref.WeakKeyDictionary[AE, tuple[Path, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _receive_file(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``NamedTemporaryFile`` in pynetdicom's chunked C-STORE receive. It runs on
+    the association's DUL thread: a dataset for one of our listeners' AEs is sealed into that
+    listener's ``incoming_dir``; any other AE in the process gets pynetdicom's own file."""
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    ae = getattr(assoc, "ae", None)
+    target = _SEALED_TARGETS.get(ae) if ae is not None else None
+    if target is None:
+        return _PYNETDICOM_TEMPFILE(*args, **kwargs)
+    incoming_dir, key = target
+    return blobs.SealingFile(incoming_dir / f"{uuid.uuid4().hex}.part", key)
+
+
 def _configure_pynetdicom() -> None:  # process-wide switches, idempotent
     _config.STORE_RECV_CHUNKED_DATASET = True  # stream datasets to a file, never decode them
+    dimse_messages.NamedTemporaryFile = _receive_file  # type: ignore[attr-defined]  # sealed, for our AEs
     _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers carry PHI
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -149,10 +171,11 @@ class DicomListener:
     """Accepts associations from modalities and stores what they send, durably."""
 
     def __init__(self, settings: DicomSettings, incoming_dir: Path, sink: InstanceSink,
-                 services: Sequence[DicomService] = (), provisioned: bool = False) -> None:
+                 services: Sequence[DicomService] = (), provisioned: bool = False, *, cache_key: bytes) -> None:
         """``provisioned``: admission is deny-by-default (core.admission): empty allow-lists admit
-        nobody but the box's own tools."""
+        nobody but the box's own tools. ``cache_key`` seals every received byte (core.atrest)."""
         self._settings = settings
+        self._cache_key = cache_key
         self._services = tuple(services)
         self._incoming_dir = incoming_dir
         self._quarantine_dir = incoming_dir.parent / "quarantine"
@@ -173,6 +196,7 @@ class DicomListener:
             self._incoming_dir.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(parents=True, exist_ok=True)
             self._ae = _build_ae(self._settings, self._gate.policy, self._services)
+            _SEALED_TARGETS[self._ae] = (self._incoming_dir, self._cache_key)
             handlers: list[Any] = [
                 (evt.EVT_C_ECHO, lambda event: Status.SUCCESS), (evt.EVT_C_STORE, self._on_c_store),
                 (evt.EVT_REQUESTED, self._gate.on_requested), (evt.EVT_ACCEPTED, self._on_accepted),
@@ -205,6 +229,7 @@ class DicomListener:
         ae.shutdown()  # aborts live associations, closes the listening socket
         for assoc in established:  # let handlers in flight finish: nothing writes after stop()
             assoc.join(_STOP_JOIN_S)
+        _SEALED_TARGETS.pop(ae, None)
 
     def active_associations(self) -> int:
         return 0 if (server := self._server) is None else len(server.active_associations)
@@ -225,11 +250,11 @@ class DicomListener:
             return Status.PROCESSING_FAILURE
 
     def _store(self, event: Event) -> Status:
-        path = self._incoming_dir / f"{uuid.uuid4().hex}.dcm"
+        path = self._incoming_dir / f"{uuid.uuid4().hex}.dcm{atrest.SUFFIX}"
         try:
-            size, sha256 = _land(event, path)
+            size, sha256 = _land(event, path, self._cache_key)
             try:
-                instance = _describe(event, path, size, sha256)
+                instance = _describe(event, path, size, sha256, self._cache_key)
             except DatasetStructureError as exc:
                 return self._quarantine(path, event, exc)
             item_id = self._sink.accept(instance)
@@ -266,41 +291,21 @@ class DicomListener:
             log.exception("logging an association rejection failed")
 
 
-def _land(event: Event, path: Path) -> tuple[int, str]:
-    """Move the received Part-10 file to ``path``; return (bytes, sha256 hex).
+def _land(event: Event, path: Path, key: bytes) -> tuple[int, str]:
+    """Finish the sealed Part-10 file and move it to ``path``; return (bytes, sha256 hex) of the
+    plaintext.
 
     Not yet durable: the sink fsyncs it once, when it adopts it into the spool, before the
     0x0000 (an incoming file a crash leaves behind was never acknowledged; startup removes it).
     """
-    spooled = event.dataset_path  # a Path in chunked mode, else None
-    if not isinstance(spooled, Path):  # chunked mode turned off elsewhere: same bytes, from memory
-        return _write_hashed(path, [event.encoded_dataset(include_meta=True)])
-    try:
-        os.rename(spooled, path)  # pynetdicom's later unlink of it fails quietly
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        return _write_hashed(path, blobs.read_pieces(spooled))
-    return _hash_file(path)
-
-
-def _write_hashed(path: Path, pieces: Iterable[bytes]) -> tuple[int, str]:
-    digest = hashlib.sha256()
-
-    def hashed() -> Iterator[bytes]:
-        for piece in pieces:
-            digest.update(piece)
-            yield piece
-
-    return blobs.write_atomic(path, hashed()), digest.hexdigest()
-
-
-def _hash_file(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    for piece in blobs.read_pieces(path):
-        digest.update(piece)
-        size += len(piece)
-    return size, digest.hexdigest()
+    spooled = getattr(event.request, "_dataset_file", None)
+    if isinstance(spooled, blobs.SealingFile):
+        size_sha = spooled.finish()
+        os.rename(spooled.path, path)  # pynetdicom's later unlink of its name fails quietly
+        return size_sha
+    writer = blobs.SealingFile(path, key)  # chunked mode turned off elsewhere: same bytes, from memory
+    writer.write(event.encoded_dataset(include_meta=True))
+    return writer.finish()
 
 
 def _discard(path: Path) -> None:
@@ -310,10 +315,12 @@ def _discard(path: Path) -> None:
         log.exception("cannot remove an uncommitted incoming file")
 
 
-def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInstance:
+def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> ReceivedInstance:
     req, requestor = cast(C_STORE, event.request), event.assoc.requestor
     transfer_syntax = UID(event.context.transfer_syntax)
-    study, series, header, priority = _read_header(path, transfer_syntax)
+    with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
+        study, series, header, priority = _read_header(
+            cast(BinaryIO, atrest.SealedReader(key, sealed)), transfer_syntax)
     return ReceivedInstance(
         path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
         sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,
@@ -322,11 +329,10 @@ def _describe(event: Event, path: Path, size: int, sha256: str) -> ReceivedInsta
         dimse_priority=int(getattr(req, "Priority", 0) or 0), requested_priority=priority)
 
 
-def _read_header(path: Path, transfer_syntax: UID) -> tuple[str, str, dict[str, str], str]:
+def _read_header(fh: BinaryIO, transfer_syntax: UID) -> tuple[str, str, dict[str, str], str]:
     """Check the structure to the last byte, then read study/series UIDs, the utilisation header
     strings and the priority attributes, all met on the same walk; never the pixels."""
-    with open(path, "rb") as fh:
-        found = check_dataset(fh, transfer_syntax)
+    found = check_dataset(fh, transfer_syntax)
     header = {kw: text for tag, kw in _HEADER_TAGS.items() if (text := found.text(tag))}
     priority = found.text(_REQUESTED_PRIORITY) or found.text(_STUDY_PRIORITY)
     return found.text(_STUDY_UID), found.text(_SERIES_UID), header, priority

@@ -11,12 +11,19 @@ associated data. A reordered, dropped, truncated or altered segment, or a file
 cut after a non-final segment, fails with ``IntegrityError``. Memory stays at
 about one segment whatever the file size. The cache key itself lives in the
 box's key store; erasing it makes every sealed blob unreadable (crypto-erase).
+
+``Sealer`` is the incremental form (a file sealed as it is written, from its first
+byte); ``SealedReader`` a seekable view of a sealed file for readers that seek.
+The cloud archive uses the same format with its own key.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -26,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateway.core.errors import IntegrityError
 
 MAGIC = b"MGWC\x01"
+SUFFIX = ".mgwc"  # the file name ending of a sealed blob
 FILE_ID_BYTES = 16
 HEADER_BYTES = len(MAGIC) + FILE_ID_BYTES
 SEGMENT_BYTES = 1 << 20
@@ -44,27 +52,60 @@ def _nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
 
-def seal_pieces(key: bytes, file_id: bytes, pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """The sealed file, piece by piece, for plaintext ``pieces`` of any sizes."""
-    cipher = _file_cipher(key, file_id)
-    header = MAGIC + file_id
-    yield header
-    buffer = bytearray()
-    index = 0
-    for piece in pieces:
-        buffer += piece
-        if len(buffer) <= SEGMENT_BYTES:
-            continue
-        done = 0
-        with memoryview(buffer) as view:
-            while len(buffer) - done > SEGMENT_BYTES:  # keep one segment back: the last one is final
-                sealed = cipher.encrypt(_nonce(index, False), view[done:done + SEGMENT_BYTES], header)
+class Sealer:
+    """``seal_pieces`` fed incrementally (a sealing file writer): write ``header`` first, then
+    what each ``update`` returns, then ``finish()``. Holds at most one segment of plaintext."""
+
+    def __init__(self, key: bytes, file_id: bytes) -> None:
+        self._cipher = _file_cipher(key, file_id)
+        self.header = MAGIC + file_id
+        self._buffer = bytearray()
+        self._index = 0
+        self._finished = False
+
+    def update(self, piece: bytes | bytearray | memoryview) -> list[bytearray]:
+        """The records completed by ``piece`` (one segment is kept back: the last one is final)."""
+        self._buffer += piece
+        if len(self._buffer) <= SEGMENT_BYTES:
+            return []
+        records, done = [], 0
+        with memoryview(self._buffer) as view:
+            while len(self._buffer) - done > SEGMENT_BYTES:
+                records.append(self._record(view[done:done + SEGMENT_BYTES], final=False))
                 done += SEGMENT_BYTES
-                index += 1
-                yield _LEN.pack(len(sealed)) + sealed
-        del buffer[:done]
-    sealed = cipher.encrypt(_nonce(index, True), bytes(buffer), header)
-    yield _LEN.pack(len(sealed)) + sealed
+        del self._buffer[:done]
+        return records
+
+    def finish(self) -> bytearray:
+        """The final record; the sealer is spent."""
+        if self._finished:
+            raise ValueError("sealer already finished")
+        self._finished = True
+        record = self._record(self._buffer, final=True)
+        self._buffer = bytearray()
+        return record
+
+    def _record(self, plain: bytes | bytearray | memoryview, final: bool) -> bytearray:
+        out = bytearray(_LEN.size + len(plain) + TAG_BYTES)  # sealed in place: no concatenation copy
+        _LEN.pack_into(out, 0, len(plain) + TAG_BYTES)
+        with memoryview(out) as view:
+            self._cipher.encrypt_into(_nonce(self._index, final), plain, self.header, view[_LEN.size:])
+        self._index += 1
+        return out
+
+
+def seal_pieces(key: bytes, file_id: bytes, pieces: Iterable[bytes]) -> Iterator[bytes | bytearray]:
+    """The sealed file, piece by piece, for plaintext ``pieces`` of any sizes."""
+    sealer = Sealer(key, file_id)
+    yield sealer.header
+    for piece in pieces:
+        yield from sealer.update(piece)
+    yield sealer.finish()
+
+
+def is_sealed(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (at least ``len(MAGIC)`` bytes) is a sealed blob."""
+    return head[:len(MAGIC)] == MAGIC
 
 
 def open_pieces(key: bytes, pieces: Iterable[bytes]) -> Iterator[bytes]:
@@ -108,3 +149,70 @@ def _open_segment(cipher: AESGCM, index: int, record: bytes, header: bytes) -> t
         except InvalidTag:
             continue
     raise IntegrityError("cache blob segment fails authentication (altered, reordered or wrong key)")
+
+
+_RECORD_BYTES = _LEN.size + SEGMENT_BYTES + TAG_BYTES
+
+
+class SealedReader(io.RawIOBase):
+    """A seekable read-only file of the plaintext of the sealed file ``fh``, for readers that
+    seek (a header walk over a received dataset). Segments are opened, and authenticated, only
+    when read, one kept at a time: seeking over pixel data never decrypts them. Only
+    ``open_pieces`` proves a whole file intact; this proves each segment it returns."""
+
+    def __init__(self, key: bytes, fh: BinaryIO) -> None:
+        super().__init__()
+        fh.seek(0)
+        self._header = fh.read(HEADER_BYTES)
+        if len(self._header) != HEADER_BYTES or not is_sealed(self._header):
+            raise IntegrityError("cache blob has no valid header")
+        self._fh, self._cipher = fh, _file_cipher(key, self._header[len(MAGIC):])
+        body = fh.seek(0, os.SEEK_END) - HEADER_BYTES
+        self._segments = max(1, -(-body // _RECORD_BYTES))
+        last = body - (self._segments - 1) * _RECORD_BYTES - _LEN.size - TAG_BYTES
+        if last < 0:
+            raise IntegrityError("cache blob is truncated")
+        self.plain_size = (self._segments - 1) * SEGMENT_BYTES + last
+        self._pos = 0
+        self._cached: tuple[int, bytes] = (-1, b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.plain_size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        with memoryview(buffer) as out:
+            filled = 0
+            while filled < len(out) and self._pos < self.plain_size:
+                index, offset = divmod(self._pos, SEGMENT_BYTES)
+                plain = self._segment(index)
+                n = min(len(out) - filled, len(plain) - offset)
+                out[filled:filled + n] = plain[offset:offset + n]
+                filled += n
+                self._pos += n
+            return filled
+
+    def _segment(self, index: int) -> bytes:
+        if self._cached[0] != index:
+            final = index == self._segments - 1
+            self._fh.seek(HEADER_BYTES + index * _RECORD_BYTES)
+            record = self._fh.read(_RECORD_BYTES)
+            (length,) = _LEN.unpack_from(record) if len(record) >= _LEN.size else (-1,)
+            if length != len(record) - _LEN.size or (not final and length != SEGMENT_BYTES + TAG_BYTES):
+                raise IntegrityError("cache blob segment has an impossible length")
+            try:
+                plain = self._cipher.decrypt(_nonce(index, final), record[_LEN.size:], self._header)
+            except InvalidTag as exc:
+                raise IntegrityError("cache blob segment fails authentication (altered or wrong key)") from exc
+            self._cached = (index, plain)
+        return self._cached[1]

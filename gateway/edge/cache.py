@@ -18,7 +18,7 @@ from gateway.core import atrest
 from gateway.core.errors import IntegrityError
 
 KEY_NAME = "cache"
-SEALED_SUFFIX = ".mgwc"
+SEALED_SUFFIX = atrest.SUFFIX
 
 
 def write_sealed(path: Path, key: bytes, pieces: Iterable[bytes]) -> int:

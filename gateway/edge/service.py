@@ -92,6 +92,7 @@ class EdgeService:
         keys = FileKeyStore(paths.state_dir / "keys")
         cache_key = keys.secret(cache.KEY_NAME)  # always readable, whatever encrypt_at_rest says now
         self._cache_key = cache_key if settings.spool.encrypt_at_rest else None
+        self._receive_key = cache_key  # the listener seals what it receives, whatever the setting
         chunk_topic = topics.chunk_topic(prefix, settings.box.id, "0" * 32)
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
@@ -100,7 +101,7 @@ class EdgeService:
         self.commitments = StorageCommitmentScp(settings.commitment, settings.dicom, CommitmentStore(paths.spool_db),
                                                 clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=[*mpps, self.commitments],
-                                      provisioned=(paths.state_dir / "device.toml").exists())
+                                      provisioned=(paths.state_dir / "device.toml").exists(), cache_key=cache_key)
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock)
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, dicom_counts=self.listener.counts)
@@ -118,13 +119,13 @@ class EdgeService:
     def accept(self, instance: ReceivedInstance) -> int:
         if self._disk_refuses():
             raise SpoolFullError("spool disk above its high-water mark")
-        name = f"{instance.sha256[:16]}-{instance.path.name}"
-        if self._cache_key is not None:  # sealed at rest, fsynced, before the row and 0x0000
-            name += cache.SEALED_SUFFIX
-            cache.write_sealed(self.paths.blob_dir / name, self._cache_key, blobs.read_pieces(instance.path))
-            blobs.remove(instance.path)
-        else:
+        name = f"{instance.sha256[:16]}-{instance.path.name}"  # the listener sealed it: <...>.mgwc
+        if self._cache_key is not None:  # adopted sealed, fsynced, before the row and 0x0000
             blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
+        else:  # encryption at rest switched off: the operator chose a plaintext spool
+            name = name.removesuffix(cache.SEALED_SUFFIX)
+            blobs.write_atomic(self.paths.blob_dir / name, cache.read_blob(instance.path, self._receive_key))
+            blobs.remove(instance.path)
         meta = {
             "sop_class_uid": instance.sop_class_uid, "sop_instance_uid": instance.sop_instance_uid,
             "study_instance_uid": instance.study_instance_uid,

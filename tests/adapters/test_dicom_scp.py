@@ -4,6 +4,7 @@ another process, and a sink that commits rows to a real SQLite file."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -26,11 +27,14 @@ from pynetdicom import _config
 
 from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
 from gateway.config import DicomSettings
+from gateway.core import atrest
 from gateway.core.errors import SpoolFullError
+from gateway.edge import cache
 from gateway.logs import MSG, KeyValueFormatter
 from tests.peers import (
     data_store_dir,
     dataset_bytes,
+    dataset_offset,
     dcmtk,
     dcmtk_env,
     dcmtk_storescp,
@@ -44,6 +48,7 @@ from tests.peers import (
 )
 
 AE_TITLE = "MGW"
+KEY = os.urandom(32)  # the cache key every received byte is sealed with
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -107,7 +112,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         incoming = incoming or tmp_path / "spool" / "incoming"
         sink = SqliteSink(tmp_path / f"index-{len(started)}.sqlite")
         dicom = DicomSettings(ae_title=AE_TITLE, bind_host="127.0.0.1", port=0, **settings)
-        listener = DicomListener(dicom, incoming, sink)
+        listener = DicomListener(dicom, incoming, sink, cache_key=KEY)
         listener.start()
         started.append(listener)
         return Gateway(listener, sink, incoming, incoming.parent / "quarantine")
@@ -120,6 +125,17 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 @pytest.fixture
 def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
     return start_gateway()
+
+
+def _plain(path: Path) -> bytes:
+    """The original bytes of a received (sealed) file, opened in memory."""
+    assert path.name.endswith(atrest.SUFFIX)
+    return b"".join(cache.read_blob(path, KEY))
+
+
+def _dataset(path: Path) -> bytes:
+    raw = _plain(path)
+    return raw[dataset_offset(raw):]
 
 
 def test_echo_succeeds_when_echoscu_calls_our_ae_title(gateway: Gateway) -> None:
@@ -157,10 +173,10 @@ def test_stored_bytes_equal_dcmtk_bit_preserving_copy_when_storescu_sends_real_i
         assert (row["sop_class"], row["study"], row["series"]) == (
             src.SOPClassUID, src.StudyInstanceUID, src.SeriesInstanceUID), source.name
         assert (row["calling_ae"], row["peer"]) == ("MODALITY", "127.0.0.1")
-        assert dataset_bytes(stored) == dataset_bytes(reference[key]), source.name
-        assert row["size"] == stored.stat().st_size
-        assert row["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
-        assert dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == row["ts"]
+        assert _dataset(stored) == dataset_bytes(reference[key]), source.name
+        assert row["size"] == len(_plain(stored))
+        assert row["sha256"] == hashlib.sha256(_plain(stored)).hexdigest()
+        assert dcmread(io.BytesIO(_plain(stored)), stop_before_pixels=True).file_meta.TransferSyntaxUID == row["ts"]
 
 
 def test_stored_dataset_is_the_source_bytes_when_sender_streams_files_verbatim(gateway: Gateway) -> None:
@@ -171,7 +187,7 @@ def test_stored_dataset_is_the_source_bytes_when_sender_streams_files_verbatim(g
     for source in files:
         meta = dcmread(source, stop_before_pixels=True).file_meta
         row = rows[(meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID)]
-        assert dataset_bytes(Path(row["path"])) == dataset_bytes(source), source.name
+        assert _dataset(Path(row["path"])) == dataset_bytes(source), source.name
 
 
 def test_bytes_are_kept_when_chunked_receive_is_switched_off_by_someone_else(
@@ -181,11 +197,12 @@ def test_bytes_are_kept_when_chunked_receive_is_switched_off_by_someone_else(
     source = real_images()[4]
     assert send_verbatim(gateway.listener.port, [source], AE_TITLE) == [0x0000]
     (row,) = gateway.sink.rows()
-    assert dataset_bytes(Path(row["path"])) == dataset_bytes(source)
-    assert row["sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+    assert _dataset(Path(row["path"])) == dataset_bytes(source)
+    assert row["sha256"] == hashlib.sha256(_plain(Path(row["path"]))).hexdigest()
+    assert dataset_bytes(source)[-4096:] not in Path(row["path"]).read_bytes()  # sealed from memory too
 
 
-def test_file_is_copied_durably_when_incoming_dir_is_on_another_filesystem(
+def test_file_lands_sealed_when_incoming_dir_is_on_another_filesystem(
     start_gateway: Callable[..., Gateway],
 ) -> None:
     shm = Path("/dev/shm")
@@ -199,8 +216,8 @@ def test_file_is_copied_durably_when_incoming_dir_is_on_another_filesystem(
         (row,) = gw.sink.rows()
         stored = Path(row["path"])
         assert stored.parent == root / "incoming"
-        assert dataset_bytes(stored) == dataset_bytes(source)
-        assert row["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+        assert _dataset(stored) == dataset_bytes(source)
+        assert row["sha256"] == hashlib.sha256(_plain(stored)).hexdigest()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -277,7 +294,8 @@ def test_dataset_is_quarantined_with_failure_status_when_it_cannot_be_parsed(
     statuses = send_verbatim(gateway.listener.port, [bad], AE_TITLE)
     assert statuses == [0xC210]
     (kept,) = gateway.quarantine.iterdir()
-    assert dataset_bytes(kept) == dataset_bytes(bad)
+    assert _dataset(kept) == dataset_bytes(bad)  # kept sealed, opened in memory
+    assert dataset_bytes(bad)[-1024:] not in kept.read_bytes()
     assert list(gateway.incoming.iterdir()) == [] and gateway.sink.calls == 0
     assert any(getattr(r, "MESSAGE_ID", None) == MSG.STORE_FAILED.value for r in caplog.records)
     assert send_verbatim(gateway.listener.port, real_images()[:1], AE_TITLE) == [0x0000]  # still serving
@@ -373,10 +391,8 @@ assoc.abort()
 
 
 def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: Gateway) -> None:
-    spool_dir = Path(tempfile.gettempdir())  # where pynetdicom's chunked receive writes
-
-    def partial_files() -> set[Path]:
-        return {p for p in spool_dir.glob("tmp*.dcm") if p.stat().st_mtime >= started - 1}
+    def partial_files() -> set[Path]:  # the chunked receive writes a sealed .part in incoming_dir
+        return set(gateway.incoming.glob("*.part"))
 
     started = time.time()
     before = partial_files()
@@ -394,4 +410,26 @@ def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: G
                 sender.kill()
     wait_for(lambda: not any(p.exists() for p in partial), 10, "the partial dataset file to be removed")
     assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
+    assert not {p for p in Path(tempfile.gettempdir()).glob("tmp*.dcm") if p.stat().st_mtime >= started - 1}
     assert echo(gateway.listener.port, AE_TITLE).returncode == 0
+
+
+def test_no_plaintext_is_on_disk_when_the_sink_commits_a_received_image(gateway: Gateway) -> None:
+    source = real_images()[0]  # a real CT
+    ds = dcmread(source)
+    secrets = [s for s in (bytes(ds.PixelData[1000:1064]), str(ds.get("PatientName", "")).encode(),
+                           str(ds.get("PatientID", "")).encode()) if len(s) > 3]
+    started, seen = time.time(), []
+
+    def scan() -> None:  # inside the sink: the file is complete, not yet acknowledged
+        tmp = [p for p in Path(tempfile.gettempdir()).iterdir() if p.is_file() and p.stat().st_mtime >= started - 1]
+        for path in [*gateway.incoming.iterdir(), *tmp]:
+            seen.append(path)
+            raw = path.read_bytes()
+            assert not any(secret in raw for secret in secrets), path
+
+    gateway.sink.before_commit = scan
+    assert send_verbatim(gateway.listener.port, [source], AE_TITLE) == [0x0000]
+    assert any(p.parent == gateway.incoming for p in seen)  # the scan saw the received file
+    (row,) = gateway.sink.rows()
+    assert all(secret in _plain(Path(row["path"])) for secret in secrets)  # the secrets were in what we scanned

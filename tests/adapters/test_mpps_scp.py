@@ -77,7 +77,7 @@ def edge(tmp_path: Path) -> Iterator[tuple[int, ExamRecorder, Clock]]:
     recorder = ExamRecorder(settings, ExamStore(tmp_path / "utilisation.db", tmp_path / "spool.db"), SECRET, clock)
     mpps = MppsService(recorder, recorder.store, 0, clock)
     listener = DicomListener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=free_port()),
-                             tmp_path / "spool" / "incoming", Sink(recorder), services=[mpps])
+                             tmp_path / "spool" / "incoming", Sink(recorder), services=[mpps], cache_key=bytes(32))
     listener.start()
     yield listener.port, recorder, clock
     listener.stop()

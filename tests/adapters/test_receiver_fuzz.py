@@ -46,7 +46,7 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomListener
     incoming = tmp_path_factory.mktemp("fuzz") / "spool" / "incoming"
     dicom = DicomSettings(ae_title=AE_TITLE, bind_host="127.0.0.1", port=0, network_timeout_s=2.0,
                           dimse_timeout_s=2.0, max_associations=4)
-    lst = DicomListener(dicom, incoming, MemorySink())
+    lst = DicomListener(dicom, incoming, MemorySink(), cache_key=bytes(32))
     lst.start()
     yield lst
     lst.stop()
