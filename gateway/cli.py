@@ -154,6 +154,23 @@ def cmd_cloud_import(args: argparse.Namespace) -> int:
     return 0 if summary.rejected + summary.incomplete + summary.unreadable == 0 else 1
 
 
+def cmd_cloud_seal_archive(args: argparse.Namespace) -> int:
+    from gateway.cloud import backends
+
+    settings, paths = _cloud_settings(args)
+    logs.setup(settings.cloud.log_level, False)
+    archive = backends.open_archive(settings, paths, migrating=True)  # may create the archive key
+    try:
+        sealed, damaged = archive.seal_plaintext()
+    finally:
+        archive.close()
+    if sealed:
+        log.warning("plaintext archive objects sealed", extra={
+            "MESSAGE_ID": logs.MSG.PLAINTEXT_SEALED.value, "ITEMS": sealed, "DAMAGED": damaged})
+    print(f"sealed {sealed} plaintext object(s); {damaged} left (no longer match their index row)")
+    return 0 if damaged == 0 else 1
+
+
 def cmd_update_hook(args: argparse.Namespace) -> int:
     """The A/B update hook contract: 0 go on, 1 roll back, 21 retry later (firmware_hooks/)."""
     from gateway.appliance import update
@@ -310,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     cimport.add_argument("directory", type=Path, metavar="DIR", help="an MGW-EXPORT-* directory or a stick's root")
     cimport.add_argument("--json", action="store_true", help="print the summary as JSON")
     cimport.set_defaults(func=cmd_cloud_import)
+    seal = with_config(cloud.add_parser(
+        "seal-archive", help="seal a plaintext archive (from before encryption at rest)"))
+    seal.set_defaults(func=cmd_cloud_seal_archive)
 
     hook = with_config(sub.add_parser("update-hook", help="A/B update hook step (exit 0 go on, 1 roll back, 21 retry)"))
     hook.add_argument("step", choices=["pre-install", "migrate", "commit-gate", "rollback"], help="which step")

@@ -173,6 +173,8 @@ class EdgeSettings:
 class CloudNodeSettings:
     state_dir: str = _f("", "archive, index and keys; default $STATE_DIRECTORY or /var/lib/gateway")
     envelope_key_file: str = _f("keys/envelope.key", "X25519 private key (raw 32 bytes, 0600), relative to state_dir")
+    archive_key_file: str = _f("keys/archive.key", "AES-256 key sealing archived objects at rest (raw 32 bytes, 0600), "
+                               "relative to state_dir or absolute (another volume, a KMS mount)")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
 
 

@@ -92,6 +92,7 @@ class MSG(enum.StrEnum):
     QUARANTINE_REPLAYED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0106"
     QUARANTINE_DELETED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0107"
     STUDY_COMPLETE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0108"
+    PLAINTEXT_SEALED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0150"  # at rest: plaintext from an older version sealed
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {ord("\\"): "\\\\"}

@@ -19,10 +19,23 @@ from gateway.core.errors import ConfigError
 
 def load_or_create_x25519(path: Path) -> bytes:
     """The raw 32-byte private key at ``path``, generated (0600) if absent."""
-    if not path.exists():
+    return load_or_create_raw(path, 32)
+
+
+def load_or_create_raw(path: Path, size: int) -> bytes:
+    """The raw ``size``-byte secret at ``path`` (0600, owner only), generated if absent."""
+    if not path.exists():  # two processes may race here: the first link wins, both read it
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        blobs.write_atomic(path, os.urandom(32), mode=0o600)
-    return read_x25519(path)
+        fresh = path.with_name(f".{path.name}.{os.getpid()}.new")
+        blobs.write_atomic(fresh, os.urandom(size), mode=0o600)
+        try:
+            os.link(fresh, path)
+            blobs.fsync_dir(path.parent)
+        except FileExistsError:
+            pass
+        finally:
+            fresh.unlink(missing_ok=True)
+    return read_raw_secret(path, size)
 
 
 def read_x25519(path: Path) -> bytes:

@@ -1,9 +1,10 @@
 """Sending one archived Part 10 file to a PACS: DICOMweb STOW-RS or DIMSE C-STORE.
 
-Both send the file's bytes as archived, never re-encoded: STOW-RS posts the
-Part 10 file as one ``application/dicom`` part (PS3.18 10.5), streamed from
-disk; C-STORE proposes exactly the file's transfer syntax and lets pynetdicom
-send the dataset from the file without decoding it. A send either returns
+Both send the object's bytes as archived, never re-encoded, decrypted from the
+sealed archive in memory (no plaintext file): STOW-RS posts the Part 10 file as
+one ``application/dicom`` part (PS3.18 10.5), streamed; C-STORE copies it into
+an anonymous memory file (``memfd``, never on a disk), proposes exactly its
+transfer syntax and lets pynetdicom send the dataset from it without decoding. A send either returns
 (the PACS confirmed it) or raises ``ForwardError`` saying why; the caller
 owns retries. The STOW-RS password is read by the caller from a 0600 file.
 """
@@ -13,18 +14,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import ssl
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
-from gateway.adapters import blobs
 from gateway.core.errors import PeerError
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,14 @@ class StowRs:
     timeout_s: float = 60.0
     name: str = "stow"
 
-    def send(self, path: Path, sop_instance_uid: str) -> None:
+    def send(self, original: Callable[[], Iterable[bytes]], size: int, sop_instance_uid: str) -> None:
         boundary = uuid.uuid4().hex
         head = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
-        size = path.stat().st_size
 
         def body() -> Iterator[bytes]:
             yield head
-            yield from blobs.read_pieces(path)
+            yield from original()
             yield tail
 
         request = urllib.request.Request(self.url, data=body(), method="POST", headers={  # noqa: S310 - configured URL
@@ -103,7 +103,16 @@ class CStore:
     timeout_s: float = 60.0
     name: str = "cstore"
 
-    def send(self, path: Path, sop_instance_uid: str) -> None:
+    def send(self, original: Callable[[], Iterable[bytes]], size: int, sop_instance_uid: str) -> None:
+        fd = os.memfd_create("mgw-forward", os.MFD_CLOEXEC)  # RAM only: the plaintext never reaches a disk
+        try:
+            for piece in original():
+                os.write(fd, piece)
+            self._send_file(Path(f"/proc/self/fd/{fd}"))
+        finally:
+            os.close(fd)
+
+    def _send_file(self, path: Path) -> None:
         try:
             meta = read_file_meta_info(path)
             sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)

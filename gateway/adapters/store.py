@@ -272,6 +272,11 @@ class SpoolStore:
             rows = self.db.execute("SELECT state, blob_name FROM items").fetchall()
         return {name for state, name in rows if predicate(ItemState(state))}
 
+    def rename_blob(self, old_name: str, new_name: str) -> None:
+        """Point the row of blob ``old_name`` at ``new_name`` (its plaintext was sealed)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE items SET blob_name = ? WHERE blob_name = ?", (new_name, old_name))
+
     def by_sop_instance(self, sop_instance_uid: str) -> list[SpoolItem]:
         return self._query("SELECT * FROM items WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
 

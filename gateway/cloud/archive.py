@@ -1,8 +1,14 @@
 """The cloud archive: a filesystem store of restored objects and its SQLite index.
 
 Files live under ``archive_dir`` as
-``<study_uid>/<series_uid>/<sop_instance_uid>_<sha256[:12]>.dcm`` (UIDs reduced
-to ``[0-9.]``, ``unknown`` when nothing valid is left). A file reaches its final
+``<study_uid>/<series_uid>/<sop_instance_uid>_<sha256[:12]>.mgwc`` (UIDs reduced
+to ``[0-9.]``, ``unknown`` when nothing valid is left), sealed at rest from their
+first byte, scratch files included (``core.atrest``: AES-256-GCM segments) with the
+archive key, a file kept apart from the data (``cloud.archive_key_file``). The
+index keeps each original's size and SHA-256; ``open`` decrypts in memory and checks
+both. A plaintext ``.dcm`` object (an archive from before encryption at rest) is
+refused by ``open`` until ``seal_plaintext`` (``mgw cloud seal-archive``) seals it.
+A file reaches its final
 name only complete and fsynced (``blobs.adopt_atomic`` from a scratch file in
 ``archive_dir/.incoming``), and before its index row commits, so a committed row
 always names a durable file; a crash in between leaves at worst an unindexed
@@ -26,6 +32,8 @@ already raise ``StorageError``/``SpoolFullError``).
 from __future__ import annotations
 
 import enum
+import hashlib
+import os
 import re
 import threading
 import uuid
@@ -35,13 +43,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import blobs
+from gateway.adapters import blobs, keystore
 from gateway.cloud.index import Index, SqliteIndex
-from gateway.core.errors import StorageError
+from gateway.core import atrest
+from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason
 from gateway.core.transfer import Manifest
 
 SCRATCH_DIR = ".incoming"
+KEY_FILE = "keys/archive.key"  # default, relative to the archive's parent (the cloud's state_dir)
+SEALED_SUFFIX = atrest.SUFFIX
+PLAINTEXT_SUFFIX = ".dcm"  # objects archived before encryption at rest
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _MAX_UID_CHARS = 64
 
@@ -103,7 +115,8 @@ class Archive:
     """Filesystem store plus index. Usable from any thread, one call at a time."""
 
     def __init__(self, archive_dir: Path, index: Index | Path,
-                 forward_destinations: tuple[str, ...] = ()) -> None:
+                 forward_destinations: tuple[str, ...] = (), key_file: Path | None = None,
+                 migrating: bool = False) -> None:
         self._dir = archive_dir
         self._scratch = archive_dir / SCRATCH_DIR
         self._lock = threading.RLock()
@@ -111,6 +124,24 @@ class Archive:
         with self._guarded("open"):
             self._scratch.mkdir(parents=True, exist_ok=True)
         self.index: Index = SqliteIndex(index) if isinstance(index, Path) else index
+        self.key_file = key_file or archive_dir.parent / KEY_FILE
+        self._key = self._load_key(migrating)
+
+    def _load_key(self, migrating: bool) -> bytes:
+        """The archive key (raw 32 bytes, 0600). A missing key is made only when no object needs
+        it (an empty archive; or, migrating, one with no sealed object): a lost key, or its volume
+        not mounted, is refused, never silently replaced."""
+        if not self.key_file.exists():
+            rows = self.index.list_instances() if migrating else []
+            needing = (sum(str(r["path"]).endswith(SEALED_SUFFIX) for r in rows) if migrating
+                       else self.index.count_instances())
+            if needing:
+                raise ConfigError(
+                    f"{self.key_file}: archive key missing, and {needing} archived objects need it "
+                    "(restore the key or mount its volume; an archive from before encryption at rest: "
+                    "run `mgw cloud seal-archive`)")
+            return keystore.load_or_create_raw(self.key_file, 32)
+        return keystore.read_raw_secret(self.key_file, 32)
 
     @property
     def directory(self) -> Path:
@@ -189,7 +220,7 @@ class Archive:
             except Exception as exc:  # re-raised below, once the file is closed
                 failure.append(exc)
 
-        blobs.write_atomic(scratch, guarded())
+        blobs.write_atomic(scratch, atrest.seal_pieces(self._key, os.urandom(atrest.FILE_ID_BYTES), guarded()))
         if failure:
             blobs.remove(scratch)
             raise failure[0]
@@ -238,10 +269,42 @@ class Archive:
         """Relative path for a new object; the full hash if the short name is taken."""
         folder = f"{sanitise_uid(manifest.study_instance_uid)}/{sanitise_uid(manifest.series_instance_uid)}"
         sop = sanitise_uid(manifest.sop_instance_uid)
-        rel = f"{folder}/{sop}_{manifest.sha256[:12]}.dcm"
+        rel = f"{folder}/{sop}_{manifest.sha256[:12]}{SEALED_SUFFIX}"
         if self.index.path_taken(rel):
-            rel = f"{folder}/{sop}_{manifest.sha256}.dcm"
+            rel = f"{folder}/{sop}_{manifest.sha256}{SEALED_SUFFIX}"
         return rel
+
+    def open(self, record: InstanceRecord) -> Iterator[bytes]:
+        """The original bytes of an archived object, decrypted in memory piece by piece. Each
+        segment is authenticated before it is returned; at the end the size and SHA-256 are
+        checked against the index. ``IntegrityError`` on any difference, and at once for a
+        plaintext object (refused until ``mgw cloud seal-archive``)."""
+        if not record.path.name.endswith(SEALED_SUFFIX):
+            raise IntegrityError(f"archived object {record.path.name} is not sealed at rest "
+                                 "(an archive from before encryption at rest): run `mgw cloud seal-archive`")
+        return _checked(atrest.open_pieces(self._key, blobs.read_pieces(record.path)), record.size, record.sha256)
+
+    def seal_plaintext(self) -> tuple[int, int]:
+        """Seal every plaintext (``.dcm``) object into ``<name>.mgwc``, checked against its index
+        row on the way, repoint the row, delete the plaintext. Resumable: a crash leaves either
+        the plaintext named by its row, or the sealed file named by it. An object that no longer
+        matches its row is left as it is. Returns (sealed, left because damaged or unreadable)."""
+        sealed = damaged = 0
+        for record in self.instances():
+            if not record.path.name.endswith(PLAINTEXT_SUFFIX):
+                continue
+            target = record.path.with_name(record.path.name.removesuffix(PLAINTEXT_SUFFIX) + SEALED_SUFFIX)
+            original = _checked(blobs.read_pieces(record.path), record.size, record.sha256)
+            try:
+                blobs.write_atomic(target, atrest.seal_pieces(self._key, os.urandom(atrest.FILE_ID_BYTES), original))
+            except (IntegrityError, StorageError):
+                damaged += 1
+                continue
+            with self._guarded("seal plaintext"), self.index.transaction(lock_key=record.sop_instance_uid):
+                self.index.move_instance(record.sop_instance_uid, record.sha256, str(target.relative_to(self._dir)))
+            blobs.remove(record.path)
+            sealed += 1
+        return sealed, damaged
 
     def instance(self, sop_instance_uid: str, sha256: str) -> InstanceRecord | None:
         with self._guarded("lookup instance"):
@@ -276,3 +339,13 @@ class Archive:
 
     def close(self) -> None:
         self.index.close()
+
+
+def _checked(pieces: Iterable[bytes], size: int, sha256: str) -> Iterator[bytes]:
+    digest, seen = hashlib.sha256(), 0
+    for piece in pieces:
+        digest.update(piece)
+        seen += len(piece)
+        yield piece
+    if seen != size or digest.hexdigest() != sha256:
+        raise IntegrityError("archived object differs from its index row (size or SHA-256)")

@@ -68,15 +68,16 @@ def forward_destinations(settings: CloudSettings) -> tuple[str, ...]:
     return tuple(names)
 
 
-def open_archive(settings: CloudSettings, paths: Paths) -> Archive:
+def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False) -> Archive:
     destinations = forward_destinations(settings)
+    key_file = paths.key_file(settings.cloud.archive_key_file)
     if settings.index.backend == "postgres":
         from gateway.cloud.index_postgres import PostgresIndex
 
         index = PostgresIndex(postgres_dsn(settings, paths))
-        archive = Archive(paths.archive_dir, index, destinations)
+        archive = Archive(paths.archive_dir, index, destinations, key_file, migrating)
     else:
-        archive = Archive(paths.archive_dir, paths.archive_db, destinations)
+        archive = Archive(paths.archive_dir, paths.archive_db, destinations, key_file, migrating)
     log.info("archive index opened", extra={
         "MESSAGE_ID": MSG.INDEX_OPENED.value, "BACKEND": settings.index.backend,
         "INDEX": archive.index.where, "SCHEMA": archive.schema_version()})

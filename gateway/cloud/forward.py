@@ -23,17 +23,17 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from gateway.cloud.archive import Archive
 from gateway.config import ForwardSettings
-from gateway.core.errors import GatewayError, PeerError
+from gateway.core.errors import GatewayError, PeerError, StorageError
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
+Original = Callable[[], Iterable[bytes]]  # the archived object's original bytes, from the start each call
 
 
 class ForwardState(enum.Enum):
@@ -46,7 +46,9 @@ class ForwardState(enum.Enum):
 class Destination(Protocol):
     name: str
 
-    def send(self, path: Path, sop_instance_uid: str) -> None: ...  # raises PeerError if not confirmed
+    def send(self, original: Original, size: int, sop_instance_uid: str) -> None:
+        """Send the archived object whose bytes ``original()`` yields (``size`` of them, opened in
+        memory and checked: ``Archive.open``); raise PeerError unless the PACS confirmed it."""
 
 
 def backoff_s(attempts: int, minimum_s: float, maximum_s: float) -> float:
@@ -88,11 +90,12 @@ class Forwarder:
             error = "archived instance not found in the index"
         else:
             try:
-                destination.send(record.path, sop)
+                found = record
+                destination.send(lambda: self._archive.open(found), record.size, sop)
             except PeerError as exc:
                 error = str(exc)
-            except OSError as exc:
-                error = f"archived file unreadable: {exc.strerror or exc}"
+            except (OSError, StorageError) as exc:
+                error = f"archived file unreadable: {getattr(exc, 'strerror', None) or exc}"
         now = self._clock()
         if not error:
             self._finish(row, ForwardState.DONE, attempts, now, "", now)

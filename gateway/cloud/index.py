@@ -50,6 +50,7 @@ class Index(Protocol):
     def path_taken(self, rel: str) -> bool: ...
     def insert_instance(self, row: Row) -> None: ...
     def list_instances(self) -> list[Row]: ...
+    def move_instance(self, sop_instance_uid: str, sha256: str, rel: str) -> None: ...
     def count_instances(self) -> int: ...
     def enqueue_forwards(self, sop_instance_uid: str, sha256: str, destinations: tuple[str, ...],
                          now: float) -> None: ...
@@ -198,6 +199,11 @@ class SqliteIndex:
     def insert_instance(self, row: Row) -> None:
         with self._guarded("insert instance"):
             self._db.table("instances").insert(row)
+
+    def move_instance(self, sop_instance_uid: str, sha256: str, rel: str) -> None:
+        with self._guarded("move instance"):
+            self._db.execute("UPDATE instances SET path = ? WHERE sop_instance_uid = ? AND sha256 = ?",
+                             [rel, sop_instance_uid, sha256])
 
     def list_instances(self) -> list[Row]:
         with self._guarded("list instances"):

@@ -171,6 +171,11 @@ class PostgresIndex:
                 "INSERT INTO instances (" + ", ".join(row) + ") VALUES ("  # noqa: S608 - fixed column names
                 + ", ".join(f"%({k})s" for k in row) + ")", row)
 
+    def move_instance(self, sop_instance_uid: str, sha256: str, rel: str) -> None:
+        with self._guarded("move instance"):
+            self._conn.execute("UPDATE instances SET path = %s WHERE sop_instance_uid = %s AND sha256 = %s",
+                               [rel, sop_instance_uid, sha256])
+
     def list_instances(self) -> list[Row]:
         with self._guarded("list instances"):
             return self._conn.execute("SELECT * FROM instances ORDER BY stored_at, path").fetchall()

@@ -26,6 +26,22 @@ def write_sealed(path: Path, key: bytes, pieces: Iterable[bytes]) -> int:
     return blobs.write_atomic(path, atrest.seal_pieces(key, os.urandom(atrest.FILE_ID_BYTES), pieces))
 
 
+def seal_in_place(path: Path, key: bytes) -> Path:
+    """Seal a plaintext file (kept by a version that did not seal it) into ``<name>.mgwc``,
+    durably; the caller deletes the plaintext once nothing names it any more."""
+    target = path.with_name(path.name + SEALED_SUFFIX)
+    write_sealed(target, key, blobs.read_pieces(path))
+    return target
+
+
+def plaintext_files(directory: Path) -> list[Path]:
+    """Files of ``directory`` that are not sealed (scratch files of ``write_atomic`` excepted)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.endswith(SEALED_SUFFIX) and not p.name.startswith("."))
+
+
 def read_blob(path: Path, key: bytes | None) -> Iterable[bytes]:
     """The original bytes of a spooled blob, sealed or not, in bounded pieces."""
     if not path.name.endswith(SEALED_SUFFIX):

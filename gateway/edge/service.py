@@ -192,6 +192,7 @@ class EdgeService:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._sweep()
+        self._seal_legacy()
         self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
         status.record_uplink(self.paths.state_dir, False, self._clock(), at_start=True)
         self.listener.start()
@@ -243,6 +244,28 @@ class EdgeService:
         for path in self.paths.outbox_dir.iterdir():
             if path.stem not in live:
                 blobs.remove(path)
+
+    def _seal_legacy(self) -> None:
+        """Plaintext an older version kept (quarantined files; spooled blobs, unless encryption at
+        rest is off) is sealed, its row repointed, then deleted. Deleted plaintext may survive in
+        free disk blocks: docs/security.md."""
+        files = items = 0
+        for path in cache.plaintext_files(self.paths.quarantine_dir):
+            cache.seal_in_place(path, self._receive_key)
+            blobs.remove(path)
+            files += 1
+        if self._cache_key is not None:
+            names = self.store.blob_names(lambda s: s is not ItemState.PURGED)
+            for name in sorted(n for n in names if not n.endswith(cache.SEALED_SUFFIX)):
+                path = self.paths.blob_dir / name
+                if path.is_file():
+                    sealed = cache.seal_in_place(path, self._cache_key)
+                    self.store.rename_blob(name, sealed.name)  # a crash before this: the sweep drops it
+                    blobs.remove(path)
+                    items += 1
+        if files or items:
+            log.warning("plaintext left by an older version sealed", extra={
+                "MESSAGE_ID": MSG.PLAINTEXT_SEALED.value, "QUARANTINE_FILES": files, "ITEMS": items})
 
     def _pack_loop(self) -> None:
         while not self._stop.is_set():

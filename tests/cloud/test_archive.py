@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.adapters import keystore
 from gateway.cloud.archive import (
     SCRATCH_DIR,
     Archive,
@@ -19,7 +22,8 @@ from gateway.cloud.archive import (
     sanitise_uid,
 )
 from gateway.cloud.index import MIGRATIONS
-from gateway.core.errors import IntegrityError, StorageError
+from gateway.core import atrest
+from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason
 from gateway.core.transfer import Manifest
 from tests.backends import Backend
@@ -45,6 +49,11 @@ def archive(tmp_path: Path, backend: Backend) -> Iterator[Archive]:
 
 def scratch_files(tmp_path: Path) -> list[Path]:
     return list((tmp_path / "archive" / SCRATCH_DIR).iterdir())
+
+
+def unsealed(archive: Archive, path: Path) -> bytes:
+    """A sealed archive file opened with the archive key, whatever its index row says."""
+    return b"".join(atrest.open_pieces(keystore.read_raw_secret(archive.key_file, 32), [path.read_bytes()]))
 
 
 def test_index_is_migrated_once_and_uses_wal_when_opened_twice(tmp_path: Path, archive: Archive) -> None:
@@ -80,8 +89,8 @@ def test_object_is_filed_under_study_and_series_when_stored(tmp_path: Path, arch
     result = archive.store(manifest, archive.receive([data[:4], data[4:]]), BOX, TID, 3, 1000.0)
 
     assert result.outcome is StoreOutcome.ARCHIVED
-    assert result.instance.path == tmp_path / "archive/1.2.3/1.2.3.4" / f"1.2.3.4.5_{manifest.sha256[:12]}.dcm"
-    assert result.instance.path.read_bytes() == data
+    assert result.instance.path == tmp_path / "archive/1.2.3/1.2.3.4" / f"1.2.3.4.5_{manifest.sha256[:12]}.mgwc"
+    assert b"".join(archive.open(result.instance)) == data
     assert archive.instances() == [result.instance]
     record = archive.lookup_transfer(BOX, TID)
     assert record is not None
@@ -108,7 +117,7 @@ def test_store_keeps_both_when_same_sop_instance_has_different_content(archive: 
     archive.store(manifest_for(a), archive.receive([a]), BOX, TID, 2, 1.0)
     archive.store(manifest_for(b), archive.receive([b]), BOX, TID2, 2, 2.0)
 
-    assert sorted(r.path.read_bytes() for r in archive.instances()) == [a, b]
+    assert sorted(b"".join(archive.open(r)) for r in archive.instances()) == [a, b]
 
 
 def test_store_uses_the_full_hash_name_when_the_short_name_is_taken(archive: Archive) -> None:
@@ -116,9 +125,9 @@ def test_store_uses_the_full_hash_name_when_the_short_name_is_taken(archive: Arc
     one = archive.store(manifest_for(b"1", sha256=prefix + "0" * 52), archive.receive([b"1"]), BOX, TID, 2, 1.0)
     two = archive.store(manifest_for(b"2", sha256=prefix + "1" * 52), archive.receive([b"2"]), BOX, TID2, 2, 2.0)
 
-    assert one.instance.path.name == f"1.2.3.4.5_{prefix}.dcm"
-    assert two.instance.path.name == f"1.2.3.4.5_{prefix + '1' * 52}.dcm"
-    assert (one.instance.path.read_bytes(), two.instance.path.read_bytes()) == (b"1", b"2")
+    assert one.instance.path.name == f"1.2.3.4.5_{prefix}.mgwc"
+    assert two.instance.path.name == f"1.2.3.4.5_{prefix + '1' * 52}.mgwc"
+    assert (unsealed(archive, one.instance.path), unsealed(archive, two.instance.path)) == (b"1", b"2")
 
 
 def test_store_fails_and_leaves_nothing_when_the_study_folder_cannot_be_made(tmp_path: Path, archive: Archive) -> None:
@@ -198,3 +207,75 @@ def test_sanitised_uid_is_a_plain_name_when_uid_is_arbitrary_text(uid: str) -> N
     assert name == "unknown" or (name[0].isdigit() and name[-1].isdigit() and ".." not in name)
     assert set(name) <= set("0123456789.") or name == "unknown"
     assert len(name) <= 64
+
+
+PHI = b"DOE^JANE patient 123456 " * 100
+
+
+def test_object_and_scratch_are_sealed_with_a_key_kept_apart_when_stored(tmp_path: Path, archive: Archive) -> None:
+    scratch = archive.receive([PHI[:1000], PHI[1000:]])
+    assert PHI[:24] not in scratch.read_bytes()
+    result = archive.store(manifest_for(PHI), scratch, BOX, TID, 2, 1.0)
+    assert PHI[:24] not in result.instance.path.read_bytes()
+    assert b"".join(archive.open(result.instance)) == PHI
+    assert archive.key_file == tmp_path / "keys" / "archive.key"  # beside the archive, not in it
+    assert stat.S_IMODE(archive.key_file.stat().st_mode) == 0o600
+
+
+def test_open_raises_integrity_error_when_the_sealed_file_was_altered(archive: Archive) -> None:
+    record = archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
+    raw = bytearray(record.path.read_bytes())
+    raw[-20] ^= 1
+    record.path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        b"".join(archive.open(record))
+
+
+def test_open_raises_integrity_error_when_the_file_is_another_objects(archive: Archive) -> None:
+    one = archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
+    other = manifest_for(b"other", sop="1.2.3.4.6")
+    two = archive.store(other, archive.receive([b"other"]), BOX, TID2, 2, 1.0).instance
+    os.replace(two.path, one.path)  # a validly sealed file under the wrong row
+    with pytest.raises(IntegrityError, match="index row"):
+        b"".join(archive.open(one))
+
+
+def test_archive_refuses_to_open_when_its_key_is_missing_and_objects_need_it(tmp_path: Path, archive: Archive) -> None:
+    archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0)
+    archive.key_file.rename(tmp_path / "elsewhere.key")
+    with pytest.raises(ConfigError, match="archive key missing"):
+        Archive(tmp_path / "archive", archive.index)
+    assert not archive.key_file.exists()  # never silently replaced
+
+
+def test_archive_uses_the_configured_key_file_when_one_is_given(tmp_path: Path, backend: Backend) -> None:
+    key_file = tmp_path / "other-volume" / "archive.key"
+    a = Archive(tmp_path / "archive", backend.archive(tmp_path / "first").index, key_file=key_file)
+    record = a.store(manifest_for(PHI), a.receive([PHI]), BOX, TID, 2, 1.0).instance
+    assert key_file.is_file() and not (tmp_path / "keys" / "archive.key").exists()
+    assert b"".join(a.open(record)) == PHI
+    a.close()
+
+
+def test_plaintext_object_is_refused_until_seal_plaintext_seals_it(tmp_path: Path, archive: Archive) -> None:
+    rel = "1.2.3/1.2.3.4/1.2.3.4.9_0123456789ab.dcm"  # as archived before encryption at rest
+    (tmp_path / "archive" / rel).parent.mkdir(parents=True)
+    (tmp_path / "archive" / rel).write_bytes(PHI)
+    m = manifest_for(PHI, sop="1.2.3.4.9")
+    with archive.index.transaction():
+        archive.index.insert_instance({
+            "sop_instance_uid": m.sop_instance_uid, "sha256": m.sha256, "study_instance_uid": "1.2.3",
+            "series_instance_uid": "1.2.3.4", "sop_class_uid": m.sop_class_uid,
+            "transfer_syntax": m.transfer_syntax_uid,
+            "size": m.size, "path": rel, "box_id": BOX, "transfer_id": TID.hex(), "stored_at": 1.0})
+    (legacy,) = archive.instances()
+    with pytest.raises(IntegrityError, match="seal-archive"):
+        archive.open(legacy)
+
+    assert archive.seal_plaintext() == (1, 0)
+
+    (record,) = archive.instances()
+    assert record.path.name == "1.2.3.4.9_0123456789ab.mgwc" and not legacy.path.exists()
+    assert PHI[:24] not in record.path.read_bytes()
+    assert b"".join(archive.open(record)) == PHI
+    assert archive.seal_plaintext() == (0, 0)  # idempotent

@@ -200,7 +200,8 @@ def test_entry_is_sent_again_when_its_forwarder_died_holding_the_lease(
 
 def test_stow_rs_send_raises_forward_error_when_the_response_lacks_the_instance(pacs: Orthanc) -> None:
     with pytest.raises(ForwardError, match="does not reference"):
-        StowRs(pacs.stow_url).send(real_images()[3], "1.2.3.999")
+        data = real_images()[3].read_bytes()
+        StowRs(pacs.stow_url).send(lambda: [data], len(data), "1.2.3.999")
 
 
 @pytest.mark.parametrize(("attempts", "expected"), [(1, 5.0), (2, 10.0), (3, 20.0), (10, 60.0), (500, 60.0)])
