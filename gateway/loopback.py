@@ -118,8 +118,14 @@ class LoopbackDeployment:
             tables.setdefault(table, {}).update(values)
         return tables
 
+    @property
+    def tmp_dir(self) -> Path:
+        """The services' temporary directory (``TMPDIR``), their own like systemd's PrivateTmp."""
+        return self.root / "tmp"
+
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.tmp_dir.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(self.tmp_dir))
         return subprocess.Popen(
             [sys.executable, "-m", "gateway", *args], stdout=subprocess.DEVNULL,
             stderr=open(self.root / log_name, "ab"), env=env,  # noqa: SIM115 - the child owns it
