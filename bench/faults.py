@@ -25,7 +25,6 @@ It prints one line per trial on stderr and one line of totals on stdout.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import random
@@ -44,7 +43,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import dcmtk_env, find_dcmtk, storescu_profile
-from gateway.cloud.archive import SCRATCH_DIR
+from gateway.cloud.archive import KEY_FILE, SCRATCH_DIR, original_sha256
 from gateway.core.errors import LocalError
 from gateway.link_proxy import LinkProxy
 from gateway.loopback import EDGE_AE, LoopbackDeployment
@@ -234,7 +233,7 @@ def reconcile(d: LoopbackDeployment, m: Modality) -> dict[str, int]:
         out["duplicated"] += len(copies) - 1
         for sha, rel in copies:
             path = d.cloud_dir / "archive" / rel
-            actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+            actual = original_sha256(path, d.cloud_dir / KEY_FILE)  # sealed at rest: opened in memory
             if actual != sha or sha not in edge_shas.get(uid, set()):
                 out["corrupt"] += 1
     known = {rel for _, _, rel in rows}

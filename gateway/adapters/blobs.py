@@ -7,10 +7,12 @@ bytes given; before, it is either absent or complete under its final name.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.core import atrest
 from gateway.core.errors import SpoolFullError, StorageError
@@ -160,3 +162,52 @@ class SealingFile:
                 view = view[os.write(self._fd, view):]
         except OSError as exc:
             self._error = _translate(exc, self.path)
+
+
+class SealedReader(io.RawIOBase):
+    """A seekable read-only file of the plaintext of the sealed file ``fh`` (``core.atrest``),
+    for readers that seek (the header walk over a received dataset). Segments are decrypted in
+    memory, and authenticated, only when read, one kept at a time: seeking over pixel data
+    never decrypts them."""
+
+    def __init__(self, key: bytes, fh: BinaryIO) -> None:
+        super().__init__()
+        fh.seek(0)
+        header = fh.read(atrest.HEADER_BYTES)
+        self._fh = fh
+        self._opener = atrest.SegmentOpener(key, header, fh.seek(0, os.SEEK_END))
+        self.plain_size = self._opener.plain_size
+        self._pos = 0
+        self._cached: tuple[int, bytes] = (-1, b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.plain_size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        with memoryview(buffer) as out:
+            filled = 0
+            while filled < len(out) and self._pos < self.plain_size:
+                index, offset = divmod(self._pos, atrest.SEGMENT_BYTES)
+                plain = self._segment(index)
+                n = min(len(out) - filled, len(plain) - offset)
+                out[filled:filled + n] = plain[offset:offset + n]
+                filled += n
+                self._pos += n
+            return filled
+
+    def _segment(self, index: int) -> bytes:
+        if self._cached[0] != index:
+            self._fh.seek(self._opener.offset(index))
+            self._cached = (index, self._opener.open(index, self._fh.read(atrest.RECORD_BYTES)))
+        return self._cached[1]

@@ -320,7 +320,7 @@ def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> R
     transfer_syntax = UID(event.context.transfer_syntax)
     with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
         study, series, header, priority = _read_header(
-            cast(BinaryIO, atrest.SealedReader(key, sealed)), transfer_syntax)
+            cast(BinaryIO, blobs.SealedReader(key, sealed)), transfer_syntax)
     return ReceivedInstance(
         path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
         sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,

@@ -341,6 +341,18 @@ class Archive:
         self.index.close()
 
 
+def original_sha256(path: Path, key_file: Path) -> str:
+    """SHA-256 of the original bytes of one archived (sealed) file, opened in memory with the key
+    in ``key_file``; "" if it is missing, plaintext or fails authentication. For reconciliations."""
+    try:
+        digest = hashlib.sha256()
+        for piece in atrest.open_pieces(keystore.read_raw_secret(key_file, 32), blobs.read_pieces(path)):
+            digest.update(piece)
+        return digest.hexdigest()
+    except (IntegrityError, StorageError, ConfigError):
+        return ""
+
+
 def _checked(pieces: Iterable[bytes], size: int, sha256: str) -> Iterator[bytes]:
     digest, seen = hashlib.sha256(), 0
     for piece in pieces:

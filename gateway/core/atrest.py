@@ -13,17 +13,14 @@ about one segment whatever the file size. The cache key itself lives in the
 box's key store; erasing it makes every sealed blob unreadable (crypto-erase).
 
 ``Sealer`` is the incremental form (a file sealed as it is written, from its first
-byte); ``SealedReader`` a seekable view of a sealed file for readers that seek.
+byte); ``SegmentOpener`` opens single segments, for a seekable reader.
 The cloud archive uses the same format with its own key.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -151,68 +148,37 @@ def _open_segment(cipher: AESGCM, index: int, record: bytes, header: bytes) -> t
     raise IntegrityError("cache blob segment fails authentication (altered, reordered or wrong key)")
 
 
-_RECORD_BYTES = _LEN.size + SEGMENT_BYTES + TAG_BYTES
+
+RECORD_BYTES = _LEN.size + SEGMENT_BYTES + TAG_BYTES  # every record but the last has this size
 
 
-class SealedReader(io.RawIOBase):
-    """A seekable read-only file of the plaintext of the sealed file ``fh``, for readers that
-    seek (a header walk over a received dataset). Segments are opened, and authenticated, only
-    when read, one kept at a time: seeking over pixel data never decrypts them. Only
-    ``open_pieces`` proves a whole file intact; this proves each segment it returns."""
+class SegmentOpener:
+    """Random access to the segments of one sealed file of ``sealed_size`` bytes starting with
+    ``header`` (pure: the caller reads the bytes). Segment ``i`` is the record at
+    ``HEADER_BYTES + i * RECORD_BYTES``; ``open`` authenticates it. Only ``open_pieces`` proves
+    a whole file intact; this proves each segment it opens."""
 
-    def __init__(self, key: bytes, fh: BinaryIO) -> None:
-        super().__init__()
-        fh.seek(0)
-        self._header = fh.read(HEADER_BYTES)
-        if len(self._header) != HEADER_BYTES or not is_sealed(self._header):
+    def __init__(self, key: bytes, header: bytes, sealed_size: int) -> None:
+        if len(header) != HEADER_BYTES or not is_sealed(header):
             raise IntegrityError("cache blob has no valid header")
-        self._fh, self._cipher = fh, _file_cipher(key, self._header[len(MAGIC):])
-        body = fh.seek(0, os.SEEK_END) - HEADER_BYTES
-        self._segments = max(1, -(-body // _RECORD_BYTES))
-        last = body - (self._segments - 1) * _RECORD_BYTES - _LEN.size - TAG_BYTES
+        self._header, self._cipher = header, _file_cipher(key, header[len(MAGIC):])
+        body = sealed_size - HEADER_BYTES
+        self.segments = max(1, -(-body // RECORD_BYTES))
+        last = body - (self.segments - 1) * RECORD_BYTES - _LEN.size - TAG_BYTES
         if last < 0:
             raise IntegrityError("cache blob is truncated")
-        self.plain_size = (self._segments - 1) * SEGMENT_BYTES + last
-        self._pos = 0
-        self._cached: tuple[int, bytes] = (-1, b"")
+        self.plain_size = (self.segments - 1) * SEGMENT_BYTES + last
 
-    def readable(self) -> bool:
-        return True
+    def offset(self, index: int) -> int:
+        return HEADER_BYTES + index * RECORD_BYTES
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.plain_size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        with memoryview(buffer) as out:
-            filled = 0
-            while filled < len(out) and self._pos < self.plain_size:
-                index, offset = divmod(self._pos, SEGMENT_BYTES)
-                plain = self._segment(index)
-                n = min(len(out) - filled, len(plain) - offset)
-                out[filled:filled + n] = plain[offset:offset + n]
-                filled += n
-                self._pos += n
-            return filled
-
-    def _segment(self, index: int) -> bytes:
-        if self._cached[0] != index:
-            final = index == self._segments - 1
-            self._fh.seek(HEADER_BYTES + index * _RECORD_BYTES)
-            record = self._fh.read(_RECORD_BYTES)
-            (length,) = _LEN.unpack_from(record) if len(record) >= _LEN.size else (-1,)
-            if length != len(record) - _LEN.size or (not final and length != SEGMENT_BYTES + TAG_BYTES):
-                raise IntegrityError("cache blob segment has an impossible length")
-            try:
-                plain = self._cipher.decrypt(_nonce(index, final), record[_LEN.size:], self._header)
-            except InvalidTag as exc:
-                raise IntegrityError("cache blob segment fails authentication (altered or wrong key)") from exc
-            self._cached = (index, plain)
-        return self._cached[1]
+    def open(self, index: int, record: bytes) -> bytes:
+        """The plaintext of segment ``index`` from its ``record`` (length prefix included)."""
+        final = index == self.segments - 1
+        (length,) = _LEN.unpack_from(record) if len(record) >= _LEN.size else (-1,)
+        if length != len(record) - _LEN.size or (not final and length != SEGMENT_BYTES + TAG_BYTES):
+            raise IntegrityError("cache blob segment has an impossible length")
+        try:
+            return self._cipher.decrypt(_nonce(index, final), record[_LEN.size:], self._header)
+        except InvalidTag as exc:
+            raise IntegrityError("cache blob segment fails authentication (altered or wrong key)") from exc

@@ -177,10 +177,11 @@ def test_object_is_archived_byte_identical_when_all_chunks_arrive(cloud: Cloud, 
     assert progress[-1].ranges == ((0, len(sealed.frames) - 1),)
     assert [(a.kind, a.sha256) for a in final] == [(AckKind.STORED, hashlib.sha256(sealed.data).digest())]
     [record] = cloud.archive.instances()
-    assert record.path.read_bytes() == sealed.data
+    assert b"".join(cloud.archive.open(record)) == sealed.data
+    assert sealed.data[:64] not in record.path.read_bytes()  # sealed at rest
     m = sealed.manifest
     assert record.path == (cloud.root / "archive" / m.study_instance_uid / m.series_instance_uid
-                           / f"{m.sop_instance_uid}_{m.sha256[:12]}.dcm")
+                           / f"{m.sop_instance_uid}_{m.sha256[:12]}.mgwc")
     assert (record.box_id, record.transfer_id, record.size) == (BOX, sealed.keys.transfer_id.hex(), len(sealed.data))
     assert cloud.staged_files() == [] and cloud.scratch_files() == []
     transfer = cloud.archive.lookup_transfer(BOX, sealed.keys.transfer_id)
@@ -207,7 +208,7 @@ def test_object_is_archived_once_when_chunks_arrive_shuffled_and_duplicated(
                 assert ack.kind is AckKind.STORED, (complete_before, order)
             else:
                 assert (ack.kind, ack.ranges) == (AckKind.PROGRESS, to_ranges(seen))
-        assert [r.path.read_bytes() for r in cloud.archive.instances()] == [sealed.data]
+        assert [b"".join(cloud.archive.open(r)) for r in cloud.archive.instances()] == [sealed.data]
         counters = cloud.ingest.counters()
         assert (counters["objects_stored"], counters["objects_duplicate"]) == (1, 0)
 
@@ -239,7 +240,7 @@ def test_chunk_is_rejected_when_one_bit_is_flipped(keys: KeyPair, sealed: Sealed
 
         acks = cloud.send_all(sealed.frames)
         assert ack_of(acks[-1], sealed).kind is AckKind.STORED
-        assert [r.path.read_bytes() for r in cloud.archive.instances()] == [sealed.data]
+        assert [b"".join(cloud.archive.open(r)) for r in cloud.archive.instances()] == [sealed.data]
 
 
 def test_chunk_is_rejected_when_replayed_into_another_transfer(cloud: Cloud, keys: KeyPair, sealed: Sealed) -> None:
@@ -253,7 +254,7 @@ def test_chunk_is_rejected_when_replayed_into_another_transfer(cloud: Cloud, key
     assert cloud.ingest.counters()["chunks_rejected_key"] == 2
     assert cloud.staged_files() == ["0.chunk"]
     assert ack_of(cloud.send_all(other.frames)[-1], other).kind is AckKind.STORED
-    assert [r.path.read_bytes() for r in cloud.archive.instances()] == [other.data]
+    assert [b"".join(cloud.archive.open(r)) for r in cloud.archive.instances()] == [other.data]
 
 
 def test_chunk_is_rejected_when_transfer_is_unknown_and_key_material_random(cloud: Cloud) -> None:
@@ -353,7 +354,7 @@ def test_same_object_is_archived_once_when_sent_as_two_transfers(cloud: Cloud, k
     assert cloud.archive.count() == 1
     counters = cloud.ingest.counters()
     assert (counters["objects_stored"], counters["objects_duplicate"]) == (1, 1)
-    assert len(list((cloud.root / "archive").rglob("*.dcm"))) == 1
+    assert len(list((cloud.root / "archive").rglob("*.mgwc"))) == 1
 
 
 def test_object_is_archived_once_when_two_workers_each_receive_half_the_chunks(
@@ -363,7 +364,7 @@ def test_object_is_archived_once_when_two_workers_each_receive_half_the_chunks(
 
     assert [a.kind for a in acks].count(AckKind.STORED) == 1 and acks[-1].kind is AckKind.STORED
     assert workers[0].archive.count() == workers[1].archive.count() == 1
-    assert [r.path.read_bytes() for r in workers[1].archive.instances()] == [sealed.data]
+    assert [b"".join(workers[1].archive.open(r)) for r in workers[1].archive.instances()] == [sealed.data]
     assert ack_of(workers[0].send(sealed.frames[-1])[0], sealed).kind is AckKind.STORED
     assert workers[0].staged_files() == []
 
@@ -390,7 +391,7 @@ def test_object_is_archived_once_when_two_worker_threads_race_on_all_chunks(
     stored = sum(w.ingest.counters()["objects_stored"] for w in workers)
     duplicate = sum(w.ingest.counters()["objects_duplicate"] for w in workers)
     assert (stored, duplicate) == (1, 0)
-    assert [r.path.read_bytes() for r in workers[0].archive.instances()] == [sealed.data]
+    assert [b"".join(workers[0].archive.open(r)) for r in workers[0].archive.instances()] == [sealed.data]
 
 
 def _process_worker(root: str, private: bytes, frames: list[bytes], seed: int,
@@ -420,7 +421,7 @@ def test_object_is_archived_once_when_two_worker_processes_race_on_all_chunks(
     assert [parse_ack(payload, BOX, sealed.ack_key).kind for payload, _, _ in outcomes] == [AckKind.STORED] * 2
     assert (sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)) == (1, 0)
     archive = Archive(tmp_path / "archive", tmp_path / "index.db")
-    assert [r.path.read_bytes() for r in archive.instances()] == [sealed.data]
+    assert [b"".join(archive.open(r)) for r in archive.instances()] == [sealed.data]
     archive.close()
 
 
@@ -440,7 +441,7 @@ def test_assembly_resumes_when_a_resent_chunk_arrives_after_a_failed_store(
     blocker.unlink()
     restarted = Cloud(tmp_path, keys, backend=backend)  # a new worker process after the failure
     assert ack_of(restarted.send(sealed.frames[0])[0], sealed).kind is AckKind.STORED
-    assert [r.path.read_bytes() for r in restarted.archive.instances()] == [sealed.data]
+    assert [b"".join(restarted.archive.open(r)) for r in restarted.archive.instances()] == [sealed.data]
     assert restarted.staged_files() == []
 
 
@@ -457,7 +458,7 @@ def test_corrupt_staged_chunk_is_dropped_and_refilled_when_assembly_finds_it(
     assert cloud.ingest.counters()["chunks_corrupt_staged"] == 1
 
     assert ack_of(cloud.send(sealed.frames[2])[0], sealed).kind is AckKind.STORED
-    assert [r.path.read_bytes() for r in cloud.archive.instances()] == [sealed.data]
+    assert [b"".join(cloud.archive.open(r)) for r in cloud.archive.instances()] == [sealed.data]
 
 
 def test_staged_transfer_is_dropped_when_idle_longer_than_ttl(
@@ -498,7 +499,7 @@ def test_transfers_complete_when_the_key_cache_evicts_their_keys(
             if seq < len(o.frames):
                 cloud.send(o.frames[seq])
 
-    assert sorted(r.path.read_bytes() for r in cloud.archive.instances()) == sorted(o.data for o in objects)
+    assert sorted(b"".join(cloud.archive.open(r)) for r in cloud.archive.instances()) == sorted(o.data for o in objects)
 
 
 def test_logs_carry_no_uids_when_objects_are_archived_or_rejected(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 
+from gateway.cloud.archive import KEY_FILE, original_sha256
 from gateway.loopback import LoopbackDeployment
 
 
@@ -103,7 +103,7 @@ def reconcile(d: LoopbackDeployment, sent: list[Path]) -> Reconciliation:
     by_sha: dict[str, int] = {}
     corrupt = 0
     for sha, rel in rows:
-        if hashlib.sha256((d.cloud_dir / "archive" / rel).read_bytes()).hexdigest() != sha:
+        if original_sha256(d.cloud_dir / "archive" / rel, d.cloud_dir / KEY_FILE) != sha:  # decrypted in memory
             corrupt += 1
         by_sha[sha] = by_sha.get(sha, 0) + 1
     received = {(uid, ts): sha for uid, ts, sha in items}
