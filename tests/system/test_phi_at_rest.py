@@ -17,14 +17,16 @@ from pathlib import Path
 from pydicom import dcmread
 
 from gateway import config
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
 from gateway.appliance.export import export_unacked
 from gateway.core import spool
 from gateway.core.spool import ItemState
+from gateway.edge import cache
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
 from tests.peers import data_store_dir, real_images, send_verbatim, wait_for
-from tests.system.reconcile import acknowledged_count, state_count
+from tests.system.reconcile import acknowledged_count, reconcile, state_count
 from tests.system.test_end_to_end import _send
 
 Deploy = Callable[..., LoopbackDeployment]
@@ -96,3 +98,34 @@ def test_no_plaintext_patient_data_is_at_rest_when_a_study_is_received_quarantin
     archived = [p for p in scanned if p.is_relative_to(d.cloud_dir / "archive") and p.suffix == ".mgwc"]
     assert len(archived) == len(files) - 1  # so were the archived objects, all sealed
     assert leaks == []
+
+
+def test_plaintext_an_older_version_left_is_sealed_when_the_edge_starts(deploy: Deploy) -> None:
+    d = deploy()
+    d.broker.stop()
+    source = real_images()[0]
+    _send(d, [source])
+    wait_for(lambda: state_count(d, "packed") == 1, 60, "the instance packed")
+    d.kill_edge()
+    blob_dir, quarantine = d.edge_dir / "spool" / "blobs", d.edge_dir / "spool" / "quarantine"
+    key = FileKeyStore(d.edge_dir / "keys").secret(cache.KEY_NAME)
+    store = SpoolStore(d.edge_dir / "spool.db")
+    try:  # as an older version left them: a plaintext blob named by its row, a plaintext quarantined file
+        (item,) = store.in_state(ItemState.PACKED)
+        sealed = blob_dir / item.blob_name
+        plain = sealed.with_name(sealed.name.removesuffix(cache.SEALED_SUFFIX))
+        plain.write_bytes(b"".join(cache.read_blob(sealed, key)))
+        sealed.unlink()
+        store.rename_blob(item.blob_name, plain.name)
+    finally:
+        store.close()
+    (quarantine / "old.dcm").write_bytes(source.read_bytes())
+    assert _scan([d.edge_dir], _secrets([source]))[1]  # plaintext is there now
+    d.start_edge()
+    wait_for(lambda: (blob_dir / sealed.name).is_file(), 30, "the blob sealed at start")
+    assert sorted(p.name for p in quarantine.iterdir()) == ["old.dcm.mgwc"]
+    assert _scan([d.edge_dir], _secrets([source]))[1] == []
+    assert "plaintext left by an older version sealed" in (d.root / "edge.log").read_text()
+    d.broker.start()
+    wait_for(lambda: acknowledged_count(d) == 1, 60, "the instance acknowledged")
+    assert reconcile(d, [source]).clean
