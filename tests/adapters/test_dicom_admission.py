@@ -129,7 +129,7 @@ def provisioned_listener(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         incoming = tmp_path / f"spool{len(started)}" / "incoming"
         sink = SqliteSink(tmp_path / f"index-{len(started)}.sqlite")
         listener = DicomListener(DicomSettings(ae_title=AE_TITLE, bind_host=bind, port=0, **settings), incoming, sink,
-                                 provisioned=True)
+                                 provisioned=True, cache_key=bytes(32))
         listener.start()
         started.append(listener)
         return Gateway(listener, sink, incoming, incoming.parent / "quarantine")
