@@ -85,6 +85,7 @@ def test_no_plaintext_patient_data_is_at_rest_when_a_study_is_received_quarantin
     _quarantine_one_packed(d)
     settings = config.load_edge([d.edge_toml])
     paths = Paths.from_env(settings.box.state_dir, base=d.edge_toml.parent)
+    (d.root / "stick").mkdir()
     export = export_unacked(settings, paths, d.root / "stick")
     assert len(export.transfers) == len(files) - 1
     d.start_edge()
