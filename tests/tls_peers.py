@@ -29,8 +29,9 @@ from gateway.cloud.authority import FleetAuthority
 
 PREFIX = "mgw/v1"
 # mosquitto's words when a client's stream broke: TLS record errors, framing errors, drops.
-BROKEN_STREAM = re.compile(r"disconnect|bad record mac|protocol error|wrong version number|openssl error|"
-                           r"decryption failed|unexpected eof|socket error", re.IGNORECASE)
+BROKEN_STREAM = re.compile(r"disconnect|closed its connection|exceeded timeout|bad record mac|protocol error|"
+                           r"wrong version number|openssl error|decryption failed|unexpected eof|socket error",
+                           re.IGNORECASE)
 
 
 def broker_log_offset(broker: MosquittoBroker) -> int:
