@@ -331,10 +331,11 @@ class MqttLink:
         return self._client.socket() is not None and self._client.loop_misc() == ok
 
     def _disconnect(self) -> None:
-        """At stop: send what is queued, then DISCONNECT (with the will if asked), bounded in time."""
+        """At stop: send what is queued and read its PUBACKs, then DISCONNECT (with the will if
+        asked); all within STOP_FLUSH_S."""
         deadline = time.monotonic() + STOP_FLUSH_S
         while self._client.socket() is not None and time.monotonic() < deadline and (
-                not self._commands.empty() or self._client.want_write()):
+                not self._commands.empty() or self._client.want_write() or self._unacknowledged()):
             self._hand_over(TURN_COMMANDS)
             if not self._turn(self._client.socket()):  # type: ignore[arg-type]
                 return
@@ -348,6 +349,12 @@ class MqttLink:
                 time.monotonic() < deadline:
             self._commands.wait(sock, True, max(0.0, deadline - time.monotonic()))
             self._client.loop_write()
+
+    def _unacknowledged(self) -> bool:
+        """QoS 1 messages still without PUBACK, in flight or held back by the broker's Receive Maximum.
+        Closing before their PUBACKs are read would reset the connection (unread data) and the
+        broker could drop what it had not yet read, the DISCONNECT included."""
+        return bool(self._client._out_messages)  # noqa: SLF001
 
     def _close(self) -> None:
         sock = self._client.socket()

@@ -19,16 +19,18 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
-from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.adapters.mqtt_link import Inbound, MqttLink, Will
 from gateway.cloud import broker as broker_pki
 from gateway.cloud.authority import FleetAuthority
 from gateway.config import MqttSettings
+from gateway.link_proxy import LinkProxy
 from tests.peers import _missing, wait_for
 from tests.tls_peers import PREFIX, box_identity, broken_streams, broker_log_offset, start_tls_broker
 
 BOX = "box-1"
 PUBLISHERS = 4
 PER_PUBLISHER = 250
+PROBE = b"probe"
 INGEST_WORKERS = 2
 
 
@@ -73,13 +75,17 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
                       session_expiry_s=0)
     box = MqttLink(_settings(broker, ca, box_cert, box_key), "mgw-edge-threads",
                    subscriptions=[(ack_topic, 1)], on_message=lambda m: acks_seen.append(m.payload), session_expiry_s=0)
-    stop = threading.Event()
+    stop, subscribed = threading.Event(), threading.Event()
 
     def ingest_worker() -> None:  # like CloudService._work: publish an ack, then PUBACK, off the network thread
         while not stop.is_set():
             try:
                 message = inbox.get(timeout=0.1)
             except queue.Empty:
+                continue
+            if message.payload == PROBE:
+                subscribed.set()
+                ingest.ack(message)
                 continue
             digest = hashlib.sha256(message.payload).hexdigest()
             received.append(digest)
@@ -101,6 +107,9 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
         worker.start()
     try:
         assert ingest.wait_connected(15) and box.wait_connected(15)
+        # CONNACK comes before SUBACK: probes until one reaches the ingest link (the box's own
+        # subscription is in effect before its first probe leaves: one connection is in order).
+        assert any(box.publish(chunk_topic, PROBE) and subscribed.wait(0.5) for _ in range(30))
         since = broker_log_offset(broker)  # both clients are in; what follows must be quiet
         threads = [threading.Thread(target=publisher, args=(t,), name=f"test-publisher-{t}") for t in range(PUBLISHERS)]
         for t in threads:
@@ -108,8 +117,8 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
         for t in threads:
             t.join(120)
         total = PUBLISHERS * PER_PUBLISHER
-        wait_for(lambda: (len(received) >= total and len(acks_seen) >= total) or box.reconnects or ingest.reconnects,
-                 180, "every chunk at the ingest link and every ack back at the box link")
+        wait_for(lambda: (len(received) >= total and len(acks_seen) >= total) or box.reconnects or ingest.reconnects
+                 or refused, 180, "every chunk at the ingest link and every ack back at the box link")
         expected = sorted(hashlib.sha256(_payload(t, n)).hexdigest()
                           for t in range(PUBLISHERS) for n in range(PER_PUBLISHER))
         broken = broken_streams(broker, since)  # before our own disconnects
@@ -126,3 +135,81 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
         box.stop()
         ingest.stop()
     assert not box.alive() and not ingest.alive()
+
+
+@pytest.fixture
+def plain_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MosquittoBroker]:
+    """No TLS; ``@pytest.mark.parametrize("plain_broker", [limits], indirect=True)`` sets broker limits."""
+    try:
+        broker = MosquittoBroker(tmp_path / "plain-broker", limits=getattr(request, "param", None))
+    except Exception as exc:  # noqa: BLE001 - only to skip or fail with the reason
+        _missing(str(exc))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def wait_subscribed(link: MqttLink, topic: str, inbox: queue.Queue[Inbound]) -> None:
+    """CONNACK comes before SUBACK; a message the link itself publishes to ``topic`` after
+    subscribing comes back once the subscription is in effect (one connection is in order)."""
+    assert link.publish(topic, PROBE)
+    probe = inbox.get(timeout=15)
+    assert probe.payload == PROBE
+    link.ack(probe)
+
+
+# One QoS 1 message in flight per client: a later message proves the earlier PUBACK arrived.
+@pytest.mark.parametrize("plain_broker", [{"max_inflight_messages": 1}], indirect=True)
+def test_puback_of_an_ended_connection_is_dropped_and_the_broker_redelivers_when_the_link_reconnects(
+        plain_broker: MosquittoBroker) -> None:
+    proxy = LinkProxy()
+    proxy.target = ("127.0.0.1", plain_broker.port)
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    sub = MqttLink(MqttSettings(port=proxy.port, reconnect_min_s=0.1, reconnect_max_s=0.5), "redeliver-sub",
+                   subscriptions=[("t/#", 1)], on_message=inbox.put, manual_ack=True, session_expiry_s=300)
+    pub = MqttLink(MqttSettings(port=plain_broker.port), "redeliver-pub", subscriptions=[],
+                   on_message=lambda m: None, session_expiry_s=0)
+    sub.start()
+    pub.start()
+    try:
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        wait_subscribed(sub, "t/probe", inbox)
+        assert pub.publish("t/1", b"first")
+        first = inbox.get(timeout=10)
+        proxy.cut()
+        wait_for(lambda: not sub.connected, 10, "the cut noticed")
+        assert not sub.publish("t/x", b"refused")  # down: refused at once, nothing queued
+        proxy.restore()
+        again = inbox.get(timeout=15)  # not acknowledged, so the broker sends it again on the new connection
+        assert (again.payload, again.epoch) == (first.payload, first.epoch + 1)
+        sub.ack(first)  # its connection is gone: dropped, never sent on the new one
+        wait_for(lambda: sub.dropped == 1, 10, "the stale PUBACK dropped")
+        assert pub.publish("t/2", b"marker")  # the broker holds it until "first" is acknowledged
+        sub.ack(again)
+        assert inbox.get(timeout=15).payload == b"marker"
+        assert sub.reconnects == 1
+    finally:
+        sub.stop()
+        pub.stop()
+        proxy.close()
+
+
+def test_queued_messages_leave_before_the_will_when_the_link_stops(plain_broker: MosquittoBroker) -> None:
+    got: queue.Queue[Inbound] = queue.Queue()
+    sub = MqttLink(MqttSettings(port=plain_broker.port), "stop-sub", subscriptions=[("s/#", 1)],
+                   on_message=got.put, session_expiry_s=0)
+    pub = MqttLink(MqttSettings(port=plain_broker.port), "stop-pub", subscriptions=[], on_message=lambda m: None,
+                   session_expiry_s=0, will=Will("s/will", b"gone", qos=1, retain=False))
+    sub.start()
+    pub.start()
+    try:
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        wait_subscribed(sub, "s/probe", got)
+        sent = [f"m{n}".encode() * 500 for n in range(100)]  # more than the broker lets be in flight (64)
+        assert all(pub.publish("s/m", body) for body in sent)
+        pub.stop(send_will=True)  # at once: most of them are still queued, the last 36 held back by paho
+        assert not pub.alive() and pub.reconnects == 0
+        assert [got.get(timeout=15).payload for _ in range(len(sent) + 1)] == [*sent, b"gone"]
+    finally:
+        pub.stop()
+        sub.stop()
