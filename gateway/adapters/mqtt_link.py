@@ -29,7 +29,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,11 +37,19 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.adapters.mailbox import Mailbox
+from gateway.adapters.mqtt_types import (
+    AckCommand,
+    Inbound,
+    PacketTooLargeError,
+    PublishCommand,
+    Will,
+    publish_packet_bytes,
+)
 from gateway.config import MqttSettings
-from gateway.core.errors import LocalError
 from gateway.core.policy import backoff_s
 from gateway.logs import MSG
 
+__all__ = ["Inbound", "MqttLink", "PacketTooLargeError", "Will", "publish_packet_bytes"]
 log = logging.getLogger(__name__)
 
 QUEUE_COMMANDS = 256  # publishes and acks waiting for the network thread (chunk frames: <= 32 MiB)
@@ -50,59 +57,6 @@ QUEUE_WAIT_S = 5.0  # a caller waits at most this long for room in the queue, th
 TICK_S = 1.0  # the network thread's longest sleep: keepalive pings and PINGRESP timeouts
 TURN_COMMANDS = 64  # commands handed to paho per turn, so reading is never starved
 STOP_FLUSH_S = 2.0  # at stop, queued messages and the DISCONNECT get this long to leave
-
-
-class PacketTooLargeError(LocalError):
-    """A PUBLISH would exceed the broker's Maximum Packet Size; it was not sent."""
-
-    def __init__(self, packet_bytes: int, max_packet_bytes: int) -> None:
-        super().__init__(f"a {packet_bytes}-byte PUBLISH exceeds the broker's maximum packet size {max_packet_bytes}")
-        self.packet_bytes, self.max_packet_bytes = packet_bytes, max_packet_bytes
-
-
-def _varint_bytes(n: int) -> int:
-    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
-
-
-def publish_packet_bytes(topic: str, payload: bytes, qos: int, with_expiry: bool) -> int:
-    """Size of the MQTT 5 PUBLISH packet paho sends for this message (MQTT 5.0, 3.3)."""
-    props = 5 if with_expiry else 0  # Message Expiry Interval: id byte + four-byte integer
-    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + _varint_bytes(props) + props + len(payload)
-    return 1 + _varint_bytes(remaining) + remaining
-
-
-@dataclass(frozen=True)
-class Inbound:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    epoch: int = 0  # the connection it came on: a PUBACK goes back on that connection or nowhere
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class _Publish:
-    epoch: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    expiry_s: int | None
-
-
-@dataclass(frozen=True)
-class _Ack:
-    epoch: int
-    mid: int
-    qos: int
 
 
 class MqttLink:
@@ -128,7 +82,7 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._jitter = jitter
         self._will_factory = will_factory  # called before every connect (a fresh will each time)
-        self._commands: Mailbox[_Publish | _Ack] = Mailbox(QUEUE_COMMANDS)
+        self._commands: Mailbox[PublishCommand | AckCommand] = Mailbox(QUEUE_COMMANDS)
         self._stop = threading.Event()
         self._kick = threading.Event()  # ends a reconnect back-off early: nudge()
         self._reload = threading.Event()  # reload_identity() asked; the network thread does it
@@ -218,7 +172,8 @@ class MqttLink:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
         expiry_s: int | None = None,
     ) -> bool:
-        """Queue a message for the network thread; False when the link is down (nothing queued).
+        """Queue a message for the network thread; False when the link is down, or stalled (no
+        room in the queue within QUEUE_WAIT_S): nothing was queued.
 
         True means queued on a live connection, not delivered: if that connection ends
         before the message is written, the message is lost (the caller's window resends).
@@ -229,29 +184,30 @@ class MqttLink:
         if self.server_max_packet_bytes and size > self.server_max_packet_bytes:
             # Sending it would make the broker close the connection (0x95), again and again.
             raise PacketTooLargeError(size, self.server_max_packet_bytes)
-        return self._submit(_Publish(self._epoch, topic, payload, qos, retain, expiry_s))
+        return self._submit(PublishCommand(self._epoch, topic, payload, qos, retain, expiry_s))
 
     def ack(self, message: Inbound) -> None:
         """With ``manual_ack``: send the PUBACK once the message is durably handled.
 
         Dropped if the message's connection has ended: the broker redelivers it."""
-        if message.qos > 0 and not self._stop.is_set() and not self._submit(_Ack(message.epoch, message.mid,
-                                                                                   message.qos)):
+        if message.qos == 0 or self._stop.is_set():
+            return
+        if not self._submit(AckCommand(message.epoch, message.mid, message.qos)) and not self._on_network_thread():
             log.warning("PUBACK not sent: the link is stalled", extra={
                 "MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": f"command queue full for {QUEUE_WAIT_S:.0f} s"})
 
-    def _submit(self, command: _Publish | _Ack) -> bool:
+    def _submit(self, command: PublishCommand | AckCommand) -> bool:
         if self._on_network_thread():  # from our own callback: hand it to paho now
             return self._execute(command)
         return self._commands.put(command, QUEUE_WAIT_S)  # False: the network thread is stuck
 
     # -- network thread: the only one that touches self._client ----------------------
-    def _execute(self, command: _Publish | _Ack) -> bool:
+    def _execute(self, command: PublishCommand | AckCommand) -> bool:
         """Hand one command to paho; a command of an earlier connection is dropped."""
         if command.epoch != self._epoch or not self._connected.is_set():
             self.dropped += 1
             return False
-        if isinstance(command, _Ack):
+        if isinstance(command, AckCommand):
             return self._client.ack(command.mid, command.qos) == paho.MQTT_ERR_SUCCESS
         props = None
         if command.expiry_s is not None:
