@@ -97,25 +97,27 @@ class MqttLink:
         self._max_inflight = max_inflight
         self.server_max_packet_bytes = 0  # the broker's Maximum Packet Size from CONNACK; 0 = none announced
         self.server_receive_maximum = 0  # the broker's Receive Maximum from CONNACK; 0 = none announced
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=manual_ack,
-        )
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                                   manual_ack=manual_ack)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
-        self._tls: ssl.SSLContext | None = None
-        if settings.ca_file:
-            self._tls = ssl.create_default_context(cafile=settings.ca_file)
-            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
-            if settings.cert_file:
-                self._tls.load_cert_chain(settings.cert_file, settings.key_file or None)
+        self._tls = self._tls_context(settings)
+        if self._tls is not None:
             self._client.tls_set_context(self._tls)
+
+    @staticmethod
+    def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+        if not settings.ca_file:
+            return None
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file or None)
+        return context
 
     def reload_identity(self) -> None:
         """Load the (renewed) client certificate and key; the next connection presents them.
