@@ -20,12 +20,11 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink, Will
-from gateway.cloud import broker as broker_pki
 from gateway.cloud.authority import FleetAuthority
 from gateway.config import MqttSettings
 from gateway.link_proxy import LinkProxy
 from tests.peers import _missing, wait_for
-from tests.tls_peers import PREFIX, box_identity, broken_streams, broker_log_offset, start_tls_broker
+from tests.tls_peers import PREFIX, box_identity, broken_streams, broker_log_offset, service_identity, start_tls_broker
 
 BOX = "box-1"
 PUBLISHERS = 4
@@ -63,17 +62,17 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
     assert broker.tls is not None
     ca = broker.tls.ca_file
     box_cert, box_key = box_identity(authority, BOX, tmp_path / "ids")
-    ingest_key, ingest_cert = broker_pki.issue_ingest_identity(authority, tmp_path / "ids")
+    ingest_cert, ingest_key = service_identity(authority, "ingest", "1", tmp_path / "ids")
     chunk_topic = f"{PREFIX}/{BOX}/up/" + "0" * 31 + "1"
     ack_topic = f"{PREFIX}/{BOX}/ack"
 
     inbox: queue.Queue[Inbound] = queue.Queue()
     received: list[str] = []  # sha256 of each chunk, on the ingest worker thread
     acks_seen: list[bytes] = []  # on the box link's network thread
-    ingest = MqttLink(_settings(broker, ca, ingest_cert, ingest_key), "mgw-ingest-threads",
-                      subscriptions=[(f"{PREFIX}/+/up/+", 1)], on_message=inbox.put, manual_ack=True,
+    ingest = MqttLink(_settings(broker, ca, ingest_cert, ingest_key), "cloud.ingest.1",  # client id = certificate CN
+                      subscriptions=[(f"$share/threads/{PREFIX}/+/up/+", 1)], on_message=inbox.put, manual_ack=True,
                       session_expiry_s=0)
-    box = MqttLink(_settings(broker, ca, box_cert, box_key), "mgw-edge-threads",
+    box = MqttLink(_settings(broker, ca, box_cert, box_key), BOX,
                    subscriptions=[(ack_topic, 1)], on_message=lambda m: acks_seen.append(m.payload), session_expiry_s=0)
     stop, subscribed = threading.Event(), threading.Event()
 

@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import storescu
-from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment, render_toml
+from gateway.loopback import BOX_ID, EDGE_AE, MODALITY_AE, LoopbackDeployment, render_toml
 from tests.peers import dcmtk, free_port, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile
 from tests.tls_peers import broken_streams, broker_log_offset
@@ -80,8 +80,8 @@ def send_at_once(ports_and_files: list[tuple[int, list[Path], str]]) -> None:
 
 def wait_all_connected(d: LoopbackDeployment, boxes: list[str]) -> None:
     """Every MQTT client of the deployment is in: each box's uplink and telemetry, ingest and fleet."""
-    wanted = [f" as mgw-edge-{b} " for b in boxes] + [f" as mgw-edge-{b}-telemetry " for b in boxes]
-    wanted += [" as mgw-ingest-", " as mgw-fleet-"]
+    wanted = [f" as {b} " for b in boxes] + [f" as {b}:telemetry " for b in boxes]
+    wanted += [" as cloud.ingest.", " as cloud.fleet."]
     log = d.broker.workdir / "mosquitto.log"
     wait_for(lambda: all(w in log.read_text() for w in wanted), 60, "every MQTT client connected")
 
@@ -117,7 +117,7 @@ def extra_boxes(deploy: Deploy) -> Iterator[Callable[[LoopbackDeployment, str], 
         state = d.root / box_id
         args = [sys.executable, "-m", "gateway", "provision", "--url", d.enrol_url, "--ca-fingerprint",
                 d.authority.ca_fingerprint, "--token", d.create_token(box_id), "--state-dir", str(state),
-                "--no-self-test"]
+                "--no-self-test", *(arg for peer in d.modalities for arg in ("--modality", peer))]
         made = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         tables = tomllib.loads(d.edge_toml.read_text())
@@ -157,7 +157,7 @@ def _listening(port: int) -> bool:
 
 def test_all_instances_arrive_byte_exact_without_a_reconnect_when_four_modalities_send_to_one_edge_at_once(
         deploy: Deploy, tmp_path: Path) -> None:
-    d = deploy(secure=True)
+    d = deploy(secure=True, modalities=tuple(f"{m}_SCANNER@127.0.0.1" for m in BASES))  # admitted by the box
     studies = {m: modality_files(tmp_path / "studies", m, PER_ASSOCIATION) for m in BASES}
     wait_all_connected(d, [BOX_ID])
     since = broker_log_offset(d.broker)
@@ -182,7 +182,7 @@ def test_all_instances_arrive_byte_exact_without_a_reconnect_when_four_boxes_sen
     wait_all_connected(d, [BOX_ID, *(b.box_id for b in boxes)])
     since = broker_log_offset(d.broker)
     ports = [d.dicom_port, *(b.dicom_port for b in boxes)]
-    send_at_once([(port, files, "MODALITY") for port, files in zip(ports, studies, strict=True)])
+    send_at_once([(port, files, MODALITY_AE) for port, files in zip(ports, studies, strict=True)])
     edge_dirs = [d.edge_dir, *(b.state_dir for b in boxes)]
     try:
         wait_for(lambda: all(acknowledged_count(d, e) >= PER_ASSOCIATION for e in edge_dirs), 240,
