@@ -8,6 +8,7 @@ messages actually delivered.
 from __future__ import annotations
 
 import queue
+import re
 import ssl
 import tempfile
 import threading
@@ -27,6 +28,24 @@ from gateway.cloud import broker as broker_pki
 from gateway.cloud.authority import FleetAuthority
 
 PREFIX = "mgw/v1"
+# mosquitto's words when a client's stream broke: TLS record errors, framing errors, drops.
+BROKEN_STREAM = re.compile(r"disconnect|closed its connection|exceeded timeout|bad record mac|protocol error|"
+                           r"wrong version number|openssl error|decryption failed|unexpected eof|socket error",
+                           re.IGNORECASE)
+
+
+def broker_log_offset(broker: MosquittoBroker) -> int:
+    """Where mosquitto's log ends now; pass it to ``broken_streams`` to look only at what follows."""
+    path = broker.workdir / "mosquitto.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def broken_streams(broker: MosquittoBroker, since: int) -> list[str]:
+    """Lines of mosquitto's log after offset ``since`` that say a client lost its connection or TLS failed."""
+    with open(broker.workdir / "mosquitto.log", "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode(errors="replace")
+    return [line for line in text.splitlines() if BROKEN_STREAM.search(line)]
 
 
 def box_identity(authority: FleetAuthority, box_id: str, out: Path, site: str = "site-1",

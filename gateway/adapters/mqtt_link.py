@@ -4,7 +4,21 @@ paho keeps its session in memory only, so it is a pipe here, not a store: the
 edge outbox and the cloud index are the sources of truth. This adapter runs
 its own network thread with reconnects (exponential backoff with jitter),
 turns paho callbacks into plain calls (``on_message(Inbound)``,
-``on_state(bool)``) and never lets a paho return code escape.
+``on_state(bool)``, both on the network thread) and never lets a paho return
+code escape.
+
+Threads: only the network thread touches the paho client and its TLS socket.
+``publish()`` and ``ack()`` put a command in a ``Mailbox`` (a bounded queue
+whose socketpair wakes the network thread's select() at once); ``stop()``,
+``nudge()`` and ``reload_identity()`` set a flag and wake it. The network thread
+drives paho with its external-loop API: ``socket()``, ``loop_read()``,
+``loop_write()``, ``loop_misc()``, ``want_write()``. Not ``loop()`` from our
+thread: then paho's ``publish()``/``ack()`` write to the socket from the
+caller's thread (``_packet_queue`` calls ``loop_write()`` when ``_thread is
+None``) while the network thread reads or closes it, which corrupts OpenSSL's
+state and the heap. Not ``loop_start()``: its thread reconnects on its own
+schedule (no jitter, no nudge, no fresh will per connect) and paho's state
+would still be shared between threads. See docs/architecture.md, "Threads".
 """
 
 from __future__ import annotations
@@ -13,55 +27,36 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.adapters.mailbox import Mailbox
+from gateway.adapters.mqtt_types import (
+    AckCommand,
+    Inbound,
+    PacketTooLargeError,
+    PublishCommand,
+    Will,
+    publish_packet_bytes,
+)
 from gateway.config import MqttSettings
-from gateway.core.errors import LocalError
 from gateway.core.policy import backoff_s
 from gateway.logs import MSG
 
+__all__ = ["Inbound", "MqttLink", "PacketTooLargeError", "Will", "publish_packet_bytes"]
 log = logging.getLogger(__name__)
 
-
-class PacketTooLargeError(LocalError):
-    """A PUBLISH would exceed the broker's Maximum Packet Size; it was not sent."""
-
-    def __init__(self, packet_bytes: int, max_packet_bytes: int) -> None:
-        super().__init__(f"a {packet_bytes}-byte PUBLISH exceeds the broker's maximum packet size {max_packet_bytes}")
-        self.packet_bytes, self.max_packet_bytes = packet_bytes, max_packet_bytes
-
-
-def _varint_bytes(n: int) -> int:
-    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
-
-
-def publish_packet_bytes(topic: str, payload: bytes, qos: int, with_expiry: bool) -> int:
-    """Size of the MQTT 5 PUBLISH packet paho sends for this message (MQTT 5.0, 3.3)."""
-    props = 5 if with_expiry else 0  # Message Expiry Interval: id byte + four-byte integer
-    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + _varint_bytes(props) + props + len(payload)
-    return 1 + _varint_bytes(remaining) + remaining
-
-
-@dataclass(frozen=True)
-class Inbound:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
+QUEUE_COMMANDS = 256  # publishes and acks waiting for the network thread (chunk frames: <= 32 MiB)
+QUEUE_WAIT_S = 5.0  # a caller waits at most this long for room in the queue, then gets False
+TICK_S = 1.0  # the network thread's longest sleep: keepalive pings and PINGRESP timeouts
+TURN_COMMANDS = 64  # commands handed to paho per turn, so reading is never starved
+STOP_FLUSH_S = 2.0  # at stop, queued messages and the DISCONNECT get this long to leave
 
 
 class MqttLink:
@@ -87,65 +82,78 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._jitter = jitter
         self._will_factory = will_factory  # called before every connect (a fresh will each time)
+        self._commands: Mailbox[PublishCommand | AckCommand] = Mailbox(QUEUE_COMMANDS)
         self._stop = threading.Event()
-        self._kick = threading.Event()  # ends a reconnect back-off early: stop() or nudge()
+        self._kick = threading.Event()  # ends a reconnect back-off early: nudge()
+        self._reload = threading.Event()  # reload_identity() asked; the network thread does it
+        self._will_on_stop = False
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
+        self._epoch = 0  # +1 at every CONNACK; commands of an older connection are dropped
         self.reconnects = 0
         self.nudges = 0
-        self._outage_logged = False
+        self.dropped = 0  # commands queued while up whose connection ended before they were sent
         self.client_id = client_id
         self._max_inflight = max_inflight
         self.server_max_packet_bytes = 0  # the broker's Maximum Packet Size from CONNACK; 0 = none announced
         self.server_receive_maximum = 0  # the broker's Receive Maximum from CONNACK; 0 = none announced
-        self._client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=manual_ack,
-        )
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                                   manual_ack=manual_ack)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
-        self._tls: ssl.SSLContext | None = None
-        if settings.ca_file:
-            self._tls = ssl.create_default_context(cafile=settings.ca_file)
-            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
-            if settings.cert_file:
-                self._tls.load_cert_chain(settings.cert_file, settings.key_file or None)
+        self._tls = self._tls_context(settings)
+        if self._tls is not None:
             self._client.tls_set_context(self._tls)
 
+    @staticmethod
+    def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+        if not settings.ca_file:
+            return None
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file or None)
+        return context
+
     def reload_identity(self) -> None:
-        """Load the (renewed) client certificate and key; the next connection presents them."""
+        """Load the (renewed) client certificate and key; the next connection presents them.
+
+        The network thread loads them (the SSL context is its own) before its next connect."""
+        if self.alive() and not self._on_network_thread():
+            self._reload.set()
+            self._commands.wake()
+        else:
+            self._load_identity()
+
+    def _load_identity(self) -> None:
+        self._reload.clear()
         if self._tls is not None and self._settings.cert_file:
             self._tls.load_cert_chain(self._settings.cert_file, self._settings.key_file or None)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        self._commands.open()
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0, send_will: bool = False) -> None:
-        """Disconnect; with ``send_will`` the broker publishes our will (MQTT 5 reason 0x04)."""
+        """Send what is queued, then disconnect; with ``send_will`` the broker publishes our
+        will (MQTT 5 reason 0x04)."""
+        self._will_on_stop = send_will
         self._stop.set()
-        self._kick.set()
-        try:
-            if send_will:
-                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
-            else:
-                self._client.disconnect()
-        except (OSError, ValueError):  # already gone
-            pass
-        if self._thread is not None:
+        self._commands.wake()
+        if self._thread is not None and not self._on_network_thread():
             self._thread.join(timeout_s)
 
     def nudge(self) -> None:
         """A network link came up: end the current reconnect back-off and try at once."""
         self.nudges += 1
         self._kick.set()
+        self._commands.wake()
 
     @property
     def connected(self) -> bool:
@@ -158,55 +166,162 @@ class MqttLink:
         """The network thread is running (for the watchdog)."""
         return self._thread is not None and self._thread.is_alive()
 
-    # -- traffic -----------------------------------------------------------------
+    def _on_network_thread(self) -> bool:
+        return self._thread is not None and threading.get_ident() == self._thread.ident
+
+    # -- traffic (any thread) -----------------------------------------------------
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
         expiry_s: int | None = None,
     ) -> bool:
-        """Hand a message to paho; False when the link is down (nothing queued)."""
-        if not self._connected.is_set():
+        """Queue a message for the network thread; False when the link is down, or stalled (no
+        room in the queue within QUEUE_WAIT_S): nothing was queued.
+
+        True means queued on a live connection, not delivered: if that connection ends
+        before the message is written, the message is lost (the caller's window resends).
+        A message larger than the broker accepts raises ``PacketTooLargeError`` here."""
+        if not self._connected.is_set() or self._stop.is_set():
             return False
-        props = None
-        if expiry_s is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = expiry_s
         size = publish_packet_bytes(topic, payload, qos, expiry_s is not None)
         if self.server_max_packet_bytes and size > self.server_max_packet_bytes:
             # Sending it would make the broker close the connection (0x95), again and again.
             raise PacketTooLargeError(size, self.server_max_packet_bytes)
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        return info.rc == paho.MQTT_ERR_SUCCESS
+        return self._submit(PublishCommand(self._epoch, topic, payload, qos, retain, expiry_s))
 
     def ack(self, message: Inbound) -> None:
-        """With ``manual_ack``: send the PUBACK once the message is durably handled."""
-        if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
+        """With ``manual_ack``: send the PUBACK once the message is durably handled.
 
-    # -- network thread -------------------------------------------------------------
+        Dropped if the message's connection has ended: the broker redelivers it."""
+        if message.qos == 0 or self._stop.is_set():
+            return
+        if not self._submit(AckCommand(message.epoch, message.mid, message.qos)) and not self._on_network_thread():
+            log.warning("PUBACK not sent: the link is stalled", extra={
+                "MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": f"command queue full for {QUEUE_WAIT_S:.0f} s"})
+
+    def _submit(self, command: PublishCommand | AckCommand) -> bool:
+        if self._on_network_thread():  # from our own callback: hand it to paho now
+            return self._execute(command)
+        return self._commands.put(command, QUEUE_WAIT_S)  # False: the network thread is stuck
+
+    # -- network thread: the only one that touches self._client ----------------------
+    def _execute(self, command: PublishCommand | AckCommand) -> bool:
+        """Hand one command to paho; a command of an earlier connection is dropped."""
+        if command.epoch != self._epoch or not self._connected.is_set():
+            self.dropped += 1
+            return False
+        if isinstance(command, AckCommand):
+            return self._client.ack(command.mid, command.qos) == paho.MQTT_ERR_SUCCESS
+        props = None
+        if command.expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = command.expiry_s
+        info = self._client.publish(command.topic, command.payload, qos=command.qos, retain=command.retain,
+                                    properties=props)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def _hand_over(self, limit: int) -> None:
+        """Queued commands to paho while its output buffer is empty (the socket keeps up)."""
+        for _ in range(limit):
+            if self._client.want_write() or self._client.socket() is None:
+                return
+            command = self._commands.get()
+            if command is None:
+                return
+            self._execute(command)
+
     def _run(self) -> None:
         attempt = 0
-        while not self._stop.is_set():
-            if not self._connect_once():
-                delay = backoff_s(attempt, self._settings.reconnect_min_s,
-                                  self._settings.reconnect_max_s, self._jitter())
-                attempt += 1
-                if self._kick.wait(delay) and not self._stop.is_set():
-                    attempt = 0  # nudged: the network changed, start the back-off afresh
-                self._kick.clear()
-                continue
-            attempt = 0
-            while not self._stop.is_set():
-                rc = self._client.loop(timeout=0.2)
-                if rc != paho.MQTT_ERR_SUCCESS:
-                    break
-            self._set_down(f"loop ended: {paho.error_string(rc)}")
         try:
-            self._client.loop(timeout=0.1)
-        except (OSError, ValueError):
-            pass
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._load_identity()
+                epoch = self._epoch
+                if self._connect_once():
+                    self._serve()
+                    self._set_down("connection ended")
+                    if self._epoch != epoch:  # it was up: reconnect at once
+                        attempt = 0
+                        continue
+                delay = backoff_s(attempt, self._settings.reconnect_min_s, self._settings.reconnect_max_s,
+                                  self._jitter())
+                attempt += 1
+                if self._idle(delay):
+                    attempt = 0  # nudged: the network changed, start the back-off afresh
+        finally:
+            self._connected.clear()
+            self._close()
+
+    def _idle(self, delay: float) -> bool:
+        """Back off for ``delay`` seconds; True if nudged. Queued commands are stale: dropped."""
+        deadline = time.monotonic() + delay
+        while not self._stop.is_set():
+            self.dropped += self._commands.drop_all()
+            if self._kick.is_set():
+                self._kick.clear()
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._commands.wait(None, False, remaining)
+        return False
+
+    def _serve(self) -> None:
+        """One connection, until it ends or stop() is asked."""
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._load_identity()
+            self._hand_over(TURN_COMMANDS)
+            sock = self._client.socket()
+            if sock is None or not self._turn(sock):
+                return
+        self._disconnect()
+
+    def _turn(self, sock: paho.SocketLike) -> bool:
+        """Wait for the socket or a wake-up, then read, write and keep alive; False once it ended."""
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0  # decrypted, not yet read
+        busy = pending or (not self._commands.empty() and not self._client.want_write())
+        readable, writable = self._commands.wait(sock, self._client.want_write(), 0.0 if busy else TICK_S)
+        ok = paho.MQTT_ERR_SUCCESS
+        if (readable or pending) and self._client.loop_read() != ok:
+            return False
+        if writable and self._client.socket() is not None and self._client.loop_write() != ok:
+            return False
+        return self._client.socket() is not None and self._client.loop_misc() == ok
+
+    def _disconnect(self) -> None:
+        """At stop: send what is queued and read its PUBACKs, then DISCONNECT (with the will if
+        asked); all within STOP_FLUSH_S."""
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while self._client.socket() is not None and time.monotonic() < deadline and (
+                not self._commands.empty() or self._client.want_write() or self._unacknowledged()):
+            self._hand_over(TURN_COMMANDS)
+            if not self._turn(self._client.socket()):  # type: ignore[arg-type]
+                return
+        if self._client.socket() is None:
+            return
+        if self._will_on_stop:
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        else:
+            self._client.disconnect()
+        while (sock := self._client.socket()) is not None and self._client.want_write() and \
+                time.monotonic() < deadline:
+            self._commands.wait(sock, True, max(0.0, deadline - time.monotonic()))
+            self._client.loop_write()
+
+    def _unacknowledged(self) -> bool:
+        """QoS 1 messages still without PUBACK, in flight or held back by the broker's Receive Maximum.
+        Closing before their PUBACKs are read would reset the connection (unread data) and the
+        broker could drop what it had not yet read, the DISCONNECT included."""
+        return bool(self._client._out_messages)  # noqa: SLF001
+
+    def _close(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:  # the DISCONNECT could not leave in time
+            sock.close()
+        self._commands.close()
 
     def _connect_once(self) -> bool:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry_s
         if self._will_factory is not None:
             will = self._will_factory()
@@ -231,8 +346,8 @@ class MqttLink:
         self._apply_server_limits(client, properties)
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos=qos)
+        self._epoch += 1
         self._connected.set()
-        self._outage_logged = False
         log.info("uplink connected", extra={
             "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",
             "SESSION_PRESENT": bool(flags.session_present)})
@@ -267,6 +382,8 @@ class MqttLink:
         if not self._connected.is_set():
             return
         self._connected.clear()
+        if self._stop.is_set():  # our own disconnect at stop() is not an outage
+            return
         self.reconnects += 1
         log.warning("uplink lost", extra={"MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": reason})
         self._notify(False)
@@ -278,7 +395,7 @@ class MqttLink:
             log.exception("link state observer failed")
 
     def _handle_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
-        inbound = Inbound(message.topic, bytes(message.payload), message.mid, message.qos)
+        inbound = Inbound(message.topic, bytes(message.payload), message.mid, message.qos, self._epoch)
         try:
             self._on_message(inbound)
         except Exception:

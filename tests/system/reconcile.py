@@ -68,8 +68,8 @@ def staged_chunks(d: LoopbackDeployment) -> int:
     return sum(1 for _ in staging.rglob("*.chunk")) if staging.exists() else 0
 
 
-def acknowledged_count(d: LoopbackDeployment) -> int:
-    db = d.edge_dir / "spool.db"
+def acknowledged_count(d: LoopbackDeployment, edge_dir: Path | None = None) -> int:
+    db = (edge_dir or d.edge_dir) / "spool.db"
     if not db.exists():
         return 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
@@ -85,20 +85,21 @@ def state_count(d: LoopbackDeployment, state: str) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", (state,)).fetchone()[0])
 
 
-def edge_items(d: LoopbackDeployment) -> list[tuple[str, str, str]]:
+def edge_items(d: LoopbackDeployment, edge_dir: Path | None = None) -> list[tuple[str, str, str]]:
     """``(sop_instance_uid, transfer_syntax_uid, sha256)`` of every instance the edge answered success for."""
-    with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
+    with sqlite3.connect(f"file:{(edge_dir or d.edge_dir) / 'spool.db'}?mode=ro", uri=True) as conn:
         return list(conn.execute("SELECT sop_instance_uid, transfer_syntax_uid, sha256 FROM items"))
 
 
-def reconcile(d: LoopbackDeployment, sent: list[Path]) -> Reconciliation:
+def reconcile(d: LoopbackDeployment, sent: list[Path], edge_dir: Path | None = None) -> Reconciliation:
     """Every instance the modality was told "stored" is in the archive once, byte-identical.
 
     The reference is the SHA-256 the edge computed over the bytes it received
     before answering 0x0000 (DCMTK storescu may re-encode a file on the way, so
     the sender's file is not); each sent file must map to one such instance.
+    ``edge_dir``: another box of the deployment (default: its own edge).
     """
-    items = edge_items(d)
+    items = edge_items(d, edge_dir)
     rows = archive_rows(d)
     by_sha: dict[str, int] = {}
     corrupt = 0
