@@ -5,8 +5,8 @@ One box, buggy or hostile, must not slow or stop ingest for the others. Three li
 
 * **rate** — chunk messages a second, a token bucket per box (``core.ratelimit``), checked
   before any parsing or cryptography, so a flood costs a dictionary look-up per message;
-* **open transfers** — unfinished transfers staged for the box; a chunk that would open one
-  more waits;
+* **open transfers** — unfinished transfers staged for the box, counted afresh whenever a chunk
+  would open one more (once per object); that chunk waits while the box is at the limit;
 * **staging bytes** — staged bytes of the box; a new transfer may start only below
   ``max_staging_bytes``, and no chunk is staged once the box holds ``max_staging_bytes +
   max_object_bytes`` (so an object that started below the limit can always finish).
@@ -66,8 +66,11 @@ class BoxBudgets:
                                           self._settings.max_messages_per_s))
 
     def admit_chunk(self, box_id: str, new_transfer: bool) -> None:
-        """The staging limits, for a verified chunk about to be staged; ``OverBudget`` if over."""
-        usage = self._current(box_id)
+        """The staging limits, for a verified chunk about to be staged; ``OverBudget`` if over.
+
+        A chunk that opens a transfer (once per object) is checked against the staging as it is
+        now; other chunks against a count at most ``usage_refresh_s`` old."""
+        usage = self._current(box_id, fresh=new_transfer)
         if usage.size >= self._hard_bytes:
             self._over(box_id, OverBudget("staging_bytes", usage.size, self._hard_bytes))
         if not new_transfer:
@@ -84,10 +87,10 @@ class BoxBudgets:
             usage.size += size
             usage.transfers += int(new_transfer)
 
-    def _current(self, box_id: str) -> _Usage:
+    def _current(self, box_id: str, fresh: bool) -> _Usage:
         now = self._clock()
         usage = self._usage.get(box_id)
-        if usage is None or now - usage.read_at >= self._settings.usage_refresh_s:
+        if fresh or usage is None or now - usage.read_at >= self._settings.usage_refresh_s:
             transfers, size = self._staging.usage(box_id)
             usage = _Usage(transfers, size, now)
             self._usage[box_id] = usage
