@@ -75,6 +75,13 @@ class RejectReason(enum.IntEnum):
     TOO_LARGE = 4  # declared size above the cloud's limit
 
 
+def _check_version(data: bytes, magic: bytes, message: str) -> None:
+    """Our magic with another version byte: ``UnsupportedVersionError``, whatever the length
+    (a frame of another version need not have our sizes)."""
+    if len(data) > 4 and bytes(data[:4]) == magic and data[4] != WIRE_VERSION:
+        raise UnsupportedVersionError(message.format(v=data[4]), data[4])
+
+
 @dataclass(frozen=True)
 class ChunkFrame:
     transfer_id: bytes
@@ -108,6 +115,8 @@ def chunk_aad(box_id: str, header: bytes) -> bytes:
 
 def parse_chunk(data: bytes) -> ChunkFrame:
     """Parse one chunk frame, or raise ``FrameError``; never anything else."""
+    _check_version(data, CHUNK_MAGIC, "chunk frame version {v}; this cloud speaks only version "
+                   f"{WIRE_VERSION} (signed acks): upgrade the box")
     if len(data) < CHUNK_HEADER_BYTES + TAG_BYTES:
         raise FrameError(f"chunk frame too short: {len(data)} bytes")
     if len(data) > MAX_FRAME_BYTES:
@@ -115,9 +124,7 @@ def parse_chunk(data: bytes) -> ChunkFrame:
     magic, version, flags, reserved, tid, seq, eph, wrapped = _CHUNK_HEADER.unpack_from(data)
     if magic != CHUNK_MAGIC:
         raise FrameError("not a chunk frame (bad magic)")
-    if version != WIRE_VERSION:
-        raise UnsupportedVersionError(f"chunk frame version {version}; this cloud speaks only version "
-                                      f"{WIRE_VERSION} (signed acks): upgrade the box", version)
+    assert version == WIRE_VERSION
     if flags & ~FLAG_FINAL or reserved:
         raise FrameError("reserved chunk header bits are set")
     return ChunkFrame(tid, seq, bool(flags & FLAG_FINAL), eph, wrapped, bytes(data[CHUNK_HEADER_BYTES:]))
@@ -171,13 +178,13 @@ def peek_ack_transfer_id(data: bytes) -> bytes:
 
 def parse_ack(data: bytes, box_id: str, keyring: AckKeyring) -> AckFrame:
     """Parse and authenticate an ack; ``FrameError`` or ``UnexpectedAckError`` on failure."""
+    _check_version(data, ACK_MAGIC, f"ack frame version {{v}}, expected {WIRE_VERSION}")
     if len(data) < _ACK_HEADER.size + ACK_SIGNATURE_BYTES:
         raise FrameError(f"ack frame too short: {len(data)} bytes")
     magic, version, kind_raw, reason_raw, tid, kid, n = _ACK_HEADER.unpack_from(data)
     if magic != ACK_MAGIC:
         raise FrameError("not an ack frame (bad magic)")
-    if version != WIRE_VERSION:
-        raise UnsupportedVersionError(f"ack frame version {version}, expected {WIRE_VERSION}", version)
+    assert version == WIRE_VERSION
     try:
         kind, reason = AckKind(kind_raw), RejectReason(reason_raw)
     except ValueError as exc:
