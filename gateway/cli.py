@@ -133,17 +133,18 @@ def cmd_cloud_keygen(args: argparse.Namespace) -> int:
 
 def cmd_cloud_import(args: argparse.Namespace) -> int:
     from gateway.adapters import keystore
-    from gateway.cloud import backends
+    from gateway.cloud import ack_keys, backends
     from gateway.cloud.importer import import_exports
     from gateway.cloud.ingest import Ingest
 
     settings, paths = _cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
     key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))
     archive = backends.open_archive(settings, paths)  # the configured index: SQLite or PostgreSQL
     try:
         staging = backends.open_staging(settings, paths)
-        summary = import_exports(args.directory, Ingest(settings.ingest, key, archive, staging), archive)
+        summary = import_exports(args.directory, Ingest(settings.ingest, key, signer, archive, staging), archive)
     finally:
         archive.close()
     if args.json:
@@ -378,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
 
     field.add_commands(sub, cloud, with_config)
+    from gateway.cloud import ack_key_cli  # the ack signing keys (signed acks, wire v2)
+
+    ack_key_cli.add_command(cloud, with_config)
     return parser
 
 

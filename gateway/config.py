@@ -175,6 +175,8 @@ class CloudNodeSettings:
     envelope_key_file: str = _f("keys/envelope.key", "X25519 private key (raw 32 bytes, 0600), relative to state_dir")
     archive_key_file: str = _f("keys/archive.key", "AES-256 key sealing archived objects at rest (raw 32 bytes, 0600), "
                                "relative to state_dir or absolute (another volume, a KMS mount)")
+    ack_key_file: str = _f("keys/ack.key", "Ed25519 key that signs acks (raw 32 bytes, 0600), relative to state_dir; "
+                                         "the next key of a rotation sits beside it as ack.next.key")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
 
 

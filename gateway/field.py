@@ -129,6 +129,7 @@ def _enrol_url(settings: config.CloudSettings) -> str:
 def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     from gateway.adapters import blobs, keystore
     from gateway.cli import run_service
+    from gateway.cloud import ack_keys
     from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
     from gateway.supervision import StartRecord
 
@@ -141,8 +142,10 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
         blobs.write_atomic(key, key_pem, mode=0o600)
         blobs.write_atomic(cert, cert_pem, mode=0o644)
     envelope = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    ack_key = paths.key_file(settings.cloud.ack_key_file)
+    ack_keys.load_signer(ack_key)  # created here if this is the first cloud service to start
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
-                               settings.mqtt.topic_prefix, a.box_cert_days)
+                               settings.mqtt.topic_prefix, a.box_cert_days, lambda: ack_keys.keyring_of(ack_key))
     server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment)
     return run_service(server, "enrolment", StartRecord(paths.state_dir, "enrolment", time.time))
 

@@ -70,6 +70,11 @@ class MSG(enum.StrEnum):
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
     FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
     FLEET_STORE_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0680"
+    # signed acknowledgements (issue 7, item 6): 0700-07ff
+    ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
+    ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"
+    FRAMES_OUTDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0702"
+    ACK_KEY_ROTATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0703"
     # issue 5, fleet and utilisation: 0300-03ff
     EXAM_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0300"
     MPPS_RECORDED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0301"

@@ -61,6 +61,7 @@ class LoopbackDeployment:
         self.cloud_dir = root / "cloud"
         self.edge_dir = root / "edge"
         self.cloud_pub = keystore.public_b64(keystore.load_or_create_x25519(self.cloud_dir / "keys" / "envelope.key"))
+        self.ack_key_file = self.cloud_dir / "keys" / "ack.key"
         self.cloud_toml = root / "cloud.toml"
         self.fleet_toml = root / "fleet.toml"
         self.plugin_dir = Path(tempfile.gettempdir()) / "mgw-broker-plugin"  # built once per plugin version
@@ -103,6 +104,15 @@ class LoopbackDeployment:
         for table, keys in self._edge_overrides.items():
             tables.setdefault(table, {}).update(keys)
         self.edge_toml.write_text(render_toml(tables))
+        if not self.secure:  # what provisioning would install: the cloud's ack public keys
+            self.install_ack_keyring()
+
+    def install_ack_keyring(self) -> None:
+        from gateway.cloud import ack_keys
+        from gateway.edge import ack_keyring
+
+        ack_keys.load_signer(self.ack_key_file)
+        ack_keyring.save(ack_keyring.keyring_path(self.edge_dir), ack_keys.keyring_of(self.ack_key_file))
 
     def _service_tables(self, cloud: dict[str, dict[str, object]], role: str, n: int) -> dict[str, dict[str, object]]:
         """One cloud process's configuration: its own worker id and, when secure, its own identity."""

@@ -43,6 +43,27 @@ def read_x25519(path: Path) -> bytes:
     return read_raw_secret(path, 32)
 
 
+def load_or_create_ed25519(path: Path) -> bytes:
+    """The raw 32-byte Ed25519 private key (seed) at ``path``, generated (0600) if absent."""
+    return load_or_create_x25519(path)  # both are 32 random bytes; the type is the caller's
+
+
+def read_ed25519(path: Path) -> bytes:
+    """A raw 32-byte Ed25519 private key (seed) that only its owner may read."""
+    return read_raw_secret(path, 32)
+
+
+def erase_file(path: Path) -> None:
+    """Overwrite a key file with random bytes, fsync, then delete it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.write(os.urandom(size))
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.unlink()
+    blobs.fsync_dir(path.parent)
+
+
 def public_b64(private_raw: bytes) -> str:
     return base64.b64encode(envelope.public_key_of(private_raw)).decode()
 

@@ -9,7 +9,9 @@
 Deviations from RFC 7030, on purpose: JSON bodies and PEM instead of
 base64 PKCS#7/PKCS#10, and the bootstrap is authorised by a one-time token in
 the body rather than HTTP Basic. A successful answer also carries what the box
-needs next: the cloud's envelope public key and where the broker is.
+needs next: the cloud's envelope public key, where the broker is, and the public
+keys it must accept acknowledgements from (``ack_keys``: current and, during a
+rotation, next; read afresh for every answer, so renewals carry a staged key).
 Refusals are ``{"error": "<what to check>"}`` with HTTP 403 (token, CSR or certificate refused,
 or locked out after repeated refusals), 429 (over a rate limit), 400/411/413 (a malformed or
 oversize body); 429 and lockouts carry ``Retry-After``. The limits, and why, are in
@@ -44,6 +46,7 @@ from gateway.cloud.enrolment_guard import (
     read_body,
 )
 from gateway.config import EnrolmentLimitSettings
+from gateway.core.acksig import AckKeyring
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -55,13 +58,14 @@ _CONTROL = {c: " " for c in (*range(0x20), 0x7F)}
 
 @dataclass(frozen=True)
 class BoxDirections:
-    """What every enrolled box is told: the envelope key and the broker."""
+    """What every enrolled box is told: the envelope key, the broker, the ack keys."""
 
     cloud_public_key: str
     broker_host: str
     broker_port: int
     topic_prefix: str
     cert_days: float
+    ack_keyring: Callable[[], AckKeyring]  # the cloud's ack public keys, read when answering
 
 
 @dataclass
@@ -165,6 +169,7 @@ class EnrolmentServer:
             "certificate": issued.certificate_pem.decode(), "ca": self.authority.ca_pem.decode(),
             "not_after": issued.not_after, "cloud_public_key": d.cloud_public_key,
             "mqtt": {"host": d.broker_host, "port": d.broker_port, "topic_prefix": d.topic_prefix},
+            "ack_keys": d.ack_keyring().to_doc(),
         }
 
     def enrol(self, req: EnrolRequest, attempt: Attempt) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import backends, broker
+from gateway.cloud import ack_keys, backends, broker
 from gateway.cloud.analytics import opening_hours
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.fleet_store import Alert, FleetStore
 from gateway.config import CloudSettings
-from gateway.core import fleet, schema, topics
+from gateway.core import acksig, fleet, schema, topics
 from gateway.core.errors import FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
@@ -52,6 +52,7 @@ class FleetService:
         self.fleet = settings.fleet
         self._clock = clock
         self.store: FleetStore = store or backends.open_fleet_store(settings, paths)
+        self._signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))  # signs exam-record acks
         f = settings.fleet
         self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
                                 f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f))
@@ -170,12 +171,15 @@ class FleetService:
         record = schema.parse(schema.ExamRecord, payload, "util")
         if record.box_id != box_id:
             raise FrameError("util: box id differs from the topic's")
+        try:  # before storing: a record we could not acknowledge would be resent for ever
+            ack = acksig.sign_util_ack(self._signer, box_id, record.study_key, record.revision)
+        except ValueError as exc:
+            raise FrameError("util: 'study_key' too long or not text") from exc
         doc = schema.to_builtins(record)
         doc["site"] = record.site or box_id
         if self.store.upsert_exam(doc):
             self.counters.exams += 1
-            ack = json.dumps({"v": 1, "study_key": record.study_key, "revision": record.revision}).encode()
-            self.link.publish(topics.util_ack_topic(self._prefix, box_id), ack, qos=1)
+            self.link.publish(topics.util_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:

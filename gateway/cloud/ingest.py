@@ -3,9 +3,10 @@
 ``Ingest.handle_chunk(box_id, payload)`` takes one message body and the box id
 from its topic and returns the acks to publish to that box:
 
-* not a frame, a key that does not unwrap, or a chunk failing AES-GCM (altered,
-  replayed into another transfer, published under another box): refused,
-  counted, logged, no ack (without the data key we cannot MAC one);
+* not a frame, a frame of an old wire version (``ChunkRejection.VERSION``: a v1 box
+  expects an HMAC ack, which we no longer make), a key that does not unwrap, or a
+  chunk failing AES-GCM (altered, replayed into another transfer, published under
+  another box): refused, counted, logged, no ack;
 * a transfer the index holds as STORED or REJECTED: that ack again;
 * else the verified frame is staged durably as ``<staging>/<box>/<transfer>/<seq>.chunk``
   and a PROGRESS ack lists the staged seqs; once 0..FINAL are staged the object
@@ -45,9 +46,10 @@ from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.jpegls import IMAGE_DECODERS
 from gateway.config import BOX_ID, BudgetSettings, IngestSettings
-from gateway.core import envelope, framing, transfer
+from gateway.core import framing, transfer
+from gateway.core.acksig import AckSigner
 from gateway.core.codec import Codec
-from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError
+from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError, UnsupportedVersionError
 from gateway.core.framing import AckFrame, AckKind, ChunkFrame, RejectReason
 from gateway.core.transfer import Manifest
 from gateway.logs import MSG, escape
@@ -62,12 +64,14 @@ class ChunkRejection(enum.Enum):
     MALFORMED = "malformed"  # not a chunk frame, or a box id that is not one
     KEY = "key"  # the data key does not unwrap: forged, or replayed into another transfer
     AUTH = "auth"  # AES-GCM fails: altered, or published under another box id
+    VERSION = "version"  # an old wire version (v1: HMAC acks); the box must be upgraded
 
 
 _LETTER_REASON = {
     ChunkRejection.MALFORMED: DeadLetterReason.MALFORMED,
     ChunkRejection.KEY: DeadLetterReason.KEY,
     ChunkRejection.AUTH: DeadLetterReason.AUTH,
+    ChunkRejection.VERSION: DeadLetterReason.VERSION,
 }
 
 COUNTERS = (
@@ -90,7 +94,6 @@ class _Keys:
     eph_public: bytes
     wrapped_key: bytes
     data_key: bytes
-    ack_key: bytes
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,11 @@ class _Rejection(Exception):  # the authentic object is unusable: REJECTED ack
 class Ingest:
     """One ingest worker's logic; see the module docstring for the contract."""
 
-    def __init__(self, settings: IngestSettings, envelope_private_key: bytes, archive: Archive,
-                 staging: Staging | Path, clock: Callable[[], float] = time.time,
+    def __init__(self, settings: IngestSettings, envelope_private_key: bytes, ack_signer: AckSigner,
+                 archive: Archive, staging: Staging | Path, clock: Callable[[], float] = time.time,
                  dead_letters: DeadLetters | None = None, budgets: BudgetSettings | None = None) -> None:
         self._settings, self._private, self._archive = settings, envelope_private_key, archive
+        self._signer = ack_signer
         self._staging: Staging = FileStaging(staging) if isinstance(staging, Path) else staging
         self._clock = clock
         self._dead_letters = dead_letters
@@ -177,6 +181,8 @@ class Ingest:
             raise _Refused(ChunkRejection.MALFORMED, "box id is not a valid box id")
         try:
             frame = framing.parse_chunk(payload)
+        except UnsupportedVersionError as exc:
+            raise _Refused(ChunkRejection.VERSION, str(exc), bytes(payload[8:24])) from exc
         except FrameError as exc:
             raise _Refused(ChunkRejection.MALFORMED, str(exc)) from exc
         if frame.seq > self._max_seq:
@@ -199,7 +205,7 @@ class Ingest:
         hit = self._keys.get(slot)
         if hit is None or (hit.eph_public, hit.wrapped_key) != (frame.eph_public, frame.wrapped_key):
             data_key = transfer.unwrap_key(self._private, frame)
-            hit = _Keys(frame.eph_public, frame.wrapped_key, data_key, envelope.ack_key(data_key))
+            hit = _Keys(frame.eph_public, frame.wrapped_key, data_key)
             self._keys[slot] = hit
         self._keys.move_to_end(slot)
         while len(self._keys) > KEY_CACHE_ENTRIES:
@@ -318,7 +324,7 @@ class Ingest:
         return [self._progress_ack(chunk, tdir.seqs())]
 
     def _ack(self, chunk: _Verified, ack: AckFrame) -> Outgoing:
-        return Outgoing(chunk.box_id, ack.encode(chunk.box_id, chunk.keys.ack_key))
+        return Outgoing(chunk.box_id, ack.encode(chunk.box_id, self._signer))
 
     def _progress_ack(self, chunk: _Verified, staged: set[int]) -> Outgoing:
         ranges = framing.to_ranges(staged)[:MAX_PROGRESS_RANGES]

@@ -17,7 +17,7 @@ from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import backends, broker
+from gateway.cloud import ack_keys, backends, broker
 from gateway.cloud.archive import Archive
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.forward import Forwarder, run_forever
@@ -46,7 +46,8 @@ class CloudService:
         self._letters_store = backends.open_fleet_store(settings, paths)
         self.dead_letters = DeadLetters(self._letters_store, settings.dead_letters,
                                         f"ingest-{settings.ingest.share_group}-{settings.ingest.worker_id}", time.time)
-        self.ingest = Ingest(settings.ingest, key, self.archive, backends.open_staging(settings, paths),
+        self.signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))
+        self.ingest = Ingest(settings.ingest, key, self.signer, self.archive, backends.open_staging(settings, paths),
                              dead_letters=self.dead_letters, budgets=settings.budgets)
         self._forwarder: threading.Thread | None = None
         self._forward_archive: Archive | None = None
@@ -104,7 +105,8 @@ class CloudService:
             "MESSAGE_ID": MSG.SERVICE_STARTED.value, "VERSION": __version__,
             "BROKER": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
             "ENVELOPE_PUBLIC_KEY": keystore.public_b64(
-                keystore.read_x25519(self.paths.key_file(self.settings.cloud.envelope_key_file)))})
+                keystore.read_x25519(self.paths.key_file(self.settings.cloud.envelope_key_file))),
+            "ACK_KEY_ID": self.signer.key_id.hex()})
 
     def stop(self) -> None:
         self._stop.set()

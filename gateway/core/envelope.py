@@ -12,9 +12,6 @@ Randomness is passed in: this module does no I/O and reads no clock.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -31,7 +28,6 @@ WRAPPED_KEY_BYTES = KEY_BYTES + TAG_BYTES
 _WRAP_NONCE = bytes(12)  # the KEK is unique per ephemeral key, so a fixed nonce is safe
 _WRAP_INFO = b"mgw/v1 key-wrap "
 _WRAP_AAD = b"mgw/v1 dek "
-_ACK_INFO = b"mgw/v1 ack-mac"
 
 
 def public_key_of(private_raw: bytes) -> bytes:
@@ -93,22 +89,3 @@ def open_chunk(data_key: bytes, seq: int, ciphertext: bytes, aad: bytes) -> byte
         return AESGCM(data_key).decrypt(chunk_nonce(seq), ciphertext, aad)
     except InvalidTag as exc:
         raise EnvelopeTamperedError(f"chunk {seq} failed authentication") from exc
-
-
-def ack_key(data_key: bytes) -> bytes:
-    """Key for the cloud's acknowledgement MAC; only the DEK holders can derive it.
-
-    The edge keeps this (not the DEK) to check that an ack really comes from
-    the party that could unwrap the object, i.e. the cloud.
-    """
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_ACK_INFO).derive(
-        data_key
-    )
-
-
-def mac(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()[:16]
-
-
-def mac_matches(key: bytes, message: bytes, tag: bytes) -> bool:
-    return hmac.compare_digest(mac(key, message), tag)

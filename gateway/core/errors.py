@@ -21,6 +21,22 @@ class FrameError(PeerError):
     """Bytes on the wire are not a well-formed frame of a known version."""
 
 
+class UnsupportedVersionError(FrameError):
+    """A well-formed frame of a wire version we no longer (or do not yet) speak.
+
+    Distinct from other ``FrameError``s so that a refusal of an old box's frames can
+    be routed and counted on its own (``version`` is the byte the frame carries).
+    """
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class KeyringError(PeerError):
+    """A set of trusted acknowledgement keys that does not parse, or keys that are not Ed25519."""
+
+
 class DatasetStructureError(PeerError):
     """The modality sent bytes that are not one complete, well-formed DICOM dataset."""
 
@@ -34,7 +50,7 @@ class EnvelopeTamperedError(PeerError):
 
 
 class UnexpectedAckError(PeerError):
-    """An acknowledgement that does not match anything we sent, or fails its MAC."""
+    """An acknowledgement that does not match anything we sent, or whose signature fails."""
 
 
 class IntegrityError(PeerError):

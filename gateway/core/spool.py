@@ -10,6 +10,8 @@
         |
      Discarded --> PURGED             (an operator's `mgw quarantine delete`)
 
+    (PACKED/SENDING --FramesTooLarge or FramesOutdated--> RECEIVED: pack the item again)
+
 The database holds the state; ``step`` says what the next state is and which
 effects the service must carry out. The original blob is deleted only on the
 way to PURGED, which only ACKNOWLEDGED can reach, or QUARANTINED by an
@@ -76,6 +78,13 @@ class FramesTooLarge:
 
 
 @dataclass(frozen=True)
+class FramesOutdated:
+    """The item's frames were sealed in a wire version the cloud now refuses: pack it again."""
+
+    version: int
+
+
+@dataclass(frozen=True)
 class SendExhausted:
     """Resent ``max_send_attempts`` rounds without progress while the cloud acked others."""
 
@@ -88,7 +97,7 @@ class Discarded:
 
 
 Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
-         | FramesTooLarge | SendExhausted | Discarded)
+         | FramesTooLarge | FramesOutdated | SendExhausted | Discarded)
 
 
 # Effects: what the service must do, imperative.
@@ -116,6 +125,8 @@ TRANSITIONS: dict[tuple[ItemState, type], tuple[ItemState, tuple[Effect, ...]]] 
     (S.QUARANTINED, Replayed): (S.RECEIVED, ()),
     (S.PACKED, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
     (S.SENDING, FramesTooLarge): (S.RECEIVED, (E.DELETE_OUTBOX,)),
+    (S.PACKED, FramesOutdated): (S.RECEIVED, (E.DELETE_OUTBOX,)),
+    (S.SENDING, FramesOutdated): (S.RECEIVED, (E.DELETE_OUTBOX,)),
     (S.PACKED, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
     (S.SENDING, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
     (S.QUARANTINED, Discarded): (S.PURGED, (E.DELETE_BLOB,)),

@@ -22,7 +22,7 @@ from gateway.adapters import blobs
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.codecs import pixel
 from gateway.config import EdgeSettings
-from gateway.core import envelope, spool
+from gateway.core import spool
 from gateway.core.codec import Codec
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
 from gateway.core.framing import MIN_FRAME_BYTES
@@ -118,7 +118,7 @@ class Packer:
             item.id, spool.Packed(), self._clock(),
             transfer_id=tid.hex(), final_seq=tally.frames - 1, frame0_bytes=tally.frame0_bytes,
             frame_bytes=frame_bytes, packed_bytes=tally.total_bytes,
-            ack_key=envelope.ack_key(keys.data_key), acked_ranges="[]",
+            ack_key=None, acked_ranges="[]",  # acks are signed by the cloud (wire v2): no per-item secret
         )
         log.info("instance packed", extra={
             "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,

@@ -3,8 +3,10 @@
 1. fetch the fleet CA from the enrolment endpoint and check it against the pinned fingerprint;
 2. generate the box key in the key store (it never leaves the box) and a CSR;
 3. redeem the token: the cloud signs the CSR for the box id the token is bound to and answers
-   with the certificate, the cloud's envelope public key and where the broker is;
-4. write ``pki/ca.pem``, ``pki/box.pem`` and ``device.toml`` (which overrides the site file),
+   with the certificate, the cloud's envelope public key, the public keys its acks are signed
+   with, and where the broker is;
+4. write ``pki/ca.pem``, ``pki/box.pem``, ``pki/ack_keys.json`` and ``device.toml`` (which
+   overrides the site file),
    with the modality the listener admits (``--modality AE@ADDRESS`` or the bundle's [dicom]
    ``allowed_peers``) and the address it listens on: ``--dicom-bind``, the bundle's
    ``bind_host``, else this box's address on the route to the modality. A provisioned box's
@@ -34,7 +36,8 @@ from gateway import config
 from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import FileKeyStore, KeyStore
 from gateway.core import admission
-from gateway.core.errors import ConfigError, LocalError
+from gateway.core.errors import ConfigError, KeyringError, LocalError
+from gateway.edge import ack_keyring
 from gateway.logs import MSG
 from gateway.loopback import render_toml
 from gateway.paths import Paths
@@ -141,8 +144,13 @@ def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths:
     box_id = str(answer.get("box_id", ""))
     if not config.BOX_ID.match(box_id):
         raise enrolment_client.EnrolmentError("the enrolment answer carries no valid box id")
+    try:
+        keyring = ack_keyring.from_answer(answer)
+    except KeyringError as exc:
+        raise enrolment_client.EnrolmentError(f"the enrolment answer's ack keys are unusable: {exc}") from exc
     pki = pki_dir(paths)
     pki.mkdir(parents=True, exist_ok=True, mode=0o755)
+    ack_keyring.save(ack_keyring.keyring_path(paths.state_dir), keyring)
     blobs.write_atomic(pki / "ca.pem", ca_pem, mode=0o644)
     blobs.write_atomic(pki / "box.pem", str(answer["certificate"]).encode(), mode=0o644)
     store.replace(PENDING_KEY, BOX_KEY)

@@ -6,7 +6,9 @@ swaps key and certificate in place; the MQTT link then presents the new identity
 at its next connection. A crash mid-swap rolls forward at the next start
 (``box.next`` key and ``box.next.pem`` are kept until both are in place).
 Failures are logged and retried at the next check; the current certificate stays
-in use until it expires.
+in use until it expires. The renewal answer also carries the cloud's ack public keys
+(current and, during a rotation, next): they replace ``pki/ack_keys.json``, which is
+how a new ack key reaches boxes in the field (docs/protocol.md, key rotation).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import KeyStore
 from gateway.config import EdgeSettings
 from gateway.core.errors import GatewayError
+from gateway.edge import ack_keyring
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,9 @@ def renewal_due(not_before: float, not_after: float, now: float, fraction: float
 
 class Renewer:
     def __init__(self, settings: EdgeSettings, keystore: KeyStore, on_renewed: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keyring_file: Path | None = None) -> None:
         self.settings = settings
+        self.keyring_file = keyring_file
         self.keystore = keystore
         self.on_renewed = on_renewed
         self._clock = clock
@@ -85,6 +89,8 @@ class Renewer:
         log.info("box certificate renewed", extra={
             "MESSAGE_ID": MSG.CERT_RENEWED.value, "BOX_ID": s.box.id,
             "NOT_AFTER": int(new.not_valid_after_utc.timestamp())})
+        if self.keyring_file is not None:
+            ack_keyring.install_from_answer(self.keyring_file, answer)
         self.on_renewed()
 
     # -- thread --------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ Runs on the service loop thread only. The outbox and the spool database are
 the truth; the windows here are a cache rebuilt from them after a restart
 (acked chunk ranges are persisted at most ``PERSIST_EVERY_S`` apart, so a
 crash resends at most that much on top of the in-flight window).
+
+Acks are believed only if signed by a key in the box's ack keyring (wire v2,
+``gateway.core.acksig``): nothing the box stores can make one, so reading its disk
+is not enough to make it delete data. An item still holding frames of an older wire
+version (packed before an upgrade) is packed again, as the cloud refuses them.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from gateway.adapters.mqtt_link import PacketTooLargeError
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core import bandwidth, policy, spool, topics
+from gateway.core.acksig import AckKeyring
 from gateway.core.errors import FrameError, StorageError, UnexpectedAckError
-from gateway.core.framing import AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
+from gateway.core.framing import WIRE_VERSION, AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
 from gateway.core.spool import Effect, ItemState
 from gateway.core.window import TransferWindow
 from gateway.edge.packer import frame_offset, outbox_path
@@ -66,8 +72,10 @@ class Sender:
         blob_dir: Path,
         link: Publisher,
         clock: Callable[[], float],
+        keyring: Callable[[], AckKeyring],
     ) -> None:
         self._settings = settings
+        self._keyring = keyring  # the current ack keyring; replaced whole after a renewal
         self._store = store
         self._outbox_dir = outbox_dir
         self._blob_dir = blob_dir
@@ -123,7 +131,9 @@ class Sender:
             if item.id not in self._active:
                 assert item.final_seq is not None
                 window = TransferWindow(final_seq=item.final_seq, acked=from_ranges(item.acked_ranges))
-                self._active[item.id] = _Active(item, window, persisted_count=len(window.acked))
+                active = _Active(item, window, persisted_count=len(window.acked))
+                self._active[item.id] = active
+                self._repack_if_outdated(active)
 
     def _publish(self, active: _Active, seqs: list[int]) -> list[int]:
         item = active.item
@@ -165,6 +175,19 @@ class Sender:
             "MESSAGE_ID": MSG.FRAMES_TOO_LARGE.value, "ITEM_ID": item.id, "PACKET_BYTES": exc.packet_bytes,
             "MAX_PACKET_BYTES": exc.max_packet_bytes})
 
+    def _repack_if_outdated(self, active: _Active) -> None:
+        """Frames sealed before an upgrade to this wire version: the cloud refuses them, pack again."""
+        version = self._read_frame(active, 0)[4:5]
+        if version == bytes([WIRE_VERSION]):
+            return
+        item, effects = self._store.transition(
+            active.item.id, spool.FramesOutdated(version[0] if version else 0), self._clock(), ack_key=None)
+        self._drop(item.id)
+        self.apply_effects(item, effects)
+        log.warning("frames were sealed in an older wire version; packing again", extra={
+            "MESSAGE_ID": MSG.FRAMES_OUTDATED.value, "ITEM_ID": item.id,
+            "FRAME_VERSION": version[0] if version else None, "WIRE_VERSION": WIRE_VERSION})
+
     def _read_frame(self, active: _Active, seq: int) -> bytes:
         if active.handle is None:
             path = outbox_path(self._outbox_dir, active.item.transfer_id or "")
@@ -184,20 +207,21 @@ class Sender:
 
     # -- acknowledgements --------------------------------------------------------------
     def on_ack(self, payload: bytes) -> None:
+        """Act on an ack only once its signature verifies; anything else is counted and logged."""
         try:
-            transfer_hex = peek_ack_transfer_id(payload).hex()
+            peek_ack_transfer_id(payload)
         except FrameError as exc:
             self._bad_ack("malformed ack", exc)
             return
-        item = self._lookup(transfer_hex)
-        if item is None or item.ack_key is None:
-            self.stats.acks_unknown += 1
-            log.debug("ack for an unknown transfer", extra={"TRANSFER": transfer_hex[:8]})
-            return
         try:
-            ack = parse_ack(payload, self._settings.box.id, item.ack_key)
+            ack = parse_ack(payload, self._settings.box.id, self._keyring())
         except (FrameError, UnexpectedAckError) as exc:
             self._bad_ack("ack failed verification", exc)
+            return
+        item = self._lookup(ack.transfer_id.hex())
+        if item is None:
+            self.stats.acks_unknown += 1
+            log.debug("ack for an unknown transfer", extra={"TRANSFER": ack.transfer_id.hex()[:8]})
             return
         self._last_ack_at = self._clock()
         if ack.kind is AckKind.PROGRESS:

@@ -31,10 +31,11 @@ from gateway.adapters.udev_watch import LinkWatcher
 from gateway.appliance import status
 from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
+from gateway.core.acksig import AckKeyring
 from gateway.core.errors import SpoolFullError
 from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
-from gateway.edge import cache
+from gateway.edge import ack_keyring, cache
 from gateway.edge.exams import ExamRecorder
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
@@ -72,6 +73,8 @@ class EdgeService:
         self._clock = clock
         for d in (paths.incoming_dir, paths.blob_dir, paths.outbox_dir, paths.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.keyring_file = ack_keyring.keyring_path(paths.state_dir)
+        self.keyring = ack_keyring.load(self.keyring_file)  # refuse to start without one: nothing could be acked
         self.store = SpoolStore(paths.spool_db)
         self._events: queue.Queue[_Ack | _Link] = queue.Queue()
         self._wake = threading.Event()
@@ -96,24 +99,31 @@ class EdgeService:
         chunk_topic = topics.chunk_topic(prefix, settings.box.id, "0" * 32)
         self.packer = Packer(settings, self.store, paths.blob_dir, paths.outbox_dir, cloud_public, clock,
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
-        self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock)
+        self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock,
+                             self._current_keyring)
         self.exams, mpps = _utilisation(settings, paths, keys, clock)
         self.commitments = StorageCommitmentScp(settings.commitment, settings.dicom, CommitmentStore(paths.spool_db),
                                                 clock)
         self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=[*mpps, self.commitments],
                                       provisioned=(paths.state_dir / "device.toml").exists(), cache_key=cache_key)
-        self.renewer = Renewer(settings, keys, self._identity_renewed, clock)
+        self.renewer = Renewer(settings, keys, self._identity_renewed, clock, self.keyring_file)
         self.link_watcher = LinkWatcher(self._on_network_up)
-        self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, dicom_counts=self.listener.counts)
+        self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, self._current_keyring,
+                                   dicom_counts=self.listener.counts)
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
         self.loop_heartbeat = time.monotonic()
 
     def _identity_renewed(self) -> None:
-        """A renewed certificate: both MQTT connections present it at their next connect."""
+        """A renewed certificate: both MQTT connections present it at their next connect; the
+        renewal answer may have brought a new ack keyring (a key rotation), which applies at once."""
         self.link.reload_identity()
         self.telemetry.link.reload_identity()
+        self.keyring = ack_keyring.load(self.keyring_file)
+
+    def _current_keyring(self) -> AckKeyring:
+        return self.keyring  # an immutable value, replaced whole: safe to read from any thread
 
     # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
     def accept(self, instance: ReceivedInstance) -> int:

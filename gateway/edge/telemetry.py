@@ -6,7 +6,8 @@ behind image chunks in the uplink's window, and its last will says "this box is 
 Every connect registers a will carrying a fresh ``bd_seq`` (persisted, growing); the birth
 published right after carries the same number (Sparkplug B). A clean stop disconnects with
 reason 0x04, so the broker publishes the death at once. Utilisation records are business
-data: QoS 1, no expiry, resent until the cloud acknowledges each revision on ``util/ack``.
+data: QoS 1, no expiry, resent until the cloud acknowledges each revision on ``util/ack``;
+an ack counts only if signed by a key in the box's ack keyring (``gateway.core.acksig``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,13 @@ from gateway.adapters.exam_store import ExamStore
 from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.adapters.mqtt_link import Inbound, MqttLink, Will
 from gateway.config import EdgeSettings
+from gateway.core import acksig, fleet, topics
 from gateway.core import exam as exams
-from gateway.core import fleet, topics
+from gateway.core.acksig import AckKeyring
+from gateway.core.errors import FrameError, UnexpectedAckError
 from gateway.core.fleet import MessageKind
 from gateway.edge.exams import ExamRecorder
+from gateway.logs import MSG
 from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,12 @@ _TICK_S = 1.0
 
 class Telemetry:
     def __init__(self, settings: EdgeSettings, paths: Paths, recorder: ExamRecorder, uplink: MqttLink,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float], keyring: Callable[[], AckKeyring],
                  dicom_counts: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
         self._settings = settings
         self._dicom_counts = dicom_counts  # DicomListener.counts: refusals by reason
+        self._keyring = keyring
+        self.acks_rejected = 0
         self._paths = paths
         self._recorder = recorder
         self._store: ExamStore = recorder.store
@@ -151,10 +156,10 @@ class Telemetry:
             except queue.Empty:
                 return
             try:
-                doc = json.loads(payload)
-                key, revision = str(doc["study_key"]), int(doc["revision"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("utilisation ack malformed, ignored")
+                key, revision = acksig.verify_util_ack(json.loads(payload), self._box, self._keyring())
+            except (ValueError, RecursionError, FrameError, UnexpectedAckError) as exc:
+                self.acks_rejected += 1
+                log.warning("exam-record ack ignored", extra={"MESSAGE_ID": MSG.ACK_REJECTED.value, "ERROR": str(exc)})
                 continue
             self._store.mark_acked(key, revision)
 

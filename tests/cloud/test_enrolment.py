@@ -10,9 +10,11 @@ from cryptography import x509
 
 from gateway.adapters import enrolment_client
 from gateway.adapters.keystore import FileKeyStore
+from gateway.cloud import ack_keys
 from gateway.cloud.authority import FleetAuthority
 from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
 from gateway.config import load_edge
+from gateway.edge import ack_keyring
 from gateway.edge import provision as prov
 from gateway.edge.renewal import Renewer, renewal_due
 from gateway.paths import Paths
@@ -32,6 +34,7 @@ class Clock:
 
 
 BROKERS: dict[int, object] = {}
+ACK_KEY_FILES: dict[int, Path] = {}
 
 
 @pytest.fixture
@@ -42,12 +45,17 @@ def cloud(tmp_path: Path):
     key_pem, cert_pem = authority.issue_with_key("enrolment", 30, server_hosts=["127.0.0.1"])
     (tmp_path / "enrol.key").write_bytes(key_pem)
     (tmp_path / "enrol.pem").write_bytes(cert_pem)
-    server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", broker.port, "mgw/v1", 90.0),
+    ack_key = tmp_path / "cloud-keys" / "ack.key"
+    ack_keys.load_signer(ack_key)
+    server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", broker.port, "mgw/v1", 90.0,
+                                                      lambda: ack_keys.keyring_of(ack_key)),
                              tmp_path / "enrol.pem", tmp_path / "enrol.key")
     server.start()
     BROKERS[server.port] = broker
+    ACK_KEY_FILES[server.port] = ack_key
     yield authority, server, clock, tmp_path
     BROKERS.pop(server.port, None)
+    ACK_KEY_FILES.pop(server.port, None)
     server.stop()
     broker.stop()
     authority.close()
@@ -163,3 +171,39 @@ def test_link_presents_the_renewed_certificate_when_it_reconnects_after_renewal(
         assert link.wait_connected(15)  # reconnected: it presented the new certificate, the old one is revoked
     finally:
         link.stop()
+
+
+def test_provision_installs_the_cloud_ack_keyring_when_the_box_is_enrolled(cloud) -> None:
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+    path = ack_keyring.keyring_path(paths.state_dir)
+    cloud_keys = ack_keys.load(ACK_KEY_FILES[server.port], create=False)
+    assert ack_keyring.load(path) == cloud_keys.keyring()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    private = ACK_KEY_FILES[server.port].read_bytes()
+    assert not any(private in f.read_bytes() for f in paths.state_dir.rglob("*") if f.is_file())
+
+
+def test_renewal_installs_the_next_ack_key_when_the_cloud_staged_then_promoted_it(cloud) -> None:
+    """Rotation end to end over real HTTPS: stage -> renewal brings current + next -> promote ->
+    the next renewal brings only the new key; the old private key is gone from the cloud."""
+    authority, server, clock, tmp_path = cloud
+    token = authority.create_token("ct-01", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    settings = load_edge([prov.provision(_enrolment(authority, server, token), paths, self_test=False).device_toml])
+    keyring_file = ack_keyring.keyring_path(paths.state_dir)
+    renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), clock=clock, keyring_file=keyring_file)
+    ack_file = ACK_KEY_FILES[server.port]
+    old = ack_keys.load(ack_file, create=False).current
+    staged = ack_keys.stage(ack_file)
+    assert staged.next is not None
+    assert ack_keyring.load(keyring_file).key_ids == (old.key_id,)  # not told yet
+    renewer.renew()
+    assert ack_keyring.load(keyring_file).key_ids == (old.key_id, staged.next.key_id)
+    promoted = ack_keys.promote(ack_file)
+    assert promoted.current.public == staged.next.public and promoted.next is None
+    assert not ack_keys.next_path(ack_file).exists() and not ack_keys.retired_path(ack_file).exists()
+    renewer.renew()
+    assert ack_keyring.load(keyring_file).key_ids == (promoted.current.key_id,)

@@ -28,6 +28,7 @@ from gateway.adapters import enrolment_client
 from gateway.cloud.authority import FleetAuthority, token_ref
 from gateway.cloud.enrolment import ENROL, REENROL, BoxDirections, EnrolmentServer
 from gateway.config import EnrolmentLimitSettings
+from gateway.core.acksig import AckKeyring, AckSigner
 from gateway.edge import provision as prov
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -109,7 +110,8 @@ def make_cloud(tmp_path: Path) -> Iterator[Any]:
         key_pem, cert_pem = authority.issue_with_key("enrolment", 30, server_hosts=["127.0.0.1"])
         (tmp_path / "enrol.key").write_bytes(key_pem)
         (tmp_path / "enrol.pem").write_bytes(cert_pem)
-        server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", 8883, "mgw/v1", 90.0),
+        keyring = AckKeyring((AckSigner(bytes(32)).public,))
+        server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", 8883, "mgw/v1", 90.0, lambda: keyring),
                                  tmp_path / "enrol.pem", tmp_path / "enrol.key", limits=limits, clock=clock)
         server.start()
         made.append(Cloud(authority, server, clock, tmp_path))

@@ -15,9 +15,12 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.cloud import ack_keys
 from gateway.cloud.fleet import FleetService
 from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, _fill_defaults
 from gateway.core import fleet, topics
+from gateway.core.acksig import verify_util_ack
+from gateway.core.errors import UnexpectedAckError
 from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from gateway.simulator import Simulator
@@ -151,8 +154,8 @@ def test_box_goes_offline_when_heartbeats_stop(service: FleetService, broker: Mo
     assert 'mgw_fleet_alerts_open{kind="box_offline"} 1.0' in metrics
 
 
-def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetService,
-                                                                 broker: MosquittoBroker) -> None:
+def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetService, broker: MosquittoBroker,
+                                                                 tmp_path: Path) -> None:
     box = Box(broker, "box-c")
     box.state(MessageKind.BIRTH, 1)
     # the fleet's subscription is live once it has seen this box (exam records are not retained)
@@ -169,9 +172,13 @@ def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetS
         box.send("util", json.dumps({**record, "study_key": "cd" * 16, **unstorable}).encode())
     box.send("util", json.dumps({**record, "study_key": "cd" * 16}).replace('"end": ' + str(t0 + 600),
                                                                           '"end": NaN').encode())
+    box.send("util", json.dumps({**record, "study_key": "e" * 256}).encode())  # too long to sign an ack for
     wait_for(lambda: len(box.acks) >= 1, 10, "the ack of revision 2")
-    wait_for(lambda: service.counters.rejected >= 5, 10, "the malformed and unstorable records refused")
-    assert box.acks[0] == {"v": 1, "study_key": "ab" * 16, "revision": 2}
+    wait_for(lambda: service.counters.rejected >= 6, 10, "the malformed and unstorable records refused")
+    keyring = ack_keys.keyring_of(tmp_path / "cloud" / "keys" / "ack.key")  # the service made the key
+    assert box.acks[0]["v"] == 2 and verify_util_ack(box.acks[0], "box-c", keyring) == ("ab" * 16, 2)
+    with pytest.raises(UnexpectedAckError):
+        verify_util_ack(box.acks[0], "box-d", keyring)  # signed for box-c only
     modalities = get(service, "/api/v1/modalities")["modalities"]
     assert [(m["box_id"], m["modality"], m["exams"], m["images"]) for m in modalities] == [("box-c", "CT", 1, 300)]
     assert get(service, "/api/v1/turnaround?days=2")["sites"][0]["p50_s"] == 30.0

@@ -30,6 +30,7 @@ from gateway.cloud.archive import Archive, TransferState
 from gateway.cloud.ingest import Ingest, Outgoing
 from gateway.config import IngestSettings
 from gateway.core import envelope
+from gateway.core.acksig import AckKeyring, AckSigner
 from gateway.core.codec import Codec
 from gateway.core.errors import StorageError
 from gateway.core.framing import (
@@ -49,6 +50,8 @@ from tests.backends import Backend
 
 BOX = "box-1"
 FRAME_BYTES = MIN_FRAME_BYTES  # 1 KiB of payload per chunk
+ACK_SIGNER = AckSigner(bytes(range(32)))  # fixed: worker processes spawned by a test sign alike
+ACK_KEYRING = AckKeyring((ACK_SIGNER.public,))
 HYPOTHESIS = settings(max_examples=25, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -67,8 +70,8 @@ class Sealed:
     frames: list[bytes]
 
     @property
-    def ack_key(self) -> bytes:
-        return envelope.ack_key(self.keys.data_key)
+    def ack_keyring(self) -> AckKeyring:
+        return ACK_KEYRING
 
 
 def make_keys() -> KeyPair:
@@ -114,7 +117,7 @@ class Cloud:
         self.root = root
         self.backend = backend or Backend("sqlite")
         self.archive = self.backend.archive(root)
-        self.ingest = Ingest(ingest_settings or IngestSettings(), keys.private, self.archive,
+        self.ingest = Ingest(ingest_settings or IngestSettings(), keys.private, ACK_SIGNER, self.archive,
                              self.backend.staging(root), clock)
 
     def send(self, frame: bytes, box: str = BOX) -> list[Outgoing]:
@@ -136,7 +139,7 @@ class Cloud:
 
 def ack_of(out: Outgoing, sealed: Sealed) -> AckFrame:
     assert out.box_id == BOX
-    ack = parse_ack(out.payload, out.box_id, sealed.ack_key)
+    ack = parse_ack(out.payload, out.box_id, sealed.ack_keyring)
     assert ack.transfer_id == sealed.keys.transfer_id
     return ack
 
@@ -418,7 +421,7 @@ def test_object_is_archived_once_when_two_worker_processes_race_on_all_chunks(
         p.join(30)
 
     assert [p.exitcode for p in procs] == [0, 0]
-    assert [parse_ack(payload, BOX, sealed.ack_key).kind for payload, _, _ in outcomes] == [AckKind.STORED] * 2
+    assert [parse_ack(payload, BOX, sealed.ack_keyring).kind for payload, _, _ in outcomes] == [AckKind.STORED] * 2
     assert (sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)) == (1, 0)
     archive = Archive(tmp_path / "archive", tmp_path / "index.db")
     assert [b"".join(archive.open(r)) for r in archive.instances()] == [sealed.data]

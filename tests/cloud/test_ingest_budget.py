@@ -16,7 +16,7 @@ from gateway.cloud.fleet_store import SqliteFleetStore
 from gateway.cloud.ingest import Ingest
 from gateway.config import BudgetSettings, DeadLetterSettings, IngestSettings
 from tests.backends import Backend
-from tests.cloud.test_ingest import KeyPair, Sealed, make_data, make_keys, raw_frame, seal
+from tests.cloud.test_ingest import ACK_SIGNER, KeyPair, Sealed, make_data, make_keys, raw_frame, seal
 
 OTHER = "box-2"
 
@@ -36,7 +36,7 @@ class Cloud:
         self.archive = backend.archive(root)
         self.store = SqliteFleetStore(root / "fleet.db")
         self.letters = DeadLetters(self.store, letters or DeadLetterSettings(), "ingest-test", clock)
-        self.ingest = Ingest(IngestSettings(), keys.private, self.archive, backend.staging(root), clock,
+        self.ingest = Ingest(IngestSettings(), keys.private, ACK_SIGNER, self.archive, backend.staging(root), clock,
                              dead_letters=self.letters, budgets=budgets)
 
     def close(self) -> None:

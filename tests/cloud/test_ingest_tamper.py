@@ -7,7 +7,12 @@ on a real SQLite archive).
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from gateway.core.framing import AckKind, ChunkFrame, parse_chunk
+from gateway.logs import MSG
 from tests.cloud.test_ingest import (
     Cloud,
     KeyPair,
@@ -92,3 +97,19 @@ def test_chunk_is_rejected_when_its_ciphertext_is_spliced_from_another_transfer(
     spliced = _with(sealed.frames[1], ciphertext=parse_chunk(other.frames[1]).ciphertext)
     assert cloud.send(spliced) == []
     _assert_only_genuine_archived(cloud, sealed)
+
+
+def test_v1_chunks_are_refused_with_the_version_reason_when_an_old_box_sends_them(
+        cloud: Cloud, sealed: Sealed, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """A v1 box expects an HMAC ack, which the cloud no longer makes: no ack, a reason of its own.
+    The frames are otherwise genuine (v1 and v2 chunks differ only in the version byte)."""
+    caplog.set_level(logging.WARNING)
+    old = [frame[:4] + b"\x01" + frame[5:] for frame in sealed.frames]
+    assert cloud.send_all(old) == []
+    counters = cloud.ingest.counters()
+    assert counters["chunks_rejected_version"] == counters["chunks_rejected"] == len(old)
+    assert cloud.archive.count() == 0 and cloud.staged_files() == []
+    refusals = [r for r in caplog.records if r.__dict__.get("MESSAGE_ID") == MSG.CHUNK_REJECTED.value]
+    assert len(refusals) == len(old)
+    assert all(r.__dict__["REASON"] == "version" and "upgrade the box" in r.getMessage() for r in refusals)
+    _assert_only_genuine_archived(cloud, sealed)  # the same object in v2 goes through

@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 
 from gateway.core import envelope
 from gateway.core.envelope import (
-    KEY_BYTES,
     PUBLIC_KEY_BYTES,
     TAG_BYTES,
     WRAPPED_KEY_BYTES,
-    ack_key,
     chunk_nonce,
-    mac,
-    mac_matches,
     open_chunk,
     public_key_of,
     seal_chunk,
@@ -206,35 +202,6 @@ def test_open_chunk_raises_only_peer_errors_when_the_ciphertext_is_arbitrary(
 def test_chunk_nonce_differs_when_seqs_differ(a: int, b: int) -> None:
     assert len(chunk_nonce(a)) == 12
     assert (chunk_nonce(a) == chunk_nonce(b)) == (a == b)
-
-
-# --- ack key and MAC ----------------------------------------------------------------------
-
-
-@settings(max_examples=50, deadline=None)
-@given(data_key=keys32, other_key=keys32)
-def test_ack_key_is_a_distinct_deterministic_key_when_derived_from_a_data_key(
-    data_key: bytes, other_key: bytes
-) -> None:
-    derived = ack_key(data_key)
-    assert len(derived) == KEY_BYTES
-    assert derived == ack_key(data_key)
-    assert derived != data_key
-    assert (ack_key(other_key) == derived) == (other_key == data_key)
-
-
-@settings(max_examples=50, deadline=None)
-@given(key=keys32, message=st.binary(max_size=300))
-def test_mac_matches_only_the_exact_tag_when_the_tag_is_altered(key: bytes, message: bytes) -> None:
-    tag = mac(key, message)
-    assert len(tag) == 16
-    assert mac_matches(key, message, tag)
-    assert not mac_matches(key, message, tag[:-1])
-    assert not mac_matches(key, message, tag + b"\x00")
-    assert not mac_matches(other(key), message, tag)
-    assert not mac_matches(key, message + b"\x00", tag)
-    for bit in range(len(tag) * 8):
-        assert not mac_matches(key, message, flip_bit(tag, bit))
 
 
 def test_envelope_errors_are_peer_errors_when_raised_for_tampering() -> None:

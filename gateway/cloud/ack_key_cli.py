@@ -1,0 +1,95 @@
+"""`mgw cloud ack-key create|show|stage|promote`: the cloud's ack signing keys (docs/cli.md).
+
+Registered into the parser by ``cli.build_parser``. The private keys never leave the
+cloud node and nothing here prints them; see ``gateway.cloud.ack_keys``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway import logs
+from gateway.cloud import ack_keys
+from gateway.logs import MSG
+
+log = logging.getLogger("gateway.cloud.ack_keys")
+
+
+def _untold_boxes(args: argparse.Namespace, since: float) -> list[str] | None:
+    """Boxes whose newest certificate predates ``since`` (so they lack the next key), or None
+    when this node holds no certificate registry."""
+    from gateway.cli import _cloud_settings
+    from gateway.cloud.authority import FleetAuthority
+
+    settings, paths = _cloud_settings(args)
+    pki = paths.key_file(settings.authority.pki_dir)
+    if not (pki / "registry.db").exists():
+        return None
+    authority = FleetAuthority(pki)
+    try:
+        newest: dict[str, float] = {}
+        for r in authority.records():
+            if r.kind == "box" and r.revoked_at is None:
+                newest[r.subject] = max(newest.get(r.subject, 0.0), r.issued_at)
+    finally:
+        authority.close()
+    return sorted(box for box, issued in newest.items() if issued < since)
+
+
+def cmd_cloud_ack_key(args: argparse.Namespace) -> int:
+    from gateway.cli import _cloud_settings
+
+    settings, paths = _cloud_settings(args)
+    logs.setup(settings.cloud.log_level, False)
+    path = paths.key_file(settings.cloud.ack_key_file)
+    action = args.ack_key_cmd
+    if action == "create":
+        keys = ack_keys.load(path, create=True)
+    elif action == "stage":
+        keys = ack_keys.stage(path)
+    elif action == "promote":
+        keys = ack_keys.promote(path)
+    else:
+        keys = ack_keys.load(path, create=False)
+    if action in ("stage", "promote"):
+        log.warning("ack signing key %s", "staged" if action == "stage" else "promoted", extra={
+            "MESSAGE_ID": MSG.ACK_KEY_ROTATED.value, "ACTION": action, "KEY_ID": keys.current.key_id.hex(),
+            "NEXT_KEY_ID": keys.next.key_id.hex() if keys.next else None})
+    doc: dict[str, Any] = {"keys": ack_keys.describe(keys)}
+    if keys.next_since is not None:
+        doc["boxes_without_next_key"] = _untold_boxes(args, keys.next_since)
+    _print(doc, args.json, action)
+    return 0
+
+
+def _print(doc: dict[str, Any], as_json: bool, action: str) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    for row in doc["keys"]:
+        print(f"{row['role']:8s} {row['key_id']}  {row['public']}"
+              + (f"  staged {row['staged_at']}" if "staged_at" in row else ""))
+    untold = doc.get("boxes_without_next_key")
+    if untold:
+        shown = " ".join(untold[:20]) + (" ..." if len(untold) > 20 else "")
+        print(f"{len(untold)} box(es) not renewed since the next key was staged: {shown}")
+    elif untold is not None:
+        print("every box renewed since the next key was staged: it may be promoted")
+    if action == "promote":
+        print("now restart every ingest worker, the fleet service and the enrolment endpoint")
+
+
+def add_command(cloud: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
+    ack = cloud.add_parser("ack-key", help="the key that signs acks: create, show, stage and promote the next")
+    sub = ack.add_subparsers(dest="ack_key_cmd", required=True, metavar="ACTION")
+    for name, text in (("create", "create the ack signing key if absent; print the keyring"),
+                       ("show", "print the keyring: current and staged next key, and boxes not yet told"),
+                       ("stage", "create the next key; boxes learn it at enrolment and renewal"),
+                       ("promote", "make the next key the current one; the old key is erased")):
+        p = with_config(sub.add_parser(name, help=text))
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=cmd_cloud_ack_key)
