@@ -133,6 +133,9 @@ class Rogue:
             first = next(iter(seal_object(ROGUE, keys, manifest, [data])))
             self.send_chunk(keys, first, bad=False)
         self.chunks_bad += 8  # beyond OPEN_TRANSFERS: over budget
+        old = bytearray(first)  # a downgrade to wire v1, whose acks were HMACs the box could forge
+        old[4] = 1
+        self.send_chunk(keys, bytes(old))
 
     def fuzz_chunks(self) -> None:
         @FUZZ
@@ -252,7 +255,7 @@ def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue
     fleet_api = f"http://127.0.0.1:{d.fleet_port}/api/v1"
     letters = _get(f"{fleet_api}/dead-letters?limit=5000")["dead_letters"]
     assert {x["box_id"] for x in letters} == {ROGUE}  # nothing of an honest box was set aside
-    assert {"malformed", "budget"} <= {x["reason"] for x in letters}
+    assert {"malformed", "budget", "version"} <= {x["reason"] for x in letters}
     alerts = _get(f"{fleet_api}/alerts")["alerts"]
     wait_for(lambda: any(a["box_id"] == ROGUE and a["kind"] == "dead_letters"
                          for a in _get(f"{fleet_api}/alerts")["alerts"]), 30, "the rogue box's dead_letters alert")
