@@ -180,3 +180,18 @@ def test_link_anchor_exists_when_a_doc_links_to_a_heading(source: Path, target: 
 def test_every_markdown_page_is_checked_when_docs_exist() -> None:
     names = {p.name for p in MARKDOWN}
     assert {"README.md", "protocol.md", "architecture.md", "catalog.md", "config.md", "cli.md"} <= names
+
+
+def _security_test_references() -> list[tuple[str, str]]:
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    return sorted(set(re.findall(r"(tests/[\w/]+\.py)::(test_\w+)", text)))
+
+
+@pytest.mark.parametrize("path, name", _security_test_references())
+def test_security_threat_names_a_test_that_exists_when_the_threat_model_cites_it(path: str, name: str) -> None:
+    source = (ROOT / path).read_text(encoding="utf-8")
+    assert re.search(rf"^def {name}\(", source, re.MULTILINE), f"docs/security.md cites {path}::{name}"
+
+
+def test_security_threat_model_cites_tests_when_read() -> None:
+    assert len(_security_test_references()) >= 30
