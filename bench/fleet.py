@@ -34,8 +34,8 @@ from typing import Any
 from gateway.adapters.mosquitto import MosquittoBroker, free_port
 from gateway.config import MqttSettings
 from gateway.core.utilisation import percentile
-from gateway.loopback import render_toml
 from gateway.simulator import Simulator
+from gateway.tomlwrite import render_toml
 
 GOAL_BEHIND_S = 5.0
 

@@ -19,29 +19,11 @@ from pathlib import Path
 from gateway.adapters import keystore
 from gateway.adapters.mosquitto import MosquittoBroker, free_port
 from gateway.core.errors import LocalError
+from gateway.tomlwrite import render_toml
 
 BOX_ID = "demo-box"
 EDGE_AE = "MGW"
 MODALITY_AE = "MODALITY"  # the calling AE title the tests' modality uses; provisioning admits it
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def render_toml(tables: dict[str, dict[str, object]]) -> str:
-    out = []
-    for table, keys in tables.items():
-        out.append(f"[{table}]")
-        out += [f"{key} = {_toml_value(value)}" for key, value in keys.items()]
-        out.append("")
-    return "\n".join(out)
 
 
 class LoopbackDeployment:

@@ -39,8 +39,8 @@ from gateway.core import admission
 from gateway.core.errors import ConfigError, KeyringError, LocalError
 from gateway.edge import ack_keyring
 from gateway.logs import MSG
-from gateway.loopback import render_toml
 from gateway.paths import Paths
+from gateway.tomlwrite import render_toml
 
 log = logging.getLogger(__name__)
 BOX_KEY = "box"

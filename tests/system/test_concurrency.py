@@ -25,7 +25,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import storescu
-from gateway.loopback import BOX_ID, EDGE_AE, MODALITY_AE, LoopbackDeployment, render_toml
+from gateway.loopback import BOX_ID, EDGE_AE, MODALITY_AE, LoopbackDeployment
+from gateway.tomlwrite import render_toml
 from tests.peers import dcmtk, free_port, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile
 from tests.tls_peers import broken_streams, broker_log_offset
