@@ -9,81 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from gateway import __version__, config, logs
 from gateway.core.errors import GatewayError
 from gateway.paths import Paths
-from gateway.supervision import StartRecord
+from gateway.settings_files import cloud_settings, config_files, edge_settings
+from gateway.supervision import StartRecord, run_service
 
 log = logging.getLogger("gateway.cli")
 
 
-class _Service(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def alive(self) -> bool: ...
-
-
-def _config_files(args: argparse.Namespace, name: str) -> list[Path]:
-    files = [Path(p) for p in args.config] if args.config else Paths.from_env().default_config_files(name)
-    if not files:
-        raise config.ConfigError(f"no configuration: pass --config or create /etc/gateway/{name}.toml")
-    return files
-
-
-def _edge_settings(args: argparse.Namespace) -> tuple[config.EdgeSettings, Paths]:
-    files = _config_files(args, "gateway")
-    settings = config.load_edge(files)
-    return settings, Paths.from_env(settings.box.state_dir, base=files[0].parent)
-
-
-def _cloud_settings(args: argparse.Namespace) -> tuple[config.CloudSettings, Paths]:
-    files = _config_files(args, "cloud")
-    settings = config.load_cloud(files)
-    return settings, Paths.from_env(settings.cloud.state_dir, base=files[0].parent)
-
-
-def run_service(service: _Service, name: str, starts: StartRecord | None = None) -> int:
-    """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal.
-
-    With ``starts``, the start is recorded and a clean stop marked, so that a run that dies
-    (its loop, or the process) shows as an unclean restart next time (``gateway.supervision``).
-    """
-    from gateway.adapters.sd_notify import Notifier
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    notifier = Notifier()
-    if starts is not None:
-        starts.started()
-    service.start()
-    notifier.ready(f"{name} running")
-    interval = notifier.watchdog_interval_s or 1.0
-    code = 0
-    while not stop.wait(interval):
-        if not service.alive():
-            log.error("a service loop died; exiting so that systemd restarts us",
-                      extra={"MESSAGE_ID": logs.MSG.SERVICE_LOOP_DIED.value, "SERVICE": name})
-            code = 1
-            break
-        notifier.watchdog()
-    notifier.stopping()
-    service.stop()
-    if starts is not None and code == 0:
-        starts.stopped()
-    return code
-
-
 def cmd_edge_run(args: argparse.Namespace) -> int:
-    settings, paths = _edge_settings(args)
+    settings, paths = edge_settings(args)
     logs.setup(settings.box.log_level, args.log_json)
     from gateway.edge.service import EdgeService
 
@@ -92,7 +33,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_run(args: argparse.Namespace) -> int:
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, args.log_json)
     from gateway.cloud.service import CloudService
 
@@ -101,7 +42,7 @@ def cmd_cloud_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_fleet(args: argparse.Namespace) -> int:
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, args.log_json)
     from gateway.cloud.fleet import FleetService
 
@@ -112,7 +53,7 @@ def cmd_cloud_fleet(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.simulator import run_simulation
 
-    settings, _ = _cloud_settings(args)
+    settings, _ = cloud_settings(args)
     logs.setup("ERROR", False)
     report = run_simulation(settings.mqtt, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
                             outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours)
@@ -125,7 +66,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_cloud_keygen(args: argparse.Namespace) -> int:
     from gateway.adapters import keystore
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
     print(keystore.public_b64(key))
     return 0
@@ -137,7 +78,7 @@ def cmd_cloud_import(args: argparse.Namespace) -> int:
     from gateway.cloud.importer import import_exports
     from gateway.cloud.ingest import Ingest
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
     key = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
     signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))
@@ -158,7 +99,7 @@ def cmd_cloud_import(args: argparse.Namespace) -> int:
 def cmd_cloud_seal_archive(args: argparse.Namespace) -> int:
     from gateway.cloud import backends
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
     archive = backends.open_archive(settings, paths, migrating=True)  # may create the archive key
     try:
@@ -180,7 +121,7 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
     try:
         if args.step == "rollback":
             return int(update.rolled_back())
-        files = _config_files(args, "gateway")
+        files = config_files(args, "gateway")
         paths = Paths.from_env(config.load_edge(files).box.state_dir, base=files[0].parent)
         if args.step == "migrate":
             return int(update.migrate(files, paths))
@@ -213,10 +154,10 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
     restart = ["systemctl", "restart", "mgw-edge.service"] if Path("/run/systemd/system").is_dir() else None
 
     def load() -> config.EdgeSettings:
-        return _edge_settings(args)[0]
+        return edge_settings(args)[0]
 
     try:
-        paths = _edge_settings(args)[1]
+        paths = edge_settings(args)[1]
     except config.ConfigError:  # unprovisioned: the default places
         paths = Paths.from_env()
     with mount as stick:
@@ -229,7 +170,7 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.adapters.store import SpoolStore
 
-    settings, paths = _edge_settings(args)
+    settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
         raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
     store = SpoolStore(paths.spool_db)
@@ -250,7 +191,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.adapters.store import SpoolStore
     from gateway.edge.quarantine import Quarantine
 
-    _, paths = _edge_settings(args)
+    _, paths = edge_settings(args)
     if not paths.spool_db.exists():
         raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
     store = SpoolStore(paths.spool_db)
@@ -277,7 +218,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    files = _config_files(args, "cloud" if args.cloud else "gateway")
+    files = config_files(args, "cloud" if args.cloud else "gateway")
     (config.load_cloud if args.cloud else config.load_edge)(files)
     print(f"ok: {' + '.join(map(str, files))} is valid")
     return 0

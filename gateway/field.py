@@ -94,11 +94,11 @@ def cmd_decommission(args: argparse.Namespace) -> int:
 
 # -- edge: commission --------------------------------------------------------------------------
 def cmd_commission(args: argparse.Namespace) -> int:
-    from gateway.cli import _config_files
     from gateway.edge import commission
+    from gateway.settings_files import config_files
 
     logs.setup("ERROR", False)  # the report says what failed; progress goes to stderr, JSON to stdout
-    files = _config_files(args, "gateway")
+    files = config_files(args, "gateway")
     options = commission.Options(args.modality_host or "", args.modality_port, args.modality_ae or "", args.timeout)
     report = commission.run(files, options, say=lambda m: print(f"mgw: {m}", file=sys.stderr, flush=True))
     out_dir = Path(args.report_dir)
@@ -112,10 +112,10 @@ def cmd_commission(args: argparse.Namespace) -> int:
 
 # -- cloud -------------------------------------------------------------------------------------
 def _authority(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gateway.cli import _cloud_settings
     from gateway.cloud.authority import FleetAuthority
+    from gateway.settings_files import cloud_settings
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     a = settings.authority
     copies = (paths.key_file(a.broker_crl_file),) if a.broker_crl_file else ()
     return settings, paths, FleetAuthority(paths.key_file(a.pki_dir), crl_copies=copies)
@@ -128,10 +128,9 @@ def _enrol_url(settings: config.CloudSettings) -> str:
 
 def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     from gateway.adapters import blobs, keystore
-    from gateway.cli import run_service
     from gateway.cloud import ack_keys
     from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
-    from gateway.supervision import StartRecord
+    from gateway.supervision import StartRecord, run_service
 
     settings, paths, authority = _authority(args)
     logs.setup(settings.cloud.log_level, args.log_json)

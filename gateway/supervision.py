@@ -1,7 +1,7 @@
 """What a service remembers of its own starts, so that a restart shows in metrics and alerts.
 
 systemd restarts a cloud or edge service whose loop died (``Restart=on-failure`` and the
-watchdog: ``cli.run_service``). That is a safety net, not a fix, and it must never go unseen.
+watchdog: ``run_service`` below). That is a safety net, not a fix, and it must never go unseen.
 Each start of a service reads and rewrites ``<state>/starts/<service>.json``: how many times it
 started, when, and whether the run before ended cleanly (``stopped()`` marks a clean stop). A
 start after an unclean end (a crash, a watchdog kill, a power cut) is logged as
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from gateway import __version__
 from gateway.adapters import blobs
@@ -85,3 +88,41 @@ class StartRecord:
             blobs.write_atomic(self._path, json.dumps(asdict(starts)).encode(), mode=0o600)
         except OSError as exc:  # an observer: a full disk must not stop the service
             log.warning("start record not written", extra={"SERVICE": self.service, "ERROR": str(exc)})
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def alive(self) -> bool: ...
+
+
+def run_service(service: Service, name: str, starts: StartRecord | None = None) -> int:
+    """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal.
+
+    With ``starts``, the start is recorded and a clean stop marked, so that a run that dies
+    (its loop, or the process) shows as an unclean restart next time (``StartRecord``).
+    """
+    from gateway.adapters.sd_notify import Notifier
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    notifier = Notifier()
+    if starts is not None:
+        starts.started()
+    service.start()
+    notifier.ready(f"{name} running")
+    interval = notifier.watchdog_interval_s or 1.0
+    code = 0
+    while not stop.wait(interval):
+        if not service.alive():
+            log.error("a service loop died; exiting so that systemd restarts us",
+                      extra={"MESSAGE_ID": MSG.SERVICE_LOOP_DIED.value, "SERVICE": name})
+            code = 1
+            break
+        notifier.watchdog()
+    notifier.stopping()
+    service.stop()
+    if starts is not None and code == 0:
+        starts.stopped()
+    return code

@@ -22,10 +22,10 @@ log = logging.getLogger("gateway.cloud.ack_keys")
 def _untold_boxes(args: argparse.Namespace, since: float) -> list[str] | None:
     """Boxes whose newest certificate predates ``since`` (so they lack the next key), or None
     when this node holds no certificate registry."""
-    from gateway.cli import _cloud_settings
     from gateway.cloud.authority import FleetAuthority
+    from gateway.settings_files import cloud_settings
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     pki = paths.key_file(settings.authority.pki_dir)
     if not (pki / "registry.db").exists():
         return None
@@ -41,9 +41,9 @@ def _untold_boxes(args: argparse.Namespace, since: float) -> list[str] | None:
 
 
 def cmd_cloud_ack_key(args: argparse.Namespace) -> int:
-    from gateway.cli import _cloud_settings
+    from gateway.settings_files import cloud_settings
 
-    settings, paths = _cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
     path = paths.key_file(settings.cloud.ack_key_file)
     action = args.ack_key_cmd

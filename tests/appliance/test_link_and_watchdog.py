@@ -17,9 +17,9 @@ import pytest
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import MqttLink
 from gateway.adapters.sd_notify import Notifier
-from gateway.cli import run_service
 from gateway.config import MqttSettings
 from gateway.loopback import LoopbackDeployment
+from gateway.supervision import run_service
 from tests.peers import _missing, require_root, wait_for
 
 

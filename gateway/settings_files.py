@@ -1,0 +1,33 @@
+"""Which configuration files a command reads, and the settings and paths they give.
+
+``--config`` (repeatable) names the files; without it the defaults for the service name
+(``Paths.default_config_files``). Shared by every subcommand that loads a service's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway import config
+from gateway.core.errors import ConfigError
+from gateway.paths import Paths
+
+
+def config_files(args: argparse.Namespace, name: str) -> list[Path]:
+    files = [Path(p) for p in args.config] if args.config else Paths.from_env().default_config_files(name)
+    if not files:
+        raise ConfigError(f"no configuration: pass --config or create /etc/gateway/{name}.toml")
+    return files
+
+
+def edge_settings(args: argparse.Namespace) -> tuple[config.EdgeSettings, Paths]:
+    files = config_files(args, "gateway")
+    settings = config.load_edge(files)
+    return settings, Paths.from_env(settings.box.state_dir, base=files[0].parent)
+
+
+def cloud_settings(args: argparse.Namespace) -> tuple[config.CloudSettings, Paths]:
+    files = config_files(args, "cloud")
+    settings = config.load_cloud(files)
+    return settings, Paths.from_env(settings.cloud.state_dir, base=files[0].parent)
