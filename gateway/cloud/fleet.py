@@ -23,6 +23,7 @@ from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud import ack_keys, backends, broker
 from gateway.cloud.analytics import opening_hours
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
+from gateway.cloud.fleet_http import FleetHttp
 from gateway.cloud.fleet_store import Alert, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import acksig, fleet, schema, topics
@@ -75,12 +76,10 @@ class FleetService:
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
-        self.http: Any = None
+        self.http: FleetHttp | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        from gateway.cloud.fleet_http import FleetHttp
-
         self.http = FleetHttp(self, self.fleet.http_bind, self.fleet.http_port)
         self.http.start()
         self._worker.start()

@@ -17,27 +17,58 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gateway import __version__
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
 from gateway.cloud import analytics
-from gateway.config import BOX_ID
+from gateway.cloud.deadletter import DeadLetters
+from gateway.cloud.fleet_store import Alert, FleetStore
+from gateway.config import BOX_ID, FleetSettings
 from gateway.core.errors import GatewayError
 from gateway.core.fleet import AlertKind, BoxState
-
-if TYPE_CHECKING:
-    from gateway.cloud.fleet import FleetService
+from gateway.supervision import StartRecord
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 _DAY_S = 86400.0
 
 
+class Counters(Protocol):
+    @property
+    def messages(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def exams(self) -> int: ...
+
+
+class FleetView(Protocol):
+    """What the HTTP side reads from the fleet service (``fleet.FleetService``, which starts it).
+
+    A protocol, so that this module does not import the service that imports it.
+    """
+
+    @property
+    def fleet(self) -> FleetSettings: ...
+    @property
+    def store(self) -> FleetStore: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def dead_letters(self) -> DeadLetters: ...
+    @property
+    def starts(self) -> StartRecord: ...
+    def alive(self) -> bool: ...
+    def registry(self) -> list[BoxState]: ...
+    def open_alerts(self) -> list[Alert]: ...
+    def box(self, box_id: str) -> BoxState | None: ...
+
+
 class FleetHttp:
-    def __init__(self, service: FleetService, bind: str, port: int) -> None:
+    def __init__(self, service: FleetView, bind: str, port: int) -> None:
         self.service = service
         self.registry = metrics_http.registry_for(self._samples)
         handler = type("Handler", (_Handler,), {"fleet": self})
