@@ -27,7 +27,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from gateway.cloud.index_postgres import PostgresIndex
+from gateway.adapters.postgres_index import PostgresIndex
 from gateway.core import topics
 from gateway.core.codec import Codec
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.adapters.postgres_cluster import PostgresCluster
+from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive import Archive
-from gateway.cloud.fleet_store import FleetStore, SqliteFleetStore
+from gateway.cloud.fleet_store import FleetStore
 from gateway.cloud.staging import FileStaging, Staging
 from gateway.config import IndexSettings
 
@@ -36,14 +37,14 @@ class Backend:
     def archive(self, root: Path) -> Archive:
         if self.cluster is None:
             return Archive(root / "archive", root / "index.db")
-        from gateway.cloud.index_postgres import PostgresIndex
+        from gateway.adapters.postgres_index import PostgresIndex
 
         return Archive(root / "archive", PostgresIndex(self.dsn))
 
     def fleet_store(self, root: Path) -> FleetStore:
         if self.cluster is None:
             return SqliteFleetStore(root / "fleet.db")
-        from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+        from gateway.adapters.postgres_fleet_store import PostgresFleetStore
 
         return PostgresFleetStore(self.dsn)
 
@@ -54,7 +55,7 @@ class Backend:
     def staging(self, root: Path) -> Staging:
         if self.cluster is None:
             return FileStaging(root / "staging")
-        from gateway.cloud.staging_postgres import PostgresStaging
+        from gateway.adapters.postgres_staging import PostgresStaging
 
         return PostgresStaging(self.dsn)
 

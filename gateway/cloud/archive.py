@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapters import blobs, keystore
-from gateway.cloud.index import Index, SqliteIndex
+from gateway.adapters.sqlite_index import SqliteIndex
+from gateway.cloud.index import Index
 from gateway.core import atrest
 from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason

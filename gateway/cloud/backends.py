@@ -15,8 +15,9 @@ import logging
 import stat
 from pathlib import Path
 
+from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive import Archive
-from gateway.cloud.fleet_store import FleetStore, SqliteFleetStore
+from gateway.cloud.fleet_store import FleetStore
 from gateway.cloud.forward import Destination, destinations_from
 from gateway.cloud.staging import FileStaging, Staging
 from gateway.config import CloudSettings
@@ -42,7 +43,7 @@ def read_secret(path: Path) -> str:
 def _postgres() -> None:
     """psycopg is an optional extra (the edge image does not carry it): a clear error if absent."""
     try:
-        import psycopg  # noqa: F401
+        from gateway.adapters import postgres_index  # noqa: F401  (imports psycopg)
     except ImportError as exc:
         raise ConfigError("index.backend = \"postgres\" needs psycopg 3: "
                           "pip install 'modality-gateway[postgres]'") from exc
@@ -50,7 +51,7 @@ def _postgres() -> None:
 
 def postgres_dsn(settings: CloudSettings, paths: Paths) -> str:
     _postgres()
-    from gateway.cloud.index_postgres import with_password
+    from gateway.adapters.postgres_index import with_password
 
     index = settings.index
     if not index.password_file:
@@ -72,7 +73,7 @@ def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False)
     destinations = forward_destinations(settings)
     key_file = paths.key_file(settings.cloud.archive_key_file)
     if settings.index.backend == "postgres":
-        from gateway.cloud.index_postgres import PostgresIndex
+        from gateway.adapters.postgres_index import PostgresIndex
 
         index = PostgresIndex(postgres_dsn(settings, paths))
         archive = Archive(paths.archive_dir, index, destinations, key_file, migrating)
@@ -86,7 +87,7 @@ def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False)
 
 def open_staging(settings: CloudSettings, paths: Paths) -> Staging:
     if settings.index.backend == "postgres":
-        from gateway.cloud.staging_postgres import PostgresStaging
+        from gateway.adapters.postgres_staging import PostgresStaging
 
         return PostgresStaging(postgres_dsn(settings, paths))
     return FileStaging(paths.staging_dir)
@@ -101,7 +102,7 @@ def open_destinations(settings: CloudSettings, paths: Paths) -> list[Destination
 def open_fleet_store(settings: CloudSettings, paths: Paths) -> FleetStore:
     store: FleetStore
     if settings.index.backend == "postgres":
-        from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+        from gateway.adapters.postgres_fleet_store import PostgresFleetStore
 
         store = PostgresFleetStore(postgres_dsn(settings, paths))
     else:

@@ -11,7 +11,7 @@ that shares it (and waits for it); inside, ``put`` is durable before it returns.
   separates two holders in one process). Shared by the workers of one node; a
   clear unlinks the lock file, and a waiter that then gets the old inode sees
   the change and retries. The lock file's mtime is the transfer's last activity.
-* ``PostgresStaging`` (``gateway.cloud.staging_postgres``): chunks as rows, a
+* ``PostgresStaging`` (``gateway.adapters.postgres_staging``): chunks as rows, a
   session advisory lock per transfer; shared by workers on any machine.
 """
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.adapters import keystore
+from gateway.adapters.sqlite_index import MIGRATIONS
 from gateway.cloud.archive import (
     SCRATCH_DIR,
     Archive,
@@ -21,7 +22,6 @@ from gateway.cloud.archive import (
     TransferState,
     sanitise_uid,
 )
-from gateway.cloud.index import MIGRATIONS
 from gateway.core import atrest
 from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from gateway.adapters.postgres_cluster import PostgresCluster
+from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud import fleet_store
-from gateway.cloud.fleet_store import FleetStore, SqliteFleetStore
+from gateway.cloud.fleet_store import FleetStore
 from gateway.core.errors import StorageError
 from gateway.core.fleet import AlertKind, BoxState
 from tests.backends import Backend
@@ -123,15 +124,15 @@ def test_both_backends_have_the_same_tables_and_migrations_when_migrated(
         tmp_path: Path, pg_cluster: PostgresCluster) -> None:
     import psycopg
 
-    from gateway.cloud import fleet_store_postgres
+    from gateway.adapters import postgres_fleet_store
 
-    assert len(fleet_store_postgres.MIGRATIONS) == len(fleet_store.MIGRATIONS)
+    assert len(postgres_fleet_store.MIGRATIONS) == len(fleet_store.MIGRATIONS)
     SqliteFleetStore(tmp_path / "fleet.db").close()
     with sqlite3.connect(tmp_path / "fleet.db") as conn:
         lite = {(t, c[1]) for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 for c in conn.execute(f"PRAGMA table_info({t})")}
     dsn = pg_cluster.create_database("fleet_columns")
-    fleet_store_postgres.PostgresFleetStore(dsn).close()
+    postgres_fleet_store.PostgresFleetStore(dsn).close()
     with psycopg.connect(dsn) as conn:
         pg = set(conn.execute("SELECT table_name, column_name FROM information_schema.columns "
                               "WHERE table_schema = 'public' AND table_name <> 'fleet_schema_version'").fetchall())
@@ -141,7 +142,7 @@ def test_both_backends_have_the_same_tables_and_migrations_when_migrated(
 def test_store_reconnects_when_the_server_dropped_its_connection(pg_cluster: PostgresCluster) -> None:
     import psycopg
 
-    from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+    from gateway.adapters.postgres_fleet_store import PostgresFleetStore
 
     dsn = pg_cluster.create_database("fleet_reconnect")
     store = PostgresFleetStore(dsn)
@@ -159,7 +160,7 @@ def test_store_reconnects_when_the_server_dropped_its_connection(pg_cluster: Pos
 
 
 def test_schema_is_migrated_once_when_two_fleet_services_start_together(pg_cluster: PostgresCluster) -> None:
-    from gateway.cloud.fleet_store_postgres import PostgresFleetStore
+    from gateway.adapters.postgres_fleet_store import PostgresFleetStore
 
     dsn = pg_cluster.create_database("fleet_race")
     opened: list[FleetStore] = []

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.fleet_store import SqliteFleetStore
 from gateway.cloud.ingest import Ingest
 from gateway.config import BudgetSettings, DeadLetterSettings, IngestSettings
 from tests.backends import Backend

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from gateway.cloud.index_postgres import connect, database_name
+from gateway.adapters.postgres_index import connect, database_name
 from gateway.cloud.staging import Forget, StagedTransfer
 from gateway.core.errors import StorageError
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import psycopg
 
+from gateway.adapters.postgres_index import connect, database_name
 from gateway.cloud.fleet_store import SqlFleetStore, Statements
-from gateway.cloud.index_postgres import connect, database_name
 from gateway.core.errors import StorageError
 
 MIGRATION_LOCK = 0x6D67_7766_6C74  # "mgwflt"

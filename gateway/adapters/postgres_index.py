@@ -1,6 +1,6 @@
 """The archive index on PostgreSQL (psycopg 3), for ingest workers on several machines.
 
-Same tables and semantics as ``SqliteIndex`` (see ``gateway.cloud.index``).
+Same tables and semantics as ``SqliteIndex`` (contract: ``gateway.cloud.index``).
 Concurrency: a transaction that names a ``lock_key`` first takes
 ``pg_advisory_xact_lock`` on a 64-bit hash of it, so two workers filing the same
 SOP Instance UID are serialised exactly as ``BEGIN IMMEDIATE`` serialises them
@@ -93,7 +93,7 @@ def connect(dsn: str, what: str) -> psycopg.Connection[Any]:
 
 def database_name(dsn: str) -> str:
     try:
-        return "postgresql:" + psycopg.conninfo.conninfo_to_dict(dsn).get("dbname", "?")
+        return "postgresql:" + str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "?")
     except psycopg.Error:
         return "postgresql:?"
 
@@ -134,7 +134,7 @@ class PostgresIndex:
                 raise StorageError(f"archive index {self.where} has schema {version}, newer than this software")
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
-                    self._conn.execute(statement)  # type: ignore[call-overload]
+                    self._conn.execute(statement)
                 self._conn.execute("UPDATE schema_version SET version = %s", [number])
 
     def schema_version(self) -> int:
