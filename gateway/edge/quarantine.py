@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.uid import UID
-
 from gateway.adapters import blobs
+from gateway.adapters.dicom_names import sop_class_name
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.core import spool
@@ -57,10 +56,6 @@ class Entry:
         return dict(self.__dict__)
 
 
-def _sop_class_name(uid: str) -> str:
-    return UID(uid).name if UID(uid).name != uid else "unknown SOP class"
-
-
 class Quarantine:
     def __init__(self, store: SpoolStore, paths: Paths) -> None:
         self._store = store
@@ -69,7 +64,7 @@ class Quarantine:
 
     def _item_entry(self, item: SpoolItem) -> Entry:
         return Entry(
-            id=str(item.id), kind="item", sop_class=_sop_class_name(item.sop_class_uid), calling_ae=item.calling_ae,
+            id=str(item.id), kind="item", sop_class=sop_class_name(item.sop_class_uid), calling_ae=item.calling_ae,
             bytes=item.size, received_at=item.received_at, reason=item.reason or "", pack_attempts=item.pack_attempts,
             sha256_prefix=item.sha256[:12], blob_present=(self._paths.blob_dir / item.blob_name).is_file())
 
