@@ -30,7 +30,6 @@ import hashlib
 import ipaddress
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.adapters import blobs
+from gateway.adapters.sqlite_db import SqliteDatabase
 from gateway.config import BOX_ID
 from gateway.core.errors import ConfigError, PeerError
 
@@ -145,13 +145,13 @@ class FleetAuthority:
         self._ca_key = serialization.load_pem_private_key(self._read_key(self.ca_key_path), None)
         self.ca_pem = self.ca_cert_path.read_bytes()
         self._ca_cert = x509.load_pem_x509_certificate(self.ca_pem)
-        self._db = sqlite3.connect(pki_dir / "registry.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._registry = SqliteDatabase(pki_dir / "registry.db", "enrolment registry")  # WAL, FULL
+        self._db = self._registry.conn
+        self._db.row_factory = None  # plain tuples
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        self._registry.close()
 
     # -- the CA itself ------------------------------------------------------------------------
     @staticmethod
