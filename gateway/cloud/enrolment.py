@@ -36,10 +36,8 @@ from cryptography.x509.oid import NameOID
 
 from gateway.cloud.authority import EnrolmentRefusedError, FleetAuthority, Issued, token_ref
 from gateway.cloud.enrolment_guard import (
-    EnrolRequest,
     Guard,
     Lockout,
-    ReenrolRequest,
     Refusal,
     address_key,
     parse,
@@ -47,6 +45,7 @@ from gateway.cloud.enrolment_guard import (
 )
 from gateway.config import EnrolmentLimitSettings
 from gateway.core.acksig import AckKeyring
+from gateway.core.schema import EnrolRequest, ReenrolRequest
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)

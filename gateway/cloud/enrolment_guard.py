@@ -17,33 +17,16 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, BinaryIO, TypeVar
-
-import msgspec
+from typing import BinaryIO, TypeVar
 
 from gateway.config import EnrolmentLimitSettings
+from gateway.core import schema
+from gateway.core.errors import FrameError
 from gateway.core.ratelimit import LockoutPolicy, Lockouts, Rate, TokenBuckets
 from gateway.logs import MSG
 
 T = TypeVar("T")
 KINDS = ("address", "token", "box")
-_PEM = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
-_TOKEN = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
-
-
-class EnrolRequest(msgspec.Struct, frozen=True):
-    """``POST simpleenroll``: a one-time token and the box's CSR (PEM). Unknown keys are ignored."""
-
-    token: _TOKEN
-    csr: _PEM
-
-
-class ReenrolRequest(msgspec.Struct, frozen=True):
-    """``POST simplereenroll``: the CSR (PEM) for the renewed certificate."""
-
-    csr: _PEM
-
-
 class Refusal(Exception):  # noqa: N818 - an answer, not a failure of ours
     """A request refused before or instead of being served: status, MESSAGE_ID, reason, Retry-After."""
 
@@ -100,9 +83,9 @@ def read_body(rfile: BinaryIO, content_length: str | None, transfer_encoding: st
 def parse(body: bytes, kind: type[T]) -> T:
     """``body`` as the typed request ``kind``, or a 400 refusal naming the offending field."""
     try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.DecodeError as exc:  # ValidationError is one too
-        raise Refusal(400, MSG.ENROLMENT_BAD_REQUEST, f"request body is not a valid request: {exc}") from exc
+        return schema.parse(kind, body, "request body")  # the shapes: schema.EnrolRequest, ReenrolRequest
+    except FrameError as exc:
+        raise Refusal(400, MSG.ENROLMENT_BAD_REQUEST, f"not a valid request: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Typed shapes of every JSON message a box sends the cloud, parsed at the boundary: pure.
+"""Typed shapes of every JSON message a box sends the cloud (MQTT and enrolment), parsed at the boundary: pure.
 
 A message from a box is hostile until it is parsed. ``parse(kind, payload)`` turns the bytes of
 one MQTT message into a frozen, fully typed value or raises ``FrameError`` with a reason that
@@ -133,6 +133,24 @@ class ManifestV1(_Message, frozen=True, forbid_unknown_fields=True):
     series_instance_uid: Uid
     transfer_syntax_uid: Uid
     item_id: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # the edge's own row id; only echoed
+
+
+# -- enrolment requests (HTTPS bodies a box posts to the enrolment server) --------------------------------
+Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
+EnrolToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+
+
+class EnrolRequest(msgspec.Struct, frozen=True):
+    """``POST simpleenroll``: a one-time token and the box's CSR (PEM). Unknown keys are ignored."""
+
+    token: EnrolToken
+    csr: Pem
+
+
+class ReenrolRequest(msgspec.Struct, frozen=True):
+    """``POST simplereenroll``: the CSR (PEM) for the renewed certificate."""
+
+    csr: Pem
 
 
 State = Birth | Death  # decoded by the "kind" tag
