@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 
 T = TypeVar("T")
 

@@ -135,7 +135,10 @@ def _wait_for_interrupt() -> None:
 
 def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int:
     root = workdir or Path(tempfile.mkdtemp(prefix="mgw-demo-"))
-    say = (lambda msg: print(msg, file=sys.stderr)) if not as_json else (lambda msg: None)
+    def say(msg: str) -> None:
+        if not as_json:
+            print(msg, file=sys.stderr)
+
     summary = Summary()
     started = time.monotonic()
     deployment: LoopbackDeployment | None = None

@@ -97,7 +97,9 @@ class LinkProxy:
                     moved += len(data)
                     self.bytes_moved += len(data)
                     if self.drop_after_bytes and moved >= self.drop_after_bytes:
-                        return _reset(a) or _reset(b)
+                        _reset(a)
+                        _reset(b)
+                        return
                 with self._lock:
                     if a not in self._conns:
                         return

@@ -36,10 +36,10 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float
 def write_probe_instance(path: Path) -> str:
     """Write a 4x4 Secondary Capture to ``path``; return its SOP Instance UID."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

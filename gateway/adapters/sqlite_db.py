@@ -2,7 +2,7 @@
 
 The edge's side databases (exam records, Storage Commitment requests) and the cloud's fleet
 store each open one of these instead of repeating the same connection code. Every
-``sqlite3.Error`` leaves here as ``StorageError`` naming the database (STYLE.md section 3).
+``sqlite3.Error`` leaves here as ``StorageError`` naming the database (docs/development.md, "Errors").
 """
 
 from __future__ import annotations

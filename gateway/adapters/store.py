@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -118,7 +119,7 @@ class SpoolItem:
     acked_at: float | None
 
     @classmethod
-    def from_row(cls, row: dict) -> SpoolItem:
+    def from_row(cls, row: dict[str, Any]) -> SpoolItem:
         row = dict(row)
         row["state"] = ItemState(row["state"])
         row["acked_ranges"] = tuple(tuple(r) for r in json.loads(row["acked_ranges"]))
@@ -165,7 +166,7 @@ class SpoolStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"spool database {self.path}: {exc}") from exc
 
-    def _query(self, sql: str, params: tuple = ()) -> list[SpoolItem]:
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[SpoolItem]:
         with self._lock:
             try:
                 rows = list(self.db.query(sql, params))
@@ -173,7 +174,7 @@ class SpoolStore:
                 raise StorageError(f"spool database {self.path}: {exc}") from exc
         return [SpoolItem.from_row(r) for r in rows]
 
-    def add_received(self, meta: dict, blob_name: str, now: float, priority: int = 0) -> int:
+    def add_received(self, meta: dict[str, Any], blob_name: str, now: float, priority: int = 0) -> int:
         """Commit a received instance (its blob is already durable)."""
         row = dict(meta, blob_name=blob_name, received_at=now, updated_at=now,
                    priority=priority, state=ItemState.RECEIVED.value)
@@ -201,7 +202,7 @@ class SpoolStore:
                 "SELECT id, calling_ae, instances, priority, first_received_at FROM studies"
                 " WHERE completed_at IS NULL AND last_received_at <= ?", (cutoff,)).fetchall()
             conn.executemany("UPDATE studies SET completed_at = ? WHERE id = ?", [(now, r[0]) for r in rows])
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(int(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     def get(self, item_id: int) -> SpoolItem | None:
         items = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
@@ -287,7 +288,7 @@ class SpoolStore:
 
     def integrity_ok(self) -> bool:
         with self._lock:
-            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
     def close(self) -> None:
         with self._lock:

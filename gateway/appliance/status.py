@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.adapters import blobs
 from gateway.core.errors import GatewayError
@@ -56,17 +57,19 @@ def record_edge_ready(runtime_dir: Path, version: str, now: float) -> None:
     _write(runtime_dir / EDGE_STATUS_FILE, {"pid": os.getpid(), "version": version, "ready_at": now})
 
 
-def read_edge_status(runtime_dir: Path) -> dict | None:
+def read_edge_status(runtime_dir: Path) -> dict[str, Any] | None:
     """The running edge's status, or None if absent or its process is gone."""
     try:
         doc = json.loads((runtime_dir / EDGE_STATUS_FILE).read_text())
+        if not isinstance(doc, dict):
+            return None
         os.kill(int(doc["pid"]), 0)
         return doc
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write(path: Path, doc: dict) -> None:
+def _write(path: Path, doc: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         blobs.write_atomic(path, json.dumps(doc).encode(), mode=0o644)

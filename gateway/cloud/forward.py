@@ -44,7 +44,8 @@ class ForwardState(enum.Enum):
 
 
 class Destination(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def send(self, original: Original, size: int, sop_instance_uid: str) -> None:
         """Send the archived object whose bytes ``original()`` yields (``size`` of them, opened in

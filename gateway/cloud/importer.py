@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.appliance.export import EXPORT_FORMAT, EXPORT_PREFIX, EXPORT_VERSION, MANIFEST_NAME, read_frames
 from gateway.cloud.archive import Archive, TransferState
@@ -56,7 +57,7 @@ def import_exports(path: Path, ingest: Ingest, archive: Archive) -> ImportSummar
     return summary
 
 
-def _manifest(directory: Path) -> dict:
+def _manifest(directory: Path) -> dict[str, Any]:
     try:
         doc = json.loads((directory / MANIFEST_NAME).read_text())
     except (OSError, ValueError) as exc:

@@ -8,27 +8,31 @@ carry, a CharLS error) is reported as ``None`` and the caller codes it byte-leve
 
 from __future__ import annotations
 
+from typing import Any
+
 import jpeg_ls
 import numpy as np
 
 from gateway.core.errors import CodecError
 from gateway.core.segment import ImageCodec, SampleTransform, SegmentHeader, SegmentKind
 
-_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
+_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
 
 
 def _forward(samples: np.ndarray, transform: SampleTransform, bits: int) -> np.ndarray:
     if transform is SampleTransform.NONE:
         return samples
     # two's complement of `bits` bits -> offset binary: add 2**(bits-1) modulo 2**bits
-    return (samples + samples.dtype.type(1 << (bits - 1))) & samples.dtype.type((1 << bits) - 1)
+    shifted: np.ndarray = (samples + samples.dtype.type(1 << (bits - 1))) & samples.dtype.type((1 << bits) - 1)
+    return shifted
 
 
 def _inverse(samples: np.ndarray, transform: SampleTransform, bits: int) -> np.ndarray:
     if transform is SampleTransform.NONE:
         return samples
     # subtract the offset modulo 2**(8*width): sign-extends to the stored width
-    return samples - samples.dtype.type(1 << (bits - 1))
+    restored: np.ndarray = samples - samples.dtype.type(1 << (bits - 1))
+    return restored
 
 
 def encode_strip(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from gateway.adapters import blobs
 from gateway.adapters.mqtt_link import PacketTooLargeError
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 PERSIST_EVERY_S = 1.0
 
 
-class Publisher:  # the slice of MqttLink the sender needs
+class Publisher(Protocol):  # the slice of MqttLink the sender needs
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 expiry_s: int | None = None) -> bool: ...
 

@@ -205,6 +205,6 @@ def test_chunk_nonce_differs_when_seqs_differ(a: int, b: int) -> None:
 
 
 def test_envelope_errors_are_peer_errors_when_raised_for_tampering() -> None:
-    """Who broke the contract: the other side, so the error sits under PeerError (STYLE section 3)."""
+    """Who broke the contract: the other side, so the error sits under PeerError (docs/development.md, "Errors")."""
     assert issubclass(EnvelopeTamperedError, PeerError)
     assert envelope.ENVELOPE_VERSION == 1

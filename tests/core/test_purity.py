@@ -2,8 +2,9 @@
 
 An ``ast`` scan of every module under gateway/core/ (new modules are picked up automatically)
 allows imports only from an explicit list of side-effect-free standard library modules,
-``zstandard``, ``cryptography`` and ``gateway.core`` itself (STYLE section 1), and no calls to
-the builtins that do I/O or import by name. Randomness and time are passed in by the caller.
+``zstandard``, ``cryptography``, ``msgspec`` and ``gateway.core`` itself, and no calls to the
+builtins that do I/O or import by name. Randomness and time are passed in by the caller
+(docs/development.md, "Layout and layers").
 """
 
 from __future__ import annotations
