@@ -149,16 +149,9 @@ class FileKeyStore:
             return 0
         count = 0
         for path in sorted(self.directory.iterdir()):
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            with open(path, "r+b") as fh:
-                fh.write(os.urandom(size))
-                fh.flush()
-                os.fsync(fh.fileno())
-            path.unlink()
-            count += 1
-        blobs.fsync_dir(self.directory)
+            if path.is_file():
+                erase_file(path)
+                count += 1
         return count
 
 
