@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.core.errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
+from gateway.core.topics import BOX_ID_PATTERN
 
 T = TypeVar("T")
 
@@ -311,7 +312,7 @@ class CloudSettings:
     dead_letters: DeadLetterSettings = _f(None, "the dead-letter store for messages that cannot be processed")
 
 
-BOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BOX_ID = re.compile(BOX_ID_PATTERN)
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 

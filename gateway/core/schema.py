@@ -20,13 +20,14 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from gateway.core.errors import FrameError
+from gateway.core.topics import BOX_ID_PATTERN
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a heartbeat is ~600 bytes; anything near this is not ours
 
 T = TypeVar("T")
 
 # -- value types, with their bounds ------------------------------------------------------------------------
-BoxId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+BoxId = Annotated[str, msgspec.Meta(pattern=BOX_ID_PATTERN)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # what a BIGINT column holds
 Count32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # what an INTEGER column holds on both backends
 Time = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]  # Unix seconds, finite (year < 5000)

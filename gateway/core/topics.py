@@ -12,7 +12,8 @@ import re
 
 from gateway.core.errors import FrameError
 
-_BOX = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BOX_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # the one definition of a box id (no dot: cloud ids have one)
+_BOX = re.compile(BOX_ID_PATTERN)
 _HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
