@@ -193,7 +193,8 @@ class LoopbackDeployment:
     def start_cloud(self) -> None:
         for n in range(len(self.clouds)):
             self.start_cloud_worker(n)
-        self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
+        if self.fleet is None or self.fleet.poll() is not None:  # a restart of the workers keeps the fleet
+            self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
 
     @property
     def dashboard_url(self) -> str:
