@@ -23,6 +23,7 @@ from gateway.tomlwrite import render_toml
 
 BOX_ID = "demo-box"
 EDGE_AE = "MGW"
+SUBSCRIBED = "subscriptions granted"  # the MQTT link's log line at SUBACK (MSG.UPLINK_SUBSCRIBED)
 MODALITY_AE = "MODALITY"  # the calling AE title the tests' modality uses; provisioning admits it
 
 
@@ -52,6 +53,7 @@ class LoopbackDeployment:
         self.edge: subprocess.Popen[bytes] | None = None
         self.cloud: subprocess.Popen[bytes] | None = None  # the first ingest worker
         self.clouds: list[subprocess.Popen[bytes] | None] = [None] * cloud_workers
+        self._subscribed_marks: dict[int, int] = {}  # worker -> its log's SUBSCRIBED count at its last start
         self._cloud_overrides = cloud_overrides or {}
         self.fleet: subprocess.Popen[bytes] | None = None
         self.fleet_port = free_port()
@@ -129,6 +131,7 @@ class LoopbackDeployment:
         self.broker.start()
         self.write_configs()
         self.start_cloud()
+        self.wait_cloud_subscribed()
         if self.secure:
             self.start_enrolment()
             self.provision_edge(self.create_token())
@@ -202,9 +205,29 @@ class LoopbackDeployment:
 
     def start_cloud_worker(self, n: int) -> None:
         log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
+        self._subscribed_marks[n] = self._count_in_log(log_name, SUBSCRIBED)
         self.clouds[n] = self._spawn(["cloud", "run", "--config", str(self.cloud_worker_toml(n))], log_name)
         if n == 0:
             self.cloud = self.clouds[0]
+
+    def _count_in_log(self, log_name: str, text: str) -> int:
+        path = self.root / log_name
+        return path.read_text(errors="replace").count(text) if path.exists() else 0
+
+    def wait_cloud_subscribed(self, timeout_s: float = 60.0) -> None:
+        """Wait until every cloud worker started since has its subscriptions granted by the broker.
+
+        Until then the broker has no session for a fresh worker, and what boxes publish is not
+        delivered to it (the edge resends; a test that publishes once must wait)."""
+        deadline = time.monotonic() + timeout_s
+        for n, proc in enumerate(self.clouds):
+            log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
+            while self._count_in_log(log_name, SUBSCRIBED) <= self._subscribed_marks.get(n, 0):
+                if proc is not None and proc.poll() is not None:
+                    raise LocalError(f"cloud worker {n + 1} exited early with {proc.returncode}; see {self.root}/*.log")
+                if time.monotonic() > deadline:
+                    raise LocalError(f"cloud worker {n + 1} had no subscription granted within {timeout_s} s")
+                time.sleep(0.05)
 
     def start_edge(self, wait_s: float = 30.0) -> None:
         configs = ["--config", str(self.edge_toml)]

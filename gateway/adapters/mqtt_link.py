@@ -102,6 +102,8 @@ class MqttLink:
         self._client.max_inflight_messages_set(max_inflight)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
+        self._client.on_subscribe = self._handle_suback
+        self._pending_subscriptions: dict[int, list[str]] = {}  # SUBSCRIBE mid -> topics, until SUBACK
         self._client.on_message = self._handle_message
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
@@ -344,8 +346,11 @@ class MqttLink:
                 "MESSAGE_ID": MSG.UPLINK_DOWN.value, "REASON": str(reason_code)})
             return
         self._apply_server_limits(client, properties)
-        for topic, qos in self._subscriptions:
-            client.subscribe(topic, qos=qos)
+        self._pending_subscriptions.clear()
+        if self._subscriptions:
+            result, mid = client.subscribe([(topic, qos) for topic, qos in self._subscriptions])
+            if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+                self._pending_subscriptions[mid] = [topic for topic, _ in self._subscriptions]
         self._epoch += 1
         self._connected.set()
         log.info("uplink connected", extra={
@@ -374,6 +379,17 @@ class MqttLink:
         if not self.server_max_packet_bytes:
             return 0
         return max(0, self.server_max_packet_bytes - (publish_packet_bytes(topic, b"", 1, False) + 4))
+
+    def _handle_suback(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        """Log what the broker granted: a refused subscription means this service hears nothing."""
+        topics = self._pending_subscriptions.pop(mid, [])
+        refused = [f"{topic}: {code}" for topic, code in zip(topics, reason_codes, strict=False) if code.is_failure]
+        if refused:
+            log.error("broker refused subscription", extra={
+                "MESSAGE_ID": MSG.SUBSCRIPTION_REFUSED.value, "REFUSED": "; ".join(refused)})
+        elif topics:
+            log.info("subscriptions granted", extra={"MESSAGE_ID": MSG.UPLINK_SUBSCRIBED.value,
+                                                     "TOPICS": ",".join(topics)})
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._set_down(str(reason_code))

@@ -7,6 +7,7 @@ certificate's open connections are dropped within REVOCATION_BOUND_S.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.adapters.mqtt_link import MqttLink
 from gateway.cloud.authority import FleetAuthority
+from gateway.config import MqttSettings
 from tests.peers import wait_for
 from tests.tls_peers import PREFIX, Client, box_identity, service_identity, start_tls_broker
 
@@ -203,3 +206,23 @@ def test_superseded_certificate_is_refused_and_the_renewed_one_admitted_when_a_b
     wait_for(on_old.disconnected.is_set, 15, "the connection on the superseded certificate to drop")
     assert client("box-n", cert=new).connect() == "ok"  # the box's reconnect with its new certificate
     assert client("box-n", cert=old).connect().startswith(("tls:", "closed", "refused"))
+
+
+def test_link_logs_which_subscriptions_the_broker_refused_when_a_box_asks_for_another_box_topics(
+        fleet, caplog: pytest.LogCaptureFixture) -> None:
+    authority, broker, _, _, tmp_path = fleet
+    cert, key = box_identity(authority, "box-a", tmp_path / "link")
+    settings = MqttSettings(host="127.0.0.1", port=broker.port, ca_file=str(authority.ca_cert_path),
+                            cert_file=str(cert), key_file=str(key))
+    link = MqttLink(settings, "box-a", subscriptions=[(f"{PREFIX}/box-a/ack", 1), (f"{PREFIX}/box-b/ack", 1)],
+                    on_message=lambda m: None)
+    caplog.set_level(logging.INFO, logger="gateway.adapters.mqtt_link")
+    link.start()
+    try:
+        refused = wait_for(lambda: [r for r in caplog.records if r.getMessage() == "broker refused subscription"],
+                           30, "the refused subscription logged")
+    finally:
+        link.stop()
+    assert refused[0].levelno == logging.ERROR
+    assert getattr(refused[0], "REFUSED") == f"{PREFIX}/box-b/ack: Not authorized"
+    assert not [r for r in caplog.records if r.getMessage() == "subscriptions granted"]
