@@ -43,7 +43,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import dcmtk_env, find_dcmtk, storescu_profile
-from gateway.cloud.archive import KEY_FILE, SCRATCH_DIR, original_sha256
+from gateway.cloud.archive.store import KEY_FILE, SCRATCH_DIR, original_sha256
 from gateway.core.errors import LocalError
 from gateway.link_proxy import LinkProxy
 from gateway.loopback import EDGE_AE, LoopbackDeployment

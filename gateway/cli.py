@@ -35,7 +35,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 def cmd_cloud_run(args: argparse.Namespace) -> int:
     settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, args.log_json)
-    from gateway.cloud.service import CloudService
+    from gateway.cloud.ingest.service import CloudService
 
     service = CloudService(settings, paths)
     return run_service(service, "cloud ingest", service.starts)
@@ -44,7 +44,7 @@ def cmd_cloud_run(args: argparse.Namespace) -> int:
 def cmd_cloud_fleet(args: argparse.Namespace) -> int:
     settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, args.log_json)
-    from gateway.cloud.fleet import FleetService
+    from gateway.cloud.fleet.service import FleetService
 
     fleet = FleetService(settings, paths)
     return run_service(fleet, "cloud fleet", fleet.starts)
@@ -74,9 +74,10 @@ def cmd_cloud_keygen(args: argparse.Namespace) -> int:
 
 def cmd_cloud_import(args: argparse.Namespace) -> int:
     from gateway.adapters import keystore
-    from gateway.cloud import ack_keys, backends
-    from gateway.cloud.importer import import_exports
-    from gateway.cloud.ingest import Ingest
+    from gateway.cloud import backends
+    from gateway.cloud.authority import ack_keys
+    from gateway.cloud.ingest.importer import import_exports
+    from gateway.cloud.ingest.pipeline import Ingest
 
     settings, paths = cloud_settings(args)
     logs.setup(settings.cloud.log_level, False)
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
 
     field.add_commands(sub, cloud, with_config)
-    from gateway.cloud import ack_key_cli  # the ack signing keys (signed acks, wire v2)
+    from gateway.cloud.authority import ack_key_cli  # the ack signing keys (signed acks, wire v2)
 
     ack_key_cli.add_command(cloud, with_config)
     return parser

@@ -91,7 +91,7 @@ def _verify(root: Path, files: list[Path], summary: Summary, progress: bool) -> 
     on disk at the modality is not the reference; what crossed the wire is.
     """
     from gateway.adapters.store import SpoolStore
-    from gateway.cloud.archive import Archive
+    from gateway.cloud.archive.store import Archive
 
     deadline = time.monotonic() + TIMEOUT_S
     matched: set[str] = set()

@@ -112,7 +112,7 @@ def cmd_commission(args: argparse.Namespace) -> int:
 
 # -- cloud -------------------------------------------------------------------------------------
 def _authority(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gateway.cloud.authority import FleetAuthority
+    from gateway.cloud.authority.ca import FleetAuthority
     from gateway.settings_files import cloud_settings
 
     settings, paths = cloud_settings(args)
@@ -128,8 +128,8 @@ def _enrol_url(settings: config.CloudSettings) -> str:
 
 def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     from gateway.adapters import blobs, keystore
-    from gateway.cloud import ack_keys
-    from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
+    from gateway.cloud.authority import ack_keys
+    from gateway.cloud.enrolment.server import BoxDirections, EnrolmentServer
     from gateway.supervision import StartRecord, run_service
 
     settings, paths, authority = _authority(args)
@@ -150,7 +150,7 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_token(args: argparse.Namespace) -> int:
-    from gateway.cloud.authority import token_ref
+    from gateway.cloud.authority.ca import token_ref
 
     settings, _, authority = _authority(args)
     ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
@@ -192,7 +192,8 @@ def cmd_cloud_certs(args: argparse.Namespace) -> int:
 
 def cmd_cloud_broker_config(args: argparse.Namespace) -> int:
     from gateway.adapters.mosquitto import render_config
-    from gateway.cloud import broker, emqx
+    from gateway.cloud.broker import emqx
+    from gateway.cloud.broker import pki as broker
 
     settings, paths, authority = _authority(args)
     out = Path(args.out)

@@ -92,7 +92,7 @@ class LoopbackDeployment:
             self.install_ack_keyring()
 
     def install_ack_keyring(self) -> None:
-        from gateway.cloud import ack_keys
+        from gateway.cloud.authority import ack_keys
         from gateway.edge import ack_keyring
 
         ack_keys.load_signer(self.ack_key_file)
@@ -139,8 +139,8 @@ class LoopbackDeployment:
 
     # -- secure mode: fleet CA, mutual TLS broker, enrolment, a provisioned box ------------------
     def _prepare_pki(self) -> None:
-        from gateway.cloud import broker as broker_pki
-        from gateway.cloud.authority import FleetAuthority
+        from gateway.cloud.authority.ca import FleetAuthority
+        from gateway.cloud.broker import pki as broker_pki
 
         crl = self.root / "broker" / "pki" / "crl.pem"
         self.authority = FleetAuthority(self.cloud_dir / "pki", crl_copies=(crl,))

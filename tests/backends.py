@@ -13,9 +13,9 @@ from pathlib import Path
 
 from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
-from gateway.cloud.archive import Archive
-from gateway.cloud.fleet_store import FleetStore
-from gateway.cloud.staging import FileStaging, Staging
+from gateway.cloud.archive.store import Archive
+from gateway.cloud.fleet.store import FleetStore
+from gateway.cloud.ingest.staging import FileStaging, Staging
 from gateway.config import IndexSettings
 
 _numbers = itertools.count()

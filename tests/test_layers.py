@@ -73,11 +73,11 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/adapters/keystore.py": "creates and loads the box's keys and CSRs",
         "gateway/adapters/enrolment_client.py": "pins the enrolment server's certificate",
         "gateway/adapters/host.py": "reads certificate expiry for the health report",
-        "gateway/cloud/authority.py": "the fleet CA: it signs certificates and CRLs; that is its job",
+        "gateway/cloud/authority/ca.py": "the fleet CA: it signs certificates and CRLs; that is its job",
         # Exceptions: x509 parsing is computation on bytes already read, like the core's crypto;
         # an adapter around it would rename cryptography's types one for one.
-        "gateway/cloud/broker.py": "exception: reads the broker certificate's names (x509 parsing)",
-        "gateway/cloud/enrolment.py": "exception: reads the CSR and peer certificate's names (x509)",
+        "gateway/cloud/broker/pki.py": "exception: reads the broker certificate's names (x509 parsing)",
+        "gateway/cloud/enrolment/server.py": "exception: reads the CSR and peer certificate's names (x509)",
         "gateway/edge/provision.py": "exception: checks the issued certificate against the CA (x509)",
         "gateway/edge/renewal.py": "exception: reads the box certificate's expiry (x509)",
         "gateway/bundle.py": "exception: signs and verifies update bundles (Ed25519)",
@@ -202,8 +202,8 @@ def test_every_contract_row_names_a_module_that_exists_when_checked() -> None:
 
 
 @pytest.mark.parametrize(("relpath", "source"), [
-    ("gateway/cloud/index.py", "from sqlite_utils import Database"),
-    ("gateway/cloud/fleet_store.py", "import sqlite3"),
+    ("gateway/cloud/archive/index.py", "from sqlite_utils import Database"),
+    ("gateway/cloud/fleet/store.py", "import sqlite3"),
     ("gateway/edge/quarantine.py", "def f():\n    from pydicom.uid import UID\n"),
     ("gateway/edge/x.py", "if TYPE_CHECKING:\n    import psycopg\n"),
     ("gateway/adapters/store.py", "import paho.mqtt.client as paho"),

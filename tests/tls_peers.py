@@ -24,8 +24,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.adapters.mosquitto import MosquittoBroker
-from gateway.cloud import broker as broker_pki
-from gateway.cloud.authority import FleetAuthority
+from gateway.cloud.authority.ca import FleetAuthority
+from gateway.cloud.broker import pki as broker_pki
 
 PREFIX = "mgw/v1"
 # mosquitto's words when a client's stream broke: TLS record errors, framing errors, drops.

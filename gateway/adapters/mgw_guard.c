@@ -3,7 +3,7 @@
  * Identity is the client certificate's common name (CN), never what the client
  * says. Built and configured by gateway/adapters/mosquitto.py; the rules are
  * documented in docs/security.md ("Broker authorisation") and mirrored for EMQX
- * by gateway/cloud/emqx.py.
+ * by gateway/cloud/broker/emqx.py.
  *
  *  - CONNECT: the client id must be the CN, or the CN followed by ':' and a
  *    lowercase role (a box's "<box>:telemetry"); otherwise the CONNECT is

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from gateway.adapters.postgres_index import connect, database_name
-from gateway.cloud.fleet_store import SqlFleetStore, Statements
+from gateway.cloud.fleet.store import SqlFleetStore, Statements
 from gateway.core.errors import StorageError
 
 MIGRATION_LOCK = 0x6D67_7766_6C74  # "mgwflt"

@@ -1,6 +1,6 @@
 """The archive index on PostgreSQL (psycopg 3), for ingest workers on several machines.
 
-Same tables and semantics as ``SqliteIndex`` (contract: ``gateway.cloud.index``).
+Same tables and semantics as ``SqliteIndex`` (contract: ``gateway.cloud.archive.index``).
 Concurrency: a transaction that names a ``lock_key`` first takes
 ``pg_advisory_xact_lock`` on a 64-bit hash of it, so two workers filing the same
 SOP Instance UID are serialised exactly as ``BEGIN IMMEDIATE`` serialises them
@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gateway.cloud.index import Row
+from gateway.cloud.archive.index import Row
 from gateway.core.errors import StorageError
 
 MIGRATION_LOCK = 0x6D67_7769_6478  # "mgwidx"
@@ -41,7 +41,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
              chunks integer NOT NULL DEFAULT 0, updated_at double precision NOT NULL,
              PRIMARY KEY (box_id, transfer_id))""",
         "CREATE INDEX transfers_state ON transfers (state, updated_at)",
-        # Shared staging (gateway.cloud.staging.PostgresStaging): any worker may hold any chunk.
+        # Shared staging (gateway.cloud.ingest.staging.PostgresStaging): any worker may hold any chunk.
         """CREATE TABLE staged_chunks (
              box_id text NOT NULL, transfer_id text NOT NULL, seq integer NOT NULL, frame bytea NOT NULL,
              PRIMARY KEY (box_id, transfer_id, seq))""",

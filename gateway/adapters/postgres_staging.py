@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from gateway.adapters.postgres_index import connect, database_name
-from gateway.cloud.staging import Forget, StagedTransfer
+from gateway.cloud.ingest.staging import Forget, StagedTransfer
 from gateway.core.errors import StorageError
 
 

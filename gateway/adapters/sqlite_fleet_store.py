@@ -1,6 +1,6 @@
 """The fleet store on SQLite: one file beside the fleet service's state (WAL, ``synchronous=NORMAL``).
 
-The statements, migrations and rules are ``SqlFleetStore``'s (``gateway.cloud.fleet_store``);
+The statements, migrations and rules are ``SqlFleetStore``'s (``gateway.cloud.fleet.store``);
 this module supplies the connection, the transactions and ``PRAGMA user_version`` as the schema
 version. ``sqlite3.Error`` becomes ``StorageError``.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.cloud.fleet_store import MIGRATIONS, SqlFleetStore, Statements
+from gateway.cloud.fleet.store import MIGRATIONS, SqlFleetStore, Statements
 from gateway.core.errors import StorageError
 
 

@@ -2,7 +2,7 @@
 
 One file, WAL, ``synchronous=FULL``; every write is a ``BEGIN IMMEDIATE`` transaction, so
 writers on one node are serialised. The contract, tables and row shapes are in
-``gateway.cloud.index``; ``sqlite3.Error`` becomes ``StorageError`` here.
+``gateway.cloud.archive.index``; ``sqlite3.Error`` becomes ``StorageError`` here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from gateway.cloud.index import Row
+from gateway.cloud.archive.index import Row
 from gateway.core.errors import StorageError
 
 BUSY_TIMEOUT_S = 30.0

@@ -1,1 +1,1 @@
-"""Cloud side: ingest of sealed chunk frames, the archive and its index."""
+"""Cloud side: ingest, archive, fleet, authority, enrolment and broker, one sub-package per role."""

@@ -16,10 +16,10 @@ import stat
 from pathlib import Path
 
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
-from gateway.cloud.archive import Archive
-from gateway.cloud.fleet_store import FleetStore
-from gateway.cloud.forward import Destination, destinations_from
-from gateway.cloud.staging import FileStaging, Staging
+from gateway.cloud.archive.forward import Destination, destinations_from
+from gateway.cloud.archive.store import Archive
+from gateway.cloud.fleet.store import FleetStore
+from gateway.cloud.ingest.staging import FileStaging, Staging
 from gateway.config import CloudSettings
 from gateway.core.errors import ConfigError
 from gateway.logs import MSG

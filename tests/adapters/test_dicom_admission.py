@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.adapters.dicom_scp import DicomListener
-from gateway.cloud.authority import FleetAuthority
+from gateway.cloud.authority.ca import FleetAuthority
 from gateway.config import DicomSettings
 from gateway.core import admission
 from gateway.core.errors import ConfigError

@@ -20,7 +20,7 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink, Will
-from gateway.cloud.authority import FleetAuthority
+from gateway.cloud.authority.ca import FleetAuthority
 from gateway.config import MqttSettings
 from gateway.link_proxy import LinkProxy
 from tests.peers import _missing, wait_for

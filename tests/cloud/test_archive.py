@@ -1,4 +1,4 @@
-"""The archive and its index (gateway.cloud.archive) against a real SQLite file and real files."""
+"""The archive and its index (gateway.cloud.archive.store) against a real SQLite file and real files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.adapters import keystore
 from gateway.adapters.sqlite_index import MIGRATIONS
-from gateway.cloud.archive import (
+from gateway.cloud.archive.store import (
     SCRATCH_DIR,
     Archive,
     StoreOutcome,

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.cloud.authority import EnrolmentRefusedError, FleetAuthority
+from gateway.cloud.authority.ca import EnrolmentRefusedError, FleetAuthority
 
 
 def _csr(cn: str | None = None) -> tuple[ec.EllipticCurvePrivateKey, bytes]:

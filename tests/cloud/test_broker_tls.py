@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.adapters.mqtt_link import MqttLink
-from gateway.cloud.authority import FleetAuthority
+from gateway.cloud.authority.ca import FleetAuthority
 from gateway.config import MqttSettings
 from tests.peers import wait_for
 from tests.tls_peers import PREFIX, Client, box_identity, service_identity, start_tls_broker

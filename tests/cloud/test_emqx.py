@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from gateway.adapters.mosquitto import MAX_PACKET_BYTES
-from gateway.cloud import emqx
+from gateway.cloud.broker import emqx
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = re.compile(r'^\{allow, \{username, \{re, "(?P<who>[^"]+)"\}\}, (?P<action>publish|subscribe), '

@@ -10,9 +10,9 @@ from cryptography import x509
 
 from gateway.adapters import enrolment_client
 from gateway.adapters.keystore import FileKeyStore
-from gateway.cloud import ack_keys
-from gateway.cloud.authority import FleetAuthority
-from gateway.cloud.enrolment import BoxDirections, EnrolmentServer
+from gateway.cloud.authority import ack_keys
+from gateway.cloud.authority.ca import FleetAuthority
+from gateway.cloud.enrolment.server import BoxDirections, EnrolmentServer
 from gateway.config import load_edge
 from gateway.edge import ack_keyring
 from gateway.edge import provision as prov
@@ -146,7 +146,7 @@ def test_renewal_due_when_the_fraction_of_lifetime_has_passed() -> None:
 
 def test_link_presents_the_renewed_certificate_when_it_reconnects_after_renewal(cloud) -> None:
     from gateway.adapters.mqtt_link import MqttLink
-    from gateway.cloud import broker as broker_pki
+    from gateway.cloud.broker import pki as broker_pki
 
     authority, server, clock, tmp_path = cloud
     broker = BROKERS[server.port]

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.adapters import enrolment_client
-from gateway.cloud.authority import FleetAuthority, token_ref
-from gateway.cloud.enrolment import ENROL, REENROL, BoxDirections, EnrolmentServer
+from gateway.cloud.authority.ca import FleetAuthority, token_ref
+from gateway.cloud.enrolment.server import ENROL, REENROL, BoxDirections, EnrolmentServer
 from gateway.config import EnrolmentLimitSettings
 from gateway.core.acksig import AckKeyring, AckSigner
 from gateway.edge import provision as prov
@@ -205,7 +205,7 @@ def test_body_refused_and_the_endpoint_keeps_serving_when_it_is_oversize_or_malf
 def test_oversize_body_never_read_when_the_client_sends_it_whole(make_cloud: Any,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     cloud = make_cloud()
-    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment.server")
     try:
         status = cloud.post(ENROL, b"x" * (cloud.server.limits.max_body_bytes + 1))[0]
     except OSError:  # the endpoint answered 413 and closed while we were still sending
@@ -218,7 +218,7 @@ def test_oversize_body_never_read_when_the_client_sends_it_whole(make_cloud: Any
 def test_stalled_body_refused_and_counted_when_the_client_stops_sending(make_cloud: Any,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     cloud = make_cloud(replace(GENEROUS, request_timeout_s=1.0, max_failures=1))
-    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment.server")
     ctx = ssl.create_default_context(cadata=cloud.authority.ca_pem.decode())
     with socket.create_connection(("127.0.0.1", cloud.server.port), timeout=30) as raw, \
             ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
@@ -268,7 +268,7 @@ def test_every_attempt_is_logged_with_its_message_id_when_served_or_refused(
         make_cloud: Any, caplog: pytest.LogCaptureFixture) -> None:
     cloud = make_cloud(replace(GENEROUS, address_burst=6, address_per_minute=1, max_failures=4))
     token, expired = cloud.token(), cloud.token("mr-02", ttl_s=60)
-    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment.server")
     assert cloud.enrol(token)[0] == 200
     assert cloud.enrol(token)[0] == 403  # used
     assert cloud.post(ENROL, b"{", headers=None)[0] == 400
@@ -278,7 +278,7 @@ def test_every_attempt_is_logged_with_its_message_id_when_served_or_refused(
     assert cloud.enrol(cloud.token("us-03"))[0] == 403  # locked out
     assert cloud.enrol(cloud.token("us-03"), source=B)[0] == 200
     assert cloud.post(REENROL, {"csr": _csr()}, B)[0] == 403  # no client certificate
-    ids = [r.__dict__["MESSAGE_ID"] for r in caplog.records if r.name == "gateway.cloud.enrolment"]
+    ids = [r.__dict__["MESSAGE_ID"] for r in caplog.records if r.name == "gateway.cloud.enrolment.server"]
     assert ids == [MSG.BOX_ENROLLED, MSG.ENROLMENT_REFUSED, MSG.ENROLMENT_BAD_REQUEST, MSG.ENROLMENT_REFUSED,
                    MSG.ENROLMENT_REFUSED, MSG.ENROLMENT_LOCKOUT_STARTED, MSG.ENROLMENT_LOCKED_OUT,
                    MSG.BOX_ENROLLED, MSG.ENROLMENT_REFUSED]
@@ -291,7 +291,7 @@ def test_every_attempt_is_logged_with_its_message_id_when_served_or_refused(
 def test_rate_limited_attempt_is_logged_when_refused_with_429(make_cloud: Any,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     cloud = make_cloud(replace(GENEROUS, address_burst=1, address_per_minute=1))
-    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment.server")
     assert [cloud.enrol("mgw1-x")[0] for _ in range(2)] == [403, 429]
     assert _fields(caplog.records[-1], "MESSAGE_ID", "STATUS", "ADDRESS", "RETRY_AFTER") == (
         MSG.ENROLMENT_RATE_LIMITED, 429, A, 60)
@@ -313,7 +313,7 @@ def test_other_clients_served_when_a_connection_never_starts_its_tls_handshake(m
 def test_connection_closed_unanswered_when_max_connections_are_open(make_cloud: Any,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     cloud = make_cloud(replace(GENEROUS, max_connections=2))
-    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment")
+    caplog.set_level(logging.INFO, logger="gateway.cloud.enrolment.server")
     idle = [_connect_idle(cloud.server.port) for _ in range(2)]
     try:
         with pytest.raises((ssl.SSLError, OSError)):

@@ -15,8 +15,8 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import ack_keys
-from gateway.cloud.fleet import FleetService
+from gateway.cloud.authority import ack_keys
+from gateway.cloud.fleet.service import FleetService
 from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, _fill_defaults
 from gateway.core import fleet, topics
 from gateway.core.acksig import verify_util_ack

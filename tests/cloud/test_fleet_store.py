@@ -13,8 +13,8 @@ import pytest
 
 from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
-from gateway.cloud import fleet_store
-from gateway.cloud.fleet_store import FleetStore
+from gateway.cloud.fleet import store as fleet_store
+from gateway.cloud.fleet.store import FleetStore
 from gateway.core.errors import StorageError
 from gateway.core.fleet import AlertKind, BoxState
 from tests.backends import Backend

@@ -1,4 +1,4 @@
-"""PACS forwarding (gateway.cloud.forward) against a real Orthanc, with SQLite and PostgreSQL queues."""
+"""PACS forwarding (gateway.cloud.archive.forward) against a real Orthanc, with SQLite and PostgreSQL queues."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pydicom import Dataset, dcmread
 
 from gateway.adapters.mosquitto import free_port
 from gateway.adapters.pacs import CStore, ForwardError, StowRs
-from gateway.cloud.archive import Archive
-from gateway.cloud.forward import Forwarder, backoff_s
+from gateway.cloud.archive.forward import Forwarder, backoff_s
+from gateway.cloud.archive.store import Archive
 from gateway.config import ForwardSettings
 from gateway.core.transfer import Manifest
 from tests.backends import Backend

@@ -1,4 +1,4 @@
-"""Cloud ingest (gateway.cloud.ingest) against a real SQLite index and real files.
+"""Cloud ingest (gateway.cloud.ingest.pipeline) against a real SQLite index and real files.
 
 Objects are sealed by ``gateway.core.transfer.seal_object`` with a real X25519
 key pair, cut into small frames so a few KiB make many chunks. Only time is faked.
@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.cloud import ingest as ingest_module
-from gateway.cloud.archive import Archive, TransferState
-from gateway.cloud.ingest import Ingest, Outgoing
+from gateway.cloud.archive.store import Archive, TransferState
+from gateway.cloud.ingest import pipeline as ingest_module
+from gateway.cloud.ingest.pipeline import Ingest, Outgoing
 from gateway.config import IngestSettings
 from gateway.core import envelope
 from gateway.core.acksig import AckKeyring, AckSigner

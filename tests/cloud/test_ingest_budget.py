@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
-from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.ingest import Ingest
+from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
+from gateway.cloud.ingest.pipeline import Ingest
 from gateway.config import BudgetSettings, DeadLetterSettings, IngestSettings
 from tests.backends import Backend
 from tests.cloud.test_ingest import ACK_SIGNER, KeyPair, Sealed, make_data, make_keys, raw_frame, seal

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from gateway.cloud.archive import KEY_FILE, original_sha256
+from gateway.cloud.archive.store import KEY_FILE, original_sha256
 from gateway.loopback import LoopbackDeployment
 
 

@@ -14,14 +14,14 @@ name only complete and fsynced (``blobs.adopt_atomic`` from a scratch file in
 always names a durable file; a crash in between leaves at worst an unindexed
 complete file, which the next store of the same object overwrites.
 
-The index (``gateway.cloud.index``: SQLite by default, PostgreSQL when workers
+The index (``gateway.cloud.archive.index``: SQLite by default, PostgreSQL when workers
 run on several machines) is shared by all workers. A store is one index
 transaction keyed by the SOP Instance UID, so stores of one object are
 serialised across workers; ``(sop_instance_uid, sha256)`` is the primary key of
 ``instances``, so the same object stored twice (two transfers, two workers) is
 kept once and the second store reports DUPLICATE. When PACS destinations are
 configured, the same transaction enqueues the object for each of them
-(``gateway.cloud.forward``), so nothing archived is ever left unforwarded.
+(``gateway.cloud.archive.forward``), so nothing archived is ever left unforwarded.
 With several machines, ``archive_dir`` is one shared filesystem (see
 docs/deployment.md).
 
@@ -45,7 +45,7 @@ from typing import Any
 
 from gateway.adapters import blobs, keystore
 from gateway.adapters.sqlite_index import SqliteIndex
-from gateway.cloud.index import Index
+from gateway.cloud.archive.index import Index
 from gateway.core import atrest
 from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason

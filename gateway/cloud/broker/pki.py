@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.adapters import blobs
 from gateway.adapters.mosquitto import BrokerTls, build_guard
-from gateway.cloud.authority import FleetAuthority, service_identity
+from gateway.cloud.authority.ca import FleetAuthority, service_identity
 from gateway.config import MqttSettings
 from gateway.core.errors import ConfigError
 

@@ -21,7 +21,7 @@ next (re-sent) chunk of the transfer re-examines and assembles, or a committed r
 
 Multi-worker safety: chunks of one transfer may reach any worker (the broker's
 shared subscription routes per message, not per transfer), so staging is shared
-(``gateway.cloud.staging``: a directory on one node, or PostgreSQL for workers on
+(``gateway.cloud.ingest.staging``: a directory on one node, or PostgreSQL for workers on
 several machines). A worker holds the transfer exclusively across staging, the
 completeness check, assembly and clean-up: one worker assembles, a waiter
 re-reads the index and answers STORED. Behind it the index serialises stores
@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.cloud.archive import Archive, StoreOutcome, TransferRecord, TransferState
-from gateway.cloud.budget import BoxBudgets, OverBudget
-from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.staging import FileStaging, StagedTransfer, Staging
+from gateway.cloud.archive.store import Archive, StoreOutcome, TransferRecord, TransferState
+from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
+from gateway.cloud.ingest.budget import BoxBudgets, OverBudget
+from gateway.cloud.ingest.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.jpegls import IMAGE_DECODERS
 from gateway.config import BOX_ID, BudgetSettings, IngestSettings
 from gateway.core import framing, transfer

@@ -1,7 +1,7 @@
 """`mgw cloud ack-key create|show|stage|promote`: the cloud's ack signing keys (docs/cli.md).
 
 Registered into the parser by ``cli.build_parser``. The private keys never leave the
-cloud node and nothing here prints them; see ``gateway.cloud.ack_keys``.
+cloud node and nothing here prints them; see ``gateway.cloud.authority.ack_keys``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import logs
-from gateway.cloud import ack_keys
+from gateway.cloud.authority import ack_keys
 from gateway.logs import MSG
 
-log = logging.getLogger("gateway.cloud.ack_keys")
+log = logging.getLogger("gateway.cloud.authority.ack_keys")
 
 
 def _untold_boxes(args: argparse.Namespace, since: float) -> list[str] | None:
     """Boxes whose newest certificate predates ``since`` (so they lack the next key), or None
     when this node holds no certificate registry."""
-    from gateway.cloud.authority import FleetAuthority
+    from gateway.cloud.authority.ca import FleetAuthority
     from gateway.settings_files import cloud_settings
 
     settings, paths = cloud_settings(args)

@@ -1,7 +1,7 @@
 """The fleet's HTTP side: REST API (JSON), Prometheus /metrics and the dashboard's files.
 
 Standard library ``ThreadingHTTPServer``; read-only (GET/HEAD). API documents are listed in
-docs/operations.md. The dashboard (gateway/cloud/web/) is static HTML + JS that renders
+docs/operations.md. The dashboard (gateway/cloud/fleet/web/) is static HTML + JS that renders
 everything in the browser from this API; its charting library is installed from npm at build
 time (``.ci/install``) into web/vendor/ and served from here, never from a CDN.
 """
@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 from gateway import __version__
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
-from gateway.cloud import analytics
-from gateway.cloud.deadletter import DeadLetters
-from gateway.cloud.fleet_store import Alert, FleetStore
+from gateway.cloud.fleet import analytics
+from gateway.cloud.fleet.deadletter import DeadLetters
+from gateway.cloud.fleet.store import Alert, FleetStore
 from gateway.config import BOX_ID, FleetSettings
 from gateway.core.errors import GatewayError
 from gateway.core.fleet import AlertKind, BoxState

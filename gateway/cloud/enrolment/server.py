@@ -15,7 +15,7 @@ rotation, next; read afresh for every answer, so renewals carry a staged key).
 Refusals are ``{"error": "<what to check>"}`` with HTTP 403 (token, CSR or certificate refused,
 or locked out after repeated refusals), 429 (over a rate limit), 400/411/413 (a malformed or
 oversize body); 429 and lockouts carry ``Retry-After``. The limits, and why, are in
-``gateway/cloud/enrolment_guard.py``; every attempt is logged once with its MESSAGE_ID.
+``gateway/cloud/enrolment/guard.py``; every attempt is logged once with its MESSAGE_ID.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from gateway.cloud.authority import EnrolmentRefusedError, FleetAuthority, Issued, token_ref
-from gateway.cloud.enrolment_guard import (
+from gateway.cloud.authority.ca import EnrolmentRefusedError, FleetAuthority, Issued, token_ref
+from gateway.cloud.enrolment.guard import (
     Guard,
     Lockout,
     Refusal,

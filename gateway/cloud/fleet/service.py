@@ -20,11 +20,13 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import ack_keys, backends, broker
-from gateway.cloud.analytics import opening_hours
-from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.fleet_http import FleetHttp
-from gateway.cloud.fleet_store import Alert, FleetStore
+from gateway.cloud import backends
+from gateway.cloud.authority import ack_keys
+from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet.analytics import opening_hours
+from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
+from gateway.cloud.fleet.http import FleetHttp
+from gateway.cloud.fleet.store import Alert, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import acksig, fleet, schema, topics
 from gateway.core.errors import FrameError, GatewayError, LocalError

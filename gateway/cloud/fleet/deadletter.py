@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from gateway.cloud.fleet_store import DeadLetter, FleetStore
+from gateway.cloud.fleet.store import DeadLetter, FleetStore
 from gateway.config import DeadLetterSettings
 from gateway.core.errors import GatewayError
 from gateway.logs import MSG, escape

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.cloud.staging import Staging
+from gateway.cloud.ingest.staging import Staging
 from gateway.config import BudgetSettings
 from gateway.core.ratelimit import Rate, TokenBuckets
 from gateway.logs import MSG

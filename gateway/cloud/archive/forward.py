@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.cloud.archive import Archive
+from gateway.cloud.archive.store import Archive
 from gateway.config import ForwardSettings
 from gateway.core.errors import GatewayError, PeerError, StorageError
 from gateway.logs import MSG

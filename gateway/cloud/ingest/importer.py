@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.appliance.export import EXPORT_FORMAT, EXPORT_PREFIX, EXPORT_VERSION, MANIFEST_NAME, read_frames
-from gateway.cloud.archive import Archive, TransferState
-from gateway.cloud.ingest import Ingest
+from gateway.cloud.archive.store import Archive, TransferState
+from gateway.cloud.ingest.pipeline import Ingest
 from gateway.config import BOX_ID
 from gateway.core.errors import FrameError, GatewayError
 from gateway.logs import MSG

@@ -17,11 +17,13 @@ from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.adapters.mqtt_link import Inbound, MqttLink
-from gateway.cloud import ack_keys, backends, broker
-from gateway.cloud.archive import Archive
-from gateway.cloud.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.forward import Forwarder, run_forever
-from gateway.cloud.ingest import Ingest
+from gateway.cloud import backends
+from gateway.cloud.archive.forward import Forwarder, run_forever
+from gateway.cloud.archive.store import Archive
+from gateway.cloud.authority import ack_keys
+from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
+from gateway.cloud.ingest.pipeline import Ingest
 from gateway.config import BOX_ID, CloudSettings
 from gateway.core import topics
 from gateway.core.errors import FrameError, GatewayError, LocalError

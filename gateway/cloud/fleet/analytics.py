@@ -6,7 +6,7 @@ import datetime
 from collections import defaultdict
 from typing import Any
 
-from gateway.cloud.fleet_store import FleetStore
+from gateway.cloud.fleet.store import FleetStore
 from gateway.config import FleetSettings
 from gateway.core.exam import ExamStatus
 from gateway.core.utilisation import DAY_S, ExamSpan, OpeningHours, by_day, day_figures, percentile

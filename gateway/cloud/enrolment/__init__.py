@@ -1,0 +1,1 @@
+"""Enrolment over HTTPS: the endpoint (``server``) and what guards it (``guard``)."""
