@@ -113,8 +113,7 @@ def _verify(root: Path, files: list[Path], summary: Summary, progress: bool) -> 
             if len(matched) >= len(files) and len(acked) >= len(files):
                 break
             time.sleep(0.25)
-        row = store.db.execute("SELECT COALESCE(SUM(packed_bytes), 0) FROM items").fetchone()
-        summary.bytes_on_wire = int(row[0])
+        summary.bytes_on_wire = int(store.db.rows("SELECT COALESCE(SUM(packed_bytes), 0) FROM items")[0][0])
     finally:
         archive.close()
         store.close()

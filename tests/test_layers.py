@@ -52,18 +52,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "numpy": {"gateway/codecs/jpegls.py": "the JPEG-LS codec hands pixels to CharLS as arrays"},
     "jpeg_ls": {"gateway/codecs/jpegls.py": "the JPEG-LS codec (CharLS binding)"},
     "paho": {"gateway/adapters/mqtt_*.py": "the MQTT adapter"},
-    "sqlite3": {
-        "gateway/adapters/sqlite_*.py": "SQLite adapters (shared database, archive index, fleet store)",
-        "gateway/adapters/store.py": "the edge spool's SQLite store",
-        "gateway/adapters/exam_store.py": "the edge's exam-record store",
-        "gateway/adapters/commitment_store.py": "the edge's Storage Commitment store",
-    },
-    "sqlite_utils": {
-        "gateway/adapters/sqlite_index.py": "the archive index on SQLite",
-        "gateway/adapters/store.py": "the edge spool's SQLite store",
-        "gateway/adapters/exam_store.py": "the edge's exam-record store",
-    },
-    "psycopg": {"gateway/adapters/postgres_*.py": "the PostgreSQL adapters (index, staging, fleet store)"},
+    "sqlite3": {"gateway/adapters/sqlite_db.py": "the one way a SQLite file is opened (every store uses it)"},
+    "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
@@ -202,7 +192,8 @@ def test_every_contract_row_names_a_module_that_exists_when_checked() -> None:
 
 
 @pytest.mark.parametrize(("relpath", "source"), [
-    ("gateway/cloud/archive/index.py", "from sqlite_utils import Database"),
+    ("gateway/cloud/archive/index.py", "import psycopg"),
+    ("gateway/adapters/store.py", "import sqlite3"),
     ("gateway/cloud/fleet/store.py", "import sqlite3"),
     ("gateway/edge/quarantine.py", "def f():\n    from pydicom.uid import UID\n"),
     ("gateway/edge/x.py", "if TYPE_CHECKING:\n    import psycopg\n"),
@@ -216,7 +207,7 @@ def test_scan_reports_a_violation_when_a_module_imports_a_library_it_may_not(rel
 
 @pytest.mark.parametrize(("relpath", "source"), [
     ("gateway/adapters/mqtt_link.py", "import paho.mqtt.client as paho"),
-    ("gateway/adapters/postgres_index.py", "from psycopg.rows import dict_row"),
+    ("gateway/adapters/postgres_db.py", "from psycopg.rows import dict_row"),
     ("gateway/edge/x.py", "import os, json\nfrom gateway.core import spool\nfrom . import y"),
     ("gateway/core/schema.py", "import msgspec"),
 ])

@@ -1,23 +1,23 @@
 """Pending Storage Commitment requests, persisted in the edge spool database.
 
-The table is created by ``store.MIGRATIONS`` (the SpoolStore opens the database first
-and migrates it); this module keeps its own connection (WAL lets it read while the
-spool writes) so that the commitment reporter thread never waits on the spool's lock.
-Each method is one transaction; sqlite3 errors become StorageError here.
+The table is part of the spool database's schema (``store.MIGRATIONS``): whichever of
+``SpoolStore`` and ``CommitmentStore`` opens the file first migrates it. This module keeps its
+own ``SqliteDatabase`` (WAL lets it read while the spool writes) so that the commitment
+reporter thread never waits on the spool's lock. Each method is one transaction; SQLite's
+errors become StorageError there.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.adapters.sqlite_db import SqliteDatabase
+from gateway.adapters import store as spool_store
+from gateway.adapters.sqlite_db import Connection, SqliteDatabase
 from gateway.core.commitment import CommitmentState, Reference, SpooledCopy
-from gateway.core.errors import StorageError
 from gateway.core.spool import ItemState
 
 _COLUMNS = ("id, transaction_uid, calling_ae, peer_address, refs, requested_at, state, attempts, next_attempt_at,"
@@ -43,13 +43,10 @@ class PendingCommitment:
 class CommitmentStore:
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
-        self._database = SqliteDatabase(db_path, "spool database", synchronous="FULL", wal=False)
-        self._lock = self._database.lock
-        self._conn = self._database.conn
-        if self._database.schema_version < 3:
-            raise AssertionError("the spool database must be migrated (SpoolStore) before CommitmentStore opens it")
+        self._database = SqliteDatabase(db_path, "spool database", synchronous="FULL")
+        self._database.migrate(spool_store.MIGRATIONS)
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[Connection]:
         return self._database.tx()
 
     def add(self, transaction_uid: str, calling_ae: str, peer_address: str, refs: Sequence[Reference],
@@ -78,12 +75,7 @@ class CommitmentStore:
         return self._select("ORDER BY id LIMIT ?", (limit,))
 
     def _select(self, where: str, params: tuple[object, ...]) -> list[PendingCommitment]:
-        with self._lock:
-            try:
-                sql = f"SELECT {_COLUMNS} FROM commitments {where}"  # noqa: S608 - fixed SQL
-                rows = self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database {self.path}: {exc}") from exc
+        rows = self._database.rows(f"SELECT {_COLUMNS} FROM commitments {where}", params)  # noqa: S608 - fixed SQL
         return [PendingCommitment(
             id=r[0], transaction_uid=r[1], calling_ae=r[2], peer_address=r[3],
             refs=tuple(Reference(c, i) for c, i in json.loads(r[4])), requested_at=r[5],
@@ -94,16 +86,12 @@ class CommitmentStore:
         """Every spool item holding one of ``sop_instance_uids``."""
         out: dict[str, list[SpooledCopy]] = {}
         uids = sorted(set(sop_instance_uids))
-        with self._lock:
-            try:
-                for start in range(0, len(uids), _IN_BATCH):
-                    batch = uids[start:start + _IN_BATCH]
-                    marks = ", ".join("?" for _ in batch)
-                    sql = f"SELECT sop_instance_uid, sop_class_uid, state FROM items WHERE sop_instance_uid IN ({marks})"  # noqa: S608, E501 - marks only
-                    for uid, sop_class, state in self._conn.execute(sql, batch):
-                        out.setdefault(uid, []).append(SpooledCopy(sop_class, ItemState(state)))
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database {self.path}: {exc}") from exc
+        for start in range(0, len(uids), _IN_BATCH):
+            batch = uids[start:start + _IN_BATCH]
+            marks = ", ".join("?" for _ in batch)
+            sql = f"SELECT sop_instance_uid, sop_class_uid, state FROM items WHERE sop_instance_uid IN ({marks})"  # noqa: S608 - marks only
+            for uid, sop_class, state in self._database.rows(sql, batch):
+                out.setdefault(uid, []).append(SpooledCopy(sop_class, ItemState(state)))
         return out
 
     def reported(self, commitment_id: int, committed: int, failed: int, now: float) -> None:
@@ -125,10 +113,8 @@ class CommitmentStore:
             conn.execute("UPDATE commitments SET next_attempt_at = ? WHERE id = ?", (next_attempt_at, commitment_id))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute("SELECT state, COUNT(*) FROM commitments GROUP BY state").fetchall()
+        rows = self._database.rows("SELECT state, COUNT(*) FROM commitments GROUP BY state")
         return {state: int(n) for state, n in rows}
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._database.close()

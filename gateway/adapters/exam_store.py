@@ -4,21 +4,18 @@ A separate file so utilisation never contends for the spool's write lock on the 
 path. WAL with ``synchronous=NORMAL``: a power cut may lose the last fraction of a second
 of exam bookkeeping (derived data), never an image. The study UID is kept here, on the
 box, to find a study's spool items and MPPS; only ``study_key`` (a keyed hash) leaves it.
-Read-only queries on ``spool.db`` (turnaround, backlog) use their own connection.
+Read-only queries on ``spool.db`` (turnaround, backlog) use their own read-only
+``SqliteDatabase``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from gateway.adapters.sqlite_db import SqliteDatabase
-from gateway.core.errors import StorageError
+from gateway.adapters.sqlite_db import Connection, Row, SqliteDatabase
 from gateway.core.exam import Exam, ExamStatus, TimeSource
 
 MIGRATIONS: list[str] = [
@@ -83,7 +80,7 @@ class Backlog:
     outbox_items: int  # PACKED or SENDING: sealed, waiting for the cloud
 
 
-def _exam(row: sqlite3.Row) -> Exam:
+def _exam(row: Row) -> Exam:
     values = {k: row[k] for k in _EXAM_FIELDS}
     values["source"], values["status"] = TimeSource(values["source"]), ExamStatus(values["status"])
     return Exam(**values)
@@ -96,14 +93,13 @@ class ExamStore:
         self._database = SqliteDatabase(db_path, "utilisation database", synchronous="NORMAL")
         self._lock = self._database.lock
         self._spool_db = spool_db
-        self._spool: sqlite3.Connection | None = None
+        self._spool: SqliteDatabase | None = None
         self._database.migrate(MIGRATIONS)
-        self.db = sqlite_utils.Database(self._database.conn)
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[Connection]:
         return self._database.tx()
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         return self._database.rows(sql, params)
 
     # -- exams ----------------------------------------------------------------------------------
@@ -112,7 +108,7 @@ class ExamStore:
         return self._stored(rows[0]) if rows else None
 
     @staticmethod
-    def _stored(row: sqlite3.Row) -> StoredExam:
+    def _stored(row: Row) -> StoredExam:
         return StoredExam(_exam(row), row["study_uid"], bool(row["closed"]), row["revision"], row["sent_revision"],
                           row["sent_at"], row["acked_revision"])
 
@@ -194,15 +190,11 @@ class ExamStore:
             return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
     # -- the spool, read only -----------------------------------------------------------------------
-    def _spool_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _spool_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         with self._lock:
-            try:
-                if self._spool is None:
-                    uri = f"file:{self._spool_db}?mode=ro"
-                    self._spool = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
-                return list(self._spool.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database (read only): {exc}") from exc
+            if self._spool is None:  # opened on first use: the spool may not exist before the first C-STORE
+                self._spool = SqliteDatabase(self._spool_db, "spool database (read only)", read_only=True)
+            return self._spool.rows(sql, params)
 
     def study_stored_at(self, study_uid: str) -> float | None:
         """When the cloud acknowledged the study's last instance, once all are acknowledged."""

@@ -4,129 +4,112 @@ Chunks are rows of ``staged_chunks`` (a frame is at most 128 KiB), committed
 before ``put`` returns (autocommit, ``synchronous_commit`` on). A transfer is
 held with a session advisory lock on a 64-bit hash of ``box/transfer``; a
 worker that dies holding it loses its session, and the server frees the lock.
-``staged_transfers.touched_at`` is the transfer's last activity. The tables are
-created by ``PostgresIndex``'s migrations (one schema, one version).
+``staged_transfers.touched_at`` is the transfer's last activity. The tables are ``TABLES``,
+created by ``PostgresIndex``'s migration step 1 (one database, one schema version). This is
+the only SQL of staging: ``FileStaging``, the other backend, is files and locks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-import psycopg
-
-from gateway.adapters.postgres_index import connect, database_name
+from gateway.adapters.postgres_db import PostgresDatabase
 from gateway.cloud.ingest.staging import Forget, StagedTransfer
-from gateway.core.errors import StorageError
+
+TABLES = """
+CREATE TABLE staged_chunks (
+    box_id TEXT NOT NULL, transfer_id TEXT NOT NULL, seq INTEGER NOT NULL, frame bytea NOT NULL,
+    PRIMARY KEY (box_id, transfer_id, seq)
+);
+CREATE TABLE staged_transfers (
+    box_id TEXT NOT NULL, transfer_id TEXT NOT NULL, touched_at {real} NOT NULL,
+    PRIMARY KEY (box_id, transfer_id)
+);
+CREATE INDEX staged_transfers_touched ON staged_transfers (touched_at)
+"""
+
+
+_KEY = "box_id = ? AND transfer_id = ?"
+_LOCK = "hashtextextended(?, 0)"  # a transfer's session advisory lock, on "<box>/<transfer>"
 
 
 class _RowTransfer:
-    def __init__(self, conn: psycopg.Connection[Any], box_id: str, transfer_hex: str) -> None:
-        self._conn, self._key = conn, (box_id, transfer_hex)
+    def __init__(self, db: PostgresDatabase, box_id: str, transfer_hex: str) -> None:
+        self._db, self._key = db, (box_id, transfer_hex)
 
     def put(self, seq: int, raw: bytes) -> bool:
-        cur = self._conn.execute(
-            "INSERT INTO staged_chunks (box_id, transfer_id, seq, frame) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING", [*self._key, seq, raw])
-        return cur.rowcount == 1
+        return bool(self._db.execute(
+            "INSERT INTO staged_chunks (box_id, transfer_id, seq, frame) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING seq", (*self._key, seq, raw)))
 
     def seqs(self) -> set[int]:
-        rows = self._conn.execute("SELECT seq FROM staged_chunks WHERE box_id = %s AND transfer_id = %s",
-                                  list(self._key)).fetchall()
-        return {int(r["seq"]) for r in rows}
+        return {int(r["seq"]) for r in self._db.execute(f"SELECT seq FROM staged_chunks WHERE {_KEY}", self._key)}  # noqa: S608
 
     def read(self, seq: int) -> bytes:
-        row = self._conn.execute(
-            "SELECT frame FROM staged_chunks WHERE box_id = %s AND transfer_id = %s AND seq = %s",
-            [*self._key, seq]).fetchone()
-        return bytes(row["frame"]) if row else b""  # missing: fails to parse, dropped and re-sent
+        rows = self._db.execute(f"SELECT frame FROM staged_chunks WHERE {_KEY} AND seq = ?", (*self._key, seq))  # noqa: S608
+        return bytes(rows[0]["frame"]) if rows else b""  # missing: fails to parse, dropped and re-sent
 
     def drop(self, seq: int) -> None:
-        self._conn.execute("DELETE FROM staged_chunks WHERE box_id = %s AND transfer_id = %s AND seq = %s",
-                           [*self._key, seq])
+        self._db.execute(f"DELETE FROM staged_chunks WHERE {_KEY} AND seq = ?", (*self._key, seq))  # noqa: S608
 
     def clear(self) -> None:
-        with self._conn.transaction():
-            self._conn.execute("DELETE FROM staged_chunks WHERE box_id = %s AND transfer_id = %s", list(self._key))
-            self._conn.execute("DELETE FROM staged_transfers WHERE box_id = %s AND transfer_id = %s",
-                               list(self._key))
+        with self._db.transaction() as tx:
+            tx.execute(f"DELETE FROM staged_chunks WHERE {_KEY}", self._key)  # noqa: S608
+            tx.execute(f"DELETE FROM staged_transfers WHERE {_KEY}", self._key)  # noqa: S608
 
 
 class PostgresStaging:
     """One connection; one holder at a time (one per ``Ingest``, as ``Ingest`` is per thread)."""
 
     def __init__(self, dsn: str) -> None:
-        self.where = database_name(dsn)
-        self._conn = connect(dsn, f"staging {self.where}")
-
-    @contextmanager
-    def _guarded(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as exc:
-            raise StorageError(f"staging {self.where}: {what}: {exc}") from exc
+        self._db = PostgresDatabase(dsn, "staging")
+        self.where = self._db.where
 
     def present(self, box_id: str, transfer_hex: str) -> bool:
-        with self._guarded("lookup"):
-            return self._conn.execute(
-                "SELECT 1 FROM staged_transfers WHERE box_id = %s AND transfer_id = %s",
-                [box_id, transfer_hex]).fetchone() is not None
+        return bool(self._db.execute(f"SELECT 1 AS staged FROM staged_transfers WHERE {_KEY}",  # noqa: S608
+                                     (box_id, transfer_hex)))
 
     @contextmanager
     def hold(self, box_id: str, transfer_hex: str, now: float) -> Iterator[StagedTransfer]:
         key = f"{box_id}/{transfer_hex}"
-        with self._guarded("hold"):
-            self._conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
+        self._db.execute(f"SELECT pg_advisory_lock({_LOCK})", (key,))
         try:
-            with self._guarded("stage"):
-                self._conn.execute(
-                    "INSERT INTO staged_transfers (box_id, transfer_id, touched_at) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (box_id, transfer_id) DO UPDATE SET touched_at = excluded.touched_at",
-                    [box_id, transfer_hex, now])
-                yield _RowTransfer(self._conn, box_id, transfer_hex)
+            self._db.execute(
+                "INSERT INTO staged_transfers (box_id, transfer_id, touched_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (box_id, transfer_id) DO UPDATE SET touched_at = excluded.touched_at",
+                (box_id, transfer_hex, now))
+            yield _RowTransfer(self._db, box_id, transfer_hex)
         finally:
-            with self._guarded("release"):
-                if not self._conn.closed:
-                    self._conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+            if not self._db.closed:  # a lost session has already lost its lock
+                self._db.execute(f"SELECT pg_advisory_unlock({_LOCK})", (key,))
 
     def expire(self, cutoff: float, forget: Forget) -> int:
         expired = 0
-        with self._guarded("expire"):
-            idle = self._conn.execute("SELECT box_id, transfer_id FROM staged_transfers WHERE touched_at < %s",
-                                      [cutoff]).fetchall()
-            for row in idle:
-                box_id, transfer_hex = row["box_id"], row["transfer_id"]
-                key = f"{box_id}/{transfer_hex}"
-                got = self._conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS ok",
-                                         [key]).fetchone()
-                if not got or not got["ok"]:
-                    continue  # busy: someone is staging it right now
-                try:
-                    still = self._conn.execute(
-                        "SELECT 1 FROM staged_transfers WHERE box_id = %s AND transfer_id = %s AND touched_at < %s",
-                        [box_id, transfer_hex, cutoff]).fetchone()
-                    if still:
-                        forget(box_id, transfer_hex)
-                        _RowTransfer(self._conn, box_id, transfer_hex).clear()
-                        expired += 1
-                finally:
-                    self._conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+        for row in self._db.execute("SELECT box_id, transfer_id FROM staged_transfers WHERE touched_at < ?",
+                                    (cutoff,)):
+            box_id, transfer_hex = row["box_id"], row["transfer_id"]
+            key = f"{box_id}/{transfer_hex}"
+            if not self._db.execute(f"SELECT pg_try_advisory_lock({_LOCK}) AS ok", (key,))[0]["ok"]:
+                continue  # busy: someone is staging it right now
+            try:
+                if self._db.execute(f"SELECT 1 AS idle FROM staged_transfers WHERE {_KEY} AND touched_at < ?",  # noqa: S608
+                                    (box_id, transfer_hex, cutoff)):
+                    forget(box_id, transfer_hex)
+                    _RowTransfer(self._db, box_id, transfer_hex).clear()
+                    expired += 1
+            finally:
+                self._db.execute(f"SELECT pg_advisory_unlock({_LOCK})", (key,))
         return expired
 
     def chunk_count(self) -> int:
-        with self._guarded("count"):
-            row = self._conn.execute("SELECT COUNT(*) AS n FROM staged_chunks").fetchone()
-            return int(row["n"]) if row else 0
+        return int(self._db.execute("SELECT COUNT(*) AS n FROM staged_chunks")[0]["n"])
 
     def usage(self, box_id: str) -> tuple[int, int]:
-        with self._guarded("usage"):
-            row = self._conn.execute(
-                "SELECT COUNT(DISTINCT transfer_id) AS transfers, COALESCE(SUM(octet_length(frame)), 0) AS size "
-                "FROM staged_chunks WHERE box_id = %s", [box_id]).fetchone()
-        assert row is not None
+        row = self._db.execute(
+            "SELECT COUNT(DISTINCT transfer_id) AS transfers, COALESCE(SUM(octet_length(frame)), 0) AS size "
+            "FROM staged_chunks WHERE box_id = ?", (box_id,))[0]
         return int(row["transfers"]), int(row["size"])
 
     def close(self) -> None:
-        with self._guarded("close"):
-            self._conn.close()
+        self._db.close()

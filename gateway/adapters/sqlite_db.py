@@ -1,12 +1,23 @@
-"""One SQLite file shared by threads: a connection, a lock, numbered migrations, transactions.
+"""The SQLite side of the SQL layer: the one way the product opens a SQLite file.
 
-The edge's side databases (exam records, Storage Commitment requests) and the cloud's fleet
-store each open one of these instead of repeating the same connection code. Every
-``sqlite3.Error`` leaves here as ``StorageError`` naming the database (docs/development.md, "Errors").
+Every database the product writes opens its file here: the edge's spool (``store.py``,
+``commitment_store.py``), its exam records (``exam_store.py``), the cloud's archive index
+(``sqlite_index.py``) and fleet store (``sqlite_fleet_store.py``), the fleet CA's registry.
+One connection in autocommit mode, one re-entrant lock, WAL, a busy timeout, ``BEGIN
+IMMEDIATE`` write transactions (taken up front, so two writers never deadlock upgrading a read
+lock), and numbered migrations under ``PRAGMA user_version``. ``synchronous`` is FULL for
+custody data and NORMAL where a power cut may lose the last second (it still survives a
+process crash). Every ``sqlite3.Error`` leaves here as ``StorageError`` naming the database
+(docs/development.md, "Errors").
+
+This is also the SQLite dialect of the cloud's shared SQL (``gateway.cloud.sql``): rows as
+dicts, ``?`` placeholders as written, the portable column types of a migration script
+rendered as SQLite spells them.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,61 +27,126 @@ from typing import Any, Literal
 
 from gateway.core.errors import StorageError
 
+BUSY_TIMEOUT_S = 30.0
+Connection = sqlite3.Connection  # what ``tx()`` yields; the stores name these, never import sqlite3
+Row = sqlite3.Row  # a row by column name or position
+# The portable column types a migration script may name (``{real}``): SQLite's spelling.
+TYPES = {"real": "REAL", "bigint": "INTEGER", "id": "INTEGER PRIMARY KEY"}
+
 
 class SqliteDatabase:
-    """Thread-safe: one connection in autocommit mode, one re-entrant lock, ``BEGIN IMMEDIATE``
-    transactions. ``synchronous`` is FULL for custody data and NORMAL where the last second
-    may be lost on a power cut (it still survives a process crash)."""
+    """Thread-safe: one connection, one re-entrant lock, one transaction at a time.
+
+    ``read_only`` opens an existing file without write access (``mode=ro``): no journal mode,
+    no migrations; for a reader of another component's database.
+    """
+
+    skip_locked = ""  # no row locks to skip: SQLite serialises writers (BEGIN IMMEDIATE)
 
     def __init__(self, path: Path, what: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL",
-                 wal: bool = True) -> None:
+                 read_only: bool = False) -> None:
         self.path = path
+        self.where = str(path)
         self._what = what
         self.lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            if wal:
+            if read_only:
+                self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                            timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S,
+                                            isolation_level=None)
                 self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+                self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.row_factory = sqlite3.Row
         except sqlite3.Error as exc:
             raise StorageError(f"{what} {path}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"{what} {path}: {exc.strerror or exc}") from exc
 
-    @property
+    @contextmanager
+    def _guarded(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            try:
+                yield self.conn
+            except (sqlite3.Error, OverflowError) as exc:
+                raise StorageError(f"{self._what} {self.path}: {exc}") from exc
+
     def schema_version(self) -> int:
         return int(self.rows("PRAGMA user_version")[0][0])
 
     def migrate(self, migrations: Sequence[str]) -> None:
-        """Apply the scripts after ``PRAGMA user_version``, each in its own transaction."""
-        for number, script in enumerate(migrations[self.schema_version:], start=self.schema_version + 1):
+        """Apply the numbered scripts after ``PRAGMA user_version``, each in its own write
+        transaction with the version read inside it (two processes may open a new file at the same
+        moment); refuse a database whose version is newer than ``migrations``."""
+        while True:
             with self.tx() as conn:
-                for statement in filter(str.strip, script.split(";")):
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > len(migrations):
+                    raise StorageError(f"{self._what} {self.path} has schema {version}, newer than this software")
+                if version == len(migrations):
+                    return
+                for statement in filter(str.strip, migrations[version].format_map(TYPES).split(";")):
                     conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute(f"PRAGMA user_version={version + 1}")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back if the body raises."""
-        with self.lock:
+        """One write transaction on the connection itself; rolled back if the body raises."""
+        with self._guarded() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.conn
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self._what} {self.path}: {exc}") from exc
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self, lock_key: str = "") -> Iterator[SqliteDatabase]:
+        """One write transaction for the shared SQL (``gateway.cloud.sql.Database``). ``lock_key``
+        needs nothing here: ``BEGIN IMMEDIATE`` already serialises every writer of the file."""
+        with self.tx():
+            yield self
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self.lock:
-            try:
-                return self.conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self._what} {self.path}: {exc}") from exc
+        with self._guarded() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One statement, its rows as dicts (none for a statement without ``RETURNING``)."""
+        return [dict(r) for r in self.rows(sql, params)]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._guarded() as conn:
+            conn.executemany(sql, rows)
 
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+def backup(path: Path, dest: Path, what: str) -> None:
+    """A consistent copy of ``path`` as it is (SQLite's online backup from a read-only connection:
+    it reads pages, which a ``SqliteDatabase`` does not hand out), fsynced, renamed into place."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        source = SqliteDatabase(path, what, read_only=True)
+        target = sqlite3.connect(tmp)  # a scratch file that only the backup API writes
+        try:
+            with source.lock:
+                source.conn.backup(target)
+        finally:
+            target.close()
+            source.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(dest)
+    except (sqlite3.Error, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"backup of {path} to {dest}: {exc}") from exc

@@ -1,24 +1,21 @@
-"""The edge spool index: SQLite through sqlite-utils, WAL, synchronous=FULL.
+"""The edge spool index: ``spool.db``, opened by ``SqliteDatabase`` (WAL, synchronous=FULL).
 
-The only module that touches the edge database. Every state change goes through
-``core.spool.step`` inside one transaction, so the database never holds a state
-the table does not allow, and a restart resumes from exactly what is committed.
+Every state change goes through ``core.spool.step`` inside one transaction, so the database
+never holds a state the table does not allow, and a restart resumes from exactly what is
+committed. ``MIGRATIONS`` is the whole file's schema, the Storage Commitment table
+(``commitment_store.py``) included: whichever of the two opens the file first migrates it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from gateway.adapters.sqlite_db import Connection, SqliteDatabase, backup
 from gateway.core import spool
 from gateway.core.errors import StorageError
 from gateway.core.spool import Effect, ItemState
@@ -55,7 +52,7 @@ MIGRATIONS: list[str] = [
     """,
     # issue 5: utilisation finds a study's items (turnaround: all acknowledged?) without a scan
     """
-    CREATE INDEX IF NOT EXISTS items_study ON items(study_instance_uid);
+    CREATE INDEX items_study ON items(study_instance_uid);
     """,
     # 3: Storage Commitment requests awaiting their N-EVENT-REPORT (gateway/adapters/commitment_store.py)
     """
@@ -131,48 +128,18 @@ class SpoolStore:
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
-        self._lock = threading.RLock()
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(db_path, check_same_thread=False, timeout=30.0)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.Error as exc:
-            raise StorageError(f"spool database {db_path}: {exc}") from exc
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self.db.conn:
-                self.db.conn.execute("BEGIN IMMEDIATE")
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.conn.execute(statement)
-                self.db.conn.execute(f"PRAGMA user_version={number}")
+        self.db = SqliteDatabase(db_path, "spool database", synchronous="FULL")
+        self.db.migrate(MIGRATIONS)
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return self.db.schema_version()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                with self.db.conn:
-                    self.db.conn.execute("BEGIN IMMEDIATE")
-                    yield self.db.conn
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database {self.path}: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[Connection]:
+        return self.db.tx()
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[SpoolItem]:
-        with self._lock:
-            try:
-                rows = list(self.db.query(sql, params))
-            except sqlite3.Error as exc:
-                raise StorageError(f"spool database {self.path}: {exc}") from exc
-        return [SpoolItem.from_row(r) for r in rows]
+        return [SpoolItem.from_row(dict(r)) for r in self.db.rows(sql, params)]
 
     def add_received(self, meta: dict[str, Any], blob_name: str, now: float, priority: int = 0) -> int:
         """Commit a received instance (its blob is already durable)."""
@@ -261,16 +228,13 @@ class SpoolStore:
             return int(conn.execute("SELECT pack_attempts FROM items WHERE id = ?", (item_id,)).fetchone()[0])
 
     def counts(self) -> dict[str, dict[str, float]]:
-        with self._lock:
-            rows = self.db.execute(
-                "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state"
-            ).fetchall()
+        rows = self.db.rows(
+            "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state")
         return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
                 for state, n, b, oldest in rows}
 
     def blob_names(self, predicate: Callable[[ItemState], bool]) -> set[str]:
-        with self._lock:
-            rows = self.db.execute("SELECT state, blob_name FROM items").fetchall()
+        rows = self.db.rows("SELECT state, blob_name FROM items")
         return {name for state, name in rows if predicate(ItemState(state))}
 
     def rename_blob(self, old_name: str, new_name: str) -> None:
@@ -283,48 +247,24 @@ class SpoolStore:
 
     def last_received_at(self) -> float:
         """When the newest instance arrived (0.0 for an empty spool)."""
-        with self._lock:
-            return float(self.db.execute("SELECT COALESCE(MAX(received_at), 0) FROM items").fetchone()[0])
+        return float(self.db.rows("SELECT COALESCE(MAX(received_at), 0) FROM items")[0][0])
 
     def integrity_ok(self) -> bool:
-        with self._lock:
-            return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        return bool(self.db.rows("PRAGMA integrity_check")[0][0] == "ok")
 
     def close(self) -> None:
-        with self._lock:
-            self.db.conn.close()
+        self.db.close()
 
 
 def schema_version_of(db_path: Path) -> int:
     """``user_version`` of a spool database, read only (no migration)."""
+    db = SqliteDatabase(db_path, "spool database", read_only=True)
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            return int(conn.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise StorageError(f"spool database {db_path}: {exc}") from exc
+        return db.schema_version()
+    finally:
+        db.close()
 
 
 def backup_database(db_path: Path, dest: Path) -> None:
     """A consistent copy (SQLite online backup) of ``db_path`` as it is, fsynced, renamed into place."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        target = sqlite3.connect(tmp)
-        try:
-            src.backup(target)
-        finally:
-            target.close()
-            src.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(dest)
-    except (sqlite3.Error, OSError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"backup of {db_path} to {dest}: {exc}") from exc
+    backup(db_path, dest, "spool database")

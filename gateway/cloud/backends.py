@@ -43,7 +43,7 @@ def read_secret(path: Path) -> str:
 def _postgres() -> None:
     """psycopg is an optional extra (the edge image does not carry it): a clear error if absent."""
     try:
-        from gateway.adapters import postgres_index  # noqa: F401  (imports psycopg)
+        from gateway.adapters import postgres_db  # noqa: F401  (imports psycopg)
     except ImportError as exc:
         raise ConfigError("index.backend = \"postgres\" needs psycopg 3: "
                           "pip install 'modality-gateway[postgres]'") from exc
@@ -51,7 +51,7 @@ def _postgres() -> None:
 
 def postgres_dsn(settings: CloudSettings, paths: Paths) -> str:
     _postgres()
-    from gateway.adapters.postgres_index import with_password
+    from gateway.adapters.postgres_db import with_password
 
     index = settings.index
     if not index.password_file:

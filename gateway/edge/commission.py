@@ -220,9 +220,8 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
     try:
         deadline = time.monotonic() + options.timeout_s
         while time.monotonic() < deadline:
-            row = store.db.execute("SELECT state FROM items WHERE sop_instance_uid = ? ORDER BY id DESC LIMIT 1",
-                                   (sop,)).fetchone()
-            state = str(row[0]).upper() if row else ""
+            copies = store.by_sop_instance(sop)
+            state = copies[-1].state.name if copies else ""
             if state in (ItemState.ACKNOWLEDGED.name, ItemState.PURGED.name):
                 return Outcome.OK, f"test object acknowledged by the cloud in {time.monotonic() - started:.1f} s"
             if state == ItemState.QUARANTINED.name:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.adapters import keystore
-from gateway.adapters.sqlite_index import MIGRATIONS
+from gateway.cloud.archive.index import MIGRATIONS
 from gateway.cloud.archive.store import (
     SCRATCH_DIR,
     Archive,

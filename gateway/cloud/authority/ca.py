@@ -49,16 +49,22 @@ from gateway.core.errors import ConfigError, PeerError
 SERVICE_ROLES = ("ingest", "fleet")
 _WORKER = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 TOKEN_PREFIX = "mgw1-"  # noqa: S105 - a format marker, not a secret
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY, subject TEXT NOT NULL, kind TEXT NOT NULL,
-    not_before REAL NOT NULL, not_after REAL NOT NULL, issued_at REAL NOT NULL,
-    renewed_from TEXT, revoked_at REAL, revoke_reason TEXT);
-CREATE INDEX IF NOT EXISTS certificates_subject ON certificates(subject);
-CREATE TABLE IF NOT EXISTS tokens (
-    token_sha256 TEXT PRIMARY KEY, box_id TEXT NOT NULL, site TEXT NOT NULL, modality TEXT NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, serial TEXT);
-"""
+# The registry's numbered migrations (``SqliteDatabase.migrate``). Step 1 is the script every
+# registry before numbered migrations ran at each open, at ``user_version`` 0: it keeps its
+# ``IF NOT EXISTS`` so that such a registry, which already has these tables, is adopted as
+# version 1. Later steps are plain.
+MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS certificates (
+        serial TEXT PRIMARY KEY, subject TEXT NOT NULL, kind TEXT NOT NULL,
+        not_before REAL NOT NULL, not_after REAL NOT NULL, issued_at REAL NOT NULL,
+        renewed_from TEXT, revoked_at REAL, revoke_reason TEXT);
+    CREATE INDEX IF NOT EXISTS certificates_subject ON certificates(subject);
+    CREATE TABLE IF NOT EXISTS tokens (
+        token_sha256 TEXT PRIMARY KEY, box_id TEXT NOT NULL, site TEXT NOT NULL, modality TEXT NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, serial TEXT)
+    """,
+]
 
 
 class EnrolmentRefusedError(PeerError):
@@ -146,9 +152,8 @@ class FleetAuthority:
         self.ca_pem = self.ca_cert_path.read_bytes()
         self._ca_cert = x509.load_pem_x509_certificate(self.ca_pem)
         self._registry = SqliteDatabase(pki_dir / "registry.db", "enrolment registry")  # WAL, FULL
+        self._registry.migrate(MIGRATIONS)
         self._db = self._registry.conn
-        self._db.row_factory = None  # plain tuples
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._registry.close()

@@ -1,20 +1,19 @@
 """The fleet database: boxes, health history, exams and alerts. The fleet's shared SQL is here.
 
 ``FleetStore`` is the narrow interface the fleet service and the API use. ``SqlFleetStore``
-holds the statements, written once for both backends (``INSERT ... ON CONFLICT ... DO
-UPDATE/NOTHING``, ``RETURNING``, the column ``"end"`` quoted, no backend-only functions, ``?``
-placeholders that a backend may translate); a backend supplies the connection, the
-transactions and the numbered migrations. ``SqliteFleetStore``
-(``gateway/adapters/sqlite_fleet_store.py``) keeps one SQLite file (WAL,
+holds the schema (``MIGRATIONS``) and the statements, each written once for both backends in
+the SQL of ``gateway.cloud.sql``; a backend's ``Database`` supplies the dialect: connection,
+transactions, placeholders, column types and where the schema version lives.
+``SqliteFleetStore`` (``gateway/adapters/sqlite_fleet_store.py``) keeps one SQLite file (WAL,
 ``synchronous=NORMAL``: registry rows are rebuilt from the next heartbeat, exam records are
 re-sent by the edge until acknowledged, and the acknowledgement is sent only after the
 commit). ``PostgresFleetStore`` (``gateway/adapters/postgres_fleet_store.py``) keeps the same
-tables, with the same migration numbers, in the PostgreSQL database of ``[index]``.
+tables, with the same migration numbers, in the PostgreSQL database of ``[index]``
+(version in ``fleet_schema_version``).
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -22,43 +21,44 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from gateway.cloud.sql import Database, Statements
 from gateway.core.fleet import AlertKind, BoxState
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
     """
     CREATE TABLE boxes (
         box_id TEXT PRIMARY KEY, site TEXT NOT NULL, version TEXT NOT NULL, online INTEGER NOT NULL,
-        bd_seq INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, changed_at REAL NOT NULL,
+        bd_seq {bigint} NOT NULL, first_seen {real} NOT NULL, last_seen {real} NOT NULL, changed_at {real} NOT NULL,
         health TEXT NOT NULL
     );
     CREATE TABLE health_samples (
-        box_id TEXT NOT NULL, at REAL NOT NULL, online INTEGER NOT NULL, backlog_items INTEGER,
-        backlog_bytes INTEGER, oldest_age_s REAL, disk_used_percent REAL, cpu_temp_c REAL, reconnects INTEGER,
+        box_id TEXT NOT NULL, at {real} NOT NULL, online INTEGER NOT NULL, backlog_items {bigint},
+        backlog_bytes {bigint}, oldest_age_s {real}, disk_used_percent {real}, cpu_temp_c {real}, reconnects {bigint},
         PRIMARY KEY (box_id, at)
     );
     CREATE TABLE exams (
         box_id TEXT NOT NULL, study_key TEXT NOT NULL, revision INTEGER NOT NULL, site TEXT NOT NULL,
-        modality TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL, images INTEGER NOT NULL,
-        series INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, first_received_at REAL NOT NULL,
-        last_received_at REAL NOT NULL, cloud_stored_at REAL,
+        modality TEXT NOT NULL, start {real} NOT NULL, "end" {real} NOT NULL, images INTEGER NOT NULL,
+        series INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, first_received_at {real} NOT NULL,
+        last_received_at {real} NOT NULL, cloud_stored_at {real},
         PRIMARY KEY (box_id, study_key)
     );
-    CREATE INDEX exams_by_modality ON exams(box_id, modality, start);
-    CREATE INDEX exams_by_site ON exams(site, last_received_at);
+    CREATE INDEX exams_by_modality ON exams (box_id, modality, start);
+    CREATE INDEX exams_by_site ON exams (site, last_received_at);
     CREATE TABLE alerts (
-        id INTEGER PRIMARY KEY, box_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
-        detail TEXT NOT NULL, raised_at REAL NOT NULL, cleared_at REAL
+        id {id}, box_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
+        detail TEXT NOT NULL, raised_at {real} NOT NULL, cleared_at {real}
     );
-    CREATE INDEX alerts_open ON alerts(cleared_at, box_id)
+    CREATE INDEX alerts_open ON alerts (cleared_at, box_id)
     """,
     """
     CREATE TABLE dead_letters (
-        id INTEGER PRIMARY KEY, box_id TEXT NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
-        detail TEXT NOT NULL, at REAL NOT NULL, bytes INTEGER NOT NULL, messages INTEGER NOT NULL,
+        id {id}, box_id TEXT NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
+        detail TEXT NOT NULL, at {real} NOT NULL, bytes {bigint} NOT NULL, messages {bigint} NOT NULL,
         service TEXT NOT NULL
     );
-    CREATE INDEX dead_letters_by_box ON dead_letters(box_id, id);
-    CREATE INDEX dead_letters_by_time ON dead_letters(at)
+    CREATE INDEX dead_letters_by_box ON dead_letters (box_id, id);
+    CREATE INDEX dead_letters_by_time ON dead_letters (at)
     """,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
@@ -119,13 +119,6 @@ class FleetStore(Protocol):
     def close(self) -> None: ...
 
 
-class Statements(Protocol):
-    """What a backend hands the shared SQL: run one statement (its rows as dicts), or one per row."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-
-
 def _sample_value(key: str, value: Any) -> Any:
     """A health figure as its column holds it; anything else (a string, NaN, out of range) is None,
     so a box reporting nonsense loses that figure on both backends alike, never the whole batch."""
@@ -147,18 +140,26 @@ _UPSERT_EXAM = (
     + " WHERE excluded.revision > exams.revision")
 
 
-class SqlFleetStore(abc.ABC):
-    """The fleet's statements over a backend's ``_tx`` (one transaction) and ``_read`` (no transaction)."""
+class SqlFleetStore:
+    """``FleetStore`` over a backend's ``Database``: the statements here, the dialect there.
+    Thread-safe as the backend is (one connection, one lock, one transaction per call)."""
 
-    where: str
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.where = db.where
+        db.migrate(MIGRATIONS)
 
-    @abc.abstractmethod
     def _tx(self) -> AbstractContextManager[Statements]:
-        """One write transaction on the backend's connection."""
+        return self._db.transaction()
 
-    @abc.abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of one read, as dicts keyed by column name."""
+        return self._db.execute(sql, params)
+
+    def schema_version(self) -> int:
+        return self._db.schema_version()
+
+    def close(self) -> None:
+        self._db.close()
 
     # -- boxes ----------------------------------------------------------------------------------------
     def save_boxes(self, states: Iterable[BoxState]) -> None:
