@@ -165,6 +165,127 @@ def _capture_postgres() -> None:
     (FIXTURES / "postgres.sql").write_text("\n".join(kept) + "\n")
 
 
+# -- build and compare -------------------------------------------------------------------------------
+def build_sqlite(name: str, path: Path) -> None:
+    """The SQLite database of fixture ``name`` at ``path``, as the previous release left it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript((FIXTURES / f"{name}.sql").read_text())
+    finally:
+        conn.close()
+
+
+def _affinity(declared: str) -> str:
+    """SQLite's column affinity of a declared type: all that the declared type decides."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if any(k in t for k in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if not t or "BLOB" in t:
+        return "BLOB"
+    if any(k in t for k in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _default(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def sqlite_schema(path: Path) -> dict[str, Any]:
+    """What a SQLite file's schema means: per table, each column's affinity, NOT NULL, default and
+    primary-key position, and each index as its columns and uniqueness. Declared type names and
+    index names are left out: SQLite acts on neither (the archive index of the release before
+    the shared schema carries sqlite-utils' ``idx_...`` names)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        schema: dict[str, Any] = {}
+        for table in tables:
+            columns = [(c[1], _affinity(c[2]), c[3], _default(c[4]), c[5])
+                       for c in conn.execute(f"PRAGMA table_info({table})")]
+            indexes = sorted(
+                (tuple(i[2] for i in conn.execute(f"PRAGMA index_info({ix[1]})")), bool(ix[2]))
+                for ix in conn.execute(f"PRAGMA index_list({table})") if ix[3] != "pk")
+            schema[table] = {"columns": columns, "indexes": indexes}
+        schema["user_version"] = conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+    return schema
+
+
+def sqlite_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        return {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in tables}  # noqa: S608
+    finally:
+        conn.close()
+
+
+def build_postgres(dsn: str) -> None:
+    """The PostgreSQL tables of the fixture in the (empty) database of ``dsn``."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute((FIXTURES / "postgres.sql").read_text().encode())
+
+
+_PG_COLUMNS = """
+SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
+FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position
+"""
+_PG_INDEXES = """
+SELECT t.relname AS table_name, c.relname AS index_name, i.indisunique, i.indisprimary,
+       array_agg(a.attname ORDER BY k.n) AS columns
+FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace ns ON ns.oid = t.relnamespace
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
+WHERE ns.nspname = 'public' GROUP BY t.relname, c.relname, i.indisunique, i.indisprimary ORDER BY 1, 2
+"""
+
+
+def postgres_schema(dsn: str) -> dict[str, Any]:
+    """Every column (type, nullability, default, identity) and index (name, columns, unique,
+    primary) of the public schema, exactly as PostgreSQL reports them."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return {"columns": conn.execute(_PG_COLUMNS).fetchall(), "indexes": conn.execute(_PG_INDEXES).fetchall()}
+
+
+def postgres_rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        tables = [r["tablename"] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {t: sorted((dict(r) for r in conn.execute(f"SELECT * FROM {t}")), key=repr)  # noqa: S608
+                for t in tables}
+
+
+def survived(before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Rows of ``before`` missing from ``after``, each compared on the columns it had (a later
+    migration may add columns, never lose a row or change a value)."""
+    lost = []
+    for table, rows in before.items():
+        for row in rows:
+            if not any(all(new.get(k, object()) == v for k, v in row.items()) for new in after.get(table, [])):
+                lost.append(f"{table}: {row}")
+    return lost
+
+
 if __name__ == "__main__":
     import tempfile
 
