@@ -1,1 +1,1 @@
-"""Thin adapters: the only modules that import pynetdicom, paho, sqlite-utils, pyudev."""
+"""Thin adapters: the only modules that import pynetdicom, paho, sqlite3, psycopg, pyudev."""
