@@ -126,13 +126,31 @@ def test_sqlite_database_keeps_its_rows_and_gets_the_current_schema_when_opened_
     assert schemas.sqlite_schema(old) == schemas.sqlite_schema(new)
 
 
-def test_sqlite_database_is_refused_when_its_schema_is_newer_than_this_release(tmp_path: Path) -> None:
+def test_spool_opens_unchanged_when_a_newer_release_migrated_it_and_the_update_rolled_back(
+        tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     schemas.build_sqlite("spool", path)
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(path) as conn:  # what the newer slot's additive migration left
+        conn.execute("ALTER TABLE items ADD COLUMN later_note TEXT")
         conn.execute(f"PRAGMA user_version = {len(SPOOL_MIGRATIONS) + 1}")
+
+    store, commitments = SpoolStore(path), CommitmentStore(path)
+    try:
+        assert store.schema_version == len(SPOOL_MIGRATIONS) + 1
+        assert [i.sop_instance_uid for i in store.by_sop_instance("1.2.3.2")] == ["1.2.3.2"]
+        assert len(commitments.all()) == 1
+    finally:
+        commitments.close()
+        store.close()
+
+
+def test_cloud_database_is_refused_when_its_schema_is_newer_than_this_release(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    schemas.build_sqlite("fleet", path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(FLEET_MIGRATIONS) + 1}")
     with pytest.raises(StorageError, match="newer than this software"):
-        SpoolStore(path)
+        SqliteFleetStore(path)
 
 
 def _without_versions(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:

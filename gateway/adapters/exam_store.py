@@ -94,7 +94,7 @@ class ExamStore:
         self._lock = self._database.lock
         self._spool_db = spool_db
         self._spool: SqliteDatabase | None = None
-        self._database.migrate(MIGRATIONS)
+        self._database.migrate(MIGRATIONS, newer_ok=True)  # additive: an A/B rollback's older slot opens it
 
     def _tx(self) -> AbstractContextManager[Connection]:
         return self._database.tx()

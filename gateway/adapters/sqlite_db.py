@@ -76,16 +76,18 @@ class SqliteDatabase:
     def schema_version(self) -> int:
         return int(self.rows("PRAGMA user_version")[0][0])
 
-    def migrate(self, migrations: Sequence[str]) -> None:
+    def migrate(self, migrations: Sequence[str], *, newer_ok: bool = False) -> None:
         """Apply the numbered scripts after ``PRAGMA user_version``, each in its own write
         transaction with the version read inside it (two processes may open a new file at the same
-        moment); refuse a database whose version is newer than ``migrations``."""
+        moment). A database whose version is newer than ``migrations`` is refused, unless
+        ``newer_ok``: the edge's, whose migrations are additive, so that the older slot of an A/B
+        update that rolled back runs on the data partition the newer one migrated."""
         while True:
             with self.tx() as conn:
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                if version > len(migrations):
+                if version > len(migrations) and not newer_ok:
                     raise StorageError(f"{self._what} {self.path} has schema {version}, newer than this software")
-                if version == len(migrations):
+                if version >= len(migrations):
                     return
                 for statement in filter(str.strip, migrations[version].format_map(TYPES).split(";")):
                     conn.execute(statement)

@@ -129,7 +129,7 @@ class SpoolStore:
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
         self.db = SqliteDatabase(db_path, "spool database", synchronous="FULL")
-        self.db.migrate(MIGRATIONS)
+        self.db.migrate(MIGRATIONS, newer_ok=True)  # additive: an A/B rollback's older slot opens it
 
     @property
     def schema_version(self) -> int:
