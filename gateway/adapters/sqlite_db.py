@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +58,7 @@ class SqliteDatabase:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S,
                                             isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(self.conn)
                 self.conn.execute(f"PRAGMA synchronous={synchronous}")
             self.conn.row_factory = sqlite3.Row
         except sqlite3.Error as exc:
@@ -127,6 +128,23 @@ class SqliteDatabase:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL. The switch needs the file to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, while another process opens or migrates the same new
+    file (two cloud workers starting together): retry, bounded by the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)  # another process holds the file for a moment: back off, try again
+        delay = min(delay * 2, 0.5)
 
 
 def backup(path: Path, dest: Path, what: str) -> None:
