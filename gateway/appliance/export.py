@@ -204,11 +204,7 @@ def _seal_fresh(settings: EdgeSettings, paths: Paths, item: SpoolItem,
                 urandom: Callable[[int], bytes]) -> tuple[str, Iterator[bytes]]:
     tid = urandom(16)
     keys = ObjectKeys.create(base64.b64decode(settings.box.cloud_public_key), tid, urandom(32), urandom(32))
-    manifest = Manifest(
-        codec=Codec.ZSTD, size=item.size, sha256=item.sha256, sop_class_uid=item.sop_class_uid,
-        sop_instance_uid=item.sop_instance_uid, study_instance_uid=item.study_instance_uid,
-        series_instance_uid=item.series_instance_uid, transfer_syntax_uid=item.transfer_syntax_uid,
-        item_id=item.id)
+    manifest = Manifest(item.identity, Codec.ZSTD, item.id)
     up = settings.uplink
     cache_key = FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME)  # the blob may be sealed at rest
     original = _checked(item, _blob_pieces(paths.blob_dir / item.blob_name, cache_key))
@@ -231,7 +227,7 @@ def _checked(item: SpoolItem, pieces: Iterable[bytes]) -> Iterator[bytes]:
     for piece in pieces:
         digest.update(piece)
         yield piece
-    if digest.hexdigest() != item.sha256:
+    if digest.hexdigest() != item.identity.sha256:
         raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
 
 

@@ -97,13 +97,8 @@ class Packer:
         plan = None
         if up.pixel_codec:
             head = pixel.head_of(cache.read_blob(self._blob_dir / item.blob_name, self._cache_key))
-            plan = pixel.plan(head, item.transfer_syntax_uid)
-        manifest = Manifest(
-            codec=Codec.ZSTD if plan is None else Codec.PIXEL, size=item.size, sha256=item.sha256,
-            sop_class_uid=item.sop_class_uid, sop_instance_uid=item.sop_instance_uid,
-            study_instance_uid=item.study_instance_uid, series_instance_uid=item.series_instance_uid,
-            transfer_syntax_uid=item.transfer_syntax_uid, item_id=item.id,
-        )
+            plan = pixel.plan(head, item.identity.transfer_syntax_uid)
+        manifest = Manifest(item.identity, Codec.ZSTD if plan is None else Codec.PIXEL, item.id)
         tally = _Tally()
         original = self._checked_read(item)
         frame_bytes = self.frame_bytes()
@@ -121,7 +116,7 @@ class Packer:
             ack_key=None, acked_ranges="[]",  # acks are signed by the cloud (wire v2): no per-item secret
         )
         log.info("instance packed", extra={
-            "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,
+            "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.identity.size,
             "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames, "CODEC": manifest.codec})
 
     def frame_bytes(self) -> int:
@@ -135,7 +130,7 @@ class Packer:
         for piece in cache.read_blob(self._blob_dir / item.blob_name, self._cache_key):
             digest.update(piece)
             yield piece
-        if digest.hexdigest() != item.sha256:
+        if digest.hexdigest() != item.identity.sha256:
             raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
 
     @staticmethod

@@ -64,9 +64,10 @@ class Quarantine:
 
     def _item_entry(self, item: SpoolItem) -> Entry:
         return Entry(
-            id=str(item.id), kind="item", sop_class=sop_class_name(item.sop_class_uid), calling_ae=item.calling_ae,
-            bytes=item.size, received_at=item.received_at, reason=item.reason or "", pack_attempts=item.pack_attempts,
-            sha256_prefix=item.sha256[:12], blob_present=(self._paths.blob_dir / item.blob_name).is_file())
+            id=str(item.id), kind="item", sop_class=sop_class_name(item.identity.sop_class_uid),
+            calling_ae=item.calling_ae, bytes=item.identity.size, received_at=item.received_at,
+            reason=item.reason or "", pack_attempts=item.pack_attempts, sha256_prefix=item.identity.sha256[:12],
+            blob_present=(self._paths.blob_dir / item.blob_name).is_file())
 
     def _file_entry(self, path: Path) -> Entry:
         st = path.stat()
@@ -109,14 +110,14 @@ class Quarantine:
             raise QuarantineError("an unreadable dataset cannot be replayed: the modality must send it again")
         item = self._item(entry_id)
         blob = self._paths.blob_dir / item.blob_name
-        if not blob.is_file() or self._sha256(blob) != item.sha256:
+        if not blob.is_file() or self._sha256(blob) != item.identity.sha256:
             raise QuarantineError(f"item {item.id}: its spooled blob is missing or no longer matches its hash; "
                                   "it cannot be replayed, only deleted")
         self._store.transition(
             item.id, spool.Replayed(), self._clock(), pack_attempts=0, transfer_id=None, final_seq=None,
             frame0_bytes=None, frame_bytes=None, packed_bytes=None, ack_key=None, acked_ranges="[]", reason=None)
         log.warning("quarantined instance replayed", extra={
-            "MESSAGE_ID": MSG.QUARANTINE_REPLAYED.value, "ITEM_ID": item.id, "BYTES": item.size})
+            "MESSAGE_ID": MSG.QUARANTINE_REPLAYED.value, "ITEM_ID": item.id, "BYTES": item.identity.size})
         return self._item_entry(item)
 
     def delete(self, entry_id: str) -> Entry:
