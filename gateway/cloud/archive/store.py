@@ -352,4 +352,3 @@ def original_sha256(path: Path, key_file: Path) -> str:
         return digest.hexdigest()
     except (IntegrityError, StorageError, ConfigError):
         return ""
-
