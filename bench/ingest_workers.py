@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from gateway.adapters.postgres_index import PostgresIndex
 from gateway.core import topics
 from gateway.core.codec import Codec
+from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.loopback import BOX_ID, LoopbackDeployment
 
@@ -48,14 +49,14 @@ def seal_all(cloud_public: bytes, objects: int) -> tuple[list[tuple[str, list[by
     out, total = [], 0
     for n in range(objects):
         data = files[n % len(files)]
-        tid = os.urandom(16)
-        keys = ObjectKeys.create(cloud_public, tid, os.urandom(32), os.urandom(32))
+        keys = ObjectKeys.draw(cloud_public, os.urandom)
         uid = f"2.25.{uuid.uuid4().int}"
-        manifest = Manifest(codec=Codec.ZSTD, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                            sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=uid,
-                            study_instance_uid="2.25.1", series_instance_uid="2.25.2",
-                            transfer_syntax_uid="1.2.840.10008.1.2.1")
-        out.append((tid.hex(), list(seal_object(BOX_ID, keys, manifest, [data]))))
+        identity = InstanceIdentity(size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                    sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=uid,
+                                    study_instance_uid="2.25.1", series_instance_uid="2.25.2",
+                                    transfer_syntax_uid="1.2.840.10008.1.2.1")
+        manifest = Manifest(identity, Codec.ZSTD)
+        out.append((keys.transfer_id.hex(), list(seal_object(BOX_ID, keys, manifest, [data]))))
         total += len(data)
     return out, total
 

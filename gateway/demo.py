@@ -99,14 +99,15 @@ def _verify(root: Path, files: list[Path], summary: Summary, progress: bool) -> 
     store = SpoolStore(root / "edge" / "spool.db")
     try:
         while time.monotonic() < deadline:
-            received = {i.sha256: i for i in store.in_state(*ItemState, limit=10**6)}
+            received = {i.identity.sha256: i for i in store.in_state(*ItemState, limit=10**6)}
             for record in archive.instances():
-                if record.sha256 in received and record.sha256 not in matched \
-                        and _sha(archive.open(record)) == record.sha256:  # decrypted in memory
-                    matched.add(record.sha256)
-                    item = received[record.sha256]
+                sha256 = record.identity.sha256
+                if sha256 in received and sha256 not in matched \
+                        and _sha(archive.open(record)) == sha256:  # decrypted in memory
+                    matched.add(sha256)
+                    item = received[sha256]
                     if progress:
-                        print(f"  [{len(matched)}/{len(files)}] item {item.id}: {item.size / 1e6:.2f} MB "
+                        print(f"  [{len(matched)}/{len(files)}] item {item.id}: {item.identity.size / 1e6:.2f} MB "
                               "in the cloud archive, SHA-256 matches", file=sys.stderr)
             acked = [i for i in received.values() if i.state in (ItemState.ACKNOWLEDGED, ItemState.PURGED)]
             summary.acknowledged = len(acked)

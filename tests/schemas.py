@@ -33,14 +33,15 @@ def _fill_spool(path: Path) -> None:
     from gateway.adapters.commitment_store import CommitmentStore
     from gateway.adapters.store import SpoolStore
     from gateway.core.commitment import Reference
+    from gateway.core.instance import InstanceIdentity
 
     store = SpoolStore(path)
     for n in range(1, 3):
-        meta = {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": f"1.2.3.{n}",
-                "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.0",
-                "transfer_syntax_uid": "1.2.840.10008.1.2.1", "calling_ae": "CT1", "size": 1000 * n,
-                "sha256": f"{n:064x}"}
-        store.add_received(meta, f"blob-{n}", T0 + n, priority=n)
+        identity = InstanceIdentity(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=f"1.2.3.{n}", study_instance_uid="1.2.3",
+            series_instance_uid="1.2.3.0", transfer_syntax_uid="1.2.840.10008.1.2.1", size=1000 * n,
+            sha256=f"{n:064x}")
+        store.add_received(identity, "CT1", f"blob-{n}", T0 + n, priority=n)
         store.note_study("1.2.3", "CT1", n, T0 + n)
     store.close()
     commitments = CommitmentStore(path)

@@ -45,6 +45,7 @@ from gateway.config import DicomSettings
 from gateway.core import admission, atrest, dataset
 from gateway.core.errors import ConfigError, DatasetLimitError, DatasetStructureError, SpoolFullError
 from gateway.core.exam import HEADER_TAGS
+from gateway.core.instance import InstanceIdentity
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,8 @@ class Status(enum.IntEnum):
 @dataclass(frozen=True)
 class ReceivedInstance:
     path: Path  # durable sealed (core.atrest, cache key) Part-10 file in incoming_dir: our file meta + the
-    # dataset bytes as received; size and sha256 are of that plaintext
-    size: int
-    sha256: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str  # "" if absent
-    series_instance_uid: str  # "" if absent
-    transfer_syntax_uid: str
+    # dataset bytes as received
+    identity: InstanceIdentity  # its size and sha256 are of that plaintext
     calling_ae: str
     peer_address: str
     # Header strings for utilisation (core.exam.HEADER_TAGS: Modality, acquisition/content/series/study
@@ -263,8 +258,8 @@ class DicomListener:
             raise
         log.info("instance stored", extra={
             "MESSAGE_ID": MSG.INSTANCE_STORED.value, "ITEM_ID": item_id,
-            "SOP_CLASS": _sop_class_name(instance.sop_class_uid),
-            "BYTES": instance.size, "CALLING_AE": instance.calling_ae})
+            "SOP_CLASS": _sop_class_name(instance.identity.sop_class_uid),
+            "BYTES": instance.identity.size, "CALLING_AE": instance.calling_ae})
         return Status.SUCCESS
 
     def _quarantine(self, path: Path, event: Event, exc: DatasetStructureError) -> Status:
@@ -321,12 +316,13 @@ def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> R
     with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
         study, series, header, priority = _read_header(
             cast(BinaryIO, blobs.SealedReader(key, sealed)), transfer_syntax)
+    identity = InstanceIdentity(
+        sop_class_uid=str(req.AffectedSOPClassUID), sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        study_instance_uid=study, series_instance_uid=series, transfer_syntax_uid=str(transfer_syntax),
+        size=size, sha256=sha256)
     return ReceivedInstance(
-        path=path, size=size, sha256=sha256, sop_class_uid=str(req.AffectedSOPClassUID),
-        sop_instance_uid=str(req.AffectedSOPInstanceUID), study_instance_uid=study,
-        series_instance_uid=series, transfer_syntax_uid=str(transfer_syntax),
-        calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address), header=header,
-        dimse_priority=int(getattr(req, "Priority", 0) or 0), requested_priority=priority)
+        path=path, identity=identity, calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address),
+        header=header, dimse_priority=int(getattr(req, "Priority", 0) or 0), requested_priority=priority)
 
 
 def _read_header(fh: BinaryIO, transfer_syntax: UID) -> tuple[str, str, dict[str, str], str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from gateway.adapters.sqlite_db import Connection, SqliteDatabase, backup
 from gateway.core import spool
 from gateway.core.errors import StorageError
+from gateway.core.instance import InstanceIdentity
 from gateway.core.spool import Effect, ItemState
 
 MIGRATIONS: list[str] = [
@@ -93,14 +94,8 @@ class SpoolItem:
     id: int
     state: ItemState
     priority: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
+    identity: InstanceIdentity  # columns of the same names
     calling_ae: str
-    size: int
-    sha256: str
     blob_name: str
     received_at: float
     updated_at: float
@@ -120,6 +115,7 @@ class SpoolItem:
         row = dict(row)
         row["state"] = ItemState(row["state"])
         row["acked_ranges"] = tuple(tuple(r) for r in json.loads(row["acked_ranges"]))
+        row["identity"] = InstanceIdentity(**{f.name: row[f.name] for f in fields(InstanceIdentity)})
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
@@ -141,9 +137,10 @@ class SpoolStore:
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[SpoolItem]:
         return [SpoolItem.from_row(dict(r)) for r in self.db.rows(sql, params)]
 
-    def add_received(self, meta: dict[str, Any], blob_name: str, now: float, priority: int = 0) -> int:
+    def add_received(self, identity: InstanceIdentity, calling_ae: str, blob_name: str, now: float,
+                     priority: int = 0) -> int:
         """Commit a received instance (its blob is already durable)."""
-        row = dict(meta, blob_name=blob_name, received_at=now, updated_at=now,
+        row = dict(asdict(identity), calling_ae=calling_ae, blob_name=blob_name, received_at=now, updated_at=now,
                    priority=priority, state=ItemState.RECEIVED.value)
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)

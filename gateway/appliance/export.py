@@ -43,13 +43,11 @@ from gateway.adapters import safefs
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
-from gateway.core import atrest
-from gateway.core.codec import Codec
-from gateway.core.errors import GatewayError, IntegrityError, StorageError
+from gateway.core.errors import GatewayError, StorageError
 from gateway.core.spool import ItemState
-from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.edge import cache
 from gateway.edge.packer import frame_offset, outbox_path
+from gateway.edge.seal import seal_item
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -202,37 +200,15 @@ def _outbox_frames(item: SpoolItem, outbox: Path) -> Iterator[bytes]:
 
 def _seal_fresh(settings: EdgeSettings, paths: Paths, item: SpoolItem,
                 urandom: Callable[[int], bytes]) -> tuple[str, Iterator[bytes]]:
-    tid = urandom(16)
-    keys = ObjectKeys.create(base64.b64decode(settings.box.cloud_public_key), tid, urandom(32), urandom(32))
-    manifest = Manifest(
-        codec=Codec.ZSTD, size=item.size, sha256=item.sha256, sop_class_uid=item.sop_class_uid,
-        sop_instance_uid=item.sop_instance_uid, study_instance_uid=item.study_instance_uid,
-        series_instance_uid=item.series_instance_uid, transfer_syntax_uid=item.transfer_syntax_uid,
-        item_id=item.id)
+    """Seal an item the packer has not packed, with the packer's own ``seal_item``: ZSTD (one
+    pass over each blob while the stick is in) and the configured frame size (the frames reach
+    the cloud through ``mgw cloud import``, not through a broker's packet limit)."""
     up = settings.uplink
     cache_key = FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME)  # the blob may be sealed at rest
-    original = _checked(item, _blob_pieces(paths.blob_dir / item.blob_name, cache_key))
-    return tid.hex(), seal_object(settings.box.id, keys, manifest, original, up.max_frame_bytes, up.zstd_level)
-
-
-def _blob_pieces(path: Path, key: bytes | None) -> Iterator[bytes]:
-    """``cache.read_blob``, but the file opened without following a link (``safefs.open_regular``)."""
-    if path.name.endswith(cache.SEALED_SUFFIX) and key is None:
-        raise IntegrityError(f"{path.name} is sealed but encryption at rest is off: no cache key")
-    with safefs.open_regular(path) as fh:
-        pieces = iter(lambda: fh.read(1 << 20), b"")
-        yield from (atrest.open_pieces(key, pieces) if key is not None and path.name.endswith(cache.SEALED_SUFFIX)
-                    else pieces)
-
-
-def _checked(item: SpoolItem, pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """The original bytes, refusing (``IntegrityError``) a blob that no longer matches its hash."""
-    digest = hashlib.sha256()
-    for piece in pieces:
-        digest.update(piece)
-        yield piece
-    if digest.hexdigest() != item.sha256:
-        raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
+    sealed = seal_item(item, paths.blob_dir, cache_key, box_id=settings.box.id,
+                       cloud_public=base64.b64decode(settings.box.cloud_public_key), frame_bytes=up.max_frame_bytes,
+                       zstd_level=up.zstd_level, pixel_codec=False, urandom=urandom)
+    return sealed.transfer_id.hex(), sealed.frames
 
 
 def _length_prefixed(frames: Iterable[bytes], digest: hashlib._Hash, counter: list[int]) -> Iterator[bytes]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final
 
 from gateway.core import envelope, schema
 from gateway.core.codec import Codec, compress_stream, decompress_stream, rechunk
@@ -21,29 +22,32 @@ from gateway.core.framing import (
     ChunkFrame,
     chunk_aad,
 )
+from gateway.core.instance import InstanceIdentity
 from gateway.core.segment import ImageDecoder
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION: Final = 1
 MAX_MANIFEST_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What the cloud needs to restore and file an object. Sealed, never in clear."""
+    """What the cloud needs to restore and file an object: the instance's identity, the codec
+    of the payload and the edge's item id. Sealed, never in clear."""
 
+    identity: InstanceIdentity
     codec: int
-    size: int
-    sha256: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    item_id: int = 0
-    v: int = MANIFEST_VERSION
+    item_id: int = 0  # the edge's own spool row id; the cloud only echoes it in logs
 
+    # The wire form is ``schema.ManifestV1`` (docs/protocol.md, "Manifest"): these two methods
+    # are the only place it is built from, or parsed into, an identity.
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        i = self.identity
+        wire = schema.ManifestV1(
+            v=MANIFEST_VERSION, codec=self.codec, size=i.size, sha256=i.sha256, sop_class_uid=i.sop_class_uid,
+            sop_instance_uid=i.sop_instance_uid, study_instance_uid=i.study_instance_uid,
+            series_instance_uid=i.series_instance_uid, transfer_syntax_uid=i.transfer_syntax_uid,
+            item_id=self.item_id)
+        return json.dumps(schema.to_builtins(wire), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -51,8 +55,11 @@ class Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise FrameError(f"manifest is {len(data)} bytes, above {MAX_MANIFEST_BYTES}")
         m = schema.parse(schema.ManifestV1, data, "manifest")
-        return cls(m.codec, m.size, m.sha256, m.sop_class_uid, m.sop_instance_uid, m.study_instance_uid,
-                   m.series_instance_uid, m.transfer_syntax_uid, m.item_id, m.v)
+        identity = InstanceIdentity(
+            sop_class_uid=m.sop_class_uid, sop_instance_uid=m.sop_instance_uid,
+            study_instance_uid=m.study_instance_uid, series_instance_uid=m.series_instance_uid,
+            transfer_syntax_uid=m.transfer_syntax_uid, size=m.size, sha256=m.sha256)
+        return cls(identity, m.codec, m.item_id)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,13 @@ class ObjectKeys:
     ) -> ObjectKeys:
         eph_public, wrapped = envelope.wrap_data_key(cloud_public, data_key, eph_private, transfer_id)
         return cls(transfer_id, data_key, eph_public, wrapped)
+
+    @classmethod
+    def draw(cls, cloud_public: bytes, urandom: Callable[[int], bytes]) -> ObjectKeys:
+        """Fresh secrets for one object: transfer id, data key and ephemeral key, from ``urandom``
+        (``os.urandom`` at the caller)."""
+        transfer_id = urandom(16)
+        return cls.create(cloud_public, transfer_id, urandom(32), urandom(32))
 
 
 def payload_bytes_per_frame(max_frame_bytes: int) -> int:
@@ -160,16 +174,16 @@ def open_object(
     if first is None:
         raise FrameError("no chunks")
     manifest = open_manifest(box_id, first, data_key)
-    if manifest.size > max_object_bytes:
-        raise IntegrityError(f"object declares {manifest.size} bytes, above the limit")
+    if manifest.identity.size > max_object_bytes:
+        raise IntegrityError(f"object declares {manifest.identity.size} bytes, above the limit")
     yield manifest
     digest, produced = hashlib.sha256(), 0
     plaintexts = _plaintexts(box_id, data_key, first, it)
-    for out in decompress_stream(manifest.codec, plaintexts, manifest.size, image_decoders):
+    for out in decompress_stream(manifest.codec, plaintexts, manifest.identity.size, image_decoders):
         digest.update(out)
         produced += len(out)
         yield out
-    if produced != manifest.size or digest.hexdigest() != manifest.sha256:
+    if produced != manifest.identity.size or digest.hexdigest() != manifest.identity.sha256:
         raise IntegrityError("restored object does not match its manifest hash")
 
 

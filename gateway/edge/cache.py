@@ -10,12 +10,12 @@ to the cloud's envelope key, which the box itself cannot open.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from gateway.adapters import blobs
+from gateway.adapters import blobs, safefs
 from gateway.core import atrest
-from gateway.core.errors import IntegrityError
+from gateway.core.errors import IntegrityError, StorageError
 
 KEY_NAME = "cache"
 SEALED_SUFFIX = atrest.SUFFIX
@@ -43,9 +43,20 @@ def plaintext_files(directory: Path) -> list[Path]:
 
 
 def read_blob(path: Path, key: bytes | None) -> Iterable[bytes]:
-    """The original bytes of a spooled blob, sealed or not, in bounded pieces."""
+    """The original bytes of a spooled blob, sealed or not, in bounded pieces. Neither the file
+    nor its folder is opened through a link (``safefs.open_regular``): the emergency export reads
+    the spool as root. ``StorageError`` if it cannot be read."""
     if not path.name.endswith(SEALED_SUFFIX):
-        return blobs.read_pieces(path)
+        return _pieces(path)
     if key is None:
         raise IntegrityError(f"{path.name} is sealed but encryption at rest is off: no cache key")
-    return atrest.open_pieces(key, blobs.read_pieces(path))
+    return atrest.open_pieces(key, _pieces(path))
+
+
+def _pieces(path: Path, piece_bytes: int = 1 << 20) -> Iterator[bytes]:
+    try:
+        with safefs.open_regular(path) as fh:
+            while piece := fh.read(piece_bytes):
+                yield piece
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc

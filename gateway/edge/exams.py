@@ -73,17 +73,18 @@ class ExamRecorder:
                 instance, received_at = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if not instance.study_instance_uid:
+            uids = instance.identity
+            if not uids.study_instance_uid:
                 continue  # no study: nothing to attribute the instance to
-            key = self.key(instance.study_instance_uid)
+            key = self.key(uids.study_instance_uid)
             inst = exams.instance_time(
-                instance.header, study_key=key, series_key=self.key(instance.series_instance_uid or "-"),
+                instance.header, study_key=key, series_key=self.key(uids.series_instance_uid or "-"),
                 received_at=received_at, default_offset_s=s.utc_offset_minutes * 60,
                 max_header_age_s=s.max_header_age_h * 3600, max_header_ahead_s=s.max_header_ahead_s)
             new_series = self.store.add_series(key, inst.series_key)
             stored = self.store.get(key)
             folded = exams.fold(stored.exam if stored else None, inst, new_series)
-            self.store.save(folded, instance.study_instance_uid, closed=False)
+            self.store.save(folded, uids.study_instance_uid, closed=False)
 
     # -- MPPS (association threads) -----------------------------------------------------------------
     def mpps(self, study_uid: str, modality: str, start: float | None, end: float | None,

@@ -1,17 +1,15 @@
 """Pack a received instance: compress and seal it into the outbox, durably.
 
-One item at a time: read the original blob (checking its hash on the way),
-choose its codec (PIXEL for uncompressed little-endian images with a pixel
-plan, else ZSTD; gateway/codecs/pixel.py), seal it with a fresh data key for
-the cloud, write the frames to ``outbox/<transfer>.frames`` (tmp + fsync +
-rename), then commit PACKED.
+One item at a time: seal it (``edge/seal.py``: read the original blob,
+checking it against the item's identity on the way, choose its codec, seal it
+with a fresh data key for the cloud), write the frames to
+``outbox/<transfer>.frames`` (tmp + fsync + rename), then commit PACKED.
 A crash between the file and the commit leaves an orphan file that the
 startup sweep removes; the item is simply packed again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -20,14 +18,11 @@ from pathlib import Path
 
 from gateway.adapters import blobs
 from gateway.adapters.store import SpoolItem, SpoolStore
-from gateway.codecs import pixel
 from gateway.config import EdgeSettings
 from gateway.core import spool
-from gateway.core.codec import Codec
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
 from gateway.core.framing import MIN_FRAME_BYTES
-from gateway.core.transfer import Manifest, ObjectKeys, seal_object, seal_payload
-from gateway.edge import cache
+from gateway.edge.seal import seal_item
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -91,52 +86,29 @@ class Packer:
             return False
 
     def _pack(self, item: SpoolItem) -> None:
-        tid = self._urandom(16)
-        keys = ObjectKeys.create(self._cloud_public, tid, self._urandom(32), self._urandom(32))
         up = self._settings.uplink
-        plan = None
-        if up.pixel_codec:
-            head = pixel.head_of(cache.read_blob(self._blob_dir / item.blob_name, self._cache_key))
-            plan = pixel.plan(head, item.transfer_syntax_uid)
-        manifest = Manifest(
-            codec=Codec.ZSTD if plan is None else Codec.PIXEL, size=item.size, sha256=item.sha256,
-            sop_class_uid=item.sop_class_uid, sop_instance_uid=item.sop_instance_uid,
-            study_instance_uid=item.study_instance_uid, series_instance_uid=item.series_instance_uid,
-            transfer_syntax_uid=item.transfer_syntax_uid, item_id=item.id,
-        )
-        tally = _Tally()
-        original = self._checked_read(item)
         frame_bytes = self.frame_bytes()
-        if plan is None:
-            frames = seal_object(self._settings.box.id, keys, manifest, original, frame_bytes, up.zstd_level)
-        else:
-            payload = pixel.pixel_payload(original, plan, up.zstd_level)
-            frames = seal_payload(self._settings.box.id, keys, manifest, payload, frame_bytes)
-        path = outbox_path(self._outbox_dir, tid.hex())
-        blobs.write_atomic(path, self._counted(frames, tally))
+        sealed = seal_item(item, self._blob_dir, self._cache_key, box_id=self._settings.box.id,
+                           cloud_public=self._cloud_public, frame_bytes=frame_bytes, zstd_level=up.zstd_level,
+                           pixel_codec=up.pixel_codec, urandom=self._urandom)
+        tally = _Tally()
+        tid = sealed.transfer_id.hex()
+        blobs.write_atomic(outbox_path(self._outbox_dir, tid), self._counted(sealed.frames, tally))
         self._store.transition(
             item.id, spool.Packed(), self._clock(),
-            transfer_id=tid.hex(), final_seq=tally.frames - 1, frame0_bytes=tally.frame0_bytes,
+            transfer_id=tid, final_seq=tally.frames - 1, frame0_bytes=tally.frame0_bytes,
             frame_bytes=frame_bytes, packed_bytes=tally.total_bytes,
             ack_key=None, acked_ranges="[]",  # acks are signed by the cloud (wire v2): no per-item secret
         )
         log.info("instance packed", extra={
-            "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.size,
-            "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames, "CODEC": manifest.codec})
+            "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.identity.size,
+            "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames, "CODEC": sealed.manifest.codec})
 
     def frame_bytes(self) -> int:
         """``uplink.max_frame_bytes``, lowered to what the broker last said it accepts."""
         limit = self._frame_limit()
         configured = self._settings.uplink.max_frame_bytes
         return max(MIN_FRAME_BYTES, min(configured, limit)) if limit else configured
-
-    def _checked_read(self, item: SpoolItem) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        for piece in cache.read_blob(self._blob_dir / item.blob_name, self._cache_key):
-            digest.update(piece)
-            yield piece
-        if digest.hexdigest() != item.sha256:
-            raise IntegrityError(f"spooled blob of item {item.id} no longer matches its hash")
 
     @staticmethod
     def _counted(frames: Iterator[bytes], tally: _Tally) -> Iterator[bytes]:

@@ -3,8 +3,9 @@
 Two kinds of entries, both shown without patient data (no names, ids or UIDs):
 - ``item``: a spool item in state QUARANTINED (pack failed after bounded attempts, the
   cloud rejected it, or it was resent ``uplink.max_send_attempts`` rounds without
-  progress). Replay sends it through the queue again (after checking its blob still
-  matches its SHA-256); delete removes its blob and keeps the row, state PURGED.
+  progress). Replay sends it through the queue again, after checking that its blob still
+  holds its identity's bytes (``seal.intact``: the same read and check the packer's seal
+  runs); delete removes its blob and keeps the row, state PURGED.
 - ``file``: a dataset the DICOM listener could not parse (the modality was answered
   0xC210, so it still holds the instance). It can only be deleted.
 
@@ -14,7 +15,6 @@ packer picks replayed items up by polling the database.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,9 +25,9 @@ from gateway.adapters.dicom_names import sop_class_name
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.core import spool
-from gateway.core.errors import GatewayError, LocalError
+from gateway.core.errors import LocalError
 from gateway.core.spool import ItemState
-from gateway.edge import cache
+from gateway.edge import cache, seal
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -64,9 +64,10 @@ class Quarantine:
 
     def _item_entry(self, item: SpoolItem) -> Entry:
         return Entry(
-            id=str(item.id), kind="item", sop_class=sop_class_name(item.sop_class_uid), calling_ae=item.calling_ae,
-            bytes=item.size, received_at=item.received_at, reason=item.reason or "", pack_attempts=item.pack_attempts,
-            sha256_prefix=item.sha256[:12], blob_present=(self._paths.blob_dir / item.blob_name).is_file())
+            id=str(item.id), kind="item", sop_class=sop_class_name(item.identity.sop_class_uid),
+            calling_ae=item.calling_ae, bytes=item.identity.size, received_at=item.received_at,
+            reason=item.reason or "", pack_attempts=item.pack_attempts, sha256_prefix=item.identity.sha256[:12],
+            blob_present=(self._paths.blob_dir / item.blob_name).is_file())
 
     def _file_entry(self, path: Path) -> Entry:
         st = path.stat()
@@ -108,15 +109,14 @@ class Quarantine:
         if entry_id.startswith(FILE_PREFIX):
             raise QuarantineError("an unreadable dataset cannot be replayed: the modality must send it again")
         item = self._item(entry_id)
-        blob = self._paths.blob_dir / item.blob_name
-        if not blob.is_file() or self._sha256(blob) != item.sha256:
+        if not seal.intact(item, self._paths.blob_dir, self._cache_key()):
             raise QuarantineError(f"item {item.id}: its spooled blob is missing or no longer matches its hash; "
                                   "it cannot be replayed, only deleted")
         self._store.transition(
             item.id, spool.Replayed(), self._clock(), pack_attempts=0, transfer_id=None, final_seq=None,
             frame0_bytes=None, frame_bytes=None, packed_bytes=None, ack_key=None, acked_ranges="[]", reason=None)
         log.warning("quarantined instance replayed", extra={
-            "MESSAGE_ID": MSG.QUARANTINE_REPLAYED.value, "ITEM_ID": item.id, "BYTES": item.size})
+            "MESSAGE_ID": MSG.QUARANTINE_REPLAYED.value, "ITEM_ID": item.id, "BYTES": item.identity.size})
         return self._item_entry(item)
 
     def delete(self, entry_id: str) -> Entry:
@@ -135,20 +135,7 @@ class Quarantine:
             "MESSAGE_ID": MSG.QUARANTINE_DELETED.value, "ENTRY": entry.id, "BYTES": entry.bytes})
         return entry
 
-
-    def _sha256(self, path: Path) -> str:
-        """SHA-256 of the original bytes (a sealed blob is opened with the cache key); "" if
-        the blob cannot be read or opened."""
-        key = None
-        if path.name.endswith(cache.SEALED_SUFFIX):
-            keys = FileKeyStore(self._paths.state_dir / "keys")
-            if not keys.path(cache.KEY_NAME).with_suffix(".secret").exists():
-                return ""
-            key = keys.secret(cache.KEY_NAME)
-        digest = hashlib.sha256()
-        try:
-            for piece in cache.read_blob(path, key):
-                digest.update(piece)
-        except (GatewayError, OSError):
-            return ""
-        return digest.hexdigest()
+    def _cache_key(self) -> bytes | None:
+        """The cache key if the box has one (never made here: no key, no sealed blob to open)."""
+        keys = FileKeyStore(self._paths.state_dir / "keys")
+        return keys.secret(cache.KEY_NAME) if keys.path(cache.KEY_NAME).with_suffix(".secret").exists() else None

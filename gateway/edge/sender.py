@@ -255,7 +255,7 @@ class Sender:
             active.persisted_at, active.persisted_count = now, acked
 
     def _stored(self, item: SpoolItem, sha_hex: str) -> None:
-        if sha_hex != item.sha256:
+        if sha_hex != item.identity.sha256:
             self._bad_ack("STORED ack names another object", UnexpectedAckError(sha_hex[:12]))
             return
         if item.state not in (ItemState.PACKED, ItemState.SENDING):
@@ -266,7 +266,7 @@ class Sender:
         self.stats.objects_acked += 1
         self.stats.sent_seqs.pop(item.transfer_id or "", None)
         log.info("instance acknowledged by the cloud", extra={
-            "MESSAGE_ID": MSG.ITEM_ACKNOWLEDGED.value, "ITEM_ID": item.id, "BYTES": item.size,
+            "MESSAGE_ID": MSG.ITEM_ACKNOWLEDGED.value, "ITEM_ID": item.id, "BYTES": item.identity.size,
             "LATENCY_S": round(self._clock() - item.received_at, 3)})
 
     def _rejected(self, item: SpoolItem, reason: str) -> None:

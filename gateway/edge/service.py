@@ -129,24 +129,18 @@ class EdgeService:
     def accept(self, instance: ReceivedInstance) -> int:
         if self._disk_refuses():
             raise SpoolFullError("spool disk above its high-water mark")
-        name = f"{instance.sha256[:16]}-{instance.path.name}"  # the listener sealed it: <...>.mgwc
+        name = f"{instance.identity.sha256[:16]}-{instance.path.name}"  # the listener sealed it: <...>.mgwc
         if self._cache_key is not None:  # adopted sealed, fsynced, before the row and 0x0000
             blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
         else:  # encryption at rest switched off: the operator chose a plaintext spool
             name = name.removesuffix(cache.SEALED_SUFFIX)
             blobs.write_atomic(self.paths.blob_dir / name, cache.read_blob(instance.path, self._receive_key))
             blobs.remove(instance.path)
-        meta = {
-            "sop_class_uid": instance.sop_class_uid, "sop_instance_uid": instance.sop_instance_uid,
-            "study_instance_uid": instance.study_instance_uid,
-            "series_instance_uid": instance.series_instance_uid,
-            "transfer_syntax_uid": instance.transfer_syntax_uid, "calling_ae": instance.calling_ae,
-            "size": instance.size, "sha256": instance.sha256,
-        }
         priority = classify(self._priority_rules, instance.calling_ae, instance.modality,
                             instance.dimse_priority, instance.requested_priority)
         try:
-            item_id = self.store.add_received(meta, name, self._clock(), priority=int(priority))
+            item_id = self.store.add_received(instance.identity, instance.calling_ae, name, self._clock(),
+                                              priority=int(priority))
         except Exception:
             blobs.remove(self.paths.blob_dir / name)
             raise
@@ -158,10 +152,10 @@ class EdgeService:
 
     def _note_study(self, instance: ReceivedInstance, priority: int) -> None:
         """Observer: study bookkeeping never fails a C-STORE whose item is committed."""
-        if not instance.study_instance_uid:
+        if not instance.identity.study_instance_uid:
             return
         try:
-            self.store.note_study(instance.study_instance_uid, instance.calling_ae, priority, self._clock())
+            self.store.note_study(instance.identity.study_instance_uid, instance.calling_ae, priority, self._clock())
         except Exception:
             log.exception("study bookkeeping failed (the instance itself is stored)")
 
@@ -342,7 +336,7 @@ class EdgeService:
             for item in batch:
                 done, effects = self.store.transition(item.id, spool.RetentionExpired(), self._clock())
                 self.sender.apply_effects(done, effects)
-                purged, freed = purged + 1, freed + item.size
+                purged, freed = purged + 1, freed + item.identity.size
         if purged:
             log.warning("acknowledged instances purged early to free disk space", extra={
                 "MESSAGE_ID": MSG.SPOOL_PURGED_FOR_SPACE.value, "ITEMS": purged, "BYTES": freed,
@@ -354,7 +348,7 @@ class EdgeService:
             done, effects = self.store.transition(item.id, spool.RetentionExpired(), self._clock())
             self.sender.apply_effects(done, effects)
             log.info("instance purged after retention", extra={
-                "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.size})
+                "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.identity.size})
 
 
 def _utilisation(settings: EdgeSettings, paths: Paths, keys: FileKeyStore, clock: Callable[[], float]

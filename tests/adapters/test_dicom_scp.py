@@ -76,12 +76,12 @@ class SqliteSink:
         self.before_commit()
         if self.fail_with is not None:
             raise self.fail_with
+        i = instance.identity
         with closing(sqlite3.connect(self.db, timeout=10)) as con, con:
             con.execute(
                 "INSERT INTO instance VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (str(instance.path), instance.size, instance.sha256, instance.sop_class_uid,
-                 instance.sop_instance_uid, instance.study_instance_uid, instance.series_instance_uid,
-                 instance.transfer_syntax_uid, instance.calling_ae, instance.peer_address),
+                (str(instance.path), i.size, i.sha256, i.sop_class_uid, i.sop_instance_uid, i.study_instance_uid,
+                 i.series_instance_uid, i.transfer_syntax_uid, instance.calling_ae, instance.peer_address),
             )
 
     def rows(self) -> list[dict[str, Any]]:

@@ -177,7 +177,7 @@ def test_every_mutated_dataset_gets_success_or_c210_when_sent_verbatim(
     accepted = sink.accepted[before:]
     assert len(accepted) == statuses.count(0x0000)
     for instance in accepted:  # each accepted one was structurally whole
-        assert instance.size > 0
+        assert instance.identity.size > 0
     _still_serving(listener)
 
 
@@ -206,6 +206,6 @@ def test_deflate_bomb_and_item_flood_get_c212_and_the_once_truncated_length_is_s
     sink = listener._sink
     assert isinstance(sink, MemorySink)
     stored = sink.accepted[-1]
-    assert stored.transfer_syntax_uid == DEFLATED_LE and stored.study_instance_uid == "1.2.3.4"
+    assert stored.identity.transfer_syntax_uid == DEFLATED_LE and stored.identity.study_instance_uid == "1.2.3.4"
     assert stored.modality == "CT"
     _still_serving(listener)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from gateway import config
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
+from gateway.core.instance import InstanceIdentity
 from gateway.edge import cache
 from gateway.paths import Paths
 from tests.peers import require_root
@@ -132,10 +133,9 @@ def edge_box(root: Path, items: int, size: int, seed: int = 1) -> EdgeBox:
         data = rng.randbytes(size)
         blob = f"item{n}{cache.SEALED_SUFFIX}"
         cache.write_sealed(paths.blob_dir / blob, key, [data])
-        ids.append(store.add_received({
-            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": f"1.2.3.{n}",
-            "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.1",
-            "transfer_syntax_uid": "1.2.840.10008.1.2.1", "calling_ae": "MODALITY",
-            "size": size, "sha256": hashlib.sha256(data).hexdigest()}, blob, time.time()))
+        ids.append(store.add_received(InstanceIdentity(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=f"1.2.3.{n}", study_instance_uid="1.2.3",
+            series_instance_uid="1.2.3.1", transfer_syntax_uid="1.2.840.10008.1.2.1", size=size,
+            sha256=hashlib.sha256(data).hexdigest()), "MODALITY", blob, time.time()))
     store.close()
     return EdgeBox(settings, paths, ids)

@@ -25,6 +25,7 @@ from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
 from gateway.appliance import export, status, usb
 from gateway.bundle import FILE_NAME as BUNDLE_FILE_NAME
+from gateway.core.instance import InstanceIdentity
 from gateway.edge import cache
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
@@ -182,10 +183,10 @@ def test_import_seals_and_archives_items_when_they_were_not_packed_yet(
     assert image.read_bytes()[128:132] == b"DICM" and b"DICM" not in blob.read_bytes()
     store = SpoolStore(paths.spool_db)
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
-    store.add_received({"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.4",
-                        "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.1",
-                        "transfer_syntax_uid": "1.2.840.10008.1.2.1", "calling_ae": "MODALITY",
-                        "size": image.stat().st_size, "sha256": sha}, blob.name, time.time())
+    store.add_received(InstanceIdentity(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid="1.2.3.4", study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.1", transfer_syntax_uid="1.2.840.10008.1.2.1", size=image.stat().st_size,
+        sha256=sha), "MODALITY", blob.name, time.time())
     store.close()
     (tmp_path / "stick").mkdir()
     summary = export.export_unacked(settings, paths, tmp_path / "stick")

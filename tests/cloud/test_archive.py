@@ -25,7 +25,7 @@ from gateway.cloud.archive.store import (
 from gateway.core import atrest
 from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason
-from gateway.core.transfer import Manifest
+from gateway.core.instance import InstanceIdentity
 from tests.backends import Backend
 
 BOX = "box-1"
@@ -33,11 +33,11 @@ TID = bytes(range(16))
 TID2 = bytes(range(16, 32))
 
 
-def manifest_for(data: bytes, sop: str = "1.2.3.4.5", sha256: str | None = None) -> Manifest:
-    return Manifest(codec=1, size=len(data), sha256=sha256 or hashlib.sha256(data).hexdigest(),
-                    sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=sop,
-                    study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
-                    transfer_syntax_uid="1.2.840.10008.1.2.1")
+def identity_for(data: bytes, sop: str = "1.2.3.4.5", sha256: str | None = None) -> InstanceIdentity:
+    return InstanceIdentity(size=len(data), sha256=sha256 or hashlib.sha256(data).hexdigest(),
+                            sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid=sop,
+                            study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+                            transfer_syntax_uid="1.2.840.10008.1.2.1")
 
 
 @pytest.fixture
@@ -84,25 +84,26 @@ def test_open_fails_with_storage_error_when_index_path_is_a_directory(tmp_path: 
 
 def test_object_is_filed_under_study_and_series_when_stored(tmp_path: Path, archive: Archive) -> None:
     data = b"DICM object bytes"
-    manifest = manifest_for(data)
+    identity = identity_for(data)
 
-    result = archive.store(manifest, archive.receive([data[:4], data[4:]]), BOX, TID, 3, 1000.0)
+    result = archive.store(identity, archive.receive([data[:4], data[4:]]), BOX, TID, 3, 1000.0)
 
     assert result.outcome is StoreOutcome.ARCHIVED
-    assert result.instance.path == tmp_path / "archive/1.2.3/1.2.3.4" / f"1.2.3.4.5_{manifest.sha256[:12]}.mgwc"
+    assert result.instance.identity == identity
+    assert result.instance.path == tmp_path / "archive/1.2.3/1.2.3.4" / f"1.2.3.4.5_{identity.sha256[:12]}.mgwc"
     assert b"".join(archive.open(result.instance)) == data
     assert archive.instances() == [result.instance]
     record = archive.lookup_transfer(BOX, TID)
     assert record is not None
     assert (record.state, record.sha256, record.chunks, record.updated_at) == (
-        TransferState.STORED, manifest.sha256, 3, 1000.0)
+        TransferState.STORED, identity.sha256, 3, 1000.0)
     assert scratch_files(tmp_path) == []
 
 
 def test_store_keeps_one_copy_when_the_same_object_is_stored_twice(tmp_path: Path, archive: Archive) -> None:
     data = b"same object"
-    first = archive.store(manifest_for(data), archive.receive([data]), BOX, TID, 2, 1.0)
-    second = archive.store(manifest_for(data), archive.receive([data]), "box-2", TID2, 2, 2.0)
+    first = archive.store(identity_for(data), archive.receive([data]), BOX, TID, 2, 1.0)
+    second = archive.store(identity_for(data), archive.receive([data]), "box-2", TID2, 2, 2.0)
 
     assert (first.outcome, second.outcome) == (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE)
     assert second.instance == first.instance
@@ -114,16 +115,16 @@ def test_store_keeps_one_copy_when_the_same_object_is_stored_twice(tmp_path: Pat
 
 def test_store_keeps_both_when_same_sop_instance_has_different_content(archive: Archive) -> None:
     a, b = b"version one", b"version two"
-    archive.store(manifest_for(a), archive.receive([a]), BOX, TID, 2, 1.0)
-    archive.store(manifest_for(b), archive.receive([b]), BOX, TID2, 2, 2.0)
+    archive.store(identity_for(a), archive.receive([a]), BOX, TID, 2, 1.0)
+    archive.store(identity_for(b), archive.receive([b]), BOX, TID2, 2, 2.0)
 
     assert sorted(b"".join(archive.open(r)) for r in archive.instances()) == [a, b]
 
 
 def test_store_uses_the_full_hash_name_when_the_short_name_is_taken(archive: Archive) -> None:
     prefix = "ab" * 6
-    one = archive.store(manifest_for(b"1", sha256=prefix + "0" * 52), archive.receive([b"1"]), BOX, TID, 2, 1.0)
-    two = archive.store(manifest_for(b"2", sha256=prefix + "1" * 52), archive.receive([b"2"]), BOX, TID2, 2, 2.0)
+    one = archive.store(identity_for(b"1", sha256=prefix + "0" * 52), archive.receive([b"1"]), BOX, TID, 2, 1.0)
+    two = archive.store(identity_for(b"2", sha256=prefix + "1" * 52), archive.receive([b"2"]), BOX, TID2, 2, 2.0)
 
     assert one.instance.path.name == f"1.2.3.4.5_{prefix}.mgwc"
     assert two.instance.path.name == f"1.2.3.4.5_{prefix + '1' * 52}.mgwc"
@@ -135,7 +136,7 @@ def test_store_fails_and_leaves_nothing_when_the_study_folder_cannot_be_made(tmp
     scratch = archive.receive([b"data"])
 
     with pytest.raises(StorageError):
-        archive.store(manifest_for(b"data"), scratch, BOX, TID, 2, 1.0)
+        archive.store(identity_for(b"data"), scratch, BOX, TID, 2, 1.0)
     assert archive.count() == 0
     assert scratch_files(tmp_path) == []
     assert archive.lookup_transfer(BOX, TID) is None
@@ -152,7 +153,7 @@ def test_receive_leaves_no_file_when_the_source_fails(tmp_path: Path, archive: A
 
 
 def test_terminal_state_is_kept_when_a_later_reject_or_staging_arrives(archive: Archive) -> None:
-    archive.store(manifest_for(b"x"), archive.receive([b"x"]), BOX, TID, 2, 1.0)
+    archive.store(identity_for(b"x"), archive.receive([b"x"]), BOX, TID, 2, 1.0)
     archive.note_staging(BOX, TID2, 0, 1.0)
     archive.note_staging(BOX, TID2, 5, 2.0)
 
@@ -215,7 +216,7 @@ PHI = b"DOE^JANE patient 123456 " * 100
 def test_object_and_scratch_are_sealed_with_a_key_kept_apart_when_stored(tmp_path: Path, archive: Archive) -> None:
     scratch = archive.receive([PHI[:1000], PHI[1000:]])
     assert PHI[:24] not in scratch.read_bytes()
-    result = archive.store(manifest_for(PHI), scratch, BOX, TID, 2, 1.0)
+    result = archive.store(identity_for(PHI), scratch, BOX, TID, 2, 1.0)
     assert PHI[:24] not in result.instance.path.read_bytes()
     assert b"".join(archive.open(result.instance)) == PHI
     assert archive.key_file == tmp_path / "keys" / "archive.key"  # beside the archive, not in it
@@ -223,7 +224,7 @@ def test_object_and_scratch_are_sealed_with_a_key_kept_apart_when_stored(tmp_pat
 
 
 def test_open_raises_integrity_error_when_the_sealed_file_was_altered(archive: Archive) -> None:
-    record = archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
+    record = archive.store(identity_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
     raw = bytearray(record.path.read_bytes())
     raw[-20] ^= 1
     record.path.write_bytes(bytes(raw))
@@ -232,8 +233,8 @@ def test_open_raises_integrity_error_when_the_sealed_file_was_altered(archive: A
 
 
 def test_open_raises_integrity_error_when_the_file_is_another_objects(archive: Archive) -> None:
-    one = archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
-    other = manifest_for(b"other", sop="1.2.3.4.6")
+    one = archive.store(identity_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0).instance
+    other = identity_for(b"other", sop="1.2.3.4.6")
     two = archive.store(other, archive.receive([b"other"]), BOX, TID2, 2, 1.0).instance
     os.replace(two.path, one.path)  # a validly sealed file under the wrong row
     with pytest.raises(IntegrityError, match="index row"):
@@ -241,7 +242,7 @@ def test_open_raises_integrity_error_when_the_file_is_another_objects(archive: A
 
 
 def test_archive_refuses_to_open_when_its_key_is_missing_and_objects_need_it(tmp_path: Path, archive: Archive) -> None:
-    archive.store(manifest_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0)
+    archive.store(identity_for(PHI), archive.receive([PHI]), BOX, TID, 2, 1.0)
     archive.key_file.rename(tmp_path / "elsewhere.key")
     with pytest.raises(ConfigError, match="archive key missing"):
         Archive(tmp_path / "archive", archive.index)
@@ -251,7 +252,7 @@ def test_archive_refuses_to_open_when_its_key_is_missing_and_objects_need_it(tmp
 def test_archive_uses_the_configured_key_file_when_one_is_given(tmp_path: Path, backend: Backend) -> None:
     key_file = tmp_path / "other-volume" / "archive.key"
     a = Archive(tmp_path / "archive", backend.archive(tmp_path / "first").index, key_file=key_file)
-    record = a.store(manifest_for(PHI), a.receive([PHI]), BOX, TID, 2, 1.0).instance
+    record = a.store(identity_for(PHI), a.receive([PHI]), BOX, TID, 2, 1.0).instance
     assert key_file.is_file() and not (tmp_path / "keys" / "archive.key").exists()
     assert b"".join(a.open(record)) == PHI
     a.close()
@@ -261,7 +262,7 @@ def test_plaintext_object_is_refused_until_seal_plaintext_seals_it(tmp_path: Pat
     rel = "1.2.3/1.2.3.4/1.2.3.4.9_0123456789ab.dcm"  # as archived before encryption at rest
     (tmp_path / "archive" / rel).parent.mkdir(parents=True)
     (tmp_path / "archive" / rel).write_bytes(PHI)
-    m = manifest_for(PHI, sop="1.2.3.4.9")
+    m = identity_for(PHI, sop="1.2.3.4.9")
     with archive.index.transaction():
         archive.index.insert_instance({
             "sop_instance_uid": m.sop_instance_uid, "sha256": m.sha256, "study_instance_uid": "1.2.3",

@@ -14,7 +14,7 @@ from gateway.adapters.pacs import CStore, ForwardError, StowRs
 from gateway.cloud.archive.forward import Forwarder, backoff_s
 from gateway.cloud.archive.store import Archive
 from gateway.config import ForwardSettings
-from gateway.core.transfer import Manifest
+from gateway.core.instance import InstanceIdentity
 from tests.backends import Backend
 from tests.orthanc import AET, Orthanc, orthanc
 from tests.peers import dataset_bytes, dcmtk_storescp, real_images
@@ -22,17 +22,17 @@ from tests.peers import dataset_bytes, dcmtk_storescp, real_images
 BOX = "box-1"
 
 
-def archive_file(archive: Archive, path: Path, n: int, now: float = 1000.0) -> Manifest:
+def archive_file(archive: Archive, path: Path, n: int, now: float = 1000.0) -> InstanceIdentity:
     data = path.read_bytes()
     meta = dcmread(path, stop_before_pixels=True)
-    manifest = Manifest(codec=1, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                        sop_class_uid=str(meta.SOPClassUID), sop_instance_uid=str(meta.SOPInstanceUID),
-                        study_instance_uid=str(meta.StudyInstanceUID),
-                        series_instance_uid=str(meta.SeriesInstanceUID),
-                        transfer_syntax_uid=str(meta.file_meta.TransferSyntaxUID))
+    identity = InstanceIdentity(size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                sop_class_uid=str(meta.SOPClassUID), sop_instance_uid=str(meta.SOPInstanceUID),
+                                study_instance_uid=str(meta.StudyInstanceUID),
+                                series_instance_uid=str(meta.SeriesInstanceUID),
+                                transfer_syntax_uid=str(meta.file_meta.TransferSyntaxUID))
     scratch = archive.receive([data])
-    archive.store(manifest, scratch, BOX, n.to_bytes(16, "big"), 1, now)
-    return manifest
+    archive.store(identity, scratch, BOX, n.to_bytes(16, "big"), 1, now)
+    return identity
 
 
 def distinct_images() -> list[Path]:
@@ -140,7 +140,7 @@ def test_forward_is_retried_with_backoff_when_the_pacs_is_down_until_it_comes_up
         tmp_path: Path, backend: Backend) -> None:
     now = [5000.0]
     archive = _archive(backend, tmp_path, ("stow",))
-    manifest = archive_file(archive, real_images()[3], 1, now[0])
+    identity = archive_file(archive, real_images()[3], 1, now[0])
     settings = ForwardSettings(backoff_min_s=10.0, backoff_max_s=25.0, max_attempts=10, timeout_s=5.0)
     with orthanc(tmp_path / "orthanc") as pacs:
         url = pacs.stow_url
@@ -158,7 +158,7 @@ def test_forward_is_retried_with_backoff_when_the_pacs_is_down_until_it_comes_up
         up = Forwarder(settings, archive, [StowRs(url.replace(str(port), str(pacs.http_port)))], "w2",
                        clock=lambda: now[0])
         assert up.run_once() == 1 and up.counters.done == 1
-        assert [pacs.sop_instance_uid(i) for i in pacs.instances()] == [manifest.sop_instance_uid]
+        assert [pacs.sop_instance_uid(i) for i in pacs.instances()] == [identity.sop_instance_uid]
     assert archive.index.forward_counts() == {"stow:DONE": 1}
     archive.close()
 
@@ -183,11 +183,11 @@ def test_entry_is_sent_again_when_its_forwarder_died_holding_the_lease(
         tmp_path: Path, backend: Backend, pacs: Orthanc) -> None:
     now = [1000.0]
     archive = _archive(backend, tmp_path, ("stow",))
-    manifest = archive_file(archive, real_images()[3], 1, now[0])
+    identity = archive_file(archive, real_images()[3], 1, now[0])
     [claimed] = archive.index.claim_forwards("stow", "dead-worker", now[0], 300.0, 10)  # then killed
     alive = Forwarder(ForwardSettings(lease_s=300.0), archive, [StowRs(pacs.stow_url)], "w2", clock=lambda: now[0])
 
-    assert claimed["sop_instance_uid"] == manifest.sop_instance_uid
+    assert claimed["sop_instance_uid"] == identity.sop_instance_uid
     assert alive.run_once() == 0  # leased to the dead worker
     now[0] += 301.0
     assert alive.run_once() == 1

@@ -44,6 +44,7 @@ from gateway.core.framing import (
     parse_ack,
     to_ranges,
 )
+from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.logs import MSG
 from tests.backends import Backend
@@ -85,14 +86,15 @@ def make_data(size: int, seed: int) -> bytes:
 
 
 def manifest_for(data: bytes, n: int = 1, **changes: Any) -> Manifest:
-    manifest = Manifest(
-        codec=int(Codec.ZSTD), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+    """The manifest of ``data``; ``changes`` are to its identity."""
+    identity = InstanceIdentity(
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(),
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         sop_instance_uid=f"1.2.826.0.1.3680043.10.543.{n}",
         study_instance_uid="1.2.826.0.1.3680043.10.543.100",
         series_instance_uid="1.2.826.0.1.3680043.10.543.200",
         transfer_syntax_uid="1.2.840.10008.1.2.1")
-    return dataclasses.replace(manifest, **changes)
+    return Manifest(dataclasses.replace(identity, **changes), codec=int(Codec.ZSTD))
 
 
 def seal(keys: KeyPair, data: bytes, manifest: Manifest | None = None, box: str = BOX) -> Sealed:
@@ -182,10 +184,12 @@ def test_object_is_archived_byte_identical_when_all_chunks_arrive(cloud: Cloud, 
     [record] = cloud.archive.instances()
     assert b"".join(cloud.archive.open(record)) == sealed.data
     assert sealed.data[:64] not in record.path.read_bytes()  # sealed at rest
-    m = sealed.manifest
+    m = sealed.manifest.identity
+    assert record.identity == m
     assert record.path == (cloud.root / "archive" / m.study_instance_uid / m.series_instance_uid
                            / f"{m.sop_instance_uid}_{m.sha256[:12]}.mgwc")
-    assert (record.box_id, record.transfer_id, record.size) == (BOX, sealed.keys.transfer_id.hex(), len(sealed.data))
+    assert (record.box_id, record.transfer_id, record.identity.size) == (
+        BOX, sealed.keys.transfer_id.hex(), len(sealed.data))
     assert cloud.staged_files() == [] and cloud.scratch_files() == []
     transfer = cloud.archive.lookup_transfer(BOX, sealed.keys.transfer_id)
     assert transfer is not None and transfer.state is TransferState.STORED
@@ -221,7 +225,7 @@ def test_stored_ack_is_repeated_when_chunks_are_resent_after_storing(cloud: Clou
     again = [ack_of(out, sealed) for out in cloud.send_all(sealed.frames)]
 
     assert [a.kind for a in again] == [AckKind.STORED] * len(sealed.frames)
-    assert {a.sha256 for a in again} == {bytes.fromhex(sealed.manifest.sha256)}
+    assert {a.sha256 for a in again} == {bytes.fromhex(sealed.manifest.identity.sha256)}
     assert cloud.archive.count() == 1
     assert cloud.ingest.counters()["objects_stored"] == 1
     assert cloud.staged_files() == []
@@ -430,7 +434,7 @@ def test_object_is_archived_once_when_two_worker_processes_race_on_all_chunks(
 
 def test_assembly_resumes_when_a_resent_chunk_arrives_after_a_failed_store(
         tmp_path: Path, keys: KeyPair, backend: Backend, sealed: Sealed) -> None:
-    blocker = tmp_path / "archive" / sealed.manifest.study_instance_uid
+    blocker = tmp_path / "archive" / sealed.manifest.identity.study_instance_uid
     first = Cloud(tmp_path, keys, backend=backend)
     blocker.write_bytes(b"a file where the study folder must go")
     first.send_all(sealed.frames[:-1])
@@ -514,7 +518,7 @@ def test_logs_carry_no_uids_when_objects_are_archived_or_rejected(
     cloud.send(sealed.frames[0], box="box-2")
 
     uid_fields = ("sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
-    uids = {getattr(m, f) for m in (sealed.manifest, wrong.manifest) for f in uid_fields}
+    uids = {getattr(m.identity, f) for m in (sealed.manifest, wrong.manifest) for f in uid_fields}
     ids = {r.__dict__.get("MESSAGE_ID") for r in caplog.records}
     assert {MSG.OBJECT_ARCHIVED.value, MSG.OBJECT_REJECTED.value,
             MSG.CHUNK_REJECTED.value} <= ids

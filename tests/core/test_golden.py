@@ -50,6 +50,7 @@ from gateway.core.framing import (
     parse_ack,
     parse_chunk,
 )
+from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, open_object, seal_object, unwrap_key
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -78,8 +79,7 @@ FRAME_BYTES = MIN_FRAME_BYTES  # 1024 payload bytes per frame: the IDENTITY vect
 
 
 def golden_manifest(codec: Codec) -> Manifest:
-    return Manifest(
-        codec=int(codec),
+    identity = InstanceIdentity(
         size=len(PAYLOAD),
         sha256=hashlib.sha256(PAYLOAD).hexdigest(),
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -87,8 +87,8 @@ def golden_manifest(codec: Codec) -> Manifest:
         study_instance_uid="1.2.826.0.1.3680043.8.498.11",
         series_instance_uid="1.2.826.0.1.3680043.8.498.12",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
-        item_id=1,
     )
+    return Manifest(identity, codec=int(codec), item_id=1)
 
 
 def golden_keys() -> ObjectKeys:

@@ -34,6 +34,7 @@ from gateway.core.framing import (
     chunk_aad,
     parse_chunk,
 )
+from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -74,8 +75,10 @@ KEYS = make_keys(b"object a")
 
 
 def manifest_for(payload: bytes, codec: Codec, /, **overrides: Any) -> Manifest:
-    values: dict[str, Any] = dict(
-        codec=int(codec),
+    """The manifest of ``payload``; ``overrides`` may name the manifest's own fields (codec,
+    item_id) and its identity's."""
+    manifest: dict[str, Any] = dict(codec=int(codec), item_id=7)
+    identity: dict[str, Any] = dict(
         size=len(payload),
         sha256=hashlib.sha256(payload).hexdigest(),
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -83,10 +86,10 @@ def manifest_for(payload: bytes, codec: Codec, /, **overrides: Any) -> Manifest:
         study_instance_uid="1.2.826.0.1.3680043.8.498.2",
         series_instance_uid="1.2.826.0.1.3680043.8.498.3",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
-        item_id=7,
     )
-    values.update(overrides)
-    return Manifest(**values)
+    for name, value in overrides.items():
+        (manifest if name in manifest else identity)[name] = value
+    return Manifest(InstanceIdentity(**identity), **manifest)
 
 
 def seal(

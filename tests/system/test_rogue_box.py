@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from gateway.core import envelope, schema, topics
 from gateway.core.errors import FrameError
 from gateway.core.framing import ChunkFrame, chunk_aad
+from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.loopback import BOX_ID, LoopbackDeployment
 from tests.peers import free_port, wait_for
@@ -127,9 +128,11 @@ class Rogue:
         for _ in range(OPEN_TRANSFERS + 8):  # transfers opened and never finished: the budget
             keys = self._keys()
             data = os.urandom(2048)
-            manifest = Manifest(codec=0, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                sop_class_uid="1.2.3", sop_instance_uid="1.2.3.4", study_instance_uid="1.2",
-                                series_instance_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1")
+            identity = InstanceIdentity(
+                size=len(data), sha256=hashlib.sha256(data).hexdigest(), sop_class_uid="1.2.3",
+                sop_instance_uid="1.2.3.4", study_instance_uid="1.2", series_instance_uid="1.2.3",
+                transfer_syntax_uid="1.2.840.10008.1.2.1")
+            manifest = Manifest(identity, codec=0)
             first = next(iter(seal_object(ROGUE, keys, manifest, [data])))
             self.send_chunk(keys, first, bad=False)
         self.chunks_bad += 8  # beyond OPEN_TRANSFERS: over budget

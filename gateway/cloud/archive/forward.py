@@ -92,7 +92,7 @@ class Forwarder:
         else:
             try:
                 found = record
-                destination.send(lambda: self._archive.open(found), record.size, sop)
+                destination.send(lambda: self._archive.open(found), record.identity.size, sop)
             except PeerError as exc:
                 error = str(exc)
             except (OSError, StorageError) as exc:
@@ -103,7 +103,7 @@ class Forwarder:
             self.counters.done += 1
             log.info("object forwarded", extra={
                 "MESSAGE_ID": MSG.FORWARD_DONE.value, "DESTINATION": destination.name, "ATTEMPTS": attempts,
-                "BYTES": record.size if record else 0})
+                "BYTES": record.identity.size if record else 0})
             return
         if attempts >= self._settings.max_attempts:
             self._finish(row, ForwardState.FAILED, attempts, now, error, now)

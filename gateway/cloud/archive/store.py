@@ -49,7 +49,7 @@ from gateway.cloud.archive.index import Index
 from gateway.core import atrest
 from gateway.core.errors import ConfigError, IntegrityError, StorageError
 from gateway.core.framing import RejectReason
-from gateway.core.transfer import Manifest
+from gateway.core.instance import InstanceIdentity, verified
 
 SCRATCH_DIR = ".incoming"
 KEY_FILE = "keys/archive.key"  # default, relative to the archive's parent (the cloud's state_dir)
@@ -57,6 +57,7 @@ SEALED_SUFFIX = atrest.SUFFIX
 PLAINTEXT_SUFFIX = ".dcm"  # objects archived before encryption at rest
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _MAX_UID_CHARS = 64
+_DIFFERS = "archived object differs from its index row (size or SHA-256)"
 
 
 class TransferState(enum.Enum):
@@ -84,13 +85,7 @@ class TransferRecord:
 
 @dataclass(frozen=True)
 class InstanceRecord:
-    sop_instance_uid: str
-    sha256: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    size: int
+    identity: InstanceIdentity  # as the manifest carried it; (sop_instance_uid, sha256) is the key
     path: Path  # absolute
     box_id: str
     transfer_id: str  # hex
@@ -227,52 +222,53 @@ class Archive:
             raise failure[0]
         return scratch
 
-    def store(self, manifest: Manifest, scratch: Path, box_id: str, transfer_id: bytes,
+    def store(self, identity: InstanceIdentity, scratch: Path, box_id: str, transfer_id: bytes,
               chunks: int, now: float) -> StoreResult:
-        """Archive a verified scratch file and mark its transfer STORED, in one transaction.
+        """Archive a verified scratch file (the bytes of ``identity``) and mark its transfer
+        STORED, in one transaction.
 
         The scratch file is consumed: adopted under its final name, or removed
         (a duplicate, or a failure, which raises ``LocalError``).
         """
         row: dict[str, Any] = {}
         try:
-            with self._guarded("store"), self.index.transaction(lock_key=manifest.sop_instance_uid):
-                existing = self._instance(manifest.sop_instance_uid, manifest.sha256)
+            with self._guarded("store"), self.index.transaction(lock_key=identity.sop_instance_uid):
+                existing = self._instance(identity.sop_instance_uid, identity.sha256)
                 if existing is None:
-                    row = self._file_instance(manifest, scratch, box_id, transfer_id, now)
-                    self.index.enqueue_forwards(manifest.sop_instance_uid, manifest.sha256, self._forward, now)
+                    row = self._file_instance(identity, scratch, box_id, transfer_id, now)
+                    self.index.enqueue_forwards(identity.sop_instance_uid, identity.sha256, self._forward, now)
                 self._upsert_transfer(box_id, transfer_id, TransferState.STORED, now, chunks,
-                                      sha256=manifest.sha256,
-                                      sop_instance_uid=manifest.sop_instance_uid)
+                                      sha256=identity.sha256,
+                                      sop_instance_uid=identity.sop_instance_uid)
         finally:
             scratch.unlink(missing_ok=True)  # after adopt_atomic it is already gone
         if existing is not None:
             return StoreResult(StoreOutcome.DUPLICATE, existing)
         return StoreResult(StoreOutcome.ARCHIVED, self._record(row))
 
-    def _file_instance(self, manifest: Manifest, scratch: Path, box_id: str,
+    def _file_instance(self, identity: InstanceIdentity, scratch: Path, box_id: str,
                        transfer_id: bytes, now: float) -> dict[str, Any]:
-        rel = self._free_name(manifest)
+        rel = self._free_name(identity)
         final = self._dir / rel
         ensure_dir_durable(final.parent)
         blobs.adopt_atomic(scratch, final)
         row = {
-            "sop_instance_uid": manifest.sop_instance_uid, "sha256": manifest.sha256,
-            "study_instance_uid": manifest.study_instance_uid,
-            "series_instance_uid": manifest.series_instance_uid,
-            "sop_class_uid": manifest.sop_class_uid,
-            "transfer_syntax": manifest.transfer_syntax_uid, "size": manifest.size,
+            "sop_instance_uid": identity.sop_instance_uid, "sha256": identity.sha256,
+            "study_instance_uid": identity.study_instance_uid,
+            "series_instance_uid": identity.series_instance_uid,
+            "sop_class_uid": identity.sop_class_uid,
+            "transfer_syntax": identity.transfer_syntax_uid, "size": identity.size,
             "path": rel, "box_id": box_id, "transfer_id": transfer_id.hex(), "stored_at": now}
         self.index.insert_instance(row)
         return row
 
-    def _free_name(self, manifest: Manifest) -> str:
+    def _free_name(self, identity: InstanceIdentity) -> str:
         """Relative path for a new object; the full hash if the short name is taken."""
-        folder = f"{sanitise_uid(manifest.study_instance_uid)}/{sanitise_uid(manifest.series_instance_uid)}"
-        sop = sanitise_uid(manifest.sop_instance_uid)
-        rel = f"{folder}/{sop}_{manifest.sha256[:12]}{SEALED_SUFFIX}"
+        folder = f"{sanitise_uid(identity.study_instance_uid)}/{sanitise_uid(identity.series_instance_uid)}"
+        sop = sanitise_uid(identity.sop_instance_uid)
+        rel = f"{folder}/{sop}_{identity.sha256[:12]}{SEALED_SUFFIX}"
         if self.index.path_taken(rel):
-            rel = f"{folder}/{sop}_{manifest.sha256}{SEALED_SUFFIX}"
+            rel = f"{folder}/{sop}_{identity.sha256}{SEALED_SUFFIX}"
         return rel
 
     def open(self, record: InstanceRecord) -> Iterator[bytes]:
@@ -283,7 +279,8 @@ class Archive:
         if not record.path.name.endswith(SEALED_SUFFIX):
             raise IntegrityError(f"archived object {record.path.name} is not sealed at rest "
                                  "(an archive from before encryption at rest): run `mgw cloud seal-archive`")
-        return _checked(atrest.open_pieces(self._key, blobs.read_pieces(record.path)), record.size, record.sha256)
+        return verified(atrest.open_pieces(self._key, blobs.read_pieces(record.path)), record.identity,
+                        _DIFFERS)
 
     def seal_plaintext(self) -> tuple[int, int]:
         """Seal every plaintext (``.dcm``) object into ``<name>.mgwc``, checked against its index
@@ -295,14 +292,15 @@ class Archive:
             if not record.path.name.endswith(PLAINTEXT_SUFFIX):
                 continue
             target = record.path.with_name(record.path.name.removesuffix(PLAINTEXT_SUFFIX) + SEALED_SUFFIX)
-            original = _checked(blobs.read_pieces(record.path), record.size, record.sha256)
+            original = verified(blobs.read_pieces(record.path), record.identity, _DIFFERS)
             try:
                 blobs.write_atomic(target, atrest.seal_pieces(self._key, os.urandom(atrest.FILE_ID_BYTES), original))
             except (IntegrityError, StorageError):
                 damaged += 1
                 continue
-            with self._guarded("seal plaintext"), self.index.transaction(lock_key=record.sop_instance_uid):
-                self.index.move_instance(record.sop_instance_uid, record.sha256, str(target.relative_to(self._dir)))
+            key = record.identity
+            with self._guarded("seal plaintext"), self.index.transaction(lock_key=key.sop_instance_uid):
+                self.index.move_instance(key.sop_instance_uid, key.sha256, str(target.relative_to(self._dir)))
             blobs.remove(record.path)
             sealed += 1
         return sealed, damaged
@@ -316,9 +314,11 @@ class Archive:
         return None if row is None else self._record(row)
 
     def _record(self, row: dict[str, Any]) -> InstanceRecord:
-        values = dict(row)
-        values["path"] = self._dir / row["path"]
-        return InstanceRecord(**values)
+        identity = InstanceIdentity(
+            sop_class_uid=row["sop_class_uid"], sop_instance_uid=row["sop_instance_uid"],
+            study_instance_uid=row["study_instance_uid"], series_instance_uid=row["series_instance_uid"],
+            transfer_syntax_uid=row["transfer_syntax"], size=row["size"], sha256=row["sha256"])
+        return InstanceRecord(identity, self._dir / row["path"], row["box_id"], row["transfer_id"], row["stored_at"])
 
     def instances(self) -> list[InstanceRecord]:
         with self._guarded("list instances"):
@@ -352,13 +352,3 @@ def original_sha256(path: Path, key_file: Path) -> str:
         return digest.hexdigest()
     except (IntegrityError, StorageError, ConfigError):
         return ""
-
-
-def _checked(pieces: Iterable[bytes], size: int, sha256: str) -> Iterator[bytes]:
-    digest, seen = hashlib.sha256(), 0
-    for piece in pieces:
-        digest.update(piece)
-        seen += len(piece)
-        yield piece
-    if seen != size or digest.hexdigest() != sha256:
-        raise IntegrityError("archived object differs from its index row (size or SHA-256)")

@@ -263,16 +263,16 @@ class Ingest:
             return self._reject(chunk, rejection.reason, chunks, tdir)
         except EnvelopeTamperedError:
             return self._drop_corrupt(chunk, frames.last_seq, tdir)
-        result = self._archive.store(manifest, scratch, chunk.box_id, chunk.frame.transfer_id,
+        result = self._archive.store(manifest.identity, scratch, chunk.box_id, chunk.frame.transfer_id,
                                      chunks, self._clock())
         tdir.clear()
         duplicate = result.outcome is StoreOutcome.DUPLICATE
         self._counters["objects_duplicate" if duplicate else "objects_stored"] += 1
         log.info("object already archived" if duplicate else "object archived", extra={
             "MESSAGE_ID": (MSG.OBJECT_DUPLICATE if duplicate else MSG.OBJECT_ARCHIVED).value,
-            "BOX_ID": chunk.box_id, "TRANSFER": chunk.tag, "BYTES": manifest.size, "CHUNKS": chunks})
+            "BOX_ID": chunk.box_id, "TRANSFER": chunk.tag, "BYTES": manifest.identity.size, "CHUNKS": chunks})
         return [self._ack(chunk, AckFrame(AckKind.STORED, chunk.frame.transfer_id,
-                                          sha256=bytes.fromhex(manifest.sha256)))]
+                                          sha256=bytes.fromhex(manifest.identity.sha256)))]
 
     def _restore(self, chunk: _Verified, frames: _StagedFrames) -> tuple[Manifest, Path]:
         """Restore into a scratch file; ``_Rejection`` names what the box got wrong."""
@@ -299,7 +299,7 @@ class Ingest:
     def _check_manifest(self, manifest: Manifest) -> None:
         if manifest.codec not in set(Codec):
             raise _Rejection(RejectReason.CODEC)
-        if manifest.size > self._settings.max_object_bytes:
+        if manifest.identity.size > self._settings.max_object_bytes:
             raise _Rejection(RejectReason.TOO_LARGE)
 
     def _reject(self, chunk: _Verified, reason: RejectReason, chunks: int,
