@@ -39,7 +39,7 @@ def _spool(path: Path) -> None:
     try:
         assert store.schema_version == len(SPOOL_MIGRATIONS)
         item = store.get(1)
-        assert item is not None and (item.sop_instance_uid, item.size, item.priority) == ("1.2.3.1", 1000, 1)
+        assert item is not None and (item.identity.sop_instance_uid, item.identity.size, item.priority) == ("1.2.3.1", 1000, 1)
         assert [c.transaction_uid for c in commitments.all()] == ["1.2.9"]
         assert store.counts()["received"]["bytes"] == 3000
     finally:
@@ -137,7 +137,7 @@ def test_spool_opens_unchanged_when_a_newer_release_migrated_it_and_the_update_r
     store, commitments = SpoolStore(path), CommitmentStore(path)
     try:
         assert store.schema_version == len(SPOOL_MIGRATIONS) + 1
-        assert [i.sop_instance_uid for i in store.by_sop_instance("1.2.3.2")] == ["1.2.3.2"]
+        assert [i.identity.sop_instance_uid for i in store.by_sop_instance("1.2.3.2")] == ["1.2.3.2"]
         assert len(commitments.all()) == 1
     finally:
         commitments.close()
