@@ -31,6 +31,12 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
     return (lambda _m: None) if getattr(args, "json", False) else (lambda m: print(f"mgw: {m}", file=sys.stderr))
 
 
+def _tell(english: str, chinese: str) -> None:
+    """A result for the person at the terminal, in English and Simplified Chinese."""
+    print(english)
+    print(chinese)
+
+
 # -- edge: provision ---------------------------------------------------------------------------
 def cmd_provision(args: argparse.Namespace) -> int:
     from gateway import bundle as bundles
@@ -166,13 +172,25 @@ def cmd_cloud_token(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_revoke(args: argparse.Namespace) -> int:
+    from gateway.cloud.broker import registry
+
+    broker = registry.by_name(args.broker)
     _, _, authority = _authority(args)
     count = authority.revoke_box(args.box, args.reason)
     logging.getLogger("gateway.field").warning("box revoked", extra={
         "MESSAGE_ID": MSG.CERT_REVOKED.value, "BOX_ID": args.box, "CERTIFICATES": count})
     where = ", ".join(str(p) for p in (authority.crl_path, *authority.crl_copies))
-    print(f"revoked {count} certificate(s) of {args.box}; CRL written to {where}. The broker's guard plugin "
-          "reads it within a second and disconnects the box; if the broker reads another copy, copy it there")
+    _tell(f"revoked {count} certificate(s) of {args.box}; CRL written to {where}",
+          f"已吊销 {args.box} 的 {count} 张证书；CRL 已写入 {where}")
+    revocation = broker.revocation(args.box)
+    if revocation.automatic:
+        _tell("the broker reads the CRL within a second and disconnects the box; if the broker reads another "
+              "copy, copy the CRL there",
+              "代理在一秒内读取 CRL 并断开该设备的连接；如果代理读取的是另一份副本，请把 CRL 复制过去")
+    else:
+        _tell(f"{broker.name} does not read this CRL; end the box's open sessions with:",
+              f"{broker.name} 不读取此 CRL；请用以下命令结束该设备已打开的会话：")
+        print("\n".join(revocation.commands))
     return 0 if count else 1
 
 
@@ -191,28 +209,32 @@ def cmd_cloud_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud_broker_config(args: argparse.Namespace) -> int:
-    from gateway.adapters.mosquitto import render_config
-    from gateway.cloud.broker import emqx
-    from gateway.cloud.broker import pki as broker
+    from gateway.cloud.broker import pki, registry
+    from gateway.cloud.broker.profile import Listener
 
+    profile = registry.by_name(args.profile)
     settings, paths, authority = _authority(args)
     out = Path(args.out)
     a = settings.authority
     crl = paths.key_file(a.broker_crl_file) if a.broker_crl_file else out / "crl.pem"
-    tls = broker.emit(authority, out, settings.mqtt.topic_prefix, args.host or ["127.0.0.1"], crl_file=crl)
-    (out / "data").mkdir(exist_ok=True)
-    (out / "mosquitto.conf").write_text(render_config(args.port, out / "data", args.bind, True, tls))
-    identities = [broker.issue_service_identity(authority, "ingest", str(n), out / "identities")
+    files = pki.emit_files(authority, out, args.host or ["127.0.0.1"], crl)
+    written = profile.render(files, settings.mqtt.topic_prefix, Listener(args.port, args.bind), out)
+    identities = [pki.issue_service_identity(authority, "ingest", str(n), out / "identities")
                   for n in range(1, args.ingest_workers + 1)]
-    identities.append(broker.issue_service_identity(authority, "fleet", "1", out / "identities"))
-    (out / "emqx").mkdir(exist_ok=True)
-    (out / "emqx" / "acl.conf").write_text(emqx.render_acl(settings.mqtt.topic_prefix))
-    (out / "emqx" / "emqx.conf").write_text(emqx.render_conf(out, out / "emqx" / "acl.conf", args.port))
-    print(f"wrote {out}/mosquitto.conf with the CA, server certificate, CRL ({crl}) and guard plugin "
-          f"{tls.guard_plugin.name}; cloud identities in {out}/identities "
-          f"({', '.join(cert.stem for _, cert in identities)}); the EMQX equivalent in {out}/emqx")
+    identities.append(pki.issue_service_identity(authority, "fleet", "1", out / "identities"))
+    names, stems = ", ".join(p.name for p in written), ", ".join(cert.stem for _, cert in identities)
+    _tell(f"wrote the {profile.name} configuration in {out} ({names}) with the CA, server certificate and CRL "
+          f"({crl}); cloud identities in {out}/identities ({stems})",
+          f"已在 {out} 写入 {profile.name} 配置（{names}），以及 CA、服务器证书和 CRL（{crl}）；"
+          f"云端身份位于 {out}/identities（{stems}）")
+    if not profile.revocation("BOX").automatic:
+        _tell(f"{profile.name} does not read the CRL: after `mgw cloud revoke BOX`, run the commands "
+              f"`mgw cloud revoke BOX --broker {profile.name}` prints",
+              f"{profile.name} 不读取 CRL：执行 `mgw cloud revoke BOX` 之后，请运行 "
+              f"`mgw cloud revoke BOX --broker {profile.name}` 打印的命令")
     if not a.broker_crl_file:
-        print(f"set authority.broker_crl_file = \"{crl}\" so that revocations reach this broker")
+        _tell(f"set authority.broker_crl_file = \"{crl}\" so that revocations reach this broker",
+              f"请设置 authority.broker_crl_file = \"{crl}\"，使吊销能送达此代理")
     return 0
 
 
@@ -302,13 +324,16 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     r = with_config(cloud.add_parser("revoke", help="revoke every certificate of a box and rewrite the CRL"))
     r.add_argument("box", help="box id")
     r.add_argument("--reason", default="unspecified", help="recorded in the registry")
+    r.add_argument("--broker", default="mosquitto",
+                   help="broker profile the fleet runs (mosquitto or emqx): says how the box's open sessions end")
     r.set_defaults(func=cmd_cloud_revoke)
     c = with_config(cloud.add_parser("certs", help="the certificate registry: issued, renewed, revoked"))
     c.add_argument("--box", help="only this box")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=cmd_cloud_certs)
-    b = with_config(cloud.add_parser("broker-config", help="write a mosquitto config with mutual TLS and ACLs"))
-    b.add_argument("--out", required=True, help="directory for mosquitto.conf and its files")
+    b = with_config(cloud.add_parser("broker-config", help="write a broker config with mutual TLS and ACLs"))
+    b.add_argument("--out", required=True, help="directory for the broker's configuration and its files")
+    b.add_argument("--profile", default="mosquitto", help="broker profile: mosquitto (default) or emqx")
     b.add_argument("--host", action="append", help="broker host name or address boxes use; repeat")
     b.add_argument("--port", type=int, default=8883, help="TLS listener port")
     b.add_argument("--bind", default="0.0.0.0", help="address the listener binds")  # noqa: S104 - faces the boxes

@@ -39,7 +39,8 @@ def _spool(path: Path) -> None:
     try:
         assert store.schema_version == len(SPOOL_MIGRATIONS)
         item = store.get(1)
-        assert item is not None and (item.identity.sop_instance_uid, item.identity.size, item.priority) == ("1.2.3.1", 1000, 1)
+        assert item is not None
+        assert (item.identity.sop_instance_uid, item.identity.size, item.priority) == ("1.2.3.1", 1000, 1)
         assert [c.transaction_uid for c in commitments.all()] == ["1.2.9"]
         assert store.counts()["received"]["bytes"] == 3000
     finally:

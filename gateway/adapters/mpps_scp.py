@@ -19,6 +19,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
 
+from gateway.adapters.dicom_scp import DicomService, SupportedContext
 from gateway.core import exam as exams
 from gateway.core.errors import GatewayError
 from gateway.core.exam import ExamStatus
@@ -56,8 +57,8 @@ class StepBook(Protocol):
                  now: float) -> bool: ...
 
 
-class MppsService:
-    """N-CREATE/N-SET SCP for MPPS; plug into ``DicomListener(services=[...])``."""
+class MppsService(DicomService):
+    """N-CREATE/N-SET SCP for MPPS; one of the ``DicomListener``'s services."""
 
     def __init__(self, sink: MppsSink, book: StepBook, utc_offset_s: int, clock: Callable[[], float]) -> None:
         self._sink = sink
@@ -65,8 +66,8 @@ class MppsService:
         self._offset_s = utc_offset_s
         self._clock = clock
 
-    def contexts(self) -> Sequence[tuple[str, bool, bool]]:
-        return [(MPPS_SOP_CLASS, True, False)]
+    def contexts(self) -> Sequence[SupportedContext]:
+        return [SupportedContext(MPPS_SOP_CLASS, scu_role=True, scp_role=False)]
 
     def handlers(self) -> Sequence[tuple[Any, Callable[..., Any]]]:
         return [(evt.EVT_N_CREATE, self._on_create), (evt.EVT_N_SET, self._on_set)]

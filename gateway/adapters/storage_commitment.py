@@ -26,6 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from gateway.adapters.commitment_store import CommitmentStore, PendingCommitment
+from gateway.adapters.dicom_scp import DicomService, SupportedContext
 from gateway.config import CommitmentSettings, DicomSettings
 from gateway.core.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
@@ -80,8 +81,9 @@ def _references(ds: Dataset | None) -> tuple[str, list[Reference]]:
     return str(ds.get("TransactionUID", "") or ""), refs
 
 
-class StorageCommitmentScp:
-    """A ``DicomService`` for the DicomListener, plus the thread that sends the reports."""
+class StorageCommitmentScp(DicomService):
+    """A ``DicomService`` for the DicomListener, plus the thread that sends the reports (the
+    listener starts and stops it)."""
 
     def __init__(self, settings: CommitmentSettings, dicom: DicomSettings, store: CommitmentStore,
                  clock: Callable[[], float], jitter: Callable[[], float] = random.random) -> None:
@@ -102,8 +104,10 @@ class StorageCommitmentScp:
         self.reports_sent = 0
 
     # -- DicomService -----------------------------------------------------------------------
-    def contexts(self) -> Sequence[tuple[str, bool, bool]]:
-        return [(STORAGE_COMMITMENT_PUSH_MODEL, True, False)] if self._settings.enabled else []
+    def contexts(self) -> Sequence[SupportedContext]:
+        if not self._settings.enabled:
+            return []
+        return [SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=False)]
 
     def handlers(self) -> Sequence[tuple[Any, Callable[..., Any]]]:
         return [(evt.EVT_N_ACTION, self._on_n_action)] if self._settings.enabled else []

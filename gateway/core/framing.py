@@ -58,6 +58,10 @@ ACK_LABEL = b"mgw/v2 ack"
 SHA256_BYTES = 32
 MAX_ACK_RANGES = 4096
 MAX_FRAME_BYTES = 128 * 1024
+# Largest MQTT packet a broker accepts from anyone: a chunk frame (uplink.max_frame_bytes,
+# <= MAX_FRAME_BYTES) plus topic, properties and fixed header with room to spare. Acks and
+# telemetry are far smaller. A client that sends more is disconnected (MQTT 5 reason 0x95).
+MAX_PACKET_BYTES = MAX_FRAME_BYTES + 4096
 MIN_FRAME_BYTES = CHUNK_HEADER_BYTES + TAG_BYTES + 1024
 
 

@@ -40,3 +40,18 @@ def dataset_offset(data: bytes) -> int:
     if pos == len(data):
         return pos
     raise FrameError("file meta group is truncated")
+
+
+META_HEAD_BYTES = PREAMBLE_BYTES + 16  # preamble, "DICM", (0002,0000) UL 4 and its value
+_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
+
+
+def meta_end(head: bytes) -> int:
+    """Offset of the dataset in a Part 10 file that we wrote, from its first ``META_HEAD_BYTES``.
+
+    The edge's own files (pynetdicom's file meta on a received dataset) always open with the
+    File Meta Information Group Length; one without it is a bug here, not a peer's fault.
+    """
+    if head[PREAMBLE_BYTES:META_HEAD_BYTES - 4] != PREFIX + _GROUP_LENGTH:
+        raise AssertionError("incoming file lacks the file meta group length we expect")
+    return META_HEAD_BYTES + int(struct.unpack_from("<L", head, META_HEAD_BYTES - 4)[0])

@@ -3,7 +3,7 @@ transfer id, never patient data or DICOM UIDs.
 
     {prefix}/{box_id}/up/{transfer_hex}   edge -> cloud, chunk frames, QoS 1
     {prefix}/{box_id}/ack                 cloud -> edge, ack frames, QoS 1
-    $share/{group}/{prefix}/+/up/+        the ingest workers' shared subscription
+    $share/{group}/{prefix}/+/up/+        the ingest workers' shared subscription (MQTT 5, 4.8.2)
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ def ack_topic(prefix: str, box_id: str) -> str:
     return f"{prefix}/{box_id}/ack"
 
 
+def shared_subscription(group: str, topic_filter: str) -> str:
+    """MQTT 5 shared subscription syntax: each message on ``topic_filter`` goes to one member of ``group``."""
+    return f"$share/{group}/{topic_filter}"
+
+
 def ingest_subscription(prefix: str, group: str) -> str:
-    return f"$share/{group}/{prefix}/+/up/+"
+    return shared_subscription(group, f"{prefix}/+/up/+")
 
 
 def parse_chunk_topic(prefix: str, topic: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.adapters.dicom_scp import ReceivedInstance
+from gateway.adapters.dicom_receive import ReceivedInstance
 from gateway.adapters.exam_store import ExamStore, StoredExam
 from gateway.config import UtilisationSettings
 from gateway.core import exam as exams

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 
 from gateway import __version__
 from gateway.adapters import blobs
-from gateway.adapters.commitment_store import CommitmentStore
-from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
+from gateway.adapters.dicom_receive import ReceivedInstance
+from gateway.adapters.dicom_scp import DicomListener
 from gateway.adapters.exam_store import ExamStore
 from gateway.adapters.keystore import FileKeyStore
-from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.storage_commitment import StorageCommitmentScp
 from gateway.adapters.store import SpoolStore
@@ -36,6 +35,7 @@ from gateway.core.errors import SpoolFullError
 from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
 from gateway.edge import ack_keyring, cache
+from gateway.edge.dicom_services import ServiceNeeds, build_dicom_services
 from gateway.edge.exams import ExamRecorder
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
@@ -101,11 +101,11 @@ class EdgeService:
                              cache_key=cache_key, frame_limit=lambda: self.link.max_payload_bytes(chunk_topic))
         self.sender = Sender(settings, self.store, paths.outbox_dir, paths.blob_dir, self.link, clock,
                              self._current_keyring)
-        self.exams, mpps = _utilisation(settings, paths, keys, clock)
-        self.commitments = StorageCommitmentScp(settings.commitment, settings.dicom, CommitmentStore(paths.spool_db),
-                                                clock)
-        self.listener = DicomListener(settings.dicom, paths.incoming_dir, self, services=[*mpps, self.commitments],
-                                      provisioned=(paths.state_dir / "device.toml").exists(), cache_key=cache_key)
+        self.exams = _exam_recorder(settings, paths, keys, clock)
+        services = build_dicom_services(ServiceNeeds(settings, paths, self, self.exams, cache_key, clock))
+        self.commitments = services.one(StorageCommitmentScp)  # woken by every ack
+        self.listener = DicomListener(settings.dicom, services.all,
+                                      provisioned=(paths.state_dir / "device.toml").exists())
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock, self.keyring_file)
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, self._current_keyring,
@@ -199,8 +199,7 @@ class EdgeService:
         self._seal_legacy()
         self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
         status.record_uplink(self.paths.state_dir, False, self._clock(), at_start=True)
-        self.listener.start()
-        self.commitments.start()
+        self.listener.start()  # and its services: the Storage Commitment reporter thread
         self.link.start()
         self.link_watcher.start()
         self.telemetry.start()
@@ -218,9 +217,8 @@ class EdgeService:
         self._stop.set()
         self._wake.set()
         self._pack_wake.set()
-        self.listener.stop()
+        self.listener.stop()  # and its services
         self.link_watcher.stop()
-        self.commitments.stop()
         for thread in self._threads:
             thread.join(10)
         self.telemetry.stop()
@@ -233,7 +231,7 @@ class EdgeService:
     def alive(self) -> bool:
         """All loops are running and the main loop turned recently (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
-        return (fresh and self.link.alive() and self.telemetry.alive() and self.commitments.alive()
+        return (fresh and self.link.alive() and self.telemetry.alive() and self.listener.alive()
                 and all(t.is_alive() for t in self._threads))
 
     def _sweep(self) -> None:
@@ -351,11 +349,9 @@ class EdgeService:
                 "MESSAGE_ID": MSG.ITEM_PURGED.value, "ITEM_ID": item.id, "BYTES": item.identity.size})
 
 
-def _utilisation(settings: EdgeSettings, paths: Paths, keys: FileKeyStore, clock: Callable[[], float]
-                 ) -> tuple[ExamRecorder, list[MppsService]]:
-    """The exam recorder and, when enabled, the MPPS SCP that feeds it."""
-    u = settings.utilisation
+def _exam_recorder(settings: EdgeSettings, paths: Paths, keys: FileKeyStore, clock: Callable[[], float]
+                   ) -> ExamRecorder:
+    """The exam recorder (utilisation); the MPPS SCP, when enabled, feeds it too."""
     secret = keys.secret("study_key")  # names studies outside the box (HMAC); never leaves it
-    recorder = ExamRecorder(u, ExamStore(paths.state_dir / "utilisation.db", paths.spool_db), secret, clock)
-    mpps = [MppsService(recorder, recorder.store, u.utc_offset_minutes * 60, clock)] if u.mpps else []
-    return recorder, mpps
+    store = ExamStore(paths.state_dir / "utilisation.db", paths.spool_db)
+    return ExamRecorder(settings.utilisation, store, secret, clock)

@@ -17,7 +17,7 @@ from gateway.config import DicomSettings
 from gateway.core import admission
 from gateway.core.errors import ConfigError
 from gateway.logs import MSG
-from tests.adapters.test_dicom_scp import AE_TITLE, Gateway, SqliteSink
+from tests.adapters.test_dicom_scp import AE_TITLE, Gateway, SqliteSink, store_listener
 from tests.adapters.test_dicom_scp import start_gateway as start_gateway  # noqa: F401 - the fixture
 from tests.peers import dcmtk, dcmtk_env, echo, real_images
 
@@ -128,8 +128,8 @@ def provisioned_listener(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     def start(bind: str = "127.0.0.1", **settings: Any) -> Gateway:
         incoming = tmp_path / f"spool{len(started)}" / "incoming"
         sink = SqliteSink(tmp_path / f"index-{len(started)}.sqlite")
-        listener = DicomListener(DicomSettings(ae_title=AE_TITLE, bind_host=bind, port=0, **settings), incoming, sink,
-                                 provisioned=True, cache_key=bytes(32))
+        listener = store_listener(DicomSettings(ae_title=AE_TITLE, bind_host=bind, port=0, **settings), incoming, sink,
+                                  bytes(32), provisioned=True)
         listener.start()
         started.append(listener)
         return Gateway(listener, sink, incoming, incoming.parent / "quarantine")

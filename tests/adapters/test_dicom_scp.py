@@ -25,7 +25,8 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import _config
 
-from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
+from gateway.adapters.dicom_receive import InstanceSink, ReceivedInstance, StorageScp
+from gateway.adapters.dicom_scp import DicomListener, DicomService, VerificationScp
 from gateway.config import DicomSettings
 from gateway.core import atrest
 from gateway.core.errors import SpoolFullError
@@ -51,6 +52,13 @@ AE_TITLE = "MGW"
 KEY = os.urandom(32)  # the cache key every received byte is sealed with
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def store_listener(dicom: DicomSettings, incoming: Path, sink: InstanceSink, key: bytes = KEY,
+                   services: tuple[DicomService, ...] = (), provisioned: bool = False) -> DicomListener:
+    """A listener with C-ECHO and C-STORE into ``incoming`` (quarantine beside it), plus ``services``."""
+    storage = StorageScp(incoming, incoming.parent / "quarantine", sink, cache_key=key)
+    return DicomListener(dicom, [VerificationScp(), storage, *services], provisioned=provisioned)
 
 
 @dataclass
@@ -112,7 +120,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         incoming = incoming or tmp_path / "spool" / "incoming"
         sink = SqliteSink(tmp_path / f"index-{len(started)}.sqlite")
         dicom = DicomSettings(ae_title=AE_TITLE, bind_host="127.0.0.1", port=0, **settings)
-        listener = DicomListener(dicom, incoming, sink, cache_key=KEY)
+        listener = store_listener(dicom, incoming, sink)
         listener.start()
         started.append(listener)
         return Gateway(listener, sink, incoming, incoming.parent / "quarantine")

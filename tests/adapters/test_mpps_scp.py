@@ -15,13 +15,14 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance
+from gateway.adapters.dicom_receive import ReceivedInstance
 from gateway.adapters.exam_store import ExamStore
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.store import SpoolStore
 from gateway.config import DicomSettings, UtilisationSettings
 from gateway.core.exam import ExamStatus, TimeSource, study_key
 from gateway.edge.exams import ExamRecorder
+from tests.adapters.test_dicom_scp import store_listener
 from tests.peers import dcmtk, dcmtk_env, free_port
 
 SECRET = b"k" * 32
@@ -76,8 +77,8 @@ def edge(tmp_path: Path) -> Iterator[tuple[int, ExamRecorder, Clock]]:
     settings = UtilisationSettings(exam_quiet_s=5.0)
     recorder = ExamRecorder(settings, ExamStore(tmp_path / "utilisation.db", tmp_path / "spool.db"), SECRET, clock)
     mpps = MppsService(recorder, recorder.store, 0, clock)
-    listener = DicomListener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=free_port()),
-                             tmp_path / "spool" / "incoming", Sink(recorder), services=[mpps], cache_key=bytes(32))
+    listener = store_listener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=free_port()),
+                              tmp_path / "spool" / "incoming", Sink(recorder), bytes(32), services=(mpps,))
     listener.start()
     yield listener.port, recorder, clock
     listener.stop()

@@ -20,9 +20,11 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from gateway.adapters.dicom_scp import DicomListener, ReceivedInstance, check_dataset
+from gateway.adapters.dicom_receive import ReceivedInstance, check_dataset
+from gateway.adapters.dicom_scp import DicomListener
 from gateway.config import DicomSettings
 from gateway.core.errors import DatasetStructureError
+from tests.adapters.test_dicom_scp import store_listener
 from tests.peers import dataset_bytes, echo, part10_file, real_images, send_verbatim, wait_for
 
 AE_TITLE = "MGW"
@@ -42,11 +44,16 @@ class MemorySink:
 
 
 @pytest.fixture(scope="module")
-def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomListener]:
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory, sink: MemorySink) -> Iterator[DicomListener]:
     incoming = tmp_path_factory.mktemp("fuzz") / "spool" / "incoming"
     dicom = DicomSettings(ae_title=AE_TITLE, bind_host="127.0.0.1", port=0, network_timeout_s=2.0,
                           dimse_timeout_s=2.0, max_associations=4)
-    lst = DicomListener(dicom, incoming, MemorySink(), cache_key=bytes(32))
+    lst = store_listener(dicom, incoming, sink, bytes(32))
     lst.start()
     yield lst
     lst.stop()
@@ -162,14 +169,12 @@ def _mutations(source: bytes, rng: random.Random, n: int) -> Iterator[bytes]:
 
 
 def test_every_mutated_dataset_gets_success_or_c210_when_sent_verbatim(
-        listener: DicomListener, tmp_path: Path) -> None:
+        listener: DicomListener, sink: MemorySink, tmp_path: Path) -> None:
     source = next(p for p in real_images() if p.name == "693_UNCI.dcm")
     original = dataset_bytes(source)
     rng = random.Random(20261124)
     files = [part10_file(tmp_path / f"m{i}.dcm", CT_IMAGE_STORAGE, f"1.2.3.4.{i}", EXPLICIT_LE, blob)
              for i, blob in enumerate(_mutations(original, rng, 40))]
-    sink = listener._sink
-    assert isinstance(sink, MemorySink)
     before = len(sink.accepted)
     statuses = send_verbatim(listener.port, files, AE_TITLE)
     assert set(statuses) <= {0x0000, 0xC210}, statuses
@@ -194,7 +199,7 @@ def test_walker_parses_or_raises_dataset_structure_error_when_bytes_are_arbitrar
 
 
 def test_deflate_bomb_and_item_flood_get_c212_and_the_once_truncated_length_is_stored_when_sent_deflated(
-        listener: DicomListener, tmp_path: Path) -> None:
+        listener: DicomListener, sink: MemorySink, tmp_path: Path) -> None:
     from tests.dicom_cases import DEFLATED_LE, deflate_bomb, item_flood, truncation_length_case
 
     files = [part10_file(tmp_path / f"{name}.dcm", CT_IMAGE_STORAGE, f"1.2.3.9.{n}", DEFLATED_LE, blob)
@@ -203,8 +208,6 @@ def test_deflate_bomb_and_item_flood_get_c212_and_the_once_truncated_length_is_s
     before = listener.counts()["datasets_refused"].get("over a limit", 0)
     assert send_verbatim(listener.port, files, AE_TITLE) == [0xC212, 0xC212, 0x0000]
     assert listener.counts()["datasets_refused"]["over a limit"] == before + 2
-    sink = listener._sink
-    assert isinstance(sink, MemorySink)
     stored = sink.accepted[-1]
     assert stored.identity.transfer_syntax_uid == DEFLATED_LE and stored.identity.study_instance_uid == "1.2.3.4"
     assert stored.modality == "CT"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.adapters.mosquitto import MAX_PACKET_BYTES
 from gateway.cloud.broker import emqx
+from gateway.cloud.broker.profile import BrokerFiles, BrokerLimits, Listener
+from gateway.core.framing import MAX_PACKET_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = re.compile(r'^\{allow, \{username, \{re, "(?P<who>[^"]+)"\}\}, (?P<action>publish|subscribe), '
@@ -41,8 +42,10 @@ def test_shipped_emqx_acl_is_the_generated_one_when_compared() -> None:
 
 
 def test_emqx_conf_binds_client_ids_and_limits_packets_when_rendered(tmp_path: Path) -> None:
-    conf = emqx.render_conf(tmp_path, tmp_path / "acl.conf", 8883)
+    files = BrokerFiles(tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "crl.pem")
+    conf = emqx.render_conf(files, tmp_path / "acl.conf", Listener(8883), BrokerLimits())
     assert "peer_cert_as_username = cn" in conf and f"max_packet_size = {MAX_PACKET_BYTES}" in conf
+    assert "max_inflight = 64" in conf and "max_mqueue_len = 100000" in conf and "shared_subscription = true" in conf
     assert "fail_if_no_peer_cert = true" in conf and "listeners.tcp.default.enable = false" in conf
     checks = re.findall(r'\{ is_match = "(.+)", result = (allow|deny) \}', conf)
     assert checks[0] == ("str_eq(clientid, cert_common_name)", "allow")

@@ -165,7 +165,7 @@ def test_link_presents_the_renewed_certificate_when_it_reconnects_after_renewal(
         assert renewer.check()
         record = authority.record(old_serial)
         assert record is not None and record.revoke_reason == "superseded"  # the renewal revoked it
-        broker_pki.refresh_crl(authority, broker.tls)  # type: ignore[attr-defined]
+        broker_pki.refresh_crl(authority, broker.tls.crl_file)  # type: ignore[attr-defined]
         broker.stop()  # type: ignore[attr-defined]
         broker.start()  # type: ignore[attr-defined]
         assert link.wait_connected(15)  # reconnected: it presented the new certificate, the old one is revoked

@@ -193,7 +193,11 @@ def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when
     conf = (out / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "plugin_opt_crl_file" in conf and "max_packet_size" in conf
     assert {p.name for p in (out / "identities").iterdir()} >= {"ingest-1.pem", "ingest-1.key", "fleet-1.pem"}
-    assert "peer_cert_as_username = cn" in (out / "emqx" / "emqx.conf").read_text()
+    emqx_out = tmp_path / "prod-emqx"
+    made_emqx = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(emqx_out), "--host",
+                     "127.0.0.1", "--port", str(port), "--profile", "emqx")
+    assert made_emqx.returncode == 0, made_emqx.stderr
+    assert "peer_cert_as_username = cn" in (emqx_out / "emqx.conf").read_text()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -1,1 +1,3 @@
-"""The broker's side of the fleet: its PKI and guard plugin (``pki``) and EMQX policy (``emqx``)."""
+"""The broker's side of the fleet: what the cloud needs from any broker (``profile``), the policy
+every broker enforces (``policy``), the fleet PKI's files for it (``pki``), and one profile per
+broker product (``mosquitto``, ``emqx``), by name in ``registry``."""

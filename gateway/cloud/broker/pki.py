@@ -1,12 +1,11 @@
-"""The broker's side of the fleet PKI, emitted by the cloud: server identity, CA, CRL, guard plugin.
+"""The broker's side of the fleet PKI, emitted by the cloud: server identity, CA, CRL, cloud identities.
 
-``emit(authority, out_dir, ...)`` writes everything a mosquitto listener needs for
-mutual TLS with per-identity authorisation into ``out_dir`` and returns the
-``BrokerTls`` that ``adapters.mosquitto.render_config`` turns into
-``mosquitto.conf`` lines. The same files serve a production broker
-(`mgw cloud broker-config`) and the loopback deployment.
+``emit_files(authority, out_dir, hosts)`` writes what any broker's mutual-TLS listener needs
+into ``out_dir`` and returns the ``BrokerFiles`` a broker profile renders its configuration
+from (`mgw cloud broker-config`). ``emit`` is the same for the mosquitto listener with its
+guard plugin that the loopback deployment and the tests run.
 
-Identities (certificate common names) and the client ids they may use:
+Identities (certificate common names) and the client ids they may use (``policy``):
 
 - a box: its box id; client ids ``<box>`` (uplink), ``<box>:telemetry``, ``<box>:selftest``;
 - a cloud process: ``cloud.<role>.<worker>`` (``authority.service_identity``), client id the same.
@@ -20,8 +19,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from gateway.adapters import blobs
-from gateway.adapters.mosquitto import BrokerTls, build_guard
+from gateway.adapters.mosquitto import BrokerTls
 from gateway.cloud.authority.ca import FleetAuthority, service_identity
+from gateway.cloud.broker.mosquitto import MosquittoProfile
+from gateway.cloud.broker.profile import BrokerFiles
 from gateway.config import MqttSettings
 from gateway.core.errors import ConfigError
 
@@ -29,29 +30,34 @@ SERVER_DAYS = 825.0
 SERVICE_DAYS = 365.0
 
 
-def emit(authority: FleetAuthority, out_dir: Path, prefix: str, hosts: list[str],
-         crl_file: Path | None = None, plugin_dir: Path | None = None) -> BrokerTls:
-    """Server key and certificate for ``hosts``, the CA, the current CRL and the guard plugin.
+def emit_files(authority: FleetAuthority, out_dir: Path, hosts: list[str], crl_file: Path | None = None
+               ) -> BrokerFiles:
+    """Server key and certificate for ``hosts``, the CA and the current CRL.
 
     ``crl_file`` is where the broker reads the CRL (default ``out_dir/crl.pem``): give the
     same path to the authority as a CRL copy so revocations reach the broker.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     key_pem, cert_pem = authority.issue_with_key("mgw broker", SERVER_DAYS, server_hosts=hosts)
-    tls = BrokerTls(ca_file=out_dir / "ca.pem", cert_file=out_dir / "server.pem", key_file=out_dir / "server.key",
-                    guard_plugin=build_guard(plugin_dir or out_dir), prefix=prefix,
-                    crl_file=crl_file or out_dir / "crl.pem")
-    blobs.write_atomic(tls.key_file, key_pem, mode=0o600)
-    blobs.write_atomic(tls.cert_file, cert_pem, mode=0o644)
-    blobs.write_atomic(tls.ca_file, authority.ca_pem, mode=0o644)
-    refresh_crl(authority, tls)
-    return tls
+    files = BrokerFiles(ca_file=out_dir / "ca.pem", cert_file=out_dir / "server.pem", key_file=out_dir / "server.key",
+                        crl_file=crl_file or out_dir / "crl.pem")
+    blobs.write_atomic(files.key_file, key_pem, mode=0o600)
+    blobs.write_atomic(files.cert_file, cert_pem, mode=0o644)
+    blobs.write_atomic(files.ca_file, authority.ca_pem, mode=0o644)
+    refresh_crl(authority, files.crl_file)
+    return files
 
 
-def refresh_crl(authority: FleetAuthority, tls: BrokerTls) -> None:
+def emit(authority: FleetAuthority, out_dir: Path, prefix: str, hosts: list[str],
+         crl_file: Path | None = None, plugin_dir: Path | None = None) -> BrokerTls:
+    """``emit_files``, and the mosquitto profile's TLS with the guard plugin (compiled into
+    ``plugin_dir``, default ``out_dir``) for an ``adapters.mosquitto.MosquittoBroker``."""
+    return MosquittoProfile().tls(emit_files(authority, out_dir, hosts, crl_file), prefix, plugin_dir or out_dir)
+
+
+def refresh_crl(authority: FleetAuthority, crl_file: Path) -> None:
     """Write the authority's current CRL where the broker reads it (the guard plugin polls it)."""
-    assert tls.crl_file is not None
-    blobs.write_atomic(tls.crl_file, authority.crl_pem(), mode=0o644)
+    blobs.write_atomic(crl_file, authority.crl_pem(), mode=0o644)
 
 
 def issue_service_identity(authority: FleetAuthority, role: str, worker: str, out_dir: Path) -> tuple[Path, Path]:
