@@ -29,6 +29,8 @@ def test_nudge_reconnects_at_once_when_the_link_is_backing_off(
         broker = MosquittoBroker(tmp_path / "broker")
     except Exception as exc:  # noqa: BLE001
         _missing(str(exc))
+    broker.start()  # it takes a port, kept across its restarts
+    broker.stop()
     settings = MqttSettings(host="127.0.0.1", port=broker.port, reconnect_min_s=60.0, reconnect_max_s=60.0)
     link = MqttLink(settings, "nudge-test", subscriptions=[], on_message=lambda m: None, jitter=lambda: 0.0)
     link.start()
@@ -112,6 +114,9 @@ class _Service:
 
     def alive(self) -> bool:
         return self.healthy
+
+    def ports(self) -> dict[str, int]:
+        return {}
 
 
 def test_watchdog_pings_stop_and_service_exits_when_a_loop_dies(
