@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.adapters.postgres_cluster import PostgresCluster, server_bin_dir
-from tests.backends import Backend
+from tests.backends import Backend, start_cluster
 from tests.peers import _missing
 
 
@@ -15,8 +15,7 @@ from tests.peers import _missing
 def pg_cluster() -> Iterator[PostgresCluster]:
     if server_bin_dir() is None:
         _missing("the PostgreSQL server is not installed (apt-get install postgresql)")
-    cluster = PostgresCluster()
-    cluster.start()
+    cluster = start_cluster()
     yield cluster
     cluster.stop()
 

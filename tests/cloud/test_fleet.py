@@ -25,7 +25,7 @@ from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from gateway.simulator import Simulator
 from tests.backends import Backend
-from tests.peers import _missing, free_port, wait_for
+from tests.peers import _missing, wait_for
 
 PREFIX = "mgw/v1"
 
@@ -42,7 +42,7 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 
 def settings(broker: MosquittoBroker, backend: Backend, **fleet_keys: Any) -> CloudSettings:
-    fleet_settings = FleetSettings(http_port=free_port(), opening_hours="00:00-24:00",
+    fleet_settings = FleetSettings(http_port=0, opening_hours="00:00-24:00",
                                    open_weekdays=(1, 2, 3, 4, 5, 6, 7), **fleet_keys)
     return _fill_defaults(CloudSettings(mqtt=MqttSettings(port=broker.port, reconnect_min_s=0.2),
                                         ingest=IngestSettings(), fleet=fleet_settings,
