@@ -21,6 +21,7 @@ from gateway.config import IndexSettings
 from gateway.core.errors import LocalError, PortInUseError
 
 _numbers = itertools.count()
+CLUSTER_ROOTS: list[Path] = []  # every cluster this process started (under /tmp, not a pytest tmp dir)
 
 
 def start_cluster() -> PostgresCluster:
@@ -31,6 +32,7 @@ def start_cluster() -> PostgresCluster:
 
 def _cluster_on(port: int) -> PostgresCluster:
     cluster = PostgresCluster(port)
+    CLUSTER_ROOTS.append(cluster.root)
     try:
         cluster.start()
         # postgres's own pid file names the postmaster: it, not another server, must hold the port
