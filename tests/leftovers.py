@@ -4,7 +4,9 @@ Two ways a process belongs to the run: it descends from the pytest process (ever
 service a test starts is its child, or a child of one), or it is a peer or service (mosquitto,
 Orthanc, PostgreSQL, ``python -m gateway``) whose working directory or arguments lie under one of
 the run's temporary directories (a process whose parent died is adopted by init and is no longer
-a descendant). Zombies are not counted: they run nothing, and their parent reaps them.
+a descendant). Zombies are not counted: they run nothing, and their parent reaps them. Nor is
+multiprocessing's resource tracker of pytest itself: Python starts it at the first semaphore of
+a ``spawn`` context (tests/cloud/test_ingest.py) and it ends when pytest does, by design.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 PEERS = ("mosquitto", "orthanc", "postgres", "storescp", "chrome", "chromedriver")
+INTERPRETER_HELPER = "from multiprocessing.resource_tracker import main"
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,10 @@ def left_running(roots: list[Path], me: int | None = None) -> list[Process]:
     for p in table:
         if p.pid != me and p.peer_or_service and under_roots(p):
             mine.setdefault(p.pid, p)
-    return sorted((p for p in mine.values() if p.state != "Z"), key=lambda p: p.pid)
+    def helper(p: Process) -> bool:
+        return p.ppid == me and any(arg.startswith(INTERPRETER_HELPER) for arg in p.cmdline)
+
+    return sorted((p for p in mine.values() if p.state != "Z" and not helper(p)), key=lambda p: p.pid)
 
 
 def wait_gone(roots: list[Path], grace_s: float) -> list[Process]:

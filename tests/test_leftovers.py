@@ -51,3 +51,14 @@ def test_nothing_is_named_when_every_child_was_stopped(tmp_path: Path) -> None:
     child.terminate()
     child.wait()
     assert [p for p in leftovers.left_running([tmp_path]) if p.pid == child.pid] == []
+
+
+def test_pythons_resource_tracker_is_not_named_when_a_spawn_context_made_a_semaphore() -> None:
+    import multiprocessing
+
+    lock = multiprocessing.get_context("spawn").Lock()  # starts pytest's resource tracker, for good
+    assert lock is not None
+    tracker = [p for p in leftovers.processes()
+               if p.ppid == os.getpid() and leftovers.INTERPRETER_HELPER in " ".join(p.cmdline)]
+    assert len(tracker) == 1  # it runs, a child of pytest
+    assert tracker[0].pid not in [p.pid for p in leftovers.left_running([])]
