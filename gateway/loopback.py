@@ -201,7 +201,7 @@ class LoopbackDeployment:
 
     @property
     def fleet_port(self) -> int:
-        return self.reported_port("fleet-1", "http")
+        return self.reported_port(self._fleet_service, "http")
 
     @property
     def enrol_port(self) -> int:
@@ -221,6 +221,11 @@ class LoopbackDeployment:
         return f"ingest-{ingest.get('share_group', 'ingest')}-{ingest.get('worker_id', '1')}"
 
     @property
+    def _fleet_service(self) -> str:
+        """The fleet process's name in its start record and ports report."""
+        return f"fleet-{self._cloud_overrides.get('ingest', {}).get('worker_id', '1')}"
+
+    @property
     def index_dsn(self) -> str:
         """The PostgreSQL index's DSN when the cloud uses one, else ""."""
         return str(self._cloud_overrides.get("index", {}).get("dsn", ""))
@@ -233,7 +238,7 @@ class LoopbackDeployment:
             self.start_cloud_worker(n)
         if self.fleet is None or self.fleet.poll() is not None:  # a restart of the workers keeps the fleet
             self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
-            self.await_report(self.cloud_dir, "fleet-1", self.fleet)
+            self.await_report(self.cloud_dir, self._fleet_service, self.fleet)
 
     @property
     def dashboard_url(self) -> str:
