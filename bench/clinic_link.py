@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest import make_study  # noqa: E402
 
-from gateway.adapters.mosquitto import MosquittoBroker, free_port  # noqa: E402
+from gateway.adapters.mosquitto import MosquittoBroker  # noqa: E402
 from gateway.loopback import EDGE_AE, LoopbackDeployment  # noqa: E402
-from tests.peers import dcmtk, dcmtk_env  # noqa: E402
+from tests.peers import dcmtk, dcmtk_env, dcmtk_storescp  # noqa: E402
 
 NS, NS_LINK = "mgw7-edge", "mgw7-link"
 VETH_EDGE, VETH_CLOUD, LINK_EDGE, LINK_CLOUD = "mgw7e0", "mgw7c0", "mgw7e1", "mgw7c1"
@@ -121,17 +121,8 @@ def storescu(port: int, called: str, host: str, study: Path) -> float:
 
 
 def dimse_run(root: Path, study: Path) -> float:
-    out = root / "storescp"
-    out.mkdir()
-    port = free_port(CLOUD_IP)
-    proc = subprocess.Popen([dcmtk("storescp"), "+B", "+xa", "+uf", "-aet", "REFERENCE", "-od", str(out),
-                             str(port)], env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
+    with dcmtk_storescp(root / "storescp") as port:  # on every address of the cloud side, CLOUD_IP included
         return storescu(port, "REFERENCE", CLOUD_IP, study)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class ClinicDeployment(LoopbackDeployment):
@@ -147,19 +138,13 @@ class ClinicDeployment(LoopbackDeployment):
         super().write_configs()
         self.cloud_toml.write_text(self.cloud_toml.read_text().replace('"127.0.0.1"', f'"{CLOUD_IP}"'))
 
-    def start_edge(self, wait_s: float = 30.0) -> None:
+    def start_edge(self, wait_s: float = 120.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.edge = subprocess.Popen(
-            in_ns(sys.executable, "-m", "gateway", "edge", "run", "--config", str(self.edge_toml)),
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "edge.log", "ab"), env=env)  # noqa: SIM115
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            echo = subprocess.run(in_ns(dcmtk("echoscu"), "-aec", EDGE_AE, "127.0.0.1", str(self.dicom_port)),
-                                  env=dcmtk_env(), capture_output=True)
-            if echo.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise SystemExit(f"the edge did not answer C-ECHO; see {self.root}/edge.log")
+        with open(self.root / "edge.log", "ab") as log:  # `ip netns exec` execs: the edge keeps this pid
+            self.edge = subprocess.Popen(
+                in_ns(sys.executable, "-m", "gateway", "edge", "run", "--config", str(self.edge_toml)),
+                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        self.await_report(self.edge_dir, "edge", self.edge, wait_s)  # it listens, in the namespace
 
 
 def edge_state(edge_dir: Path) -> tuple[int, int]:

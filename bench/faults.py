@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,11 @@ def store_one(storescu: str, port: int, path: Path) -> int | None:
 
 
 class Modality(threading.Thread):
-    """Sends each instance until it is answered 0x0000; records what it was told."""
+    """Sends each instance until it is answered 0x0000; records what it was told.
 
-    def __init__(self, storescu: str, port: int, files: list[Path], deadline: float) -> None:
+    ``port`` is asked before each send: a restarted edge binds any free port and reports it."""
+
+    def __init__(self, storescu: str, port: Callable[[], int], files: list[Path], deadline: float) -> None:
         super().__init__(daemon=True)
         self.storescu, self.port, self.files, self.deadline = storescu, port, files, deadline
         self.told_success: set[Path] = set()
@@ -126,7 +129,7 @@ class Modality(threading.Thread):
         while pending and time.monotonic() < self.deadline:
             path = pending.pop(0)
             self.attempts += 1
-            if store_one(self.storescu, self.port, path) == 0x0000:
+            if store_one(self.storescu, self.port(), path) == 0x0000:
                 self.told_success.add(path)
             else:
                 pending.append(path)
@@ -259,23 +262,20 @@ def trial(n: int, rng: random.Random, workdir: Path, storescu: str, tally: Tally
     if use_disk:
         overrides["spool"] = {"high_water_percent": SmallDisk.HIGH, "low_water_percent": SmallDisk.LOW}
     persistence = rng.random() < 0.5
-    for attempt in range(3):  # a free port taken by someone else between probe and bind: start again
-        d = LoopbackDeployment(root / f"run{attempt}", edge_overrides=overrides, broker_persistence=persistence)
-        disk = SmallDisk(d.edge_dir) if use_disk else None
-        try:
-            d.start()
-            break
-        except LocalError:
-            d.stop()
-            if disk is not None:
-                disk.close()
-            if attempt == 2:
-                proxy.close()
-                raise
+    d = LoopbackDeployment(root / "run", edge_overrides=overrides, broker_persistence=persistence)
+    disk = SmallDisk(d.edge_dir) if use_disk else None
+    try:
+        d.start()
+    except LocalError:
+        d.stop()
+        if disk is not None:
+            disk.close()
+        proxy.close()
+        raise
     try:
         proxy.target = ("127.0.0.1", d.broker.port)
         files = make_instances(rng, root / "modality")
-        modality = Modality(storescu, d.dicom_port, files, time.monotonic() + 240)
+        modality = Modality(storescu, lambda: d.dicom_port, files, time.monotonic() + 240)
         modality.start()
         kinds = list(FAULTS) + (["full_disk"] * 2 if disk else [])
         for _ in range(rng.randint(1, 4)):

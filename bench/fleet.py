@@ -31,9 +31,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.mosquitto import MosquittoBroker, free_port
+from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.config import MqttSettings
 from gateway.core.utilisation import percentile
+from gateway.loopback import await_ports
 from gateway.simulator import Simulator
 from gateway.tomlwrite import render_toml
 
@@ -60,26 +61,17 @@ def _get(url: str) -> Any:
 def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str = "") -> dict[str, Any]:
     broker = MosquittoBroker(root / "broker", persistence=False)
     broker.start()
-    port = free_port()
     toml = root / "cloud.toml"
     toml.write_text(render_toml({
         "cloud": {"state_dir": str(root / "cloud"), "log_level": "WARNING"},
         "mqtt": {"host": "127.0.0.1", "port": broker.port},
-        "fleet": {"http_port": port, "offline_after_s": 3 * heartbeat_s},
+        "fleet": {"http_port": 0, "offline_after_s": 3 * heartbeat_s},  # any free port, reported
         **({"index": {"backend": "postgres", "dsn": dsn}} if dsn else {})}))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
-                            stdout=subprocess.DEVNULL, stderr=open(root / "fleet.log", "ab"))  # noqa: SIM115
-    url = f"http://127.0.0.1:{port}/api/v1/boxes"
+    with open(root / "fleet.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(url)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        url = f"http://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['http']}/api/v1/boxes"
         sim = Simulator(MqttSettings(port=broker.port), boxes, heartbeat_s=heartbeat_s, outage_percent=0.0,
                         backfill_hours=0.0)
         stop = threading.Event()
@@ -132,10 +124,9 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)  # the simulator's links log every clean disconnect
     cluster = None
     if "postgres" in args.index:
-        from gateway.adapters.postgres_cluster import PostgresCluster
+        from tests.backends import start_cluster
 
-        cluster = PostgresCluster()
-        cluster.start()
+        cluster = start_cluster()
     results = []
     try:
         for index in args.index:

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.peers: the DCMTK helpers
 
-from gateway.loopback import EDGE_AE, LoopbackDeployment, free_port  # noqa: E402
+from gateway.loopback import EDGE_AE, LoopbackDeployment  # noqa: E402
 from tests.peers import data_store_dir, dcmtk, dcmtk_env, dcmtk_storescp  # noqa: E402
 
 PDU_BYTES = 131072  # the largest DCMTK negotiates
@@ -48,8 +47,11 @@ def accepted(event):
 def store(event):
     os.unlink(event.dataset_path)  # the pynetdicom floor: stream to a temp file, keep nothing
     return 0
-ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True,
-                evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_ACCEPTED, accepted)])
+server = ae.start_server(("127.0.0.1", 0), block=False,  # any free port, told on stdout
+                         evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_ACCEPTED, accepted)])
+print(server.server_address[1], flush=True)
+sys.stdin.read()  # until the benchmark closes our stdin
+server.shutdown()
 """
 
 
@@ -80,17 +82,6 @@ def storescu(port: int, called: str, study: Path) -> float:
     return elapsed
 
 
-def wait_listening(port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
 def edge_items(edge_dir: Path) -> int:
     db = next(edge_dir.rglob("spool.db"))
     with sqlite3.connect(db) as conn:
@@ -117,14 +108,22 @@ def main() -> int:
         received = len(list((root / "storescp").iterdir()))
         print(f"{'DCMTK storescp (disk, no fsync)':<40} {total / t_ref / 1e6:>7.1f} MB/s  {t_ref:6.1f} s  "
               f"{received} files")
-        port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port)])
+        bare = subprocess.Popen([sys.executable, "-c", BARE_SCP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
         try:
-            wait_listening(port)
+            assert bare.stdout is not None and bare.stdin is not None
+            port = int(bare.stdout.readline() or "0")  # it listens once it says its port
+            if not port:
+                raise SystemExit(f"the bare SCP exited with {bare.wait(10)}")
             t_bare = storescu(port, "BARE", root / "study")
         finally:
-            bare.terminate()
-            bare.wait(10)
+            if bare.stdin is not None:
+                bare.stdin.close()
+            try:
+                bare.wait(10)
+            except subprocess.TimeoutExpired:
+                bare.kill()
+                bare.wait()
         print(f"{'bare pynetdicom SCP (chunked, discards)':<40} {total / t_bare / 1e6:>7.1f} MB/s  {t_bare:6.1f} s")
         deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0}})
         deploy.broker.start()

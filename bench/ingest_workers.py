@@ -27,12 +27,14 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from gateway.adapters.postgres_index import PostgresIndex
-from gateway.core import topics
-from gateway.core.codec import Codec
-from gateway.core.instance import InstanceIdentity
-from gateway.core.transfer import Manifest, ObjectKeys, seal_object
-from gateway.loopback import BOX_ID, LoopbackDeployment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.backends: PostgreSQL on a free port
+
+from gateway.adapters.postgres_index import PostgresIndex  # noqa: E402
+from gateway.core import topics  # noqa: E402
+from gateway.core.codec import Codec  # noqa: E402
+from gateway.core.instance import InstanceIdentity  # noqa: E402
+from gateway.core.transfer import Manifest, ObjectKeys, seal_object  # noqa: E402
+from gateway.loopback import BOX_ID, LoopbackDeployment  # noqa: E402
 
 
 def corpus() -> list[bytes]:
@@ -85,12 +87,12 @@ def run_one(workers: int, index: str, objects: int, cluster: object | None) -> t
     d.broker.start()
     d.write_configs()
     d.start_cloud()
+    d.wait_cloud_subscribed()  # shared subscriptions drop messages with no member
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=paho.MQTTv5)
     pub.max_inflight_messages_set(64)
     pub.connect("127.0.0.1", d.broker.port)
     pub.loop_start()
     try:
-        time.sleep(3.0)  # workers connect and subscribe (shared subscriptions drop messages with no member)
         start = time.monotonic()
         for tid, frames in sealed:
             topic = topics.chunk_topic("mgw/v1", BOX_ID, tid)
@@ -119,10 +121,9 @@ def main() -> int:
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     cluster = None
     if "postgres" in args.index:
-        from gateway.adapters.postgres_cluster import PostgresCluster
+        from tests.backends import start_cluster
 
-        cluster = PostgresCluster()
-        cluster.start()
+        cluster = start_cluster()
     try:
         print(f"{'index':9} {'workers':>7} {'objects':>8} {'MB':>7} {'chunks':>7} {'seconds':>8} "
               f"{'obj/s':>7} {'MB/s':>7} {'chunks/s':>9}")

@@ -129,7 +129,7 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
         settings = config.load_edge(files)
         if args.step == "pre-install":
             return int(update.pre_install(settings, paths, proc_root=args.proc_root))
-        return int(update.commit_gate(settings, paths, update.default_probe(settings), timeout_s=args.timeout_s))
+        return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s))
     except GatewayError as exc:
         print(f"mgw: error: {exc}", file=sys.stderr)
         return int(update.HookResult.ROLLBACK)

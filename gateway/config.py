@@ -38,7 +38,8 @@ class DicomSettings:
     ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
     bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4); provisioning records "  # noqa: S104
                                    "the box's address towards the modality")
-    port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE)")
+    port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE); "
+                   "0 = any free port, reported in state_dir/ports/edge.json")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
     allowed_calling_aets: tuple[str, ...] = _f((), "calling AE titles allowed to associate from any address")
     allowed_peers: tuple[str, ...] = _f((), "modalities allowed to associate, as AE@address or AE@network/prefix "
@@ -140,8 +141,9 @@ class ApplianceSettings:
 @dataclass(frozen=True)
 class HealthSettings:
     heartbeat_s: float = _f(30.0, "heartbeat period; each heartbeat expires on the broker after twice this")
-    metrics_bind: str = _f("127.0.0.1", "address of the local Prometheus /metrics endpoint")
-    metrics_port: int = _f(9464, "port of the local Prometheus /metrics endpoint; 0 = off")
+    metrics_bind: str = _f("127.0.0.1", "address of the local Prometheus /metrics endpoint; empty = off")
+    metrics_port: int = _f(9464, "port of the local Prometheus /metrics endpoint; "
+                           "0 = any free port, reported in state_dir/ports/edge.json")
     thermal_dir: str = _f("/sys/class/thermal", "where CPU temperature sensors are read (thermal_zone*/temp)")
 
 
@@ -191,7 +193,7 @@ class IngestSettings:
                                "a dead worker stops receiving shared-subscription messages once it lapses")
     metrics_bind: str = _f("127.0.0.1", "address of this worker's Prometheus /metrics")
     metrics_port: int = _f(9471, "port of this worker's /metrics (each worker of a node needs its own; "
-                           "0 = any free port)")
+                           "0 = any free port, reported in state_dir/ports/ingest-<group>-<worker>.json)")
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ class AuthoritySettings:
     box_cert_days: float = _f(90.0, "lifetime of box certificates; boxes renew at 2/3 of it")
     token_ttl_hours: float = _f(72.0, "default lifetime of an enrolment token")
     enrol_host: str = _f("127.0.0.1", "address the enrolment endpoint binds")
-    enrol_port: int = _f(8443, "TCP port of the enrolment endpoint (HTTPS)")
+    enrol_port: int = _f(8443, "TCP port of the enrolment endpoint (HTTPS); "
+                         "0 = any free port, reported in state_dir/ports/enrolment.json")
     enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"),
                                           "names and addresses in the endpoint's certificate")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
@@ -258,7 +261,8 @@ class ForwardSettings:
 @dataclass(frozen=True)
 class FleetSettings:
     http_bind: str = _f("127.0.0.1", "address of the fleet REST API, dashboard and /metrics")
-    http_port: int = _f(8080, "port of the fleet REST API, dashboard and /metrics")
+    http_port: int = _f(8080, "port of the fleet REST API, dashboard and /metrics; "
+                        "0 = any free port, reported in state_dir/ports/fleet-<worker>.json")
     offline_after_s: float = _f(90.0, "a box with no birth nor heartbeat for this long is offline")
     backlog_alert_minutes: float = _f(60.0, "alert when a box's oldest unacknowledged item is older")
     disk_alert_percent: float = _f(85.0, "alert when a box's state disk is fuller")

@@ -3,21 +3,25 @@
 Each service runs as a real ``mgw`` process with generated TOML, so the demo,
 the system tests and the benchmarks exercise exactly what systemd would run,
 and can SIGKILL and restart any part of it.
+
+No port is picked for a service here: each is configured with port 0, binds any free
+port, and reports what it got (``adapters/ports.py``); the harness reads the report of
+the process it started, after every start. mosquitto, which cannot do that, is started
+on a port picked free and again on another if that one was taken meanwhile.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gateway.adapters import keystore
-from gateway.adapters.mosquitto import MosquittoBroker, free_port
+from gateway.adapters import keystore, ports
+from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.core.errors import LocalError
 from gateway.tomlwrite import render_toml
 
@@ -25,6 +29,7 @@ BOX_ID = "demo-box"
 EDGE_AE = "MGW"
 SUBSCRIBED = "subscriptions granted"  # the MQTT link's log line at SUBACK (MSG.UPLINK_SUBSCRIBED)
 MODALITY_AE = "MODALITY"  # the calling AE title the tests' modality uses; provisioning admits it
+REPORT_TIMEOUT_S = 120.0  # a service's start on a loaded machine: imports, databases, then the listeners
 
 
 class LoopbackDeployment:
@@ -38,9 +43,8 @@ class LoopbackDeployment:
         root.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(root / "broker", persistence=broker_persistence, limits=broker_limits)
         self.secure = secure
-        self.enrol_port = free_port() if secure else 0
         self.enrolment: subprocess.Popen[bytes] | None = None
-        self.dicom_port = free_port()
+        self._reports: dict[str, dict[str, int]] = {}  # service -> the ports its last started process reported
         self.cloud_dir = root / "cloud"
         self.edge_dir = root / "edge"
         self.cloud_pub = keystore.public_b64(keystore.load_or_create_x25519(self.cloud_dir / "keys" / "envelope.key"))
@@ -56,29 +60,27 @@ class LoopbackDeployment:
         self._subscribed_marks: dict[int, int] = {}  # worker -> its log's SUBSCRIBED count at its last start
         self._cloud_overrides = cloud_overrides or {}
         self.fleet: subprocess.Popen[bytes] | None = None
-        self.fleet_port = free_port()
-        self.edge_metrics_port = free_port()
         self._fleet_overrides: dict[str, object] = {}
 
     def write_configs(self) -> None:
         mqtt: dict[str, object] = {"host": "127.0.0.1", "port": self.broker.port, "reconnect_min_s": 0.2,
                                    "reconnect_max_s": 2.0}
         cloud: dict[str, dict[str, object]] = {"cloud": {"state_dir": str(self.cloud_dir)}, "mqtt": dict(mqtt)}
-        cloud["fleet"] = {"http_port": self.fleet_port, "offline_after_s": 10.0, "history_interval_s": 2.0,
+        cloud["fleet"] = {"http_port": 0, "offline_after_s": 10.0, "history_interval_s": 2.0,
                           "opening_hours": "00:00-24:00", "open_weekdays": [1, 2, 3, 4, 5, 6, 7],
                           **self._fleet_overrides}
         tables: dict[str, dict[str, object]] = {
             "box": {"id": BOX_ID, "cloud_public_key": self.cloud_pub, "state_dir": str(self.edge_dir)},
-            "dicom": {"ae_title": EDGE_AE, "bind_host": "127.0.0.1", "port": self.dicom_port},
+            "dicom": {"ae_title": EDGE_AE, "bind_host": "127.0.0.1", "port": 0},
             "mqtt": dict(mqtt),
             "uplink": {"ack_timeout_s": 5.0},
-            "health": {"heartbeat_s": 2.0, "metrics_port": self.edge_metrics_port},
+            "health": {"heartbeat_s": 2.0, "metrics_port": 0},
             "utilisation": {"exam_quiet_s": 3.0},
         }
         if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
             assert self.broker.tls is not None and self.broker.tls.crl_file is not None
             cloud["mqtt"]["ca_file"] = str(self.broker.tls.ca_file)
-            cloud["authority"] = {"enrol_port": self.enrol_port, "broker_host": "127.0.0.1",
+            cloud["authority"] = {"enrol_port": 0, "broker_host": "127.0.0.1",
                                   "broker_port": self.broker.port, "broker_crl_file": str(self.broker.tls.crl_file)}
             del tables["box"]
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
@@ -157,9 +159,9 @@ class LoopbackDeployment:
     def enrol_url(self) -> str:
         return f"https://127.0.0.1:{self.enrol_port}"
 
-    def start_enrolment(self, timeout_s: float = 30.0) -> None:
+    def start_enrolment(self, timeout_s: float = REPORT_TIMEOUT_S) -> None:
         self.enrolment = self._spawn(["cloud", "enrol", "--config", str(self.cloud_toml)], "enrolment.log")
-        self._wait_port(self.enrol_port, self.enrolment, timeout_s, "the enrolment endpoint")
+        self.await_report(self.cloud_dir, "enrolment", self.enrolment, timeout_s)
 
     def provision_edge(self, token: str) -> subprocess.CompletedProcess[str]:
         """``mgw provision`` as a field engineer runs it; raises if it fails."""
@@ -173,17 +175,55 @@ class LoopbackDeployment:
             raise LocalError(f"mgw provision failed ({out.returncode}): {out.stderr.strip()[-500:]}")
         return out
 
-    def _wait_port(self, port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise LocalError(f"{what} exited early with {proc.returncode}; see {self.root}/*.log")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise LocalError(f"{what} did not listen on port {port} within {timeout_s} s")
+    def await_report(self, state_dir: Path, service: str, proc: subprocess.Popen[bytes],
+                     timeout_s: float = REPORT_TIMEOUT_S) -> dict[str, int]:
+        """Wait for the ports report of this deployment's ``proc`` and keep it."""
+        try:
+            self._reports[service] = await_ports(state_dir, service, proc, timeout_s)
+        except LocalError as exc:
+            raise LocalError(f"{exc}; see {self.root}/*.log") from exc
+        return self._reports[service]
+
+    def reported_port(self, service: str, name: str) -> int:
+        """The port ``name`` of the last started ``service`` (``edge``, ``fleet-1``, ``enrolment``, ...)."""
+        found = self._reports.get(service, {})
+        if name not in found:
+            raise LocalError(f"{service} has not reported a {name} port: is it started?")
+        return found[name]
+
+    @property
+    def dicom_port(self) -> int:
+        return self.reported_port("edge", "dicom")
+
+    @property
+    def edge_metrics_port(self) -> int:
+        return self.reported_port("edge", "metrics")
+
+    @property
+    def fleet_port(self) -> int:
+        return self.reported_port(self._fleet_service, "http")
+
+    @property
+    def enrol_port(self) -> int:
+        return self.reported_port("enrolment", "https")
+
+    def ingest_metrics_port(self, n: int = 0) -> int:
+        """The /metrics port of cloud worker ``n`` (0 = the first), once it reported it."""
+        proc = self.clouds[n]
+        if proc is None:
+            raise LocalError(f"cloud worker {n + 1} is not started")
+        return self.await_report(self.cloud_dir, self._ingest_service(n), proc)["metrics"]
+
+    def _ingest_service(self, n: int) -> str:
+        """Cloud worker ``n``'s name in its start record and ports report."""
+        ingest = {**({"worker_id": str(n + 1)} if len(self.clouds) > 1 else {}),
+                  **self._cloud_overrides.get("ingest", {})}
+        return f"ingest-{ingest.get('share_group', 'ingest')}-{ingest.get('worker_id', '1')}"
+
+    @property
+    def _fleet_service(self) -> str:
+        """The fleet process's name in its start record and ports report."""
+        return f"fleet-{self._cloud_overrides.get('ingest', {}).get('worker_id', '1')}"
 
     @property
     def index_dsn(self) -> str:
@@ -198,6 +238,7 @@ class LoopbackDeployment:
             self.start_cloud_worker(n)
         if self.fleet is None or self.fleet.poll() is not None:  # a restart of the workers keeps the fleet
             self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
+            self.await_report(self.cloud_dir, self._fleet_service, self.fleet)
 
     @property
     def dashboard_url(self) -> str:
@@ -214,7 +255,7 @@ class LoopbackDeployment:
         path = self.root / log_name
         return path.read_text(errors="replace").count(text) if path.exists() else 0
 
-    def wait_cloud_subscribed(self, timeout_s: float = 60.0) -> None:
+    def wait_cloud_subscribed(self, timeout_s: float = REPORT_TIMEOUT_S) -> None:
         """Wait until every cloud worker started since has its subscriptions granted by the broker.
 
         Until then the broker has no session for a fresh worker, and what boxes publish is not
@@ -229,25 +270,12 @@ class LoopbackDeployment:
                     raise LocalError(f"cloud worker {n + 1} had no subscription granted within {timeout_s} s")
                 time.sleep(0.05)
 
-    def start_edge(self, wait_s: float = 30.0) -> None:
+    def start_edge(self, wait_s: float = REPORT_TIMEOUT_S) -> None:
         configs = ["--config", str(self.edge_toml)]
         if self.secure:
             configs += ["--config", str(self.edge_dir / "device.toml")]
         self.edge = self._spawn(["edge", "run", *configs], "edge.log")
-        self.wait_listening(wait_s)
-
-    def wait_listening(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for proc in (self.edge, *self.clouds):
-                if proc is not None and proc.poll() is not None:
-                    raise LocalError(f"a service exited early with {proc.returncode}; see {self.root}/*.log")
-            try:
-                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise LocalError(f"the edge did not listen on port {self.dicom_port} within {timeout_s} s")
+        self.await_report(self.edge_dir, "edge", self.edge, wait_s)  # it listens once it reported its ports
 
     @staticmethod
     def _end(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
@@ -290,4 +318,20 @@ class LoopbackDeployment:
         return "\n".join(out)
 
 
-__all__ = ["BOX_ID", "EDGE_AE", "MODALITY_AE", "LoopbackDeployment", "free_port"]
+def await_ports(state_dir: Path, service: str, proc: subprocess.Popen[bytes],
+                timeout_s: float = REPORT_TIMEOUT_S) -> dict[str, int]:
+    """The ports ``proc``, a started ``mgw`` service, reported once it listens (a report left by an
+    earlier run of the service does not count); raises LocalError if it exits or stays silent."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = ports.read(state_dir, service)
+        if found is not None and found.pid == proc.pid:
+            return found.ports
+        if proc.poll() is not None:
+            raise LocalError(f"{service} exited early with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise LocalError(f"{service} reported no listening ports within {timeout_s} s")
+        time.sleep(0.05)
+
+
+__all__ = ["BOX_ID", "EDGE_AE", "MODALITY_AE", "LoopbackDeployment", "await_ports"]

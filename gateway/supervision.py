@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import __version__
-from gateway.adapters import blobs
+from gateway.adapters import blobs, ports
 from gateway.adapters.metrics_http import Sample
 from gateway.logs import MSG
 
@@ -42,6 +42,7 @@ class Starts:
 class StartRecord:
     def __init__(self, state_dir: Path, service: str, clock: Callable[[], float]) -> None:
         self.service = service
+        self.state_dir = state_dir
         self._path = state_dir / "starts" / f"{service}.json"
         self._clock = clock
         self.current = Starts()
@@ -94,13 +95,18 @@ class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def alive(self) -> bool: ...
+    def ports(self) -> dict[str, int]:
+        """The ports its listeners bound, by name (``dicom``, ``metrics``, ...): a port of 0 in the
+        configuration means any free port, and this says which one it got."""
+        ...
 
 
 def run_service(service: Service, name: str, starts: StartRecord | None = None) -> int:
     """Start, tell systemd we are ready, ping the watchdog while alive, stop on a signal.
 
     With ``starts``, the start is recorded and a clean stop marked, so that a run that dies
-    (its loop, or the process) shows as an unclean restart next time (``StartRecord``).
+    (its loop, or the process) shows as an unclean restart next time (``StartRecord``), and
+    the ports the service bound are reported under the same name (``adapters/ports.py``).
     """
     from gateway.adapters.sd_notify import Notifier
 
@@ -111,6 +117,8 @@ def run_service(service: Service, name: str, starts: StartRecord | None = None) 
     if starts is not None:
         starts.started()
     service.start()
+    if starts is not None:
+        ports.record(starts.state_dir, starts.service, service.ports())
     notifier.ready(f"{name} running")
     interval = notifier.watchdog_interval_s or 1.0
     code = 0
@@ -123,6 +131,8 @@ def run_service(service: Service, name: str, starts: StartRecord | None = None) 
         notifier.watchdog()
     notifier.stopping()
     service.stop()
+    if starts is not None:
+        ports.clear(starts.state_dir, starts.service)
     if starts is not None and code == 0:
         starts.stopped()
     return code

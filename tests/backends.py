@@ -1,7 +1,7 @@
 """The cloud index/staging backends a test can run against: SQLite files, or a real PostgreSQL.
 
 ``pg_cluster`` (session scope, tests/conftest.py) starts one PostgreSQL server
-from Debian's packages on a loopback port; each test gets its own database.
+from Debian's packages on a loopback port (``start_cluster``); each test gets its own database.
 """
 
 from __future__ import annotations
@@ -11,14 +11,45 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.adapters import ports
 from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive.store import Archive
 from gateway.cloud.fleet.store import FleetStore
 from gateway.cloud.ingest.staging import FileStaging, Staging
 from gateway.config import IndexSettings
+from gateway.core.errors import LocalError, PortInUseError
 
 _numbers = itertools.count()
+CLUSTER_ROOTS: list[Path] = []  # every cluster this process started (under /tmp, not a pytest tmp dir)
+
+
+def start_cluster() -> PostgresCluster:
+    """A PostgreSQL cluster on a port picked free, and on another if that one was taken before
+    postgres bound it (postgres cannot bind port 0 and tell)."""
+    return ports.on_free_port(_cluster_on)
+
+
+def _cluster_on(port: int) -> PostgresCluster:
+    cluster = PostgresCluster(port)
+    CLUSTER_ROOTS.append(cluster.root)
+    try:
+        cluster.start()
+        # postgres's own pid file names the postmaster: it, not another server, must hold the port
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        if not ports.listens(postmaster, port):
+            raise PortInUseError(f"postgres: another server answers on port {port}")
+    except LocalError as exc:
+        log = cluster.root / "postgres.log"
+        said = log.read_text(errors="replace") if log.exists() else ""
+        cluster.stop()
+        if ports.IN_USE in said:
+            raise PortInUseError(f"postgres: port {port} was taken") from exc
+        raise
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 @dataclass

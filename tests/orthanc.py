@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.mosquitto import free_port
-from tests.peers import _missing
+from gateway.adapters import ports
+from tests.peers import PEER_START_S, _missing
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AET = "ORTHANC"
@@ -53,37 +52,43 @@ class Orthanc:
 
 @contextmanager
 def orthanc(root: Path) -> Iterator[Orthanc]:
+    """Orthanc on two ports picked free, and on others if one was taken before it bound it."""
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(binary).exists() or not DICOMWEB_PLUGIN.exists():
         _missing("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
     root.mkdir(parents=True, exist_ok=True)
-    server = Orthanc(root, free_port(), free_port())
-    config = {
-        "Name": "mgw-test-pacs", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-        "StorageCompression": False, "HttpPort": server.http_port, "DicomPort": server.dicom_port,
-        "DicomAet": AET, "DicomCheckCalledAet": True, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
-        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "OverwriteInstances": True, "UnknownSopClassAccepted": True, "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True, "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
-    }
-    conf = root / "orthanc.json"
-    conf.write_text(json.dumps(config, indent=1))
-    proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=open(root / "orthanc.log", "ab"))  # noqa: SIM115
+
+    def start(http_port: int, dicom_port: int) -> tuple[Orthanc, subprocess.Popen[bytes]]:
+        server = Orthanc(root, http_port, dicom_port)
+        config = {
+            "Name": "mgw-test-pacs", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "StorageCompression": False, "HttpPort": http_port, "DicomPort": dicom_port,
+            "DicomAet": AET, "DicomCheckCalledAet": True, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "OverwriteInstances": True, "UnknownSopClassAccepted": True, "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True, "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
+        }
+        conf = root / "orthanc.json"
+        conf.write_text(json.dumps(config, indent=1))
+        log = root / "orthanc.log"
+        output = ports.appended(log)
+        with open(log, "ab") as err:
+            proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            ports.wait_listening(proc, [http_port, dicom_port], f"Orthanc (see {log})", output, PEER_START_S)
+        except BaseException:
+            _stop(proc)
+            raise
+        return server, proc
+
+    server, proc = ports.on_free_port(start, count=2)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {proc.returncode}; see {root}/orthanc.log")
-            try:
-                server.get("/system")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield server
     finally:
-        proc.kill()  # its storage is thrown away; a graceful stop takes seconds
-        proc.wait()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()  # its storage is thrown away; a graceful stop takes seconds
+    proc.wait()

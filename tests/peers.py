@@ -1,4 +1,4 @@
-"""Real peers for tests: DCMTK binaries, free ports, bounded polling, real DICOM files.
+"""Real peers for tests: DCMTK binaries, closed ports, bounded polling, real DICOM files.
 
 Tests use the genuine DCMTK tools, never pynetdicom's look-alike console scripts
 (``storescu``/``echoscu`` installed by pip shadow DCMTK on PATH). A missing tool
@@ -23,11 +23,13 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
+from gateway.adapters import ports
 from gateway.adapters.dicom_scu import find_dcmtk
 from gateway.adapters.dicom_scu import storescu_profile as storescu_profile_args  # noqa: F401 - re-exported for tests
 from gateway.core.part10 import dataset_offset
 
 T = TypeVar("T")
+PEER_START_S = 60.0  # a third-party peer's start on a loaded machine
 
 REAL_IMAGE_NAMES = (
     "693_UNCI.dcm",  # CT, explicit VR little endian
@@ -78,10 +80,13 @@ def dcmtk_env() -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port nobody listens on while the block runs: bound here, never listening, so a
+    connection to it is refused (a port merely free now could be anyone's by the time it is used)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
@@ -136,22 +141,39 @@ def echo(port: int, called_ae: str, calling_ae: str = "MODALITY") -> subprocess.
 
 @contextmanager
 def dcmtk_storescp(out_dir: Path, ae_title: str = "REFERENCE") -> Iterator[int]:
-    """A DCMTK storescp, bit-preserving (datasets written exactly as received), unique file names; yields its port."""
-    port = free_port()
+    """A DCMTK storescp, bit-preserving (datasets written exactly as received), unique file names; yields its port.
+
+    storescp cannot bind port 0 and tell: it gets a port picked free, and another one if that was
+    taken before it bound it (``ports.on_free_port``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = [dcmtk("storescp"), "+B", "+xa", "+uf", "-aet", ae_title, "-od", str(out_dir), str(port)]
-    proc = subprocess.Popen(args, env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = out_dir.parent / f"{out_dir.name}.storescp.log"
+    binary = dcmtk("storescp")
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        args = [binary, "+B", "+xa", "+uf", "-aet", ae_title, "-od", str(out_dir), str(port)]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, env=dcmtk_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            ports.wait_listening(proc, [port], "storescp", lambda: log.read_text(errors="replace"), PEER_START_S)
+        except BaseException:
+            _end(proc)
+            raise
+        return port, proc
+
+    port, proc = ports.on_free_port(start)
     try:
-        wait_for(lambda: proc.poll() is not None or echo(port, ae_title).returncode == 0, 10, "storescp to answer")
-        assert proc.poll() is None, f"storescp exited with {proc.returncode}"
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        _end(proc)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 _RAW_SENDER = r"""

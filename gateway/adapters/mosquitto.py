@@ -16,13 +16,12 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.core.errors import LocalError
+from gateway.adapters import ports
+from gateway.core.errors import GatewayError, LocalError
 from gateway.core.framing import MAX_PACKET_BYTES
 
 GUARD_SOURCE = Path(__file__).with_name("mgw_guard.c")
@@ -72,12 +71,6 @@ def build_guard(out_dir: Path, compiler: str = "cc") -> Path:
         raise LocalError(f"building the mgw_guard broker plugin failed: {done.stderr.strip()[-1000:]}")
     os.replace(partial, target)
     return target
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def render_config(port: int, data_dir: Path, host: str = "127.0.0.1", persistence: bool = True,
@@ -139,31 +132,40 @@ class MosquittoBroker:
         self.binary = found
         self.workdir = workdir
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port  # 0: any free port, fixed by the first start (clients are configured with it)
         self.persistence = persistence
         self.tls = tls
         self.limits = dict(limits or {})
         self.conf = workdir / "mosquitto.conf"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 10.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until this mosquitto listens.
+
+        mosquitto cannot bind port 0 and tell which port it got: without a port, the first
+        start tries ports picked free until one holds (``ports.on_free_port``); later starts
+        keep it, since clients are configured with it.
+        """
+        if self.port:
+            self._start_on(self.port, timeout_s)
+        else:
+            self.port = ports.on_free_port(lambda port: self._start_on(port, timeout_s), host=self.host)
+
+    def _start_on(self, port: int, timeout_s: float) -> int:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render_config(self.port, self.workdir, self.host, self.persistence, self.tls,
+        self.conf.write_text(render_config(port, self.workdir, self.host, self.persistence, self.tls,
                                            self.limits))
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "mosquitto.stderr", "ab"),  # noqa: SIM115
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise LocalError(f"mosquitto exited with {self._proc.returncode}; see {self.workdir}/mosquitto.log")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise LocalError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
+        log, stderr_file = self.workdir / "mosquitto.log", self.workdir / "mosquitto.stderr"
+        output = ports.appended(log, stderr_file)
+        with open(stderr_file, "ab") as stderr:
+            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                          stderr=stderr)
+        try:
+            ports.wait_listening(self._proc, [port], f"mosquitto (see {log})", output, timeout_s)
+        except GatewayError:
+            self.kill()
+            raise
+        return port
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -189,3 +191,4 @@ class MosquittoBroker:
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+

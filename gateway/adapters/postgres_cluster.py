@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.adapters.mosquitto import free_port
+from gateway.adapters.ports import free_port
 from gateway.core.errors import LocalError
 
 DATABASE = "mgw"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import __version__
-from gateway.adapters import dicom_probe
+from gateway.adapters import dicom_probe, ports
 from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
 from gateway.appliance.status import read_edge_status
 from gateway.appliance.usb import hand_over
@@ -78,7 +78,7 @@ def established_connections(port: int, proc_root: Path = Path("/proc")) -> int:
 def pre_install(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/proc"),
                 now: float | None = None) -> HookResult:
     now = time.time() if now is None else now
-    busy = established_connections(settings.dicom.port, proc_root)
+    busy = established_connections(_dicom_port(settings, paths), proc_root)
     if busy:
         return _refuse("an association is active", ASSOCIATIONS=busy)
     db_bytes = paths.spool_db.stat().st_size if paths.spool_db.exists() else 0
@@ -177,8 +177,8 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         status = read_edge_status(paths.runtime_dir)
         return status is not None and status.get("version") == version
     if check is GateCheck.ECHO:
-        return dicom_probe.echo(probe.host, settings.dicom.port, settings.dicom.ae_title, _calling(settings),
-                                source=probe.host) == 0
+        return dicom_probe.echo(probe.host, _dicom_port(settings, paths), settings.dicom.ae_title,
+                                _calling(settings), source=probe.host) == 0
     if check is GateCheck.CLOUD_ACK:
         if not sop_uid:
             return False
@@ -195,6 +195,11 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         store.close()
 
 
+def _dicom_port(settings: EdgeSettings, paths: Paths) -> int:
+    """The listener's port; with ``dicom.port = 0``, the one the running edge reported (adapters/ports.py)."""
+    return ports.bound_port(settings.dicom.port, paths.state_dir, "edge", "dicom")
+
+
 def _calling(settings: EdgeSettings) -> str:
     """The listener admits MGW-GATE from the box's own address whatever its allow-lists say."""
     return GATE_CALLING_AE
@@ -209,15 +214,15 @@ def _send_probe(probe: GateProbe) -> str:
     return uid
 
 
-def default_probe(settings: EdgeSettings) -> GateProbe:
+def default_probe(settings: EdgeSettings, paths: Paths) -> GateProbe:
     from gateway.adapters.dicom_scu import pynetdicom_store
     from gateway.core.errors import PeerError
 
     host = "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "", "::") else settings.dicom.bind_host  # noqa: S104
 
     def send(path: Path) -> None:
-        statuses = pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, _calling(settings), [path],
-                                    source=host)
+        statuses = pynetdicom_store(host, _dicom_port(settings, paths), settings.dicom.ae_title, _calling(settings),
+                                    [path], source=host)
         if statuses != [0]:
             raise PeerError(f"probe C-STORE status {statuses}")
 

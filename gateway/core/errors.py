@@ -77,5 +77,9 @@ class StorageError(LocalError):
     """The disk or database failed underneath us."""
 
 
+class PortInUseError(LocalError):
+    """A port picked free was taken by someone else before the process given it could bind it."""
+
+
 class IllegalTransitionError(LocalError):
     """A state machine was asked to take a transition its table does not allow."""

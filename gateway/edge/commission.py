@@ -99,7 +99,7 @@ def run(files: list[Path], options: Options, say: Callable[[str], None] = lambda
         ("clock skew", lambda: _clock_skew(settings, clock)),
         ("broker (mutual TLS)", lambda: _broker(settings)),
         ("C-ECHO to the modality", lambda: _echo_to_modality(settings, options)),
-        ("C-ECHO to this box", lambda: _echo_to_box(settings, options)),
+        ("C-ECHO to this box", lambda: _echo_to_box(settings, paths, options)),
         ("C-ECHO from the modality console", lambda: _manual_echo(settings)),
         ("test object end to end", lambda: _end_to_end(settings, paths, options, clock)),
     ]
@@ -163,11 +163,18 @@ def _local_calling_ae(settings: config.EdgeSettings, options: Options) -> tuple[
     return admission.COMMISSIONING_AE, None
 
 
+def _listener_port(settings: config.EdgeSettings, paths: Paths) -> int:
+    """``dicom.port``; with 0 (any free port), the one the running edge reported (adapters/ports.py)."""
+    from gateway.adapters import ports
+
+    return ports.bound_port(settings.dicom.port, paths.state_dir, "edge", "dicom")
+
+
 def _listener_host(settings: config.EdgeSettings) -> str:
     return "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "") else settings.dicom.bind_host  # noqa: S104
 
 
-def _echo_to_box(settings: config.EdgeSettings, options: Options) -> tuple[str, str]:
+def _echo_to_box(settings: config.EdgeSettings, paths: Paths, options: Options) -> tuple[str, str]:
     from gateway.adapters import dicom_scu
 
     calling, why_not = _local_calling_ae(settings, options)
@@ -175,7 +182,7 @@ def _echo_to_box(settings: config.EdgeSettings, options: Options) -> tuple[str, 
         return Outcome.SKIPPED, why_not + ": use the modality console's echo (next line)"
     if settings.dicom.tls_cert_file:
         return Outcome.SKIPPED, "the listener requires DICOM TLS: use the modality console's echo (next line)"
-    host, port = _listener_host(settings), settings.dicom.port
+    host, port = _listener_host(settings), _listener_port(settings, paths)
     status = dicom_scu.echo(host, port, settings.dicom.ae_title, calling, source=host)
     if status == 0:
         return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
@@ -212,8 +219,8 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
         sop = dicom_scu.write_test_object(obj, time.strftime("%Y%m%d%H%M%S", time.gmtime(clock())) +
                                           str(int(clock() * 1000) % 1000))
         host = _listener_host(settings)
-        statuses = dicom_scu.pynetdicom_store(host, settings.dicom.port, settings.dicom.ae_title, calling, [obj],
-                                              source=host)
+        statuses = dicom_scu.pynetdicom_store(host, _listener_port(settings, paths), settings.dicom.ae_title,
+                                              calling, [obj], source=host)
     if statuses != [0]:
         return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u gateway-edge`"
     store = SpoolStore(paths.spool_db)

@@ -228,6 +228,12 @@ class EdgeService:
         self.store.close()
         self.exams.store.close()
 
+    def ports(self) -> dict[str, int]:
+        """The DICOM listener's port and, when it runs, the /metrics endpoint's."""
+        bound = {"dicom": self.listener.port}
+        metrics = self.telemetry.metrics.port if self.telemetry.metrics is not None else None
+        return bound if metrics is None else {**bound, "metrics": metrics}
+
     def alive(self) -> bool:
         """All loops are running and the main loop turned recently (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S

@@ -69,7 +69,7 @@ class Telemetry:
             on_message=self._on_message, on_state=self._on_state, will_factory=self._will,
         )
         h = settings.health
-        self.metrics = MetricsServer(h.metrics_bind, h.metrics_port, self._samples) if h.metrics_port else None
+        self.metrics = MetricsServer(h.metrics_bind, h.metrics_port, self._samples) if h.metrics_bind else None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:

@@ -332,7 +332,7 @@ def test_association_is_refused_when_max_associations_are_busy(start_gateway: Ca
                               str(gw.listener.port), str(real_images()[0])],
                              env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: gw.sink.calls == 1, 15, "the first store to reach the sink")
+        wait_for(lambda: gw.sink.calls == 1, 60, "the first store to reach the sink")
         assert first.poll() is None  # no answer yet: success comes only after the sink returns
         assert gw.listener.active_associations() == 1
         second = echo(gw.listener.port, AE_TITLE)
@@ -341,7 +341,7 @@ def test_association_is_refused_when_max_associations_are_busy(start_gateway: Ca
         release.set()
         first.communicate(timeout=60)
     assert first.returncode == 0
-    wait_for(lambda: gw.listener.active_associations() == 0, 10, "the association to end")
+    wait_for(lambda: gw.listener.active_associations() == 0, 60, "the association to end")
 
 
 def test_log_lines_carry_message_ids_and_no_patient_data_when_images_are_stored(
@@ -409,14 +409,14 @@ def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: G
         try:
             assert sender.stdout is not None and sender.stdin is not None
             assert sender.stdout.readline().strip() == "SENT"
-            partial = wait_for(lambda: partial_files() - before, 10, "pynetdicom to spool the partial dataset")
+            partial = wait_for(lambda: partial_files() - before, 60, "pynetdicom to spool the partial dataset")
             sender.stdin.write("abort\n")
             sender.stdin.flush()
             assert sender.wait(timeout=30) == 0
         finally:
             if sender.poll() is None:
                 sender.kill()
-    wait_for(lambda: not any(p.exists() for p in partial), 10, "the partial dataset file to be removed")
+    wait_for(lambda: not any(p.exists() for p in partial), 60, "the partial dataset file to be removed")
     assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
     assert not {p for p in Path(tempfile.gettempdir()).glob("tmp*.dcm") if p.stat().st_mtime >= started - 1}
     assert echo(gateway.listener.port, AE_TITLE).returncode == 0

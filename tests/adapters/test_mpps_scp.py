@@ -23,7 +23,7 @@ from gateway.config import DicomSettings, UtilisationSettings
 from gateway.core.exam import ExamStatus, TimeSource, study_key
 from gateway.edge.exams import ExamRecorder
 from tests.adapters.test_dicom_scp import store_listener
-from tests.peers import dcmtk, dcmtk_env, free_port
+from tests.peers import dcmtk, dcmtk_env
 
 SECRET = b"k" * 32
 _MPPS_SCU = r"""
@@ -77,7 +77,7 @@ def edge(tmp_path: Path) -> Iterator[tuple[int, ExamRecorder, Clock]]:
     settings = UtilisationSettings(exam_quiet_s=5.0)
     recorder = ExamRecorder(settings, ExamStore(tmp_path / "utilisation.db", tmp_path / "spool.db"), SECRET, clock)
     mpps = MppsService(recorder, recorder.store, 0, clock)
-    listener = store_listener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=free_port()),
+    listener = store_listener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=0),
                               tmp_path / "spool" / "incoming", Sink(recorder), bytes(32), services=(mpps,))
     listener.start()
     yield listener.port, recorder, clock

@@ -29,7 +29,7 @@ def test_link_learns_and_enforces_the_broker_limits_when_connected(tight_broker:
                     on_message=lambda m: None, session_expiry_s=0)
     link.start()
     try:
-        assert link.wait_connected(10)
+        assert link.wait_connected(60)
         topic = "mgw/v1/box-1/up/" + "0" * 32
         room = link.max_payload_bytes(topic)
 

@@ -105,7 +105,7 @@ def test_every_message_arrives_without_a_reconnect_when_many_threads_publish_and
     for worker in workers:
         worker.start()
     try:
-        assert ingest.wait_connected(15) and box.wait_connected(15)
+        assert ingest.wait_connected(60) and box.wait_connected(60)
         # CONNACK comes before SUBACK: probes until one reaches the ingest link (the box's own
         # subscription is in effect before its first probe leaves: one connection is in order).
         assert any(box.publish(chunk_topic, PROBE) and subscribed.wait(0.5) for _ in range(30))
@@ -171,18 +171,18 @@ def test_puback_of_an_ended_connection_is_dropped_and_the_broker_redelivers_when
     sub.start()
     pub.start()
     try:
-        assert sub.wait_connected(10) and pub.wait_connected(10)
+        assert sub.wait_connected(60) and pub.wait_connected(60)
         wait_subscribed(sub, "t/probe", inbox)
         assert pub.publish("t/1", b"first")
         first = inbox.get(timeout=10)
         proxy.cut()
-        wait_for(lambda: not sub.connected, 10, "the cut noticed")
+        wait_for(lambda: not sub.connected, 60, "the cut noticed")
         assert not sub.publish("t/x", b"refused")  # down: refused at once, nothing queued
         proxy.restore()
         again = inbox.get(timeout=15)  # not acknowledged, so the broker sends it again on the new connection
         assert (again.payload, again.epoch) == (first.payload, first.epoch + 1)
         sub.ack(first)  # its connection is gone: dropped, never sent on the new one
-        wait_for(lambda: sub.dropped == 1, 10, "the stale PUBACK dropped")
+        wait_for(lambda: sub.dropped == 1, 60, "the stale PUBACK dropped")
         assert pub.publish("t/2", b"marker")  # the broker holds it until "first" is acknowledged
         sub.ack(again)
         assert inbox.get(timeout=15).payload == b"marker"
@@ -202,7 +202,7 @@ def test_queued_messages_leave_before_the_will_when_the_link_stops(plain_broker:
     sub.start()
     pub.start()
     try:
-        assert sub.wait_connected(10) and pub.wait_connected(10)
+        assert sub.wait_connected(60) and pub.wait_connected(60)
         wait_subscribed(sub, "s/probe", got)
         sent = [f"m{n}".encode() * 500 for n in range(100)]  # more than the broker lets be in flight (64)
         assert all(pub.publish("s/m", body) for body in sent)

@@ -119,7 +119,7 @@ PDU = st.builds(
 
 def _still_serving(listener: DicomListener) -> None:
     """No malformed association outlives the network timeout, and the AE answers again."""
-    wait_for(lambda: listener.active_associations() == 0, 15, "every association to end")
+    wait_for(lambda: listener.active_associations() == 0, 60, "every association to end")
     assert echo(listener.port, AE_TITLE).returncode == 0
 
 

@@ -29,16 +29,18 @@ def test_nudge_reconnects_at_once_when_the_link_is_backing_off(
         broker = MosquittoBroker(tmp_path / "broker")
     except Exception as exc:  # noqa: BLE001
         _missing(str(exc))
+    broker.start()  # it takes a port, kept across its restarts
+    broker.stop()
     settings = MqttSettings(host="127.0.0.1", port=broker.port, reconnect_min_s=60.0, reconnect_max_s=60.0)
     link = MqttLink(settings, "nudge-test", subscriptions=[], on_message=lambda m: None, jitter=lambda: 0.0)
     link.start()
     try:
         caplog.set_level(logging.WARNING, logger="gateway.adapters.mqtt_link")
-        wait_for(lambda: "broker unreachable" in caplog.text, 10, "the first connect to fail")  # a 60 s back-off now
+        wait_for(lambda: "broker unreachable" in caplog.text, 60, "the first connect to fail")  # a 60 s back-off now
         broker.start()
         assert not link.wait_connected(1.0)  # still backing off
         link.nudge()
-        assert link.wait_connected(10.0)
+        assert link.wait_connected(30.0)  # well within the 60 s back-off
     finally:
         link.stop()
         broker.stop()
@@ -113,6 +115,9 @@ class _Service:
     def alive(self) -> bool:
         return self.healthy
 
+    def ports(self) -> dict[str, int]:
+        return {}
+
 
 def test_watchdog_pings_stop_and_service_exits_when_a_loop_dies(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +127,7 @@ def test_watchdog_pings_stop_and_service_exits_when_a_loop_dies(
     service = _Service()
 
     def kill_loop_after_a_ping() -> None:
-        wait_for(lambda: "WATCHDOG=1" in notify.drain(), 10, "a watchdog ping")
+        wait_for(lambda: "WATCHDOG=1" in notify.drain(), 60, "a watchdog ping")
         service.healthy = False
 
     killer = threading.Thread(target=kill_loop_after_a_ping)

@@ -65,7 +65,7 @@ def test_pre_install_retries_later_when_an_association_is_open(
         assoc.release()
     assert busy.returncode == 21, busy.stderr
     assert "association is active" in busy.stderr
-    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 10, "the association to close")
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 60, "the association to close")
     idle = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml))
     assert idle.returncode == 0, idle.stderr
 
@@ -79,7 +79,7 @@ def test_pre_install_retries_later_when_a_study_arrived_recently(
     recent = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml))
     assert recent.returncode == 21 and "study arrived recently" in recent.stderr
     quiet = layer(tmp_path, "quiet.toml", "[appliance]\nupdate_quiet_s = 0.0\n")
-    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 10, "the association to close")
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 60, "the association to close")
     assert run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml), "--config", quiet).returncode == 0
     full = layer(tmp_path, "full.toml", "[appliance]\nupdate_quiet_s = 0.0\nupdate_min_free_bytes = 1000000000000000\n")
     short = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml), "--config", full)

@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
+from gateway.adapters import ports
 from gateway.adapters.mosquitto import render_config
 from gateway.cloud.authority.ca import FleetAuthority
 from gateway.cloud.broker import emqx, pki, policy, registry
@@ -34,7 +34,7 @@ from gateway.cloud.broker.policy import Grant
 from gateway.cloud.broker.profile import BrokerFiles, BrokerLimits, Listener
 from gateway.core import topics
 from gateway.core.errors import ConfigError
-from tests.peers import free_port, wait_for
+from tests.peers import PEER_START_S
 from tests.tls_peers import PLUGIN_DIR, PREFIX, Client, box_identity, service_identity
 
 GRANTED_QOS1, NOT_AUTHORIZED = 1, 0x87
@@ -42,14 +42,6 @@ HEX = "0" * 32
 BOX_LEVEL = len(PREFIX.split("/"))  # where the box id sits in a topic
 IDENTITY = {policy.BOX: "box-a", policy.INGEST: "cloud.ingest.1", policy.FLEET: "cloud.fleet.1"}
 GROUP = "ingest"
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -65,12 +57,24 @@ def rendered_mosquitto(tmp_path: Path) -> Iterator[Rendered]:
     """A real mosquitto running the mosquitto profile's rendered configuration, and a client maker."""
     authority = FleetAuthority(tmp_path / "ca", crl_copies=(tmp_path / "broker" / "crl.pem",))
     files = pki.emit_files(authority, tmp_path / "broker", ["127.0.0.1"], tmp_path / "broker" / "crl.pem")
-    port = free_port()
     profile = MosquittoProfile(plugin_dir=PLUGIN_DIR)
-    conf, plugin = profile.render(files, PREFIX, Listener(port, "127.0.0.1"), tmp_path / "broker")
-    assert plugin.parent == PLUGIN_DIR and conf.name == "mosquitto.conf"
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        """The rendered configuration on a port picked free (rendered again on another if it was taken)."""
+        conf, plugin = profile.render(files, PREFIX, Listener(port, "127.0.0.1"), tmp_path / "broker")
+        assert plugin.parent == PLUGIN_DIR and conf.name == "mosquitto.conf"
+        output = ports.appended(tmp_path / "broker" / "data" / "mosquitto.log")
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ports.wait_listening(proc, [port], "the rendered mosquitto", output, PEER_START_S)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return port, proc
+
+    port, proc = ports.on_free_port(start)
     clients: list[Client] = []
     identities: dict[str, tuple[Path, Path]] = {}
 
@@ -86,8 +90,6 @@ def rendered_mosquitto(tmp_path: Path) -> Iterator[Rendered]:
         return c
 
     try:
-        wait_for(lambda: proc.poll() is not None or _listening(port), 15, "the rendered mosquitto to listen")
-        assert proc.poll() is None, "mosquitto refused the rendered configuration"
         yield Rendered(port, client, files, identity)
     finally:
         for c in clients:

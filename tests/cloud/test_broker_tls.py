@@ -178,7 +178,7 @@ def test_revocation_takes_effect_without_a_restart_when_the_broker_reloads(fleet
     assert client("box-r", cert=cert).connect() == "ok"
     authority.revoke_box("box-r", "stolen")
     broker.reload()  # mosquitto's own crlfile too: refused at the TLS handshake from now on
-    wait_for(lambda: client("box-r", cert=cert).connect(timeout_s=2) != "ok", 15, "the reloaded CRL to refuse box-r")
+    wait_for(lambda: client("box-r", cert=cert).connect(timeout_s=2) != "ok", 60, "the reloaded CRL to refuse box-r")
     assert client("box-ok").connect() == "ok"
 
 
@@ -203,7 +203,7 @@ def test_superseded_certificate_is_refused_and_the_renewed_one_admitted_when_a_b
     new = _renew(authority, old[0], tmp_path / "boxes")
     record = authority.record(old_serial)
     assert record is not None and record.revoke_reason == "superseded"
-    wait_for(on_old.disconnected.is_set, 15, "the connection on the superseded certificate to drop")
+    wait_for(on_old.disconnected.is_set, 60, "the connection on the superseded certificate to drop")
     assert client("box-n", cert=new).connect() == "ok"  # the box's reconnect with its new certificate
     assert client("box-n", cert=old).connect().startswith(("tls:", "closed", "refused"))
 

@@ -161,14 +161,14 @@ def test_link_presents_the_renewed_certificate_when_it_reconnects_after_renewal(
     renewer = Renewer(settings, FileKeyStore(paths.state_dir / "keys"), link.reload_identity, later)
     link.start()
     try:
-        assert link.wait_connected(10)
+        assert link.wait_connected(60)
         assert renewer.check()
         record = authority.record(old_serial)
         assert record is not None and record.revoke_reason == "superseded"  # the renewal revoked it
         broker_pki.refresh_crl(authority, broker.tls.crl_file)  # type: ignore[attr-defined]
         broker.stop()  # type: ignore[attr-defined]
         broker.start()  # type: ignore[attr-defined]
-        assert link.wait_connected(15)  # reconnected: it presented the new certificate, the old one is revoked
+        assert link.wait_connected(60)  # reconnected: it presented the new certificate, the old one is revoked
     finally:
         link.stop()
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 
-from gateway.adapters.mosquitto import free_port
 from gateway.adapters.pacs import CStore, ForwardError, StowRs
 from gateway.cloud.archive.forward import Forwarder, backoff_s
 from gateway.cloud.archive.store import Archive
@@ -17,7 +16,7 @@ from gateway.config import ForwardSettings
 from gateway.core.instance import InstanceIdentity
 from tests.backends import Backend
 from tests.orthanc import AET, Orthanc, orthanc
-from tests.peers import dataset_bytes, dcmtk_storescp, real_images
+from tests.peers import closed_port, dataset_bytes, dcmtk_storescp, real_images
 
 BOX = "box-1"
 
@@ -168,11 +167,12 @@ def test_forward_fails_terminally_when_attempts_are_used_up(tmp_path: Path, back
     archive = _archive(backend, tmp_path, ("cstore",))
     archive_file(archive, real_images()[3], 1, now[0])
     settings = ForwardSettings(backoff_min_s=1.0, max_attempts=3, timeout_s=5.0)
-    forwarder = Forwarder(settings, archive, [CStore("127.0.0.1", free_port(), "NOBODY", "MGW-CLOUD", 5.0)], "w1",
-                          clock=lambda: now[0])
-    for _ in range(5):
-        forwarder.run_once()
-        now[0] += 100.0
+    with closed_port() as nobody:
+        forwarder = Forwarder(settings, archive, [CStore("127.0.0.1", nobody, "NOBODY", "MGW-CLOUD", 5.0)], "w1",
+                              clock=lambda: now[0])
+        for _ in range(5):
+            forwarder.run_once()
+            now[0] += 100.0
 
     assert (forwarder.counters.retried, forwarder.counters.failed) == (2, 1)
     assert archive.index.forward_counts() == {"cstore:FAILED": 1}

@@ -25,9 +25,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway.adapters.dicom_scu import storescu
-from gateway.loopback import BOX_ID, EDGE_AE, MODALITY_AE, LoopbackDeployment
+from gateway.core.errors import LocalError
+from gateway.loopback import BOX_ID, EDGE_AE, MODALITY_AE, LoopbackDeployment, await_ports
 from gateway.tomlwrite import render_toml
-from tests.peers import dcmtk, free_port, wait_for
+from tests.peers import dcmtk, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile
 from tests.tls_peers import broken_streams, broker_log_offset
 
@@ -122,18 +123,20 @@ def extra_boxes(deploy: Deploy) -> Iterator[Callable[[LoopbackDeployment, str], 
         made = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         tables = tomllib.loads(d.edge_toml.read_text())
-        dicom_port, metrics_port = free_port(), free_port()
-        tables["dicom"]["port"], tables["health"]["metrics_port"] = dicom_port, metrics_port
+        assert tables["dicom"]["port"] == tables["health"]["metrics_port"] == 0  # any free port, reported
         config = d.root / f"{box_id}.toml"
         config.write_text(render_toml(tables))
         log = d.root / f"{box_id}.log"
         with open(log, "ab") as err:
             proc = subprocess.Popen([sys.executable, "-m", "gateway", "edge", "run", "--config", str(config),
                                      "--config", str(state / "device.toml")], stdout=subprocess.DEVNULL, stderr=err)
-        box = Box(box_id, state, dicom_port, metrics_port, proc, log)
-        started.append(box)
-        wait_for(lambda: proc.poll() is not None or _listening(dicom_port), 60, f"{box_id} listening")
-        assert proc.poll() is None, log.read_text()[-2000:]
+        box = Box(box_id, state, 0, 0, proc, log)
+        started.append(box)  # stopped at the end even if it never reports its ports
+        try:
+            bound = await_ports(state, "edge", proc)
+        except LocalError as exc:
+            pytest.fail(f"{box_id}: {exc}: {log.read_text()[-2000:]}")
+        box.dicom_port, box.metrics_port = bound["dicom"], bound["metrics"]
         return box
 
     yield start
@@ -144,16 +147,6 @@ def extra_boxes(deploy: Deploy) -> Iterator[Callable[[LoopbackDeployment, str], 
         except subprocess.TimeoutExpired:
             box.proc.kill()
             box.proc.wait()
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def test_all_instances_arrive_byte_exact_without_a_reconnect_when_four_modalities_send_to_one_edge_at_once(

@@ -71,7 +71,7 @@ def test_store_is_refused_with_a700_then_accepted_after_purge_when_the_disk_fill
     accepted = statuses.count(0x0000)
     assert accepted >= 1
     assert state_count(d, "packed") == accepted  # every accepted instance is still held
-    wait_for(lambda: "high-water mark reached" in (d.root / "edge.log").read_text(), 10, "the alert")
+    wait_for(lambda: "high-water mark reached" in (d.root / "edge.log").read_text(), 60, "the alert")
     d.broker.start()  # the uplink returns: acknowledgements, then a purge of the oldest
     wait_for(lambda: acknowledged_count(d) == accepted, 120, "the cloud acknowledgements")
     # one acknowledged 7 MB blob alone is above the low-water mark (15 % of 32 MiB): only a purge gets below

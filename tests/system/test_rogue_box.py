@@ -40,7 +40,7 @@ from gateway.core.framing import ChunkFrame, chunk_aad
 from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.loopback import BOX_ID, LoopbackDeployment
-from tests.peers import free_port, wait_for
+from tests.peers import wait_for
 from tests.system.reconcile import acknowledged_count, reconcile
 from tests.system.test_concurrency import (
     Box,
@@ -224,9 +224,8 @@ def _enrol_flood(d: LoopbackDeployment) -> list[int]:
 def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue_box_attacks(
         deploy: Deploy, extra_boxes: Callable[[LoopbackDeployment, str], Box],  # noqa: F811
         tmp_path: Path) -> None:
-    ingest_metrics = free_port()
-    d = deploy(secure=True, cloud_overrides={"budgets": {"max_open_transfers": OPEN_TRANSFERS},
-                                             "ingest": {"metrics_port": ingest_metrics}})
+    d = deploy(secure=True, cloud_overrides={"budgets": {"max_open_transfers": OPEN_TRANSFERS}})
+    ingest_metrics = d.ingest_metrics_port()
     honest = extra_boxes(d, HONEST)
     boxes = [(d.dicom_port, d.edge_dir), (honest.dicom_port, honest.state_dir)]
     wait_all_connected(d, [BOX_ID, HONEST])

@@ -128,7 +128,7 @@ def test_commission_passes_and_writes_a_report_when_the_box_is_provisioned_and_t
         deploy: Deploy, tmp_path: Path) -> None:
     import json
 
-    from tests.peers import dcmtk_storescp, free_port
+    from tests.peers import closed_port, dcmtk_storescp
 
     d = deploy(secure=True)
     configs = ["--config", str(d.edge_toml), "--config", str(d.edge_dir / "device.toml")]
@@ -145,9 +145,9 @@ def test_commission_passes_and_writes_a_report_when_the_box_is_provisioned_and_t
     texts = list((tmp_path / "reports").glob("commission-demo-box-*.txt"))
     assert len(texts) == 1 and "RESULT: PASSED" in texts[0].read_text()
 
-    dead = free_port()
-    failed = _mgw("commission", *configs, "--modality-host", "127.0.0.1", "--modality-port", str(dead),
-                  "--modality-ae", "CT_SCANNER", "--report-dir", str(tmp_path / "reports2"))
+    with closed_port() as dead:
+        failed = _mgw("commission", *configs, "--modality-host", "127.0.0.1", "--modality-port", str(dead),
+                      "--modality-ae", "CT_SCANNER", "--report-dir", str(tmp_path / "reports2"))
     assert failed.returncode == 1
     assert "[FAIL   ] C-ECHO to the modality" in failed.stdout and "check the modality's IP" in failed.stdout
 
@@ -181,28 +181,40 @@ def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when
         deploy: Deploy, tmp_path: Path) -> None:
     import shutil
 
-    from tests.peers import free_port
+    from gateway.adapters import ports
+    from tests.peers import PEER_START_S
     from tests.tls_peers import Client, box_identity
 
     d = deploy(secure=True)
-    port = free_port()
     out = tmp_path / "prod-broker"
-    made = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(out), "--host", "127.0.0.1",
-                "--port", str(port), "--bind", "127.0.0.1")
-    assert made.returncode == 0, made.stderr
-    conf = (out / "mosquitto.conf").read_text()
-    assert "require_certificate true" in conf and "plugin_opt_crl_file" in conf and "max_packet_size" in conf
-    assert {p.name for p in (out / "identities").iterdir()} >= {"ingest-1.pem", "ingest-1.key", "fleet-1.pem"}
-    emqx_out = tmp_path / "prod-emqx"
-    made_emqx = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(emqx_out), "--host",
-                     "127.0.0.1", "--port", str(port), "--profile", "emqx")
-    assert made_emqx.returncode == 0, made_emqx.stderr
-    assert "peer_cert_as_username = cn" in (emqx_out / "emqx.conf").read_text()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        """mosquitto on the generated configuration, for a port picked free (another if it was taken)."""
+        made = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(out), "--host",
+                    "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1")
+        assert made.returncode == 0, made.stderr
+        output = ports.appended(out / "data" / "mosquitto.log")
+        proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            ports.wait_listening(proc, [port], "the generated broker", output, PEER_START_S)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return port, proc
+
+    port, proc = ports.on_free_port(start)
     try:
-        wait_for(lambda: _listening(port), 10, "the generated broker to listen")
+        conf = (out / "mosquitto.conf").read_text()
+        assert "require_certificate true" in conf and "plugin_opt_crl_file" in conf and "max_packet_size" in conf
+        assert {p.name for p in (out / "identities").iterdir()} >= {"ingest-1.pem", "ingest-1.key", "fleet-1.pem"}
+        emqx_out = tmp_path / "prod-emqx"
+        made_emqx = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(emqx_out), "--host",
+                         "127.0.0.1", "--port", str(port), "--profile", "emqx")
+        assert made_emqx.returncode == 0, made_emqx.stderr
+        assert "peer_cert_as_username = cn" in (emqx_out / "emqx.conf").read_text()
         box = Client(port, d.authority.ca_cert_path, *box_identity(d.authority, "ct-9", tmp_path / "box"),
                      client_id="ct-9")
         assert box.connect() == "ok"
@@ -218,12 +230,3 @@ def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when
         proc.terminate()
         proc.wait(10)
 
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

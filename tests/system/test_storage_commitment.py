@@ -24,7 +24,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from gateway.core.commitment import STORAGE_COMMITMENT_INSTANCE
 from gateway.loopback import EDGE_AE, LoopbackDeployment
-from tests.peers import free_port, real_images, wait_for
+from tests.peers import real_images, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile, state_count
 from tests.system.test_end_to_end import _send
 
@@ -91,14 +91,13 @@ def _refs(files: list[Path]) -> list[tuple[str, str]]:
 @pytest.fixture
 def modality_scp() -> Iterator[tuple[int, list[Modality]]]:
     """The modality's own SCP for reports sent on a new association."""
-    port = free_port()
     holder: list[Modality] = []
     ae = AE(ae_title=MODALITY)
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[  # any free port, held from here
         (evt.EVT_N_EVENT_REPORT, lambda event: holder[0].on_event_report(event))])
     try:
-        yield port, holder
+        yield int(server.server_address[1]), holder
     finally:
         server.shutdown()
 

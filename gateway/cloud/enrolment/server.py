@@ -161,6 +161,9 @@ class EnrolmentServer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def ports(self) -> dict[str, int]:
+        return {"https": self.port}
+
     def answer(self, issued: Issued) -> dict[str, Any]:
         d = self.directions
         return {

@@ -81,6 +81,10 @@ class FleetHttp:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/"
 
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
     def start(self) -> None:
         self._thread.start()
 

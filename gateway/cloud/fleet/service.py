@@ -101,6 +101,9 @@ class FleetService:
     def alive(self) -> bool:
         return self._worker.is_alive() and self.link.alive()
 
+    def ports(self) -> dict[str, int]:
+        return {} if self.http is None else {"http": self.http.port}
+
     # -- the worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
         next_flush, next_prune = 0.0, 0.0

@@ -123,6 +123,9 @@ class CloudService:
         self.archive.close()
         self._letters_store.close()
 
+    def ports(self) -> dict[str, int]:
+        return {} if self.metrics.port is None else {"metrics": self.metrics.port}
+
     def alive(self) -> bool:
         """The worker thread turns and the MQTT thread runs (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
