@@ -18,6 +18,7 @@ from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core.acksig import AckKeyring, AckSigner
+from gateway.core.instance import InstanceIdentity
 from gateway.edge import cache
 from gateway.paths import Paths
 from gateway.tomlwrite import render_toml
@@ -57,12 +58,11 @@ class Box:
         sha = hashlib.sha256(raw).hexdigest()
         blob = f"{sha[:16]}-{name}{cache.SEALED_SUFFIX}"
         cache.write_sealed(self.paths.blob_dir / blob, self.cache_key, [raw])
-        meta = {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-                "study_instance_uid": study_uid or str(ds.StudyInstanceUID),
-                "series_instance_uid": str(ds.SeriesInstanceUID),
-                "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID), "calling_ae": "MODALITY",
-                "size": len(raw), "sha256": sha}
-        item = self.store.get(self.store.add_received(meta, blob, self.clock(), priority=priority))
+        identity = InstanceIdentity(
+            sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
+            study_instance_uid=study_uid or str(ds.StudyInstanceUID), series_instance_uid=str(ds.SeriesInstanceUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), size=len(raw), sha256=sha)
+        item = self.store.get(self.store.add_received(identity, "MODALITY", blob, self.clock(), priority=priority))
         assert item is not None
         return item
 

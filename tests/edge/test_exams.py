@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.adapters.dicom_scp import ReceivedInstance
+from gateway.adapters.dicom_receive import ReceivedInstance
 from gateway.adapters.exam_store import ExamStore
 from gateway.config import UtilisationSettings
 from gateway.core import spool
 from gateway.core.exam import ExamStatus, TimeSource
+from gateway.core.instance import InstanceIdentity
 from gateway.edge.exams import ExamRecorder
 from tests.edge.conftest import Box
 
@@ -29,8 +30,9 @@ def instance(box: Box, study: str, series: str, acquired: float | None = None) -
     header = {"Modality": "CT"}
     if acquired is not None:
         header["AcquisitionDateTime"] = time.strftime("%Y%m%d%H%M%S", time.gmtime(acquired)) + "+0000"
-    return ReceivedInstance(Path("unused"), 1, "0" * 64, "1.2.840.10008.5.1.4.1.1.2", f"{study}.{series}.1", study,
-                            series, "1.2.840.10008.1.2.1", "MODALITY", "127.0.0.1", header)
+    identity = InstanceIdentity("1.2.840.10008.5.1.4.1.1.2", f"{study}.{series}.1", study, series,
+                                "1.2.840.10008.1.2.1", 1, "0" * 64)
+    return ReceivedInstance(Path("unused"), identity, "MODALITY", "127.0.0.1", header)
 
 
 def test_instances_fold_into_one_exam_that_closes_only_once_the_study_was_quiet(make_box: MakeBox) -> None:

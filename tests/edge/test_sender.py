@@ -134,9 +134,9 @@ def test_cloud_restores_the_original_and_the_item_is_acknowledged_when_progress_
         s.pump()
     assert wire.seqs(item) == list(range(item.final_seq + 1))  # each chunk once, in order
     manifest, data = restored(box, wire, item)
-    assert data == box.original(item) and manifest.sha256 == item.sha256
+    assert data == box.original(item) and manifest.identity.sha256 == item.identity.sha256
     assert box.store.get(item.id).state is ItemState.SENDING  # type: ignore[union-attr]
-    s.on_ack(ack(box, item, AckKind.STORED, sha=item.sha256))
+    s.on_ack(ack(box, item, AckKind.STORED, sha=item.identity.sha256))
     done = box.store.get(item.id)
     assert done is not None and done.state is ItemState.ACKNOWLEDGED
     assert not outbox_path(box.paths.outbox_dir, item.transfer_id or "").exists()
@@ -152,7 +152,7 @@ def test_ack_changes_nothing_when_signed_by_a_key_outside_the_keyring_or_naming_
     s = sender(box, wire)
     s.pump()
     forger = AckSigner(bytes(range(32)))  # a key of the forger's own: the box's disk holds no signing key
-    s.on_ack(ack(box, item, AckKind.STORED, sha=item.sha256, signer=forger))
+    s.on_ack(ack(box, item, AckKind.STORED, sha=item.identity.sha256, signer=forger))
     s.on_ack(ack(box, item, AckKind.STORED, sha="00" * 32))  # genuine signature, another object's hash
     s.on_ack(b"not an ack at all")
     after = box.store.get(item.id)

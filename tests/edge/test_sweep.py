@@ -55,7 +55,7 @@ def test_start_removes_crash_scratch_from_incoming_and_keeps_everything_a_row_na
             done, effects = box.store.transition(acked.id, event, box.clock())
         assert spool.Effect.DELETE_OUTBOX in effects  # as the sender does at the STORED ack
         blobs.remove(outbox_path(box.paths.outbox_dir, done.transfer_id or ""))
-        quarantined = box.paths.quarantine_dir / f"{received.sha256[:16]}.dcm{cache.SEALED_SUFFIX}"
+        quarantined = box.paths.quarantine_dir / f"{received.identity.sha256[:16]}.dcm{cache.SEALED_SUFFIX}"
         cache.write_sealed(quarantined, box.cache_key, [b"an unparseable dataset kept for an operator"])
         ack_keyring.save(ack_keyring.keyring_path(box.paths.state_dir), box.keyring)
         box.store.close()
