@@ -53,6 +53,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "jpeg_ls": {"gateway/codecs/jpegls.py": "the JPEG-LS codec (CharLS binding)"},
     "paho": {"gateway/adapters/mqtt_*.py": "the MQTT adapter"},
     "sqlite3": {"gateway/adapters/sqlite_db.py": "the one way a SQLite file is opened (every store uses it)"},
+    "sqlite_utils": {"gateway/adapters/sqlite_db.py": "dict-row writes on that one connection"},
     "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},

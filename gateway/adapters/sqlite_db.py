@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlite_utils
+
 from gateway.core.errors import StorageError
 
 BUSY_TIMEOUT_S = 30.0
@@ -61,6 +63,9 @@ class SqliteDatabase:
                 _enable_wal(self.conn)
                 self.conn.execute(f"PRAGMA synchronous={synchronous}")
             self.conn.row_factory = sqlite3.Row
+            # sqlite-utils on the same connection, for writes of a dict row: inside one of our
+            # transactions its writes take a SAVEPOINT (never a COMMIT of ours).
+            self._utils = sqlite_utils.Database(self.conn)
         except sqlite3.Error as exc:
             raise StorageError(f"{what} {path}: {exc}") from exc
         except OSError as exc:
@@ -120,6 +125,14 @@ class SqliteDatabase:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """One statement, its rows as dicts (none for a statement without ``RETURNING``)."""
         return [dict(r) for r in self.rows(sql, params)]
+
+    def insert(self, table: str, row: dict[str, Any]) -> int:
+        """Insert one row given as a dict (column names are the caller's, values bound); its rowid.
+
+        Inside ``tx()`` it is part of that transaction; outside, a transaction of its own."""
+        with self._guarded():
+            inserted = self._utils.table(table).insert(row)
+            return int(inserted.last_rowid or 0)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._guarded() as conn:

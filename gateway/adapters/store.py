@@ -142,11 +142,8 @@ class SpoolStore:
         """Commit a received instance (its blob is already durable)."""
         row = dict(asdict(identity), calling_ae=calling_ae, blob_name=blob_name, received_at=now, updated_at=now,
                    priority=priority, state=ItemState.RECEIVED.value)
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        with self._tx() as conn:
-            cur = conn.execute(f"INSERT INTO items ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608 - column names are ours, values bound
-            return int(cur.lastrowid or 0)
+        with self._tx():
+            return self.db.insert("items", row)
 
     def note_study(self, study_instance_uid: str, calling_ae: str, priority: int, now: float) -> None:
         """Count one more instance of a study; a new instance reopens a completed study."""

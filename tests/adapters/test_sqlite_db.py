@@ -63,3 +63,16 @@ def test_open_fails_with_a_storage_error_naming_the_file_when_it_is_not_a_databa
     with pytest.raises(StorageError, match="junk.db"):
         db = SqliteDatabase(path, "junk")
         db.migrate(MIGRATIONS)
+
+
+def test_dict_insert_rolls_back_with_the_transaction_when_a_later_statement_fails(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "tx.db", "tx")
+    db.migrate(MIGRATIONS)
+    with pytest.raises(StorageError), db.tx():
+        assert db.insert("t", {"who": "kept only if all of it commits", "at": 1.0}) == 1
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert db.execute("SELECT count(*) AS n FROM t")[0]["n"] == 0
+    with db.tx():
+        rowid = db.insert("t", {"who": "committed", "at": 2.0})
+    assert db.execute("SELECT who FROM t WHERE id = ?", (rowid,)) == [{"who": "committed"}]
+    db.close()
