@@ -15,10 +15,13 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 from gateway.core.topics import BOX_ID_PATTERN
+
+if TYPE_CHECKING:
+    from gateway.core.utilisation import OpeningHours
 
 T = TypeVar("T")
 
@@ -259,6 +262,18 @@ class ForwardSettings:
 
 
 @dataclass(frozen=True)
+class SiteSettings:
+    """One site's local rules for utilisation (``[fleet.sites.<site-id>]``); empty = the fleet's."""
+
+    time_zone: str = _f("", "the site's IANA time zone, e.g. 'Asia/Shanghai' (daylight saving followed); "
+                        "empty = fleet.time_zone")
+    weekly_hours: tuple[str, ...] = _f((), "the site's opening hours per weekday, e.g. ['mon-fri 08:00-18:00', "
+                                       "'sat 08:00-12:00'], days not listed closed; empty = the fleet's hours")
+    turnaround_target_s: float = _f(0.0, "the site's study turnaround target (last image to durable in the "
+                                    "cloud); 0 = fleet.turnaround_target_s")
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     http_bind: str = _f("127.0.0.1", "address of the fleet REST API, dashboard and /metrics")
     http_port: int = _f(8080, "port of the fleet REST API, dashboard and /metrics; "
@@ -270,7 +285,17 @@ class FleetSettings:
     silent_modality_hours: float = _f(4.0, "alert when a modality sent no study for this many opening hours")
     opening_hours: str = _f("08:00-18:00", "local opening hours, HH:MM-HH:MM, for utilisation and silence")
     open_weekdays: tuple[int, ...] = _f((1, 2, 3, 4, 5, 6), "ISO weekdays the sites open (1 = Monday)")
-    utc_offset_minutes: int = _f(0, "the sites' local time offset from UTC (480 for China)")
+    utc_offset_minutes: int = _f(0, "deprecated: a fixed offset from UTC (480 for China), used only when "
+                                 "time_zone is empty; set time_zone instead")
+    time_zone: str = _f("", "the sites' IANA time zone, e.g. 'Asia/Shanghai' (daylight saving followed); "
+                        "empty = the fixed utc_offset_minutes")
+    weekly_hours: tuple[str, ...] = _f((), "opening hours per weekday, e.g. ['mon-fri 08:00-18:00', "
+                                       "'sat 08:00-12:00'], days not listed closed; empty = opening_hours on "
+                                       "open_weekdays")
+    turnaround_target_s: float = _f(1800.0, "study turnaround target (last image received to durable in the "
+                                    "cloud); p95 above it is flagged")
+    sites: dict[str, SiteSettings] = field(default_factory=dict, metadata={
+        "help": "per-site rules, [fleet.sites.<site-id>], the site as bound to the box's enrolment token"})
     min_exam_s: float = _f(60.0, "an exam shorter than this (one image) occupies the table this long")
     patient_change_max_s: float = _f(900.0, "gaps between exams up to this long are patient change, longer idle")
     history_interval_s: float = _f(300.0, "keep one health sample per box this often")
@@ -354,7 +379,9 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
     kwargs: dict[str, Any] = {}
     for name, fld in known.items():
         tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if typing.get_origin(tp) is dict:
+            kwargs[name] = _build_tables(typing.get_args(tp)[1], table.get(name, {}), source, f"{where}{name}")
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
             sub = table.get(name, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{source}: '{where}{name}' must be a table")
@@ -369,6 +396,13 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{where}{name}'")
     return cls(**kwargs)
+
+
+def _build_tables(cls: type[T], tables: Any, source: str, where: str) -> dict[str, T]:
+    """``[<where>.<name>]`` tables, each a ``cls``."""
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise ConfigError(f"{source}: '{where}' must hold tables [{where}.<name>]")
+    return {name: build(cls, sub, source, f"{where}.{name}.") for name, sub in tables.items()}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -519,12 +553,40 @@ def _check_enrolment_limits(e: EnrolmentLimitSettings, source: str) -> None:
 
 
 def _check_fleet(f: FleetSettings, source: str) -> None:
+    try:
+        site_hours(f, "")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: 'fleet.time_zone'/'fleet.weekly_hours'/'fleet.opening_hours'/"
+                          f"'fleet.open_weekdays': {exc}") from exc
+    for site, rules in f.sites.items():
+        try:
+            site_hours(f, site)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: 'fleet.sites.{site}': {exc}") from exc
+        if rules.turnaround_target_s < 0:
+            raise ConfigError(f"{source}: 'fleet.sites.{site}.turnaround_target_s' must be >= 0")
+    if f.turnaround_target_s <= 0:
+        raise ConfigError(f"{source}: 'fleet.turnaround_target_s' must be positive")
+
+
+def site_hours(f: FleetSettings, site: str) -> OpeningHours:
+    """The opening hours and time zone of ``site``: its ``[fleet.sites.<site>]`` table where it has
+    one, each key left empty taking the fleet's. ValueError for an unknown zone or malformed hours."""
+    from gateway.adapters.time_zone import zone
     from gateway.core.utilisation import OpeningHours
 
-    try:
-        OpeningHours.parse(f.opening_hours, f.open_weekdays, f.utc_offset_minutes)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: 'fleet.opening_hours'/'fleet.open_weekdays': {exc}") from exc
+    rules = f.sites.get(site, SiteSettings())
+    tz = zone(rules.time_zone or f.time_zone, f.utc_offset_minutes)
+    if rules.weekly_hours:
+        return OpeningHours.weekly(rules.weekly_hours, tz)
+    if f.weekly_hours:
+        return OpeningHours.weekly(f.weekly_hours, tz)
+    return OpeningHours.parse(f.opening_hours, f.open_weekdays, zone=tz)
+
+
+def turnaround_target_s(f: FleetSettings, site: str) -> float:
+    rules = f.sites.get(site)
+    return rules.turnaround_target_s if rules is not None and rules.turnaround_target_s > 0 else f.turnaround_target_s
 
 
 def iter_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -533,7 +595,9 @@ def iter_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     hints = typing.get_type_hints(cls)
     for fld in dataclasses.fields(cls):
         tp = hints[fld.name]
-        if dataclasses.is_dataclass(tp):
+        if typing.get_origin(tp) is dict:
+            out += iter_keys(typing.get_args(tp)[1], f"{prefix}{fld.name}.<name>.")
+        elif dataclasses.is_dataclass(tp):
             out += iter_keys(tp, f"{prefix}{fld.name}.")  # type: ignore[arg-type]
         else:
             out.append((f"{prefix}{fld.name}", _type_name(tp), fld.metadata.get("help", "")))

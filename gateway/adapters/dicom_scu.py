@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.core.errors import LocalError, PeerError
+from gateway.core.exam import COMMISSIONING_UID_ROOT
 
 
 def find_dcmtk(name: str) -> str | None:
@@ -134,15 +135,13 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float
         assoc.release()
 
 
-COMMISSIONING_UID_ROOT = "1.2.826.0.1.3680043.10.1394."
-
-
 def write_test_object(path: Path, unique: str) -> str:
     """A small Secondary Capture instance carrying no patient data; returns its SOP Instance UID.
 
     Patient Name is ``MGW^COMMISSIONING`` and every UID is derived from ``unique``
-    (digits) under the gateway's commissioning root, so the object is recognisable
-    in the archive and never mistaken for a patient's.
+    (digits) under the gateway's commissioning root (``core.exam.COMMISSIONING_UID_ROOT``), so the
+    object is recognisable in the archive, never mistaken for a patient's, and never recorded as an
+    exam (``core.exam.is_test_object``).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian

@@ -26,11 +26,19 @@ HEADER_TAGS = (
     "Modality", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime",
     "SeriesDate", "SeriesTime", "StudyDate", "StudyTime", "TimezoneOffsetFromUTC",
 )
+# The gateway's UID root for the objects it makes itself: ``mgw commission``'s probe (every UID of it,
+# study included, lies under this root, adapters/dicom_scu.py). Such an object is no patient's exam.
+COMMISSIONING_UID_ROOT = "1.2.826.0.1.3680043.10.1394."
 _UNSET_DATES = frozenset({"00000000", "19000101", "19700101"})
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
 _DT = re.compile(r"^(\d{8})(\d{2,6}(?:\.\d{1,6})?)?([+-]\d{4})?$")
 _OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+def is_test_object(study_uid: str) -> bool:
+    """True for a study the gateway made to test itself (a commissioning probe): never an exam."""
+    return study_uid.startswith(COMMISSIONING_UID_ROOT)
 
 
 class TimeSource(enum.StrEnum):

@@ -74,8 +74,8 @@ class ExamRecorder:
             except queue.Empty:
                 return
             uids = instance.identity
-            if not uids.study_instance_uid:
-                continue  # no study: nothing to attribute the instance to
+            if not uids.study_instance_uid or exams.is_test_object(uids.study_instance_uid):
+                continue  # no study to attribute it to, or a commissioning probe: no patient's exam
             key = self.key(uids.study_instance_uid)
             inst = exams.instance_time(
                 instance.header, study_key=key, series_key=self.key(uids.series_instance_uid or "-"),
@@ -91,6 +91,8 @@ class ExamRecorder:
              status: ExamStatus) -> str:
         """Record an MPPS N-CREATE or N-SET for ``study_uid``; returns its study key."""
         key = self.key(study_uid)
+        if exams.is_test_object(study_uid):
+            return key  # a test object's procedure step is no exam either
         stored = self.store.get(key)
         updated = exams.apply_mpps(stored.exam if stored else None, study_key=key, modality=modality,
                                    start=start, end=end, status=status, now=self._clock())

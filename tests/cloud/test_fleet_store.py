@@ -57,6 +57,10 @@ def test_exam_keeps_the_later_revision_when_an_older_one_arrives_late(store: Fle
                                    "images": 300 + 2**31 - 1, "last_exam_end": 2100.0, "first_exam_start": 1000.0}]
     assert store.turnarounds(since=0.0) == [("clinic", 30.0)]
     assert store.turnarounds(since=1621.0) == []
+    assert store.turnarounds_by_modality(since=0.0) == [("clinic", "CT", 30.0)]
+    assert store.exam_spans(since=1500.0, until=3000.0) == [
+        {"site": "clinic", "box_id": "box-1", "modality": "CT", "start": 2000.0, "end": 2100.0,
+         "images": 2**31 - 1, "status": "completed"}]
 
 
 def test_health_figures_keep_their_types_when_a_box_reports_nonsense(store: FleetStore) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,52 @@ def test_config_is_refused_when_topic_prefix_makes_topics_deeper_than_the_broker
         load_cloud([conf])
     conf.write_text('[mqtt]\ntopic_prefix = "a/b/c/d/e"\nmax_topic_levels = 8\n')
     assert load_cloud([conf]).mqtt.topic_prefix == "a/b/c/d/e"
+
+
+SITES = """
+[fleet]
+time_zone = "Asia/Shanghai"
+weekly_hours = ["mon-fri 08:00-18:00"]
+turnaround_target_s = 1200
+
+[fleet.sites.clinic-ny]
+time_zone = "America/New_York"
+weekly_hours = ["mon-fri 07:00-19:00", "sat 08:00-12:00"]
+turnaround_target_s = 600
+
+[fleet.sites."clinic b"]
+"""
+
+
+def test_load_cloud_reads_each_site_with_the_fleet_as_default_when_sites_are_configured(tmp_path: Path) -> None:
+    from gateway.config import site_hours, turnaround_target_s
+
+    fleet = load_cloud([write(tmp_path, "cloud.toml", SITES)]).fleet
+    assert set(fleet.sites) == {"clinic-ny", "clinic b"}
+    ny, b, unknown = site_hours(fleet, "clinic-ny"), site_hours(fleet, "clinic b"), site_hours(fleet, "elsewhere")
+    assert ny.days[0] == (7 * 3600, 19 * 3600) and ny.days[5] == (8 * 3600, 12 * 3600) and ny.days[6] is None
+    assert b.days == unknown.days and b.days[5] is None  # the fleet's hours
+    assert b.zone.utc_offset_s(0) == 8 * 3600 and ny.zone.utc_offset_s(0) == -5 * 3600
+    assert (turnaround_target_s(fleet, "clinic-ny"), turnaround_target_s(fleet, "clinic b")) == (600, 1200)
+
+
+def test_fixed_utc_offset_still_applies_when_no_time_zone_is_set(tmp_path: Path) -> None:
+    from gateway.config import site_hours
+
+    fleet = load_cloud([write(tmp_path, "cloud.toml", "[fleet]\nutc_offset_minutes = 480\n")]).fleet
+    assert site_hours(fleet, "any").zone.utc_offset_s(0) == 8 * 3600
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('[fleet.sites.a]\ntime_zone = "Mars/Base"\n', "'fleet.sites.a': unknown time zone 'Mars/Base'"),
+    ('[fleet.sites.a]\nweekly_hours = ["mon-fri 8-18"]\n', "'fleet.sites.a': opening hours must look like"),
+    ('[fleet.sites.a]\nweekly_hours = ["mon 08:00-12:00", "mon 13:00-17:00"]\n', "mon is given twice"),
+    ('[fleet.sites.a]\nopening = "08:00-18:00"\n', "unknown key 'fleet.sites.a.opening'"),
+    ('[fleet]\nsites = 3\n', "'fleet.sites' must hold tables"),
+    ('[fleet]\ntime_zone = "Nowhere"\n', "'fleet.time_zone'"),
+    ('[fleet]\nturnaround_target_s = 0\n', "'fleet.turnaround_target_s' must be positive"),
+])
+def test_load_cloud_refuses_a_site_with_its_reason_when_its_zone_or_hours_are_wrong(tmp_path: Path, text: str,
+                                                                                    reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        load_cloud([write(tmp_path, "cloud.toml", text)])

@@ -101,3 +101,29 @@ def test_final_mpps_without_images_closes_the_exam_at_once_and_with_images_waits
         assert (stored.exam.start, stored.exam.end) == (t0 - 600, t0 - 10)
     finally:
         exams.store.close()
+
+
+def test_commissioning_probe_produces_no_exam_when_the_box_receives_it(make_box: MakeBox, tmp_path: Path) -> None:
+    from gateway.adapters import dicom_scu
+    from gateway.adapters.dicom_receive import check_dataset
+    from gateway.core import cstore
+
+    probe = tmp_path / "commissioning.dcm"
+    dicom_scu.write_test_object(probe, "20261203120000123")  # exactly what `mgw commission` sends
+    with open(probe, "rb") as fh:
+        found = cstore.InstanceHeader.of(check_dataset(fh, "1.2.840.10008.1.2.1"))  # as the listener reads it
+    assert found.header.get("Modality") == "OT"
+    identity = InstanceIdentity("1.2.840.10008.5.1.4.1.1.7", "probe", found.study_instance_uid,
+                                found.series_instance_uid, "1.2.840.10008.1.2.1", probe.stat().st_size, "0" * 64)
+    box = make_box()
+    exams = recorder(box)
+    try:
+        exams.observe(ReceivedInstance(probe, identity, "MGW", "127.0.0.1", found.header))
+        exams.observe(instance(box, "1.2.4", "1.2.4.1"))  # a patient's study beside it is recorded
+        exams.mpps(found.study_instance_uid, "OT", box.clock(), None, ExamStatus.IN_PROGRESS)
+        box.clock.now += QUIET_S + 1
+        (closed,) = exams.pump()
+        assert closed.exam.study_key == exams.key("1.2.4")
+        assert exams.store.get(exams.key(found.study_instance_uid)) is None
+    finally:
+        exams.store.close()

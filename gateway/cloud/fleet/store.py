@@ -108,6 +108,8 @@ class FleetStore(Protocol):
               until: float = 1e12, limit: int = 100_000) -> list[dict[str, Any]]: ...
     def modalities(self) -> list[dict[str, Any]]: ...
     def turnarounds(self, since: float) -> list[tuple[str, float]]: ...
+    def turnarounds_by_modality(self, since: float) -> list[tuple[str, str, float]]: ...
+    def exam_spans(self, *, since: float, until: float) -> list[dict[str, Any]]: ...
     def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert: ...
     def clear_alert(self, alert_id: int, at: float) -> None: ...
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]: ...
@@ -220,6 +222,17 @@ class SqlFleetStore:
         rows = self._read("SELECT site, cloud_stored_at - last_received_at AS seconds FROM exams "
                           "WHERE cloud_stored_at IS NOT NULL AND last_received_at >= ?", (since,))
         return [(r["site"], max(0.0, float(r["seconds"]))) for r in rows]
+
+    def turnarounds_by_modality(self, since: float) -> list[tuple[str, str, float]]:
+        rows = self._read("SELECT site, modality, cloud_stored_at - last_received_at AS seconds FROM exams "
+                          "WHERE cloud_stored_at IS NOT NULL AND last_received_at >= ?", (since,))
+        return [(r["site"], r["modality"], max(0.0, float(r["seconds"]))) for r in rows]
+
+    def exam_spans(self, *, since: float, until: float) -> list[dict[str, Any]]:
+        """Every box's exams that started in ``[since, until)``, only what capacity needs (no limit:
+        a week of a whole alliance is a few tens of thousands of narrow rows)."""
+        return self._read('SELECT site, box_id, modality, start, "end", images, status FROM exams '
+                          "WHERE start >= ? AND start < ? ORDER BY site, box_id, modality, start", (since, until))
 
     # -- alerts ---------------------------------------------------------------------------------------
     def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert:
