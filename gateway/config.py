@@ -300,6 +300,10 @@ class FleetSettings:
     patient_change_max_s: float = _f(900.0, "gaps between exams up to this long are patient change, longer idle")
     history_interval_s: float = _f(300.0, "keep one health sample per box this often")
     history_days: float = _f(30.0, "drop health samples and cleared alerts older than this")
+    site_outage_boxes: int = _f(3, "this many boxes of one site offline within site_outage_window_s are one "
+                                "site_offline alert (so are all of a site's boxes, two or more)")
+    site_outage_window_s: float = _f(300.0, "boxes of a site going offline within this many seconds of each other "
+                                     "count as one outage")
 
 
 @dataclass(frozen=True)

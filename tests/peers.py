@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -165,6 +166,58 @@ def dcmtk_storescp(out_dir: Path, ae_title: str = "REFERENCE") -> Iterator[int]:
         yield port
     finally:
         _end(proc)
+
+
+def _prometheus_tool(names: tuple[str, ...], package: str) -> str:
+    for name in names:
+        found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if found:
+            return found
+    _missing(f"{names[0]} not installed (apt-get install {package})")
+
+
+@contextmanager
+def _listening_peer(what: str, log: Path, args: Callable[[int], list[str]]) -> Iterator[int]:
+    """A peer that takes its port on the command line: started on a port picked free, again on
+    another if that was taken before it bound it (``ports.on_free_port``); yields its port."""
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args(port), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            ports.wait_listening(proc, [port], what, lambda: log.read_text(errors="replace"), PEER_START_S)
+        except BaseException:
+            _end(proc)
+            raise
+        return port, proc
+
+    port, proc = ports.on_free_port(start)
+    try:
+        yield port
+    finally:
+        _end(proc)
+
+
+@contextmanager
+def alertmanager(config: Path, workdir: Path) -> Iterator[int]:
+    """Debian's Alertmanager on loopback with ``config``, clustering off; yields its port."""
+    binary = _prometheus_tool(("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _listening_peer("alertmanager", workdir / "alertmanager.log", lambda port: [
+            binary, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]) as port:
+        yield port
+
+
+@contextmanager
+def prometheus(config: Path, workdir: Path) -> Iterator[int]:
+    """Debian's Prometheus on loopback with ``config``, alerts re-sent every second; yields its port."""
+    binary = _prometheus_tool(("prometheus",), "prometheus")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _listening_peer("prometheus", workdir / "prometheus.log", lambda port: [
+            binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"]) as port:
+        yield port
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:

@@ -83,3 +83,8 @@ class PortInUseError(LocalError):
 
 class IllegalTransitionError(LocalError):
     """A state machine was asked to take a transition its table does not allow."""
+
+
+class AlertRequestError(LocalError):
+    """A request about alerts the caller got wrong: an unknown alert, no name given, a silence
+    that would match everything, a window that ends before it starts."""

@@ -14,7 +14,8 @@ import pytest
 from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.fleet import store as fleet_store
-from gateway.cloud.fleet.store import FleetStore
+from gateway.cloud.fleet.store import AlertState, FleetStore
+from gateway.core.alerts import Severity
 from gateway.core.errors import StorageError
 from gateway.core.fleet import AlertKind, BoxState
 from tests.backends import Backend
@@ -93,6 +94,66 @@ def test_alert_is_listed_until_cleared_and_pruned_when_old(store: FleetStore) ->
     assert store.alerts(open_only=False, since=0.0) == [silent]  # open alerts are never pruned
 
 
+def test_box_alerts_are_listed_under_their_site_alert_when_grouped(store: FleetStore) -> None:
+    site = store.raise_alert("", AlertKind.SITE_OFFLINE, "clinic", "2 boxes offline: box-1, box-2", at=100.0,
+                             site="clinic")
+    one = store.raise_alert("box-1", AlertKind.BOX_OFFLINE, "", "offline", at=90.0, site="clinic")
+    two = store.raise_alert("box-2", AlertKind.BOX_OFFLINE, "", "offline", at=95.0, site="clinic",
+                            parent_id=site.id)
+    disk = store.raise_alert("box-3", AlertKind.DISK_FULL, "", "97 %", at=80.0, site="other")
+    store.group_alerts([one.id], site.id)
+    assert (site.severity, one.severity, disk.severity) == (Severity.CRITICAL,) * 3
+    grouped = store.list_alerts()
+    assert [(a.id, [c.id for c in a.children]) for a in grouped] == [(site.id, [one.id, two.id]), (disk.id, [])]
+    assert [a.id for a in store.list_alerts(grouped=False)] == [site.id, two.id, one.id, disk.id]
+    assert [a.id for a in store.list_alerts(site="other")] == [disk.id]
+    assert [a.id for a in store.list_alerts(kind=AlertKind.SITE_OFFLINE)] == [site.id]
+    assert store.list_alerts(severity=Severity.INFO) == []
+    store.clear_alert(one.id, at=200.0)
+    assert store.alert(one.id) is not None and store.alert(one.id).resolved_at == 200.0  # type: ignore[union-attr]
+    assert [a.id for a in store.list_alerts(state=AlertState.RESOLVED, grouped=False)] == [one.id]
+    assert [c.id for c in store.list_alerts()[0].children] == [one.id, two.id]  # history stays grouped
+    assert store.alert(12345) is None
+
+
+def test_acknowledgement_touch_and_suppression_are_kept_when_written(store: FleetStore) -> None:
+    alert = store.raise_alert("box-1", AlertKind.BACKLOG_AGE, "", "61 min", at=100.0, site="clinic",
+                              suppressed_by="maintenance:1")
+    other = store.raise_alert("box-2", AlertKind.BACKLOG_AGE, "", "70 min", at=101.0, site="clinic")
+    store.acknowledge(alert.id, "ops-li", "uplink ticket 42", at=150.0)
+    store.touch_alerts([(alert.id, "90 min", 160.0)])
+    store.suppress_alerts([(alert.id, ""), (other.id, "silence:7")])
+    after = store.alert(alert.id)
+    assert after is not None
+    assert (after.acked_at, after.acked_by, after.ack_note, after.detail, after.last_seen, after.suppressed_by) == (
+        150.0, "ops-li", "uplink ticket 42", "90 min", 160.0, "")
+    assert [a.id for a in store.list_alerts(state=AlertState.ACKED)] == [alert.id]
+    assert [a.id for a in store.list_alerts(state=AlertState.UNACKED)] == [other.id]
+    assert store.list_alerts(state=AlertState.UNACKED)[0].suppressed_by == "silence:7"
+    store.clear_alert(other.id, at=170.0)
+    store.touch_alerts([(other.id, "changed after the end", 180.0)])  # a resolved alert is history: untouched
+    assert store.alert(other.id) is not None and store.alert(other.id).detail == "70 min"  # type: ignore[union-attr]
+
+
+def test_silence_and_maintenance_are_active_until_expired_and_pruned_when_old(store: FleetStore) -> None:
+    silence = store.add_silence("", "clinic", "backlog_age", 100.0, 1000.0, "ops-li", "uplink work", at=90.0)
+    window = store.add_maintenance("", "box-9", 200.0, 300.0, "ops-wang", "disk swap", at=90.0)
+    assert store.silences(active_at=99.0) == [] and store.silences(active_at=100.0) == [silence]
+    assert store.maintenance_windows(active_at=250.0) == [window]
+    assert store.maintenance_windows(active_at=300.0) == []
+    expired = store.expire_silence(silence.id, at=500.0)
+    assert expired is not None and expired.ends_at == 500.0 and store.silences(active_at=600.0) == []
+    assert store.expire_silence(silence.id, at=700.0) == expired  # expiring again changes nothing
+    ended = store.end_maintenance(window.id, at=250.0)
+    assert ended is not None and ended.ends_at == 250.0 and store.maintenance_windows(active_at=260.0) == []
+    assert store.end_maintenance(999, at=1.0) is None and store.expire_silence(999, at=1.0) is None
+    assert store.silences() == [expired]
+    store.prune(before=400.0)
+    assert store.maintenance_windows() == [] and store.silences() == [expired]
+    store.prune(before=600.0)
+    assert store.silences() == []
+
+
 def test_everything_is_kept_when_the_store_is_reopened(tmp_path: Path, backend: Backend) -> None:
     store = backend.fleet_store(tmp_path)
     store.save_boxes([BoxState("box-1", True, 1, 1.0, 2.0, 1.0, {}, "clinic", "1.0")])
@@ -139,7 +200,7 @@ def test_both_backends_have_the_same_tables_and_columns_when_migrated(
     with psycopg.connect(dsn) as conn:
         pg = set(conn.execute("SELECT table_name, column_name FROM information_schema.columns "
                               "WHERE table_schema = 'public' AND table_name <> 'fleet_schema_version'").fetchall())
-    assert lite == pg and len(pg) == 9 + 9 + 14 + 7 + 9
+    assert lite == pg and len(pg) == 9 + 9 + 14 + (7 + 8) + 9 + 9 + 8
 
 
 def test_store_reconnects_when_the_server_dropped_its_connection(pg_cluster: PostgresCluster) -> None:

@@ -26,10 +26,11 @@ from gateway.cloud.broker import pki as broker
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.fleet.http import FleetHttp
-from gateway.cloud.fleet.store import Alert, FleetStore
+from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import CloudSettings
-from gateway.core import acksig, fleet, schema, topics
-from gateway.core.errors import FrameError, GatewayError, LocalError
+from gateway.core import acksig, alerts, fleet, schema, topics
+from gateway.core.alerts import Maintenance, Severity, Silence
+from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -38,6 +39,7 @@ from gateway.supervision import StartRecord
 log = logging.getLogger(__name__)
 FLUSH_S = 1.0
 _PRUNE_S = 3600.0
+TOUCH_S = 60.0  # an open alert's last_seen (and changed detail) is written at most this often
 
 
 @dataclass
@@ -64,8 +66,12 @@ class FleetService:
             s.box_id: replace(s, health=fleet.health_of(s.health)) for s in self.store.load_boxes()}
         self.dead_letters = DeadLetters(self.store, settings.dead_letters, f"fleet-{settings.ingest.worker_id}",
                                         clock)
+        self._alerts_lock = threading.Lock()  # the open alerts: the worker evaluates, the API acknowledges
         self._open: dict[tuple[str, AlertKind, str], Alert] = {
             (a.box_id, a.kind, a.subject): a for a in self.store.alerts(open_only=True)}
+        self._outages: dict[str, frozenset[str]] = {  # site -> its boxes in the outage (core.alerts.site_outages)
+            a.subject: frozenset(c.box_id for c in self._open.values() if c.parent_id == a.id)
+            for a in self._open.values() if a.kind is AlertKind.SITE_OFFLINE}
         self._dirty: set[str] = set()
         self._last_sample: dict[str, float] = {}
         self.counters = Counters()
@@ -221,23 +227,139 @@ class FleetService:
 
     def _evaluate(self, boxes: list[BoxState], now: float) -> None:
         active: dict[tuple[str, AlertKind, str], str] = {}
+        site_of = {b.box_id: b.site for b in boxes}
         for state in boxes:
             for (kind, subject), detail in fleet.evaluate(state, self.rules, now).items():
                 active[(state.box_id, kind, subject)] = detail
         for letter in self.store.dead_letter_summary(now - self.settings.dead_letters.alert_window_s):
             active[(letter.box_id, AlertKind.DEAD_LETTERS, "")] = (
                 f"{letter.messages} messages set aside (last: {letter.reason}: {letter.detail})")
-        for key, detail in active.items():
-            if key not in self._open:
-                alert = self.store.raise_alert(key[0], key[1], key[2], detail, now)
+        outages = alerts.site_outages(boxes, self._outages, self.fleet.site_outage_boxes,
+                                      self.fleet.site_outage_window_s)
+        self._outages = outages
+        for site, members in outages.items():
+            active[("", AlertKind.SITE_OFFLINE, site)] = alerts.outage_detail(members)
+        silences = self.store.silences(active_at=now)
+        windows = self.store.maintenance_windows(active_at=now)
+
+        def site_for(key: tuple[str, AlertKind, str]) -> str:
+            return key[2] if key[1] is AlertKind.SITE_OFFLINE else site_of.get(key[0], "")
+
+        with self._alerts_lock:
+            # site alerts first: the box alerts of their outage are grouped under them
+            for key in sorted(active, key=lambda k: (k[1] is not AlertKind.SITE_OFFLINE, k)):
+                if key in self._open:
+                    continue
+                detail, where = active[key], site_for(key)
+                parent = self._parent(key, outages)
+                hushed = alerts.suppression(key[0], where, key[1].value, now, silences, windows)
+                alert = self.store.raise_alert(key[0], key[1], key[2], detail, now, site=where,
+                                               parent_id=parent, suppressed_by=hushed)
                 self._open[key] = alert
-                log.warning("alert raised", extra={"MESSAGE_ID": MSG.ALERT_RAISED.value, "BOX_ID": key[0],
-                                                   "ALERT": key[1].value, "SUBJECT": key[2], "DETAIL": detail})
-        for key in [k for k in self._open if k not in active]:
-            alert = self._open.pop(key)
-            self.store.clear_alert(alert.id, now)
-            log.info("alert cleared", extra={"MESSAGE_ID": MSG.ALERT_CLEARED.value, "BOX_ID": key[0],
-                                             "ALERT": key[1].value, "SUBJECT": key[2]})
+                log.warning("alert raised", extra={
+                    "MESSAGE_ID": MSG.ALERT_RAISED.value, "BOX_ID": key[0], "SITE": where, "ALERT": key[1].value,
+                    "SUBJECT": key[2], "DETAIL": detail, "SEVERITY": alert.severity.value,
+                    "SUPPRESSED_BY": hushed})
+            for key in [k for k in self._open if k not in active]:
+                alert = self._open.pop(key)
+                self.store.clear_alert(alert.id, now)
+                log.info("alert cleared", extra={"MESSAGE_ID": MSG.ALERT_CLEARED.value, "BOX_ID": key[0],
+                                                 "ALERT": key[1].value, "SUBJECT": key[2]})
+            self._update_open(active, outages, silences, windows, now)
+
+    def _parent(self, key: tuple[str, AlertKind, str], outages: dict[str, frozenset[str]]) -> int | None:
+        """The open site alert a box_offline alert belongs under, if its box is in an outage."""
+        if key[1] is not AlertKind.BOX_OFFLINE:
+            return None
+        for site, members in outages.items():
+            if key[0] in members:
+                parent = self._open.get(("", AlertKind.SITE_OFFLINE, site))
+                return None if parent is None else parent.id
+        return None
+
+    def _update_open(self, active: dict[tuple[str, AlertKind, str], str], outages: dict[str, frozenset[str]],
+                     silences: list[Silence], windows: list[Maintenance], now: float) -> None:
+        """Group, suppress or un-suppress, and touch the alerts that stay open."""
+        grouped: dict[int, list[int]] = {}
+        marks: list[tuple[int, str]] = []
+        touched: list[tuple[int, str, float]] = []
+        for key, alert in list(self._open.items()):
+            changed = alert
+            parent = self._parent(key, outages)
+            if parent is not None and alert.parent_id is None:
+                grouped.setdefault(parent, []).append(alert.id)
+                changed = replace(changed, parent_id=parent)
+            hushed = alerts.suppression(alert.box_id, alert.site, alert.kind.value, now, silences, windows)
+            if hushed != alert.suppressed_by:
+                marks.append((alert.id, hushed))
+                changed = replace(changed, suppressed_by=hushed)
+            detail = active[key]
+            if now - alert.last_seen >= TOUCH_S:
+                touched.append((alert.id, detail, now))
+                changed = replace(changed, detail=detail, last_seen=now)
+            self._open[key] = changed
+        for parent, ids in grouped.items():
+            self.store.group_alerts(ids, parent)
+        self.store.suppress_alerts(marks)
+        self.store.touch_alerts(touched)
+
+    # -- the alert lifecycle, for the console ------------------------------------------------------------
+    def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
+                    site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
+                    grouped: bool = True, limit: int = 1000) -> list[Alert]:
+        return self.store.list_alerts(state=state, severity=severity, site=site, kind=kind, since=since,
+                                      grouped=grouped, limit=limit)
+
+    def ack(self, alert_id: int, who: str, note: str, now: float | None = None) -> dict[str, tuple[object, object]]:
+        """Acknowledge an alert: ``{field: (old, new)}`` of what changed (empty if nothing), for the
+        caller's audit; ``AlertRequestError`` for an unknown alert or no ``who``."""
+        at = self._clock() if now is None else now
+        with self._alerts_lock:
+            alert = self.store.alert(alert_id)
+            if alert is None:
+                raise AlertRequestError(f"no alert {alert_id}")
+            change = alerts.ack(alerts.Acknowledgement(alert.acked_at, alert.acked_by, alert.ack_note), who, note, at)
+            if change:
+                who_now, note_now = str(change["acked_by"][1]), str(change["ack_note"][1])
+                self.store.acknowledge(alert_id, who_now, note_now, at)
+                key = (alert.box_id, alert.kind, alert.subject)
+                if key in self._open and self._open[key].id == alert_id:
+                    self._open[key] = replace(self._open[key], acked_at=at, acked_by=who_now, ack_note=note_now)
+        return change
+
+    def silence(self, *, box_id: str = "", site: str = "", kind: str = "", ends_at: float, who: str, reason: str,
+                starts_at: float | None = None, now: float | None = None) -> Silence:
+        """Create a silence; matching open alerts are marked suppressed by the next evaluation (within a second)."""
+        at = self._clock() if now is None else now
+        start = at if starts_at is None else starts_at
+        box_id, site, kind, who, reason = alerts.check_silence(box_id, site, kind, start, ends_at, who, reason)
+        return self.store.add_silence(box_id, site, kind, start, ends_at, who, reason, at)
+
+    def expire_silence(self, silence_id: int, now: float | None = None) -> Silence:
+        silence = self.store.expire_silence(silence_id, self._clock() if now is None else now)
+        if silence is None:
+            raise AlertRequestError(f"no silence {silence_id}")
+        return silence
+
+    def silences(self, *, active_only: bool = True, now: float | None = None) -> list[Silence]:
+        return self.store.silences(active_at=(self._clock() if now is None else now) if active_only else None)
+
+    def maintenance(self, *, site: str = "", box_id: str = "", starts_at: float, ends_at: float, who: str,
+                    reason: str = "", now: float | None = None) -> Maintenance:
+        """Plan a maintenance window: alerts of the site or box are suppressed while it is in force."""
+        at = self._clock() if now is None else now
+        site, box_id, who, reason = alerts.check_maintenance(site, box_id, starts_at, ends_at, who, reason)
+        return self.store.add_maintenance(site, box_id, starts_at, ends_at, who, reason, at)
+
+    def end_maintenance(self, window_id: int, now: float | None = None) -> Maintenance:
+        window = self.store.end_maintenance(window_id, self._clock() if now is None else now)
+        if window is None:
+            raise AlertRequestError(f"no maintenance window {window_id}")
+        return window
+
+    def maintenance_windows(self, *, active_only: bool = True, now: float | None = None) -> list[Maintenance]:
+        return self.store.maintenance_windows(active_at=(self._clock() if now is None else now) if active_only
+                                              else None)
 
     # -- for the API --------------------------------------------------------------------------------------
     def registry(self) -> list[BoxState]:
@@ -245,7 +367,8 @@ class FleetService:
             return list(self.boxes.values())
 
     def open_alerts(self) -> list[Alert]:
-        return list(self._open.values())
+        with self._alerts_lock:
+            return list(self._open.values())
 
     def box(self, box_id: str) -> BoxState | None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The fleet database: boxes, health history, exams and alerts. The fleet's shared SQL is here.
+"""The fleet database: boxes, health history, exams, alerts, silences, maintenance. The fleet's shared SQL.
 
 ``FleetStore`` is the narrow interface the fleet service and the API use. ``SqlFleetStore``
 holds the schema (``MIGRATIONS``) and the statements, each written once for both backends in
@@ -14,6 +14,7 @@ tables, with the same migration numbers, in the PostgreSQL database of ``[index]
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway.cloud.sql import Database, Statements
+from gateway.core.alerts import SEVERITY, Maintenance, Severity, Silence
 from gateway.core.fleet import AlertKind, BoxState
 
 MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
@@ -60,6 +62,31 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
     CREATE INDEX dead_letters_by_box ON dead_letters (box_id, id);
     CREATE INDEX dead_letters_by_time ON dead_letters (at)
     """,
+    # the alert lifecycle (gateway/core/alerts.py): severity, site, last seen, grouping under a
+    # site alert, acknowledgement, suppression; silences and maintenance windows
+    """
+    ALTER TABLE alerts ADD COLUMN severity TEXT NOT NULL DEFAULT 'warning';
+    ALTER TABLE alerts ADD COLUMN site TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN last_seen {real};
+    ALTER TABLE alerts ADD COLUMN parent_id {bigint};
+    ALTER TABLE alerts ADD COLUMN acked_at {real};
+    ALTER TABLE alerts ADD COLUMN acked_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN ack_note TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN suppressed_by TEXT NOT NULL DEFAULT '';
+    UPDATE alerts SET last_seen = COALESCE(cleared_at, raised_at);
+    UPDATE alerts SET severity = 'critical' WHERE kind IN ('box_offline', 'disk_full');
+    UPDATE alerts SET severity = 'info' WHERE kind = 'modality_silent';
+    UPDATE alerts SET site = COALESCE((SELECT b.site FROM boxes b WHERE b.box_id = alerts.box_id), '');
+    CREATE INDEX alerts_by_parent ON alerts (parent_id);
+    CREATE TABLE alert_silences (
+        id {id}, box_id TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL, starts_at {real} NOT NULL,
+        ends_at {real} NOT NULL, created_by TEXT NOT NULL, reason TEXT NOT NULL, created_at {real} NOT NULL
+    );
+    CREATE TABLE maintenance_windows (
+        id {id}, site TEXT NOT NULL, box_id TEXT NOT NULL, starts_at {real} NOT NULL, ends_at {real} NOT NULL,
+        created_by TEXT NOT NULL, reason TEXT NOT NULL, created_at {real} NOT NULL
+    )
+    """,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -84,8 +111,22 @@ class DeadLetter:
     id: int = 0
 
 
+class AlertState(enum.StrEnum):
+    """Which alerts a listing wants: open ones (all, acknowledged or not yet), resolved ones, or all."""
+
+    OPEN = "open"
+    UNACKED = "unacked"
+    ACKED = "acked"
+    RESOLVED = "resolved"
+    ALL = "all"
+
+
 @dataclass(frozen=True)
 class Alert:
+    """One alert: raised when its condition began, resolved (``cleared_at``) when it ended and
+    kept for history. A site alert has ``box_id`` "" and its site as ``subject``; the box alerts
+    grouped under it have its id as ``parent_id`` (and, in a grouped listing, are its ``children``)."""
+
     id: int
     box_id: str
     kind: AlertKind
@@ -93,6 +134,19 @@ class Alert:
     detail: str
     raised_at: float
     cleared_at: float | None
+    severity: Severity = Severity.WARNING
+    site: str = ""
+    last_seen: float = 0.0  # the last time the condition was seen to hold
+    parent_id: int | None = None
+    acked_at: float | None = None
+    acked_by: str = ""
+    ack_note: str = ""
+    suppressed_by: str = ""  # "", "silence:<id>" or "maintenance:<id>"
+    children: tuple[Alert, ...] = ()
+
+    @property
+    def resolved_at(self) -> float | None:
+        return self.cleared_at
 
 
 class FleetStore(Protocol):
@@ -110,9 +164,26 @@ class FleetStore(Protocol):
     def turnarounds(self, since: float) -> list[tuple[str, float]]: ...
     def turnarounds_by_modality(self, since: float) -> list[tuple[str, str, float]]: ...
     def exam_spans(self, *, since: float, until: float) -> list[dict[str, Any]]: ...
-    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert: ...
+    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float, *, site: str = "",
+                    parent_id: int | None = None, suppressed_by: str = "") -> Alert: ...
     def clear_alert(self, alert_id: int, at: float) -> None: ...
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]: ...
+    def alert(self, alert_id: int) -> Alert | None: ...
+    def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
+                    site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
+                    grouped: bool = True, limit: int = 1000) -> list[Alert]: ...
+    def touch_alerts(self, seen: Sequence[tuple[int, str, float]]) -> None: ...
+    def group_alerts(self, alert_ids: Sequence[int], parent_id: int | None) -> None: ...
+    def suppress_alerts(self, marks: Sequence[tuple[int, str]]) -> None: ...
+    def acknowledge(self, alert_id: int, who: str, note: str, at: float) -> None: ...
+    def add_silence(self, box_id: str, site: str, kind: str, starts_at: float, ends_at: float, who: str,
+                    reason: str, at: float) -> Silence: ...
+    def expire_silence(self, silence_id: int, at: float) -> Silence | None: ...
+    def silences(self, *, active_at: float | None = None) -> list[Silence]: ...
+    def add_maintenance(self, site: str, box_id: str, starts_at: float, ends_at: float, who: str, reason: str,
+                        at: float) -> Maintenance: ...
+    def end_maintenance(self, window_id: int, at: float) -> Maintenance | None: ...
+    def maintenance_windows(self, *, active_at: float | None = None) -> list[Maintenance]: ...
     def prune(self, before: float) -> None: ...
     def add_dead_letters(self, letters: Sequence[DeadLetter], keep_per_box: int, keep_total: int) -> None: ...
     def dead_letters(self, *, box_id: str | None = None, since: float = 0.0,
@@ -235,11 +306,16 @@ class SqlFleetStore:
                           "WHERE start >= ? AND start < ? ORDER BY site, box_id, modality, start", (since, until))
 
     # -- alerts ---------------------------------------------------------------------------------------
-    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float) -> Alert:
+    def raise_alert(self, box_id: str, kind: AlertKind, subject: str, detail: str, at: float, *, site: str = "",
+                    parent_id: int | None = None, suppressed_by: str = "") -> Alert:
+        severity = SEVERITY[kind]
         with self._tx() as tx:
-            rows = tx.execute("INSERT INTO alerts (box_id, kind, subject, detail, raised_at) VALUES (?, ?, ?, ?, ?) "
-                              "RETURNING id", (box_id, kind.value, subject, detail, at))
-        return Alert(int(rows[0]["id"]), box_id, kind, subject, detail, at, None)
+            rows = tx.execute("INSERT INTO alerts (box_id, kind, subject, detail, raised_at, severity, site, "
+                              "last_seen, parent_id, suppressed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                              (box_id, kind.value, subject, detail, at, severity.value, site, at, parent_id,
+                               suppressed_by))
+        return Alert(int(rows[0]["id"]), box_id, kind, subject, detail, at, None, severity, site, at, parent_id,
+                     suppressed_by=suppressed_by)
 
     def clear_alert(self, alert_id: int, at: float) -> None:
         with self._tx() as tx:
@@ -248,15 +324,119 @@ class SqlFleetStore:
     def alerts(self, *, open_only: bool, since: float = 0.0) -> list[Alert]:
         where = "cleared_at IS NULL" if open_only else "(cleared_at IS NULL OR raised_at >= ?)"
         params: tuple[Any, ...] = () if open_only else (since,)
-        return [Alert(r["id"], r["box_id"], AlertKind(r["kind"]), r["subject"], r["detail"], r["raised_at"],
-                      r["cleared_at"])
-                for r in self._read(f"SELECT * FROM alerts WHERE {where} ORDER BY raised_at DESC, id DESC",  # noqa: S608
-                                    params)]
+        return [_alert(r) for r in self._read(f"SELECT * FROM alerts WHERE {where} "  # noqa: S608 - constant
+                                              "ORDER BY raised_at DESC, id DESC", params)]
+
+    def alert(self, alert_id: int) -> Alert | None:
+        rows = self._read("SELECT * FROM alerts WHERE id = ?", (alert_id,))
+        return _alert(rows[0]) if rows else None
+
+    def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
+                    site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
+                    grouped: bool = True, limit: int = 1000) -> list[Alert]:
+        """Alerts newest first. ``state``: open (all, ``unacked`` or ``acked``), ``resolved`` or ``all``;
+        resolved ones only if raised at or after ``since``. ``grouped``: the box alerts grouped under a
+        site alert come as its ``children``, not as rows of their own (the filters pick the rows)."""
+        where = {AlertState.OPEN: ["cleared_at IS NULL"],
+                 AlertState.UNACKED: ["cleared_at IS NULL", "acked_at IS NULL"],
+                 AlertState.ACKED: ["cleared_at IS NULL", "acked_at IS NOT NULL"],
+                 AlertState.RESOLVED: ["cleared_at IS NOT NULL", "raised_at >= ?"],
+                 AlertState.ALL: ["(cleared_at IS NULL OR raised_at >= ?)"]}[state]
+        params: list[Any] = [since] if state in (AlertState.RESOLVED, AlertState.ALL) else []
+        for column, value in (("severity", severity), ("site", site), ("kind", kind)):
+            if value is not None:
+                where, params = [*where, f"{column} = ?"], [*params, str(value)]
+        if grouped:
+            where = [*where, "parent_id IS NULL"]
+        rows = [_alert(r) for r in self._read(
+            f"SELECT * FROM alerts WHERE {' AND '.join(where)} ORDER BY raised_at DESC, id DESC LIMIT ?",  # noqa: S608
+            (*params, limit))]
+        parents = [a.id for a in rows if a.kind is AlertKind.SITE_OFFLINE]
+        if not grouped or not parents:
+            return rows
+        children: dict[int, list[Alert]] = {}
+        marks = ",".join("?" * len(parents))
+        for r in self._read(f"SELECT * FROM alerts WHERE parent_id IN ({marks}) ORDER BY box_id, id",  # noqa: S608
+                            parents):
+            child = _alert(r)
+            children.setdefault(child.parent_id or 0, []).append(child)
+        return [replace(a, children=tuple(children.get(a.id, ()))) for a in rows]
+
+    def touch_alerts(self, seen: Sequence[tuple[int, str, float]]) -> None:
+        """Record that open alerts still hold: ``(id, detail, last_seen)``."""
+        if seen:
+            with self._tx() as tx:
+                tx.executemany("UPDATE alerts SET detail = ?, last_seen = ? WHERE id = ? AND cleared_at IS NULL",
+                               [(detail, at, alert_id) for alert_id, detail, at in seen])
+
+    def group_alerts(self, alert_ids: Sequence[int], parent_id: int | None) -> None:
+        if alert_ids:
+            with self._tx() as tx:
+                tx.executemany("UPDATE alerts SET parent_id = ? WHERE id = ?", [(parent_id, i) for i in alert_ids])
+
+    def suppress_alerts(self, marks: Sequence[tuple[int, str]]) -> None:
+        """Set what suppresses each alert (``(id, "silence:3")``, or "" for nothing any more)."""
+        if marks:
+            with self._tx() as tx:
+                tx.executemany("UPDATE alerts SET suppressed_by = ? WHERE id = ?", [(by, i) for i, by in marks])
+
+    def acknowledge(self, alert_id: int, who: str, note: str, at: float) -> None:
+        with self._tx() as tx:
+            tx.execute("UPDATE alerts SET acked_at = ?, acked_by = ?, ack_note = ? WHERE id = ?",
+                       (at, who, note, alert_id))
+
+    # -- silences and maintenance windows -------------------------------------------------------------
+    def add_silence(self, box_id: str, site: str, kind: str, starts_at: float, ends_at: float, who: str,
+                    reason: str, at: float) -> Silence:
+        with self._tx() as tx:
+            rows = tx.execute("INSERT INTO alert_silences (box_id, site, kind, starts_at, ends_at, created_by, reason, "
+                              "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                              (box_id, site, kind, starts_at, ends_at, who, reason, at))
+        return Silence(int(rows[0]["id"]), box_id, site, kind, starts_at, ends_at, who, reason, at)
+
+    def expire_silence(self, silence_id: int, at: float) -> Silence | None:
+        """End a silence now (if it would end later); the silence as stored after, None if unknown."""
+        with self._tx() as tx:
+            tx.execute("UPDATE alert_silences SET ends_at = CASE WHEN ends_at > ? THEN ? ELSE ends_at END "
+                       "WHERE id = ?", (at, at, silence_id))
+            rows = tx.execute("SELECT * FROM alert_silences WHERE id = ?", (silence_id,))
+        return _silence(rows[0]) if rows else None
+
+    def silences(self, *, active_at: float | None = None) -> list[Silence]:
+        if active_at is None:
+            return [_silence(r) for r in self._read("SELECT * FROM alert_silences ORDER BY id")]
+        return [_silence(r) for r in self._read(
+            "SELECT * FROM alert_silences WHERE starts_at <= ? AND ends_at > ? ORDER BY id", (active_at, active_at))]
+
+    def add_maintenance(self, site: str, box_id: str, starts_at: float, ends_at: float, who: str, reason: str,
+                        at: float) -> Maintenance:
+        with self._tx() as tx:
+            rows = tx.execute("INSERT INTO maintenance_windows (site, box_id, starts_at, ends_at, created_by, reason, "
+                              "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                              (site, box_id, starts_at, ends_at, who, reason, at))
+        return Maintenance(int(rows[0]["id"]), site, box_id, starts_at, ends_at, who, reason, at)
+
+    def end_maintenance(self, window_id: int, at: float) -> Maintenance | None:
+        """End a window now (if it would end later); the window as stored after, None if unknown."""
+        with self._tx() as tx:
+            tx.execute("UPDATE maintenance_windows SET ends_at = CASE WHEN ends_at > ? THEN ? ELSE ends_at END "
+                       "WHERE id = ?", (at, at, window_id))
+            rows = tx.execute("SELECT * FROM maintenance_windows WHERE id = ?", (window_id,))
+        return _maintenance(rows[0]) if rows else None
+
+    def maintenance_windows(self, *, active_at: float | None = None) -> list[Maintenance]:
+        if active_at is None:
+            return [_maintenance(r) for r in self._read("SELECT * FROM maintenance_windows ORDER BY id")]
+        return [_maintenance(r) for r in self._read(
+            "SELECT * FROM maintenance_windows WHERE starts_at <= ? AND ends_at > ? ORDER BY id",
+            (active_at, active_at))]
 
     def prune(self, before: float) -> None:
         with self._tx() as tx:
             tx.execute("DELETE FROM health_samples WHERE at < ?", (before,))
             tx.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL AND cleared_at < ?", (before,))
+            tx.execute("DELETE FROM alert_silences WHERE ends_at < ?", (before,))
+            tx.execute("DELETE FROM maintenance_windows WHERE ends_at < ?", (before,))
             tx.execute("DELETE FROM dead_letters WHERE at < ?", (before,))
 
     # -- dead letters ---------------------------------------------------------------------------------
@@ -288,6 +468,24 @@ class SqlFleetStore:
             "SELECT d.*, s.total FROM dead_letters d JOIN (SELECT box_id, MAX(id) AS last, SUM(messages) AS total "
             "FROM dead_letters WHERE at >= ? GROUP BY box_id) s ON d.id = s.last ORDER BY d.box_id", (since,))
         return [replace(_dead_letter(r), messages=int(r["total"])) for r in rows]
+
+
+def _alert(r: dict[str, Any]) -> Alert:
+    last_seen = r["last_seen"] if r["last_seen"] is not None else r["raised_at"]
+    parent = None if r["parent_id"] is None else int(r["parent_id"])
+    return Alert(int(r["id"]), r["box_id"], AlertKind(r["kind"]), r["subject"], r["detail"], r["raised_at"],
+                 r["cleared_at"], Severity(r["severity"]), r["site"], last_seen, parent, r["acked_at"], r["acked_by"],
+                 r["ack_note"], r["suppressed_by"])
+
+
+def _silence(r: dict[str, Any]) -> Silence:
+    return Silence(int(r["id"]), r["box_id"], r["site"], r["kind"], r["starts_at"], r["ends_at"], r["created_by"],
+                   r["reason"], r["created_at"])
+
+
+def _maintenance(r: dict[str, Any]) -> Maintenance:
+    return Maintenance(int(r["id"]), r["site"], r["box_id"], r["starts_at"], r["ends_at"], r["created_by"],
+                       r["reason"], r["created_at"])
 
 
 def _dead_letter(r: dict[str, Any]) -> DeadLetter:
