@@ -150,22 +150,9 @@ def dcmtk_storescp(out_dir: Path, ae_title: str = "REFERENCE") -> Iterator[int]:
     log = out_dir.parent / f"{out_dir.name}.storescp.log"
     binary = dcmtk("storescp")
 
-    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
-        args = [binary, "+B", "+xa", "+uf", "-aet", ae_title, "-od", str(out_dir), str(port)]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(args, env=dcmtk_env(), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            ports.wait_listening(proc, [port], "storescp", lambda: log.read_text(errors="replace"), PEER_START_S)
-        except BaseException:
-            _end(proc)
-            raise
-        return port, proc
-
-    port, proc = ports.on_free_port(start)
-    try:
+    with _listening_peer("storescp", log, lambda port: [binary, "+B", "+xa", "+uf", "-aet", ae_title, "-od",
+                                                        str(out_dir), str(port)], env=dcmtk_env()) as port:
         yield port
-    finally:
-        _end(proc)
 
 
 def _prometheus_tool(names: tuple[str, ...], package: str) -> str:
@@ -177,13 +164,14 @@ def _prometheus_tool(names: tuple[str, ...], package: str) -> str:
 
 
 @contextmanager
-def _listening_peer(what: str, log: Path, args: Callable[[int], list[str]]) -> Iterator[int]:
+def _listening_peer(what: str, log: Path, args: Callable[[int], list[str]],
+                    env: dict[str, str] | None = None) -> Iterator[int]:
     """A peer that takes its port on the command line: started on a port picked free, again on
     another if that was taken before it bound it (``ports.on_free_port``); yields its port."""
 
     def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
         with open(log, "wb") as out:
-            proc = subprocess.Popen(args(port), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(args(port), env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             ports.wait_listening(proc, [port], what, lambda: log.read_text(errors="replace"), PEER_START_S)
         except BaseException:

@@ -41,7 +41,7 @@ PORT_ATTEMPTS = 8
 # What mosquitto, PostgreSQL, DCMTK ("Address already in use") and Orthanc ("... privileged or
 # already in use") print when the port they were given is taken.
 IN_USE = "already in use"
-_TCP_LISTEN = "0A"
+TCP_LISTEN, TCP_ESTABLISHED = "0A", "01"  # /proc/net/tcp states
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,10 @@ def on_free_port(start: Callable[..., T], count: int = 1, host: str = "127.0.0.1
     raise LocalError(f"no free port held after {attempts} attempts: {last}")
 
 
-def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
-    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6) in this network namespace."""
-    inodes = set()
+def tcp_sockets(port: int, state: str, proc_root: Path = Path("/proc")) -> list[str]:
+    """Inodes of the TCP sockets (IPv4 and IPv6, this network namespace) whose local port is
+    ``port`` and whose state is ``state`` (the kernel's hex code: ``TCP_LISTEN``, ``TCP_ESTABLISHED``)."""
+    found = []
     for name in ("tcp", "tcp6"):
         try:
             lines = (proc_root / "net" / name).read_text().splitlines()[1:]
@@ -138,9 +139,14 @@ def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) > 9 and cols[3] == _TCP_LISTEN and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(cols[9])
-    return inodes
+            if len(cols) > 9 and cols[3] == state and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                found.append(cols[9])
+    return found
+
+
+def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6) in this network namespace."""
+    return set(tcp_sockets(port, TCP_LISTEN, proc_root))
 
 
 def listens(pid: int, port: int, proc_root: Path = Path("/proc")) -> bool:

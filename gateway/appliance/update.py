@@ -42,7 +42,6 @@ from gateway.logs import MSG
 from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
-TCP_ESTABLISHED = "01"
 BACKUP_DIR = "update"
 GATE_CALLING_AE = admission.GATE_AE  # admitted from the box itself (core.admission)
 
@@ -62,17 +61,7 @@ class GateCheck(enum.Enum):
 
 def established_connections(port: int, proc_root: Path = Path("/proc")) -> int:
     """ESTABLISHED TCP connections whose local port is ``port`` (IPv4 and IPv6)."""
-    count = 0
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = (proc_root / "net" / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 3 and cols[3] == TCP_ESTABLISHED and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+    return len(ports.tcp_sockets(port, ports.TCP_ESTABLISHED, proc_root))
 
 
 def pre_install(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/proc"),
