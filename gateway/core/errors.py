@@ -83,3 +83,7 @@ class PortInUseError(LocalError):
 
 class IllegalTransitionError(LocalError):
     """A state machine was asked to take a transition its table does not allow."""
+
+
+class RequestError(PeerError):
+    """An HTTP client's request is malformed or out of range (the console answers 400 with this reason)."""
