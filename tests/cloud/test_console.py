@@ -165,6 +165,8 @@ def test_request_is_refused_with_a_json_reason_when_it_is_hostile(
     assert headers["content-type"] == "application/json; charset=utf-8"
     assert reason in json.loads(answer)["error"]
     assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "no-store"
+    assert headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["content-security-policy"].startswith("default-src 'self';")
     assert service.alive()
 
 
