@@ -21,6 +21,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class AsgiServer:
                  cert_file: Path | None = None, key_file: Path | None = None) -> None:
         self.name = name
         self.tls = cert_file is not None
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines repeat ours
         config = uvicorn.Config(
             app, http="h11", lifespan="off", log_config=None, access_log=False, server_header=False,
             proxy_headers=False, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=KEEP_ALIVE_S,
@@ -71,12 +73,13 @@ class AsgiServer:
         self._thread.start()
 
     def wait_started(self, timeout_s: float = START_TIMEOUT_S) -> bool:
-        """True once the event loop serves the socket (connections queue in the backlog until then)."""
-        done = threading.Event()
-        for _ in range(int(timeout_s / 0.05)):
-            if self._server.started or not self._thread.is_alive():
-                break
-            done.wait(0.05)
+        """True once the event loop serves the socket; False if the server thread ended or timed out first.
+
+        uvicorn has no start callback: its ``started`` flag is looked at every 50 ms.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(0.05)
         return bool(self._server.started)
 
     def alive(self) -> bool:

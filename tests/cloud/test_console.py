@@ -75,6 +75,7 @@ def populated(service: FleetService, broker: MosquittoBroker) -> Iterator[FleetS
              "the exam record stored and the bad heartbeat set aside")
     wait_for(lambda: any(a.kind.value == "disk_full" for a in service.open_alerts()), 60, "the disk alert")
     yield service
+    Box.made.remove(box)
     box.link.stop()
 
 

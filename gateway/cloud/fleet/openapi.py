@@ -1,4 +1,4 @@
-"""The console API described in OpenAPI 3.1, written by hand next to the routes (``starlette_app.ROUTES``).
+"""The console API described in OpenAPI 3.1, written by hand next to the routes (``starlette_app.build_app``).
 
 Served at ``/api/v1/openapi.json``. tests/cloud/test_console.py checks that every route is
 described here and nothing else, and runs a schema-driven fuzzer (schemathesis) against a running

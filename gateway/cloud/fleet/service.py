@@ -91,6 +91,9 @@ class FleetService:
         self.http = AsgiServer(app, self.fleet.http_bind, self.fleet.http_port, "fleet-http",
                                self.tls.cert_file, self.tls.key_file)
         self.http.start()
+        if not self.http.wait_started():
+            self.http.stop()
+            raise LocalError("the fleet console's HTTP server did not start (see the log above)")
         self._worker.start()
         self.link.start()
         log.info("fleet service started", extra={

@@ -15,9 +15,9 @@ is 404. Every error answer is a JSON document ``{"error": "<reason>"}``.
 Where login, sessions and roles go: as Starlette middleware in ``build_app``'s list, after
 ``Guard`` (so that an oversized or malformed request is refused before any session is read) and
 before the routes: a session middleware, then an authentication middleware that sets
-``request.user``/``request.auth``; each route then states the role it needs (``ROUTES`` is where
-they are listed, one place). ``/healthz`` and ``/metrics`` are for machines on the operations
-network and would keep their own rule.
+``request.user``/``request.auth``; each route then states the role it needs (the route list in
+``build_app`` is the one place routes are named). ``/healthz`` and ``/metrics`` are for machines on
+the operations network and would keep their own rule.
 """
 
 from __future__ import annotations
