@@ -33,6 +33,7 @@ WEB_DIR = Path(__file__).parent / "web"
 _DAY_S = 86400.0
 MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")  # as core.schema's Modality
 MAX_QUERY_VALUE_CHARS = 128
+_DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
 class Counters(Protocol):
@@ -217,10 +218,9 @@ class Query:
         raw = self.values.get(name)
         if raw is None:
             return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise RequestError(f"{name!r} must be a number of days") from None
+        if not _DECIMAL.fullmatch(raw):  # float() alone would take " 7", "7_0", "inf", "nan"
+            raise RequestError(f"{name!r} must be a number of days")
+        value = float(raw)
         if not math.isfinite(value) or value > high or value < low or (low == 0.0 and value <= 0.0):
             raise RequestError(f"{name!r} must be a number of days in ({low:g}, {high:g}]"
                                if low == 0.0 else f"{name!r} must be a number of days in [{low:g}, {high:g}]")
