@@ -47,7 +47,7 @@ class AsgiServer:
         self.tls = cert_file is not None
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines repeat ours
         config = uvicorn.Config(
-            app, http="h11", lifespan="off", log_config=None, access_log=False, server_header=False,
+            app, http="h11", ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
             proxy_headers=False, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S, h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_certfile=cert_file, ssl_keyfile=key_file, ssl_context_factory=_tls12 if cert_file else None)
