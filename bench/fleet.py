@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,8 +54,8 @@ def _proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as rsp:  # noqa: S310 - loopback only
+def _get(url: str, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=30, context=context) as rsp:  # noqa: S310 - loopback only
         return json.loads(rsp.read())
 
 
@@ -71,7 +72,8 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
                                 stdout=subprocess.DEVNULL, stderr=log)
     try:
-        url = f"http://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['http']}/api/v1/boxes"
+        url = f"https://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['https']}/api/v1/boxes"
+        console = ssl.create_default_context(cafile=str(root / "cloud" / "pki" / "ca.pem"))  # the fleet CA
         sim = Simulator(MqttSettings(port=broker.port), boxes, heartbeat_s=heartbeat_s, outage_percent=0.0,
                         backfill_hours=0.0)
         stop = threading.Event()
@@ -86,7 +88,7 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str
             with sim._lock:
                 sent = dict(sim.report.last_heartbeat)
             t_api = time.monotonic()
-            doc = _get(url)
+            doc = _get(url, console)
             api_s.append(time.monotonic() - t_api)
             held = {b["box_id"]: (b.get("heartbeat_at") or 0.0) for b in doc["boxes"]}
             online = sum(b["online"] for b in doc["boxes"])

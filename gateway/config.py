@@ -275,9 +275,16 @@ class SiteSettings:
 
 @dataclass(frozen=True)
 class FleetSettings:
-    http_bind: str = _f("127.0.0.1", "address of the fleet REST API, dashboard and /metrics")
-    http_port: int = _f(8080, "port of the fleet REST API, dashboard and /metrics; "
+    http_bind: str = _f("127.0.0.1", "address of the fleet console (REST API, dashboard, /metrics)")
+    http_port: int = _f(8080, "port of the fleet console (HTTPS); "
                         "0 = any free port, reported in state_dir/ports/fleet-<worker>.json")
+    tls_cert_file: str = _f("", "the console's HTTPS certificate (PEM, with its chain), relative to state_dir; "
+                            "empty = one the fleet CA issues (authority.pki_dir/console.pem) for tls_hostnames")
+    tls_key_file: str = _f("", "the private key of tls_cert_file (0600), relative to state_dir")
+    tls_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"),
+                                        "names and addresses in the certificate the fleet CA issues the console")
+    plain_http: bool = _f(False, "serve the console over plain HTTP: loopback development only "
+                          "(http_bind must be a loopback address); the service logs a warning")
     offline_after_s: float = _f(90.0, "a box with no birth nor heartbeat for this long is offline")
     backlog_alert_minutes: float = _f(60.0, "alert when a box's oldest unacknowledged item is older")
     disk_alert_percent: float = _f(85.0, "alert when a box's state disk is fuller")
@@ -571,6 +578,21 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
             raise ConfigError(f"{source}: 'fleet.sites.{site}.turnaround_target_s' must be >= 0")
     if f.turnaround_target_s <= 0:
         raise ConfigError(f"{source}: 'fleet.turnaround_target_s' must be positive")
+    if bool(f.tls_cert_file) != bool(f.tls_key_file):
+        raise ConfigError(f"{source}: 'fleet.tls_cert_file' and 'fleet.tls_key_file' go together")
+    if f.plain_http and f.tls_cert_file:
+        raise ConfigError(f"{source}: 'fleet.plain_http' and 'fleet.tls_cert_file' exclude each other")
+    if f.plain_http and not _loopback(f.http_bind):
+        raise ConfigError(f"{source}: 'fleet.plain_http' needs a loopback 'fleet.http_bind' (127.0.0.1, ::1)")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def site_hours(f: FleetSettings, site: str) -> OpeningHours:

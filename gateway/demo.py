@@ -150,7 +150,10 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
             f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
             f"cloud and edge running, state in {root}")
         summary.dashboard_url = deployment.dashboard_url
-        say(f"mgw demo: fleet dashboard at {deployment.dashboard_url}")
+        say(f"mgw demo: fleet dashboard at {deployment.dashboard_url} (HTTPS; its certificate is the fleet CA's: "
+            f"trust {deployment.console_ca_file} in the browser)\n"
+            f"mgw demo：舰队控制台位于 {deployment.dashboard_url}（HTTPS，证书由舰队 CA 签发："
+            f"请在浏览器中信任 {deployment.console_ca_file}）")
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
         say(f"mgw demo: sending {len(files)} real instances ({summary.bytes_original / 1e6:.1f} MB) "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -201,7 +202,17 @@ class LoopbackDeployment:
 
     @property
     def fleet_port(self) -> int:
-        return self.reported_port(self._fleet_service, "http")
+        """The fleet console's HTTPS port."""
+        return self.reported_port(self._fleet_service, "https")
+
+    @property
+    def console_ca_file(self) -> Path:
+        """The fleet CA's certificate, which issued the console's (the fleet makes the CA if none was)."""
+        return self.cloud_dir / "pki" / "ca.pem"
+
+    def console_context(self) -> ssl.SSLContext:
+        """A TLS client context that trusts the console's certificate through the fleet CA, and checks its name."""
+        return ssl.create_default_context(cafile=str(self.console_ca_file))
 
     @property
     def enrol_port(self) -> int:
@@ -242,7 +253,7 @@ class LoopbackDeployment:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.fleet_port}/"
+        return f"https://127.0.0.1:{self.fleet_port}/"
 
     def start_cloud_worker(self, n: int) -> None:
         log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"

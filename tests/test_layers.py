@@ -11,7 +11,7 @@
    (``cli`` defers each service's imports so that ``mgw --help`` loads none of them), but it is a
    dependency all the same and may not close a circle: it only hides the cycle until the
    function runs. The fix for a cycle is to move the shared piece to the module that owns it or
-   to invert the dependency (a protocol, as ``fleet_http.FleetView``).
+   to invert the dependency (a protocol, as ``fleet.http.FleetView``).
 
 3. The demo and test harnesses (``HARNESSES``) are used by ``mgw``'s demo commands only: no
    product module imports them (provisioning once imported ``render_toml`` from ``loopback``).
@@ -57,6 +57,10 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},
+    "uvicorn": {"gateway/adapters/uvicorn_server.py": "serves an ASGI app on a socket bound here, with TLS"},
+    # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
+    # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
+    "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {

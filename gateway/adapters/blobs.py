@@ -6,11 +6,13 @@ bytes given; before, it is either absent or complete under its final name.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +47,22 @@ def _translate(exc: OSError, path: Path) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return SpoolFullError(f"no space left writing {path}")
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (made 0600 if absent) while the block runs: one
+    process at a time, for work that must happen once (making the fleet CA, which two cloud
+    services starting together would otherwise both do)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _translate(exc, path) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomic(path: Path, pieces: Iterable[bytes | bytearray] | bytes, mode: int = 0o600) -> int:

@@ -88,3 +88,7 @@ class IllegalTransitionError(LocalError):
 class AlertRequestError(LocalError):
     """A request about alerts the caller got wrong: an unknown alert, no name given, a silence
     that would match everything, a window that ends before it starts."""
+
+
+class RequestError(PeerError):
+    """An HTTP client's request is malformed or out of range (the console answers 400 with this reason)."""

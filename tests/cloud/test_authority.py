@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,19 @@ def test_renewal_revokes_the_superseded_certificate_when_it_issues_the_new_one(c
     assert first.serial in {format(r.serial_number, "x") for r in x509.load_pem_x509_crl(ca.crl_path.read_bytes())}
     with pytest.raises(EnrolmentRefusedError, match="revoked"):
         ca.renew(first.certificate_pem, _csr()[1], days=30)
+
+
+def test_ca_key_and_certificate_match_when_several_processes_create_the_ca_at_once(tmp_path: Path) -> None:
+    # The enrolment and fleet services both open the fleet CA, and make it when it is absent.
+    code = ("import sys; from pathlib import Path; from gateway.cloud.authority.ca import FleetAuthority; "
+            "FleetAuthority(Path(sys.argv[1])).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "pki")]) for _ in range(4)]  # noqa: S603
+    assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    key = serialization.load_pem_private_key((tmp_path / "pki" / "ca.key").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.pem").read_bytes())
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    issued = FleetAuthority(tmp_path / "pki")
+    try:
+        assert issued.ca_pem == (tmp_path / "pki" / "ca.pem").read_bytes()
+    finally:
+        issued.close()

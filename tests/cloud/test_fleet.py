@@ -1,9 +1,10 @@
 """The fleet service against a real mosquitto: telemetry in, registry, exam records acknowledged,
-alerts raised and cleared, the REST API and /metrics over real HTTP, and the simulator."""
+alerts raised and cleared, the REST API and /metrics over real HTTPS, and the simulator."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import urllib.request
@@ -25,20 +26,9 @@ from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from gateway.simulator import Simulator
 from tests.backends import Backend
-from tests.peers import _missing, wait_for
+from tests.peers import wait_for
 
 PREFIX = "mgw/v1"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    try:
-        b = MosquittoBroker(tmp_path / "broker")
-    except Exception as exc:  # noqa: BLE001 - skip or fail with the reason
-        _missing(str(exc))
-    b.start()
-    yield b
-    b.stop()
 
 
 def settings(broker: MosquittoBroker, backend: Backend, **fleet_keys: Any) -> CloudSettings:
@@ -90,7 +80,9 @@ def _stop_boxes() -> Iterator[None]:
 
 
 def get(svc: FleetService, path: str) -> Any:
-    with urllib.request.urlopen(svc.http.url.rstrip("/") + path, timeout=10) as rsp:  # noqa: S310 - loopback
+    assert svc.http is not None and svc.tls.ca_file is not None  # HTTPS, its certificate from the fleet CA
+    context = ssl.create_default_context(cafile=str(svc.tls.ca_file))
+    with urllib.request.urlopen(svc.http.url.rstrip("/") + path, timeout=10, context=context) as rsp:  # noqa: S310
         body = rsp.read()
         return body.decode() if path == "/metrics" else json.loads(body)
 

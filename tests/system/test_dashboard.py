@@ -23,7 +23,8 @@ from tests.system.reconcile import acknowledged_count
 
 
 def api(d: LoopbackDeployment, path: str) -> Any:
-    with urllib.request.urlopen(d.dashboard_url.rstrip("/") + path, timeout=10) as rsp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(d.dashboard_url.rstrip("/") + path, timeout=10,  # noqa: S310 - loopback
+                                context=d.console_context()) as rsp:  # HTTPS, the fleet CA trusted
         return json.loads(rsp.read())
 
 
@@ -67,7 +68,7 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
     assert f'mgw_edge_backlog_items{{box_id="{BOX_ID}"}} 0.0' in metrics
     assert "mgw_edge_last_study_timestamp_seconds" in metrics
 
-    with chromium() as browser:
+    with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
         status = browser.find_element(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"] td[data-status]')
@@ -100,7 +101,7 @@ def test_chinese_labels_are_shown_when_the_operator_switches_language(
         deploy: Callable[..., LoopbackDeployment]) -> None:
     d = deploy()
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
-    with chromium() as browser:
+    with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
         browser.find_element(By.ID, "lang").click()
@@ -112,7 +113,7 @@ def test_sort_order_survives_the_refresh_when_the_operator_sorts_a_column(
         deploy: Callable[..., LoopbackDeployment]) -> None:
     d = deploy()
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
-    with chromium() as browser:
+    with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
         browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].click()  # "Box"

@@ -86,7 +86,8 @@ def test_study_is_archived_byte_identical_when_a_modality_sends_it(
 
 def _fleet_images(d: LoopbackDeployment) -> int:
     try:
-        with urllib.request.urlopen(d.dashboard_url + "api/v1/modalities", timeout=10) as rsp:  # noqa: S310
+        with urllib.request.urlopen(d.dashboard_url + "api/v1/modalities", timeout=10,  # noqa: S310
+                                    context=d.console_context()) as rsp:
             return sum(m["images"] for m in json.loads(rsp.read())["modalities"])
     except OSError:
         return -1

@@ -146,8 +146,9 @@ class FleetAuthority:
         self.ca_key_path = pki_dir / "ca.key"
         self.ca_cert_path = pki_dir / "ca.pem"
         self.crl_path = pki_dir / "crl.pem"
-        if not self.ca_key_path.exists():
-            self._create_ca()
+        with blobs.locked(pki_dir / ".ca.lock"):  # the enrolment and fleet services may start together
+            if not self.ca_key_path.exists():
+                self._create_ca()
         self._ca_key = serialization.load_pem_private_key(self._read_key(self.ca_key_path), None)
         self.ca_pem = self.ca_cert_path.read_bytes()
         self._ca_cert = x509.load_pem_x509_certificate(self.ca_pem)

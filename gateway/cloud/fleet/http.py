@@ -1,39 +1,39 @@
-"""The fleet's HTTP side: REST API (JSON), Prometheus /metrics and the dashboard's files.
+"""The fleet console's documents, without a web framework: what the API answers, and its queries.
 
-Standard library ``ThreadingHTTPServer``; read-only (GET/HEAD). API documents are listed in
-docs/operations.md. The dashboard (gateway/cloud/fleet/web/) is static HTML + JS that renders
-everything in the browser from this API; its charting library is installed from npm at build
-time (``.ci/install``) into web/vendor/ and served from here, never from a CDN.
+``FleetDocs`` builds every JSON document of the REST API (listed in docs/operations.md and
+described in ``openapi.py``) and the /metrics samples from a ``FleetView``; ``Query`` parses a
+request's query parameters into typed values, refusing anything else with ``RequestError``.
+The framework that serves them is ``starlette_app.py`` (routes, middleware) on
+``adapters/uvicorn_server.py`` (the socket, TLS, the server thread). The dashboard
+(gateway/cloud/fleet/web/) is static HTML + JS that renders everything in the browser from this
+API; its charting library is installed from npm at build time (``.ci/install``) into
+web/vendor/ and served from here, never from a CDN.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import mimetypes
-import threading
-import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
-from gateway import __version__
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
 from gateway.cloud.fleet import analytics
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, FleetStore
 from gateway.config import BOX_ID, FleetSettings
-from gateway.core.errors import GatewayError
+from gateway.core.errors import RequestError
 from gateway.core.fleet import AlertKind, BoxState
 from gateway.supervision import StartRecord
 
-log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 _DAY_S = 86400.0
+MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")  # as core.schema's Modality
+MAX_QUERY_VALUE_CHARS = 128
+_DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
 class Counters(Protocol):
@@ -67,30 +67,12 @@ class FleetView(Protocol):
     def box(self, box_id: str) -> BoxState | None: ...
 
 
-class FleetHttp:
-    def __init__(self, service: FleetView, bind: str, port: int) -> None:
+class FleetDocs:
+    """The API's documents and the /metrics samples, read from the fleet service. Thread safe as the view is."""
+
+    def __init__(self, service: FleetView) -> None:
         self.service = service
         self.registry = metrics_http.registry_for(self._samples)
-        handler = type("Handler", (_Handler,), {"fleet": self})
-        self._server = ThreadingHTTPServer((bind, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fleet-http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     # -- documents ---------------------------------------------------------------------------------
     def boxes(self) -> list[dict[str, Any]]:
@@ -99,6 +81,32 @@ class FleetHttp:
             alerts.setdefault(a.box_id, []).append(a.kind.value)
         docs = [_box_doc(s, alerts.get(s.box_id, [])) for s in self.service.registry()]
         return sorted(docs, key=lambda d: (-len(d["alerts"]), d["online"], d["box_id"]))
+
+    def box_list(self, now: float) -> dict[str, Any]:
+        return {"now": now, "offline_after_s": self.service.fleet.offline_after_s, "boxes": self.boxes()}
+
+    def alerts(self, q: Query, now: float) -> dict[str, Any]:
+        everything = q.flag("all")
+        alerts = self.service.store.alerts(open_only=not everything, since=now - q.days("days", 7.0) * _DAY_S)
+        return {"now": now, "alerts": [_alert_doc(a) for a in alerts]}
+
+    def dead_letters(self, q: Query, now: float) -> dict[str, Any]:
+        letters = self.service.store.dead_letters(box_id=q.box("box"), since=now - q.days("days", 7.0) * _DAY_S,
+                                                  limit=q.integer("limit", 200, 1, 5000))
+        return {"now": now, "dead_letters": [dataclasses.asdict(d) for d in letters]}
+
+    def modalities(self) -> dict[str, Any]:
+        return {"modalities": self.service.store.modalities()}
+
+    def utilisation(self, q: Query, now: float) -> dict[str, Any]:
+        box, modality = q.box("box"), q.text("modality", MODALITY)
+        if box is None or modality is None:
+            raise RequestError("'box' and 'modality' are required")
+        days = q.integer("days", 14, 1, 366)
+        return analytics.utilisation(self.service.store, self.service.fleet, box, modality, days, now)
+
+    def turnaround(self, q: Query, now: float) -> dict[str, Any]:
+        return {"sites": analytics.turnaround(self.service.store, now - q.days("days", 7.0, low=1.0) * _DAY_S)}
 
     def box(self, box_id: str, now: float) -> dict[str, Any] | None:
         state = self.service.box(box_id)
@@ -179,79 +187,61 @@ def _exam_doc(e: dict[str, Any]) -> dict[str, Any]:
             "turnaround_s": turnaround}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    fleet: FleetHttp
-    server_version = f"mgw-fleet/{__version__}"
+class Query:
+    """A request's query parameters, each read once into a typed value or refused with ``RequestError``.
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("http " + format, *args)
+    ``pairs`` are the decoded (name, value) pairs in order; ``allowed`` the names the route
+    takes. An unknown or repeated name, a value too long, not of its type or out of its range is
+    refused: the reason names the parameter and what it must be.
+    """
 
-    def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
-        self.do_GET()
+    def __init__(self, pairs: Iterable[tuple[str, str]], allowed: Iterable[str]) -> None:
+        self.values: dict[str, str] = {}
+        names = set(allowed)
+        for name, value in pairs:
+            if name not in names:
+                raise RequestError(f"unknown query parameter {name[:40]!r}")
+            if name in self.values:
+                raise RequestError(f"query parameter {name!r} given twice")
+            if len(value) > MAX_QUERY_VALUE_CHARS:
+                raise RequestError(f"query parameter {name!r} is longer than {MAX_QUERY_VALUE_CHARS} characters")
+            self.values[name] = value
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            self._route(url.path, query)
-        except (ValueError, KeyError) as exc:
-            self._json({"error": f"bad request: {exc}"}, HTTPStatus.BAD_REQUEST)
-        except GatewayError as exc:
-            log.error("fleet API failed", extra={"ERROR": str(exc)})
-            self._json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
+    def flag(self, name: str) -> bool:
+        value = self.values.get(name, "0")
+        if value not in ("0", "1"):
+            raise RequestError(f"{name!r} must be 0 or 1")
+        return value == "1"
 
-    def _route(self, path: str, q: dict[str, str]) -> None:
-        service, now = self.fleet.service, time.time()
-        if path == "/metrics":
-            self._send(metrics_http.render(self.fleet.registry), metrics_http.CONTENT_TYPE)
-        elif path == "/healthz":
-            self._json({"ok": service.alive(), "version": __version__})
-        elif path == "/api/v1/boxes":
-            self._json({"now": now, "offline_after_s": service.fleet.offline_after_s, "boxes": self.fleet.boxes()})
-        elif path.startswith("/api/v1/boxes/"):
-            box_id = path.rsplit("/", 1)[1]
-            doc = self.fleet.box(box_id, now) if BOX_ID.match(box_id) else None
-            self._json(doc if doc else {"error": "no such box"}, HTTPStatus.OK if doc else HTTPStatus.NOT_FOUND)
-        elif path == "/api/v1/alerts":
-            alerts = service.store.alerts(open_only=q.get("all") != "1", since=now - float(q.get("days", 7)) * _DAY_S)
-            self._json({"now": now, "alerts": [_alert_doc(a) for a in alerts]})
-        elif path == "/api/v1/dead-letters":
-            box = q.get("box")
-            if box is not None and not BOX_ID.match(box):
-                raise ValueError("box is not a box id")
-            letters = service.store.dead_letters(box_id=box, since=now - float(q.get("days", 7)) * _DAY_S,
-                                                 limit=max(1, min(int(q.get("limit", 200)), 5000)))
-            self._json({"now": now, "dead_letters": [dataclasses.asdict(d) for d in letters]})
-        elif path == "/api/v1/modalities":
-            self._json({"modalities": service.store.modalities()})
-        elif path == "/api/v1/utilisation":
-            days = max(1, min(int(q.get("days", 14)), 366))
-            self._json(analytics.utilisation(service.store, service.fleet, q["box"], q["modality"], days, now))
-        elif path == "/api/v1/turnaround":
-            since = now - max(1.0, float(q.get("days", 7))) * _DAY_S
-            self._json({"sites": analytics.turnaround(service.store, since)})
-        else:
-            self._static(path)
+    def days(self, name: str, default: float, low: float = 0.0, high: float = 366.0) -> float:
+        """A number of days, ``low`` < it <= ``high`` (``low`` <= it when ``low`` > 0)."""
+        raw = self.values.get(name)
+        if raw is None:
+            return default
+        if not _DECIMAL.fullmatch(raw):  # float() alone would take " 7", "7_0", "inf", "nan"
+            raise RequestError(f"{name!r} must be a number of days")
+        value = float(raw)
+        if not math.isfinite(value) or value > high or value < low or (low == 0.0 and value <= 0.0):
+            raise RequestError(f"{name!r} must be a number of days in ({low:g}, {high:g}]"
+                               if low == 0.0 else f"{name!r} must be a number of days in [{low:g}, {high:g}]")
+        return value
 
-    def _static(self, path: str) -> None:
-        name = "index.html" if path in ("", "/") else path.lstrip("/")
-        target = (WEB_DIR / name).resolve()
-        if WEB_DIR.resolve() not in target.parents or not target.is_file():
-            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
-            return
-        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        textual = kind.startswith(("text/", "application/javascript", "application/json"))
-        self._send(target.read_bytes(), kind + ("; charset=utf-8" if textual else ""))
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.values.get(name)
+        if raw is None:
+            return default
+        if not re.fullmatch(r"[0-9]{1,6}", raw) or not low <= int(raw) <= high:
+            raise RequestError(f"{name!r} must be a whole number in [{low}, {high}]")
+        return int(raw)
 
-    def _json(self, doc: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(json.dumps(doc, ensure_ascii=False).encode(), "application/json; charset=utf-8", status)
+    def box(self, name: str) -> str | None:
+        value = self.values.get(name)
+        if value is not None and not BOX_ID.fullmatch(value):
+            raise RequestError(f"{name!r} must be a box id ({BOX_ID.pattern})")
+        return value
 
-    def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def text(self, name: str, pattern: re.Pattern[str]) -> str | None:
+        value = self.values.get(name)
+        if value is not None and not pattern.fullmatch(value):
+            raise RequestError(f"{name!r} must match {pattern.pattern}")
+        return value

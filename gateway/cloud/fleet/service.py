@@ -3,8 +3,9 @@
 Telemetry arrives on paho's thread and is queued; one worker thread applies it to the
 in-memory registry (core.fleet does the state changes), stores exam records and
 acknowledges them, and once a second writes the changed boxes and health samples to the
-fleet store in one transaction and evaluates the alert rules. The HTTP server
-(fleet_http.py) reads the registry from memory and history from the store.
+fleet store in one transaction and evaluates the alert rules. The console (``http.FleetDocs``
+served by ``starlette_app`` on ``adapters/uvicorn_server``, over HTTPS: ``console_tls``) reads
+the registry from memory and history from the store.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
 from gateway.cloud.fleet.analytics import opening_hours
+from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
 from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.fleet.http import FleetHttp
+from gateway.cloud.fleet.http import FleetDocs
+from gateway.cloud.fleet.starlette_app import build_app
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import acksig, alerts, fleet, schema, topics
@@ -84,12 +88,18 @@ class FleetService:
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
-        self.http: FleetHttp | None = None
+        self.tls: ConsoleTls = console_tls(settings, paths)
+        self.http: AsgiServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.http = FleetHttp(self, self.fleet.http_bind, self.fleet.http_port)
+        app = build_app(FleetDocs(self), self.alive, tls=self.tls.cert_file is not None)
+        self.http = AsgiServer(app, self.fleet.http_bind, self.fleet.http_port, "fleet-http",
+                               self.tls.cert_file, self.tls.key_file)
         self.http.start()
+        if not self.http.wait_started():
+            self.http.stop()
+            raise LocalError("the fleet console's HTTP server did not start (see the log above)")
         self._worker.start()
         self.link.start()
         log.info("fleet service started", extra={
@@ -105,10 +115,11 @@ class FleetService:
         self.store.close()
 
     def alive(self) -> bool:
-        return self._worker.is_alive() and self.link.alive()
+        return self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
 
     def ports(self) -> dict[str, int]:
-        return {} if self.http is None else {"http": self.http.port}
+        """``https`` (or ``http`` when fleet.plain_http): the console's port."""
+        return {} if self.http is None else {"https" if self.http.tls else "http": self.http.port}
 
     # -- the worker ------------------------------------------------------------------------------------
     def _work(self) -> None:

@@ -1,0 +1,119 @@
+"""The console API described in OpenAPI 3.1, written by hand next to the routes (``starlette_app.build_app``).
+
+Served at ``/api/v1/openapi.json``. tests/cloud/test_console.py checks that every route is
+described here and nothing else, and runs a schema-driven fuzzer (schemathesis) against a running
+service: no answer may be a 5xx, and every answer must match what this document says of it.
+Documents may gain fields (objects are open); a field listed here keeps its name and type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.cloud.fleet.http import MAX_QUERY_VALUE_CHARS, MODALITY
+from gateway.config import BOX_ID
+
+Schema = dict[str, Any]
+
+
+def _obj(required: list[str], **props: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _null(type_: str) -> Schema:
+    return {"type": [type_, "null"]}
+
+
+NUM, INT, STR, BOOL = {"type": "number"}, {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
+ANY_OBJ: Schema = {"type": "object"}
+ERROR = _obj(["error"], error=STR)
+BOX = _obj(
+    ["box_id", "site", "version", "online", "last_seen", "changed_at", "first_seen", "bd_seq", "alerts"],
+    box_id=STR, site=STR, version=STR, online=BOOL, last_seen=NUM, changed_at=NUM, first_seen=NUM, bd_seq=INT,
+    alerts={"type": "array", "items": STR}, backlog={"type": ["object", "null"]}, disk={"type": ["object", "null"]},
+    cpu_temp_c=_null("number"), cert_not_after=_null("number"), last_study=ANY_OBJ, uptime_s=_null("number"),
+    reconnects=_null("integer"), quarantine_items=_null("integer"), heartbeat_at=_null("number"))
+ALERT = _obj(["id", "box_id", "kind", "subject", "detail", "raised_at", "cleared_at"],
+             id=INT, box_id=STR, kind=STR, subject=STR, detail=STR, raised_at=NUM, cleared_at=_null("number"))
+EXAM = _obj(["study_key", "modality", "start", "end", "images", "status", "turnaround_s"],
+            study_key=STR, modality=STR, start=NUM, end=NUM, images=INT, series=INT, source=STR, status=STR,
+            turnaround_s=_null("number"))
+BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["history", "recent_exams", "alert_log"],
+                                          history={"type": "array", "items": ANY_OBJ},
+                                          recent_exams={"type": "array", "items": EXAM},
+                                          alert_log={"type": "array", "items": ALERT})]}
+DEAD_LETTER = _obj(["box_id", "topic", "reason", "detail", "at", "bytes", "messages", "service", "id"],
+                   box_id=STR, topic=STR, reason=STR, detail=STR, at=NUM, bytes=INT, messages=INT, service=STR,
+                   id=INT)
+MODALITY_ROW = _obj(["box_id", "site", "modality", "exams"], box_id=STR, site=STR, modality=STR, exams=INT,
+                    images=_null("integer"), last_exam_end=_null("number"), first_exam_start=_null("number"))
+DAY = _obj(["day", "open", "exams", "images", "occupancy", "busy"], day=STR, open=BOOL, exams=INT, images=INT,
+           occupancy=NUM, busy={"type": "array", "items": {"type": "array", "items": NUM}})
+UTILISATION = _obj(["box_id", "modality", "opening_hours", "utc_offset_minutes", "days", "sources"],
+                   box_id=STR, modality=STR, opening_hours=STR, utc_offset_minutes=INT,
+                   days={"type": "array", "items": DAY}, sources={"type": "object", "additionalProperties": INT})
+SITE = _obj(["site", "studies", "p50_s", "p95_s", "max_s"], site=STR, studies=INT, p50_s=NUM, p95_s=NUM, max_s=NUM)
+
+
+def _param(name: str, schema: Schema, description: str, required: bool = False, where: str = "query") -> Schema:
+    return {"name": name, "in": where, "required": required, "description": description, "schema": schema}
+
+
+BOX_PATTERN: Schema = {"type": "string", "pattern": BOX_ID.pattern}
+DAYS = {"type": "number", "exclusiveMinimum": 0, "maximum": 366}
+
+
+def _json(schema: Schema, what: str) -> Schema:
+    return {"description": what, "content": {"application/json": {"schema": schema}}}
+
+
+def _get(summary: str, ok: Schema, params: list[Schema] | None = None, ok_type: str = "application/json",
+         not_found: bool = False) -> Schema:
+    responses: Schema = {"200": {"description": summary, "content": {ok_type: {"schema": ok}}},
+                         "400": _json(ERROR, "a query parameter is unknown, repeated, malformed or out of range"),
+                         "503": _json(ERROR, "the fleet store failed (the reason says how)")}
+    if not_found:
+        responses["404"] = _json(ERROR, "no such box")
+    return {"get": {"summary": summary, "parameters": params or [], "responses": responses}}
+
+
+PATHS: dict[str, Schema] = {
+    "/healthz": _get("liveness of the fleet service", _obj(["ok", "version"], ok=BOOL, version=STR)),
+    "/metrics": _get("Prometheus text exposition of the fleet's figures", STR, ok_type="text/plain"),
+    "/api/v1/boxes": _get("every box the registry knows, those with alerts first", _obj(
+        ["now", "offline_after_s", "boxes"], now=NUM, offline_after_s=NUM, boxes={"type": "array", "items": BOX})),
+    "/api/v1/boxes/{box_id}": _get(
+        "one box: its state, a day of health samples, a month of exams, a week of alerts", BOX_DETAIL,
+        [_param("box_id", BOX_PATTERN, "the box id", required=True, where="path")], not_found=True),
+    "/api/v1/alerts": _get("open alerts, or with all=1 also those cleared within the days", _obj(
+        ["now", "alerts"], now=NUM, alerts={"type": "array", "items": ALERT}), [
+        _param("all", {"type": "string", "enum": ["0", "1"]}, "1: cleared alerts too"),
+        _param("days", DAYS, "how far back cleared alerts go (default 7)")]),
+    "/api/v1/dead-letters": _get("telemetry set aside, newest first", _obj(
+        ["now", "dead_letters"], now=NUM, dead_letters={"type": "array", "items": DEAD_LETTER}), [
+        _param("box", BOX_PATTERN, "only this box's"),
+        _param("days", DAYS, "how far back (default 7)"),
+        _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "at most this many (default 200)")]),
+    "/api/v1/modalities": _get("per box and modality: exams, images, first and last exam", _obj(
+        ["modalities"], modalities={"type": "array", "items": MODALITY_ROW})),
+    "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION, [
+        _param("box", BOX_PATTERN, "the box", required=True),
+        _param("modality", {"type": "string", "pattern": MODALITY.pattern}, "the modality", required=True),
+        _param("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days ending with the latest exam "
+               "(default 14)")]),
+    "/api/v1/turnaround": _get("per site: p50/p95/max of cloud stored minus last image received, seconds", _obj(
+        ["sites"], sites={"type": "array", "items": SITE}), [
+        _param("days", {"type": "number", "minimum": 1, "maximum": 366}, "how far back (default 7)")]),
+    "/api/v1/openapi.json": _get("this document", ANY_OBJ),
+}
+
+
+def document(version: str) -> Schema:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mgw fleet console API", "version": version,
+                 "description": "Read-only. Every error answer is {\"error\": \"<reason>\"}. Query values are at "
+                                f"most {MAX_QUERY_VALUE_CHARS} characters; unknown or repeated parameters are "
+                                "refused (400)."},
+        "paths": PATHS,
+    }
