@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import queue
 import re
+import shutil
 import ssl
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -23,9 +25,11 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.adapters import ports
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.cloud.authority.ca import FleetAuthority
 from gateway.cloud.broker import pki as broker_pki
+from tests.peers import PEER_START_S
 
 PREFIX = "mgw/v1"
 # mosquitto's words when a client's stream broke: TLS record errors, framing errors, drops.
@@ -150,3 +154,19 @@ class Client:
             self._mqtt.disconnect()
         finally:
             self._mqtt.loop_stop()
+
+
+def mosquitto_on(conf: Path, port: int, what: str) -> subprocess.Popen[bytes]:
+    """mosquitto on a configuration rendered for ``port`` (its log in ``conf``'s ``data/``), once it
+    listens there itself; ``PortInUseError`` if the port was taken, for ``ports.on_free_port`` to
+    try another."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    output = ports.appended(conf.parent / "data" / "mosquitto.log")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ports.wait_listening(proc, [port], what, output, PEER_START_S)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -34,8 +33,7 @@ from gateway.cloud.broker.policy import Grant
 from gateway.cloud.broker.profile import BrokerFiles, BrokerLimits, Listener
 from gateway.core import topics
 from gateway.core.errors import ConfigError
-from tests.peers import PEER_START_S
-from tests.tls_peers import PLUGIN_DIR, PREFIX, Client, box_identity, service_identity
+from tests.tls_peers import PLUGIN_DIR, PREFIX, Client, box_identity, mosquitto_on, service_identity
 
 GRANTED_QOS1, NOT_AUTHORIZED = 1, 0x87
 HEX = "0" * 32
@@ -58,21 +56,11 @@ def rendered_mosquitto(tmp_path: Path) -> Iterator[Rendered]:
     authority = FleetAuthority(tmp_path / "ca", crl_copies=(tmp_path / "broker" / "crl.pem",))
     files = pki.emit_files(authority, tmp_path / "broker", ["127.0.0.1"], tmp_path / "broker" / "crl.pem")
     profile = MosquittoProfile(plugin_dir=PLUGIN_DIR)
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
     def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
         """The rendered configuration on a port picked free (rendered again on another if it was taken)."""
         conf, plugin = profile.render(files, PREFIX, Listener(port, "127.0.0.1"), tmp_path / "broker")
         assert plugin.parent == PLUGIN_DIR and conf.name == "mosquitto.conf"
-        output = ports.appended(tmp_path / "broker" / "data" / "mosquitto.log")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            ports.wait_listening(proc, [port], "the rendered mosquitto", output, PEER_START_S)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return port, proc
+        return port, mosquitto_on(conf, port, "the rendered mosquitto")
 
     port, proc = ports.on_free_port(start)
     clients: list[Client] = []

@@ -179,31 +179,18 @@ def test_prepare_usb_script_writes_a_bundle_the_box_accepts_when_given_a_directo
 
 def test_generated_broker_config_runs_mosquitto_that_admits_an_enrolled_box_when_started(
         deploy: Deploy, tmp_path: Path) -> None:
-    import shutil
-
     from gateway.adapters import ports
-    from tests.peers import PEER_START_S
-    from tests.tls_peers import Client, box_identity
+    from tests.tls_peers import Client, box_identity, mosquitto_on
 
     d = deploy(secure=True)
     out = tmp_path / "prod-broker"
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
     def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
         """mosquitto on the generated configuration, for a port picked free (another if it was taken)."""
         made = _mgw("cloud", "broker-config", "--config", str(d.cloud_toml), "--out", str(out), "--host",
                     "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1")
         assert made.returncode == 0, made.stderr
-        output = ports.appended(out / "data" / "mosquitto.log")
-        proc = subprocess.Popen([binary, "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            ports.wait_listening(proc, [port], "the generated broker", output, PEER_START_S)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return port, proc
+        return port, mosquitto_on(out / "mosquitto.conf", port, "the generated broker")
 
     port, proc = ports.on_free_port(start)
     try:
