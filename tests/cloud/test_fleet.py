@@ -175,7 +175,19 @@ def test_exam_record_is_stored_once_and_acknowledged_when_resent(service: FleetS
         verify_util_ack(box.acks[0], "box-d", keyring)  # signed for box-c only
     modalities = get(service, "/api/v1/modalities")["modalities"]
     assert [(m["box_id"], m["modality"], m["exams"], m["images"]) for m in modalities] == [("box-c", "CT", 1, 300)]
-    assert get(service, "/api/v1/turnaround?days=2")["sites"][0]["p50_s"] == 30.0
+    site = get(service, "/api/v1/turnaround?days=2")["sites"][0]
+    assert (site["p50_s"], site["target_s"], site["over_target"]) == (30.0, service.fleet.turnaround_target_s, False)
+    by_modality = get(service, "/api/v1/turnaround/by-modality?days=2")
+    assert [(g["site"], g["modality"], g["p50_s"], g["over_target"]) for g in by_modality["groups"]] == [
+        ("clinic-c", "CT", 30.0, False)]
+    assert by_modality["over_target"] == []
+    idle = get(service, "/api/v1/idle-capacity")
+    scanner = next(s for s in idle["scanners"] if (s["box_id"], s["modality"]) == ("box-c", "CT"))
+    assert scanner["site"] == "clinic-c" and scanner["busy_hours"] == pytest.approx(600 / 3600, abs=0.01)
+    assert idle["by_modality"]["CT"]["scanners"] == 1
+    # opening time passed is busy or free; what is free this week is that plus what is still to come
+    assert scanner["busy_hours"] + scanner["free_passed_hours"] == pytest.approx(scanner["open_hours"], abs=0.02)
+    assert scanner["free_hours"] == pytest.approx(scanner["free_passed_hours"] + scanner["remaining_hours"], abs=0.02)
     util = get(service, "/api/v1/utilisation?box=box-c&modality=CT&days=1")
     today = util["days"][-1]  # occupancy over the part of today already passed, not all 24 h
     assert today["exams"] == 1 and today["scheduled_hours"] == 24.0

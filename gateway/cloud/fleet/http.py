@@ -106,7 +106,15 @@ class FleetDocs:
         return analytics.utilisation(self.service.store, self.service.fleet, box, modality, days, now)
 
     def turnaround(self, q: Query, now: float) -> dict[str, Any]:
-        return {"sites": analytics.turnaround(self.service.store, now - q.days("days", 7.0, low=1.0) * _DAY_S)}
+        since = now - q.days("days", 7.0, low=1.0) * _DAY_S
+        return {"sites": analytics.turnaround(self.service.store, since, self.service.fleet)}
+
+    def turnaround_by_modality(self, q: Query, now: float) -> dict[str, Any]:
+        since = now - q.days("days", 7.0, low=1.0) * _DAY_S
+        return analytics.turnaround_by_modality(self.service.store, self.service.fleet, since)
+
+    def idle_capacity(self, now: float) -> dict[str, Any]:
+        return analytics.idle_capacity(self.service.store, self.service.fleet, now)
 
     def box(self, box_id: str, now: float) -> dict[str, Any] | None:
         state = self.service.box(box_id)

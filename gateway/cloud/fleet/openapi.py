@@ -52,7 +52,18 @@ DAY = _obj(["day", "open", "exams", "images", "occupancy", "busy"], day=STR, ope
 UTILISATION = _obj(["box_id", "modality", "opening_hours", "utc_offset_minutes", "days", "sources"],
                    box_id=STR, modality=STR, opening_hours=STR, utc_offset_minutes=INT,
                    days={"type": "array", "items": DAY}, sources={"type": "object", "additionalProperties": INT})
-SITE = _obj(["site", "studies", "p50_s", "p95_s", "max_s"], site=STR, studies=INT, p50_s=NUM, p95_s=NUM, max_s=NUM)
+SITE = _obj(["site", "studies", "p50_s", "p95_s", "max_s", "target_s", "over_target"], site=STR, studies=INT,
+            p50_s=NUM, p95_s=NUM, max_s=NUM, target_s=NUM, over_target=BOOL)
+GROUP = _obj(["site", "modality", "studies", "p50_s", "p95_s", "max_s", "target_s", "over_target"], site=STR,
+             modality=STR, studies=INT, p50_s=NUM, p95_s=NUM, max_s=NUM, target_s=NUM, over_target=BOOL)
+OVER = _obj(["site", "modality", "p95_s", "target_s"], site=STR, modality=STR, p95_s=NUM, target_s=NUM)
+SCANNER = _obj(["site", "box_id", "modality", "week", "open_hours", "busy_hours", "free_passed_hours",
+                "remaining_hours", "free_hours"], site=STR, box_id=STR, modality=STR,
+               week={"type": "array", "items": NUM, "minItems": 2, "maxItems": 2}, open_hours=NUM, busy_hours=NUM,
+               free_passed_hours=NUM, remaining_hours=NUM, free_hours=NUM)
+TOTALS = {"type": "object", "additionalProperties": _obj(
+    ["scanners", "free_hours", "free_passed_hours", "open_hours"], scanners=INT, free_hours=NUM,
+    free_passed_hours=NUM, open_hours=NUM)}
 
 
 def _param(name: str, schema: Schema, description: str, required: bool = False, where: str = "query") -> Schema:
@@ -104,6 +115,15 @@ PATHS: dict[str, Schema] = {
     "/api/v1/turnaround": _get("per site: p50/p95/max of cloud stored minus last image received, seconds", _obj(
         ["sites"], sites={"type": "array", "items": SITE}), [
         _param("days", {"type": "number", "minimum": 1, "maximum": 366}, "how far back (default 7)")]),
+    "/api/v1/turnaround/by-modality": _get(
+        "per site and modality: p50/p95/max turnaround against the site's target, those over it listed apart",
+        _obj(["since", "target_s", "groups", "over_target"], since=NUM, target_s=NUM,
+             groups={"type": "array", "items": GROUP}, over_target={"type": "array", "items": OVER}), [
+            _param("days", {"type": "number", "minimum": 1, "maximum": 366}, "how far back (default 7)")]),
+    "/api/v1/idle-capacity": _get(
+        "this week's free opening hours per scanner (box and modality) in each site's local week, with totals",
+        _obj(["now", "scanners", "by_modality", "by_site"], now=NUM, scanners={"type": "array", "items": SCANNER},
+             by_modality=TOTALS, by_site=TOTALS)),
     "/api/v1/openapi.json": _get("this document", ANY_OBJ),
 }
 

@@ -147,6 +147,13 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
     def turnaround(request: Request) -> Response:
         return JsonResponse(docs.turnaround(_query(request, "days"), time.time()))
 
+    def turnaround_by_modality(request: Request) -> Response:
+        return JsonResponse(docs.turnaround_by_modality(_query(request, "days"), time.time()))
+
+    def idle_capacity(request: Request) -> Response:
+        _query(request)
+        return JsonResponse(docs.idle_capacity(time.time()))
+
     def openapi_json(request: Request) -> Response:
         _query(request)
         return JsonResponse(openapi.document(__version__))
@@ -161,6 +168,8 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
         Route("/api/v1/modalities", modalities),
         Route("/api/v1/utilisation", utilisation),
         Route("/api/v1/turnaround", turnaround),
+        Route("/api/v1/turnaround/by-modality", turnaround_by_modality),
+        Route("/api/v1/idle-capacity", idle_capacity),
         Route("/api/v1/openapi.json", openapi_json),
         Mount("/", StaticFiles(directory=WEB_DIR, html=True)),  # "/" is index.html
     ]
