@@ -33,6 +33,7 @@ WEB_DIR = Path(__file__).parent / "web"
 _DAY_S = 86400.0
 MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")  # as core.schema's Modality
 MAX_QUERY_VALUE_CHARS = 128
+MAX_TARGET_BYTES = 2048  # a request's path and query together (the console's Guard answers 414 above)
 _DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.cloud.fleet.http import MAX_QUERY_VALUE_CHARS, MODALITY
+from gateway.cloud.fleet.http import MAX_QUERY_VALUE_CHARS, MAX_TARGET_BYTES, MODALITY
 from gateway.config import BOX_ID
 
 Schema = dict[str, Any]
@@ -82,6 +82,9 @@ def _get(summary: str, ok: Schema, params: list[Schema] | None = None, ok_type: 
          not_found: bool = False) -> Schema:
     responses: Schema = {"200": {"description": summary, "content": {ok_type: {"schema": ok}}},
                          "400": _json(ERROR, "a query parameter is unknown, repeated, malformed or out of range"),
+                         "413": _json(ERROR, "the request carried a body (the console's API reads none)"),
+                         "414": _json(ERROR, f"the request target (path and query) is longer than "
+                                             f"{MAX_TARGET_BYTES} bytes"),
                          "503": _json(ERROR, "the fleet store failed (the reason says how)")}
     if not_found:
         responses["404"] = _json(ERROR, "no such box")

@@ -40,12 +40,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.adapters import metrics_http
 from gateway.cloud.fleet import openapi
-from gateway.cloud.fleet.http import WEB_DIR, FleetDocs, Query
+from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
 from gateway.config import BOX_ID
 from gateway.core.errors import GatewayError, RequestError
 
 log = logging.getLogger(__name__)
-MAX_TARGET_BYTES = 2048
 JSON_TYPE = "application/json; charset=utf-8"
 SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
