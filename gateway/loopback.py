@@ -33,6 +33,11 @@ MODALITY_AE = "MODALITY"  # the calling AE title the tests' modality uses; provi
 REPORT_TIMEOUT_S = 120.0  # a service's start on a loaded machine: imports, databases, then the listeners
 
 
+def cloud_log(n: int) -> str:
+    """The log file of cloud ingest worker ``n`` (0-based) in the deployment's root."""
+    return "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
+
+
 class LoopbackDeployment:
     def __init__(self, root: Path, edge_overrides: dict[str, dict[str, object]] | None = None,
                  broker_persistence: bool = True, secure: bool = False, cloud_workers: int = 1,
@@ -256,7 +261,7 @@ class LoopbackDeployment:
         return f"https://127.0.0.1:{self.fleet_port}/"
 
     def start_cloud_worker(self, n: int) -> None:
-        log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
+        log_name = cloud_log(n)
         self._subscribed_marks[n] = self._count_in_log(log_name, SUBSCRIBED)
         self.clouds[n] = self._spawn(["cloud", "run", "--config", str(self.cloud_worker_toml(n))], log_name)
         if n == 0:
@@ -273,8 +278,7 @@ class LoopbackDeployment:
         delivered to it (the edge resends; a test that publishes once must wait)."""
         deadline = time.monotonic() + timeout_s
         for n, proc in enumerate(self.clouds):
-            log_name = "cloud.log" if n == 0 else f"cloud-{n + 1}.log"
-            while self._count_in_log(log_name, SUBSCRIBED) <= self._subscribed_marks.get(n, 0):
+            while self._count_in_log(cloud_log(n), SUBSCRIBED) <= self._subscribed_marks.get(n, 0):
                 if proc is not None and proc.poll() is not None:
                     raise LocalError(f"cloud worker {n + 1} exited early with {proc.returncode}; see {self.root}/*.log")
                 if time.monotonic() > deadline:
@@ -321,7 +325,7 @@ class LoopbackDeployment:
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
-        for name in ("edge.log", "cloud.log", "fleet.log", *(f"cloud-{n + 1}.log" for n in range(1, len(self.clouds))),
+        for name in ("edge.log", cloud_log(0), "fleet.log", *(cloud_log(n) for n in range(1, len(self.clouds))),
                      "enrolment.log", "provision.log"):
             path = self.root / name
             if path.exists():
