@@ -36,6 +36,10 @@ class AccessDenied(LocalError):
     """The principal lacks the role for an action (the console answers 403 with this reason)."""
 
 
+class LoginRefused(LocalError):
+    """A login or an OpenID Connect callback that does not authenticate anyone; the reason is safe to log."""
+
+
 class AuthMethod(enum.StrEnum):
     PASSWORD = "password"  # noqa: S105 (a method name) a local account's session
     OIDC = "oidc"  # a session opened by the site's OpenID provider
