@@ -289,7 +289,8 @@ class FleetSettings:
     backlog_alert_minutes: float = _f(60.0, "alert when a box's oldest unacknowledged item is older")
     disk_alert_percent: float = _f(85.0, "alert when a box's state disk is fuller")
     cert_alert_days: float = _f(30.0, "alert when a box's certificate expires within this many days")
-    silent_modality_hours: float = _f(4.0, "alert when a modality sent no study for this many opening hours")
+    silent_modality_hours: float = _f(4.0, "alert when a modality sent no study for this many opening hours "
+                                   "(its site's, [fleet.sites.<id>], or the fleet's)")
     opening_hours: str = _f("08:00-18:00", "local opening hours, HH:MM-HH:MM, for utilisation and silence")
     open_weekdays: tuple[int, ...] = _f((1, 2, 3, 4, 5, 6), "ISO weekdays the sites open (1 = Monday)")
     utc_offset_minutes: int = _f(0, "deprecated: a fixed offset from UTC (480 for China), used only when "

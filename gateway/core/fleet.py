@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,7 +69,12 @@ class AlertRules:
     disk_used_percent: float
     cert_expiry_days: float
     silent_modality_s: float
-    hours: OpeningHours
+    hours: OpeningHours  # the fleet's own opening hours
+    site_hours: Mapping[str, OpeningHours] = field(default_factory=dict)  # a site's own ([fleet.sites.<id>])
+
+    def hours_for(self, site: str) -> OpeningHours:
+        """The opening hours a box of ``site`` is judged by (silence counts only those hours)."""
+        return self.site_hours.get(site, self.hours)
 
 
 _KINDS: dict[type, MessageKind] = {
@@ -162,7 +168,7 @@ def evaluate(state: BoxState, rules: AlertRules, now: float) -> dict[tuple[Alert
     for modality, when in sorted(last.items(), key=lambda kv: str(kv[0])):
         if not (isinstance(modality, str) and _MODALITY.match(modality) and type(when) in (int, float)):
             continue
-        silent = silent_since(float(when), state.first_seen, now, rules.hours)
+        silent = silent_since(float(when), state.first_seen, now, rules.hours_for(state.site))
         if silent > rules.silent_modality_s:
             out[(AlertKind.MODALITY_SILENT, modality)] = f"no study for {silent / 3600:.1f} opening hours"
     return out

@@ -63,6 +63,19 @@ def test_healthy_box_has_no_alert_when_figures_are_normal() -> None:
     assert s is not None and fleet.evaluate(s, RULES, NOW) == {}
 
 
+def test_modality_is_silent_by_its_own_sites_hours_when_the_site_has_them() -> None:
+    """NOW is Tuesday 07:20 UTC: a site open all week has been open 5 h since the last CT; a site
+    open only at weekends has had no opening hour since, so its scanner is not silent."""
+    weekends = OpeningHours.parse("00:00-24:00", (6, 7), 0)
+    rules = AlertRules(**{**RULES.__dict__, "site_hours": {"weekend-clinic": weekends}})
+    body = {"last_study": {"CT": NOW - 5 * 3600}}
+    for site, silent in (("weekend-clinic", False), ("other-site", True)):
+        born = fleet.apply(None, msg(MessageKind.BIRTH, 1, site=site), NOW - 86400)
+        s = fleet.apply(born, msg(MessageKind.HEARTBEAT, 1, **body), NOW)
+        assert s is not None and s.site == site
+        assert ((AlertKind.MODALITY_SILENT, "CT") in fleet.evaluate(s, rules, NOW)) is silent, site
+
+
 def test_decode_refuses_when_box_or_sequence_is_wrong() -> None:
     with pytest.raises(FrameError):
         fleet.decode(MessageKind.BIRTH, "box-2", fleet.encode(MessageKind.BIRTH, "box-1", 1))

@@ -64,7 +64,8 @@ class FleetService:
         self._signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))  # signs exam-record acks
         f = settings.fleet
         self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
-                                f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f))
+                                f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f),
+                                {site: opening_hours(f, site) for site in f.sites})
         self._lock = threading.Lock()
         self.boxes: dict[str, BoxState] = {  # stored health is re-checked: it may predate the checks
             s.box_id: replace(s, health=fleet.health_of(s.health)) for s in self.store.load_boxes()}
