@@ -48,9 +48,20 @@ def deflate(data: bytes, level: int = 9) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def header(study_uid: bytes = b"1.2.3.4", modality: bytes = b"CT") -> bytes:
-    return (element(0x00080060, "CS", modality) + element(0x0020000D, "UI", study_uid)
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def header(study_uid: bytes = b"1.2.3.4", modality: bytes = b"CT", sop_instance_uid: str = "") -> bytes:
+    """A few top-level elements; with ``sop_instance_uid``, a CT Image's SOP Class and Instance UIDs first
+    (what a C-STORE SCP checks against the command, core.cstore.InstanceHeader.mismatch)."""
+    sop = b"" if not sop_instance_uid else (element(0x00080016, "UI", _ui(CT_IMAGE_STORAGE))
+                                            + element(0x00080018, "UI", _ui(sop_instance_uid)))
+    return (sop + element(0x00080060, "CS", modality) + element(0x0020000D, "UI", study_uid)
             + element(0x0020000E, "UI", b"1.2.3.4.5\0"))
+
+
+def _ui(uid: str) -> bytes:
+    return uid.encode() + b"\0" * (len(uid) % 2)
 
 
 def deflate_bomb(compressed_bytes: int = 1 << 20) -> bytes:
@@ -71,9 +82,9 @@ def item_flood(items: int = 200_000) -> bytes:
     return deflate(body)
 
 
-def truncation_length_case() -> bytes:
+def truncation_length_case(sop_instance_uid: str = "") -> bytes:
     """A valid deflated dataset whose inflated length (1,048,590 bytes, mostly zeros) made the old
     reader refuse it as "truncated": zlib held back output after consuming all its input."""
-    body = header()
+    body = header(sop_instance_uid=sop_instance_uid)
     pixels = 1_048_590 - len(body) - 12
     return deflate(body + element(0x7FE00010, "OB", bytes(pixels)))

@@ -41,7 +41,7 @@ from gateway.adapters.dicom_names import sop_class_name
 from gateway.adapters.dicom_scp import DicomService, SupportedContext
 from gateway.core import atrest, cstore, dataset, part10
 from gateway.core.cstore import StoreStatus
-from gateway.core.errors import DatasetStructureError
+from gateway.core.errors import DatasetStructureError, InstanceMismatchError
 from gateway.core.instance import InstanceIdentity
 from gateway.logs import MSG
 
@@ -152,12 +152,12 @@ class StorageScp(DicomService):
 
     def _quarantine(self, path: Path, event: Event, exc: DatasetStructureError) -> StoreStatus:
         status = cstore.status_for(exc)
-        limit = status is StoreStatus.TOO_COSTLY
-        self._refused.add("over a limit" if limit else "malformed")
+        limit, mismatch = status is StoreStatus.TOO_COSTLY, isinstance(exc, InstanceMismatchError)
+        self._refused.add("over a limit" if limit else "not the command's instance" if mismatch else "malformed")
         target = self._quarantine_dir / path.name
         blobs.adopt_atomic(path, target)
-        log.warning("C-STORE dataset %s (%s), quarantined", "refused" if limit else "unreadable", exc, extra={
-            **_failure_fields(status, event), "REASON": str(exc), "QUARANTINE_FILE": target.name})
+        log.warning("C-STORE dataset %s (%s), quarantined", "refused" if limit or mismatch else "unreadable", exc,
+                    extra={**_failure_fields(status, event), "REASON": str(exc), "QUARANTINE_FILE": target.name})
         return status
 
 
@@ -227,6 +227,8 @@ def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> R
     with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
         found = cstore.InstanceHeader.of(check_dataset(cast(BinaryIO, blobs.SealedReader(key, sealed)),
                                                        transfer_syntax))
+    if mismatch := found.mismatch(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)):
+        raise InstanceMismatchError(int(mismatch[0]), mismatch[1])
     identity = InstanceIdentity(
         sop_class_uid=str(req.AffectedSOPClassUID), sop_instance_uid=str(req.AffectedSOPInstanceUID),
         study_instance_uid=found.study_instance_uid, series_instance_uid=found.series_instance_uid,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gateway.core.dataset import Walked
-from gateway.core.errors import DatasetLimitError, DatasetStructureError, SpoolFullError
+from gateway.core.errors import DatasetLimitError, DatasetStructureError, InstanceMismatchError, SpoolFullError
 from gateway.core.exam import HEADER_TAGS
 
 
@@ -26,11 +26,16 @@ class StoreStatus(enum.IntEnum):
     CANNOT_UNDERSTAND = 0xC210
     PROCESSING_FAILURE = 0xC211
     TOO_COSTLY = 0xC212  # cannot understand: reading it would pass the reader's limits (core.dataset.Limits)
+    INVALID_INSTANCE = 0x0117  # PS3.7 C.4.2: invalid SOP Instance (absent, or not the command's)
+    CLASS_MISMATCH = 0xA900  # PS3.4 B.2.3: Error, Data Set does not match SOP Class
 
 
 def status_for(exc: BaseException) -> StoreStatus:
     """The answer to a C-STORE that raised ``exc``: a full spool is 0xA700, data past a reader
-    limit 0xC212, unparseable data 0xC210, anything else 0xC211."""
+    limit 0xC212, unparseable data 0xC210, a dataset that is not the command's instance its own
+    (``InstanceHeader.mismatch``), anything else 0xC211."""
+    if isinstance(exc, InstanceMismatchError):
+        return StoreStatus(exc.status)
     if isinstance(exc, SpoolFullError):
         return StoreStatus.OUT_OF_RESOURCES
     if isinstance(exc, DatasetLimitError):
@@ -40,6 +45,7 @@ def status_for(exc: BaseException) -> StoreStatus:
     return StoreStatus.PROCESSING_FAILURE
 
 
+SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
 REQUESTED_PRIORITY, STUDY_PRIORITY = 0x00401003, 0x0032000C  # for priority rules (core.priority)
 # Utilisation's header strings (core.exam.HEADER_TAGS: DA, TM, DT, CS, SH; all short ASCII), read
@@ -57,7 +63,8 @@ HEADER_TAG_NUMBERS: Mapping[str, int] = MappingProxyType({
     "StudyTime": 0x00080030,
     "TimezoneOffsetFromUTC": 0x00080201,
 })
-WANTED = frozenset({STUDY_UID, SERIES_UID, REQUESTED_PRIORITY, STUDY_PRIORITY, *HEADER_TAG_NUMBERS.values()})
+WANTED = frozenset({SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, SERIES_UID, REQUESTED_PRIORITY, STUDY_PRIORITY,
+                    *HEADER_TAG_NUMBERS.values()})
 
 
 @dataclass(frozen=True)
@@ -68,9 +75,30 @@ class InstanceHeader:
     series_instance_uid: str = ""  # "" if absent
     header: dict[str, str] = field(default_factory=dict)  # utilisation strings by keyword; empty ones omitted
     requested_priority: str = ""  # (0040,1003) Requested Procedure Priority, else (0032,000C) Study Priority ID
+    sop_class_uid: str = ""  # (0008,0016) as the dataset says; "" if absent
+    sop_instance_uid: str = ""  # (0008,0018) as the dataset says; "" if absent
 
     @classmethod
     def of(cls, walked: Walked) -> InstanceHeader:
         header = {kw: text for kw in HEADER_TAGS if (text := walked.text(HEADER_TAG_NUMBERS[kw]))}
         return cls(walked.text(STUDY_UID), walked.text(SERIES_UID), header,
-                   walked.text(REQUESTED_PRIORITY) or walked.text(STUDY_PRIORITY))
+                   walked.text(REQUESTED_PRIORITY) or walked.text(STUDY_PRIORITY),
+                   walked.text(SOP_CLASS_UID), walked.text(SOP_INSTANCE_UID))
+
+    def mismatch(self, command_class_uid: str, command_instance_uid: str) -> tuple[StoreStatus, str] | None:
+        """Why the dataset is not the instance the C-STORE command names, with the status that
+        refuses it; None when it is. The SOP UID policy (docs/conformance.md): an instance is
+        identified end to end by its SOP Instance UID, so a dataset without one, or whose own
+        differs from the command's Affected SOP Instance UID, is refused (0x0117) rather than
+        stored under a name it does not carry; one of another SOP Class than the command's is
+        refused with 0xA900."""
+        if not self.sop_instance_uid:
+            return StoreStatus.INVALID_INSTANCE, "the dataset has no SOP Instance UID (0008,0018)"
+        if self.sop_instance_uid != command_instance_uid:
+            return StoreStatus.INVALID_INSTANCE, ("the dataset's SOP Instance UID (0008,0018) differs from the "
+                                                  "command's Affected SOP Instance UID")
+        if self.sop_class_uid != command_class_uid:
+            return StoreStatus.CLASS_MISMATCH, ("the dataset's SOP Class UID (0008,0016) differs from the "
+                                                "command's Affected SOP Class UID" if self.sop_class_uid else
+                                                "the dataset has no SOP Class UID (0008,0016)")
+        return None

@@ -45,6 +45,15 @@ class DatasetLimitError(DatasetStructureError):
     """A dataset would cost more to read than the reader allows (inflated size, elements, depth, time)."""
 
 
+class InstanceMismatchError(DatasetStructureError):
+    """A well-formed dataset that is not the instance its C-STORE command names (no SOP Instance
+    UID, or another one, or another SOP Class); ``status`` is the DIMSE status that refuses it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class EnvelopeTamperedError(PeerError):
     """Authentication of sealed data failed: altered, replayed, swapped or wrong key."""
 

@@ -309,6 +309,46 @@ def test_dataset_is_quarantined_with_failure_status_when_it_cannot_be_parsed(
     assert send_verbatim(gateway.listener.port, real_images()[:1], AE_TITLE) == [0x0000]  # still serving
 
 
+def _without_instance_uid(tmp_path: Path) -> Path:
+    ds = dcmread(real_images()[0])
+    uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return part10_file(tmp_path / "no-uid.dcm", ds.SOPClassUID, uid, ds.file_meta.TransferSyntaxUID,
+                       out.getvalue()[dataset_offset(out.getvalue()):])
+
+
+def _other_instance_uid(tmp_path: Path) -> Path:  # the command names one instance, the dataset is another
+    raw, ds = real_images()[0].read_bytes(), dcmread(real_images()[0], stop_before_pixels=True)
+    return part10_file(tmp_path / "other-uid.dcm", ds.SOPClassUID, "1.2.3.4.5.6.7.8",
+                       ds.file_meta.TransferSyntaxUID, raw[dataset_offset(raw):])
+
+
+def _other_sop_class(tmp_path: Path) -> Path:  # a CT dataset sent as an MR image
+    raw, ds = real_images()[0].read_bytes(), dcmread(real_images()[0], stop_before_pixels=True)
+    assert ds.SOPClassUID != "1.2.840.10008.5.1.4.1.1.4"
+    return part10_file(tmp_path / "other-class.dcm", "1.2.840.10008.5.1.4.1.1.4", ds.SOPInstanceUID,
+                       ds.file_meta.TransferSyntaxUID, raw[dataset_offset(raw):])
+
+
+@pytest.mark.parametrize(("make_file", "status"), [
+    (_without_instance_uid, 0x0117), (_other_instance_uid, 0x0117), (_other_sop_class, 0xA900)],
+    ids=["no-sop-instance-uid", "other-sop-instance-uid", "other-sop-class"])
+def test_dataset_is_refused_and_kept_when_it_is_not_the_instance_its_command_names(
+    gateway: Gateway, tmp_path: Path, make_file: Callable[[Path], Path], status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = make_file(tmp_path)
+    assert send_verbatim(gateway.listener.port, [bad], AE_TITLE) == [status]
+    (kept,) = gateway.quarantine.iterdir()
+    assert _dataset(kept) == dataset_bytes(bad)  # refused, never lost: kept sealed for the engineer
+    assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
+    refusal = [r for r in caplog.records if getattr(r, "MESSAGE_ID", None) == MSG.STORE_FAILED.value]
+    assert refusal and "(0008,001" in str(getattr(refusal[-1], "REASON", ""))
+    assert send_verbatim(gateway.listener.port, real_images()[:1], AE_TITLE) == [0x0000]  # still serving
+
+
 def test_both_succeed_when_two_storescu_associations_run_at_once(gateway: Gateway) -> None:
     both_inside = threading.Barrier(2, timeout=15)  # passes only if two stores are in the sink together
     gateway.sink.before_commit = both_inside.wait

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom import dcmread
 from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -168,16 +169,18 @@ def _mutations(source: bytes, rng: random.Random, n: int) -> Iterator[bytes]:
         yield bytes(data)
 
 
-def test_every_mutated_dataset_gets_success_or_c210_when_sent_verbatim(
+def test_every_mutated_dataset_gets_success_or_a_failure_status_when_sent_verbatim(
         listener: DicomListener, sink: MemorySink, tmp_path: Path) -> None:
+    """0xC210 for a broken structure; 0x0117/0xA900 when a flipped bit lands in the dataset's own
+    SOP Instance or Class UID (it no longer is the instance the command names)."""
     source = next(p for p in real_images() if p.name == "693_UNCI.dcm")
-    original = dataset_bytes(source)
+    original, uid = dataset_bytes(source), str(dcmread(source, stop_before_pixels=True).SOPInstanceUID)
     rng = random.Random(20261124)
-    files = [part10_file(tmp_path / f"m{i}.dcm", CT_IMAGE_STORAGE, f"1.2.3.4.{i}", EXPLICIT_LE, blob)
+    files = [part10_file(tmp_path / f"m{i}.dcm", CT_IMAGE_STORAGE, uid, EXPLICIT_LE, blob)
              for i, blob in enumerate(_mutations(original, rng, 40))]
     before = len(sink.accepted)
     statuses = send_verbatim(listener.port, files, AE_TITLE)
-    assert set(statuses) <= {0x0000, 0xC210}, statuses
+    assert set(statuses) <= {0x0000, 0xC210, 0x0117, 0xA900}, statuses
     assert 0xC210 in statuses  # the mutations do reach the structure check
     accepted = sink.accepted[before:]
     assert len(accepted) == statuses.count(0x0000)
@@ -204,7 +207,7 @@ def test_deflate_bomb_and_item_flood_get_c212_and_the_once_truncated_length_is_s
 
     files = [part10_file(tmp_path / f"{name}.dcm", CT_IMAGE_STORAGE, f"1.2.3.9.{n}", DEFLATED_LE, blob)
              for n, (name, blob) in enumerate((("bomb", deflate_bomb()), ("flood", item_flood()),
-                                                ("length", truncation_length_case())))]
+                                                ("length", truncation_length_case("1.2.3.9.2"))))]
     before = listener.counts()["datasets_refused"].get("over a limit", 0)
     assert send_verbatim(listener.port, files, AE_TITLE) == [0xC212, 0xC212, 0x0000]
     assert listener.counts()["datasets_refused"]["over a limit"] == before + 2

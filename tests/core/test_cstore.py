@@ -44,7 +44,8 @@ def test_header_tag_numbers_are_the_dictionarys_when_compared_with_pydicom() -> 
     assert list(cstore.HEADER_TAG_NUMBERS) == list(HEADER_TAGS)
     for keyword, tag in cstore.HEADER_TAG_NUMBERS.items():
         assert tag_for_keyword(keyword) == tag, keyword
-    for keyword, tag in (("StudyInstanceUID", cstore.STUDY_UID), ("SeriesInstanceUID", cstore.SERIES_UID),
+    for keyword, tag in (("SOPClassUID", cstore.SOP_CLASS_UID), ("SOPInstanceUID", cstore.SOP_INSTANCE_UID),
+                         ("StudyInstanceUID", cstore.STUDY_UID), ("SeriesInstanceUID", cstore.SERIES_UID),
                          ("RequestedProcedurePriority", cstore.REQUESTED_PRIORITY),
                          ("StudyPriorityID", cstore.STUDY_PRIORITY)):
         assert tag_for_keyword(keyword) == tag, keyword
@@ -58,3 +59,19 @@ def test_header_keeps_non_empty_values_and_falls_back_to_study_priority_when_req
     assert found == InstanceHeader("1.2.3", "", {"Modality": "MR"}, "HIGH")
     both = {**values, cstore.REQUESTED_PRIORITY: b"STAT"}
     assert InstanceHeader.of(Walked(MappingProxyType(both))).requested_priority == "STAT"
+
+
+@pytest.mark.parametrize(("dataset_class", "dataset_instance", "expected"), [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", None),
+    ("1.2.840.10008.5.1.4.1.1.2", "", StoreStatus.INVALID_INSTANCE),
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", StoreStatus.INVALID_INSTANCE),
+    ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4", StoreStatus.CLASS_MISMATCH),
+    ("", "1.2.3.4", StoreStatus.CLASS_MISMATCH),
+], ids=["same", "no-instance-uid", "other-instance-uid", "other-class", "no-class-uid"])
+def test_dataset_is_refused_with_the_standards_status_when_it_is_not_the_commands_instance(
+        dataset_class: str, dataset_instance: str, expected: StoreStatus | None) -> None:
+    values = {cstore.SOP_CLASS_UID: dataset_class.encode() + b"\0", cstore.SOP_INSTANCE_UID: dataset_instance.encode()}
+    header = InstanceHeader.of(Walked(MappingProxyType({k: v for k, v in values.items() if v.strip(b"\0")})))
+    found = header.mismatch("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")
+    assert (found[0] if found else None) is expected
+    assert found is None or "(0008,001" in found[1]

@@ -112,7 +112,8 @@ def written(draw: st.DrawFn, syntaxes: tuple[str, ...] = SYNTAXES) -> Written:
         dcmwrite(out, ds, enforce_file_format=True)
     raw = out.getvalue()
     header = {kw: values[kw] for kw in HEADER_TAGS if values[kw]}
-    expected = cstore.InstanceHeader(study or "", series or "", header, requested or study_priority or "")
+    expected = cstore.InstanceHeader(study or "", series or "", header, requested or study_priority or "",
+                                     str(ds.SOPClassUID), str(ds.SOPInstanceUID))
     return Written(syntax, raw[dataset_offset(raw):], expected, pixels)
 
 
