@@ -121,6 +121,23 @@ def test_store_keeps_both_when_same_sop_instance_has_different_content(archive: 
     assert sorted(b"".join(archive.open(r)) for r in archive.instances()) == [a, b]
 
 
+def test_the_version_its_box_received_last_is_current_when_versions_arrive_out_of_order(archive: Archive) -> None:
+    """Versions 1 and 3 (spool rows 10 and 30) arrive before version 2 (row 20): 3 stays current;
+    then another box sends a version, which, archived last, becomes current."""
+    tids = [bytes([n]) * 16 for n in range(4)]
+    for n, (data, item) in enumerate(((b"v1", 10), (b"v3", 30), (b"v2", 20))):
+        archive.store(identity_for(data), archive.receive([data]), BOX, tids[n], 2, float(n), edge_item_id=item)
+    versions = archive.versions("1.2.3.4.5")
+    assert [b"".join(archive.open(v)) for v in versions] == [b"v1", b"v3", b"v2"]
+    assert [v.superseded_at is None for v in versions] == [False, True, False]
+    archive.store(identity_for(b"other box"), archive.receive([b"other box"]), "box-2", tids[3], 2, 9.0,
+                  edge_item_id=1)
+    current = [v for v in archive.versions("1.2.3.4.5") if v.superseded_at is None]
+    assert [(c.box_id, c.edge_item_id) for c in current] == [("box-2", 1)]
+    again = archive.store(identity_for(b"v3"), archive.receive([b"v3"]), BOX, tids[1], 2, 10.0, edge_item_id=30)
+    assert again.outcome.name == "DUPLICATE" and len(archive.versions("1.2.3.4.5")) == 4
+
+
 def test_store_uses_the_full_hash_name_when_the_short_name_is_taken(archive: Archive) -> None:
     prefix = "ab" * 6
     one = archive.store(identity_for(b"1", sha256=prefix + "0" * 52), archive.receive([b"1"]), BOX, TID, 2, 1.0)

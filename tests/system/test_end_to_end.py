@@ -11,12 +11,14 @@ import hashlib
 import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
@@ -91,6 +93,37 @@ def _fleet_images(d: LoopbackDeployment) -> int:
             return sum(m["images"] for m in json.loads(rsp.read())["modalities"])
     except OSError:
         return -1
+
+
+def _archive_versions(d: LoopbackDeployment, uid: str) -> list[tuple[str, float | None]]:
+    with sqlite3.connect(f"file:{d.cloud_dir / 'archive.db'}?mode=ro", uri=True) as conn:
+        return list(conn.execute("SELECT sha256, superseded_at FROM instances WHERE sop_instance_uid = ? "
+                                 "ORDER BY stored_at", (uid,)))
+
+
+def test_resent_study_is_neither_spooled_nor_sent_again_and_a_changed_instance_becomes_the_current_version(
+        deploy: Deploy, tmp_path: Path) -> None:
+    d = deploy()
+    files = real_images()
+    _send(d, files)
+    _wait_all_acknowledged(d, len(files))
+    items_before = edge_items(d)
+    _send(d, files)  # the technologist sends the whole study again: every C-STORE answered success
+    assert edge_items(d) == items_before  # nothing spooled, so nothing goes over the uplink again
+    resent = (d.root / "edge.log").read_text(errors="replace").count("re-sent instance already held")
+    assert resent == len(files)
+    result = reconcile(d, files)
+    assert result.clean and result.archived_rows == len(files), result
+    # a corrected header: the same SOP Instance UID, other bytes -> a new version, sent and current
+    changed = tmp_path / "corrected.dcm"
+    ds = dcmread(files[0])
+    ds.InstitutionName = "Corrected Institution"
+    ds.save_as(changed, enforce_file_format=True)
+    _send(d, [changed])
+    assert len(edge_items(d)) == len(items_before) + 1
+    _wait_all_acknowledged(d, len(files) + 1)
+    versions = _archive_versions(d, str(ds.SOPInstanceUID))
+    assert len(versions) == 2 and versions[0][1] is not None and versions[1][1] is None, versions
 
 
 def test_transfer_completes_once_when_the_broker_restarts_mid_transfer(deploy: Deploy) -> None:

@@ -18,7 +18,8 @@ Rows travel as plain dicts with the column names below. Both backends apply the 
 Tables (v1): ``instances`` (pk sop_instance_uid, sha256; unique path),
 ``transfers`` (pk box_id, transfer_id). v2: ``forwards``, the durable PACS
 forward queue (pk sop_instance_uid, sha256, destination), filled in the same
-transaction that files an instance.
+transaction that files an instance. v3: ``instances.edge_item_id`` and ``superseded_at``,
+the versions of an instance (``Archive.store``: which one is current).
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ MIGRATIONS: tuple[str, ...] = (  # portable types: gateway.cloud.sql
     );
     CREATE INDEX forwards_due ON forwards (destination, state, next_attempt_at)
     """,
+    # 3: versions of an instance (the same SOP Instance UID with other bytes): the edge's spool row
+    # id orders a box's versions; superseded_at is set on every version but the current one
+    """
+    ALTER TABLE instances ADD COLUMN edge_item_id {bigint} NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN superseded_at {real}
+    """,
 )
 _TRANSFER_FIELDS = ("box_id", "transfer_id", "state", "reason", "sha256", "sop_instance_uid", "chunks", "updated_at")
 _UPSERT_TRANSFER = (
@@ -87,6 +94,8 @@ class Index(Protocol):
     def delete_staging_transfer(self, box_id: str, transfer_hex: str) -> None: ...
     def get_instance(self, sop_instance_uid: str, sha256: str) -> Row | None: ...
     def path_taken(self, rel: str) -> bool: ...
+    def versions(self, sop_instance_uid: str) -> list[Row]: ...
+    def supersede(self, sop_instance_uid: str, sha256s: list[str], at: float) -> None: ...
     def insert_instance(self, row: Row) -> None: ...
     def list_instances(self) -> list[Row]: ...
     def move_instance(self, sop_instance_uid: str, sha256: str, rel: str) -> None: ...
@@ -140,6 +149,15 @@ class SqlIndex:
     def get_instance(self, sop_instance_uid: str, sha256: str) -> Row | None:
         return self._one("SELECT * FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
                          (sop_instance_uid, sha256))
+
+    def versions(self, sop_instance_uid: str) -> list[Row]:
+        """Every archived version of an instance, oldest stored first."""
+        return self._db.execute("SELECT * FROM instances WHERE sop_instance_uid = ? ORDER BY stored_at, sha256",
+                                (sop_instance_uid,))
+
+    def supersede(self, sop_instance_uid: str, sha256s: list[str], at: float) -> None:
+        self._db.executemany("UPDATE instances SET superseded_at = ? WHERE sop_instance_uid = ? AND sha256 = ? "
+                             "AND superseded_at IS NULL", [(at, sop_instance_uid, sha) for sha in sha256s])
 
     def path_taken(self, rel: str) -> bool:
         return self._one("SELECT 1 AS taken FROM instances WHERE path = ?", (rel,)) is not None

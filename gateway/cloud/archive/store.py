@@ -90,12 +90,25 @@ class InstanceRecord:
     box_id: str
     transfer_id: str  # hex
     stored_at: float
+    edge_item_id: int = 0  # the box's spool row id (the manifest's item_id): orders a box's versions
+    superseded_at: float | None = None  # None: the current version of its SOP Instance UID
 
 
 @dataclass(frozen=True)
 class StoreResult:
     outcome: StoreOutcome
     instance: InstanceRecord
+
+
+def _superseded(older: list[dict[str, Any]], box_id: str, edge_item_id: int,
+                now: float) -> tuple[float | None, list[str]]:
+    """For a new version of an instance beside ``older`` rows: (its own superseded_at, the digests
+    of the current older versions it supersedes). A version from the same box with a higher spool
+    row id was received later there, so it stays current even if it was archived first."""
+    current = [r for r in older if r["superseded_at"] is None]
+    if any(r["box_id"] == box_id and int(r["edge_item_id"]) > edge_item_id for r in current):
+        return now, []
+    return None, [r["sha256"] for r in current]
 
 
 def sanitise_uid(uid: str) -> str:
@@ -223,19 +236,26 @@ class Archive:
         return scratch
 
     def store(self, identity: InstanceIdentity, scratch: Path, box_id: str, transfer_id: bytes,
-              chunks: int, now: float) -> StoreResult:
+              chunks: int, now: float, edge_item_id: int = 0) -> StoreResult:
         """Archive a verified scratch file (the bytes of ``identity``) and mark its transfer
         STORED, in one transaction.
 
         The scratch file is consumed: adopted under its final name, or removed
         (a duplicate, or a failure, which raises ``LocalError``).
+
+        The same SOP Instance UID with other bytes is a new version, kept beside the others
+        (docs/conformance.md, "Re-sent instances"): the current one is the version its box
+        received last (the highest ``edge_item_id`` of that box), or, between boxes, the one
+        archived last; every other version is marked superseded.
         """
         row: dict[str, Any] = {}
         try:
             with self._guarded("store"), self.index.transaction(lock_key=identity.sop_instance_uid):
                 existing = self._instance(identity.sop_instance_uid, identity.sha256)
                 if existing is None:
-                    row = self._file_instance(identity, scratch, box_id, transfer_id, now)
+                    older = self.index.versions(identity.sop_instance_uid)
+                    row = self._file_instance(identity, scratch, box_id, transfer_id, now, edge_item_id,
+                                              _superseded(older, box_id, edge_item_id, now))
                     self.index.enqueue_forwards(identity.sop_instance_uid, identity.sha256, self._forward, now)
                 self._upsert_transfer(box_id, transfer_id, TransferState.STORED, now, chunks,
                                       sha256=identity.sha256,
@@ -246,8 +266,8 @@ class Archive:
             return StoreResult(StoreOutcome.DUPLICATE, existing)
         return StoreResult(StoreOutcome.ARCHIVED, self._record(row))
 
-    def _file_instance(self, identity: InstanceIdentity, scratch: Path, box_id: str,
-                       transfer_id: bytes, now: float) -> dict[str, Any]:
+    def _file_instance(self, identity: InstanceIdentity, scratch: Path, box_id: str, transfer_id: bytes,
+                       now: float, edge_item_id: int, superseded: tuple[float | None, list[str]]) -> dict[str, Any]:
         rel = self._free_name(identity)
         final = self._dir / rel
         ensure_dir_durable(final.parent)
@@ -258,8 +278,11 @@ class Archive:
             "series_instance_uid": identity.series_instance_uid,
             "sop_class_uid": identity.sop_class_uid,
             "transfer_syntax": identity.transfer_syntax_uid, "size": identity.size,
-            "path": rel, "box_id": box_id, "transfer_id": transfer_id.hex(), "stored_at": now}
+            "path": rel, "box_id": box_id, "transfer_id": transfer_id.hex(), "stored_at": now,
+            "edge_item_id": edge_item_id, "superseded_at": superseded[0]}
         self.index.insert_instance(row)
+        if superseded[1]:
+            self.index.supersede(identity.sop_instance_uid, superseded[1], now)
         return row
 
     def _free_name(self, identity: InstanceIdentity) -> str:
@@ -318,7 +341,13 @@ class Archive:
             sop_class_uid=row["sop_class_uid"], sop_instance_uid=row["sop_instance_uid"],
             study_instance_uid=row["study_instance_uid"], series_instance_uid=row["series_instance_uid"],
             transfer_syntax_uid=row["transfer_syntax"], size=row["size"], sha256=row["sha256"])
-        return InstanceRecord(identity, self._dir / row["path"], row["box_id"], row["transfer_id"], row["stored_at"])
+        return InstanceRecord(identity, self._dir / row["path"], row["box_id"], row["transfer_id"], row["stored_at"],
+                              int(row.get("edge_item_id") or 0), row.get("superseded_at"))
+
+    def versions(self, sop_instance_uid: str) -> list[InstanceRecord]:
+        """Every archived version of an instance, oldest first; the current one has no ``superseded_at``."""
+        with self._guarded("list versions"):
+            return [self._record(row) for row in self.index.versions(sop_instance_uid)]
 
     def instances(self) -> list[InstanceRecord]:
         with self._guarded("list instances"):

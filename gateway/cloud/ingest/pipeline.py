@@ -264,7 +264,7 @@ class Ingest:
         except EnvelopeTamperedError:
             return self._drop_corrupt(chunk, frames.last_seq, tdir)
         result = self._archive.store(manifest.identity, scratch, chunk.box_id, chunk.frame.transfer_id,
-                                     chunks, self._clock())
+                                     chunks, self._clock(), manifest.item_id)
         tdir.clear()
         duplicate = result.outcome is StoreOutcome.DUPLICATE
         self._counters["objects_duplicate" if duplicate else "objects_stored"] += 1
