@@ -1,0 +1,211 @@
+"""A real OpenID provider for tests: panva's oidc-provider under node (tests/oidc/provider.mjs).
+
+``.ci/install`` installs it (``npm ci`` in tests/oidc). Without node or the package a test skips
+locally and fails under ``CI=true`` (``tests.peers._missing``).
+
+    with oidc_provider(tmp_path, redirect_uris=["https://127.0.0.1:8443/oidc/callback"]) as idp:
+        client = OidcClient(idp.issuer, idp.client.client_id, idp.client.client_secret,
+                            idp.client.redirect_uris[0], ca_file=idp.ca_file)
+
+The provider serves HTTPS on 127.0.0.1 (port chosen by the kernel) with a certificate of a CA made
+here (``idp.ca_file``; names 127.0.0.1 and localhost), issuer ``https://127.0.0.1:<port>``. Its
+login page is a form (``#login-name``, ``#login-password``, ``#login-submit``; ``#login-cancel``
+ends the flow with ``error=access_denied``); consent is implied. ``sign_in`` plays the browser with
+httpx for tests that need no real browser.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import ipaddress
+import json
+import re
+import secrets
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urljoin, urlsplit
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.peers import PEER_START_S, _end, _missing, wait_for
+
+HERE = Path(__file__).parent / "oidc"
+SCRIPT = HERE / "provider.mjs"
+PACKAGE = HERE / "node_modules" / "oidc-provider" / "package.json"
+DEFAULT_REDIRECT = "https://127.0.0.1:1/oidc/callback"
+
+
+@dataclass(frozen=True)
+class TestClient:
+    """A client registered at the provider."""
+
+    client_id: str
+    client_secret: str
+    redirect_uris: tuple[str, ...]
+    token_endpoint_auth_method: str = "client_secret_basic"
+
+
+@dataclass(frozen=True)
+class TestAccount:
+    """A user of the provider: login, password and the claims its ID token carries."""
+
+    login: str
+    password: str
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunningProvider:
+    issuer: str
+    port: int
+    ca_file: Path | None  # None when started without TLS
+    clients: dict[str, TestClient]
+    accounts: dict[str, TestAccount]
+    log: Path
+
+    @property
+    def client(self) -> TestClient:
+        """The first client (the console)."""
+        return next(iter(self.clients.values()))
+
+
+def default_accounts() -> list[TestAccount]:
+    """alice: an operator of site-1; bob: an admin of every site (the console maps groups to roles)."""
+    return [
+        TestAccount("alice", secrets.token_urlsafe(12),
+                    {"preferred_username": "alice", "groups": ["mgw-operators"], "sites": ["site-1"]}),
+        TestAccount("bob", secrets.token_urlsafe(12),
+                    {"preferred_username": "bob", "groups": ["mgw-admins"], "sites": []}),
+    ]
+
+
+def node() -> str:
+    """The node binary and the installed provider package (skip, or fail under CI, when absent)."""
+    binary = shutil.which("node")
+    if binary is None:
+        _missing("node not installed (apt-get install nodejs npm)")
+    if not PACKAGE.is_file():
+        _missing("oidc-provider not installed in tests/oidc (run .ci/install)")
+    return binary
+
+
+def make_tls(out: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost: (ca, cert, key) PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test OpenID provider CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = out / "ca.pem", out / "server.pem", out / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
+@contextmanager
+def oidc_provider(tmp_path: Path, clients: Sequence[TestClient] | None = None,
+                  accounts: Sequence[TestAccount] | None = None, redirect_uris: Sequence[str] = (DEFAULT_REDIRECT,),
+                  tls: bool = True) -> Iterator[RunningProvider]:
+    """A running provider (see the module docstring); stopped at the end of the block, no process left.
+
+    ``clients`` defaults to one client "console" (client_secret_basic, a random secret) with
+    ``redirect_uris``; ``accounts`` to ``default_accounts()``."""
+    binary = node()
+    workdir = tmp_path / "oidc-provider"
+    workdir.mkdir(parents=True, exist_ok=True)
+    clients = list(clients or [TestClient("console", secrets.token_urlsafe(32), tuple(redirect_uris))])
+    accounts = list(accounts or default_accounts())
+    port_file, log = workdir / "port", workdir / "provider.log"
+    ca_file, tls_files = None, None
+    if tls:
+        ca_file, cert, key = make_tls(workdir / "tls")
+        tls_files = {"cert": str(cert), "key": str(key)}
+    config = workdir / "config.json"
+    config.touch(mode=0o600)
+    config.write_text(json.dumps({
+        "port": 0, "port_file": str(port_file), "tls": tls_files,
+        "clients": [{"client_id": c.client_id, "client_secret": c.client_secret, "redirect_uris": list(c.redirect_uris),
+                     "token_endpoint_auth_method": c.token_endpoint_auth_method} for c in clients],
+        "accounts": {a.login: {"password": a.password, "claims": a.claims} for a in accounts},
+    }))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, str(SCRIPT), str(config)], cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> int | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"oidc-provider exited {proc.returncode}: {log.read_text(errors='replace')}")
+            return int(port_file.read_text()) if port_file.exists() else None
+
+        port = wait_for(listening, PEER_START_S, "oidc-provider to listen")
+        scheme = "https" if tls else "http"
+        yield RunningProvider(f"{scheme}://127.0.0.1:{port}", port, ca_file, {c.client_id: c for c in clients},
+                              {a.login: a for a in accounts}, log)
+    finally:
+        _end(proc)
+
+
+# --- the browser's part, played with httpx -------------------------------------------------------
+
+def _form_action(page: str, form_id: str) -> str:
+    match = re.search(rf'<form id="{form_id}" method="post" action="([^"]+)"', page)
+    assert match, f"no form {form_id!r} in the provider's page: {page[:500]}"
+    return html.unescape(match.group(1))
+
+
+def _to_redirect(http: httpx.Client, response: httpx.Response, redirect_uri: str) -> dict[str, str] | httpx.Response:
+    """Follow the provider's redirects until one goes to ``redirect_uri`` (its query, as a dict) or a page."""
+    for _ in range(10):
+        if response.status_code not in (302, 303):
+            return response
+        location = urljoin(str(response.url), response.headers["location"])
+        if location.split("?", 1)[0] == redirect_uri:
+            return dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
+        response = http.get(location)
+    raise AssertionError("too many redirects at the provider")
+
+
+def sign_in(provider: RunningProvider, authorization_url: str, login: str, password: str | None = None,
+            cancel: bool = False, redirect_uri: str | None = None) -> dict[str, str]:
+    """What the browser would bring back to the redirect URI after signing in (or cancelling) at the provider."""
+    redirect_uri = redirect_uri or provider.client.redirect_uris[0]
+    verify = ssl.create_default_context(cafile=str(provider.ca_file) if provider.ca_file else None)
+    with httpx.Client(verify=verify, timeout=30.0, follow_redirects=False) as http:
+        page = _to_redirect(http, http.get(authorization_url), redirect_uri)
+        assert isinstance(page, httpx.Response) and page.status_code == 200, f"no login page: {page}"
+        if cancel:
+            done = http.post(urljoin(str(page.url), _form_action(page.text, "cancel")))
+        else:
+            secret = provider.accounts[login].password if password is None else password
+            done = http.post(urljoin(str(page.url), _form_action(page.text, "login")),
+                             data={"login": login, "password": secret})
+        result = _to_redirect(http, done, redirect_uri)
+        assert isinstance(result, dict), f"the provider did not redirect back: {result.status_code} {result.text[:500]}"
+        return result
