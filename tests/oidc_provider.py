@@ -47,7 +47,7 @@ DEFAULT_REDIRECT = "https://127.0.0.1:1/oidc/callback"
 
 
 @dataclass(frozen=True)
-class TestClient:
+class IdpClient:
     """A client registered at the provider."""
 
     client_id: str
@@ -57,7 +57,7 @@ class TestClient:
 
 
 @dataclass(frozen=True)
-class TestAccount:
+class IdpAccount:
     """A user of the provider: login, password and the claims its ID token carries."""
 
     login: str
@@ -70,22 +70,22 @@ class RunningProvider:
     issuer: str
     port: int
     ca_file: Path | None  # None when started without TLS
-    clients: dict[str, TestClient]
-    accounts: dict[str, TestAccount]
+    clients: dict[str, IdpClient]
+    accounts: dict[str, IdpAccount]
     log: Path
 
     @property
-    def client(self) -> TestClient:
+    def client(self) -> IdpClient:
         """The first client (the console)."""
         return next(iter(self.clients.values()))
 
 
-def default_accounts() -> list[TestAccount]:
+def default_accounts() -> list[IdpAccount]:
     """alice: an operator of site-1; bob: an admin of every site (the console maps groups to roles)."""
     return [
-        TestAccount("alice", secrets.token_urlsafe(12),
+        IdpAccount("alice", secrets.token_urlsafe(12),
                     {"preferred_username": "alice", "groups": ["mgw-operators"], "sites": ["site-1"]}),
-        TestAccount("bob", secrets.token_urlsafe(12),
+        IdpAccount("bob", secrets.token_urlsafe(12),
                     {"preferred_username": "bob", "groups": ["mgw-admins"], "sites": []}),
     ]
 
@@ -131,8 +131,8 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
 
 
 @contextmanager
-def oidc_provider(tmp_path: Path, clients: Sequence[TestClient] | None = None,
-                  accounts: Sequence[TestAccount] | None = None, redirect_uris: Sequence[str] = (DEFAULT_REDIRECT,),
+def oidc_provider(tmp_path: Path, clients: Sequence[IdpClient] | None = None,
+                  accounts: Sequence[IdpAccount] | None = None, redirect_uris: Sequence[str] = (DEFAULT_REDIRECT,),
                   tls: bool = True) -> Iterator[RunningProvider]:
     """A running provider (see the module docstring); stopped at the end of the block, no process left.
 
@@ -141,7 +141,7 @@ def oidc_provider(tmp_path: Path, clients: Sequence[TestClient] | None = None,
     binary = node()
     workdir = tmp_path / "oidc-provider"
     workdir.mkdir(parents=True, exist_ok=True)
-    clients = list(clients or [TestClient("console", secrets.token_urlsafe(32), tuple(redirect_uris))])
+    clients = list(clients or [IdpClient("console", secrets.token_urlsafe(32), tuple(redirect_uris))])
     accounts = list(accounts or default_accounts())
     port_file, log = workdir / "port", workdir / "provider.log"
     ca_file, tls_files = None, None
