@@ -54,6 +54,7 @@ class IdpClient:
     client_secret: str
     redirect_uris: tuple[str, ...]
     token_endpoint_auth_method: str = "client_secret_basic"
+    any_loopback_port: bool = False  # a redirect URI on 127.0.0.1 matches at any port (a console started later)
 
 
 @dataclass(frozen=True)
@@ -133,27 +134,37 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
 @contextmanager
 def oidc_provider(tmp_path: Path, clients: Sequence[IdpClient] | None = None,
                   accounts: Sequence[IdpAccount] | None = None, redirect_uris: Sequence[str] = (DEFAULT_REDIRECT,),
-                  tls: bool = True) -> Iterator[RunningProvider]:
+                  any_port: bool = False, tls: bool = True, port: int = 0) -> Iterator[RunningProvider]:
     """A running provider (see the module docstring); stopped at the end of the block, no process left.
 
     ``clients`` defaults to one client "console" (client_secret_basic, a random secret) with
-    ``redirect_uris``; ``accounts`` to ``default_accounts()``."""
+    ``redirect_uris`` (on 127.0.0.1 at any port when ``any_port``); ``accounts`` to
+    ``default_accounts()``. ``port`` 0 lets the kernel choose; a given port (the one a provider
+    of the same ``tmp_path`` had) restarts "the same" provider: same issuer, same CA, a new
+    signing key."""
     binary = node()
     workdir = tmp_path / "oidc-provider"
     workdir.mkdir(parents=True, exist_ok=True)
-    clients = list(clients or [IdpClient("console", secrets.token_urlsafe(32), tuple(redirect_uris))])
+    clients = list(clients or [IdpClient("console", secrets.token_urlsafe(32), tuple(redirect_uris),
+                                         any_loopback_port=any_port)])
     accounts = list(accounts or default_accounts())
     port_file, log = workdir / "port", workdir / "provider.log"
+    port_file.unlink(missing_ok=True)
     ca_file, tls_files = None, None
     if tls:
-        ca_file, cert, key = make_tls(workdir / "tls")
+        tls_dir = workdir / "tls"
+        if (tls_dir / "server.key").exists():
+            ca_file, cert, key = tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key"
+        else:
+            ca_file, cert, key = make_tls(tls_dir)
         tls_files = {"cert": str(cert), "key": str(key)}
     config = workdir / "config.json"
     config.touch(mode=0o600)
     config.write_text(json.dumps({
-        "port": 0, "port_file": str(port_file), "tls": tls_files,
+        "port": port, "port_file": str(port_file), "tls": tls_files,
         "clients": [{"client_id": c.client_id, "client_secret": c.client_secret, "redirect_uris": list(c.redirect_uris),
-                     "token_endpoint_auth_method": c.token_endpoint_auth_method} for c in clients],
+                     "token_endpoint_auth_method": c.token_endpoint_auth_method,
+                     "any_loopback_port": c.any_loopback_port} for c in clients],
         "accounts": {a.login: {"password": a.password, "claims": a.claims} for a in accounts},
     }))
     with open(log, "wb") as out:

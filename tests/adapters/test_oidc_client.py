@@ -4,6 +4,7 @@ HTTPS with a CA made by the test); the browser's part is played with httpx (test
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -11,12 +12,13 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.adapters.oidc_client import MAX_RESPONSE_BYTES, OidcClient
 from gateway.core.access import LoginRefused
 from gateway.core.errors import ConfigError
-from tests.oidc_provider import IdpClient, RunningProvider, oidc_provider, sign_in
+from tests.oidc_provider import IdpClient, RunningProvider, default_accounts, oidc_provider, sign_in
 from tests.peers import closed_port
 
 REDIRECT = "https://127.0.0.1:8443/oidc/callback"
@@ -33,6 +35,12 @@ def client_of(idp: RunningProvider, issuer: str | None = None, secret: str | Non
     c = idp.client
     return OidcClient(issuer or idp.issuer, c.client_id, c.client_secret if secret is None else secret,
                       c.redirect_uris[0], ca_file=ca_file or idp.ca_file, timeout_s=timeout_s)
+
+
+def signing_kids(idp: RunningProvider) -> set[str]:
+    assert idp.ca_file is not None
+    tls = ssl.create_default_context(cafile=str(idp.ca_file))
+    return {key["kid"] for key in httpx.get(f"{idp.issuer}/jwks", verify=tls, timeout=30).json()["keys"]}
 
 
 def test_login_returns_the_verified_claims_when_the_user_signs_in(idp: RunningProvider) -> None:
@@ -136,6 +144,35 @@ def test_login_is_refused_when_the_code_was_issued_to_another_client(tmp_path: P
         params = sign_in(idp, url, "alice")
         with pytest.raises(LoginRefused, match="invalid_grant"):
             console.finish(params, kept_other)
+
+
+def test_login_succeeds_when_the_provider_rotated_its_signing_key_since_the_last_login(tmp_path: Path) -> None:
+    """The cached JWKS lacks the new key's kid: the client fetches the key set again, once."""
+    clients, accounts = [IdpClient("console", "console-secret-" + "c" * 32, (REDIRECT,))], default_accounts()
+    with oidc_provider(tmp_path, clients=clients, accounts=accounts) as first:
+        client = client_of(first)
+        url, kept = client.begin()
+        first_claims = client.finish(sign_in(first, url, "alice"), kept)
+        old_kids = signing_kids(first)
+    with oidc_provider(tmp_path, clients=clients, accounts=accounts, port=first.port) as second:
+        assert signing_kids(second).isdisjoint(old_kids)
+        url, kept = client.begin()  # discovery still cached; the same issuer
+        claims = client.finish(sign_in(second, url, "alice"), kept)
+    assert claims["sub"] == first_claims["sub"] == "alice"
+
+
+def test_login_returns_the_claims_when_the_console_port_was_chosen_after_the_provider_started(
+        tmp_path: Path) -> None:
+    with oidc_provider(tmp_path, redirect_uris=["https://127.0.0.1/oidc/callback"], any_port=True) as idp:
+        redirect = "https://127.0.0.1:38443/oidc/callback"
+        client = OidcClient(idp.issuer, idp.client.client_id, idp.client.client_secret, redirect, ca_file=idp.ca_file)
+        url, kept = client.begin()
+        assert client.finish(sign_in(idp, url, "bob", redirect_uri=redirect), kept)["groups"] == ["mgw-admins"]
+        elsewhere = OidcClient(idp.issuer, idp.client.client_id, idp.client.client_secret,
+                               "https://127.0.0.1:38443/other", ca_file=idp.ca_file)
+        url, _ = elsewhere.begin()
+        with pytest.raises(AssertionError, match="no login page"):
+            sign_in(idp, url, "bob", redirect_uri="https://127.0.0.1:38443/other")
 
 
 def test_login_is_refused_when_discovery_names_another_issuer(idp: RunningProvider) -> None:

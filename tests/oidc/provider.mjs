@@ -4,7 +4,7 @@
 //
 // CONFIG (written by tests/oidc_provider.py, 0600):
 //   { "port": 0, "port_file": "...", "tls": {"cert": "...", "key": "..."} | null,
-//     "clients": [{"client_id", "client_secret", "redirect_uris", "token_endpoint_auth_method"?}],
+//     "clients": [{"client_id", "client_secret", "redirect_uris", "token_endpoint_auth_method"?, "any_loopback_port"?}],
 //     "accounts": {"<login>": {"password": "...", "claims": {"preferred_username", "groups", "sites", ...}}} }
 //
 // It listens first (port 0: the kernel picks), then builds the provider with the issuer
@@ -146,6 +146,27 @@ function buildProvider(issuer) {
       ctx.body = page('Error', `<pre id="error">${escape(JSON.stringify(out))}</pre>`);
     },
   });
+  // A client with "any_loopback_port" accepts its redirect URIs on 127.0.0.1 at any port (RFC 8252's
+  // loopback rule, here for https too): a test's console may start on port 0 after the provider.
+  const anyPort = new Set(config.clients.filter((c) => c.any_loopback_port).map((c) => c.client_id));
+  const exact = provider.Client.prototype.redirectUriAllowed;
+  provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(value) {
+    if (exact.call(this, value)) return true;
+    if (!anyPort.has(this.clientId)) return false;
+    let parsed;
+    try {
+      parsed = new URL(value);
+    } catch {
+      return false;
+    }
+    if (parsed.hostname !== '127.0.0.1') return false;
+    parsed.port = '';
+    return this.redirectUris.some((allowed) => {
+      const registered = new URL(allowed);
+      registered.port = '';
+      return registered.href === parsed.href;
+    });
+  };
   const callback = provider.callback();
   return (req, res) => {
     if (req.url.startsWith('/interaction/')) {
