@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.cloud.authority.ca import FleetAuthority
 from tests.peers import PEER_START_S, _end, _missing, wait_for
 
 HERE = Path(__file__).parent / "oidc"
@@ -131,17 +132,31 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
+def fleet_ca_tls(authority: FleetAuthority, out: Path) -> tuple[Path, Path, Path]:
+    """The provider's (ca, cert, key) files with a certificate for 127.0.0.1 made by the fleet CA."""
+    key_pem, cert_pem = authority.issue_with_key("oidc-provider", days=1, server_hosts=["127.0.0.1", "localhost"])
+    out.mkdir(parents=True, exist_ok=True)
+    cert, key = out / "oidc-provider.pem", out / "oidc-provider.key"
+    cert.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
+    return authority.ca_cert_path, cert, key
+
+
 @contextmanager
 def oidc_provider(tmp_path: Path, clients: Sequence[IdpClient] | None = None,
                   accounts: Sequence[IdpAccount] | None = None, redirect_uris: Sequence[str] = (DEFAULT_REDIRECT,),
-                  any_port: bool = False, tls: bool = True, port: int = 0) -> Iterator[RunningProvider]:
+                  any_port: bool = False, tls: bool = True, port: int = 0,
+                  tls_files: tuple[Path, Path, Path] | None = None) -> Iterator[RunningProvider]:
     """A running provider (see the module docstring); stopped at the end of the block, no process left.
 
     ``clients`` defaults to one client "console" (client_secret_basic, a random secret) with
     ``redirect_uris`` (on 127.0.0.1 at any port when ``any_port``); ``accounts`` to
     ``default_accounts()``. ``port`` 0 lets the kernel choose; a given port (the one a provider
     of the same ``tmp_path`` had) restarts "the same" provider: same issuer, same CA, a new
-    signing key."""
+    signing key. ``tls_files`` (ca, cert, key) serves a certificate made elsewhere, e.g. by the
+    fleet CA (``fleet_ca_tls``), so that a browser trusting that one CA trusts the console and the
+    provider."""
     binary = node()
     workdir = tmp_path / "oidc-provider"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -150,18 +165,21 @@ def oidc_provider(tmp_path: Path, clients: Sequence[IdpClient] | None = None,
     accounts = list(accounts or default_accounts())
     port_file, log = workdir / "port", workdir / "provider.log"
     port_file.unlink(missing_ok=True)
-    ca_file, tls_files = None, None
+    ca_file: Path | None = None
+    served: dict[str, str] | None = None
     if tls:
         tls_dir = workdir / "tls"
-        if (tls_dir / "server.key").exists():
+        if tls_files is not None:
+            ca_file, cert, key = tls_files
+        elif (tls_dir / "server.key").exists():
             ca_file, cert, key = tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key"
         else:
             ca_file, cert, key = make_tls(tls_dir)
-        tls_files = {"cert": str(cert), "key": str(key)}
+        served = {"cert": str(cert), "key": str(key)}
     config = workdir / "config.json"
     config.touch(mode=0o600)
     config.write_text(json.dumps({
-        "port": port, "port_file": str(port_file), "tls": tls_files,
+        "port": port, "port_file": str(port_file), "tls": served,
         "clients": [{"client_id": c.client_id, "client_secret": c.client_secret, "redirect_uris": list(c.redirect_uris),
                      "token_endpoint_auth_method": c.token_endpoint_auth_method,
                      "any_loopback_port": c.any_loopback_port} for c in clients],
@@ -170,14 +188,14 @@ def oidc_provider(tmp_path: Path, clients: Sequence[IdpClient] | None = None,
     with open(log, "wb") as out:
         proc = subprocess.Popen([binary, str(SCRIPT), str(config)], cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
     try:
-        def listening() -> int | None:
+        def listening() -> int:  # 0 until the provider wrote its port
             if proc.poll() is not None:
                 raise AssertionError(f"oidc-provider exited {proc.returncode}: {log.read_text(errors='replace')}")
-            return int(port_file.read_text()) if port_file.exists() else None
+            return int(port_file.read_text()) if port_file.exists() else 0
 
-        port = wait_for(listening, PEER_START_S, "oidc-provider to listen")
+        bound = wait_for(listening, PEER_START_S, "oidc-provider to listen")
         scheme = "https" if tls else "http"
-        yield RunningProvider(f"{scheme}://127.0.0.1:{port}", port, ca_file, {c.client_id: c for c in clients},
+        yield RunningProvider(f"{scheme}://127.0.0.1:{bound}", bound, ca_file, {c.client_id: c for c in clients},
                               {a.login: a for a in accounts}, log)
     finally:
         _end(proc)

@@ -16,9 +16,17 @@ import httpx
 import pytest
 
 from gateway.adapters.oidc_client import MAX_RESPONSE_BYTES, OidcClient
+from gateway.cloud.authority.ca import FleetAuthority
 from gateway.core.access import LoginRefused
 from gateway.core.errors import ConfigError
-from tests.oidc_provider import IdpClient, RunningProvider, default_accounts, oidc_provider, sign_in
+from tests.oidc_provider import (
+    IdpClient,
+    RunningProvider,
+    default_accounts,
+    fleet_ca_tls,
+    oidc_provider,
+    sign_in,
+)
 from tests.peers import closed_port
 
 REDIRECT = "https://127.0.0.1:8443/oidc/callback"
@@ -55,6 +63,27 @@ def test_login_returns_the_verified_claims_when_the_user_signs_in(idp: RunningPr
     assert claims["iss"] == idp.issuer and claims["aud"] == "console"
     assert claims["groups"] == ["mgw-operators"] and claims["sites"] == ["site-1"]
     assert claims["nonce"] == kept["nonce"]
+
+
+def test_logins_all_return_their_own_claims_when_threads_sign_in_at_once(idp: RunningProvider) -> None:
+    """One client shared by the console's handler threads: the caches are filled while logins run."""
+    client = client_of(idp)
+    logins = ["alice", "bob"] * 4
+    results: dict[int, object] = {}
+
+    def login(i: int) -> None:
+        try:
+            url, kept = client.begin()
+            results[i] = client.finish(sign_in(idp, url, logins[i]), kept)["sub"]
+        except Exception as exc:  # reported below, with the thread's index
+            results[i] = exc
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(len(logins))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == dict(enumerate(logins))
 
 
 def test_login_is_refused_when_the_state_is_tampered(idp: RunningProvider) -> None:
@@ -173,6 +202,19 @@ def test_login_returns_the_claims_when_the_console_port_was_chosen_after_the_pro
         url, _ = elsewhere.begin()
         with pytest.raises(AssertionError, match="no login page"):
             sign_in(idp, url, "bob", redirect_uri="https://127.0.0.1:38443/other")
+
+
+def test_login_returns_the_claims_when_the_provider_certificate_is_made_by_the_fleet_ca(tmp_path: Path) -> None:
+    authority = FleetAuthority(tmp_path / "pki")
+    try:
+        tls = fleet_ca_tls(authority, tmp_path / "idp-tls")
+        with oidc_provider(tmp_path, redirect_uris=[REDIRECT], tls_files=tls) as idp:
+            assert idp.ca_file == authority.ca_cert_path
+            client = client_of(idp)
+            url, kept = client.begin()
+            assert client.finish(sign_in(idp, url, "alice"), kept)["sub"] == "alice"
+    finally:
+        authority.close()
 
 
 def test_login_is_refused_when_discovery_names_another_issuer(idp: RunningProvider) -> None:
