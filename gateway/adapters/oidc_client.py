@@ -20,9 +20,11 @@ signature with a key of the provider's JWKS (fetched again once when the token n
 (and ``azp``), ``exp``/``iat`` with ``LEEWAY_S``, ``nonce`` equal to the kept one, ``at_hash``.
 Discovery (``/.well-known/openid-configuration``) is fetched lazily, cached ``METADATA_TTL_S``,
 and refused unless its ``issuer`` is exactly the configured one. Every response is read up to
-``MAX_RESPONSE_BYTES`` (uncompressed: we ask for identity encoding) and within ``timeout_s`` for
-each network step and about that in all; a provider that is down, slow or huge is a
-``LoginRefused``, never a hang.
+``MAX_RESPONSE_BYTES`` (uncompressed: we ask for identity encoding, and refuse any other) within
+``timeout_s`` (for the connection, each read, and the whole body of each request; ``finish`` makes
+up to three requests, discovery and JWKS only when not cached); a provider that is down, slow or
+huge is a ``LoginRefused``, never a hang. No redirects are followed, no proxy is taken from the
+environment.
 
 The issuer must be ``https://``; ``http://`` is accepted only for a loopback host (127.0.0.0/8,
 ::1, localhost), which exists for the tests' provider, not for a deployment. ``ca_file`` is the CA
@@ -104,13 +106,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _same_scheme_rules(url: object, what: str) -> str:
+def _endpoint(url: object, what: str, issuer: str) -> str:
+    """An endpoint of the discovery document: a URL under the issuer's rules, https when the issuer is."""
     if not isinstance(url, str) or len(url) > MAX_PARAM_CHARS:
         raise LoginRefused(f"OpenID discovery: {what} missing or not a string")
     try:
         check_issuer(url.split("?", 1)[0])
     except ConfigError as exc:
         raise LoginRefused(f"OpenID discovery: {what} is not https") from exc
+    if urlsplit(issuer).scheme == "https" and urlsplit(url).scheme != "https":
+        raise LoginRefused(f"OpenID discovery: {what} is not https")
     return url
 
 
@@ -133,9 +138,9 @@ def parse_metadata(doc: Mapping[str, Any], issuer: str) -> ProviderMetadata:
         raise LoginRefused("OpenID discovery: the provider does not support PKCE S256")
     return ProviderMetadata(
         issuer=issuer,
-        authorization_endpoint=_same_scheme_rules(doc.get("authorization_endpoint"), "authorization_endpoint"),
-        token_endpoint=_same_scheme_rules(doc.get("token_endpoint"), "token_endpoint"),
-        jwks_uri=_same_scheme_rules(doc.get("jwks_uri"), "jwks_uri"),
+        authorization_endpoint=_endpoint(doc.get("authorization_endpoint"), "authorization_endpoint", issuer),
+        token_endpoint=_endpoint(doc.get("token_endpoint"), "token_endpoint", issuer),
+        jwks_uri=_endpoint(doc.get("jwks_uri"), "jwks_uri", issuer),
         token_auth_method=method, algorithms=algorithms,
         iss_parameter=doc.get("authorization_response_iss_parameter_supported") is True)
 

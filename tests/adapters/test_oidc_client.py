@@ -305,6 +305,11 @@ def test_client_is_refused_when_the_issuer_is_not_https(issuer: str) -> None:
         OidcClient(issuer, "console", "secret", REDIRECT)
 
 
+def test_client_is_refused_when_the_ca_file_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CA file"):
+        OidcClient("https://idp.example", "console", "secret", REDIRECT, ca_file=tmp_path / "absent.pem")
+
+
 def test_client_accepts_plain_http_when_the_issuer_is_loopback() -> None:
     assert OidcClient("http://127.0.0.1:5556", "console", "secret", REDIRECT).issuer == "http://127.0.0.1:5556"
 
