@@ -58,6 +58,9 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},
     "uvicorn": {"gateway/adapters/uvicorn_server.py": "serves an ASGI app on a socket bound here, with TLS"},
+    "authlib": {"gateway/adapters/oidc_client.py": "the console's OpenID Connect login (PKCE, ID token claims)"},
+    "joserfc": {"gateway/adapters/oidc_client.py": "authlib's JOSE: the ID token's signature and the JWKS"},
+    "httpx": {"gateway/adapters/oidc_client.py": "the OpenID client's bounded requests to the provider"},
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
     "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware"},
