@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.loopback import EDGE_AE, LoopbackDeployment
@@ -50,6 +52,19 @@ def small_disk(tmp_path: Path) -> Iterator[LoopbackDeployment]:
         subprocess.run(["umount", "-l", str(d.edge_dir)], check=False)
 
 
+def _instances(source: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` distinct instances of ``source`` (new SOP Instance UIDs): the box would answer a
+    re-sent one from what it holds, without spooling it (docs/conformance.md 4.3)."""
+    folder.mkdir()
+    ds = dcmread(source)
+    out = []
+    for i in range(n):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(folder / f"{i}.dcm")
+        ds.save_as(out[-1], enforce_file_format=True)
+    return out
+
+
 def _used_percent(d: LoopbackDeployment) -> float:
     st = os.statvfs(d.edge_dir)
     return 100.0 * (st.f_blocks - st.f_bfree) / st.f_blocks
@@ -57,13 +72,13 @@ def _used_percent(d: LoopbackDeployment) -> float:
 
 @pytest.mark.needs_root
 def test_store_is_refused_with_a700_then_accepted_after_purge_when_the_disk_fills(
-        small_disk: LoopbackDeployment) -> None:
+        small_disk: LoopbackDeployment, tmp_path: Path) -> None:
     d = small_disk
-    big = next(p for p in real_images() if p.name == "RG1_UNCI.dcm")  # 7 MB
+    big = _instances(next(p for p in real_images() if p.name == "RG1_UNCI.dcm"), tmp_path / "big", 7)  # 7 MB each
     d.broker.stop()  # nothing can be acknowledged, so nothing may be purged
     statuses = []
-    for _ in range(6):
-        statuses.append(_store(d.dicom_port, big))
+    for instance in big[:6]:
+        statuses.append(_store(d.dicom_port, instance))
         if statuses[-1] == 0xA700:
             break
         wait_for(lambda n=statuses.count(0): state_count(d, "packed") == n, 60, "the instance packed")
@@ -77,6 +92,6 @@ def test_store_is_refused_with_a700_then_accepted_after_purge_when_the_disk_fill
     # one acknowledged 7 MB blob alone is above the low-water mark (15 % of 32 MiB): only a purge gets below
     wait_for(lambda: _used_percent(d) < WATERMARKS["low_water_percent"], 60, "a purge below the low-water mark")
     assert state_count(d, "purged") >= 1
-    assert _store(d.dicom_port, big) == 0x0000
+    assert _store(d.dicom_port, big[-1]) == 0x0000
     log = (d.root / "edge.log").read_text()
     assert "purged early to free disk space" in log
