@@ -113,6 +113,9 @@ class CommitmentSettings:
     report_retry_min_s: float = _f(5.0, "first delay before re-sending an undelivered N-EVENT-REPORT; doubles")
     report_retry_max_s: float = _f(600.0, "longest delay between N-EVENT-REPORT delivery attempts")
     max_report_attempts: int = _f(100, "delivery attempts of one N-EVENT-REPORT before it is abandoned (alert)")
+    same_association_quiet_s: float = _f(1.0, "send the report on an open association of the modality only once "
+                                              "it has been quiet this long with no request of its own waiting "
+                                              "(else a new association, or wait)")
 
 
 @dataclass(frozen=True)

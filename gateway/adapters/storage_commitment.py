@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway.config import CommitmentSettings, DicomSettings
 from gateway.core.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
+    Activity,
     CommitmentState,
     ModalityAddress,
     Reference,
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 _SYNTAXES = [UID("1.2.840.10008.1.2.1"), UID("1.2.840.10008.1.2")]
 _PROCESSING_FAILURE = 0x0110
+_BUSY = "the modality is sending on its open associations"  # wait for a quiet moment, not a failed attempt
 
 
 def event_information(transaction_uid: str, verdict: Verdict) -> Dataset:
@@ -96,6 +99,7 @@ class StorageCommitmentScp(DicomService):
         self._addresses: dict[str, ModalityAddress] = {
             a.ae_title: a for a in map(parse_modality, settings.modalities)}
         self._open: dict[int, Association] = {}  # commitment id -> association that asked
+        self._activity: dict[int, Activity] = {}  # id(association) -> what the modality is doing on it
         self._by_ae: dict[str, list[Association]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -110,7 +114,34 @@ class StorageCommitmentScp(DicomService):
         return [SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=True, scp_role=False)]
 
     def handlers(self) -> Sequence[tuple[Any, Callable[..., Any]]]:
-        return [(evt.EVT_N_ACTION, self._on_n_action)] if self._settings.enabled else []
+        if not self._settings.enabled:
+            return []
+        return [(evt.EVT_N_ACTION, self._on_n_action), (evt.EVT_PDU_RECV, self._on_pdu),
+                (evt.EVT_DIMSE_RECV, self._on_dimse_received), (evt.EVT_DIMSE_SENT, self._on_dimse_sent)]
+
+    # Notification handlers, on each association's own thread: what the modality is doing.
+    def _activity_of(self, assoc: Association) -> Activity:
+        return self._activity.setdefault(id(assoc), Activity(time.monotonic()))
+
+    def _on_pdu(self, event: Event) -> None:
+        with self._lock:
+            self._activity_of(event.assoc).received(time.monotonic())
+
+    def _on_dimse_received(self, event: Event) -> None:
+        name = type(getattr(event, "message", None)).__name__
+        if name.endswith("_RQ") and name != "C_CANCEL_RQ":  # a C-CANCEL is answered by the operation it cancels
+            with self._lock:
+                self._activity_of(event.assoc).request_received(time.monotonic())
+
+    def _on_dimse_sent(self, event: Event) -> None:
+        if type(getattr(event, "message", None)).__name__.endswith("_RSP"):
+            with self._lock:
+                self._activity_of(event.assoc).response_sent()
+
+    def _quiet(self, assoc: Association) -> bool:
+        with self._lock:
+            activity = self._activity.get(id(assoc))
+            return activity is None or activity.quiet(time.monotonic(), self._settings.same_association_quiet_s)
 
     def _on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
         """EVT_N_ACTION: never raises; persists the request before answering success."""
@@ -200,6 +231,8 @@ class StorageCommitmentScp(DicomService):
 
     def _report(self, pending: PendingCommitment, verdict: Verdict) -> int:
         error, via = self._deliver(pending, verdict)
+        if error is _BUSY:
+            return 0  # not an attempt: due again at the next pass
         now = self._clock()
         if error is None:
             self._store.reported(pending.id, len(verdict.committed), len(verdict.failed), now)
@@ -224,13 +257,23 @@ class StorageCommitmentScp(DicomService):
         return 0
 
     def _deliver(self, pending: PendingCommitment, verdict: Verdict) -> tuple[str | None, str]:
+        """Send the report: on an open association of the modality that is quiet, else on a new
+        one to its address; ``(None, via)`` when delivered, ``(_BUSY, "")`` to wait for a quiet
+        moment (the modality is sending on its open associations and has no address), else
+        ``(error, "")``."""
         ds = event_information(pending.transaction_uid, verdict)
+        busy = False
         for assoc in self._open_associations(pending):
+            if not self._quiet(assoc):
+                busy = True  # the modality is sending on it: our request would collide with its own
+                continue
             error = _send(assoc, ds, verdict)
             if error is None:
                 return None, "same association" if self._open.get(pending.id) is assoc else "open association"
         address = self._addresses.get(pending.calling_ae)
         if address is None:
+            if busy:
+                return _BUSY, ""
             return f"no address configured for calling AE {pending.calling_ae!r} (commitment.modalities)", ""
         return self._send_new(address, ds, verdict), "new association"
 
@@ -263,6 +306,9 @@ class StorageCommitmentScp(DicomService):
             for cid, assoc in list(self._open.items()):
                 if not assoc.is_established:
                     del self._open[cid]
+            alive_ids = {id(a) for assocs in self._by_ae.values() for a in assocs if a.is_established}
+            for key in [k for k in self._activity if k not in alive_ids]:
+                del self._activity[key]
             for ae_title, assocs in list(self._by_ae.items()):
                 alive = [a for a in assocs if a.is_established]
                 if alive:

@@ -176,3 +176,32 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 def _is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+class Activity:
+    """What the modality is doing on one association, to decide whether an N-EVENT-REPORT may go
+    out on it without colliding with the modality's own requests (PS3.4 J.3.3 lets the report go
+    on the requesting association; PS3.7 without asynchronous operations means a modality
+    waiting for its C-STORE-RSP must not be sent our request instead).
+
+    The association is *quiet* when no request of the modality awaits our response and nothing
+    has arrived from it for ``quiet_s``. Not thread safe: the adapter holds a lock.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.last_received = now
+        self.requests_open = 0
+
+    def received(self, now: float) -> None:
+        """Any PDU from the modality (a request may be starting to arrive)."""
+        self.last_received = now
+
+    def request_received(self, now: float) -> None:
+        self.requests_open += 1
+        self.last_received = now
+
+    def response_sent(self) -> None:
+        self.requests_open = max(0, self.requests_open - 1)
+
+    def quiet(self, now: float, quiet_s: float) -> bool:
+        return self.requests_open == 0 and now - self.last_received >= quiet_s

@@ -117,3 +117,19 @@ def test_n_action_status_names_what_is_wrong_when_the_request_is_invalid() -> No
     assert validate_request(1, cls, inst, "", good) == 0x0120
     assert validate_request(1, cls, inst, "1.2.3", []) == 0x0120
     assert validate_request(1, cls, inst, "1.02.3", good) == 0x0106
+
+
+def test_association_is_quiet_only_when_no_request_waits_and_nothing_arrived_for_the_quiet_time() -> None:
+    from gateway.core.commitment import Activity
+
+    a = Activity(now=100.0)
+    assert not a.quiet(100.5, 1.0) and a.quiet(101.0, 1.0)
+    a.request_received(101.0)  # a C-STORE-RQ: busy until our response, however long it takes
+    assert not a.quiet(500.0, 1.0)
+    a.response_sent()
+    assert a.quiet(500.0, 1.0)
+    a.received(500.2)  # the next request's first PDU
+    assert not a.quiet(500.9, 1.0) and a.quiet(501.2, 1.0)
+    a.response_sent()  # a stray response never makes the count negative
+    a.request_received(600.0)
+    assert not a.quiet(700.0, 1.0)

@@ -9,6 +9,7 @@ instances the edge's spool shows acknowledged by the cloud.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class Modality:
     reports: list[Report] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_event_report(self, event: Event) -> int:
+    def on_event_report(self, event: Event) -> tuple[int, None]:
         info = event.event_information
         report = Report(
             event_type=int(event.event_type),
@@ -58,7 +59,7 @@ class Modality:
             transaction_uid=str(info.TransactionUID), acknowledged_at_arrival=acknowledged_count(self.d))
         with self.lock:
             self.reports.append(report)
-        return 0x0000
+        return 0x0000, None  # (status, event reply): pynetdicom aborts the association on anything else
 
 
 def _ae() -> AE:
@@ -171,3 +172,44 @@ def test_n_action_is_refused_with_a_status_when_the_request_is_malformed(deploy:
     status, _ = assoc.send_n_action(info, 7, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
     assert int(status.Status) == 0x0123  # no such action
     assoc.release()
+
+
+def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_same_association(
+        deploy: Deploy) -> None:
+    """The modality asks for commitment, then goes on storing on the same association while the
+    cloud acknowledges: no N-EVENT-REPORT may land between its C-STORE-RQ and our response, so
+    every C-STORE succeeds and the report comes on that association once it is quiet."""
+    d = deploy(edge_overrides={"commitment": {"same_association_quiet_s": 5.0}})  # far above any gap, loaded
+    modality = Modality(d)
+    source = dcmread(next(p for p in real_images() if p.name == "MR2_UNCI.dcm"))
+    ae = _ae()
+    ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
+    ext = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=False)]
+    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE, ext_neg=ext,
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality.on_event_report)])
+    assert assoc.is_established
+
+    def store() -> tuple[str, int]:
+        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        status = assoc.send_c_store(source)
+        return str(source.SOPInstanceUID), int(status.Status) if "Status" in status else -1
+
+    first = [store() for _ in range(3)]
+    assert [status for _, status in first] == [0, 0, 0]
+    assert _action(assoc, generate_uid(), [(str(source.SOPClassUID), uid) for uid, _ in first]) == 0x0000
+    statuses = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(statuses) < 2000:  # keep sending until the report is due
+        statuses.append(store()[1])
+        if acknowledged_count(d) >= 3 and len(statuses) >= 20:
+            break
+    for _ in range(20):  # and well after: the report is due now, and must not interleave
+        statuses.append(store()[1])
+    assert set(statuses) == {0} and assoc.is_established
+    assert modality.reports == []  # nothing while the modality was sending
+    wait_for(lambda: modality.reports, 60, "the N-EVENT-REPORT once the association is quiet")
+    assert assoc.is_established
+    assoc.release()
+    (report,) = modality.reports
+    assert report.event_type == 1 and sorted(report.committed) == sorted(uid for uid, _ in first)
+    assert "VIA=same association" in (d.root / "edge.log").read_text(errors="replace")
