@@ -311,6 +311,8 @@ class FleetSettings:
                                 "site_offline alert (so are all of a site's boxes, two or more)")
     site_outage_window_s: float = _f(300.0, "boxes of a site going offline within this many seconds of each other "
                                      "count as one outage")
+    lease_s: float = _f(10.0, "the leader lease of several fleet instances on one store: renewed every second, "
+                        "taken over by another instance this long after its holder stopped renewing it")
 
 
 @dataclass(frozen=True)
