@@ -209,6 +209,10 @@ class AuthoritySettings:
                          "0 = any free port, reported in state_dir/ports/enrolment.json")
     enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"),
                                           "names and addresses in the endpoint's certificate")
+    enrol_metrics_bind: str = _f("127.0.0.1", "address of the enrolment endpoint's Prometheus /metrics (plain "
+                                 "HTTP: loopback or the operations network); empty = off")
+    enrol_metrics_port: int = _f(9472, "port of the enrolment endpoint's /metrics; "
+                                 "0 = any free port, reported in state_dir/ports/enrolment.json")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
     broker_port: int = _f(8883, "broker TLS port boxes are told to use")
     broker_crl_file: str = _f("", "where the broker reads the CRL: every revocation and renewal rewrites it "

@@ -151,8 +151,10 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     ack_keys.load_signer(ack_key)  # created here if this is the first cloud service to start
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
                                settings.mqtt.topic_prefix, a.box_cert_days, lambda: ack_keys.keyring_of(ack_key))
-    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment)
-    return run_service(server, "enrolment", StartRecord(paths.state_dir, "enrolment", time.time))
+    starts = StartRecord(paths.state_dir, "enrolment", time.time)
+    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment,
+                             metrics_bind=a.enrol_metrics_bind, metrics_port=a.enrol_metrics_port, starts=starts)
+    return run_service(server, "enrolment", starts)
 
 
 def cmd_cloud_token(args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ class LoopbackDeployment:
         if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
             assert self.broker.tls is not None and self.broker.tls.crl_file is not None
             cloud["mqtt"]["ca_file"] = str(self.broker.tls.ca_file)
-            cloud["authority"] = {"enrol_port": 0, "broker_host": "127.0.0.1",
+            cloud["authority"] = {"enrol_port": 0, "enrol_metrics_port": 0, "broker_host": "127.0.0.1",
                                   "broker_port": self.broker.port, "broker_crl_file": str(self.broker.tls.crl_file)}
             del tables["box"]
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}

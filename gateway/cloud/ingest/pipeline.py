@@ -172,6 +172,7 @@ class Ingest:
     def _over_budget(self, box_id: str, topic: str, size: int, over: OverBudget) -> list[Outgoing]:
         """Not acknowledged: the box resends it later. Dead-lettered (bounded per box) for the alert."""
         self._counters["chunks_over_budget"] += 1
+        self._counters[f"chunks_over_budget_{over.limit}"] += 1
         if self._dead_letters is not None:
             self._dead_letters.put(box_id, topic, DeadLetterReason.BUDGET, str(over), size)
         return []
