@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
-from gateway.adapters.mqtt_link import MqttLink
+from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.cloud.authority import ack_keys
 from gateway.cloud.fleet.service import FleetService
 from gateway.cloud.fleet.store import AlertState
 from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, _fill_defaults
 from gateway.core import fleet, topics
+from gateway.core.acksig import verify_util_ack
 from gateway.core.fleet import AlertKind, MessageKind
 from gateway.paths import Paths
 from tests.backends import Backend
@@ -153,3 +156,31 @@ def test_the_other_instance_takes_the_lease_and_raises_and_clears_alerts_when_th
              "the new leader to clear ha-4's alert")
     wait_for(lambda: len(offline_alerts(new, "ha-5")) == 1, 60, "the new leader to raise ha-5's alert")
     assert len(offline_alerts(new, "ha-4")) == 1  # taken over, not raised again
+
+
+def test_exam_record_is_stored_once_and_acknowledged_by_each_instance_when_two_share_a_store(
+        pair: Pair, box_link: MqttLink, broker: MosquittoBroker, tmp_path: Path) -> None:
+    acks: list[dict[str, Any]] = []
+
+    def on_ack(message: Inbound) -> None:
+        acks.append(json.loads(message.payload))
+
+    box = MqttLink(MqttSettings(port=broker.port), client_id="test-ha-6",
+                   subscriptions=[(topics.util_ack_topic(PREFIX, "ha-6"), 1)], on_message=on_ack)
+    box.start()
+    try:
+        assert box.wait_connected(60)
+        state(box_link, "ha-6", MessageKind.BIRTH, 1)  # both subscriptions are live once both know the box
+        wait_for(lambda: all(s.box("ha-6") is not None for s in pair.running), 60, "both instances to know the box")
+        t0 = time.time() // 86400 * 86400 + 3600
+        record = {"v": 1, "box_id": "ha-6", "study_key": "ab" * 16, "revision": 1, "modality": "CT", "start": t0,
+                  "end": t0 + 600, "images": 30, "series": 1, "source": "header", "status": "completed",
+                  "first_received_at": t0 + 10, "last_received_at": t0 + 620, "cloud_stored_at": t0 + 650,
+                  "site": "site-ha-6"}
+        assert box.publish(topics.telemetry_topic(PREFIX, "ha-6", "util"), json.dumps(record).encode(), qos=1)
+        wait_for(lambda: len(acks) >= 2, 60, "an ack from each instance")
+        keyring = ack_keys.keyring_of(tmp_path / "cloud" / "keys" / "ack.key")  # one key, shared by both
+        assert [verify_util_ack(a, "ha-6", keyring) for a in acks] == [("ab" * 16, 1)] * 2  # the box takes either
+        assert len(pair.a.store.exams(box_id="ha-6")) == 1
+    finally:
+        box.stop()
