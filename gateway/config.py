@@ -316,7 +316,7 @@ class FleetSettings:
     site_outage_window_s: float = _f(300.0, "boxes of a site going offline within this many seconds of each other "
                                      "count as one outage")
     lease_s: float = _f(10.0, "the leader lease of several fleet instances on one store: renewed every second, "
-                        "taken over by another instance this long after its holder stopped renewing it")
+                        "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
 
 
 @dataclass(frozen=True)
@@ -584,6 +584,8 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
             raise ConfigError(f"{source}: 'fleet.sites.{site}.turnaround_target_s' must be >= 0")
     if f.turnaround_target_s <= 0:
         raise ConfigError(f"{source}: 'fleet.turnaround_target_s' must be positive")
+    if not 3.0 <= f.lease_s <= 3600.0:  # renewed every second: a few renewals may fail before it lapses
+        raise ConfigError(f"{source}: 'fleet.lease_s' must be 3 to 3600 seconds")
     if bool(f.tls_cert_file) != bool(f.tls_key_file):
         raise ConfigError(f"{source}: 'fleet.tls_cert_file' and 'fleet.tls_key_file' go together")
     if f.plain_http and f.tls_cert_file:

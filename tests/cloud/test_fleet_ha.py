@@ -17,6 +17,7 @@ import pytest
 
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink
+from gateway.adapters.postgres_cluster import PostgresCluster
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.fleet.service import FleetService
 from gateway.cloud.fleet.store import AlertState
@@ -184,3 +185,31 @@ def test_exam_record_is_stored_once_and_acknowledged_by_each_instance_when_two_s
         assert len(pair.a.store.exams(box_id="ha-6")) == 1
     finally:
         box.stop()
+
+
+def test_no_instance_leads_while_the_store_is_out_of_reach_and_one_leads_again_when_it_is_back(
+        broker: MosquittoBroker, pg_cluster: PostgresCluster, box_link: MqttLink, tmp_path: Path) -> None:
+    import psycopg
+
+    backend = Backend("postgres", pg_cluster)
+    database = backend.dsn.split("dbname=", 1)[1].split()[0]
+    pair = Pair(broker, backend, tmp_path)
+    try:
+        pair.leader()
+        state(box_link, "ha-7", MessageKind.BIRTH, 1)
+        wait_for(lambda: all(s.box("ha-7") is not None for s in pair.running), 60, "both instances to know the box")
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:  # the database goes out of reach
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [database])
+        try:
+            wait_for(lambda: not any(s.leading for s in pair.running), 60, "every instance to give up the lead")
+            for svc in pair.running:  # the consoles still answer, from the registry in memory
+                assert get(svc, "/healthz")["leader"] is False
+                assert "ha-7" in {b["box_id"] for b in get(svc, "/api/v1/boxes")["boxes"]}
+        finally:
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        pair.leader()  # one takes the lease again once the store is back
+    finally:
+        while pair.running:
+            pair.running.pop().stop()

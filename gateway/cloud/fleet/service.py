@@ -244,8 +244,16 @@ class FleetService:
     # -- several instances on one store: the leader lease ------------------------------------------------
     def _lead(self, now: float) -> bool:
         """Take or renew the leader lease; True if this instance has just become the leader."""
-        lease = self.store.take_lease(self.instance, now, self.fleet.lease_s)
-        was, self.leading, self.leader = self.leading, lease.held_by(self.instance), lease.holder
+        was = self.leading
+        try:
+            lease = self.store.take_lease(self.instance, now, self.fleet.lease_s)
+        except GatewayError:  # the store is out of reach: no lease can be renewed, and nothing written
+            self.leading = False
+            if was:
+                log.warning("fleet leadership lost", extra={
+                    "MESSAGE_ID": MSG.FLEET_LEADER_LOST.value, "INSTANCE": self.instance, "LEADER": ""})
+            raise
+        self.leading, self.leader = lease.held_by(self.instance), lease.holder
         if self.leading != was:
             log.info("fleet leadership %s", "taken" if self.leading else "lost", extra={
                 "MESSAGE_ID": (MSG.FLEET_LEADER_TAKEN if self.leading else MSG.FLEET_LEADER_LOST).value,
