@@ -197,6 +197,8 @@ class IngestSettings:
     metrics_bind: str = _f("127.0.0.1", "address of this worker's Prometheus /metrics")
     metrics_port: int = _f(9471, "port of this worker's /metrics (each worker of a node needs its own; "
                            "0 = any free port, reported in state_dir/ports/ingest-<group>-<worker>.json)")
+    metrics_token_file: str = _f("", "file holding a bearer token (0600, relative to state_dir) that this worker's "
+                                 "/metrics requires; empty = none")
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ class AuthoritySettings:
                                  "HTTP: loopback or the operations network); empty = off")
     enrol_metrics_port: int = _f(9472, "port of the enrolment endpoint's /metrics; "
                                  "0 = any free port, reported in state_dir/ports/enrolment.json")
+    enrol_metrics_token_file: str = _f("", "file holding a bearer token (0600, relative to state_dir) that the "
+                                       "enrolment endpoint's /metrics requires; empty = none")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
     broker_port: int = _f(8883, "broker TLS port boxes are told to use")
     broker_crl_file: str = _f("", "where the broker reads the CRL: every revocation and renewal rewrites it "

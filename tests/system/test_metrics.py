@@ -4,10 +4,13 @@ each a real process on the port it bound and reported (tests/system/conftest.py'
 
 from __future__ import annotations
 
+import os
 import platform
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway import __version__
 from gateway.core.framing import WIRE_VERSION
@@ -59,3 +62,25 @@ def test_every_process_answers_metrics_with_build_info_and_its_own_series_when_a
     assert "mgw_fleet_boxes{" in found["fleet"]
     assert 'mgw_enrolment_certificates_issued_total{kind="enrol"} 1.0' in found["enrolment"]  # the box provisioned
     assert 'mgw_enrolment_requests_total{endpoint="simpleenroll",status="200"} 1.0' in found["enrolment"]
+
+
+def status_of(url: str, token: str | None) -> int:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as rsp:  # noqa: S310
+            return int(rsp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_cloud_metrics_answer_only_with_the_bearer_token_when_token_files_are_configured(
+        deploy: Deploy, tmp_path: Path) -> None:
+    token = os.urandom(24).hex()
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    d = deploy(secure=True, cloud_overrides={"ingest": {"metrics_token_file": str(token_file)},
+                                             "authority": {"enrol_metrics_token_file": str(token_file)}})
+    for url in (f"http://127.0.0.1:{d.ingest_metrics_port()}/metrics",
+                f"http://127.0.0.1:{d.reported_port('enrolment', 'metrics')}/metrics"):
+        assert (status_of(url, None), status_of(url, token[:-1]), status_of(url, token)) == (401, 401, 200), url

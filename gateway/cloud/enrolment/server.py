@@ -165,11 +165,12 @@ class EnrolmentServer:
     def __init__(self, authority: FleetAuthority, directions: BoxDirections, cert_file: Path, key_file: Path,
                  host: str = "127.0.0.1", port: int = 0, limits: EnrolmentLimitSettings | None = None,
                  clock: Callable[[], float] = time.monotonic, *, metrics_bind: str = "", metrics_port: int = 0,
-                 starts: StartRecord | None = None) -> None:
+                 metrics_token: str = "", starts: StartRecord | None = None) -> None:
         self.authority = authority
         self.counters = EnrolmentCounters()
         self.starts = starts
-        self.metrics = MetricsServer(metrics_bind, metrics_port, self._samples) if metrics_bind else None
+        self.metrics = (MetricsServer(metrics_bind, metrics_port, self._samples, metrics_token) if metrics_bind
+                        else None)
         self.directions = directions
         self.limits = limits or EnrolmentLimitSettings()
         self.guard = Guard(self.limits, clock)

@@ -85,7 +85,8 @@ class CloudService:
         )
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"ingest-{group}-{settings.ingest.worker_id}", time.time)
-        self.metrics = MetricsServer(settings.ingest.metrics_bind, settings.ingest.metrics_port, self._samples)
+        self.metrics = MetricsServer(settings.ingest.metrics_bind, settings.ingest.metrics_port, self._samples,
+                                     backends.bearer_token(paths, settings.ingest.metrics_token_file))
         self.topic_rejects = 0
         self.loop_heartbeat = time.monotonic()
 
