@@ -200,6 +200,8 @@ class IngestSettings:
     metrics_bind: str = _f("127.0.0.1", "address of this worker's Prometheus /metrics")
     metrics_port: int = _f(9471, "port of this worker's /metrics (each worker of a node needs its own; "
                            "0 = any free port, reported in state_dir/ports/ingest-<group>-<worker>.json)")
+    metrics_token_file: str = _f("", "file holding a bearer token (0600, relative to state_dir) that this worker's "
+                                 "/metrics requires; empty = none")
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,12 @@ class AuthoritySettings:
                          "0 = any free port, reported in state_dir/ports/enrolment.json")
     enrol_hostnames: tuple[str, ...] = _f(("127.0.0.1", "localhost"),
                                           "names and addresses in the endpoint's certificate")
+    enrol_metrics_bind: str = _f("127.0.0.1", "address of the enrolment endpoint's Prometheus /metrics (plain "
+                                 "HTTP: loopback or the operations network); empty = off")
+    enrol_metrics_port: int = _f(9472, "port of the enrolment endpoint's /metrics; "
+                                 "0 = any free port, reported in state_dir/ports/enrolment.json")
+    enrol_metrics_token_file: str = _f("", "file holding a bearer token (0600, relative to state_dir) that the "
+                                       "enrolment endpoint's /metrics requires; empty = none")
     broker_host: str = _f("", "broker host boxes are told to use; empty = mqtt.host")
     broker_port: int = _f(8883, "broker TLS port boxes are told to use")
     broker_crl_file: str = _f("", "where the broker reads the CRL: every revocation and renewal rewrites it "
@@ -315,6 +323,8 @@ class FleetSettings:
                                 "site_offline alert (so are all of a site's boxes, two or more)")
     site_outage_window_s: float = _f(300.0, "boxes of a site going offline within this many seconds of each other "
                                      "count as one outage")
+    lease_s: float = _f(10.0, "the leader lease of several fleet instances on one store: renewed every second, "
+                        "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
 
 
 @dataclass(frozen=True)
@@ -582,6 +592,8 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
             raise ConfigError(f"{source}: 'fleet.sites.{site}.turnaround_target_s' must be >= 0")
     if f.turnaround_target_s <= 0:
         raise ConfigError(f"{source}: 'fleet.turnaround_target_s' must be positive")
+    if not 3.0 <= f.lease_s <= 3600.0:  # renewed every second: a few renewals may fail before it lapses
+        raise ConfigError(f"{source}: 'fleet.lease_s' must be 3 to 3600 seconds")
     if bool(f.tls_cert_file) != bool(f.tls_key_file):
         raise ConfigError(f"{source}: 'fleet.tls_cert_file' and 'fleet.tls_key_file' go together")
     if f.plain_http and f.tls_cert_file:

@@ -134,6 +134,7 @@ def _enrol_url(settings: config.CloudSettings) -> str:
 
 def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     from gateway.adapters import blobs, keystore
+    from gateway.cloud import backends
     from gateway.cloud.authority import ack_keys
     from gateway.cloud.enrolment.server import BoxDirections, EnrolmentServer
     from gateway.supervision import StartRecord, run_service
@@ -151,8 +152,11 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     ack_keys.load_signer(ack_key)  # created here if this is the first cloud service to start
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
                                settings.mqtt.topic_prefix, a.box_cert_days, lambda: ack_keys.keyring_of(ack_key))
-    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment)
-    return run_service(server, "enrolment", StartRecord(paths.state_dir, "enrolment", time.time))
+    starts = StartRecord(paths.state_dir, "enrolment", time.time)
+    server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment,
+                             metrics_bind=a.enrol_metrics_bind, metrics_port=a.enrol_metrics_port,
+                             metrics_token=backends.bearer_token(paths, a.enrol_metrics_token_file), starts=starts)
+    return run_service(server, "enrolment", starts)
 
 
 def cmd_cloud_token(args: argparse.Namespace) -> int:

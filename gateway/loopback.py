@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 from gateway.adapters import keystore, ports
@@ -66,6 +67,7 @@ class LoopbackDeployment:
         self._subscribed_marks: dict[int, int] = {}  # worker -> its log's SUBSCRIBED count at its last start
         self._cloud_overrides = cloud_overrides or {}
         self.fleet: subprocess.Popen[bytes] | None = None
+        self.fleets: dict[str, subprocess.Popen[bytes]] = {}  # further fleet instances, by worker id
         self._fleet_overrides: dict[str, object] = {}
 
     def write_configs(self) -> None:
@@ -86,7 +88,7 @@ class LoopbackDeployment:
         if self.secure:  # identity, broker TLS files and the box id come from provisioning (device.toml)
             assert self.broker.tls is not None and self.broker.tls.crl_file is not None
             cloud["mqtt"]["ca_file"] = str(self.broker.tls.ca_file)
-            cloud["authority"] = {"enrol_port": 0, "broker_host": "127.0.0.1",
+            cloud["authority"] = {"enrol_port": 0, "enrol_metrics_port": 0, "broker_host": "127.0.0.1",
                                   "broker_port": self.broker.port, "broker_crl_file": str(self.broker.tls.crl_file)}
             del tables["box"]
             tables["mqtt"] = {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0}
@@ -256,6 +258,24 @@ class LoopbackDeployment:
             self.fleet = self._spawn(["cloud", "fleet", "--config", str(self.fleet_toml)], "fleet.log")
             self.await_report(self.cloud_dir, self._fleet_service, self.fleet)
 
+    def start_fleet_instance(self, worker_id: str) -> subprocess.Popen[bytes]:
+        """Another fleet instance on the same store (docs/operations.md#running-two-fleet-processes):
+        the fleet's configuration with its own worker id, reported as ``fleet-<worker_id>``; plain
+        mode only (the secure mode issues one fleet identity)."""
+        if self.secure:
+            raise LocalError("a second fleet instance needs its own broker identity; plain mode only")
+        tables = tomllib.loads(self.fleet_toml.read_text())
+        tables.setdefault("ingest", {})["worker_id"] = worker_id
+        toml = self.root / f"fleet-{worker_id}.toml"
+        toml.write_text(render_toml(tables))
+        proc = self.fleets[worker_id] = self._spawn(["cloud", "fleet", "--config", str(toml)], f"fleet-{worker_id}.log")
+        self.await_report(self.cloud_dir, f"fleet-{worker_id}", proc)
+        return proc
+
+    def kill_fleet(self, worker_id: str = "1") -> None:
+        """SIGKILL a fleet instance (``1``: the first): it neither releases its lease nor says goodbye."""
+        self._end(self.fleet if worker_id == "1" else self.fleets.get(worker_id), signal.SIGKILL)
+
     @property
     def dashboard_url(self) -> str:
         return f"https://127.0.0.1:{self.fleet_port}/"
@@ -319,6 +339,8 @@ class LoopbackDeployment:
             self._end(proc, signal.SIGTERM)
         self._end(self.enrolment, signal.SIGTERM)
         self._end(self.fleet, signal.SIGTERM)
+        for proc in self.fleets.values():
+            self._end(proc, signal.SIGTERM)
         self.broker.stop()
         if self.secure:
             self.authority.close()

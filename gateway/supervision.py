@@ -10,12 +10,17 @@ rules in deploy/prometheus/ turn into an alert.
 
 The file is written atomically (temporary file, fsync, rename); an unreadable one counts as a
 first start rather than stopping the service.
+
+``build_info`` is the ``mgw_build_info`` gauge every process exports on its /metrics (edge, ingest
+workers, fleet, enrolment): the software version, the Python, the wire formats it speaks and the
+source commit (``gateway/BUILD_COMMIT``, written by image/build; "unknown" in a checkout).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -26,9 +31,31 @@ from typing import Protocol
 from gateway import __version__
 from gateway.adapters import blobs, ports
 from gateway.adapters.metrics_http import Sample
+from gateway.core import acksig, envelope, fleet, framing
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
+COMMIT_FILE = Path(__file__).parent / "BUILD_COMMIT"
+
+
+def build_commit(path: Path = COMMIT_FILE) -> str:
+    """The source commit this package was built from, or "unknown" (a checkout, an editable install)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+    return text[:40] if text and all(c in "0123456789abcdef" for c in text[:40]) else "unknown"
+
+
+def build_info(component: str, service: str = "") -> Sample:
+    """``mgw_build_info`` = 1, its labels saying what runs: ``component`` (edge, ingest, fleet, enrolment),
+    the service instance, version, Python, commit, and the versions of the wire formats it speaks."""
+    labels = {"component": component, "service": service or component, "version": __version__,
+              "python": platform.python_version(), "commit": build_commit(),
+              "wire": str(framing.WIRE_VERSION), "envelope": str(envelope.ENVELOPE_VERSION),
+              "telemetry": str(fleet.TELEMETRY_VERSION), "util_ack": str(acksig.UTIL_ACK_VERSION)}
+    return Sample("mgw_build_info", "what this process runs: version, Python, commit, wire format versions; always 1",
+                  1, labels)
 
 
 @dataclass(frozen=True)
@@ -69,8 +96,7 @@ class StartRecord:
         yield Sample("mgw_service_unclean_restarts_total", "starts after a run that crashed or was killed",
                      self.current.unclean, labels, counter=True)
         yield Sample("mgw_service_start_time_seconds", "when this run started", self.current.started_at, labels)
-        yield Sample("mgw_build_info", "the software version of this process", 1,
-                     {**labels, "version": __version__})
+        yield build_info(self.service.split("-", 1)[0], self.service)
 
     def _read(self) -> Starts:
         try:

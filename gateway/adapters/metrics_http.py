@@ -4,15 +4,21 @@
 metrics are always the current figures, with no second copy of state to keep in sync.
 Names follow Prometheus conventions: ``mgw_`` prefix, base units in the name (``_bytes``,
 ``_seconds``, ``_celsius``), ``_total`` for counters.
+
+``MetricsServer`` serves ``GET /metrics`` on its own plain-HTTP listener; with a ``token`` every
+request must carry ``Authorization: Bearer <token>`` (compared in constant time), else 401.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,18 +70,52 @@ def render(registry: CollectorRegistry) -> bytes:
     return exposition.generate_latest(registry)
 
 
-class MetricsServer:
-    """``GET /metrics`` on ``bind:port`` in a daemon thread; start failures are logged, not raised."""
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard library's signature
+        pass  # wsgiref would print every scrape on stderr
 
-    def __init__(self, bind: str, port: int, source: Callable[[], Iterable[Sample]]) -> None:
-        self._bind, self._port = bind, port
+
+def _bearer(app: Any, token: str) -> Any:
+    """``app`` behind ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                ("WWW-Authenticate", 'Bearer realm="metrics"')])
+            return [b"a bearer token is required\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+def _serve_with_token(bind: str, port: int, registry: CollectorRegistry, token: str) -> tuple[Any, threading.Thread]:
+    class Server(exposition.ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    server = make_server(bind, port, _bearer(exposition.make_wsgi_app(registry), token), Server, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+class MetricsServer:
+    """``GET /metrics`` on ``bind:port`` in a daemon thread; start failures are logged, not raised.
+    With ``token``, only requests that carry it as a bearer token are answered."""
+
+    def __init__(self, bind: str, port: int, source: Callable[[], Iterable[Sample]], token: str = "") -> None:
+        self._bind, self._port, self._token = bind, port, token
         self._registry = registry_for(source)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         try:
-            self._server, self._thread = exposition.start_http_server(self._port, self._bind, self._registry)
+            if self._token:
+                self._server, self._thread = _serve_with_token(self._bind, self._port, self._registry, self._token)
+            else:
+                self._server, self._thread = exposition.start_http_server(self._port, self._bind, self._registry)
         except OSError as exc:
             log.error("metrics endpoint not started: %s", exc, extra={
                 "MESSAGE_ID": MSG.METRICS_UNAVAILABLE.value, "BIND": f"{self._bind}:{self._port}"})

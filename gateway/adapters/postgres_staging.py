@@ -105,6 +105,10 @@ class PostgresStaging:
     def chunk_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) AS n FROM staged_chunks")[0]["n"])
 
+    def transfer_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) AS n FROM (SELECT DISTINCT box_id, transfer_id "
+                                    "FROM staged_chunks) t")[0]["n"])
+
     def usage(self, box_id: str) -> tuple[int, int]:
         row = self._db.execute(
             "SELECT COUNT(DISTINCT transfer_id) AS transfers, COALESCE(SUM(octet_length(frame)), 0) AS size "

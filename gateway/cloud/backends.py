@@ -40,6 +40,21 @@ def read_secret(path: Path) -> str:
     return text
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def bearer_token(paths: Paths, relative: str) -> str:
+    """The bearer token a /metrics endpoint requires, from its 0600 file; "" when none is configured."""
+    if not relative:
+        return ""
+    path = paths.key_file(relative)
+    token = read_secret(path)
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+        raise ConfigError(f"{path}: a metrics bearer token must be at least {MIN_TOKEN_CHARS} printable "
+                          "characters without spaces (e.g. openssl rand -hex 24)")
+    return token
+
+
 def _postgres() -> None:
     """psycopg is an optional extra (the edge image does not carry it): a clear error if absent."""
     try:

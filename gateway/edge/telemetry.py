@@ -34,6 +34,7 @@ from gateway.core.fleet import MessageKind
 from gateway.edge.exams import ExamRecorder
 from gateway.logs import MSG
 from gateway.paths import Paths
+from gateway.supervision import build_info
 
 log = logging.getLogger(__name__)
 _TICK_S = 1.0
@@ -222,6 +223,7 @@ class Telemetry:
         yield Sample("mgw_edge_utilisation_unacked", "exam records the cloud has not acknowledged",
                      snap["utilisation_unacked"], box)
         yield Sample("mgw_edge_births_total", "birth messages published", self._births, box, True)
+        yield build_info("edge")
         yield from self._dicom_samples(box)
 
     def _dicom_samples(self, box: dict[str, str]) -> Iterator[Sample]:

@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway import __version__
 from gateway.adapters import enrolment_client
 from gateway.cloud.authority.ca import FleetAuthority, token_ref
 from gateway.cloud.enrolment.server import ENROL, REENROL, BoxDirections, EnrolmentServer
@@ -104,7 +106,7 @@ def _csr(cn: str = "") -> str:
 def make_cloud(tmp_path: Path) -> Iterator[Any]:
     made: list[Cloud] = []
 
-    def make(limits: EnrolmentLimitSettings = GENEROUS) -> Cloud:
+    def make(limits: EnrolmentLimitSettings = GENEROUS, metrics_bind: str = "") -> Cloud:
         clock = Clock()
         authority = FleetAuthority(tmp_path / "ca", clock=clock)
         key_pem, cert_pem = authority.issue_with_key("enrolment", 30, server_hosts=["127.0.0.1"])
@@ -112,7 +114,8 @@ def make_cloud(tmp_path: Path) -> Iterator[Any]:
         (tmp_path / "enrol.pem").write_bytes(cert_pem)
         keyring = AckKeyring((AckSigner(bytes(32)).public,))
         server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", 8883, "mgw/v1", 90.0, lambda: keyring),
-                                 tmp_path / "enrol.pem", tmp_path / "enrol.key", limits=limits, clock=clock)
+                                 tmp_path / "enrol.pem", tmp_path / "enrol.key", limits=limits, clock=clock,
+                                 metrics_bind=metrics_bind, metrics_port=0)
         server.start()
         made.append(Cloud(authority, server, clock, tmp_path))
         return made[-1]
@@ -331,3 +334,30 @@ def test_connection_closed_unanswered_when_max_connections_are_open(make_cloud: 
             return False
 
     wait_for(served, 30, "the endpoint to serve again once the idle connections closed")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of the one sample of ``name`` whose labels include ``labels`` (0 if none)."""
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{", 1)[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_requests_refusals_and_certificates_and_carry_build_info_when_boxes_enrol(
+        make_cloud: Any) -> None:
+    cloud = make_cloud(replace(GENEROUS, address_per_minute=1, address_burst=3), metrics_bind="127.0.0.1")
+    port = cloud.server.ports()["metrics"]
+    assert port and port != cloud.server.port  # its own listener, any free port, reported
+    assert cloud.enrol(cloud.token("ct-01"))[0] == 200
+    assert [cloud.enrol(f"mgw1-guess{n}")[0] for n in range(3)] == [403, 403, 429]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as rsp:  # noqa: S310 - loopback
+        text = rsp.read().decode()
+    assert _metric(text, "mgw_enrolment_requests_total", endpoint="simpleenroll", status="200") == 1
+    assert _metric(text, "mgw_enrolment_requests_total", endpoint="simpleenroll", status="403") == 2
+    assert _metric(text, "mgw_enrolment_requests_total", endpoint="simpleenroll", status="429") == 1
+    assert _metric(text, "mgw_enrolment_refusals_total", reason="refused") == 2
+    assert _metric(text, "mgw_enrolment_refusals_total", reason="rate_limited") == 1
+    assert _metric(text, "mgw_enrolment_certificates_issued_total", kind="enrol") == 1
+    assert _metric(text, "mgw_build_info", component="enrolment", version=__version__) == 1

@@ -200,7 +200,7 @@ def test_both_backends_have_the_same_tables_and_columns_when_migrated(
     with psycopg.connect(dsn) as conn:
         pg = set(conn.execute("SELECT table_name, column_name FROM information_schema.columns "
                               "WHERE table_schema = 'public' AND table_name <> 'fleet_schema_version'").fetchall())
-    assert lite == pg and len(pg) == 9 + 9 + 14 + (7 + 8) + 9 + 9 + 8
+    assert lite == pg and len(pg) == 9 + 9 + 14 + (7 + 8) + 9 + 9 + 8 + 4  # + 4: fleet_leases
 
 
 def test_store_reconnects_when_the_server_dropped_its_connection(pg_cluster: PostgresCluster) -> None:
@@ -259,3 +259,45 @@ def test_concurrent_opens_migrate_once_when_services_start_together_on_a_new_sql
     assert {s.schema_version() for s in stores} == {len(fleet_store.MIGRATIONS)}
     for s in stores:
         s.close()
+
+
+def test_lease_goes_to_one_holder_until_it_expires_or_is_released_when_two_instances_ask(
+        tmp_path: Path, backend: Backend) -> None:
+    a, b = backend.fleet_store(tmp_path), backend.fleet_store(tmp_path)  # two connections, one database
+    try:
+        assert a.take_lease("a", 100.0, 10.0) == fleet_store.Lease("a", 110.0, 1)
+        assert b.take_lease("b", 105.0, 10.0) == fleet_store.Lease("a", 110.0, 1)  # held: refused
+        assert a.take_lease("a", 108.0, 10.0) == fleet_store.Lease("a", 118.0, 1)  # renewed, same term
+        assert b.take_lease("b", 118.0, 10.0) == fleet_store.Lease("b", 128.0, 2)  # expired: taken over
+        assert a.take_lease("a", 119.0, 10.0).holder == "b"  # the old holder is refused now
+        a.release_lease("a")  # not its lease: nothing happens
+        assert a.take_lease("a", 120.0, 10.0).holder == "b"
+        b.release_lease("b")
+        assert a.take_lease("a", 121.0, 10.0) == fleet_store.Lease("a", 131.0, 3)  # released: taken at once
+    finally:
+        a.close()
+        b.close()
+
+
+def test_lease_is_taken_by_exactly_one_when_many_threads_race_for_an_expired_lease(
+        tmp_path: Path, backend: Backend) -> None:
+    stores = [backend.fleet_store(tmp_path) for _ in range(4)]
+    winners: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def race(i: int) -> None:
+        start.wait()
+        if stores[i].take_lease(f"i{i}", 100.0, 10.0).held_by(f"i{i}"):
+            winners.append(f"i{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(winners) == 1
+        assert stores[0].take_lease("x", 101.0, 10.0).holder == winners[0]
+    finally:
+        for s in stores:
+            s.close()

@@ -42,3 +42,16 @@ def test_prometheus_rules_alert_on_a_restart_when_promtool_runs_their_unit_tests
     test = subprocess.run([promtool, "test", "rules", "mgw.rules.test.yml"], cwd=RULES, capture_output=True,
                           text=True, timeout=120)
     assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
+def test_example_prometheus_configuration_is_valid_and_loads_the_rules_when_promtool_checks_it() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        _missing("promtool not installed (apt-get install prometheus)")
+    check = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=RULES, capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 1 rule files found" in check.stdout + check.stderr
+    jobs = (RULES / "prometheus.yml").read_text()
+    for job in ("mgw-ingest", "mgw-fleet", "mgw-enrol"):  # the jobs MgwServiceDown and the docs name
+        assert f"job_name: {job}\n" in jobs

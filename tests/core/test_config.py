@@ -361,6 +361,7 @@ def test_fixed_utc_offset_still_applies_when_no_time_zone_is_set(tmp_path: Path)
     ('[fleet]\nsites = 3\n', "'fleet.sites' must hold tables"),
     ('[fleet]\ntime_zone = "Nowhere"\n', "'fleet.time_zone'"),
     ('[fleet]\nturnaround_target_s = 0\n', "'fleet.turnaround_target_s' must be positive"),
+    ('[fleet]\nlease_s = 1.0\n', "'fleet.lease_s' must be 3 to 3600 seconds"),
 ])
 def test_load_cloud_refuses_a_site_with_its_reason_when_its_zone_or_hours_are_wrong(tmp_path: Path, text: str,
                                                                                     reason: str) -> None:

@@ -266,6 +266,14 @@ def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue
              "the rogue box's dead_letters alert")
     assert not any(a["kind"] == "dead_letters" and a["box_id"] != ROGUE for a in alerts)
     assert 429 in codes or 403 in codes, codes  # the enrolment endpoint limited the flood and still answers
+    enrol_metrics = d.reported_port("enrolment", "metrics")  # its /metrics counted what it answered
+    for status in (403, 429):
+        assert _metric_sum(enrol_metrics, "mgw_enrolment_requests_total", endpoint="simpleenroll",
+                           status=str(status)) == codes.count(status)
+    assert _metric_sum(enrol_metrics, "mgw_enrolment_refusals_total", reason="rate_limited") == codes.count(429)
+    throttled = _metric_sum(ingest_metrics, "mgw_ingest_chunks_throttled_total", limit="open_transfers")
+    assert throttled >= _metric_sum(ingest_metrics, "mgw_ingest_dead_letters_total", reason="budget") >= 8
+    assert _metric_sum(ingest_metrics, "mgw_ingest_chunks_refused_total") > 0
 
     subprocess.run([sys.executable, "-m", "gateway", "cloud", "revoke", ROGUE, "--config", str(d.cloud_toml)],
                    check=True, capture_output=True, timeout=60)

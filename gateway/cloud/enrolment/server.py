@@ -16,6 +16,10 @@ Refusals are ``{"error": "<what to check>"}`` with HTTP 403 (token, CSR or certi
 or locked out after repeated refusals), 429 (over a rate limit), 400/411/413 (a malformed or
 oversize body); 429 and lockouts carry ``Retry-After``. The limits, and why, are in
 ``gateway/cloud/enrolment/guard.py``; every attempt is logged once with its MESSAGE_ID.
+
+Its Prometheus /metrics is a separate plain-HTTP listener (``authority.enrol_metrics_bind`` and
+``enrol_metrics_port``, loopback by default): requests by endpoint and status, refusals by reason,
+lockouts, certificates issued, and the process's starts and build information.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +39,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from gateway.adapters.metrics_http import MetricsServer, Sample
 from gateway.cloud.authority.ca import EnrolmentRefusedError, FleetAuthority, Issued, token_ref
 from gateway.cloud.enrolment.guard import (
     Guard,
@@ -47,6 +53,7 @@ from gateway.config import EnrolmentLimitSettings
 from gateway.core.acksig import AckKeyring
 from gateway.core.schema import EnrolRequest, ReenrolRequest
 from gateway.logs import MSG
+from gateway.supervision import StartRecord, build_info
 
 log = logging.getLogger(__name__)
 CACERTS = "/.well-known/est/cacerts"
@@ -87,13 +94,47 @@ class Attempt:
         return {"ENDPOINT": self.endpoint, "ADDRESS": self.address, **self.fields}
 
 
+class EnrolmentCounters:
+    """What the endpoint answered, for /metrics. Thread safe: every connection's thread counts here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, int]] = Counter()  # (endpoint, HTTP status)
+        self.refusals: Counter[str] = Counter()  # reason: refused, bad_request, rate_limited, locked_out, ...
+        self.lockouts: Counter[str] = Counter()  # kind: address, token, box
+        self.issued: Counter[str] = Counter()  # enrol, renew
+
+    def count(self, counter: Counter[Any], key: Any) -> None:
+        with self._lock:
+            counter[key] += 1
+
+    def samples(self) -> Iterator[Sample]:
+        with self._lock:
+            requests, refusals = dict(self.requests), dict(self.refusals)
+            lockouts, issued = dict(self.lockouts), dict(self.issued)
+        for (endpoint, status), n in sorted(requests.items()):
+            yield Sample("mgw_enrolment_requests_total", "requests answered, by endpoint and HTTP status", n,
+                         {"endpoint": endpoint, "status": str(status)}, counter=True)
+        for reason, n in sorted(refusals.items()):
+            yield Sample("mgw_enrolment_refusals_total", "requests and connections refused, by reason", n,
+                         {"reason": reason}, counter=True)
+        for kind, n in sorted(lockouts.items()):
+            yield Sample("mgw_enrolment_lockouts_total", "lockouts started after repeated refusals, by what is "
+                         "locked out", n, {"kind": kind}, counter=True)
+        for kind in ("enrol", "renew"):
+            yield Sample("mgw_enrolment_certificates_issued_total", "box certificates issued, by enrolment or "
+                         "renewal", issued.get(kind, 0), {"kind": kind}, counter=True)
+
+
 class _Server(ThreadingHTTPServer):
     """At most ``max_connections`` connections served at once; more are closed at once."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int,
+                 counters: EnrolmentCounters) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._counters = counters
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -101,6 +142,7 @@ class _Server(ThreadingHTTPServer):
             log.warning("enrolment connection refused", extra={
                 "MESSAGE_ID": MSG.ENROLMENT_RATE_LIMITED.value, "ADDRESS": address_key(str(client_address[0])),
                 "REASON": "too many connections at once"})
+            self._counters.count(self._counters.refusals, "too_many_connections")
             self.shutdown_request(request)
             return
         try:
@@ -122,8 +164,13 @@ class _Server(ThreadingHTTPServer):
 class EnrolmentServer:
     def __init__(self, authority: FleetAuthority, directions: BoxDirections, cert_file: Path, key_file: Path,
                  host: str = "127.0.0.1", port: int = 0, limits: EnrolmentLimitSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, metrics_bind: str = "", metrics_port: int = 0,
+                 metrics_token: str = "", starts: StartRecord | None = None) -> None:
         self.authority = authority
+        self.counters = EnrolmentCounters()
+        self.starts = starts
+        self.metrics = (MetricsServer(metrics_bind, metrics_port, self._samples, metrics_token) if metrics_bind
+                        else None)
         self.directions = directions
         self.limits = limits or EnrolmentLimitSettings()
         self.guard = Guard(self.limits, clock)
@@ -139,7 +186,7 @@ class EnrolmentServer:
             endpoint = server
             timeout = self.limits.request_timeout_s
 
-        self._httpd = _Server((host, port), Handler, self.limits.max_connections)
+        self._httpd = _Server((host, port), Handler, self.limits.max_connections, self.counters)
         # the handshake runs in the connection's own thread, under its timeout, not in accept()
         self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
@@ -149,10 +196,14 @@ class EnrolmentServer:
         return int(self._httpd.server_address[1])
 
     def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start()
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="enrolment", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -162,7 +213,15 @@ class EnrolmentServer:
         return self._thread is not None and self._thread.is_alive()
 
     def ports(self) -> dict[str, int]:
-        return {"https": self.port}
+        metrics = None if self.metrics is None else self.metrics.port
+        return {"https": self.port} if metrics is None else {"https": self.port, "metrics": metrics}
+
+    def _samples(self) -> Iterator[Sample]:
+        yield from self.counters.samples()
+        if self.starts is not None:
+            yield from self.starts.samples()
+        else:
+            yield build_info("enrolment")
 
     def answer(self, issued: Issued) -> dict[str, Any]:
         d = self.directions
@@ -184,6 +243,7 @@ class EnrolmentServer:
         except EnrolmentRefusedError as exc:
             raise Refusal(403, MSG.ENROLMENT_REFUSED, str(exc)) from exc
         self.guard.succeeded("token", ref)
+        self.counters.count(self.counters.issued, "enrol")
         log.info("box enrolled", extra={"MESSAGE_ID": MSG.BOX_ENROLLED.value, "BOX_ID": issued.box_id,
                                         "SERIAL": issued.serial, **attempt.log_fields()})
         return self.answer(issued)
@@ -201,6 +261,7 @@ class EnrolmentServer:
         except EnrolmentRefusedError as exc:
             raise Refusal(403, MSG.ENROLMENT_REFUSED, str(exc)) from exc
         self.guard.succeeded("box", box)
+        self.counters.count(self.counters.issued, "renew")
         log.info("box certificate renewed", extra={"MESSAGE_ID": MSG.CERT_RENEWED.value,
                                                    "SERIAL": issued.serial, **attempt.log_fields()})
         return self.answer(issued)
@@ -209,10 +270,12 @@ class EnrolmentServer:
         """Count and log a refusal; the reason to send back (with any lockout it started)."""
         lockouts = self.guard.failed(attempt.keys) if refusal.counts else []
         reason = refusal.reason.translate(_CONTROL)[:300]
+        self.counters.count(self.counters.refusals, refusal.msg.name.removeprefix("ENROLMENT_").lower())
         log.warning("enrolment request refused", extra={
             "MESSAGE_ID": refusal.msg.value, "STATUS": refusal.status, "REASON": reason,
             "RETRY_AFTER": refusal.retry_after, **attempt.log_fields()})
         for lockout in lockouts:
+            self.counters.count(self.counters.lockouts, lockout.kind)
             log.warning("enrolment lockout started", extra={
                 "MESSAGE_ID": MSG.ENROLMENT_LOCKOUT_STARTED.value, "KIND": lockout.kind, "KEY": lockout.key,
                 "LOCKOUT_S": lockout.seconds, **attempt.log_fields()})
@@ -272,7 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps(doc).encode(), "application/json", retry_after)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if self.path == CACERTS:
+        found = self.path == CACERTS
+        counters = self.endpoint.counters
+        counters.count(counters.requests, ("cacerts", 200) if found else ("other", 404))
+        if found:
             self._send(200, self.endpoint.authority.ca_pem, "application/pem-certificate-chain")
         else:
             self._json(404, {"error": "no such endpoint"})
@@ -298,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "MESSAGE_ID": MSG.ENROLMENT_REFUSED.value, "STATUS": 500,
                 "REASON": f"internal error ({type(exc).__name__})", **attempt.log_fields()})
             status, doc = 500, {"error": "internal error at the enrolment endpoint; ops can see it in its log"}
+        ep.counters.count(ep.counters.requests, (name, status))
         try:
             self._json(status, doc, retry_after)
         except OSError as exc:

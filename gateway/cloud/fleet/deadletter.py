@@ -82,6 +82,15 @@ class DeadLetters:
             "MESSAGE_ID": MSG.MESSAGE_DEAD_LETTERED.value, "BOX_ID": box, "TOPIC": letter.topic,
             "REASON": reason.value, "DETAIL": letter.detail, "BYTES": size, "MESSAGES": letter.messages})
 
+    def drop_pending(self) -> None:
+        """Forget what ``put`` collected without writing it (a fleet instance that is not the leader:
+        the leader records the same letters). The counts stay: they are this process's metrics."""
+        self._pending = []
+        for window in self._windows.values():
+            window.held = None
+        if len(self._windows) > 10 * self._settings.keep_total:  # a flood of distinct (fake) boxes
+            self._windows = {}
+
     def flush(self) -> None:
         """Write what ``put`` collected, plus letters held back by the limit for over a minute."""
         now_minute = int(self._clock() // 60)

@@ -62,6 +62,12 @@ class FleetView(Protocol):
     def dead_letters(self) -> DeadLetters: ...
     @property
     def starts(self) -> StartRecord: ...
+    @property
+    def leading(self) -> bool: ...  # holds the leader lease (several instances on one store)
+    @property
+    def leader(self) -> str: ...  # who holds it, as of the last flush
+    @property
+    def instance(self) -> str: ...
     def alive(self) -> bool: ...
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
@@ -129,6 +135,11 @@ class FleetDocs:
         doc["alert_log"] = alerts
         return doc
 
+    def health(self) -> dict[str, Any]:
+        """What /healthz adds to ``ok``: this instance, and whether it leads the instances on its store."""
+        s = self.service
+        return {"instance": s.instance, "leader": s.leading, "leader_instance": s.leader}
+
     def _samples(self) -> list[Sample]:
         boxes = self.service.registry()
         out = [Sample("mgw_fleet_boxes", "boxes known to the registry, by state", sum(b.online for b in boxes),
@@ -147,6 +158,8 @@ class FleetDocs:
         out += [Sample("mgw_fleet_dead_letters_total", "telemetry messages set aside, by reason", n,
                        {"reason": reason.value}, counter=True)
                 for reason, n in sorted(self.service.dead_letters.counts.items())]
+        out.append(Sample("mgw_fleet_leader", "1 while this instance holds the leader lease (raises and clears alerts)",
+                          int(self.service.leading)))
         out += list(self.service.starts.samples())
         for b in boxes:
             labels = {"box_id": b.box_id, "site": b.site}

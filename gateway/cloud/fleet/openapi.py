@@ -92,7 +92,9 @@ def _get(summary: str, ok: Schema, params: list[Schema] | None = None, ok_type: 
 
 
 PATHS: dict[str, Schema] = {
-    "/healthz": _get("liveness of the fleet service", _obj(["ok", "version"], ok=BOOL, version=STR)),
+    "/healthz": _get("liveness of the fleet service, and whether this instance holds the leader lease", _obj(
+        ["ok", "version", "instance", "leader", "leader_instance"], ok=BOOL, version=STR, instance=STR, leader=BOOL,
+        leader_instance=STR)),
     "/metrics": _get("Prometheus text exposition of the fleet's figures", STR, ok_type="text/plain"),
     "/api/v1/boxes": _get("every box the registry knows, those with alerts first", _obj(
         ["now", "offline_after_s", "boxes"], now=NUM, offline_after_s=NUM, boxes={"type": "array", "items": BOX})),

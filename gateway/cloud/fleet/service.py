@@ -6,6 +6,15 @@ acknowledges them, and once a second writes the changed boxes and health samples
 fleet store in one transaction and evaluates the alert rules. The console (``http.FleetDocs``
 served by ``starlette_app`` on ``adapters/uvicorn_server``, over HTTPS: ``console_tls``) reads
 the registry from memory and history from the store.
+
+Several instances may share one fleet store (docs/operations.md#running-two-fleet-processes).
+Each subscribes to all telemetry and keeps the whole registry; box rows and exam records are
+written by every instance (idempotent upserts), and every instance acknowledges exam records
+(the box takes a duplicate ack as a no-op). What must happen once (raising, clearing, grouping
+and suppressing alerts, health samples, dead letters) is done by the instance holding the leader
+lease (``FleetStore.take_lease``), renewed at every flush. Every instance reads the open alerts
+from the store at every flush, so acknowledgements made through another instance show at once
+and a new leader continues from its predecessor's alerts.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -72,11 +82,13 @@ class FleetService:
         self.dead_letters = DeadLetters(self.store, settings.dead_letters, f"fleet-{settings.ingest.worker_id}",
                                         clock)
         self._alerts_lock = threading.Lock()  # the open alerts: the worker evaluates, the API acknowledges
-        self._open: dict[tuple[str, AlertKind, str], Alert] = {
-            (a.box_id, a.kind, a.subject): a for a in self.store.alerts(open_only=True)}
-        self._outages: dict[str, frozenset[str]] = {  # site -> its boxes in the outage (core.alerts.site_outages)
-            a.subject: frozenset(c.box_id for c in self._open.values() if c.parent_id == a.id)
-            for a in self._open.values() if a.kind is AlertKind.SITE_OFFLINE}
+        self._open: dict[tuple[str, AlertKind, str], Alert] = {}
+        self._outages: dict[str, frozenset[str]] = {}  # site -> its boxes in the outage (core.alerts.site_outages)
+        # the leader lease: this instance's name in it is stable across restarts (host and worker id)
+        self.instance = f"{socket.gethostname()}/fleet-{settings.ingest.worker_id}"
+        self.leading = False
+        self.leader = ""  # who holds the lease, as of the last flush
+        self._reload_alerts(outages=True)
         self._dirty: set[str] = set()
         self._last_sample: dict[str, float] = {}
         self.counters = Counters()
@@ -113,6 +125,8 @@ class FleetService:
         self._worker.join(10)
         if self.http is not None:
             self.http.stop()
+        if self.leading:  # hand over at once rather than after the lease runs out
+            self._guarded(lambda: self.store.release_lease(self.instance))
         self.store.close()
 
     def alive(self) -> bool:
@@ -217,10 +231,57 @@ class FleetService:
             self._dirty.clear()
             boxes = list(self.boxes.values())
         self.store.save_boxes(dirty)
-        self.store.add_samples(self._samples(dirty, now))
-        self.dead_letters.flush()
-        self._evaluate(boxes, now)
+        took_over = self._lead(now)
+        if self.leading:
+            self.store.add_samples(self._samples(dirty, now))
+            self.dead_letters.flush()
+        else:
+            self.dead_letters.drop_pending()  # the leader records the same letters
+        self._reload_alerts(outages=took_over)
+        if self.leading:
+            self._evaluate(boxes, now)
         self.counters.lag_s_max = 0.0
+
+    # -- several instances on one store: the leader lease ------------------------------------------------
+    def _lead(self, now: float) -> bool:
+        """Take or renew the leader lease; True if this instance has just become the leader."""
+        was = self.leading
+        try:
+            lease = self.store.take_lease(self.instance, now, self.fleet.lease_s)
+        except GatewayError:  # the store is out of reach: no lease can be renewed, and nothing written
+            self.leading = False
+            if was:
+                log.warning("fleet leadership lost", extra={
+                    "MESSAGE_ID": MSG.FLEET_LEADER_LOST.value, "INSTANCE": self.instance, "LEADER": ""})
+            raise
+        self.leading, self.leader = lease.held_by(self.instance), lease.holder
+        if self.leading != was:
+            log.info("fleet leadership %s", "taken" if self.leading else "lost", extra={
+                "MESSAGE_ID": (MSG.FLEET_LEADER_TAKEN if self.leading else MSG.FLEET_LEADER_LOST).value,
+                "INSTANCE": self.instance, "LEADER": lease.holder, "TERM": lease.term})
+        return self.leading and not was
+
+    def _reload_alerts(self, *, outages: bool) -> None:
+        """Read the open alerts from the store (another instance may have raised, cleared or
+        acknowledged some); with ``outages``, rebuild the site outages from them as well (at start
+        and on taking the lease: the evaluation goes on from where the store stands). The leader
+        clears a second open alert of the same condition (two leaders for a moment)."""
+        found = self.store.alerts(open_only=True)
+        fresh: dict[tuple[str, AlertKind, str], Alert] = {}
+        doubles: list[Alert] = []
+        for a in sorted(found, key=lambda a: a.id):
+            key = (a.box_id, a.kind, a.subject)
+            (doubles if key in fresh else []).append(a)
+            fresh.setdefault(key, a)
+        with self._alerts_lock:
+            self._open = fresh
+            if outages:
+                self._outages = {
+                    a.subject: frozenset(c.box_id for c in fresh.values() if c.parent_id == a.id)
+                    for a in fresh.values() if a.kind is AlertKind.SITE_OFFLINE}
+        if self.leading:
+            for a in doubles:
+                self.store.clear_alert(a.id, self._clock())
 
     def _samples(self, states: list[BoxState], now: float) -> list[dict[str, Any]]:
         out = []

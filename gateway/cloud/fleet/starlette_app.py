@@ -112,7 +112,7 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
 
     def healthz(request: Request) -> Response:
         _query(request)
-        return JsonResponse({"ok": alive(), "version": __version__})
+        return JsonResponse({"ok": alive(), "version": __version__, **docs.health()})
 
     def metrics(request: Request) -> Response:
         _query(request)

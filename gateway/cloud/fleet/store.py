@@ -87,6 +87,15 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
         created_by TEXT NOT NULL, reason TEXT NOT NULL, created_at {real} NOT NULL
     )
     """,
+    # migration 5 (4 is accounts and audit): the leader lease of several fleet instances on one
+    # database (docs/operations.md#running-two-fleet-processes). One row per lease; ``term`` counts
+    # the changes of holder.
+    """
+    CREATE TABLE fleet_leases (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {real} NOT NULL, term {bigint} NOT NULL
+    );
+    INSERT INTO fleet_leases (name, holder, expires_at, term) VALUES ('leader', '', 0, 0)
+    """,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -149,6 +158,18 @@ class Alert:
         return self.cleared_at
 
 
+@dataclass(frozen=True)
+class Lease:
+    """The leader lease as it stands after a take: who holds it, until when, and its term."""
+
+    holder: str
+    expires_at: float
+    term: int
+
+    def held_by(self, holder: str) -> bool:
+        return self.holder == holder
+
+
 class FleetStore(Protocol):
     where: str  # the file, or postgresql:<database>; never a password
 
@@ -189,6 +210,8 @@ class FleetStore(Protocol):
     def dead_letters(self, *, box_id: str | None = None, since: float = 0.0,
                      limit: int = 1000) -> list[DeadLetter]: ...
     def dead_letter_summary(self, since: float) -> list[DeadLetter]: ...
+    def take_lease(self, holder: str, now: float, lease_s: float) -> Lease: ...
+    def release_lease(self, holder: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -468,6 +491,23 @@ class SqlFleetStore:
             "SELECT d.*, s.total FROM dead_letters d JOIN (SELECT box_id, MAX(id) AS last, SUM(messages) AS total "
             "FROM dead_letters WHERE at >= ? GROUP BY box_id) s ON d.id = s.last ORDER BY d.box_id", (since,))
         return [replace(_dead_letter(r), messages=int(r["total"])) for r in rows]
+
+    # -- the leader lease (several fleet instances on one database) --------------------------------------
+    def take_lease(self, holder: str, now: float, lease_s: float) -> Lease:
+        """Take or renew the leader lease for ``lease_s`` if ``holder`` holds it or it has expired;
+        the lease as it stands after, in one transaction (a conditional UPDATE: of two instances
+        asking at once, one gets it)."""
+        with self._tx() as tx:
+            tx.execute("UPDATE fleet_leases SET term = CASE WHEN holder = ? THEN term ELSE term + 1 END, "
+                       "holder = ?, expires_at = ? WHERE name = 'leader' AND (holder = ? OR expires_at <= ?)",
+                       (holder, holder, now + lease_s, holder, now))
+            rows = tx.execute("SELECT holder, expires_at, term FROM fleet_leases WHERE name = 'leader'")
+        return Lease(rows[0]["holder"], float(rows[0]["expires_at"]), int(rows[0]["term"]))
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up now (a clean stop), if ``holder`` holds it: another instance takes it at once."""
+        with self._tx() as tx:
+            tx.execute("UPDATE fleet_leases SET expires_at = 0 WHERE name = 'leader' AND holder = ?", (holder,))
 
 
 def _alert(r: dict[str, Any]) -> Alert:

@@ -42,6 +42,9 @@ class _Usage:
     read_at: float
 
 
+LIMITS = ("rate", "open_transfers", "staging_bytes")  # what an OverBudget names (its ``limit``)
+
+
 class OverBudget(Exception):
     def __init__(self, limit: str, used: float, allowed: float) -> None:
         super().__init__(f"over budget: {limit} {used:.0f} of {allowed:.0f}")

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from gateway.cloud.archive.store import Archive, StoreOutcome, TransferRecord, TransferState
 from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
-from gateway.cloud.ingest.budget import BoxBudgets, OverBudget
+from gateway.cloud.ingest.budget import LIMITS, BoxBudgets, OverBudget
 from gateway.cloud.ingest.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.jpegls import IMAGE_DECODERS
 from gateway.config import BOX_ID, BudgetSettings, IngestSettings
@@ -78,6 +78,7 @@ COUNTERS = (
     "chunks_received", "chunks_staged", "chunks_duplicate", "chunks_rejected",
     *(f"chunks_rejected_{r.value}" for r in ChunkRejection), "chunks_corrupt_staged",
     "objects_stored", "objects_duplicate", "objects_rejected", "transfers_expired", "chunks_over_budget",
+    *(f"chunks_over_budget_{limit}" for limit in LIMITS),
 )
 
 
@@ -172,6 +173,8 @@ class Ingest:
     def _over_budget(self, box_id: str, topic: str, size: int, over: OverBudget) -> list[Outgoing]:
         """Not acknowledged: the box resends it later. Dead-lettered (bounded per box) for the alert."""
         self._counters["chunks_over_budget"] += 1
+        limit = f"chunks_over_budget_{over.limit}"
+        self._counters[limit] = self._counters.get(limit, 0) + 1
         if self._dead_letters is not None:
             self._dead_letters.put(box_id, topic, DeadLetterReason.BUDGET, str(over), size)
         return []

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from gateway import __version__
 from gateway.adapters import keystore
@@ -35,7 +36,17 @@ from gateway.supervision import StartRecord
 log = logging.getLogger(__name__)
 STAGING_SWEEP_S = 3600.0
 DEAD_LETTER_FLUSH_S = 1.0
+GAUGES_S = 10.0  # how often the worker counts what is staged and queued for forwarding, for /metrics
 LOOP_STALE_S = 120.0  # one object's assembly (up to max_object_bytes) happens inside a turn
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What the worker counted last (every ``GAUGES_S``): scrapes read it, never the databases."""
+
+    staged_transfers: int = 0
+    staged_chunks: int = 0
+    forward_queue: dict[str, int] = field(default_factory=dict)  # "destination:state" -> entries
 
 
 class CloudService:
@@ -49,15 +60,18 @@ class CloudService:
         self.dead_letters = DeadLetters(self._letters_store, settings.dead_letters,
                                         f"ingest-{settings.ingest.share_group}-{settings.ingest.worker_id}", time.time)
         self.signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))
-        self.ingest = Ingest(settings.ingest, key, self.signer, self.archive, backends.open_staging(settings, paths),
+        self.staging = backends.open_staging(settings, paths)
+        self.ingest = Ingest(settings.ingest, key, self.signer, self.archive, self.staging,
                              dead_letters=self.dead_letters, budgets=settings.budgets)
+        self.gauges = Gauges()
+        self.forwarder: Forwarder | None = None
         self._forwarder: threading.Thread | None = None
         self._forward_archive: Archive | None = None
         destinations = backends.open_destinations(settings, paths)
         if destinations:  # its own index connection: the ingest thread never waits on a PACS
             owner = f"{settings.ingest.share_group}-{settings.ingest.worker_id}"
             self._forward_archive = backends.open_archive(settings, paths)
-            forwarder = Forwarder(settings.forward, self._forward_archive, destinations, owner)
+            forwarder = self.forwarder = Forwarder(settings.forward, self._forward_archive, destinations, owner)
             self._forwarder = threading.Thread(
                 target=run_forever, args=(forwarder, self._stop_requested), kwargs={"wait": self._wait},
                 name="forward", daemon=True)
@@ -71,15 +85,34 @@ class CloudService:
         )
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"ingest-{group}-{settings.ingest.worker_id}", time.time)
-        self.metrics = MetricsServer(settings.ingest.metrics_bind, settings.ingest.metrics_port, self._samples)
+        self.metrics = MetricsServer(settings.ingest.metrics_bind, settings.ingest.metrics_port, self._samples,
+                                     backends.bearer_token(paths, settings.ingest.metrics_token_file))
         self.topic_rejects = 0
         self.loop_heartbeat = time.monotonic()
 
     def _samples(self) -> Iterator[Sample]:
         """/metrics of this worker: what it handled, what it set aside, and its own starts."""
         labels = {"worker": f"{self.settings.ingest.share_group}-{self.settings.ingest.worker_id}"}
-        for name, value in self.ingest.counters().items():
+        counters = self.ingest.counters()
+        for name, value in counters.items():
             yield Sample(f"mgw_ingest_{name}_total", f"ingest counter {name}", value, labels, counter=True)
+        yield from _by_label(counters, "chunks_rejected_", "mgw_ingest_chunks_refused_total",
+                             "chunks refused (not acknowledged, dead-lettered), by reason", "reason", labels)
+        yield from _by_label(counters, "chunks_over_budget_", "mgw_ingest_chunks_throttled_total",
+                             "chunks of a box over its budget (not acknowledged: resent later), by limit", "limit",
+                             labels)
+        g = self.gauges
+        yield Sample("mgw_ingest_staged_transfers", "unfinished transfers in the shared staging (all workers)",
+                     g.staged_transfers, labels)
+        yield Sample("mgw_ingest_staged_chunks", "chunks in the shared staging (all workers)", g.staged_chunks, labels)
+        for key, n in sorted(g.forward_queue.items()):
+            destination, state = key.rsplit(":", 1)
+            yield Sample("mgw_ingest_forward_queue", "archived objects to forward, by destination and state", n,
+                         {**labels, "destination": destination, "state": state})
+        if self.forwarder is not None:
+            for result, n in vars(self.forwarder.counters).items():
+                yield Sample("mgw_ingest_forwards_total", "forward attempts of this worker, by result", n,
+                             {**labels, "result": result}, counter=True)
         yield Sample("mgw_ingest_topic_rejects_total", "messages on a topic that is not a chunk topic",
                      self.topic_rejects, labels, counter=True)
         for reason in DeadLetterReason:
@@ -133,12 +166,15 @@ class CloudService:
 
     def _work(self) -> None:
         prefix = self.settings.mqtt.topic_prefix
-        next_expiry = next_flush = 0.0
+        next_expiry = next_flush = next_count = 0.0
         while not self._stop.is_set():
             self.loop_heartbeat = time.monotonic()
             if time.monotonic() >= next_expiry:
                 self._expire()
                 next_expiry = time.monotonic() + STAGING_SWEEP_S
+            if time.monotonic() >= next_count:
+                self._count()
+                next_count = time.monotonic() + GAUGES_S
             try:
                 message = self._inbox.get(timeout=0.2)
             except queue.Empty:
@@ -172,6 +208,14 @@ class CloudService:
         except Exception:  # housekeeping must not end the loop
             log.exception("dead-letter flush failed")
 
+    def _count(self) -> None:
+        """Count what is staged and queued for forwarding, for /metrics (on this thread: it owns the connections)."""
+        try:
+            self.gauges = Gauges(self.staging.transfer_count(), self.staging.chunk_count(),
+                                 self.archive.index.forward_counts() if self.forwarder is not None else {})
+        except GatewayError as exc:  # an observer: log, count again next time
+            log.warning("staging and forward queue not counted", extra={"ERROR": str(exc)})
+
     def _expire(self) -> None:
         try:
             self.ingest.expire_staging()
@@ -190,6 +234,14 @@ class CloudService:
             return
         for out in self.ingest.handle_chunk(box_id, message.payload, message.topic):
             self.link.publish(topics.ack_topic(prefix, out.box_id), out.payload, qos=1)
+
+
+def _by_label(counters: dict[str, int], prefix: str, name: str, help_text: str, label: str,
+              labels: dict[str, str]) -> Iterator[Sample]:
+    """One labelled family from the counters named ``<prefix><value>``."""
+    for key, value in sorted(counters.items()):
+        if key.startswith(prefix):
+            yield Sample(name, help_text, value, {**labels, label: key[len(prefix):]}, counter=True)
 
 
 def _topic_box(prefix: str, topic: str) -> str | None:

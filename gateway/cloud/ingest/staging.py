@@ -48,6 +48,7 @@ class Staging(Protocol):
     def hold(self, box_id: str, transfer_hex: str, now: float) -> AbstractContextManager[StagedTransfer]: ...
     def expire(self, cutoff: float, forget: Forget) -> int: ...
     def chunk_count(self) -> int: ...
+    def transfer_count(self) -> int: ...  # transfers with chunks staged (unfinished), all boxes
     def usage(self, box_id: str) -> tuple[int, int]: ...  # (unfinished transfers, staged bytes) of one box
     def close(self) -> None: ...
 
@@ -117,6 +118,12 @@ class FileStaging:
 
     def chunk_count(self) -> int:
         return sum(1 for _ in self.root.rglob("*.chunk")) if self.root.exists() else 0
+
+    def transfer_count(self) -> int:
+        try:
+            return len(self._transfer_dirs())
+        except OSError as exc:
+            raise StorageError(f"counting staged transfers in {self.root}: {exc.strerror or exc}") from exc
 
     def usage(self, box_id: str) -> tuple[int, int]:
         transfers = size = 0
