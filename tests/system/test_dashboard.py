@@ -38,7 +38,7 @@ def fetch(url: str) -> str:
 
 def box(d: LoopbackDeployment) -> dict[str, Any] | None:
     try:
-        return next((b for b in api(d, "/api/v1/boxes")["boxes"] if b["box_id"] == BOX_ID), None)
+        return next((b for b in api(d, "/api/v1/registry")["boxes"] if b["box_id"] == BOX_ID), None)
     except OSError:
         return None
 
