@@ -46,7 +46,7 @@ def extract() -> Catalog:
 
 def render(catalog: Catalog) -> str:
     out = io.BytesIO()
-    write_po(out, catalog, omit_header=True, sort_output=True, width=120)
+    write_po(out, catalog, omit_header=True, sort_output=True, width=120, include_lineno=False)
     return out.getvalue().decode()
 
 

@@ -341,7 +341,7 @@ def _alert_row(a: Alert, visible: Visible) -> dict[str, Any]:
 def hourly(points: Iterable[tuple[float, float]], since: float, until: float) -> list[list[float]]:
     """``(time, amount)`` summed per hour from ``since`` to ``until``: ``[[hour start, sum], ...]``."""
     first = math.floor(since / _HOUR_S)
-    buckets = [0.0] * max(1, math.ceil(until / _HOUR_S) - first)
+    buckets = [0.0] * (max(first, math.floor(until / _HOUR_S)) - first + 1)
     for at, amount in points:
         i = math.floor(at / _HOUR_S) - first
         if 0 <= i < len(buckets):

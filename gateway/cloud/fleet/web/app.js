@@ -332,14 +332,15 @@ async function drawGroups() {
 }
 
 // -- alerts ----------------------------------------------------------------------------------------
+let alertsSig = "";
 async function refreshAlerts() {
   const box = fleet.root && fleet.root.alerts;
   if (!box) return;
-  const { doc, same } = await api("/api/v1/alerts/grouped?state=open", true);
-  if (same && box.dataset.drawn) return;
-  box.dataset.drawn = "1";
-  const open = box.querySelector("form.ack");
-  if (open) return; // the operator is typing a note: the next refresh draws
+  const doc = await api("/api/v1/alerts/grouped?state=open");
+  const sig = JSON.stringify(doc.alerts);
+  if (sig === alertsSig) return; // unchanged: leave the panel (and what is expanded in it) alone
+  if (box.querySelector("form.ack")) return; // the operator is typing a note: a later refresh draws
+  alertsSig = sig;
   const rows = doc.alerts.map((a) => alertItem(a));
   box.replaceChildren(el("h2", {}, t("Alerts"), " ", el("span", { class: "muted" }, `(${doc.alerts.length})`)),
     rows.length ? el("ul", { class: "alert-list" }, rows) : el("p", { class: "muted" }, t("No open alerts.")));
@@ -370,10 +371,10 @@ function ackForm(button, a) {
     try {
       await post(`/api/v1/alerts/${a.id}/ack`, { note: note.value });
       form.remove();
-      etags.delete("/api/v1/alerts/grouped?state=open");
+      alertsSig = "";
       await refreshAlerts();
     } catch (err) { form.append(el("span", { class: "error" }, String(err.message || err))); }
-  } }, note, el("button", { type: "submit" }, t("Confirm")), el("button", { type: "button", onclick: () => { form.remove(); button.hidden = false; } }, t("Cancel")));
+  } }, note, el("button", { type: "submit" }, t("Confirm")), el("button", { type: "button", onclick: () => { form.remove(); button.hidden = false; alertsSig = ""; } }, t("Cancel")));
   button.hidden = true;
   button.after(form);
   note.focus();
@@ -517,7 +518,7 @@ async function route() {
       document.body.dataset.refreshMs = String(performance.now() - t0);
     } else {
       clearCharts();
-      fleet.root = null; fleet.nodes.clear(); fleet.pages.clear(); fleet.rows.clear();
+      fleet.root = null; fleet.nodes.clear(); alertsSig = ""; fleet.pages.clear(); fleet.rows.clear();
       if (page === "box") await boxView(view, parts[1]);
       else if (page === "utilisation") await utilisationView(view, parts[1], parts[2]);
       else await fleetView(view);
