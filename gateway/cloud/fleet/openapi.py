@@ -172,13 +172,13 @@ PATHS: dict[str, Schema] = {
     "/api/v1/alerts/grouped": _get(
         "alerts grouped (a site outage is one row, its boxes beneath as children), the worst and unacknowledged "
         "first, with severity, first and last seen, acknowledgement and silence or maintenance marks",
-        _obj(["now", "alerts"], now=NUM, alerts={"type": "array", "items": ALERT_BASE}), [
+        _obj(["now", "revision", "alerts"], now=NUM, revision=INT, alerts={"type": "array", "items": ALERT_BASE}), [
             _param("state", _enum(("open", "unacked", "acked", "resolved", "all")), "which alerts (default open)"),
             _param("severity", _enum(("critical", "warning", "info")), "only this severity"),
             _param("site", TEXT_PARAM, "only this site's"),
             _param("days", DAYS, "how far back resolved alerts go (default 7)"),
             _param("limit", {"type": "integer", "minimum": 1, "maximum": overview.MAX_ALERTS},
-                   "at most this many rows (default 500)")]),
+                   "at most this many rows (default 500)")], not_modified=True),
     "/i18n/{lang}.json": _get("the console's strings in a language: msgid (English) -> translation", _obj(
         ["lang", "messages"], lang=STR, messages={"type": "object", "additionalProperties": STR}), [
         _param("lang", {"type": "string", "enum": ["en", "zh-CN"]}, "the language", required=True, where="path")],

@@ -322,12 +322,22 @@ class Overview:
         rows = [_alert_row(a, visible) for a in listed if visible(a.site or a.subject)]
         rows.sort(key=lambda a: (a["cleared_at"] is not None, -RANK[a["severity"]] if not a["suppressed_by"] else 0,
                                  a["acked_at"] is not None, -a["raised_at"], a["id"]))
-        return {"now": now, "alerts": rows}
+        return {"now": now, "revision": _alerts_revision(rows), "alerts": rows}
 
 
 def etag(revision: int, scope: str, key: str) -> str:
     """The ETag of a listing or overview: its fleet revision, whose scope asked, and what."""
     return '"' + hashlib.sha256(f"{revision}|{scope}|{key}".encode()).hexdigest()[:20] + '"'
+
+
+def _alerts_revision(rows: list[dict[str, Any]]) -> int:
+    """A number that changes when the listing shows something new: not when an open alert's
+    ``last_seen`` (touched every minute while it holds) or its detail's figures move on."""
+    def stable(a: dict[str, Any]) -> list[Any]:
+        return [a["id"], a["severity"], a["cleared_at"], a["acked_at"], a["acked_by"], a["ack_note"],
+                a["suppressed_by"], [stable(c) for c in a["children"]]]
+    digest = hashlib.sha256(json.dumps([stable(a) for a in rows]).encode()).digest()
+    return int.from_bytes(digest[:6], "big")
 
 
 def _alert_row(a: Alert, visible: Visible) -> dict[str, Any]:

@@ -174,13 +174,13 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
 
     def grouped_alerts(request: Request) -> Response:
         q = _query(request, "state", "severity", "site", "days", "limit")
-        visible, _ = _visible(request)
+        visible, scope = _visible(request)
         state = AlertState(q.choice("state", tuple(AlertState), AlertState.OPEN.value) or AlertState.OPEN.value)
         severity = q.choice("severity", tuple(Severity), None)
         site = q.text("site", overview.TEXT)
-        return JsonResponse(docs.overview.alerts(state, None if severity is None else Severity(severity), site,
-                                                 q.days("days", 7.0), q.integer("limit", 500, 1, overview.MAX_ALERTS),
-                                                 time.time(), visible))
+        doc = docs.overview.alerts(state, None if severity is None else Severity(severity), site, q.days("days", 7.0),
+                                   q.integer("limit", 500, 1, overview.MAX_ALERTS), time.time(), visible)
+        return _cached(request, doc, scope, "alerts?" + request.url.query)
 
     def messages(request: Request) -> Response:
         _query(request)

@@ -187,20 +187,29 @@ async function fleetView(view) {
 }
 
 async function refreshFleet(first) {
-  const ov = await api("/api/v1/overview", true); // first: the sites' time zones
-  if (!ov.same || first) drawOverview(ov.doc);
-  await Promise.all([refreshList(first), refreshAlerts()]);
+  const alerts = refreshAlerts();
+  const [ov] = await Promise.all([api("/api/v1/overview", true), first ? fetchPage(0, false) : null]);
+  if (!ov.same || first) drawOverview(ov.doc); // the sites' time zones, before rows are drawn
+  await Promise.all([refreshList(first), alerts]);
 }
 
 function drawOverview(doc) {
   const r = fleet.root;
   sites = doc.sites;
-  r.counts.replaceChildren(...COUNTS.map(([key, label]) => el("button", {
-    type: "button", class: `count c-${key}${(fleet.filters.status || "total") === key ? " active" : ""}`, "data-status": key,
-    onclick: () => { fleet.filters.status = key === "total" ? "" : key; resetList(); refreshList(true); drawOverview(doc); },
-  }, el("b", {}, doc.counts[key]), label())));
+  const active = fleet.filters.status || "total";
+  const countsSig = JSON.stringify([doc.counts, active, lang]);
+  if (r.counts.dataset.sig !== countsSig) {
+    r.counts.dataset.sig = countsSig;
+    r.counts.replaceChildren(...COUNTS.map(([key, label]) => el("button", {
+      type: "button", class: `count c-${key}${active === key ? " active" : ""}`, "data-status": key,
+      onclick: () => { fleet.filters.status = key === "total" ? "" : key; resetList(); refreshList(true); drawOverview(doc); },
+    }, el("b", {}, doc.counts[key]), label())));
+  }
   for (const [key, select] of Object.entries(r.selects)) {
     const chosen = fleet.filters[key];
+    const sig = JSON.stringify([doc.facets[key], chosen, lang]);
+    if (select.dataset.sig === sig) continue; // rebuilding 200 options costs a layout: only when they changed
+    select.dataset.sig = sig;
     const label = { site: t("All sites"), region: t("All regions"), modality: t("All modalities"), version: t("All versions") }[key];
     select.replaceChildren(el("option", { value: "" }, label), ...doc.facets[key].filter((f) => f.key).map((f) =>
       el("option", { value: f.key, selected: f.key === chosen }, `${f.key} (${f.count})`)));
@@ -252,7 +261,7 @@ async function refreshList(first) {
   if (!r) return;
   if (fleet.group) { await drawGroups(); return; }
   r.list.classList.remove("grouped");
-  if (first) { await fetchPage(0, false); }
+  if (first) { if (!fleet.pages.has(0)) await fetchPage(0, false); }
   else {
     const inView = pagesInView();
     for (const o of [...fleet.pages.keys()]) if (!inView.includes(o)) fleet.pages.delete(o); // refetched when scrolled to
@@ -291,6 +300,10 @@ function drawWindow() {
     if (node.style.top !== top) node.style.top = top;
   }
   for (const [id, node] of fleet.nodes) if (!keep.has(id)) { node.remove(); fleet.nodes.delete(id); }
+  if (keep.size && !performance.getEntriesByName("mgw-list-drawn").length) { // for bench/console.py
+    performance.mark("mgw-list-drawn");
+    requestAnimationFrame(() => setTimeout(() => performance.mark("mgw-list-painted")));
+  }
 }
 function fillRow(node, row) {
   const tz = (sites[row.site] || {}).tz;
@@ -336,15 +349,54 @@ let alertsSig = "";
 async function refreshAlerts() {
   const box = fleet.root && fleet.root.alerts;
   if (!box) return;
-  const doc = await api("/api/v1/alerts/grouped?state=open");
+  const { doc, same } = await api("/api/v1/alerts/grouped?state=open", true);
+  if (same && alertsSig) return; // 304: nothing new to show
   const sig = JSON.stringify(doc.alerts);
-  if (sig === alertsSig) return; // unchanged: leave the panel (and what is expanded in it) alone
+  if (sig === alertsSig) return;
   if (box.querySelector("form.ack")) return; // the operator is typing a note: a later refresh draws
   alertsSig = sig;
-  const rows = doc.alerts.map((a) => alertItem(a));
-  box.replaceChildren(el("h2", {}, t("Alerts"), " ", el("span", { class: "muted" }, `(${doc.alerts.length})`)),
-    rows.length ? el("ul", { class: "alert-list" }, rows) : el("p", { class: "muted" }, t("No open alerts.")));
+  // keyed by alert id: an unchanged alert keeps its element (and what is expanded in it)
+  let list = box.querySelector("ul.alert-list");
+  if (!list) {
+    list = el("ul", { class: "alert-list" });
+    box.replaceChildren(el("h2", {}, t("Alerts"), " ", el("span", { class: "muted count" })), list,
+      el("p", { class: "muted none" }, t("No open alerts.")));
+  }
+  box.querySelector("h2 .count").textContent = `(${doc.alerts.length})`;
+  box.querySelector("p.none").hidden = doc.alerts.length > 0;
+  const old = new Map([...list.children].map((n) => [n.dataset.alert, n]));
+  let at = list.firstChild;
+  for (const a of doc.alerts) {
+    const asig = JSON.stringify(a);
+    let node = old.get(String(a.id));
+    old.delete(String(a.id));
+    if (!node || node.dataset.sig !== asig) {
+      const fresh = alertItem(a);
+      fresh.dataset.sig = asig;
+      if (node) { if (node === at) at = fresh; node.replaceWith(fresh); }
+      node = fresh;
+    }
+    if (node !== at) list.insertBefore(node, at); else at = at.nextSibling;
+  }
+  for (const n of old.values()) n.remove();
 }
+// The service writes an alert's detail in English with Unix times (core/fleet.py evaluate, core/alerts.py):
+// each known form is shown translated, with times human-readable; anything else as it came.
+const DETAILS = [
+  [/^offline since (\d+)$/, (m, tz) => t("offline since {when}", { when: fmtAbs(Number(m[1]), tz) })],
+  [/^oldest unacknowledged item (\d+) min old$/, (m) => t("oldest undelivered item {n} min old", { n: m[1] })],
+  [/^disk ([\d.]+)% used$/, (m) => t("disk {percent}% used", { percent: m[1] })],
+  [/^certificate expires in (-?[\d.]+) days$/, (m) => t("certificate expires in {n} days", { n: m[1] })],
+  [/^(\d+) items quarantined$/, (m) => t("{n} items quarantined", { n: m[1] })],
+  [/^no study for ([\d.]+) opening hours$/, (m) => t("no study for {n} opening hours", { n: m[1] })],
+  [/^(\d+) messages set aside \(last: ([^:]+): (.*)\)$/s, (m) => t("{n} messages set aside (last: {reason}: {detail})", { n: m[1], reason: m[2], detail: m[3] })],
+  [/^(\d+) boxes offline: (.*)$/s, (m) => t("{n} boxes offline: {boxes}", { n: m[1], boxes: m[2] })],
+];
+function detailText(detail, tz) {
+  for (const [re, fmt] of DETAILS) { const m = re.exec(detail); if (m) return fmt(m, tz); }
+  return detail;
+}
+
 function alertItem(a) {
   const tz = (sites[a.site || a.subject] || {}).tz;
   const where = a.box_id ? el("a", { href: `#/box/${encodeURIComponent(a.box_id)}` }, a.box_id) : el("b", {}, a.subject);
@@ -362,7 +414,7 @@ function alertItem(a) {
     el("div", { class: "alert-head" }, el("span", { class: `sev sev-${a.severity}` }, sevLabel(a.severity)),
       el("b", {}, kindLabel(a.kind)), " ", where, a.site && a.box_id ? el("span", { class: "muted" }, ` · ${a.site}`) : null, marks),
     el("div", { class: "muted" }, t("first seen {first}, last seen {last}", { first: fmtAbs(a.raised_at, tz), last: fmtRel(a.last_seen) })),
-    el("div", { class: "detail" }, a.detail), ack, children);
+    el("div", { class: "detail" }, detailText(a.detail, tz)), ack, children);
 }
 function ackForm(button, a) {
   const note = el("input", { type: "text", name: "note", maxLength: 1000, placeholder: t("Note (what you are doing about it)") });
@@ -406,7 +458,7 @@ async function boxView(view, boxId) {
   const errors = el("table", { id: "last-errors" }, el("thead", {}, el("tr", {}, el("th", {}, t("When")), el("th", {}, t("What")), el("th", {}, t("Detail")))),
     el("tbody", {}, [
       ...b.dead_letters.map((d) => ({ at: d.at, what: t("Message set aside: {reason}", { reason: d.reason }), detail: d.detail })),
-      ...b.alert_log.map((a) => ({ at: a.raised_at, what: kindLabel(a.kind), detail: a.cleared_at ? t("{detail} (resolved {when})", { detail: a.detail, when: fmtRel(a.cleared_at) }) : a.detail })),
+      ...b.alert_log.map((a) => ({ at: a.raised_at, what: kindLabel(a.kind), detail: a.cleared_at ? t("{detail} (resolved {when})", { detail: detailText(a.detail, tz), when: fmtRel(a.cleared_at) }) : detailText(a.detail, tz) })),
     ].sort((x, y) => y.at - x.at).slice(0, 30).map((e) => el("tr", {}, el("td", {}, when(e.at, tz)), el("td", {}, e.what), el("td", { class: "wrap" }, e.detail)))));
   const exams = el("table", { id: "recent-exams" }, el("thead", {}, el("tr", {}, [t("Start"), t("Modality"), t("Study key"), t("Images"), t("Source"), t("Turnaround")].map((h) => el("th", {}, h)))),
     el("tbody", {}, b.recent_exams.slice().reverse().map((e) => el("tr", {}, el("td", {}, fmtAbs(e.start, tz)), el("td", {}, e.modality),
@@ -436,9 +488,15 @@ async function boxView(view, boxId) {
 // -- utilisation ------------------------------------------------------------------------------------
 async function utilisationView(view, boxId, modality) {
   if (!boxId) {
-    const m = await api("/api/v1/modalities");
-    view.replaceChildren(el("h2", {}, t("Choose a modality")), el("ul", {}, m.modalities.map((x) => el("li", {},
-      el("a", { href: `#/utilisation/${encodeURIComponent(x.box_id)}/${encodeURIComponent(x.modality)}` }, `${x.box_id} · ${x.modality} (${x.exams})`)))));
+    const [m, ta] = await Promise.all([api("/api/v1/modalities"), api("/api/v1/turnaround?days=7")]);
+    const turnaround = el("table", { id: "turnaround" }, el("thead", {}, el("tr", {},
+      [t("Site"), t("Studies"), t("p50"), t("p95"), t("Turnaround target")].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ta.sites.map((x) => el("tr", { "data-site": x.site, class: x.over_target ? "over" : "" }, el("td", {}, x.site),
+      el("td", { class: "num" }, x.studies), el("td", { class: "num" }, fmtDur(x.p50_s)), el("td", { class: "num" }, fmtDur(x.p95_s)),
+      el("td", { class: "num" }, fmtDur(x.target_s))))));
+    view.replaceChildren(el("section", {}, el("h2", {}, t("Study turnaround, last 7 days")), turnaround),
+      el("section", {}, el("h2", {}, t("Choose a modality")), el("ul", {}, m.modalities.map((x) => el("li", {},
+        el("a", { href: `#/utilisation/${encodeURIComponent(x.box_id)}/${encodeURIComponent(x.modality)}` }, `${x.box_id} · ${x.modality} (${x.exams})`))))));
     return;
   }
   const days = Number(sessionStorage.getItem("mgw-days") || 14);
@@ -510,7 +568,7 @@ async function route() {
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const page = parts[0] === "box" && parts[1] ? "box" : parts[0] === "utilisation" ? "utilisation" : "fleet";
-  drawFrame();
+  if (page !== current) drawFrame();
   try {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
       const t0 = performance.now();
@@ -525,7 +583,8 @@ async function route() {
     }
     current = page;
     document.getElementById("error").textContent = "";
-    document.getElementById("updated").textContent = t("Updated {time}", { time: new Date().toLocaleTimeString(intlLang()) });
+    const updated = document.getElementById("updated"); // its own layer: the text changes every refresh
+    updated.textContent = t("Updated {time}", { time: new Date().toLocaleTimeString(intlLang()) });
     document.body.dataset.loaded = "1";
     document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
     document.body.dataset.bytes = String(bytes.last);
