@@ -145,10 +145,27 @@ def measure(svc: FleetService, boxes: int, shots: Path) -> dict[str, str]:
         wait(lambda: "在线" in browser.execute_script("return document.getElementById('counts').textContent"), 30,
              "Chinese")
         browser.save_screenshot(str(shots / "console-zh-CN.png"))
+        history(svc, "sim-0020", time.time())
         browser.get(f"{url}#/box/sim-0020")
         wait(lambda: browser.execute_script("return !!document.getElementById('chart-disk')"), 30, "the box page")
         browser.save_screenshot(str(shots / "box-zh-CN.png"))
     return out
+
+
+def history(svc: FleetService, box_id: str, now: float) -> None:
+    """A day of the box's health samples and exam records in the store, as a day's heartbeats and
+    exam records would have left them, for the box page's screenshot."""
+    svc.store.add_samples([{"box_id": box_id, "at": now - 300 * k, "online": 1, "backlog_items": (k * 7) % 40,
+                            "backlog_bytes": (k * 7) % 40 * 520_000, "oldest_age_s": float((k * 13) % 900),
+                            "disk_used_percent": 40.0 + k / 30, "cpu_temp_c": 50.0, "reconnects": 0}
+                           for k in range(288)])
+    for k in range(40):
+        start = now - 86400 + k * 2100
+        svc.store.upsert_exam({"box_id": box_id, "study_key": f"{k:032x}", "revision": 1, "site": "site-002",
+                               "modality": "CT", "start": start, "end": start + 900, "images": 200 + k * 10,
+                               "series": 3, "source": "mpps", "status": "completed",
+                               "first_received_at": start + 60, "last_received_at": start + 960,
+                               "cloud_stored_at": start + 960 + 20 + k % 7 * 15})
 
 
 def machine() -> str:

@@ -130,6 +130,7 @@ class FleetDocs:
         store = self.service.store
         alerts = [_alert_doc(a) for a in store.alerts(open_only=False, since=now - 7 * _DAY_S) if a.box_id == box_id]
         doc = _box_doc(state, [a["kind"] for a in alerts if a["cleared_at"] is None])
+        doc["now"] = now
         doc["history"] = store.samples(box_id, now - _DAY_S)
         month = store.exams(box_id=box_id, since=now - 30 * _DAY_S)
         doc["recent_exams"] = [_exam_doc(e) for e in month[-50:]]

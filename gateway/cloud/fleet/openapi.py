@@ -47,8 +47,8 @@ SERIES = _obj(["backlog_items", "backlog_bytes", "oldest_age_s", "disk_used_perc
 BOX_CONFIG = _obj(["version", "site", "region", "tz", "opening_hours", "turnaround_target_s", "modalities"],
                   version=STR, site=STR, region=STR, tz=STR, opening_hours={"type": "array", "items": STR},
                   turnaround_target_s=NUM, modalities={"type": "array", "items": STR})
-BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["history", "recent_exams", "alert_log", "series", "config",
-                                           "dead_letters"],
+BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["now", "history", "recent_exams", "alert_log", "series", "config",
+                                           "dead_letters"], now=NUM,
                                           history={"type": "array", "items": ANY_OBJ},
                                           recent_exams={"type": "array", "items": EXAM},
                                           alert_log={"type": "array", "items": ALERT},

@@ -480,8 +480,9 @@ async function boxView(view, boxId) {
   for (const p of plots) {
     const data = p.data.filter(([, y]) => y !== null).map(([x, y]) => ({ x, y }));
     p.canvas.dataset.points = String(data.length);
-    chart(p.canvas, { type: p.type, data: { datasets: [{ label: p.label, data, pointRadius: p.type === "scatter" ? 3 : 0, borderWidth: 2, backgroundColor: "#0969da", borderColor: "#0969da" }] },
-      options: { parsing: true, scales: { x: timeAxis(tz), y: { beginAtZero: true } } } });
+    const x = Object.assign(timeAxis(tz), { min: b.now - 86400, max: b.now }); // the same day on every chart
+    chart(p.canvas, { type: p.type, data: { datasets: [{ label: p.label, data, pointRadius: p.type === "line" ? 1.5 : 3, borderWidth: 2, backgroundColor: "#0969da", borderColor: "#0969da" }] },
+      options: { parsing: true, scales: { x, y: { beginAtZero: true } } } });
   }
 }
 
