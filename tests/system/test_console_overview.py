@@ -151,6 +151,7 @@ def test_filters_and_grouping_narrow_the_list_when_chosen(console: FleetService)
         site = groups[0].get_attribute("data-group")
         groups[0].click()
         wait_for(lambda: cells(browser, ".c-site") == {site}, 60, "the chosen site's boxes")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#boxes .row.group")  # the groups gave way to the rows
 
 
 def test_refresh_keeps_scroll_and_unchanged_rows_when_one_box_changes(console: FleetService) -> None:

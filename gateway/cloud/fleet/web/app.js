@@ -135,7 +135,7 @@ function timeAxis(tz) {
 // -- fleet overview --------------------------------------------------------------------------------
 const fleet = { // the list's state: survives refreshes, reset when a filter or the sort changes
   filters: { q: "", site: "", region: "", modality: "", status: "", version: "" }, sort: "problems", order: "asc",
-  group: "", total: 0, pages: new Map(), rows: new Map(), nodes: new Map(), root: null,
+  group: "", total: 0, pages: new Map(), rows: new Map(), nodes: new Map(), root: null, gen: 0,
 };
 function listQuery(extra) {
   const p = new URLSearchParams();
@@ -146,6 +146,7 @@ function listQuery(extra) {
   return p.toString();
 }
 function resetList() {
+  fleet.gen += 1; // answers to the previous query that are still on their way are dropped
   fleet.pages.clear(); fleet.rows.clear();
   for (const n of fleet.nodes.values()) n.remove();
   fleet.nodes.clear();
@@ -232,6 +233,7 @@ async function fetchPage(offset, refresh) {
   // a refresh asks for the rows of the page changed since the revision it holds, and sends the
   // page's ETag: 304 when nothing in the fleet changed
   const prior = refresh ? fleet.pages.get(offset) : null;
+  const gen = fleet.gen;
   const path = `/api/v1/boxes?${listQuery({ offset, limit: PAGE, ...(prior ? { since: prior.revision } : {}) })}`;
   const headers = prior && prior.etag ? { "If-None-Match": prior.etag } : {};
   const rsp = await fetch(path, { cache: "no-store", headers, credentials: "same-origin" });
@@ -241,6 +243,7 @@ async function fetchPage(offset, refresh) {
   const text = await rsp.text();
   bytes.total += text.length; bytes.last += text.length;
   const doc = JSON.parse(text);
+  if (gen !== fleet.gen) return false;
   for (const row of doc.rows) fleet.rows.set(row.id, row);
   fleet.pages.set(offset, { ids: doc.ids, revision: doc.revision, etag: rsp.headers.get("ETag") });
   fleet.total = doc.total;
@@ -261,6 +264,7 @@ async function refreshList(first) {
   if (!r) return;
   if (fleet.group) { await drawGroups(); return; }
   r.list.classList.remove("grouped");
+  r.scroll.querySelectorAll(".row.group").forEach((n) => n.remove());
   if (first) { if (!fleet.pages.has(0)) await fetchPage(0, false); }
   else {
     const inView = pagesInView();
@@ -327,7 +331,8 @@ function fillRow(node, row) {
 
 async function drawGroups() {
   const r = fleet.root;
-  const doc = await api(`/api/v1/boxes?${listQuery({ group: fleet.group })}`);
+  const { doc, same } = await api(`/api/v1/boxes?${listQuery({ group: fleet.group })}`, true);
+  if (same && r.scroll.querySelector(".row.group")) return; // 304: the groups shown are current
   for (const n of fleet.nodes.values()) n.remove();
   fleet.nodes.clear();
   fleet.total = doc.total;
