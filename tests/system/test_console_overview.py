@@ -29,6 +29,7 @@ from tests.system.browser import chromium
 
 BOXES = 2000
 BROKEN = "sim-1234"  # the one box whose disk is full and whose backlog is hours old
+OUTAGE = 150  # site-150 loses all ten boxes together
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetService]:
         for message in fleet_snapshot(BOXES, now):
             svc.apply(message)
         svc.apply(heartbeat(BROKEN, now, disk=97.0, backlog_age_s=5 * 3600.0))
+        for i in range(OUTAGE * 10, OUTAGE * 10 + 10):  # a site's uplink goes down: its ten boxes at once
+            svc.apply(fleet.decode("state", f"sim-{i:04d}", fleet.encode(MessageKind.DEATH, f"sim-{i:04d}", 1)))
         wait_for(lambda: any(a.box_id == BROKEN and a.kind is AlertKind.DISK_FULL for a in svc.open_alerts()), 60,
                  "the broken box's disk alert")
         yield svc
@@ -208,6 +211,26 @@ def test_box_page_charts_hold_data_when_a_box_is_opened(console: FleetService) -
         assert "Asia/Shanghai" in browser.find_element(By.ID, "box-config").text  # site-123, region West
         assert browser.find_element(By.ID, "box-config").text.count("1.4.2") >= 1
         assert "Disk nearly full" in browser.find_element(By.ID, "last-errors").text
+
+
+def test_site_outage_is_one_alert_with_its_ten_boxes_beneath_when_a_site_goes_down(console: FleetService) -> None:
+    site = f"site-{OUTAGE:03d}"
+    wait_for(lambda: any(a.kind is AlertKind.SITE_OFFLINE and a.subject == site for a in console.open_alerts()), 60,
+             "the site outage alert")
+    with chromium(trust=console.tls.ca_file) as browser:
+        loaded(browser, console)
+        outage = '#alerts [data-kind="site_offline"]'
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, outage), 60, "the outage in the alerts panel")
+        assert len(browser.find_elements(By.CSS_SELECTOR, outage)) == 1
+        beneath = browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' details li a')].map((a) => a.textContent)", outage)
+        assert sorted(beneath) == [f"sim-{i:04d}" for i in range(OUTAGE * 10, OUTAGE * 10 + 10)]
+        top = browser.execute_script("return [...document.querySelectorAll('#alerts .alert-list > li')]"
+                                     ".map((n) => n.dataset.kind)")
+        assert top.count("site_offline") == 1
+        rows = browser.execute_script("return [...document.querySelectorAll("
+                                      "'#alerts .alert-list > li > .alert-head a')].map((a) => a.textContent)")
+        assert rows and not set(beneath) & set(rows)  # its boxes are not alerts of their own
 
 
 def test_acknowledged_alert_shows_who_and_the_note_when_an_operator_acknowledges_it(console: FleetService) -> None:
