@@ -109,6 +109,14 @@ function fmtRel(s) {
 function when(s, tz) { // relative, with the absolute time (site zone) beside it on hover
   return el("time", { title: fmtAbs(s, tz), "data-at": s ?? "" }, fmtRel(s));
 }
+// relative times age while their rows stay: each refresh rewrites the ones whose text moved on
+function tickTimes(root) {
+  for (const n of root.querySelectorAll("time[data-at]")) {
+    if (!n.dataset.at) continue;
+    const text = fmtRel(Number(n.dataset.at));
+    if (n.textContent !== text) n.textContent = text;
+  }
+}
 function fmtDur(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   const s = Math.max(0, seconds);
@@ -409,16 +417,18 @@ function alertItem(a) {
   if (a.suppressed_by.startsWith("maintenance")) marks.push(el("span", { class: "mark" }, t("maintenance window")));
   else if (a.suppressed_by) marks.push(el("span", { class: "mark" }, t("silenced")));
   const ack = a.acked_at
-    ? el("div", { class: "acked", "data-acked": "1" }, t("Acknowledged by {who} {when}", { who: a.acked_by, when: fmtRel(a.acked_at) }),
+    ? el("div", { class: "acked", "data-acked": "1" }, t("Acknowledged by {who} at {when}", { who: a.acked_by, when: fmtAbs(a.acked_at, tz) }),
       a.ack_note ? el("q", {}, a.ack_note) : null)
     : el("button", { type: "button", class: "ack-btn", onclick: (e) => ackForm(e.target, a) }, t("Acknowledge"));
   const children = a.children.length ? el("details", {}, el("summary", {}, t("{n} boxes", { n: a.children.length })),
     el("ul", {}, a.children.map((c) => el("li", {}, el("a", { href: `#/box/${encodeURIComponent(c.box_id)}` }, c.box_id), " ",
-      el("span", { class: "muted" }, t("since {when}", { when: fmtRel(c.raised_at) })))))) : null;
+      el("span", { class: "muted" }, t("since {when}", { when: fmtAbs(c.raised_at, tz) })))))) : null;
   return el("li", { class: `alert sev-${a.severity}`, "data-alert": a.id, "data-kind": a.kind },
     el("div", { class: "alert-head" }, el("span", { class: `sev sev-${a.severity}` }, sevLabel(a.severity)),
       el("b", {}, kindLabel(a.kind)), " ", where, a.site && a.box_id ? el("span", { class: "muted" }, ` · ${a.site}`) : null, marks),
-    el("div", { class: "muted" }, t("first seen {first}, last seen {last}", { first: fmtAbs(a.raised_at, tz), last: fmtRel(a.last_seen) })),
+    el("div", { class: "muted" }, a.cleared_at === null
+      ? t("first seen {first}, still holds", { first: fmtAbs(a.raised_at, tz) })
+      : t("first seen {first}, last seen {last}", { first: fmtAbs(a.raised_at, tz), last: fmtAbs(a.last_seen, tz) })),
     el("div", { class: "detail" }, detailText(a.detail, tz)), ack, children);
 }
 function ackForm(button, a) {
@@ -579,6 +589,7 @@ async function route() {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
       const t0 = performance.now();
       await refreshFleet(false);
+      tickTimes(view);
       document.body.dataset.refreshMs = String(performance.now() - t0);
     } else {
       clearCharts();
