@@ -133,6 +133,13 @@ def test_broken_box_is_first_and_search_finds_it_when_2000_boxes_are_listed(cons
         wait_for(lambda: ids(browser) == [BROKEN], 60, "only the broken box")
         row = rows(browser)[0]
         assert "97%" in row.text and "sev-critical" in row.get_attribute("class")
+        # times in the site's zone: site-123 is in Asia/Shanghai (UTC+8), whatever the browser's zone
+        shown = row.find_element(By.CSS_SELECTOR, "time").get_attribute("title")
+        expected = browser.execute_script(
+            "return new Intl.DateTimeFormat('en-GB', {hour: '2-digit', minute: '2-digit', timeZone: 'Asia/Shanghai'})"
+            ".format(new Date(Number(arguments[0]) * 1000))",
+            row.find_element(By.CSS_SELECTOR, "time").get_attribute("data-at"))
+        assert expected in shown and ("GMT+8" in shown or "CST" in shown), shown
 
 
 def test_filters_and_grouping_narrow_the_list_when_chosen(console: FleetService) -> None:

@@ -93,9 +93,10 @@ let sites = {}; // site -> {region, tz}: times are shown in the site's zone, els
 const intlLang = () => (lang === "zh-CN" ? "zh-CN" : "en-GB");
 function fmtAbs(s, tz) {
   if (s === null || s === undefined) return t("never");
-  const opts = { dateStyle: "medium", timeStyle: "short" };
-  try { return new Intl.DateTimeFormat(intlLang(), tz ? { ...opts, timeZone: tz, timeZoneName: "short" } : opts).format(new Date(s * 1000)); }
-  catch (e) { return new Intl.DateTimeFormat(intlLang(), opts).format(new Date(s * 1000)); }
+  // explicit fields: dateStyle/timeStyle refuse to be combined with timeZoneName
+  const opts = { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
+  try { return new Intl.DateTimeFormat(intlLang(), tz ? { ...opts, timeZone: tz } : opts).format(new Date(s * 1000)); }
+  catch (e) { return new Intl.DateTimeFormat(intlLang(), opts).format(new Date(s * 1000)); } // an unknown zone: the user's
 }
 function fmtRel(s) {
   if (s === null || s === undefined) return t("never");
@@ -196,8 +197,9 @@ async function fleetView(view) {
 }
 
 async function refreshFleet(first) {
-  const alerts = refreshAlerts();
-  const [ov] = await Promise.all([api("/api/v1/overview", true), first ? fetchPage(0, false) : null]);
+  const overview = api("/api/v1/overview", true);
+  const alerts = overview.then(() => refreshAlerts()); // after the sites' time zones are known
+  const [ov] = await Promise.all([overview, first ? fetchPage(0, false) : null]);
   if (!ov.same || first) drawOverview(ov.doc); // the sites' time zones, before rows are drawn
   await Promise.all([refreshList(first), alerts]);
 }
