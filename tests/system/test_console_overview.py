@@ -259,3 +259,7 @@ def test_acknowledged_alert_shows_who_and_the_note_when_an_operator_acknowledges
             wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"{item} [data-acked]"), 60, "acknowledged")
         text = browser.find_element(By.CSS_SELECTOR, f"{item} [data-acked]").text
         assert "disk swap booked" in text and "Acknowledged by" in text
+        browser.find_element(By.CSS_SELECTOR, '#alert-state option[value="unacked"]').click()
+        wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, item), 60, "the acknowledged alert left out")
+        browser.find_element(By.CSS_SELECTOR, '#alert-state option[value="acked"]').click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"{item} [data-acked]"), 60, "only acknowledged ones")

@@ -86,6 +86,7 @@ def update(locale: str = "zh_CN") -> None:
     path = catalogue_path(locale)
     catalog = read(path) if path.exists() else Catalog(locale=locale, domain=DOMAIN)
     catalog.update(template, no_fuzzy_matching=True)
+    catalog.obsolete.clear()  # strings app.js no longer has: git keeps their history
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(catalog), encoding="utf-8")
 

@@ -361,10 +361,13 @@ async function drawGroups() {
 
 // -- alerts ----------------------------------------------------------------------------------------
 let alertsSig = "";
+let alertState = sessionStorage.getItem("mgw-alert-state") || "open";
+const ALERT_STATES = [["open", () => t("Open")], ["unacked", () => t("Not acknowledged")],
+  ["acked", () => t("Acknowledged")], ["resolved", () => t("Resolved, last 7 days")]];
 async function refreshAlerts() {
   const box = fleet.root && fleet.root.alerts;
   if (!box) return;
-  const { doc, same } = await api("/api/v1/alerts/grouped?state=open", true);
+  const { doc, same } = await api(`/api/v1/alerts/grouped?state=${alertState}`, true);
   if (same && alertsSig) return; // 304: nothing new to show
   const sig = JSON.stringify(doc.alerts);
   if (sig === alertsSig) return;
@@ -374,8 +377,12 @@ async function refreshAlerts() {
   let list = box.querySelector("ul.alert-list");
   if (!list) {
     list = el("ul", { class: "alert-list" });
-    box.replaceChildren(el("h2", {}, t("Alerts"), " ", el("span", { class: "muted count" })), list,
-      el("p", { class: "muted none" }, t("No open alerts.")));
+    const which = el("select", { id: "alert-state", title: t("Which alerts"), onchange: (e) => {
+      alertState = e.target.value; sessionStorage.setItem("mgw-alert-state", alertState);
+      alertsSig = ""; list.replaceChildren(); refreshAlerts();
+    } }, ALERT_STATES.map(([k, l]) => el("option", { value: k, selected: k === alertState }, l())));
+    box.replaceChildren(el("h2", {}, t("Alerts"), " ", el("span", { class: "muted count" }), " ", which), list,
+      el("p", { class: "muted none" }, t("No alerts.")));
   }
   box.querySelector("h2 .count").textContent = `(${doc.alerts.length})`;
   box.querySelector("p.none").hidden = doc.alerts.length > 0;
@@ -418,6 +425,7 @@ function alertItem(a) {
   const marks = [];
   if (a.suppressed_by.startsWith("maintenance")) marks.push(el("span", { class: "mark" }, t("maintenance window")));
   else if (a.suppressed_by) marks.push(el("span", { class: "mark" }, t("silenced")));
+  const resolved = a.cleared_at !== null ? el("div", { class: "resolved" }, t("Resolved {when}", { when: fmtAbs(a.cleared_at, tz) })) : null;
   const ack = a.acked_at
     ? el("div", { class: "acked", "data-acked": "1" }, t("Acknowledged by {who} at {when}", { who: a.acked_by, when: fmtAbs(a.acked_at, tz) }),
       a.ack_note ? el("q", {}, a.ack_note) : null)
@@ -431,7 +439,7 @@ function alertItem(a) {
     el("div", { class: "muted" }, a.cleared_at === null
       ? t("first seen {first}, still holds", { first: fmtAbs(a.raised_at, tz) })
       : t("first seen {first}, last seen {last}", { first: fmtAbs(a.raised_at, tz), last: fmtAbs(a.last_seen, tz) })),
-    el("div", { class: "detail" }, detailText(a.detail, tz)), ack, children);
+    el("div", { class: "detail" }, detailText(a.detail, tz)), resolved, ack, children);
 }
 function ackForm(button, a) {
   const note = el("input", { type: "text", name: "note", maxLength: 1000, placeholder: t("Note (what you are doing about it)") });
