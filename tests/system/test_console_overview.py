@@ -150,6 +150,11 @@ def test_filters_and_grouping_narrow_the_list_when_chosen(console: FleetService)
         assert 0 < offline < BOXES
         wait_for(lambda: cells(browser, "[data-status]") == {"offline"}, 60, "only offline boxes")
         assert text(browser, "matched").startswith(str(offline))
+        assert "status=offline" in browser.current_url  # the view is in the address
+        browser.get(browser.current_url.replace("status=offline", "status=offline&q=sim-0"))
+        browser.refresh()
+        wait_for(lambda: cells(browser, "[data-status]") == {"offline"} and all(
+            i.startswith("sim-0") for i in ids(browser)), 60, "the view from the address")
         browser.find_element(By.ID, "clear-filters").click()
         wait_for(lambda: text(browser, "matched").startswith(str(BOXES)), 60, "every box again")
         browser.find_element(By.CSS_SELECTOR, '#f-region option[value="Xinjiang"]').click()

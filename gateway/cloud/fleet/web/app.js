@@ -154,7 +154,22 @@ function listQuery(extra) {
   for (const [k, v] of Object.entries(extra || {})) p.set(k, v);
   return p.toString();
 }
+// the list's query lives in the address (#/?status=offline&site=...): a link or the login's
+// return brings the same view back; replaceState, so that filtering adds no history entries
+function saveQuery() {
+  const p = new URLSearchParams(listQuery(fleet.group ? { group: fleet.group } : {}));
+  const hash = `#/${p.toString() ? `?${p}` : ""}`;
+  if (location.hash !== hash) history.replaceState(null, "", hash);
+}
+function loadQuery() {
+  const p = new URLSearchParams((location.hash.split("?")[1]) || "");
+  for (const k of Object.keys(fleet.filters)) fleet.filters[k] = p.get(k) || "";
+  fleet.sort = p.get("sort") || "problems";
+  fleet.order = p.get("order") === "desc" ? "desc" : "asc";
+  fleet.group = p.get("group") || "";
+}
 function resetList() {
+  saveQuery();
   fleet.gen += 1; // answers to the previous query that are still on their way are dropped
   fleet.pages.clear(); fleet.rows.clear();
   for (const n of fleet.nodes.values()) n.remove();
@@ -163,6 +178,7 @@ function resetList() {
 }
 
 async function fleetView(view) {
+  loadQuery();
   const counts = el("div", { id: "counts", class: "counts", role: "toolbar" });
   const search = el("input", { id: "search", type: "search", placeholder: t("Search boxes, sites, versions…"), value: fleet.filters.q });
   const selects = {};
