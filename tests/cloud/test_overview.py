@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cloud.fleet import overview
+from gateway.cloud.fleet import box_page, overview
 from gateway.cloud.fleet.http import Query
 from gateway.cloud.fleet.overview import BoxQuery, Overview, Source
 from gateway.cloud.fleet.store import Alert, AlertState
@@ -156,7 +156,7 @@ def test_bad_parameters_are_refused_when_a_listing_is_parsed() -> None:
 def test_box_series_sum_exams_and_images_per_hour_when_a_day_of_exams_is_read() -> None:
     exams = [{"start": NOW - 3600 * k - 100, "images": 100, "cloud_stored_at": NOW - 3600 * k,
               "last_received_at": NOW - 3600 * k - 30} for k in range(3)]
-    series = overview.box_series([], exams, NOW)
+    series = box_page.box_series([], exams, NOW)
     assert sum(v for _, v in series["exams_per_hour"]) == 3
     assert sum(v for _, v in series["images_delivered_per_hour"]) == 300
     assert [v for _, v in series["turnaround_s"]] == [30.0, 30.0, 30.0]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
-from gateway.cloud.fleet import analytics, overview
+from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import BOX_ID, FleetSettings
@@ -136,9 +136,9 @@ class FleetDocs:
         doc["recent_exams"] = [_exam_doc(e) for e in month[-50:]]
         doc["alert_log"] = alerts
         # the box page's charts, its configuration as far as it is known, its last errors
-        doc["series"] = overview.box_series(doc["history"], [e for e in month if e["start"] >= now - 2 * _DAY_S],
+        doc["series"] = box_page.box_series(doc["history"], [e for e in month if e["start"] >= now - 2 * _DAY_S],
                                             now)
-        doc["config"] = overview.box_config(state, self.service.fleet, {e["modality"] for e in month})
+        doc["config"] = box_page.box_config(state, self.service.fleet, {e["modality"] for e in month})
         doc["dead_letters"] = [dataclasses.asdict(d) for d in store.dead_letters(box_id=box_id, limit=20)]
         return doc
 
