@@ -3,7 +3,7 @@
 For each fleet size: a real mosquitto, one real ``mgw cloud fleet`` process, and the fleet
 simulator (gateway/simulator.py, in this process) publishing births, heartbeats every
 ``--heartbeat-s`` and exam records for N boxes. Once a second the bench reads
-``/api/v1/boxes`` (as the dashboard does) and measures, per box, how far the registry is
+``/api/v1/registry`` (every box in one document) and measures, per box, how far the registry is
 behind: if the registry does not yet hold the last heartbeat the box sent, it is behind by
 the time since that heartbeat was sent; else 0. It reports the worst and the 99th
 percentile of that over the run, the API's response time, and the fleet process's CPU
@@ -72,7 +72,7 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "cloud", "fleet", "--config", str(toml)],
                                 stdout=subprocess.DEVNULL, stderr=log)
     try:
-        url = f"https://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['https']}/api/v1/boxes"
+        url = f"https://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['https']}/api/v1/registry"
         console = ssl.create_default_context(cafile=str(root / "cloud" / "pki" / "ca.pem"))  # the fleet CA
         sim = Simulator(MqttSettings(port=broker.port), boxes, heartbeat_s=heartbeat_s, outage_percent=0.0,
                         backfill_hours=0.0)

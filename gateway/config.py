@@ -282,6 +282,8 @@ class SiteSettings:
                                        "'sat 08:00-12:00'], days not listed closed; empty = the fleet's hours")
     turnaround_target_s: float = _f(0.0, "the site's study turnaround target (last image to durable in the "
                                     "cloud); 0 = fleet.turnaround_target_s")
+    region: str = _f("", "the region the site belongs to, for the console's filters and grouping (free text, "
+                     "e.g. 'Xinjiang'); empty = none")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import MqttLink
-from gateway.config import MqttSettings
+from gateway.config import MqttSettings, SiteSettings
 from gateway.core import fleet, topics
 from gateway.core.errors import LocalError
 from gateway.core.fleet import MessageKind
@@ -217,3 +217,45 @@ def run_simulation(mqtt: MqttSettings, *, boxes: int, minutes: float, heartbeat_
     report = sim.run(minutes * 60)
     doc = {k: v for k, v in report.__dict__.items() if k != "last_heartbeat"}
     return doc
+
+
+REGIONS = ("North", "East", "South", "West", "Xinjiang")
+VERSIONS = (__version__, "1.4.2", "1.3.9")
+
+
+def snapshot_sites(boxes: int, per_site: int = 10) -> dict[str, SiteSettings]:
+    """Per-site settings for ``fleet_snapshot``'s sites: a region each, Xinjiang's in Asia/Urumqi."""
+    out = {}
+    for s in range((boxes + per_site - 1) // per_site):
+        region = REGIONS[s % len(REGIONS)]
+        out[f"site-{s:03d}"] = SiteSettings(region=region,
+                                            time_zone="Asia/Urumqi" if region == "Xinjiang" else "Asia/Shanghai")
+    return out
+
+
+def fleet_snapshot(boxes: int, now: float, seed: int = 1, per_site: int = 10) -> list[fleet.Telemetry]:
+    """A birth and one heartbeat per box, as a fleet's registry holds them after a minute: for filling
+    a fleet service directly (``FleetService.apply``, the console's tests and bench) without a broker
+    round trip per box. Box ``sim-NNNN`` is at ``site-(N // per_site)``; about 2% are offline (a
+    death follows), a few have a full disk, an old backlog or an expiring certificate."""
+    rng = random.Random(seed)  # noqa: S311 - simulation, not security
+    out = []
+    for i in range(boxes):
+        box_id, site = f"sim-{i:04d}", f"site-{i // per_site:03d}"
+        modality, version = MODALITIES[i % len(MODALITIES)], VERSIONS[0 if rng.random() < 0.8 else 1 + i % 2]
+        out.append(fleet.decode("state", box_id, fleet.encode(MessageKind.BIRTH, box_id, 1, at=now, version=version,
+                                                               site=site)))
+        items = rng.choice((0, 0, 0, 2, 5, 40))
+        body: dict[str, Any] = {
+            "seq": 1, "at": round(now, 3), "uptime_s": 86400.0, "version": version, "site": site, "reconnects": i % 3,
+            "uplink_connected": True, "quarantine_items": 0, "cpu_temp_c": 50.0, "utilisation_unacked": 0,
+            "backlog": {"items": items, "bytes": items * 520_000,
+                        "oldest_unacked_age_s": rng.uniform(1, 40) if items else None},
+            "disk": {"free_bytes": 10**11, "total_bytes": 2 * 10**11,
+                     "used_percent": rng.uniform(86, 95) if rng.random() < 0.01 else rng.uniform(30, 70)},
+            "cert_not_after": now + 86400 * (rng.uniform(5, 25) if rng.random() < 0.02 else rng.uniform(60, 365)),
+            "last_study": {modality: now - rng.uniform(60, 3 * 3600)}}
+        out.append(fleet.decode("health", box_id, fleet.encode(MessageKind.HEARTBEAT, box_id, 1, **body)))
+        if rng.random() < 0.02:
+            out.append(fleet.decode("state", box_id, fleet.encode(MessageKind.DEATH, box_id, 1)))
+    return out

@@ -64,6 +64,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
     "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware"},
+    "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {

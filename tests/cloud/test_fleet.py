@@ -88,7 +88,7 @@ def get(svc: FleetService, path: str) -> Any:
 
 
 def box_doc(svc: FleetService, box_id: str) -> dict[str, Any] | None:
-    return next((b for b in get(svc, "/api/v1/boxes")["boxes"] if b["box_id"] == box_id), None)
+    return next((b for b in get(svc, "/api/v1/registry")["boxes"] if b["box_id"] == box_id), None)
 
 
 def test_registry_ignores_a_stale_death_when_the_box_was_reborn(service: FleetService, broker: MosquittoBroker) -> None:
@@ -201,13 +201,13 @@ def test_simulated_fleet_is_registered_when_the_simulator_runs(service: FleetSer
     runner.start()
     try:
         wait_for(lambda: sum(b["online"] and b["heartbeat_at"] is not None
-                             for b in get(service, "/api/v1/boxes")["boxes"]) == 40, 20, "40 boxes' heartbeats")
+                             for b in get(service, "/api/v1/registry")["boxes"]) == 40, 20, "40 boxes' heartbeats")
     finally:
         stop.set()
         runner.join(20)
     assert sim.report.heartbeats >= 40 and sim.report.publish_failures == 0
     wait_for(lambda: service.counters.exams >= sim.report.exams > 0, 60, "every simulated exam stored")
-    wait_for(lambda: not any(b["online"] for b in get(service, "/api/v1/boxes")["boxes"]), 10,
+    wait_for(lambda: not any(b["online"] for b in get(service, "/api/v1/registry")["boxes"]), 10,
              "every simulated box offline after its final death")
 
 

@@ -107,7 +107,7 @@ def test_both_instances_see_every_box_and_exactly_one_leads_when_they_share_a_st
     for box_id in ("ha-1", "ha-2"):
         state(box_link, box_id, MessageKind.BIRTH, 1)
     for svc in (pair.a, pair.b):
-        wait_for(lambda s=svc: {b["box_id"] for b in get(s, "/api/v1/boxes")["boxes"]} >= {"ha-1", "ha-2"}, 60,
+        wait_for(lambda s=svc: {b["box_id"] for b in get(s, "/api/v1/registry")["boxes"]} >= {"ha-1", "ha-2"}, 60,
                  f"{svc.instance} to list both boxes")
     leader = pair.leader()
     follower = pair.b if leader is pair.a else pair.a
@@ -150,7 +150,7 @@ def test_the_other_instance_takes_the_lease_and_raises_and_clears_alerts_when_th
     (new,) = pair.running
     wait_for(lambda: new.leading, 60, "the remaining instance to take the lease")
     assert get(new, "/healthz")["leader"] is True and get(new, "/healthz")["leader_instance"] == new.instance
-    assert {b["box_id"] for b in get(new, "/api/v1/boxes")["boxes"]} >= {"ha-4", "ha-5"}  # its console answers
+    assert {b["box_id"] for b in get(new, "/api/v1/registry")["boxes"]} >= {"ha-4", "ha-5"}  # its console answers
     state(box_link, "ha-4", MessageKind.BIRTH, 2)  # back: the new leader clears the old leader's alert
     state(box_link, "ha-5", MessageKind.DEATH, 1)  # gone: the new leader raises its alert
     wait_for(lambda: [a.cleared_at is not None for a in offline_alerts(new, "ha-4")] == [True], 60,
@@ -205,7 +205,7 @@ def test_no_instance_leads_while_the_store_is_out_of_reach_and_one_leads_again_w
             wait_for(lambda: not any(s.leading for s in pair.running), 60, "every instance to give up the lead")
             for svc in pair.running:  # the consoles still answer, from the registry in memory
                 assert get(svc, "/healthz")["leader"] is False
-                assert "ha-7" in {b["box_id"] for b in get(svc, "/api/v1/boxes")["boxes"]}
+                assert "ha-7" in {b["box_id"] for b in get(svc, "/api/v1/registry")["boxes"]}
         finally:
             with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
                 admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

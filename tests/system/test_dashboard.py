@@ -38,7 +38,7 @@ def fetch(url: str) -> str:
 
 def box(d: LoopbackDeployment) -> dict[str, Any] | None:
     try:
-        return next((b for b in api(d, "/api/v1/boxes")["boxes"] if b["box_id"] == BOX_ID), None)
+        return next((b for b in api(d, "/api/v1/registry")["boxes"] if b["box_id"] == BOX_ID), None)
     except OSError:
         return None
 
@@ -70,12 +70,14 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
 
     with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
-        status = browser.find_element(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"] td[data-status]')
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
+        status = browser.find_element(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"] [data-status]')
         assert status.get_attribute("data-status") == "online"
-        assert browser.find_elements(By.CSS_SELECTOR, '#turnaround tr[data-site="loopback-site"]')
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        browser.get(f"{d.dashboard_url}#/utilisation")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#turnaround tr[data-site="loopback-site"]'), 60,
+                 "the site's turnaround")
 
         browser.get(f"{d.dashboard_url}#/utilisation/{BOX_ID}/CT")
         rows = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#utilisation tbody tr"), 60, "utilisation rows")
@@ -103,9 +105,14 @@ def test_chinese_labels_are_shown_when_the_operator_switches_language(
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
     with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
         browser.find_element(By.ID, "lang").click()
-        wait_for(lambda: "在线" in browser.find_element(By.ID, "boxes").text, 30, "Chinese status label")
+
+        def boxes_text() -> str:  # read in one script: the list is redrawn in the new language meanwhile
+            return str(browser.execute_script("const n = document.getElementById('boxes'); "
+                                              "return n ? n.innerText : ''"))
+
+        wait_for(lambda: "在线" in boxes_text() and "站点" in boxes_text(), 30, "Chinese status label and column heads")
         assert browser.find_element(By.CSS_SELECTOR, "header h1").text == "影像网关设备总览"
 
 
@@ -115,11 +122,13 @@ def test_sort_order_survives_the_refresh_when_the_operator_sorts_a_column(
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
     with chromium(trust=d.console_ca_file) as browser:
         browser.get(d.dashboard_url)
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes tr[data-box="{BOX_ID}"]'), 60, "the box row")
-        browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].click()  # "Box"
-        stamp = browser.find_element(By.ID, "updated").text
-        wait_for(lambda: browser.find_element(By.ID, "updated").text != stamp, 60, "the 5 s refresh")
-        assert "sorted" in browser.find_elements(By.CSS_SELECTOR, "#boxes th")[1].get_attribute("class")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
+        head = '#boxes .head [data-sort="box"]'
+        browser.find_element(By.CSS_SELECTOR, head).click()  # "Box": sorted by the server
+        done = int(browser.execute_script("return Number(document.body.dataset.refreshes)"))
+        wait_for(lambda: int(browser.execute_script("return Number(document.body.dataset.refreshes)")) > done, 60,
+                 "the 5 s refresh")
+        assert "sorted" in browser.find_element(By.CSS_SELECTOR, head).get_attribute("class")
 
 
 def test_cleanly_stopped_box_is_offline_at_once_when_it_disconnects_with_its_will(

@@ -30,7 +30,7 @@ def test_the_other_fleet_process_takes_the_lease_and_raises_alerts_when_the_lead
     wait_for(lambda: [get(d, p, "/healthz")["leader"] for p in consoles.values()].count(True) == 1, 60,
              "exactly one fleet process to lead")
     for port in consoles.values():  # both know the box, from their own subscriptions
-        wait_for(lambda p=port: any(b["box_id"] == BOX_ID for b in get(d, p, "/api/v1/boxes")["boxes"]), 60,
+        wait_for(lambda p=port: any(b["box_id"] == BOX_ID for b in get(d, p, "/api/v1/registry")["boxes"]), 60,
                  "the box on both consoles")
     leader = next(w for w, p in consoles.items() if get(d, p, "/healthz")["leader"])
     survivor = "2" if leader == "1" else "1"

@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
-from gateway.cloud.fleet import analytics
+from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
-from gateway.cloud.fleet.store import Alert, FleetStore
+from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import BOX_ID, FleetSettings
+from gateway.core.alerts import Severity
 from gateway.core.errors import RequestError
 from gateway.core.fleet import AlertKind, BoxState
 from gateway.supervision import StartRecord
@@ -72,6 +73,9 @@ class FleetView(Protocol):
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
     def box(self, box_id: str) -> BoxState | None: ...
+    def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
+                    site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
+                    grouped: bool = True, limit: int = 1000) -> list[Alert]: ...
 
 
 class FleetDocs:
@@ -80,6 +84,8 @@ class FleetDocs:
     def __init__(self, service: FleetView) -> None:
         self.service = service
         self.registry = metrics_http.registry_for(self._samples)
+        self.overview = overview.Overview(overview.Source(
+            service.fleet, service.registry, service.open_alerts, service.list_alerts, service.store.modalities))
 
     # -- documents ---------------------------------------------------------------------------------
     def boxes(self) -> list[dict[str, Any]]:
@@ -130,9 +136,16 @@ class FleetDocs:
         store = self.service.store
         alerts = [_alert_doc(a) for a in store.alerts(open_only=False, since=now - 7 * _DAY_S) if a.box_id == box_id]
         doc = _box_doc(state, [a["kind"] for a in alerts if a["cleared_at"] is None])
+        doc["now"] = now
         doc["history"] = store.samples(box_id, now - _DAY_S)
-        doc["recent_exams"] = [_exam_doc(e) for e in store.exams(box_id=box_id, since=now - 30 * _DAY_S)[-50:]]
+        month = store.exams(box_id=box_id, since=now - 30 * _DAY_S)
+        doc["recent_exams"] = [_exam_doc(e) for e in month[-50:]]
         doc["alert_log"] = alerts
+        # the box page's charts, its configuration as far as it is known, its last errors
+        doc["series"] = box_page.box_series(doc["history"], [e for e in month if e["start"] >= now - 2 * _DAY_S],
+                                            now)
+        doc["config"] = box_page.box_config(state, self.service.fleet, {e["modality"] for e in month})
+        doc["dead_letters"] = [dataclasses.asdict(d) for d in store.dead_letters(box_id=box_id, limit=20)]
         return doc
 
     def health(self) -> dict[str, Any]:
@@ -260,6 +273,15 @@ class Query:
         value = self.values.get(name)
         if value is not None and not BOX_ID.fullmatch(value):
             raise RequestError(f"{name!r} must be a box id ({BOX_ID.pattern})")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+        """One of ``choices``, or ``default`` when the parameter is absent."""
+        value = self.values.get(name)
+        if value is None:
+            return default
+        if value not in choices:
+            raise RequestError(f"{name!r} must be one of {', '.join(choices)}")
         return value
 
     def text(self, name: str, pattern: re.Pattern[str]) -> str | None:

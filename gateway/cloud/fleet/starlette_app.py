@@ -39,9 +39,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.adapters import metrics_http
-from gateway.cloud.fleet import openapi
+from gateway.cloud.fleet import i18n, openapi, overview
 from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
+from gateway.cloud.fleet.store import AlertState
 from gateway.config import BOX_ID
+from gateway.core.alerts import Severity
 from gateway.core.errors import GatewayError, RequestError
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,32 @@ def _query(request: Request, *allowed: str) -> Query:
     return Query(request.query_params.multi_items(), allowed)
 
 
+def _visible(request: Request) -> tuple[overview.Visible, str]:
+    """Which sites the request's principal may see, and a key naming that scope (for ETags)."""
+    principal = request.scope.get("principal")
+    if principal is None:
+        return overview.everything, "*"
+    return principal.can_see, repr((principal.name, principal.role, principal.sites))
+
+
+def _cached(request: Request, doc: dict[str, Any], scope: str, key: str) -> Response:
+    """304 when the browser's If-None-Match holds the document's ETag (its revision, the principal's
+    scope and the query); else the document, with its ETag."""
+    etag = overview.etag(doc["revision"], scope, key)
+    if etag in request.headers.get("if-none-match", "").split(", "):
+        return Response(status_code=304, headers={"ETag": etag})
+    return JsonResponse(doc, headers={"ETag": etag})
+
+
+BOX_QUERY = ("q", "site", "region", "modality", "status", "version", "sort", "order", "offset", "limit", "group",
+             "since")
+
+
+def _box_query(request: Request) -> overview.BoxQuery:
+    q = _query(request, *BOX_QUERY)
+    return overview.parse_box_query(q.values, q.choice, q.integer)
+
+
 def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlette:
     """The console's ASGI app over ``docs``; ``alive`` answers /healthz."""
 
@@ -118,9 +146,22 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
         _query(request)
         return Response(metrics_http.render(docs.registry), media_type=metrics_http.CONTENT_TYPE)
 
-    def boxes(request: Request) -> Response:
+    def registry(request: Request) -> Response:
         _query(request)
-        return JsonResponse(docs.box_list(time.time()))
+        visible, _ = _visible(request)
+        doc = docs.box_list(time.time())
+        doc["boxes"] = [b for b in doc["boxes"] if visible(b["site"])]
+        return JsonResponse(doc)
+
+    def fleet_overview(request: Request) -> Response:
+        _query(request)
+        visible, scope = _visible(request)
+        return _cached(request, docs.overview.overview(time.time(), visible), scope, "overview")
+
+    def boxes(request: Request) -> Response:
+        q = _box_query(request)
+        visible, scope = _visible(request)
+        return _cached(request, docs.overview.boxes(q, time.time(), visible), scope, q.key())
 
     def box(request: Request) -> Response:
         _query(request)
@@ -128,7 +169,23 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
         if not BOX_ID.fullmatch(box_id):
             raise RequestError(f"box id must match {BOX_ID.pattern}")
         doc = docs.box(box_id, time.time())
-        return JsonResponse(doc) if doc is not None else _error(404, "no such box")
+        visible, _ = _visible(request)
+        return JsonResponse(doc) if doc is not None and visible(doc["site"]) else _error(404, "no such box")
+
+    def grouped_alerts(request: Request) -> Response:
+        q = _query(request, "state", "severity", "site", "days", "limit")
+        visible, scope = _visible(request)
+        state = AlertState(q.choice("state", tuple(AlertState), AlertState.OPEN.value) or AlertState.OPEN.value)
+        severity = q.choice("severity", tuple(Severity), None)
+        site = q.text("site", overview.TEXT)
+        doc = docs.overview.alerts(state, None if severity is None else Severity(severity), site, q.days("days", 7.0),
+                                   q.integer("limit", 500, 1, overview.MAX_ALERTS), time.time(), visible)
+        return _cached(request, doc, scope, "alerts?" + request.url.query)
+
+    def messages(request: Request) -> Response:
+        _query(request)
+        return JsonResponse(i18n.messages(request.path_params["lang"]) or {}) if i18n.known(
+            request.path_params["lang"]) else _error(404, "no such language")
 
     def alerts(request: Request) -> Response:
         return JsonResponse(docs.alerts(_query(request, "all", "days"), time.time()))
@@ -160,9 +217,13 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/metrics", metrics),
+        Route("/api/v1/overview", fleet_overview),
         Route("/api/v1/boxes", boxes),
+        Route("/api/v1/registry", registry),
         Route("/api/v1/boxes/{box_id}", box),
         Route("/api/v1/alerts", alerts),
+        Route("/api/v1/alerts/grouped", grouped_alerts),
+        Route("/i18n/{lang}.json", messages),
         Route("/api/v1/dead-letters", dead_letters),
         Route("/api/v1/modalities", modalities),
         Route("/api/v1/utilisation", utilisation),
