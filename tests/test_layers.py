@@ -57,6 +57,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},
+    "argon2": {"gateway/adapters/argon2_hash.py": "the console's password hashes (Argon2id)"},
     "uvicorn": {"gateway/adapters/uvicorn_server.py": "serves an ASGI app on a socket bound here, with TLS"},
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from gateway.cloud.fleet.auth_store import AUTH_MIGRATION, AuthStore
 from gateway.cloud.sql import Database, Statements
 from gateway.core.alerts import SEVERITY, Maintenance, Severity, Silence
 from gateway.core.fleet import AlertKind, BoxState
@@ -87,6 +88,9 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
         created_by TEXT NOT NULL, reason TEXT NOT NULL, created_at {real} NOT NULL
     )
     """,
+    # the console's accounts, sessions, API tokens, login throttling and audit log
+    # (gateway/cloud/fleet/auth_store.py); the audit log refuses UPDATE and DELETE (core/sqlscript.py)
+    AUTH_MIGRATION,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -151,6 +155,7 @@ class Alert:
 
 class FleetStore(Protocol):
     where: str  # the file, or postgresql:<database>; never a password
+    auth: AuthStore  # the console's accounts, sessions, tokens and audit log, in the same database
 
     def schema_version(self) -> int: ...
     def save_boxes(self, states: Iterable[BoxState]) -> None: ...
@@ -221,6 +226,7 @@ class SqlFleetStore:
         self._db = db
         self.where = db.where
         db.migrate(MIGRATIONS)
+        self.auth = AuthStore(db)
 
     def _tx(self) -> AbstractContextManager[Statements]:
         return self._db.transaction()
