@@ -212,7 +212,8 @@ class AuthStore:
     def audit(self, *, actor: str | None = None, action: str | None = None, since: float = 0.0,
               before_id: int | None = None, limit: int = 100) -> list[AuditRow]:
         """Newest first; ``before_id`` pages on (the rows older than that id)."""
-        where, params = ["at >= ?"], [since]
+        where: list[str] = ["at >= ?"]
+        params: list[Any] = [since]
         for column, value in (("actor", actor), ("action", action)):
             if value is not None:
                 where, params = [*where, f"{column} = ?"], [*params, value]
