@@ -61,7 +61,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "uvicorn": {"gateway/adapters/uvicorn_server.py": "serves an ASGI app on a socket bound here, with TLS"},
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
-    "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware"},
+    "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware",
+                  "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {
