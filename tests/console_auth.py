@@ -55,8 +55,18 @@ def service_token(service: Any) -> str:
     return _SERVICE_TOKENS[key]
 
 
+_DEPLOYMENT_TOKENS: dict[tuple[Path, Role], str] = {}
+
+
 def deployment_token(fleet_toml: Path, role: Role = Role.ADMIN) -> str:
-    """An admin token in a loopback deployment's fleet store (SQLite or PostgreSQL, as configured)."""
+    """A token of that role in a loopback deployment's fleet store (SQLite or PostgreSQL, as configured),
+    made once per deployment."""
+    if (fleet_toml, role) not in _DEPLOYMENT_TOKENS:
+        _DEPLOYMENT_TOKENS[(fleet_toml, role)] = _new_deployment_token(fleet_toml, role)
+    return _DEPLOYMENT_TOKENS[(fleet_toml, role)]
+
+
+def _new_deployment_token(fleet_toml: Path, role: Role) -> str:
     settings = config.load_cloud([fleet_toml])
     store = backends.open_fleet_store(settings, Paths.from_env(settings.cloud.state_dir, base=fleet_toml.parent))
     try:

@@ -24,8 +24,10 @@ Rules (docs/operations.md, "Accounts, tokens and the audit log"; docs/security.m
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
 import json
 import re
 import secrets
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.adapters import argon2_hash
-from gateway.cloud.fleet.auth_store import AuthStore
+from gateway.cloud.fleet.auth_store import AuditRow, AuthStore
 from gateway.config import AuthSettings
 from gateway.core.access import AuthMethod, LoginRefused, Principal, Role
 from gateway.core.errors import AccountError
@@ -48,6 +50,7 @@ TOKEN = re.compile(r"^mgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_TOKEN_DAYS = 3650
 TOUCH_S = 15.0  # a session's last use is written at most this often
+EXPORT_MAX_ROWS = 1_000_000
 REFUSED = "user name or password not accepted"
 
 
@@ -311,3 +314,28 @@ class Accounts:
         """Append one row: who, when, what, from where, the outcome and ``detail`` (never a secret)."""
         self.store.append_audit(self._clock(), actor.name, actor.method, actor.address, action, target, outcome,
                                 json.dumps(detail, sort_keys=True, default=str))
+
+
+def export_rows(accounts: Accounts, since: float) -> list[AuditRow]:
+    """Every audit row since ``since``, oldest first (at most ``EXPORT_MAX_ROWS``)."""
+    rows: list[AuditRow] = []
+    before: int | None = None
+    while len(rows) < EXPORT_MAX_ROWS:
+        page = accounts.store.audit(since=since, before_id=before, limit=1000)
+        rows += page
+        if len(page) < 1000:
+            break
+        before = page[-1].id
+    return rows[::-1]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV with a header; a value a spreadsheet would run as a formula is prefixed with '."""
+    out = io.StringIO()
+    fields = ["id", "at", "actor", "method", "address", "action", "target", "outcome", "detail"]
+    writer = csv.DictWriter(out, fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+                         for k, v in r.items()})
+    return out.getvalue()

@@ -225,7 +225,8 @@ AUTH_PATHS: dict[str, Schema] = {
         _param("action", {"type": "string", "pattern": "^[a-z][a-z._]{0,39}$"}, "only this action"),
         _param("since", TIME, "only entries at or after this time (seconds since 1970)"),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
-        _param("before", {"type": "integer", "minimum": 0}, "only entries older than this id")], admin=True),
+        _param("before", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "only entries older than this id")],
+        admin=True),
     "/api/v1/audit/export": _get("the whole audit log since a time, oldest first, as a file (admin); "
                                  "the export is itself audited", STR, [
         _param("format", {"type": "string", "enum": ["csv", "jsonl"]}, "csv (default) or jsonl (one JSON per line)"),

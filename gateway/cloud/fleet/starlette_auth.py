@@ -18,10 +18,8 @@ it did not exist. Every login, refusal and action is audited (``accounts.Account
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hmac
-import io
 import json
 import re
 import secrets
@@ -45,9 +43,11 @@ from gateway.cloud.fleet.accounts import (
     Accounts,
     Actor,
     Session,
+    export_rows,
     parse_role,
     parse_sites,
     sha256,
+    to_csv,
 )
 from gateway.cloud.fleet.body import Body
 from gateway.cloud.fleet.http import FleetDocs, Query
@@ -68,9 +68,8 @@ WRITE_PATHS = tuple(re.compile(p) for p in (
 OPEN_API_PATHS = frozenset({"/api/v1/openapi.json"})
 _NUMBER_ID = re.compile(r"[0-9]{1,18}")
 _ACTION = re.compile(r"^[a-z][a-z._]{0,39}$")
-_EPOCH = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+_EPOCH = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 MAX_EPOCH = 1e11
-EXPORT_MAX_ROWS = 1_000_000
 
 
 class AlertActions(Protocol):
@@ -451,7 +450,7 @@ def _since(q: Query) -> float:
     raw = q.values.get("since")
     if raw is None:
         return 0.0
-    if not _EPOCH.fullmatch(raw) or float(raw) > MAX_EPOCH:
+    if not _EPOCH.fullmatch(raw) or not float(raw) <= MAX_EPOCH:
         raise RequestError("'since' must be a time in seconds since 1970")
     return float(raw)
 
@@ -468,31 +467,6 @@ def _before(q: Query) -> int | None:
     if raw is not None and not _NUMBER_ID.fullmatch(raw):
         raise RequestError("'before' must be an audit entry id")
     return None if raw is None else int(raw)
-
-
-def export_rows(accounts: Accounts, since: float) -> list[Any]:
-    """Every audit row since ``since``, oldest first (at most ``EXPORT_MAX_ROWS``)."""
-    rows: list[Any] = []
-    before: int | None = None
-    while len(rows) < EXPORT_MAX_ROWS:
-        page = accounts.store.audit(since=since, before_id=before, limit=1000)
-        rows += page
-        if len(page) < 1000:
-            break
-        before = page[-1].id
-    return rows[::-1]
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV with a header; a value a spreadsheet would run as a formula is prefixed with '."""
-    out = io.StringIO()
-    fields = ["id", "at", "actor", "method", "address", "action", "target", "outcome", "detail"]
-    writer = csv.DictWriter(out, fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
-                         for k, v in r.items()})
-    return out.getvalue()
 
 
 def _oidc_routes(auth: ConsoleAuth, tls: bool, opened: Callable[[Principal, str], tuple[Session, str]],
