@@ -62,7 +62,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
     "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware",
-                  "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes"},
+                  "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
+                  "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {

@@ -40,6 +40,7 @@ from gateway.adapters import metrics_http
 from gateway.cloud.fleet import openapi
 from gateway.cloud.fleet.body import MAX_BODY_BYTES
 from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
+from gateway.cloud.fleet.starlette_admin import routes as admin_routes
 from gateway.cloud.fleet.starlette_auth import WRITE_PATHS, Authenticate, ConsoleAuth, actor, who
 from gateway.cloud.fleet.starlette_auth import routes as auth_routes
 from gateway.config import BOX_ID
@@ -218,6 +219,7 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         Route("/api/v1/idle-capacity", idle_capacity),
         Route("/api/v1/openapi.json", openapi_json),
         *auth_routes(docs, auth, tls),
+        *admin_routes(auth, tls),
         Mount("/", StaticFiles(directory=WEB_DIR, html=True)),  # "/" is index.html
     ]
     middleware = [Middleware(Guard, tls=tls), Middleware(Authenticate, auth=auth, tls=tls)]
