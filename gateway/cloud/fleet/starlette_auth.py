@@ -251,6 +251,7 @@ def routes(docs: FleetDocs, auth: ConsoleAuth, tls: bool, clock: Callable[[], fl
         user, password = b.text("user", 200, required=True), b.text("password", 1024, required=True)
         address = request.scope.get("mgw.address", "")
         principal = accounts.login(user, password, address)  # LoginRefused: 401, audited
+        accounts.close_session(request.cookies.get(cookie, ""))  # a new login never keeps an old session id
         session, set_cookie = opened(accounts, principal, address, tls)
         return json_answer({**principal_doc(principal), "csrf": session.csrf}, headers={"Set-Cookie": set_cookie})
 
