@@ -103,6 +103,8 @@ def two_sites(svc: FleetService, broker: MosquittoBroker) -> dict[str, int]:
 
 # -- logins, lockout, sessions --------------------------------------------------------------------------------
 def test_session_cookie_is_set_and_me_answers_when_the_password_is_right(service: FleetService) -> None:
+    assert call(service, "GET", "/auth/methods")[2] == {"password": True, "oidc": False}
+    assert call(service, "GET", "/auth/oidc/login")[0] == 404  # no provider configured
     account(service.store, "alice", Role.OPERATOR, frozenset({"clinic-a"}))
     alice = Browser(service, "alice")
     cookie = alice.set_cookie
@@ -400,6 +402,7 @@ def test_oidc_login_opens_a_session_or_is_refused_and_audited_when_the_provider_
                        Paths(tmp_path, tmp_path / "cloud", tmp_path), oidc=provider)
     svc.start()
     try:
+        assert call(svc, "GET", "/auth/methods")[2] == {"password": True, "oidc": True}  # login.html offers it
         status, headers, _ = call(svc, "GET", "/auth/oidc/login")
         assert status == 302 and headers["location"].startswith("https://idp.example/authorize")
         pending = headers["set-cookie"].split(";")[0]

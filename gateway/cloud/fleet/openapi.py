@@ -161,6 +161,8 @@ AUTH_PATHS: dict[str, Schema] = {
                          _closed(["user", "password"], user={"type": "string", "maxLength": 200, "pattern": r"\S"},
                                  password={"type": "string", "maxLength": 1024, "pattern": r"\S"}), public=True),
     "/auth/logout": _post("end this session (and clear its cookie)", _obj(["ok"], ok=BOOL), None),
+    "/auth/methods": _get("how one may log in here: a local account's password, and OpenID Connect when configured",
+                          _obj(["password", "oidc"], password=BOOL, oidc=BOOL), public=True),
     "/auth/oidc/login": {"get": {"summary": "start an OpenID Connect login: a redirect to the provider",
                                  "security": OPEN, "parameters": [], "responses": {
                                      "302": {"description": "to the provider's authorization endpoint"},

@@ -195,7 +195,11 @@ def _oidc_routes(auth: ConsoleAuth, tls: bool, clock: Callable[[], float]) -> li
         response.headers.append("Set-Cookie", session_cookie_header(pending_cookie, "", 0, tls, same_site="Lax"))
         return response
 
-    return [Route("/auth/oidc/login", begin), Route("/auth/oidc/callback", callback)]
+    def methods(request: Request) -> Response:
+        Query(request.query_params.multi_items(), ())
+        return json_answer({"password": True, "oidc": auth.oidc is not None})
+
+    return [Route("/auth/methods", methods), Route("/auth/oidc/login", begin), Route("/auth/oidc/callback", callback)]
 
 
 def _random_key() -> str:

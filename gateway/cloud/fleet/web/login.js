@@ -9,11 +9,13 @@ const T = {
     title: "Modality gateway fleet", heading: "Log in", user: "User name", password: "Password", submit: "Log in",
     refused: "User name or password not accepted.", busy: "Logging in…", missing: "Enter your user name and password.",
     failed: "The console did not answer; try again.", switch: "中文",
+    oidc: "Log in with your organisation's account",
   },
   zh: {
     title: "影像网关设备总览", heading: "登录", user: "用户名", password: "密码", submit: "登录",
     refused: "用户名或密码不正确。", busy: "正在登录…", missing: "请输入用户名和密码。",
     failed: "控制台没有响应，请重试。", switch: "English",
+    oidc: "使用所在机构的账号登录",
   },
 };
 
@@ -75,3 +77,7 @@ document.getElementById("lang").addEventListener("click", () => {
 });
 document.getElementById("login-form").addEventListener("submit", submit);
 render();
+// OpenID Connect, when this console has a provider configured
+fetch("/auth/methods", { cache: "no-store" }).then((rsp) => rsp.ok ? rsp.json() : {}).then((methods) => {
+  document.getElementById("oidc-login").hidden = !methods.oidc;
+}).catch(() => {});
