@@ -424,3 +424,46 @@ def test_oidc_login_opens_a_session_or_is_refused_and_audited_when_the_provider_
         assert again[0] == 400  # a pre-login is used once
     finally:
         svc.stop()
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "trusted", "address"), [
+    ("10.0.0.9", "203.0.113.7", (), "10.0.0.9"),  # no proxy configured: X-Forwarded-For is ignored
+    ("10.0.0.9", "198.51.100.1, 203.0.113.7", ("10.0.0.9",), "203.0.113.7"),  # the hop the proxy saw
+    ("10.0.0.8", "203.0.113.7", ("10.0.0.9",), "10.0.0.8"),  # not from the proxy: ignored
+])
+def test_client_address_is_the_connections_unless_a_trusted_proxy_names_it(
+        peer: str, forwarded: str, trusted: tuple[str, ...], address: str) -> None:
+    from gateway.cloud.fleet.starlette_auth import client_address
+
+    scope = {"type": "http", "client": (peer, 50000), "headers": [(b"x-forwarded-for", forwarded.encode())]}
+    assert client_address(scope, trusted) == address
+
+
+def test_site_scoped_user_sees_no_figure_of_another_site_when_both_sites_have_exams_and_dead_letters(
+        service: FleetService, broker: MosquittoBroker) -> None:
+    two_sites(service, broker)
+    t0 = time.time() // 86400 * 86400 + 3600
+    for n, (box_id, site) in enumerate((("box-a", "clinic-a"), ("box-b", "clinic-b"))):
+        box = next(b for b in Box.made if b.box_id == box_id)
+        box.send("util", json.dumps({
+            "v": 1, "box_id": box_id, "study_key": f"{n}b" * 16, "revision": 1, "modality": "CT", "start": t0,
+            "end": t0 + 600, "images": 10, "series": 1, "source": "header", "status": "completed",
+            "first_received_at": t0 + 10, "last_received_at": t0 + 620, "cloud_stored_at": t0 + 650,
+            "site": site}).encode())
+        box.send("health", b'{"v":1,"kind":"heartbeat","box_id":"' + box_id.encode() + b'","bd_seq":1,"disk":"x"}')
+    wait_for(lambda: service.counters.exams == 2 and len(service.store.dead_letters()) == 2, 60,
+             "both exam records stored and both bad heartbeats set aside")
+    admin = bearer(token(service.store, "root"))
+    account(service.store, "ana", Role.VIEWER, frozenset({"clinic-a"}))
+    ana = Browser(service, "ana")
+    for target, rows, key in (("/api/v1/modalities", "modalities", "site"), ("/api/v1/turnaround", "sites", "site"),
+                              ("/api/v1/idle-capacity", "scanners", "site"),
+                              ("/api/v1/dead-letters", "dead_letters", "box_id")):
+        everyone = {r[key] for r in call(service, "GET", target, headers=admin)[2][rows]}
+        theirs = {r[key] for r in ana.get(target)[1][rows]}
+        assert len(everyone) == 2 and len(theirs) == 1 and theirs < everyone, target
+        assert theirs <= {"clinic-a", "box-a"}, target
+    groups = ana.get("/api/v1/turnaround/by-modality")[1]["groups"]
+    assert {g["site"] for g in groups} == {"clinic-a"}
+    assert set(ana.get("/api/v1/idle-capacity")[1]["by_site"]) == {"clinic-a"}
+    assert ana.get("/api/v1/dead-letters?box=box-b")[1]["dead_letters"] == []
