@@ -178,6 +178,11 @@ def test_session_is_dead_when_logged_out_or_its_account_disabled(service: FleetS
     assert alice.get("/api/v1/me")[0] == 401
     assert audit_rows(service, "logout")[0]["actor"] == "alice"
     assert bob.get("/api/v1/me")[0] == 200
+    status, headers, _ = call(service, "POST", "/auth/login", {"user": "bob", "password": PASSWORD},
+                              {"Cookie": bob.cookie})  # logging in again, from the same browser
+    assert status == 200 and bob.get("/api/v1/me")[0] == 401  # the previous session id is dead
+    bob.cookie = headers["set-cookie"].split(";")[0]
+    assert bob.get("/api/v1/me")[0] == 200
     service.accounts.disable("bob", TEST_ACTOR)
     assert bob.get("/api/v1/me")[0] == 401
     assert call(service, "POST", "/auth/login", {"user": "bob", "password": PASSWORD})[0] == 401
