@@ -114,6 +114,10 @@ def client_address(scope: Scope, trusted_proxies: Sequence[str]) -> str:
     return str(peer)[:64]
 
 
+def _unauthenticated(reason: str) -> Response:
+    return json_answer({"error": reason}, 401, {"WWW-Authenticate": "Bearer"})
+
+
 class Authenticate:
     """Puts the request's principal (or None) at ``scope["principal"]``; 401/403 for what needs one or a CSRF token."""
 
@@ -135,26 +139,24 @@ class Authenticate:
         if authorization is not None:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() != "bearer":
-                return await json_answer({"error": "only Bearer API tokens are accepted"}, 401,
-                                   {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return await _unauthenticated("only Bearer API tokens are accepted")(scope, receive, send)
             try:
                 principal = await run_in_threadpool(self.auth.accounts.resolve_token, value.strip(), address)
             except LoginRefused as exc:
-                return await json_answer({"error": f"API token refused: {exc}"}, 401,
-                                   {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return await _unauthenticated(f"API token refused: {exc}")(scope, receive, send)
         else:
             session_id = Request(scope).cookies.get(self.cookie, "")
             if session_id:
                 session = await run_in_threadpool(self.auth.accounts.resolve_session, session_id)
                 principal = session.principal if session is not None else None
         if principal is None and needs_principal(scope["path"]):
-            return await json_answer({"error": "authentication required: log in, or send an API token"}, 401,
-                               {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return await _unauthenticated("authentication required: log in, or send an API token")(
+                scope, receive, send)
         refusal = self._forgery(scope, headers, session)
         if refusal:
-            await run_in_threadpool(self.auth.accounts.audit, Actor(principal.name if principal else "",
-                                    principal.method.value if principal else "", address),
-                                    "csrf", scope["path"][:100], "refused", reason=refusal)
+            who_asks = Actor(principal.name, principal.method.value, address) if principal else Actor("", "", address)
+            await run_in_threadpool(self.auth.accounts.audit, who_asks, "csrf", scope["path"][:100], "refused",
+                                    reason=refusal)
             return await json_answer({"error": refusal}, 403)(scope, receive, send)
         scope["principal"] = principal
         scope["mgw.session"] = session
