@@ -35,6 +35,13 @@ from tests.console_auth import PASSWORD, TEST_ACTOR, account, bearer, token
 from tests.peers import wait_for
 
 
+@pytest.fixture(autouse=True)
+def _stop_boxes() -> Iterator[None]:
+    yield
+    while Box.made:
+        Box.made.pop().link.stop()
+
+
 @pytest.fixture
 def service(broker: MosquittoBroker, tmp_path: Path) -> Iterator[FleetService]:
     svc = start(broker, tmp_path, auth=AuthSettings(lockout_failures=3, address_failures=8))
