@@ -479,3 +479,21 @@ def test_site_scoped_user_sees_no_figure_of_another_site_when_both_sites_have_ex
     assert {g["site"] for g in groups} == {"clinic-a"}
     assert set(ana.get("/api/v1/idle-capacity")[1]["by_site"]) == {"clinic-a"}
     assert ana.get("/api/v1/dead-letters?box=box-b")[1]["dead_letters"] == []
+
+
+def test_admin_manages_accounts_over_http_and_others_are_refused_when_they_try(service: FleetService) -> None:
+    account(service.store, "root")
+    account(service.store, "olga", Role.OPERATOR)
+    root, olga = Browser(service, "root"), Browser(service, "olga")
+    status, made = root.post("/api/v1/accounts", {"name": "wei", "password": "x" * 11, "role": "viewer"})
+    assert status == 400 and "12 characters" in made["error"]
+    status, made = root.post("/api/v1/accounts", {"name": "wei", "password": PASSWORD, "role": "viewer",
+                                                  "sites": ["clinic-a"]})
+    assert status == 200 and (made["name"], made["role"], made["sites"]) == ("wei", "viewer", ["clinic-a"])
+    wei = Browser(service, "wei")
+    assert olga.get("/api/v1/accounts")[0] == 403
+    assert olga.post("/api/v1/accounts/wei/disable")[0] == 403
+    status, changed = root.post("/api/v1/accounts/wei/disable")
+    assert status == 200 and changed["disabled"] and wei.get("/api/v1/me")[0] == 401
+    assert root.post("/api/v1/accounts/nobody/enable")[0] == 404
+    assert {"account.create", "account.disable"} <= {r.action for r in service.store.auth.audit(actor="root")}

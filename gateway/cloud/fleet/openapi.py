@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.cloud.fleet.accounts import NAME as NAME_PATTERN
 from gateway.cloud.fleet.accounts import SITE as SITE_PATTERN
 from gateway.cloud.fleet.body import MAX_BODY_BYTES
 from gateway.cloud.fleet.http import MAX_QUERY_VALUE_CHARS, MAX_TARGET_BYTES, MODALITY
@@ -153,6 +154,9 @@ TOKEN_DOC = _obj(["id", "name", "owner", "role", "sites", "created_at", "expires
 AUDIT_ROW = _obj(["id", "at", "actor", "method", "address", "action", "target", "outcome", "detail"], id=INT,
                  at=NUM, actor=STR, method=STR, address=STR, action=STR, target=STR, outcome=STR, detail=STR)
 ROLE: Schema = {"type": "string", "enum": ["viewer", "operator", "admin"]}
+ACCOUNT = _obj(["name", "role", "sites", "disabled", "failures", "locked", "created_at", "updated_at"], name=STR,
+               role=STR, sites={"type": "array", "items": STR}, disabled=BOOL, failures=INT, locked=BOOL,
+               created_at=NUM, updated_at=NUM)
 ALL_FLAG = _param("all", {"type": "string", "enum": ["0", "1"]}, "1: ended ones too")
 AUTH_PATHS: dict[str, Schema] = {
     "/auth/login": _post("log in with a local account: sets the session cookie, answers the principal and its CSRF "
@@ -221,6 +225,19 @@ AUTH_PATHS: dict[str, Schema] = {
         "revoke an API token at once; audited", _obj(["id", "revoked"], id=STR, revoked=BOOL), None,
         [_id_param("token_id", "the token's id", "^[0-9a-f]{12}$")], not_found="no such token (or not yours)",
         conflict="the token was already revoked"),
+    "/api/v1/accounts": {
+        **_get("the local accounts (admin): role, sites, state", _obj(["accounts"], accounts={
+            "type": "array", "items": ACCOUNT}), admin=True),
+        **_post("create a local account (admin); audited", ACCOUNT, _closed(
+            ["name", "password", "role"], name={"type": "string", "pattern": NAME_PATTERN.pattern},
+            password={"type": "string", "minLength": 12, "maxLength": 1024}, role=ROLE,
+            sites={"type": "array", "items": SITE_ID, "maxItems": 100}), conflict="")},
+    "/api/v1/accounts/{name}/{action}": _post(
+        "disable (ends its sessions, stops its tokens), enable or unlock an account (admin); audited", ACCOUNT, None,
+        [_param("name", {"type": "string", "pattern": NAME_PATTERN.pattern}, "the account", required=True,
+                where="path"),
+         _param("action", {"type": "string", "enum": ["disable", "enable", "unlock"]}, "what to do", required=True,
+                where="path")], not_found="no such account"),
     "/api/v1/audit": _get("the audit log, newest first (admin); page on with before=<next>", _obj(
         ["entries", "next"], entries={"type": "array", "items": AUDIT_ROW}, next=_null("integer")), [
         _param("actor", {"type": "string", "maxLength": 128}, "only this actor's"),

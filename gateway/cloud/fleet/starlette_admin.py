@@ -56,7 +56,37 @@ MAX_EPOCH = 1e11
 
 
 def routes(auth: ConsoleAuth, tls: bool, clock: Callable[[], float] = time.time) -> list[BaseRoute]:
-    return [*_admin_routes(auth, clock), *_oidc_routes(auth, tls, clock)]
+    return [*_admin_routes(auth, clock), *_account_routes(auth), *_oidc_routes(auth, tls, clock)]
+
+
+def _account_routes(auth: ConsoleAuth) -> list[BaseRoute]:
+    """Local accounts over HTTP, an admin's (as ``mgw cloud user``); every change audited by the accounts."""
+    accounts = auth.accounts
+
+    def listing(request: Request) -> Response:
+        who(request).require(Role.ADMIN, "managing accounts")
+        if request.method == "GET":
+            Query(request.query_params.multi_items(), ())
+            return json_answer({"accounts": accounts.list_accounts()})
+        b = body(request, "name", "password", "role", "sites")
+        name = b.text("name", 64, required=True, pattern=NAME)
+        accounts.create(name, b.text("password", 1024, required=True), parse_role(b.text("role", 20, required=True)),
+                        parse_sites(b.strings("sites", SITE)), actor(request))
+        return json_answer(next(a for a in accounts.list_accounts() if a["name"] == name))
+
+    def change(request: Request) -> Response:
+        who(request).require(Role.ADMIN, "managing accounts")
+        name, verb = request.path_params["name"], request.path_params["action"]
+        if not NAME.fullmatch(name) or verb not in ("disable", "enable", "unlock"):
+            raise hidden("account action")
+        body(request)
+        if accounts.store.account(name) is None:
+            raise hidden("account")
+        {"disable": accounts.disable, "enable": accounts.enable, "unlock": accounts.unlock}[verb](name, actor(request))
+        return json_answer(next(a for a in accounts.list_accounts() if a["name"] == name))
+
+    return [Route("/api/v1/accounts", listing, methods=["GET", "POST"]),
+            Route("/api/v1/accounts/{name}/{action}", change, methods=["POST"])]
 
 
 def _token_manager(principal: Principal) -> str | None:
