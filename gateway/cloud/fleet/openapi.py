@@ -114,6 +114,7 @@ def _post(summary: str, ok: Schema, body: Schema | None, params: list[Schema] | 
         "400": _json(ERROR, "the body or a path parameter is malformed, or the request is not one that can be done"),
         "401": UNAUTHENTICATED if not public else _json(ERROR, "user name or password not accepted"),
         "403": FORBIDDEN,
+        "405": _json(ERROR, "the path is not one of a write route"),
         "413": _json(ERROR, f"the body is longer than {MAX_BODY_BYTES} bytes"),
         "414": _json(ERROR, f"the request target is longer than {MAX_TARGET_BYTES} bytes"),
         "415": _json(ERROR, "the body is not application/json"),
