@@ -54,8 +54,29 @@ def _proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _get(url: str, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=30, context=context) as rsp:  # noqa: S310 - loopback only
+def _admin_token(toml: Path) -> str:
+    """An admin API token in the fleet store the service opened (as `mgw cloud token create` makes one)."""
+    import secrets
+
+    from gateway import config
+    from gateway.cloud import backends
+    from gateway.cloud.fleet.accounts import Accounts, Actor
+    from gateway.core.access import Role
+    from gateway.paths import Paths
+
+    settings = config.load_cloud([toml])
+    store = backends.open_fleet_store(settings, Paths.from_env(settings.cloud.state_dir, base=toml.parent))
+    try:
+        accounts, actor = Accounts(store.auth, settings.fleet.auth), Actor("bench", "cli", "")
+        accounts.create("bench", secrets.token_urlsafe(24), Role.ADMIN, None, actor)
+        return accounts.create_token("bench", "bench", Role.ADMIN, None, 1.0, actor)[1]
+    finally:
+        store.close()
+
+
+def _get(url: str, context: ssl.SSLContext | None = None, token: str = "") -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=30, context=context) as rsp:  # noqa: S310 - loopback only
         return json.loads(rsp.read())
 
 
@@ -74,6 +95,7 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str
     try:
         url = f"https://127.0.0.1:{await_ports(root / 'cloud', 'fleet-1', proc)['https']}/api/v1/registry"
         console = ssl.create_default_context(cafile=str(root / "cloud" / "pki" / "ca.pem"))  # the fleet CA
+        token = _admin_token(toml)  # the console answers an authenticated principal only
         sim = Simulator(MqttSettings(port=broker.port), boxes, heartbeat_s=heartbeat_s, outage_percent=0.0,
                         backfill_hours=0.0)
         stop = threading.Event()
@@ -88,7 +110,7 @@ def run_one(boxes: int, seconds: float, heartbeat_s: float, root: Path, dsn: str
             with sim._lock:
                 sent = dict(sim.report.last_heartbeat)
             t_api = time.monotonic()
-            doc = _get(url, console)
+            doc = _get(url, console, token)
             api_s.append(time.monotonic() - t_api)
             held = {b["box_id"]: (b.get("heartbeat_at") or 0.0) for b in doc["boxes"]}
             online = sum(b["online"] for b in doc["boxes"])

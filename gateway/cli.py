@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cloud.authority import ack_key_cli  # the ack signing keys (signed acks, wire v2)
 
     ack_key_cli.add_command(cloud, with_config)
+    from gateway.cloud.fleet import accounts_cli  # the console's accounts, API tokens and audit log
+
+    accounts_cli.add_commands(cloud, with_config)
     return parser
 
 

@@ -287,6 +287,37 @@ class SiteSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """The console's logins, sessions and lockouts (``[fleet.auth]``; docs/operations.md, "Accounts")."""
+
+    session_idle_minutes: float = _f(30.0, "a console session unused this long ends (the user logs in again)")
+    session_hours: float = _f(12.0, "a console session ends this long after its login, used or not")
+    lockout_failures: int = _f(5, "failed logins in a row that lock a local account")
+    lockout_minutes: float = _f(15.0, "how long a locked account refuses every login (`mgw cloud user unlock` ends "
+                                "it sooner)")
+    address_failures: int = _f(20, "failed logins from one client address within address_window_minutes after "
+                               "which that address is refused (any account)")
+    address_window_minutes: float = _f(15.0, "the window of address_failures")
+    trusted_proxies: tuple[str, ...] = _f((), "addresses of reverse proxies whose X-Forwarded-For names the client "
+                                          "(audit, per-address limits); empty = the connection's address only")
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """OpenID Connect login for a site's identity provider (``[fleet.oidc]``); off while issuer is empty."""
+
+    issuer: str = _f("", "the provider's issuer URL (https://...); empty = OpenID Connect login off")
+    client_id: str = _f("", "this console's client id at the provider")
+    client_secret_file: str = _f("", "file holding the client secret (0600), relative to state_dir")
+    redirect_url: str = _f("", "the console's callback as the provider knows it: https://<console>/auth/oidc/callback")
+    ca_file: str = _f("", "CA bundle trusted for the provider's HTTPS; empty = the system's")
+    roles_claim: str = _f("groups", "the ID token claim (a string or a list of strings) mapped to a role")
+    role_map: tuple[str, ...] = _f((), "claim value to role, e.g. ['radiology-ops=operator', 'mgw-admins=admin']; "
+                                   "the highest mapped role wins; a user with none is refused")
+    sites_claim: str = _f("", "the claim listing the user's sites; empty = every site")
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     http_bind: str = _f("127.0.0.1", "address of the fleet console (REST API, dashboard, /metrics)")
     http_port: int = _f(8080, "port of the fleet console (HTTPS); "
@@ -327,6 +358,8 @@ class FleetSettings:
                                      "count as one outage")
     lease_s: float = _f(10.0, "the leader lease of several fleet instances on one store: renewed every second, "
                         "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
+    auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "console logins, sessions, lockouts"})
+    oidc: OidcSettings = field(default_factory=OidcSettings, metadata={"help": "OpenID Connect login"})
 
 
 @dataclass(frozen=True)
@@ -412,7 +445,7 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
             sub = table.get(name, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{source}: '{where}{name}' must be a table")
-            if name not in table and fld.default is dataclasses.MISSING:
+            if name not in table and fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{source}: missing table [{where}{name}]")
             kwargs[name] = build(tp, sub, source, f"{where}{name}.")
         elif name in table:
@@ -602,6 +635,23 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
         raise ConfigError(f"{source}: 'fleet.plain_http' and 'fleet.tls_cert_file' exclude each other")
     if f.plain_http and not _loopback(f.http_bind):
         raise ConfigError(f"{source}: 'fleet.plain_http' needs a loopback 'fleet.http_bind' (127.0.0.1, ::1)")
+    _check_auth(f.auth, f.oidc, source)
+
+
+def _check_auth(a: AuthSettings, o: OidcSettings, source: str) -> None:
+    import math
+
+    for name in ("session_idle_minutes", "session_hours", "lockout_failures", "lockout_minutes", "address_failures",
+                 "address_window_minutes"):
+        if not 0 < getattr(a, name) < math.inf:
+            raise ConfigError(f"{source}: 'fleet.auth.{name}' must be a positive finite number")
+    for entry in o.role_map:
+        value, _, role = entry.rpartition("=")
+        if not value or role not in ("viewer", "operator", "admin"):
+            raise ConfigError(f"{source}: 'fleet.oidc.role_map' entries are 'claim-value=viewer|operator|admin', "
+                              f"not {entry[:60]!r}")
+    if o.issuer and not (o.client_id and o.redirect_url):
+        raise ConfigError(f"{source}: 'fleet.oidc' needs a client_id and a redirect_url with its issuer")
 
 
 def _loopback(host: str) -> bool:

@@ -71,6 +71,28 @@ class Summary:
     ok: bool = False
 
 
+def _console_account(deployment: LoopbackDeployment) -> tuple[str, str]:
+    """An admin account of the demo's console, with a fresh random password (the demo prints it)."""
+    import secrets
+
+    from gateway import config
+    from gateway.cloud import backends
+    from gateway.cloud.fleet.accounts import Accounts, Actor
+    from gateway.core.access import Role
+    from gateway.paths import Paths
+
+    settings = config.load_cloud([deployment.fleet_toml])
+    store = backends.open_fleet_store(settings, Paths.from_env(settings.cloud.state_dir,
+                                                               base=deployment.fleet_toml.parent))
+    try:
+        password = secrets.token_urlsafe(12)
+        Accounts(store.auth, settings.fleet.auth).create("demo", password, Role.ADMIN, None,
+                                                         Actor("cli:mgw-demo", "cli", ""))
+    finally:
+        store.close()
+    return "demo", password
+
+
 def _sha(pieces: Iterable[bytes]) -> str:
     """SHA-256 of an archived object opened in memory ("" if it cannot be opened or differs)."""
     digest = hashlib.sha256()
@@ -150,10 +172,11 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
             f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
             f"cloud and edge running, state in {root}")
         summary.dashboard_url = deployment.dashboard_url
+        user, password = _console_account(deployment)
         say(f"mgw demo: fleet dashboard at {deployment.dashboard_url} (HTTPS; its certificate is the fleet CA's: "
-            f"trust {deployment.console_ca_file} in the browser)\n"
+            f"trust {deployment.console_ca_file} in the browser); log in as {user}, password {password}\n"
             f"mgw demo：舰队控制台位于 {deployment.dashboard_url}（HTTPS，证书由舰队 CA 签发："
-            f"请在浏览器中信任 {deployment.console_ca_file}）")
+            f"请在浏览器中信任 {deployment.console_ca_file}）；登录用户 {user}，密码 {password}")
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
         say(f"mgw demo: sending {len(files)} real instances ({summary.bytes_original / 1e6:.1f} MB) "

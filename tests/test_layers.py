@@ -57,13 +57,16 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},
     "pyudev": {"gateway/adapters/udev_watch.py": "the USB hot-plug watcher"},
     "prometheus_client": {"gateway/adapters/metrics_http.py": "the /metrics exposition"},
+    "argon2": {"gateway/adapters/argon2_hash.py": "the console's password hashes (Argon2id)"},
     "uvicorn": {"gateway/adapters/uvicorn_server.py": "serves an ASGI app on a socket bound here, with TLS"},
     "authlib": {"gateway/adapters/oidc_client.py": "the console's OpenID Connect login (PKCE, ID token claims)"},
     "joserfc": {"gateway/adapters/oidc_client.py": "authlib's JOSE: the ID token's signature and the JWKS"},
     "httpx": {"gateway/adapters/oidc_client.py": "the OpenID client's bounded requests to the provider"},
     # Exception: the web framework's routes and middleware are the console's wiring (FleetDocs and the
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
-    "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware"},
+    "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware",
+                  "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
+                  "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes"},
     "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},

@@ -29,12 +29,14 @@ from typing import Any, Literal
 import sqlite_utils
 
 from gateway.core.errors import StorageError
+from gateway.core.sqlscript import AppendOnly, statements
 
 BUSY_TIMEOUT_S = 30.0
 Connection = sqlite3.Connection  # what ``tx()`` yields; the stores name these, never import sqlite3
 Row = sqlite3.Row  # a row by column name or position
 # The portable column types a migration script may name (``{real}``): SQLite's spelling.
-TYPES = {"real": "REAL", "bigint": "INTEGER", "id": "INTEGER PRIMARY KEY"}
+TYPES: dict[str, object] = {"real": "REAL", "bigint": "INTEGER", "id": "INTEGER PRIMARY KEY",
+                             "append_only": AppendOnly("sqlite")}
 
 
 class SqliteDatabase:
@@ -95,7 +97,7 @@ class SqliteDatabase:
                     raise StorageError(f"{self._what} {self.path} has schema {version}, newer than this software")
                 if version >= len(migrations):
                     return
-                for statement in filter(str.strip, migrations[version].format_map(TYPES).split(";")):
+                for statement in statements(migrations[version].format_map(TYPES)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={version + 1}")
 

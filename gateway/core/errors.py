@@ -101,3 +101,8 @@ class AlertRequestError(LocalError):
 
 class RequestError(PeerError):
     """An HTTP client's request is malformed or out of range (the console answers 400 with this reason)."""
+
+
+class AccountError(LocalError):
+    """A console account or API token request the caller got wrong: an unknown or taken name, a weak
+    password, a role or site that is not one (the console answers 400, the CLI exits 1)."""

@@ -26,6 +26,7 @@ from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from gateway.simulator import Simulator
 from tests.backends import Backend
+from tests.console_auth import bearer, service_token
 from tests.peers import wait_for
 
 PREFIX = "mgw/v1"
@@ -82,7 +83,8 @@ def _stop_boxes() -> Iterator[None]:
 def get(svc: FleetService, path: str) -> Any:
     assert svc.http is not None and svc.tls.ca_file is not None  # HTTPS, its certificate from the fleet CA
     context = ssl.create_default_context(cafile=str(svc.tls.ca_file))
-    with urllib.request.urlopen(svc.http.url.rstrip("/") + path, timeout=10, context=context) as rsp:  # noqa: S310
+    req = urllib.request.Request(svc.http.url.rstrip("/") + path, headers=bearer(service_token(svc)))  # admin
+    with urllib.request.urlopen(req, timeout=10, context=context) as rsp:  # noqa: S310
         body = rsp.read()
         return body.decode() if path == "/metrics" else json.loads(body)
 

@@ -17,13 +17,16 @@ from selenium.webdriver.common.by import By
 from gateway.adapters import dicom_scu
 from gateway.demo import study_files
 from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
+from tests.console_auth import bearer, deployment_account, deployment_token, login
 from tests.peers import wait_for
 from tests.system.browser import chromium
 from tests.system.reconcile import acknowledged_count
 
 
 def api(d: LoopbackDeployment, path: str) -> Any:
-    with urllib.request.urlopen(d.dashboard_url.rstrip("/") + path, timeout=10,  # noqa: S310 - loopback
+    request = urllib.request.Request(d.dashboard_url.rstrip("/") + path,
+                                     headers=bearer(deployment_token(d.fleet_toml)))  # an admin's API token
+    with urllib.request.urlopen(request, timeout=10,  # noqa: S310 - loopback
                                 context=d.console_context()) as rsp:  # HTTPS, the fleet CA trusted
         return json.loads(rsp.read())
 
@@ -69,6 +72,7 @@ def test_dashboard_shows_the_box_its_turnaround_and_utilisation_when_a_study_was
     assert "mgw_edge_last_study_timestamp_seconds" in metrics
 
     with chromium(trust=d.console_ca_file) as browser:
+        login(browser, d.dashboard_url, "ops", deployment_account(d.fleet_toml, "ops"))
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
         status = browser.find_element(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"] [data-status]')
@@ -104,6 +108,7 @@ def test_chinese_labels_are_shown_when_the_operator_switches_language(
     d = deploy()
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
     with chromium(trust=d.console_ca_file) as browser:
+        login(browser, d.dashboard_url, "ops", deployment_account(d.fleet_toml, "ops"))
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
         browser.find_element(By.ID, "lang").click()
@@ -121,6 +126,7 @@ def test_sort_order_survives_the_refresh_when_the_operator_sorts_a_column(
     d = deploy()
     wait_for(lambda: (b := box(d)) and b["online"], 60, "the demo box online")
     with chromium(trust=d.console_ca_file) as browser:
+        login(browser, d.dashboard_url, "ops", deployment_account(d.fleet_toml, "ops"))
         browser.get(d.dashboard_url)
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#boxes .row[data-box="{BOX_ID}"]'), 60, "the box row")
         head = '#boxes .head [data-sort="box"]'

@@ -22,6 +22,7 @@ from pydicom import dcmread
 
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
+from tests.console_auth import bearer, deployment_token
 from tests.orthanc import orthanc
 from tests.peers import dcmtk, echo, real_images, wait_for
 from tests.system.reconcile import (
@@ -82,14 +83,16 @@ def test_study_is_archived_byte_identical_when_a_modality_sends_it(
     assert result.clean, result
     assert result.archived_rows == len(files)
     # The fleet service (mgw cloud fleet) keeps the box's exam records in the same backend.
-    wait_for(lambda: _fleet_images(d) == len(files), 60, "every image counted by the fleet")
+    token = deployment_token(d.fleet_toml)  # the console answers an authenticated principal only
+    wait_for(lambda: _fleet_images(d, token) == len(files), 60, "every image counted by the fleet")
     assert (d.cloud_dir / "fleet.db").exists() == (index == "sqlite")
 
 
-def _fleet_images(d: LoopbackDeployment) -> int:
+def _fleet_images(d: LoopbackDeployment, token: str) -> int:
     try:
-        with urllib.request.urlopen(d.dashboard_url + "api/v1/modalities", timeout=10,  # noqa: S310
-                                    context=d.console_context()) as rsp:
+        request = urllib.request.Request(d.dashboard_url + "api/v1/modalities",
+                                         headers=bearer(token))
+        with urllib.request.urlopen(request, timeout=10, context=d.console_context()) as rsp:  # noqa: S310
             return sum(m["images"] for m in json.loads(rsp.read())["modalities"])
     except OSError:
         return -1

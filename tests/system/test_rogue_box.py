@@ -40,6 +40,7 @@ from gateway.core.framing import ChunkFrame, chunk_aad
 from gateway.core.instance import InstanceIdentity
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object
 from gateway.loopback import BOX_ID, LoopbackDeployment
+from tests.console_auth import bearer, deployment_token
 from tests.peers import wait_for
 from tests.system.reconcile import acknowledged_count, reconcile
 from tests.system.test_concurrency import (
@@ -61,16 +62,17 @@ FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
 
-def _get(url: str, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=10, context=context) as rsp:  # noqa: S310 - loopback
+def _get(url: str, context: ssl.SSLContext | None = None, token: str = "") -> Any:
+    request = urllib.request.Request(url, headers=bearer(token) if token else {})  # the console needs a token
+    with urllib.request.urlopen(request, timeout=10, context=context) as rsp:  # noqa: S310 - loopback
         body = rsp.read().decode()
     return body if url.endswith("/metrics") else json.loads(body)
 
 
-def _metric_sum(port: int, name: str, context: ssl.SSLContext | None = None, **labels: str) -> float:
+def _metric_sum(port: int, name: str, context: ssl.SSLContext | None = None, token: str = "", **labels: str) -> float:
     total = 0.0
     scheme = "http" if context is None else "https"
-    for line in _get(f"{scheme}://127.0.0.1:{port}/metrics", context).splitlines():
+    for line in _get(f"{scheme}://127.0.0.1:{port}/metrics", context, token).splitlines():
         found = re.match(rf"^{name}\{{([^}}]*)\}} (\S+)$", line)
         if found and all(f'{k}="{v}"' in found.group(1) for k, v in labels.items()):
             total += float(found.group(2))
@@ -253,16 +255,18 @@ def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue
     wait_for(lambda: _metric_sum(ingest_metrics, "mgw_ingest_dead_letters_total") >= rogue.chunks_bad, 120,
              f"{rogue.chunks_bad} rogue chunks dead-lettered at the ingest")
     console = d.console_context()  # the fleet console is HTTPS, its certificate from the fleet CA
-    wait_for(lambda: _metric_sum(d.fleet_port, "mgw_fleet_dead_letters_total", console) >= rogue.telemetry_bad, 120,
+    token = deployment_token(d.fleet_toml)  # and it answers an authenticated principal only
+    wait_for(lambda: _metric_sum(d.fleet_port, "mgw_fleet_dead_letters_total", console, token)
+             >= rogue.telemetry_bad, 120,
              f"{rogue.telemetry_bad} rogue telemetry messages dead-lettered at the fleet")
     assert _metric_sum(ingest_metrics, "mgw_ingest_dead_letters_total", reason="budget") >= 8
     fleet_api = f"https://127.0.0.1:{d.fleet_port}/api/v1"
-    letters = _get(f"{fleet_api}/dead-letters?limit=5000", console)["dead_letters"]
+    letters = _get(f"{fleet_api}/dead-letters?limit=5000", console, token)["dead_letters"]
     assert {x["box_id"] for x in letters} == {ROGUE}  # nothing of an honest box was set aside
     assert {"malformed", "budget", "version"} <= {x["reason"] for x in letters}
-    alerts = _get(f"{fleet_api}/alerts", console)["alerts"]
+    alerts = _get(f"{fleet_api}/alerts", console, token)["alerts"]
     wait_for(lambda: any(a["box_id"] == ROGUE and a["kind"] == "dead_letters"
-                         for a in _get(f"{fleet_api}/alerts", console)["alerts"]), 30,
+                         for a in _get(f"{fleet_api}/alerts", console, token)["alerts"]), 30,
              "the rogue box's dead_letters alert")
     assert not any(a["kind"] == "dead_letters" and a["box_id"] != ROGUE for a in alerts)
     assert 429 in codes or 403 in codes, codes  # the enrolment endpoint limited the flood and still answers

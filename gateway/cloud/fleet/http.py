@@ -25,6 +25,7 @@ from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import BOX_ID, FleetSettings
+from gateway.core.access import Principal
 from gateway.core.alerts import Severity
 from gateway.core.errors import RequestError
 from gateway.core.fleet import AlertKind, BoxState
@@ -87,51 +88,87 @@ class FleetDocs:
         self.overview = overview.Overview(overview.Source(
             service.fleet, service.registry, service.open_alerts, service.list_alerts, service.store.modalities))
 
+    # -- per-site scope: every document shows only what the principal may see ---------------------------
+    def site_of(self, box_id: str) -> str:
+        """A box's site as the documents show it: the registry's, or its box id when it has none."""
+        state = self.service.box(box_id) if box_id else None
+        return (state.site if state is not None else "") or box_id
+
+    def alert_visible(self, who: Principal, alert: Alert) -> bool:
+        return who.sites is None or who.can_see(alert.site or self.site_of(alert.box_id))
+
+    def box_visible(self, who: Principal, box_id: str) -> bool:
+        return who.sites is None or who.can_see(self.site_of(box_id))
+
     # -- documents ---------------------------------------------------------------------------------
-    def boxes(self) -> list[dict[str, Any]]:
+    def boxes(self, who: Principal) -> list[dict[str, Any]]:
         alerts: dict[str, list[str]] = {}
         for a in self.service.open_alerts():
             alerts.setdefault(a.box_id, []).append(a.kind.value)
         docs = [_box_doc(s, alerts.get(s.box_id, [])) for s in self.service.registry()]
+        docs = [d for d in docs if who.can_see(d["site"])]
         return sorted(docs, key=lambda d: (-len(d["alerts"]), d["online"], d["box_id"]))
 
-    def box_list(self, now: float) -> dict[str, Any]:
-        return {"now": now, "offline_after_s": self.service.fleet.offline_after_s, "boxes": self.boxes()}
+    def box_list(self, who: Principal, now: float) -> dict[str, Any]:
+        return {"now": now, "offline_after_s": self.service.fleet.offline_after_s, "boxes": self.boxes(who)}
 
-    def alerts(self, q: Query, now: float) -> dict[str, Any]:
+    def alerts(self, who: Principal, q: Query, now: float) -> dict[str, Any]:
         everything = q.flag("all")
         alerts = self.service.store.alerts(open_only=not everything, since=now - q.days("days", 7.0) * _DAY_S)
-        return {"now": now, "alerts": [_alert_doc(a) for a in alerts]}
+        return {"now": now, "alerts": [_alert_doc(a) for a in alerts if self.alert_visible(who, a)]}
 
-    def dead_letters(self, q: Query, now: float) -> dict[str, Any]:
-        letters = self.service.store.dead_letters(box_id=q.box("box"), since=now - q.days("days", 7.0) * _DAY_S,
-                                                  limit=q.integer("limit", 200, 1, 5000))
-        return {"now": now, "dead_letters": [dataclasses.asdict(d) for d in letters]}
+    def dead_letters(self, who: Principal, q: Query, now: float) -> dict[str, Any]:
+        limit = q.integer("limit", 200, 1, 5000)
+        box_id = q.box("box")
+        if box_id is not None and not self.box_visible(who, box_id):
+            return {"now": now, "dead_letters": []}
+        letters = self.service.store.dead_letters(box_id=box_id, since=now - q.days("days", 7.0) * _DAY_S,
+                                                  limit=limit if who.sites is None else 5000)
+        shown = [dataclasses.asdict(d) for d in letters if self.box_visible(who, d.box_id)][:limit]
+        return {"now": now, "dead_letters": shown}
 
-    def modalities(self) -> dict[str, Any]:
-        return {"modalities": self.service.store.modalities()}
+    def modalities(self, who: Principal) -> dict[str, Any]:
+        return {"modalities": [m for m in self.service.store.modalities() if who.can_see(m["site"])]}
 
-    def utilisation(self, q: Query, now: float) -> dict[str, Any]:
+    def utilisation(self, who: Principal, q: Query, now: float) -> dict[str, Any] | None:
+        """None when the box is not the principal's to see."""
         box, modality = q.box("box"), q.text("modality", MODALITY)
         if box is None or modality is None:
             raise RequestError("'box' and 'modality' are required")
         days = q.integer("days", 14, 1, 366)
+        if not self.box_visible(who, box):
+            return None
         return analytics.utilisation(self.service.store, self.service.fleet, box, modality, days, now)
 
-    def turnaround(self, q: Query, now: float) -> dict[str, Any]:
+    def turnaround(self, who: Principal, q: Query, now: float) -> dict[str, Any]:
         since = now - q.days("days", 7.0, low=1.0) * _DAY_S
-        return {"sites": analytics.turnaround(self.service.store, since, self.service.fleet)}
+        return {"sites": [s for s in analytics.turnaround(self.service.store, since, self.service.fleet)
+                          if who.can_see(s["site"])]}
 
-    def turnaround_by_modality(self, q: Query, now: float) -> dict[str, Any]:
+    def turnaround_by_modality(self, who: Principal, q: Query, now: float) -> dict[str, Any]:
         since = now - q.days("days", 7.0, low=1.0) * _DAY_S
-        return analytics.turnaround_by_modality(self.service.store, self.service.fleet, since)
+        doc = analytics.turnaround_by_modality(self.service.store, self.service.fleet, since)
+        for key in ("groups", "over_target"):
+            doc[key] = [g for g in doc[key] if who.can_see(g["site"])]
+        return doc
 
-    def idle_capacity(self, now: float) -> dict[str, Any]:
-        return analytics.idle_capacity(self.service.store, self.service.fleet, now)
+    def idle_capacity(self, who: Principal, now: float) -> dict[str, Any]:
+        doc = analytics.idle_capacity(self.service.store, self.service.fleet, now)
+        if who.sites is not None:
+            doc["scanners"] = [s for s in doc["scanners"] if who.can_see(s["site"])]
+            doc["by_modality"] = analytics._totals(doc["scanners"], "modality")
+            doc["by_site"] = analytics._totals(doc["scanners"], "site")
+        return doc
 
-    def box(self, box_id: str, now: float) -> dict[str, Any] | None:
+    def metrics(self, who: Principal) -> bytes:
+        """The /metrics exposition; a site-scoped principal gets its sites' boxes and alerts only."""
+        if who.sites is None:
+            return metrics_http.render(self.registry)
+        return metrics_http.render(metrics_http.registry_for(lambda: self._samples(who)))
+
+    def box(self, who: Principal, box_id: str, now: float) -> dict[str, Any] | None:
         state = self.service.box(box_id)
-        if state is None:
+        if state is None or not who.can_see(state.site or state.box_id):
             return None
         store = self.service.store
         alerts = [_alert_doc(a) for a in store.alerts(open_only=False, since=now - 7 * _DAY_S) if a.box_id == box_id]
@@ -153,17 +190,20 @@ class FleetDocs:
         s = self.service
         return {"instance": s.instance, "leader": s.leading, "leader_instance": s.leader}
 
-    def _samples(self) -> list[Sample]:
-        boxes = self.service.registry()
+    def _samples(self, who: Principal | None = None) -> list[Sample]:
+        boxes = [b for b in self.service.registry() if who is None or who.can_see(b.site or b.box_id)]
         out = [Sample("mgw_fleet_boxes", "boxes known to the registry, by state", sum(b.online for b in boxes),
                       {"state": "online"}),
                Sample("mgw_fleet_boxes", "boxes known to the registry, by state", sum(not b.online for b in boxes),
                       {"state": "offline"})]
         by_kind = {k: 0 for k in AlertKind}
         for alert in self.service.open_alerts():
-            by_kind[alert.kind] += 1
+            if who is None or self.alert_visible(who, alert):
+                by_kind[alert.kind] += 1
         out += [Sample("mgw_fleet_alerts_open", "open alerts by kind", n, {"kind": k.value})
                 for k, n in by_kind.items()]
+        if who is not None:  # the fleet-wide counters are central operations' only
+            return out + self._box_samples(boxes)
         c = self.service.counters
         out += [Sample("mgw_fleet_messages_total", "telemetry messages received", c.messages, counter=True),
                 Sample("mgw_fleet_messages_rejected_total", "telemetry messages refused", c.rejected, counter=True),
@@ -174,6 +214,11 @@ class FleetDocs:
         out.append(Sample("mgw_fleet_leader", "1 while this instance holds the leader lease (raises and clears alerts)",
                           int(self.service.leading)))
         out += list(self.service.starts.samples())
+        return out + self._box_samples(boxes)
+
+    @staticmethod
+    def _box_samples(boxes: list[BoxState]) -> list[Sample]:
+        out = []
         for b in boxes:
             labels = {"box_id": b.box_id, "site": b.site}
             backlog = b.health.get("backlog") or {}

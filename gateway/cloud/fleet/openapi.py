@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.cloud.fleet import overview
+from gateway.cloud.fleet.accounts import NAME as NAME_PATTERN
+from gateway.cloud.fleet.accounts import SITE as SITE_PATTERN
+from gateway.cloud.fleet.body import MAX_BODY_BYTES
 from gateway.cloud.fleet.http import MAX_QUERY_VALUE_CHARS, MAX_TARGET_BYTES, MODALITY
 from gateway.config import BOX_ID
 
@@ -120,8 +123,13 @@ def _json(schema: Schema, what: str) -> Schema:
     return {"description": what, "content": {"application/json": {"schema": schema}}}
 
 
+UNAUTHENTICATED = _json(ERROR, "no valid session cookie nor API token (log in, or send 'Authorization: Bearer')")
+FORBIDDEN = _json(ERROR, "the principal lacks the role, or a POST lacks its CSRF token or comes from another origin")
+OPEN: list[Schema] = []  # security of a route anyone may call
+
+
 def _get(summary: str, ok: Schema, params: list[Schema] | None = None, ok_type: str = "application/json",
-         not_found: str = "", not_modified: bool = False) -> Schema:
+         not_found: str = "", not_modified: bool = False, public: bool = False, admin: bool = False) -> Schema:
     responses: Schema = {"200": {"description": summary, "content": {ok_type: {"schema": ok}}},
                          "400": _json(ERROR, "a query parameter is unknown, repeated, malformed or out of range"),
                          "413": _json(ERROR, "the request carried a body (the console's API reads none)"),
@@ -132,13 +140,168 @@ def _get(summary: str, ok: Schema, params: list[Schema] | None = None, ok_type: 
         responses["404"] = _json(ERROR, not_found)
     if not_modified:
         responses["304"] = {"description": "nothing changed since the ETag sent in If-None-Match"}
-    return {"get": {"summary": summary, "parameters": params or [], "responses": responses}}
+    operation: Schema = {"summary": summary, "parameters": params or [], "responses": responses}
+    if public:
+        operation["security"] = OPEN
+    else:
+        responses["401"] = UNAUTHENTICATED
+    if admin:
+        responses["403"] = FORBIDDEN
+    return {"get": operation}
+
+
+def _post(summary: str, ok: Schema, body: Schema | None, params: list[Schema] | None = None,
+          public: bool = False, not_found: str = "", conflict: str = "") -> Schema:
+    """A write route: a JSON body of at most MAX_BODY_BYTES (or none), CSRF-checked with a session cookie."""
+    responses: Schema = {
+        "200": _json(ok, summary),
+        "400": _json(ERROR, "the body or a path parameter is malformed, or the request is not one that can be done"),
+        "401": UNAUTHENTICATED if not public else _json(ERROR, "user name or password not accepted"),
+        "403": FORBIDDEN,
+        "405": _json(ERROR, "the path is not one of a write route"),
+        "413": _json(ERROR, f"the body is longer than {MAX_BODY_BYTES} bytes"),
+        "414": _json(ERROR, f"the request target is longer than {MAX_TARGET_BYTES} bytes"),
+        "415": _json(ERROR, "the body is not application/json"),
+        "503": _json(ERROR, "the fleet store failed (the reason says how)")}
+    if not_found:
+        responses["404"] = _json(ERROR, not_found)
+    if conflict:
+        responses["409"] = _json(ERROR, conflict)
+    operation: Schema = {"summary": summary, "parameters": params or [], "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if public:
+        operation["security"] = OPEN
+    return {"post": operation}
+
+
+def _closed(required: list[str], **props: Schema) -> Schema:
+    return {**_obj(required, **props), "additionalProperties": False}
+
+
+def _id_param(name: str, what: str, pattern: str = "^[0-9]{1,18}$") -> Schema:
+    return _param(name, {"type": "string", "pattern": pattern}, what, required=True, where="path")
+
+
+TIME = {"type": "number", "minimum": 0, "maximum": 1e11}
+SITE_ID: Schema = {"type": "string", "pattern": SITE_PATTERN.pattern}
+SITES_OR_ALL: Schema = {"type": ["array", "null"], "items": STR}
+PRINCIPAL = _obj(["user", "role", "sites", "method", "csrf"], user=STR, role=STR, sites=SITES_OR_ALL, method=STR,
+                 csrf=_null("string"))
+SILENCE = _obj(["id", "box_id", "site", "kind", "starts_at", "ends_at", "created_by", "reason", "created_at"],
+               id=INT, box_id=STR, site=STR, kind=STR, starts_at=NUM, ends_at=NUM, created_by=STR, reason=STR,
+               created_at=NUM)
+WINDOW = _obj(["id", "site", "box_id", "starts_at", "ends_at", "created_by", "reason", "created_at"], id=INT,
+              site=STR, box_id=STR, starts_at=NUM, ends_at=NUM, created_by=STR, reason=STR, created_at=NUM)
+TOKEN_DOC = _obj(["id", "name", "owner", "role", "sites", "created_at", "expires_at", "revoked_at", "last_used"],
+                 id=STR, name=STR, owner=STR, role=STR, sites={"type": "array", "items": STR}, created_at=NUM,
+                 expires_at=_null("number"), revoked_at=_null("number"), last_used=_null("number"))
+AUDIT_ROW = _obj(["id", "at", "actor", "method", "address", "action", "target", "outcome", "detail"], id=INT,
+                 at=NUM, actor=STR, method=STR, address=STR, action=STR, target=STR, outcome=STR, detail=STR)
+ROLE: Schema = {"type": "string", "enum": ["viewer", "operator", "admin"]}
+ACCOUNT = _obj(["name", "role", "sites", "disabled", "failures", "locked", "created_at", "updated_at"], name=STR,
+               role=STR, sites={"type": "array", "items": STR}, disabled=BOOL, failures=INT, locked=BOOL,
+               created_at=NUM, updated_at=NUM)
+ALL_FLAG = _param("all", {"type": "string", "enum": ["0", "1"]}, "1: ended ones too")
+AUTH_PATHS: dict[str, Schema] = {
+    "/auth/login": _post("log in with a local account: sets the session cookie, answers the principal and its CSRF "
+                         "token", _obj(["user", "role", "sites", "csrf"], user=STR, role=STR, sites=SITES_OR_ALL,
+                                       csrf=STR),
+                         _closed(["user", "password"], user={"type": "string", "maxLength": 200, "pattern": r"\S"},
+                                 password={"type": "string", "maxLength": 1024, "pattern": r"\S"}), public=True),
+    "/auth/logout": _post("end this session (and clear its cookie)", _obj(["ok"], ok=BOOL), None),
+    "/auth/methods": _get("how one may log in here: a local account's password, and OpenID Connect when configured",
+                          _obj(["password", "oidc"], password=BOOL, oidc=BOOL), public=True),
+    "/auth/oidc/login": {"get": {"summary": "start an OpenID Connect login: a redirect to the provider",
+                                 "security": OPEN, "parameters": [], "responses": {
+                                     "302": {"description": "to the provider's authorization endpoint"},
+                                     "400": _json(ERROR, "a query parameter was given"),
+                                     "404": _json(ERROR, "OpenID Connect login is not configured"),
+                                     "503": _json(ERROR, "the store or the provider failed")}}},
+    "/auth/oidc/callback": {"get": {"summary": "the provider's redirect back: a session, then a redirect to /",
+                                    "security": OPEN, "parameters": [
+                                        _param(n, {"type": "string"}, "from the provider")
+                                        for n in ("code", "state", "iss", "session_state", "error",
+                                                  "error_description")], "responses": {
+                                        "302": {"description": "logged in: to the console"},
+                                        "400": _json(ERROR, "no login in progress, or a malformed callback"),
+                                        "401": _json(ERROR, "the provider or the role mapping refused the login"),
+                                        "404": _json(ERROR, "OpenID Connect login is not configured"),
+                                        "414": _json(ERROR, "request target too long"),
+                                        "503": _json(ERROR, "the store or the provider failed")}}},
+    "/api/v1/me": _get("who is asking: user, role, sites (null: every site), how, and the session's CSRF token",
+                       PRINCIPAL),
+    "/api/v1/alerts/{alert_id}/ack": _post(
+        "acknowledge an alert with a note (operator); audited", _obj(
+            ["id", "acked_at", "acked_by", "ack_note"], id=INT, acked_at=_null("number"), acked_by=STR,
+            ack_note=STR),
+        _closed([], note={"type": "string", "maxLength": 1000}), [_id_param("alert_id", "the alert's id")],
+        not_found="no such alert (or not one of the principal's sites)"),
+    "/api/v1/silences": {
+        **_get("silences in force (all=1: every one), of the principal's sites", _obj(
+            ["now", "silences"], now=NUM, silences={"type": "array", "items": SILENCE}), [ALL_FLAG]),
+        **_post("silence alerts matching a box, a site and/or a kind until ends_at (operator); audited", SILENCE,
+                _closed(["ends_at", "reason"], box_id=BOX_PATTERN, site=SITE_ID, kind=STR, starts_at=TIME,
+                        ends_at=TIME, reason={"type": "string", "maxLength": 1000}),
+                not_found="no such box or site (or not the principal's)")},
+    "/api/v1/silences/{silence_id}/expire": _post(
+        "end a silence now (operator); audited", SILENCE, None, [_id_param("silence_id", "the silence's id")],
+        not_found="no such silence"),
+    "/api/v1/maintenance": {
+        **_get("maintenance windows in force (all=1: every one), of the principal's sites", _obj(
+            ["now", "maintenance"], now=NUM, maintenance={"type": "array", "items": WINDOW}), [ALL_FLAG]),
+        **_post("plan a maintenance window for a site or a box (operator); audited", WINDOW,
+                _closed(["ends_at"], site=SITE_ID, box_id=BOX_PATTERN, starts_at=TIME, ends_at=TIME,
+                        reason={"type": "string", "maxLength": 1000}),
+                not_found="no such box or site (or not the principal's)")},
+    "/api/v1/maintenance/{window_id}/end": _post(
+        "end a maintenance window now (operator); audited", WINDOW, None, [_id_param("window_id", "the window's id")],
+        not_found="no such maintenance window"),
+    "/api/v1/tokens": {
+        **_get("API tokens: every one for an admin, an operator's own", _obj(
+            ["tokens"], tokens={"type": "array", "items": TOKEN_DOC}), admin=True),
+        **_post("create an API token; its secret is in 'token', shown only in this answer; audited",
+                {"allOf": [TOKEN_DOC, _obj(["token"], token=STR)]},
+                _closed(["name", "role"], name={"type": "string", "maxLength": 100}, role=ROLE,
+                        sites={"type": "array", "items": SITE_ID, "maxItems": 100},
+                        days={"type": "number", "minimum": 0, "maximum": 3650},
+                        owner={"type": "string", "maxLength": 64}))},
+    "/api/v1/tokens/{token_id}/revoke": _post(
+        "revoke an API token at once; audited", _obj(["id", "revoked"], id=STR, revoked=BOOL), None,
+        [_id_param("token_id", "the token's id", "^[0-9a-f]{12}$")], not_found="no such token (or not yours)",
+        conflict="the token was already revoked"),
+    "/api/v1/accounts": {
+        **_get("the local accounts (admin): role, sites, state", _obj(["accounts"], accounts={
+            "type": "array", "items": ACCOUNT}), admin=True),
+        **_post("create a local account (admin); audited", ACCOUNT, _closed(
+            ["name", "password", "role"], name={"type": "string", "pattern": NAME_PATTERN.pattern},
+            password={"type": "string", "minLength": 12, "maxLength": 1024}, role=ROLE,
+            sites={"type": "array", "items": SITE_ID, "maxItems": 100}), conflict="")},
+    "/api/v1/accounts/{name}/{action}": _post(
+        "disable (ends its sessions, stops its tokens), enable or unlock an account (admin); audited", ACCOUNT, None,
+        [_param("name", {"type": "string", "pattern": NAME_PATTERN.pattern}, "the account", required=True,
+                where="path"),
+         _param("action", {"type": "string", "enum": ["disable", "enable", "unlock"]}, "what to do", required=True,
+                where="path")], not_found="no such account"),
+    "/api/v1/audit": _get("the audit log, newest first (admin); page on with before=<next>", _obj(
+        ["entries", "next"], entries={"type": "array", "items": AUDIT_ROW}, next=_null("integer")), [
+        _param("actor", {"type": "string", "maxLength": 128}, "only this actor's"),
+        _param("action", {"type": "string", "pattern": "^[a-z][a-z._]{0,39}$"}, "only this action"),
+        _param("since", TIME, "only entries at or after this time (seconds since 1970)"),
+        _param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
+        _param("before", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "only entries older than this id")],
+        admin=True),
+    "/api/v1/audit/export": _get("the whole audit log since a time, oldest first, as a file (admin); "
+                                 "the export is itself audited", STR, [
+        _param("format", {"type": "string", "enum": ["csv", "jsonl"]}, "csv (default) or jsonl (one JSON per line)"),
+        _param("since", TIME, "only entries at or after this time")], ok_type="text/csv", admin=True),
+}
 
 
 PATHS: dict[str, Schema] = {
     "/healthz": _get("liveness of the fleet service, and whether this instance holds the leader lease", _obj(
         ["ok", "version", "instance", "leader", "leader_instance"], ok=BOOL, version=STR, instance=STR, leader=BOOL,
-        leader_instance=STR)),
+        leader_instance=STR), public=True),
     "/metrics": _get("Prometheus text exposition of the fleet's figures", STR, ok_type="text/plain"),
     "/api/v1/overview": _get("counts (online, offline, degraded, backlogged, certificate expiring, with open alerts) "
                              "and facets with counts; ETag, If-None-Match answers 304", OVERVIEW, not_modified=True),
@@ -184,7 +347,7 @@ PATHS: dict[str, Schema] = {
     "/i18n/{lang}.json": _get("the console's strings in a language: msgid (English) -> translation", _obj(
         ["lang", "messages"], lang=STR, messages={"type": "object", "additionalProperties": STR}), [
         _param("lang", {"type": "string", "enum": ["en", "zh-CN"]}, "the language", required=True, where="path")],
-        not_found="no such language"),
+        not_found="no such language", public=True),
     "/api/v1/dead-letters": _get("telemetry set aside, newest first", _obj(
         ["now", "dead_letters"], now=NUM, dead_letters={"type": "array", "items": DEAD_LETTER}), [
         _param("box", BOX_PATTERN, "only this box's"),
@@ -192,7 +355,8 @@ PATHS: dict[str, Schema] = {
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "at most this many (default 200)")]),
     "/api/v1/modalities": _get("per box and modality: exams, images, first and last exam", _obj(
         ["modalities"], modalities={"type": "array", "items": MODALITY_ROW})),
-    "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION, [
+    "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION,
+                                not_found="no such box (or not one of the principal's sites)", params=[
         _param("box", BOX_PATTERN, "the box", required=True),
         _param("modality", {"type": "string", "pattern": MODALITY.pattern}, "the modality", required=True),
         _param("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days ending with the latest exam "
@@ -209,16 +373,25 @@ PATHS: dict[str, Schema] = {
         "this week's free opening hours per scanner (box and modality) in each site's local week, with totals",
         _obj(["now", "scanners", "by_modality", "by_site"], now=NUM, scanners={"type": "array", "items": SCANNER},
              by_modality=TOTALS, by_site=TOTALS)),
-    "/api/v1/openapi.json": _get("this document", ANY_OBJ),
+    "/api/v1/openapi.json": _get("this document", ANY_OBJ, public=True),
+    **AUTH_PATHS,
 }
+PATHS["/api/v1/audit/export"]["get"]["responses"]["200"]["content"]["application/x-ndjson"] = {"schema": STR}
 
 
 def document(version: str) -> Schema:
     return {
         "openapi": "3.1.0",
         "info": {"title": "mgw fleet console API", "version": version,
-                 "description": "Read-only. Every error answer is {\"error\": \"<reason>\"}. Query values are at "
+                 "description": "Every error answer is {\"error\": \"<reason>\"}. Query values are at "
                                 f"most {MAX_QUERY_VALUE_CHARS} characters; unknown or repeated parameters are "
-                                "refused (400)."},
+                                "refused (400). Authenticate with a session cookie (POST /auth/login) or an API "
+                                "token (Authorization: Bearer mgw_<id>_<secret>); a POST with the cookie carries "
+                                "X-CSRF-Token. Every document shows only the principal's sites."},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an API token, mgw_<id>_<secret>"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-mgw_session",
+                       "description": "the session of POST /auth/login (mgw_session over plain HTTP)"}}},
+        "security": [{"bearer": []}, {"cookie": []}],
         "paths": PATHS,
     }

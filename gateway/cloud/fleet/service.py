@@ -35,11 +35,14 @@ from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
 from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.fleet.http import FleetDocs
+from gateway.cloud.fleet.oidc_login import OidcLogin
 from gateway.cloud.fleet.starlette_app import build_app
+from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import CloudSettings
 from gateway.core import acksig, alerts, fleet, schema, topics
@@ -66,7 +69,7 @@ class Counters:
 
 class FleetService:
     def __init__(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float] = time.time,
-                 store: FleetStore | None = None) -> None:
+                 store: FleetStore | None = None, oidc: OidcLogin | None = None) -> None:
         self.settings = settings
         self.fleet = settings.fleet
         self._clock = clock
@@ -102,11 +105,13 @@ class FleetService:
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
         self.tls: ConsoleTls = console_tls(settings, paths)
+        self.accounts = Accounts(self.store.auth, f.auth)
+        self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies, oidc, f.oidc)
         self.http: AsgiServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        app = build_app(FleetDocs(self), self.alive, tls=self.tls.cert_file is not None)
+        app = build_app(FleetDocs(self), self.alive, tls=self.tls.cert_file is not None, auth=self.console_auth)
         self.http = AsgiServer(app, self.fleet.http_bind, self.fleet.http_port, "fleet-http",
                                self.tls.cert_file, self.tls.key_file)
         self.http.start()
@@ -156,6 +161,7 @@ class FleetService:
             if now >= next_prune:
                 cutoff = now - self.fleet.history_days * 86400
                 self._guarded(lambda: self.store.prune(cutoff))  # noqa: B023 - called at once
+                self._guarded(self.accounts.prune)  # sessions past their time, stale OIDC pre-logins
                 next_prune = now + _PRUNE_S
 
     @staticmethod

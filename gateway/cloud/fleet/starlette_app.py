@@ -1,23 +1,20 @@
 """The fleet console's web application (Starlette): routes, the guard, error documents. Only importer of starlette.
 
 ``build_app`` makes the ASGI app from a ``FleetDocs``: the REST API (``/api/v1/...``, described
-in ``openapi.py``, which a test holds to ``ROUTES``), ``/metrics``, ``/healthz`` and the dashboard's
-files (``web/``). ``adapters/uvicorn_server.py`` serves it. Every route is read-only (GET, and
-HEAD, which Starlette answers for every GET route); handlers are plain functions, which Starlette
-runs in its worker threads, so a slow store never stalls the event loop.
+in ``openapi.py``, which a test holds to the routes), ``/metrics``, ``/healthz``, the login and
+write routes (``starlette_auth.routes``) and the dashboard's files (``web/``).
+``adapters/uvicorn_server.py`` serves it. Handlers are plain functions, which Starlette runs in
+its worker threads, so a slow store never stalls the event loop.
 
 Every request is treated as hostile. ``Guard``, the outermost middleware, refuses a method other
-than GET/HEAD (405), any request body (413), a request target over ``MAX_TARGET_BYTES`` (414), and
-puts the security headers on every answer. Query parameters are parsed into typed values by
-``http.Query`` (unknown, repeated, too long or out of range: 400 with the reason); an unknown path
-is 404. Every error answer is a JSON document ``{"error": "<reason>"}``.
-
-Where login, sessions and roles go: as Starlette middleware in ``build_app``'s list, after
-``Guard`` (so that an oversized or malformed request is refused before any session is read) and
-before the routes: a session middleware, then an authentication middleware that sets
-``request.user``/``request.auth``; each route then states the role it needs (the route list in
-``build_app`` is the one place routes are named). ``/healthz`` and ``/metrics`` are for machines on
-the operations network and would keep their own rule.
+than GET/HEAD, or POST on a write route (``starlette_auth.WRITE_PATHS``) (405), a body on anything
+but such a POST (413), a POST body that is not ``application/json`` (415) or longer than
+``body.MAX_BODY_BYTES`` counted as it arrives (413), a request target over ``MAX_TARGET_BYTES``
+(414), and puts the security headers on every answer. ``starlette_auth.Authenticate`` then
+resolves the principal (a session cookie or an API token) and checks CSRF; every document is
+filtered to the principal's sites (``FleetDocs``). Query parameters are parsed into typed values
+by ``http.Query``, bodies by ``body.Body`` (400 with the reason); an unknown path is 404. Every
+error answer is a JSON document ``{"error": "<reason>"}``.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -40,11 +38,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.adapters import metrics_http
 from gateway.cloud.fleet import i18n, openapi, overview
+from gateway.cloud.fleet.body import MAX_BODY_BYTES
 from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
+from gateway.cloud.fleet.starlette_admin import routes as admin_routes
+from gateway.cloud.fleet.starlette_auth import WRITE_PATHS, Authenticate, ConsoleAuth, actor, who
+from gateway.cloud.fleet.starlette_auth import routes as auth_routes
 from gateway.cloud.fleet.store import AlertState
 from gateway.config import BOX_ID
+from gateway.core.access import AccessDenied, LoginRefused
 from gateway.core.alerts import Severity
-from gateway.core.errors import GatewayError, RequestError
+from gateway.core.errors import AccountError, AlertRequestError, GatewayError, RequestError
 
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json; charset=utf-8"
@@ -87,6 +90,12 @@ class Guard:
                 message["headers"] += self.headers
             await send(message)
 
+        if refusal is None and scope["method"] == "POST":
+            refusal, body = await self._read_body(scope, receive)
+            if body is None and refusal is None:
+                return  # the client went away
+            scope["mgw.body"] = body
+            receive = _replay(body or b"")
         if refusal is not None:
             await refusal(scope, receive, send_secured)
         else:
@@ -94,15 +103,53 @@ class Guard:
 
     @staticmethod
     def _refusal(scope: Scope) -> Response | None:
-        if scope["method"] not in ("GET", "HEAD"):
-            return _error(405, f"method {scope['method'][:16]} not allowed: the console is read-only",
-                          {"Allow": "GET, HEAD"})
+        writable = any(p.fullmatch(scope["path"]) for p in WRITE_PATHS)
+        if scope["method"] not in ("GET", "HEAD") and not (scope["method"] == "POST" and writable):
+            allow = "GET, HEAD, POST" if writable else "GET, HEAD"
+            return _error(405, f"method {scope['method'][:16]} not allowed here", {"Allow": allow})
         headers = dict(scope["headers"])
-        if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+        if scope["method"] != "POST" and (headers.get(b"content-length", b"0") != b"0"
+                                          or b"transfer-encoding" in headers):
             return _error(413, "a request body is not accepted")
         if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
             return _error(414, f"request target longer than {MAX_TARGET_BYTES} bytes")
         return None
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive) -> tuple[Response | None, bytes | None]:
+        """A POST's body, at most ``MAX_BODY_BYTES`` counted as they arrive; a non-empty one must be JSON."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if declared and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return _error(413, f"a request body is at most {MAX_BODY_BYTES} bytes"), b""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, None
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                return _error(413, f"a request body is at most {MAX_BODY_BYTES} bytes"), b""
+            if not message.get("more_body", False):
+                break
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if body and media != b"application/json":
+            return _error(415, "a request body must be application/json"), b""
+        return None, body
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands the app the body the Guard already read."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def _query(request: Request, *allowed: str) -> Query:
@@ -111,9 +158,7 @@ def _query(request: Request, *allowed: str) -> Query:
 
 def _visible(request: Request) -> tuple[overview.Visible, str]:
     """Which sites the request's principal may see, and a key naming that scope (for ETags)."""
-    principal = request.scope.get("principal")
-    if principal is None:
-        return overview.everything, "*"
+    principal = who(request)  # Authenticate puts one on every /api/ path
     return principal.can_see, repr((principal.name, principal.role, principal.sites))
 
 
@@ -135,8 +180,8 @@ def _box_query(request: Request) -> overview.BoxQuery:
     return overview.parse_box_query(q.values, q.choice, q.integer)
 
 
-def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlette:
-    """The console's ASGI app over ``docs``; ``alive`` answers /healthz."""
+def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: ConsoleAuth) -> Starlette:
+    """The console's ASGI app over ``docs``; ``alive`` answers /healthz; ``auth`` says who asks."""
 
     def healthz(request: Request) -> Response:
         _query(request)
@@ -144,14 +189,11 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
 
     def metrics(request: Request) -> Response:
         _query(request)
-        return Response(metrics_http.render(docs.registry), media_type=metrics_http.CONTENT_TYPE)
+        return Response(docs.metrics(who(request)), media_type=metrics_http.CONTENT_TYPE)
 
     def registry(request: Request) -> Response:
         _query(request)
-        visible, _ = _visible(request)
-        doc = docs.box_list(time.time())
-        doc["boxes"] = [b for b in doc["boxes"] if visible(b["site"])]
-        return JsonResponse(doc)
+        return JsonResponse(docs.box_list(who(request), time.time()))
 
     def fleet_overview(request: Request) -> Response:
         _query(request)
@@ -168,9 +210,8 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
         box_id = request.path_params["box_id"]
         if not BOX_ID.fullmatch(box_id):
             raise RequestError(f"box id must match {BOX_ID.pattern}")
-        doc = docs.box(box_id, time.time())
-        visible, _ = _visible(request)
-        return JsonResponse(doc) if doc is not None and visible(doc["site"]) else _error(404, "no such box")
+        doc = docs.box(who(request), box_id, time.time())
+        return JsonResponse(doc) if doc is not None else _error(404, "no such box")
 
     def grouped_alerts(request: Request) -> Response:
         q = _query(request, "state", "severity", "site", "days", "limit")
@@ -188,27 +229,28 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
             request.path_params["lang"]) else _error(404, "no such language")
 
     def alerts(request: Request) -> Response:
-        return JsonResponse(docs.alerts(_query(request, "all", "days"), time.time()))
+        return JsonResponse(docs.alerts(who(request), _query(request, "all", "days"), time.time()))
 
     def dead_letters(request: Request) -> Response:
-        return JsonResponse(docs.dead_letters(_query(request, "box", "days", "limit"), time.time()))
+        return JsonResponse(docs.dead_letters(who(request), _query(request, "box", "days", "limit"), time.time()))
 
     def modalities(request: Request) -> Response:
         _query(request)
-        return JsonResponse(docs.modalities())
+        return JsonResponse(docs.modalities(who(request)))
 
     def utilisation(request: Request) -> Response:
-        return JsonResponse(docs.utilisation(_query(request, "box", "modality", "days"), time.time()))
+        doc = docs.utilisation(who(request), _query(request, "box", "modality", "days"), time.time())
+        return JsonResponse(doc) if doc is not None else _error(404, "no such box")
 
     def turnaround(request: Request) -> Response:
-        return JsonResponse(docs.turnaround(_query(request, "days"), time.time()))
+        return JsonResponse(docs.turnaround(who(request), _query(request, "days"), time.time()))
 
     def turnaround_by_modality(request: Request) -> Response:
-        return JsonResponse(docs.turnaround_by_modality(_query(request, "days"), time.time()))
+        return JsonResponse(docs.turnaround_by_modality(who(request), _query(request, "days"), time.time()))
 
     def idle_capacity(request: Request) -> Response:
         _query(request)
-        return JsonResponse(docs.idle_capacity(time.time()))
+        return JsonResponse(docs.idle_capacity(who(request), time.time()))
 
     def openapi_json(request: Request) -> Response:
         _query(request)
@@ -231,24 +273,51 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool) -> Starlett
         Route("/api/v1/turnaround/by-modality", turnaround_by_modality),
         Route("/api/v1/idle-capacity", idle_capacity),
         Route("/api/v1/openapi.json", openapi_json),
+        *auth_routes(docs, auth, tls),
+        *admin_routes(auth, tls),
         Mount("/", StaticFiles(directory=WEB_DIR, html=True)),  # "/" is index.html
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard, tls=tls)], exception_handlers={
-        RequestError: _bad_request, HTTPException: _http_error, GatewayError: _unavailable, Exception: _failed})
+    middleware = [Middleware(Guard, tls=tls), Middleware(Authenticate, auth=auth, tls=tls)]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={
+        RequestError: _bad_request, AlertRequestError: _bad_request, AccountError: _bad_request,
+        LoginRefused: _refused, AccessDenied: _denied, HTTPException: _http_error, GatewayError: _unavailable,
+        Exception: _failed})
+    app.state.auth = auth
+    return app
 
 
 def route_paths(app: Starlette) -> list[str]:
-    """The API's route paths (``/api/v1/...``, ``/metrics``, ``/healthz``), for the OpenAPI check."""
-    return [r.path for r in app.routes if isinstance(r, Route)]
+    """The API's route paths (``/api/v1/...``, ``/metrics``, ``/healthz``, ``/auth/...``), each once."""
+    return sorted({r.path for r in app.routes if isinstance(r, Route)})
+
+
+def route_methods(app: Starlette) -> dict[str, set[str]]:
+    """Each route path's methods (lower case, HEAD left out), for the OpenAPI check."""
+    out: dict[str, set[str]] = {}
+    for r in app.routes:
+        if isinstance(r, Route):
+            out.setdefault(r.path, set()).update(m.lower() for m in (r.methods or ()) if m != "HEAD")
+    return out
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
     return _error(400, f"bad request: {exc}")
 
 
+async def _refused(request: Request, exc: Exception) -> Response:
+    return _error(401, str(exc))
+
+
+async def _denied(request: Request, exc: Exception) -> Response:
+    auth: ConsoleAuth = request.app.state.auth
+    await run_in_threadpool(auth.accounts.audit, actor(request), request.url.path[:100], "", "refused",
+                            reason=str(exc))
+    return _error(403, str(exc))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    reason = "not found" if exc.status_code == 404 else str(exc.detail)
+    reason = "not found" if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
     return _error(exc.status_code, reason, dict(exc.headers or {}))
 
 

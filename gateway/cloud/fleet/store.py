@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from gateway.cloud.fleet.auth_store import AUTH_MIGRATION, AuthStore
 from gateway.cloud.sql import Database, Statements
 from gateway.core.alerts import SEVERITY, Maintenance, Severity, Silence
 from gateway.core.fleet import AlertKind, BoxState
@@ -87,6 +88,9 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
         created_by TEXT NOT NULL, reason TEXT NOT NULL, created_at {real} NOT NULL
     )
     """,
+    # the console's accounts, sessions, API tokens, login throttling and audit log
+    # (gateway/cloud/fleet/auth_store.py); the audit log refuses UPDATE and DELETE (core/sqlscript.py)
+    AUTH_MIGRATION,
     # migration 5 (4 is accounts and audit): the leader lease of several fleet instances on one
     # database (docs/operations.md#running-two-fleet-processes). One row per lease; ``term`` counts
     # the changes of holder.
@@ -172,6 +176,7 @@ class Lease:
 
 class FleetStore(Protocol):
     where: str  # the file, or postgresql:<database>; never a password
+    auth: AuthStore  # the console's accounts, sessions, tokens and audit log, in the same database
 
     def schema_version(self) -> int: ...
     def save_boxes(self, states: Iterable[BoxState]) -> None: ...
@@ -244,6 +249,7 @@ class SqlFleetStore:
         self._db = db
         self.where = db.where
         db.migrate(MIGRATIONS)
+        self.auth = AuthStore(db)
 
     def _tx(self) -> AbstractContextManager[Statements]:
         return self._db.transaction()
