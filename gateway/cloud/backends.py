@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive.forward import Destination, destinations_from
@@ -24,6 +25,9 @@ from gateway.config import CloudSettings
 from gateway.core.errors import ConfigError
 from gateway.logs import MSG
 from gateway.paths import Paths
+
+if TYPE_CHECKING:
+    from gateway.adapters.oidc_client import OidcClient
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,20 @@ def bearer_token(paths: Paths, relative: str) -> str:
         raise ConfigError(f"{path}: a metrics bearer token must be at least {MIN_TOKEN_CHARS} printable "
                           "characters without spaces (e.g. openssl rand -hex 24)")
     return token
+
+
+def oidc_client(settings: CloudSettings, paths: Paths) -> OidcClient | None:
+    """The console's OpenID Connect client from ``[fleet.oidc]`` (None while no issuer is set); its
+    secret from a 0600 file. authlib is imported only when a site uses it."""
+    o = settings.fleet.oidc
+    if not o.issuer:
+        return None
+    if not (o.client_id and o.client_secret_file and o.redirect_url):
+        raise ConfigError("fleet.oidc: issuer is set, so client_id, client_secret_file and redirect_url are needed")
+    from gateway.adapters.oidc_client import OidcClient
+
+    return OidcClient(o.issuer, o.client_id, read_secret(paths.key_file(o.client_secret_file)), o.redirect_url,
+                      ca_file=paths.key_file(o.ca_file) if o.ca_file else None)
 
 
 def _postgres() -> None:

@@ -232,7 +232,8 @@ def test_site_scoped_user_sees_only_their_sites_and_gets_404_on_another_sites_al
     alerts = two_sites(service, broker)
     account(service.store, "ana", Role.OPERATOR, frozenset({"clinic-a"}))
     ana = Browser(service, "ana")
-    assert [b["box_id"] for b in ana.get("/api/v1/boxes")[1]["boxes"]] == ["box-a"]
+    assert [b["box_id"] for b in ana.get("/api/v1/registry")[1]["boxes"]] == ["box-a"]
+    assert [r["id"] for r in ana.get("/api/v1/boxes")[1]["rows"]] == ["box-a"]  # the paged overview too
     assert {a["box_id"] for a in ana.get("/api/v1/alerts")[1]["alerts"]} == {"box-a"}
     assert ana.get("/api/v1/boxes/box-b") == (404, {"error": "no such box"})
     assert ana.get("/api/v1/utilisation?box=box-b&modality=CT")[0] == 404
@@ -261,16 +262,16 @@ def test_token_acts_narrowed_to_its_role_and_sites_and_stops_when_revoked_or_exp
     assert status == 200 and made["token"].startswith(f"mgw_{made['id']}_")
     assert made["token"] not in json.dumps(call(service, "GET", "/api/v1/tokens", headers=bearer(admin))[2])
     viewer = bearer(made["token"])
-    assert [b["box_id"] for b in call(service, "GET", "/api/v1/boxes", headers=viewer)[2]["boxes"]] == ["box-b"]
+    assert [b["box_id"] for b in call(service, "GET", "/api/v1/registry", headers=viewer)[2]["boxes"]] == ["box-b"]
     assert call(service, "POST", f"/api/v1/alerts/{alerts['clinic-b']}/ack", {"note": "x"}, viewer)[0] == 403
     account(service.store, "olga", Role.OPERATOR)
     olga = Accounts(service.store.auth, AuthSettings())
     with pytest.raises(AccountError, match="more than its owner"):
         olga.create_token("olga", "too much", Role.ADMIN, None, None, TEST_ACTOR)
     wide = bearer(olga.create_token("olga", "wide", Role.OPERATOR, None, None, TEST_ACTOR)[1])
-    assert len(call(service, "GET", "/api/v1/boxes", headers=wide)[2]["boxes"]) == 2
+    assert len(call(service, "GET", "/api/v1/registry", headers=wide)[2]["boxes"]) == 2
     service.store.auth.update_account("olga", time.time(), sites="clinic-a")  # the owner's scope shrinks: so does
-    assert [b["box_id"] for b in call(service, "GET", "/api/v1/boxes", headers=wide)[2]["boxes"]] == ["box-a"]
+    assert [b["box_id"] for b in call(service, "GET", "/api/v1/registry", headers=wide)[2]["boxes"]] == ["box-a"]
     assert call(service, "POST", f"/api/v1/tokens/{made['id']}/revoke", None, bearer(admin))[0] == 200
     assert call(service, "GET", "/api/v1/boxes", headers=viewer)[2] == {"error": "API token refused: token revoked"}
     short = olga.create_token("olga", "brief", Role.VIEWER, None, 1 / 86400, TEST_ACTOR)[1]  # one second

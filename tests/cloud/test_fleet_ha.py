@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.core.acksig import verify_util_ack
 from gateway.core.fleet import AlertKind, MessageKind
 from gateway.paths import Paths
 from tests.backends import Backend
+from tests.console_auth import bearer, service_token
 from tests.peers import wait_for
 
 PREFIX = "mgw/v1"
@@ -91,7 +93,9 @@ def state(link: MqttLink, box_id: str, kind: MessageKind, bd_seq: int) -> None:
 def get(svc: FleetService, path: str) -> Any:
     assert svc.http is not None and svc.tls.ca_file is not None
     context = ssl.create_default_context(cafile=str(svc.tls.ca_file))
-    with urllib.request.urlopen(svc.http.url.rstrip("/") + path, timeout=10, context=context) as rsp:  # noqa: S310
+    headers = {} if path == "/healthz" else bearer(service_token(svc))
+    request = urllib.request.Request(svc.http.url.rstrip("/") + path, headers=headers)
+    with urllib.request.urlopen(request, timeout=10, context=context) as rsp:  # noqa: S310
         body = rsp.read()
         return body.decode() if path == "/metrics" else json.loads(body)
 
@@ -198,14 +202,18 @@ def test_no_instance_leads_while_the_store_is_out_of_reach_and_one_leads_again_w
         pair.leader()
         state(box_link, "ha-7", MessageKind.BIRTH, 1)
         wait_for(lambda: all(s.box("ha-7") is not None for s in pair.running), 60, "both instances to know the box")
+        for svc in pair.running:
+            assert "ha-7" in {b["box_id"] for b in get(svc, "/api/v1/registry")["boxes"]}
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:  # the database goes out of reach
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [database])
         try:
             wait_for(lambda: not any(s.leading for s in pair.running), 60, "every instance to give up the lead")
-            for svc in pair.running:  # the consoles still answer, from the registry in memory
+            for svc in pair.running:  # the consoles answer; the API fails closed: no session nor token is checkable
                 assert get(svc, "/healthz")["leader"] is False
-                assert "ha-7" in {b["box_id"] for b in get(svc, "/api/v1/registry")["boxes"]}
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    get(svc, "/api/v1/registry")
+                assert refused.value.code == 503
         finally:
             with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
                 admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

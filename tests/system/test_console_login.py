@@ -55,7 +55,7 @@ def test_dashboard_is_shown_when_the_operator_logs_in_through_the_login_page(
         browser.get(svc.http.url.rstrip("/") + "/api/v1/boxes")
         assert "authentication required" in browser.find_element(By.TAG_NAME, "body").text  # no data before login
         login(browser, svc.http.url, "wang", PASSWORD)
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#boxes tr[data-box="box-a"]'), 60,
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '[data-box="box-a"]'), 60,
                  "the box row on the dashboard")
         cookies = {c["name"]: c for c in browser.get_cookies()}
         session = cookies["__Host-mgw_session"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.adapters import ports
 from gateway.loopback import BOX_ID, LoopbackDeployment
+from tests.console_auth import bearer, deployment_token
 from tests.peers import wait_for
 
 Deploy = Callable[..., LoopbackDeployment]
@@ -18,8 +19,9 @@ LEASE_S = 3.0
 
 
 def get(d: LoopbackDeployment, port: int, path: str) -> Any:
-    url = f"https://127.0.0.1:{port}{path}"
-    with urllib.request.urlopen(url, timeout=10, context=d.console_context()) as rsp:  # noqa: S310 - our console
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}",
+                                     headers=bearer(deployment_token(d.fleet_toml)))  # both share the store
+    with urllib.request.urlopen(request, timeout=10, context=d.console_context()) as rsp:  # noqa: S310
         return json.loads(rsp.read())
 
 

@@ -13,15 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway import __version__
+from gateway.core.access import Role
 from gateway.core.framing import WIRE_VERSION
 from gateway.loopback import LoopbackDeployment
+from tests.console_auth import bearer, deployment_token
 from tests.peers import wait_for
 
 Deploy = Callable[..., LoopbackDeployment]
 
 
-def scrape(url: str, context: ssl.SSLContext | None = None) -> str:
-    with urllib.request.urlopen(url, timeout=10, context=context) as rsp:  # noqa: S310 - our own endpoints
+def scrape(url: str, context: ssl.SSLContext | None = None, token: str = "") -> str:
+    request = urllib.request.Request(url, headers=bearer(token) if token else {})
+    with urllib.request.urlopen(request, timeout=10, context=context) as rsp:  # noqa: S310 - our own endpoints
         assert rsp.headers["Content-Type"].startswith("text/plain")
         return str(rsp.read().decode())
 
@@ -46,7 +49,8 @@ def test_every_process_answers_metrics_with_build_info_and_its_own_series_when_a
     found = {
         "edge": scrape(f"http://127.0.0.1:{d.edge_metrics_port}/metrics"),
         "ingest": scrape(f"http://127.0.0.1:{d.ingest_metrics_port()}/metrics"),
-        "fleet": wait_for(lambda: leading(scrape(f"https://127.0.0.1:{d.fleet_port}/metrics", d.console_context())),
+        "fleet": wait_for(lambda: leading(scrape(f"https://127.0.0.1:{d.fleet_port}/metrics", d.console_context(),
+                                                      deployment_token(d.fleet_toml, Role.VIEWER))),
                           60, "the fleet service to take the lease"),
         "enrolment": scrape(f"http://127.0.0.1:{enrol_metrics}/metrics"),
     }

@@ -106,7 +106,8 @@ class FleetService:
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
         self.tls: ConsoleTls = console_tls(settings, paths)
         self.accounts = Accounts(self.store.auth, f.auth)
-        self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies, oidc, f.oidc)
+        self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies,
+                                        oidc if oidc is not None else backends.oidc_client(settings, paths), f.oidc)
         self.http: AsgiServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------

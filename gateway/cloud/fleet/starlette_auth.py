@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +49,7 @@ from gateway.cloud.fleet.store import Alert
 from gateway.config import BOX_ID, OidcSettings
 from gateway.core.access import AccessDenied, LoginRefused, Principal, Role
 from gateway.core.alerts import MAX_NOTE, Maintenance, Silence
-from gateway.core.errors import RequestError
+from gateway.core.errors import GatewayError, RequestError
 from gateway.core.fleet import AlertKind
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -61,6 +62,8 @@ WRITE_PATHS = tuple(re.compile(p) for p in (
 OPEN_API_PATHS = frozenset({"/api/v1/openapi.json"})
 _NUMBER_ID = re.compile(r"[0-9]{1,18}")
 MAX_EPOCH = 1e11
+
+log = logging.getLogger(__name__)
 
 
 class AlertActions(Protocol):
@@ -137,19 +140,26 @@ class Authenticate:
         principal: Principal | None = None
         session: Session | None = None
         authorization = headers.get("authorization")
-        if authorization is not None:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() != "bearer":
-                return await _unauthenticated("only Bearer API tokens are accepted")(scope, receive, send)
-            try:
-                principal = await run_in_threadpool(self.auth.accounts.resolve_token, value.strip(), address)
-            except LoginRefused as exc:
-                return await _unauthenticated(f"API token refused: {exc}")(scope, receive, send)
-        else:
-            session_id = Request(scope).cookies.get(self.cookie, "")
-            if session_id:
-                session = await run_in_threadpool(self.auth.accounts.resolve_session, session_id)
-                principal = session.principal if session is not None else None
+        try:
+            if authorization is not None:
+                scheme, _, value = authorization.partition(" ")
+                if scheme.lower() != "bearer":
+                    return await _unauthenticated("only Bearer API tokens are accepted")(scope, receive, send)
+                try:
+                    principal = await run_in_threadpool(self.auth.accounts.resolve_token, value.strip(), address)
+                except LoginRefused as exc:
+                    return await _unauthenticated(f"API token refused: {exc}")(scope, receive, send)
+            else:
+                session_id = Request(scope).cookies.get(self.cookie, "")
+                if session_id:
+                    session = await run_in_threadpool(self.auth.accounts.resolve_session, session_id)
+                    principal = session.principal if session is not None else None
+        except GatewayError as exc:  # the store is out of reach: nobody can be checked, so nothing is served
+            if needs_principal(scope["path"]):
+                log.error("console cannot check who asks", extra={"ERROR": str(exc)})
+                return await json_answer({"error": f"cannot check the session or token: {exc}"}, 503)(
+                    scope, receive, send)
+            principal, session = None, None
         if principal is None and needs_principal(scope["path"]):
             return await _unauthenticated("authentication required: log in, or send an API token")(
                 scope, receive, send)

@@ -11,7 +11,7 @@ const LANGS = ["en", "zh-CN"];
 let lang = localStorage.getItem("mgw-lang") || ((navigator.language || "en").toLowerCase().startsWith("zh") ? "zh-CN" : "en");
 if (!LANGS.includes(lang)) lang = "en";
 let messages = {};
-let me = null; // GET /api/v1/me: {name, role, csrf}; null on a server without login
+let me = null; // GET /api/v1/me: {user, role, sites, method, csrf}
 const ROW_H = 32, PAGE = 100, OVERSCAN = 10, REFRESH_MS = 5000;
 const charts = [];
 let timer = null;
@@ -59,7 +59,7 @@ function el(tag, attrs, ...children) {
   return node;
 }
 function toLogin() {
-  location.assign(`/login.html?next=${encodeURIComponent(location.hash || "#/")}`);
+  location.assign(`/login.html?next=${encodeURIComponent("/" + (location.hash || "#/"))}`); // back to this view
   throw new Error("login needed");
 }
 const etags = new Map(); // path -> {etag, doc}
@@ -592,7 +592,7 @@ function drawFrame() {
   logout.textContent = t("Log out");
   logout.hidden = !me;
   const roles = { viewer: t("viewer"), operator: t("operator"), admin: t("admin") };
-  document.getElementById("user").textContent = me ? `${me.name} · ${roles[me.role] || me.role}` : "";
+  document.getElementById("user").textContent = me ? `${me.user} · ${roles[me.role] || me.role}` : "";
 }
 async function loadLanguage() {
   messages = lang === "en" ? {} : (await api(`/i18n/${lang}.json`)).messages;
@@ -600,7 +600,8 @@ async function loadLanguage() {
 async function loadMe() {
   const rsp = await fetch("/api/v1/me", { cache: "no-store", credentials: "same-origin" });
   if (rsp.status === 401) toLogin();
-  me = rsp.status === 404 ? null : rsp.ok ? await rsp.json() : null; // 404: this server has no login
+  if (!rsp.ok) throw new Error(`/api/v1/me: HTTP ${rsp.status}`);
+  me = await rsp.json();
 }
 
 let current = "";
