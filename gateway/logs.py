@@ -74,6 +74,11 @@ class MSG(enum.StrEnum):
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
     FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
     FLEET_STORE_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0680"
+    # Modality Worklist (issue 18): 0800-08ff
+    WORKLIST_ANSWERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0800"
+    WORKLIST_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0801"
+    WORKLIST_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0802"
+    WORKLIST_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0803"
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"

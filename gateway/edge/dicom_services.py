@@ -18,6 +18,8 @@ from gateway.adapters.dicom_receive import InstanceSink, StorageScp
 from gateway.adapters.dicom_scp import DicomService, VerificationScp
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.storage_commitment import StorageCommitmentScp
+from gateway.adapters.worklist_scp import WorklistScp
+from gateway.adapters.worklist_store import WorklistStore
 from gateway.config import EdgeSettings
 from gateway.edge.exams import ExamRecorder
 from gateway.paths import Paths
@@ -58,6 +60,13 @@ def _mpps(needs: ServiceNeeds) -> DicomService | None:
     return MppsService(needs.exams, needs.exams.store, u.utc_offset_minutes * 60, needs.clock)
 
 
+def _worklist(needs: ServiceNeeds) -> DicomService | None:
+    w = needs.settings.worklist
+    if not w.enabled:
+        return None
+    return WorklistScp(w, WorklistStore(needs.paths.worklist_db, needs.cache_key), needs.clock)
+
+
 Builder = Callable[[ServiceNeeds], DicomService | None]
 # (name, builder) in the order the listener starts them; it stops them in reverse.
 REGISTRY: tuple[tuple[str, Builder], ...] = (
@@ -65,6 +74,7 @@ REGISTRY: tuple[tuple[str, Builder], ...] = (
     ("C-STORE", _storage),
     ("Storage Commitment", _storage_commitment),
     ("MPPS", _mpps),
+    ("Modality Worklist", _worklist),
 )
 
 
