@@ -74,7 +74,7 @@ class WorklistScp(DicomService):
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
             query, unsupported, charset = _parse(event.identifier)
-            matches = self._matches(query, calling)
+            matches, matched = self._matches(query, calling)
         except NotWorklist as exc:
             yield self._refused(calling, NOT_WORKLIST, str(exc))
             return
@@ -93,14 +93,15 @@ class WorklistScp(DicomService):
         sent = 0
         for item in matches:
             if event.is_cancelled:
-                self._answered(calling, sent, len(matches), "cancelled")
+                self._answered(calling, sent, matched, "cancelled")
                 yield CANCEL, None
                 return
             yield pending, _identifier(item, query, unsupported, charset)
             sent += 1
-        self._answered(calling, sent, len(matches), "success")
+        self._answered(calling, sent, matched, "success")
 
-    def _matches(self, query: Query, calling: str) -> list[worklist.WorklistItem]:
+    def _matches(self, query: Query, calling: str) -> tuple[list[worklist.WorklistItem], int]:
+        """The items to answer (at most ``max_results``, earliest first) and how many matched."""
         s = self._settings
         now = self._clock()
         if (expired := self._store.expire(now, s.keep_hours * 3600.0)) > 0:
@@ -110,7 +111,7 @@ class WorklistScp(DicomService):
         plain = modality if modality and "*" not in modality and "?" not in modality else None
         found = [item for item in self._store.candidates(station, s.include_unassigned, plain)
                  if worklist.matches(item, query)]
-        return found[:s.max_results]
+        return found[:s.max_results], len(found)
 
     def _answered(self, calling: str, sent: int, matched: int, outcome: str) -> None:
         with self._lock:
