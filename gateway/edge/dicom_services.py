@@ -57,7 +57,8 @@ def _mpps(needs: ServiceNeeds) -> DicomService | None:
     u = needs.settings.utilisation
     if not u.mpps:
         return None
-    return MppsService(needs.exams, needs.exams.store, u.utc_offset_minutes * 60, needs.clock)
+    book = WorklistStore(needs.paths.worklist_db, needs.cache_key) if needs.settings.worklist.enabled else None
+    return MppsService(needs.exams, needs.exams.store, u.utc_offset_minutes * 60, needs.clock, worklist=book)
 
 
 def _worklist(needs: ServiceNeeds) -> DicomService | None:

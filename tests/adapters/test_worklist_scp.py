@@ -16,10 +16,15 @@ import pytest
 from pydicom import dcmread
 
 from gateway.adapters.dicom_scp import DicomListener, VerificationScp
+from gateway.adapters.exam_store import ExamStore
+from gateway.adapters.mpps_scp import MppsService
+from gateway.adapters.store import SpoolStore
 from gateway.adapters.worklist_scp import WorklistScp
 from gateway.adapters.worklist_store import WorklistStore
-from gateway.config import DicomSettings, WorklistSettings
+from gateway.config import DicomSettings, UtilisationSettings, WorklistSettings
 from gateway.core import schema
+from gateway.edge.exams import ExamRecorder
+from tests.adapters.test_mpps_scp import mpps
 from tests.peers import dcmtk, dcmtk_env, dimse_statuses
 
 KEY = os.urandom(32)
@@ -236,3 +241,32 @@ def test_cache_file_holds_no_plaintext_patient_name_when_the_scp_served_from_it(
     for name in PATIENTS:
         for encoding in ("utf-8", "gb18030"):
             assert name.encode(encoding) not in raw
+
+
+@pytest.fixture
+def mwl_and_mpps(tmp_path: Path) -> Iterator[int]:
+    """The worklist and MPPS on one AE, as the edge builds them: MPPS closes worklist steps."""
+    store = WorklistStore(tmp_path / "worklist.db", KEY)
+    store.apply(_update(), 1.0)
+    SpoolStore(tmp_path / "spool.db").close()
+    recorder = ExamRecorder(UtilisationSettings(), ExamStore(tmp_path / "utilisation.db", tmp_path / "spool.db"),
+                            b"s" * 32, lambda: 1796342400.0)
+    services = [VerificationScp(), WorklistScp(WorklistSettings(), store, lambda: 1796342400.0),
+                MppsService(recorder, recorder.store, 0, lambda: 1796342400.0,
+                            worklist=WorklistStore(tmp_path / "worklist.db", KEY))]
+    listener = DicomListener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=0), services)
+    listener.start()
+    yield listener.port
+    listener.stop()
+    recorder.store.close()
+
+
+def test_step_leaves_the_worklist_when_the_modality_reports_it_in_progress_by_mpps(
+        mwl_and_mpps: int, tmp_path: Path) -> None:
+    assert _steps(findscu(mwl_and_mpps, tmp_path, *BASE)[1]) == ["S1", "S2", "S3", "S4"]
+    started = {"PerformedProcedureStepStatus": "IN PROGRESS", "Modality": "CT",
+               "PerformedProcedureStepStartDate": "20261203", "PerformedProcedureStepStartTime": "083500"}
+    assert mpps(mwl_and_mpps, [{"op": "create", "uid": "1.2.826.0.1.99.1", "study": "1.2.826.0.1.2",
+                                "scheduled": {"ScheduledProcedureStepID": "S2", "AccessionNumber": "ACC2"},
+                                "attrs": started}]) == [0x0000]
+    assert _steps(findscu(mwl_and_mpps, tmp_path, *BASE)[1]) == ["S1", "S3", "S4"]
