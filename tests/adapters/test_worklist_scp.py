@@ -270,3 +270,32 @@ def test_step_leaves_the_worklist_when_the_modality_reports_it_in_progress_by_mp
                                 "scheduled": {"ScheduledProcedureStepID": "S2", "AccessionNumber": "ACC2"},
                                 "attrs": started}]) == [0x0000]
     assert _steps(findscu(mwl_and_mpps, tmp_path, *BASE)[1]) == ["S1", "S3", "S4"]
+
+
+def test_answer_stops_at_max_results_earliest_first_when_more_items_match(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    listener = _serve(tmp_path, [_update()], 2)
+    try:
+        statuses, answers = findscu(listener.port, tmp_path, *BASE)
+    finally:
+        listener.stop()
+    assert statuses == [0xFF00, 0xFF00, 0x0000]
+    assert [a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for a in answers] == ["S1", "S4"]
+    (record,) = [r for r in caplog.records if r.getMessage() == "worklist query answered"]
+    assert (record.MATCHES, record.SENT) == (4, 2)  # type: ignore[attr-defined]
+
+
+def test_unreadable_cache_gets_c001_when_it_was_sealed_with_another_key(tmp_path: Path) -> None:
+    first = WorklistStore(tmp_path / "worklist.db", KEY)
+    first.apply(_update(), 1.0)
+    first.close()
+    scp = WorklistScp(WorklistSettings(), WorklistStore(tmp_path / "worklist.db", os.urandom(32)),
+                      lambda: 1796342400.0)
+    listener = DicomListener(DicomSettings(ae_title="MGW", bind_host="127.0.0.1", port=0), [scp])
+    listener.start()
+    try:
+        statuses, answers = findscu(listener.port, tmp_path, *BASE)
+    finally:
+        listener.stop()
+    assert statuses == [0xC001] and answers == []
