@@ -162,7 +162,7 @@ def _parse(identifier: Dataset | None) -> tuple[Query, Unsupported, tuple[str, .
         if keyword == STEP_SEQUENCE:
             step = _step(elem, unsupported.step)
         elif keyword in TOP_KEYS:
-            top[keyword] = _text(elem)
+            top[keyword] = text_value(elem)
         else:
             unsupported.top.append(elem)
     return worklist.parse_query(top, step), unsupported, asked
@@ -177,13 +177,13 @@ def _step(elem: DataElement, unsupported: list[DataElement]) -> dict[str, str]:
     step: dict[str, str] = {}
     for sub in items[0] if items else []:
         if sub.keyword in STEP_KEYS:
-            step[sub.keyword] = _text(sub)
+            step[sub.keyword] = text_value(sub)
         elif not sub.tag.is_private:
             unsupported.append(sub)  # answered empty inside the step's item
     return step
 
 
-def _text(elem: DataElement) -> str:
+def text_value(elem: DataElement) -> str:
     if elem.VR == "SQ":
         raise NotWorklist(f"{elem.keyword} is a sequence")
     value = elem.value

@@ -244,6 +244,14 @@ def parse(kind: type[T], payload: bytes, what: str, max_bytes: int = MAX_MESSAGE
         raise FrameError(f"{what}: nested too deeply") from None
 
 
+def convert(kind: type[T], value: Any, what: str) -> T:
+    """Plain values (dicts, strings) as a ``kind``, strictly, or ``FrameError`` naming the field."""
+    try:
+        return msgspec.convert(value, type=kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise FrameError(f"{what}: {exc}") from None
+
+
 def parse_state(payload: bytes) -> Birth | Death:
     """A retained birth or death message (a union tagged by ``kind``)."""
     return parse(State, payload, "state")  # type: ignore[arg-type]

@@ -307,3 +307,18 @@ def document(item: WorklistItem) -> bytes:
 def from_document(raw: bytes) -> WorklistItem:
     """An item back from its document; ``FrameError`` if it is not one."""
     return item_of(schema.parse(schema.WorklistEntry, raw, "worklist document"))
+
+
+def entry_from_attributes(top: Mapping[str, str], step: Mapping[str, str]) -> schema.WorklistEntry:
+    """The feed's entry for a worklist answer read from a RIS (its values by keyword, decoded);
+    ``FrameError`` naming the field when a value does not fit (no step ID, a date that is not one)."""
+    doc: dict[str, object] = {TOP_KEYS[k][0]: v.strip() for k, v in top.items() if k in TOP_KEYS}
+    doc["step"] = {STEP_KEYS[k][0]: v.strip() for k, v in step.items() if k in STEP_KEYS}
+    return schema.convert(schema.WorklistEntry, doc, "worklist answer")
+
+
+def update_of(box_id: str, seq: int, entries: list[schema.WorklistEntry], at: float | None = None
+              ) -> schema.WorklistUpdate:
+    """One update that (re)schedules ``entries`` for a box."""
+    return schema.WorklistUpdate(v=1, box_id=box_id, seq=seq, ops=[schema.WorklistUpsert(entry=e) for e in entries],
+                                 at=at)
