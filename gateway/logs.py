@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 
 class MSG(enum.StrEnum):
@@ -163,6 +164,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+def _drop_pydicom(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     """Configure the root logger once, for a service or the CLI."""
     handler = logging.StreamHandler(sys.stderr)
@@ -172,3 +177,8 @@ def setup(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "paho"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom reports an invalid value (a worklist query's malformed birth date, say) by logging and
+    # warning it with the value quoted: that would put patient data in the journal. Its messages stay out.
+    # A filter, not a level: importing pydicom sets its logger's level.
+    logging.getLogger("pydicom").addFilter(_drop_pydicom)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")

@@ -299,3 +299,43 @@ def test_unreadable_cache_gets_c001_when_it_was_sealed_with_another_key(tmp_path
     finally:
         listener.stop()
     assert statuses == [0xC001] and answers == []
+
+
+_MALFORMED_SCU = r"""
+import json, sys
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
+port = int(sys.argv[1])
+ae = AE(ae_title="CT1")
+ae.add_requested_context(MWL)
+assoc = ae.associate("127.0.0.1", port, ae_title="MGW")
+assert assoc.is_established
+def two_items():
+    q = Dataset(); q.PatientName = ""
+    a, b = Dataset(), Dataset(); a.Modality = "CT"; b.Modality = "MR"
+    q.ScheduledProcedureStepSequence = [a, b]
+    return q
+def uid_wildcard():
+    q = Dataset(); q.StudyInstanceUID = "1.2.*"
+    return q
+def name_as_sequence():
+    q = Dataset(); q.ScheduledProcedureStepSequence = [Dataset()]
+    q.add_new(0x00100010, "SQ", [Dataset()])
+    return q
+out = []
+try:
+    for make in (two_items, uid_wildcard, name_as_sequence):
+        out.append([int(s.Status) if "Status" in s else None for s, _ in assoc.send_c_find(make(), MWL)])
+finally:
+    assoc.release()
+print(json.dumps(out))
+"""
+
+
+def test_hostile_identifiers_get_a900_or_c000_and_the_association_goes_on_when_pynetdicom_sends_them(
+        mwl: int) -> None:
+    done = subprocess.run([sys.executable, "-c", _MALFORMED_SCU, str(mwl)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[0xA900], [0xC000], [0xA900]]
