@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +43,10 @@ def cmd_edge_worklist_import(args: argparse.Namespace) -> int:
     settings, paths = edge_settings(args)
     logs.setup(settings.box.log_level, False)
     update = read_update(args.file)  # refused before anything is opened
+    owner = paths.state_dir.stat().st_uid if paths.state_dir.exists() else os.geteuid()
+    if owner != os.geteuid():  # files made by root here would lock the edge (User=mgw) out of its cache
+        raise config.ConfigError(f"{paths.state_dir} belongs to uid {owner}: run this as that user "
+                                 "(sudo -u mgw mgw edge worklist import ...)")
     store = WorklistStore(paths.worklist_db, FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME))
     try:
         applied = apply_update(store, update, settings.box.id, time.time(), "import")

@@ -96,7 +96,13 @@ class WorklistScp(DicomService):
                 self._answered(calling, sent, matched, "cancelled")
                 yield CANCEL, None
                 return
-            yield pending, _identifier(item, query, unsupported, charset)
+            try:
+                answer = _identifier(item, query, unsupported, charset)
+            except Exception:
+                log.exception("worklist answer failed", extra={"MESSAGE_ID": MSG.WORKLIST_REFUSED.value})
+                yield self._refused(calling, CACHE_UNREADABLE, "worklist answer failed")
+                return
+            yield pending, answer
             sent += 1
         self._answered(calling, sent, matched, "success")
 

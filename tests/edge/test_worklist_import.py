@@ -20,7 +20,7 @@ from gateway.config import load_edge
 from gateway.edge import cache
 from gateway.edge.dicom_services import REGISTRY, ServiceNeeds, build_dicom_services
 from gateway.paths import Paths
-from tests.peers import dcmtk, dcmtk_env, dimse_statuses
+from tests.peers import dcmtk, dcmtk_env, dimse_statuses, require_root
 
 NAME = "Kowalczyk^Teodor"
 
@@ -77,6 +77,17 @@ def test_import_applies_in_order_and_refuses_bad_files_with_a_reason_when_run(ed
     cancel = mgw_import(edge_toml, _update(7, {"op": "cancel", "step_id": "S1", "accession_number": "ACC-S1"}),
                         tmp_path)
     assert json.loads(cancel.stdout)["items"] == 1
+
+
+def test_import_is_refused_when_run_by_another_user_than_the_state_directorys_owner(
+        edge_toml: Path, tmp_path: Path) -> None:
+    require_root("to give the state directory to another user")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    refused = mgw_import(edge_toml, _update(1, {"op": "upsert", "entry": _entry("S1")}), tmp_path)
+    assert refused.returncode == 2 and "sudo -u mgw" in refused.stderr
+    assert list(state.iterdir()) == []  # no key, no cache made
 
 
 @pytest.fixture
