@@ -339,3 +339,16 @@ def test_hostile_identifiers_get_a900_or_c000_and_the_association_goes_on_when_p
                           timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [[0xA900], [0xC000], [0xA900]]
+
+
+def test_gb18030_query_from_findscu_is_answered_in_gb18030_when_the_name_is_chinese(mwl: int, tmp_path: Path) -> None:
+    out_dir = tmp_path / "gb"
+    out_dir.mkdir()
+    args: list[str | bytes] = [dcmtk("findscu"), "-W", "-aet", "CT1", "-aec", "MGW", "-X", "-od", str(out_dir),
+                               "-k", "(0008,0005)=GB18030", "-k", b"PatientName=" + "张*".encode("gb18030"),
+                               "-k", "PatientID", "127.0.0.1", str(mwl)]
+    done = subprocess.run(args, env=dcmtk_env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (answer,) = [dcmread(p) for p in out_dir.glob("rsp*.dcm")]
+    assert (answer.SpecificCharacterSet, str(answer.PatientName), answer.PatientID) == ("GB18030", ZHANG, "PID-1003")
+    assert answer.PatientName.original_string == ZHANG.encode("gb18030")
