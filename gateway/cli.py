@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,41 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
     edge = EdgeService(settings, paths)
     return run_service(edge, "edge", StartRecord(paths.state_dir, "edge", time.time))
+
+
+def cmd_edge_worklist_import(args: argparse.Namespace) -> int:
+    from gateway.adapters.keystore import FileKeyStore
+    from gateway.adapters.worklist_store import WorklistStore
+    from gateway.edge import cache
+    from gateway.edge.worklist_feed import apply_update, read_update
+    from gateway.field import _tell
+
+    settings, paths = edge_settings(args)
+    logs.setup(settings.box.log_level, False)
+    update = read_update(args.file)  # refused before anything is opened
+    owner = paths.state_dir.stat().st_uid if paths.state_dir.exists() else os.geteuid()
+    if owner != os.geteuid():  # files made by root here would lock the edge (User=mgw) out of its cache
+        raise config.ConfigError(f"{paths.state_dir} belongs to uid {owner}: run this as that user "
+                                 "(sudo -u mgw mgw edge worklist import ...)")
+    store = WorklistStore(paths.worklist_db, FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME))
+    try:
+        applied = apply_update(store, update, settings.box.id, time.time(), "import")
+        waiting = store.count()
+    finally:
+        store.close()
+    doc = {"applied": applied.applied, "seq": update.seq, "last_seq": applied.last_seq,
+           "upserted": applied.upserted, "cancelled": applied.cancelled, "items": waiting}
+    if args.json:
+        print(json.dumps(doc))
+    elif applied.applied:
+        _tell(f"worklist update {update.seq} applied: {applied.upserted} scheduled, {applied.cancelled} cancelled; "
+              f"{waiting} steps in the cache",
+              f"工作列表更新 {update.seq} 已应用：新增或更新 {applied.upserted} 项，取消 {applied.cancelled} 项；"
+              f"缓存中共 {waiting} 项")
+    else:
+        _tell(f"worklist update {update.seq} ignored: update {applied.last_seq} was already applied",
+              f"工作列表更新 {update.seq} 已忽略：已应用过更新 {applied.last_seq}")
+    return 0
 
 
 def cmd_cloud_run(args: argparse.Namespace) -> int:
@@ -254,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_config(edge.add_parser("run", help="run the edge service (DICOM listener, spool, uplink)"))
     run.add_argument("--log-json", action="store_true", help="log JSON lines")
     run.set_defaults(func=cmd_edge_run)
+    wl = edge.add_parser("worklist", help="the Modality Worklist cache").add_subparsers(
+        dest="worklist_cmd", required=True, metavar="ACTION")
+    wimport = with_config(wl.add_parser("import", help="apply a worklist update (JSON file) to the cache"))
+    wimport.add_argument("file", type=Path, metavar="FILE", help="one WorklistUpdate as JSON (docs/protocol.md)")
+    wimport.add_argument("--json", action="store_true", help="print the result as JSON")
+    wimport.set_defaults(func=cmd_edge_worklist_import)
 
     cloud = sub.add_parser("cloud", help="the cloud services").add_subparsers(
         dest="cloud_cmd", required=True, metavar="ACTION")

@@ -164,6 +164,18 @@ class UtilisationSettings:
 
 
 @dataclass(frozen=True)
+class WorklistSettings:
+    enabled: bool = _f(True, "offer Modality Worklist C-FIND (answered from the box's sealed cache; an empty cache "
+                             "answers no matches)")
+    station_filter: str = _f("calling_ae", "which steps a modality sees: 'calling_ae' = those whose Scheduled "
+                                           "Station AE Title is its calling AE title; 'none' = every step cached")
+    include_unassigned: bool = _f(True, "with station_filter = 'calling_ae', also steps with no Scheduled Station "
+                                        "AE Title")
+    max_results: int = _f(500, "matches answered to one C-FIND at most, earliest scheduled first")
+    keep_hours: float = _f(48.0, "a step scheduled longer ago than this is removed from the cache")
+
+
+@dataclass(frozen=True)
 class EdgeSettings:
     box: BoxSettings = _req("this box")
     dicom: DicomSettings = _f(None, "the DICOM listener facing the modality")
@@ -176,6 +188,7 @@ class EdgeSettings:
     utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
     priority: PrioritySettings = _f(None, "which instances jump the uplink queue")
+    worklist: WorklistSettings = _f(None, "Modality Worklist SCP answering from the box's cache")
 
 
 @dataclass(frozen=True)
@@ -521,6 +534,7 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
+    _check_worklist(s.worklist, source)
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -542,6 +556,13 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ValueError
     except (ValueError, binascii.Error) as exc:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _check_worklist(w: WorklistSettings, source: str) -> None:
+    if w.station_filter not in ("calling_ae", "none"):
+        raise ConfigError(f"{source}: 'worklist.station_filter' must be 'calling_ae' or 'none'")
+    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0:
+        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000 and worklist.keep_hours > 0")
 
 
 def _check_commitment(c: CommitmentSettings, source: str) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 
 class MSG(enum.StrEnum):
@@ -74,6 +75,12 @@ class MSG(enum.StrEnum):
     INDEX_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0603"
     FRAMES_TOO_LARGE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0604"
     FLEET_STORE_OPENED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0680"
+    # Modality Worklist (issue 18): 0800-08ff
+    WORKLIST_ANSWERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0800"
+    WORKLIST_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0801"
+    WORKLIST_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0802"
+    WORKLIST_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0803"
+    WORKLIST_ORDER_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0804"
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"
@@ -160,6 +167,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+def _drop_pydicom(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     """Configure the root logger once, for a service or the CLI."""
     handler = logging.StreamHandler(sys.stderr)
@@ -169,3 +180,8 @@ def setup(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "paho"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom reports an invalid value (a worklist query's malformed birth date, say) by logging and
+    # warning it with the value quoted: that would put patient data in the journal. Its messages stay out.
+    # A filter, not a level: importing pydicom sets its logger's level.
+    logging.getLogger("pydicom").addFilter(_drop_pydicom)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")

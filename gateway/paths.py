@@ -41,6 +41,10 @@ class Paths:
         return self.state_dir / "spool.db"
 
     @property
+    def worklist_db(self) -> Path:
+        return self.state_dir / "worklist.db"
+
+    @property
     def incoming_dir(self) -> Path:
         return self.state_dir / "spool" / "incoming"
 

@@ -20,6 +20,7 @@ from gateway.adapters import ports
 from tests.peers import PEER_START_S, _missing
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+WORKLISTS_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 AET = "ORTHANC"
 
 
@@ -51,8 +52,9 @@ class Orthanc:
 
 
 @contextmanager
-def orthanc(root: Path) -> Iterator[Orthanc]:
-    """Orthanc on two ports picked free, and on others if one was taken before it bound it."""
+def orthanc(root: Path, worklists: Path | None = None) -> Iterator[Orthanc]:
+    """Orthanc on two ports picked free, and on others if one was taken before it bound it. With
+    ``worklists``, its Modality Worklists plugin serves the ``*.wl`` files of that folder (a RIS)."""
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(binary).exists() or not DICOMWEB_PLUGIN.exists():
         _missing("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
@@ -69,6 +71,13 @@ def orthanc(root: Path) -> Iterator[Orthanc]:
             "OverwriteInstances": True, "UnknownSopClassAccepted": True, "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True, "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
         }
+        if worklists is not None:
+            if not WORKLISTS_PLUGIN.exists():
+                _missing("Orthanc's Modality Worklists plugin is not installed (apt-get install orthanc)")
+            config["Plugins"] = [str(DICOMWEB_PLUGIN), str(WORKLISTS_PLUGIN)]
+            config["Worklists"] = {"Enable": True, "Database": str(worklists)}
+            config["DefaultEncoding"] = "Utf8"
+            config["DicomAlwaysAllowFindWorklist"] = True
         conf = root / "orthanc.json"
         conf.write_text(json.dumps(config, indent=1))
         log = root / "orthanc.log"

@@ -37,6 +37,8 @@ PACKAGE = "gateway"
 ADAPTERS_DICOM = {
     "gateway/adapters/dicom_*.py": "the DICOM adapters (SCP, SCU, admission, probe, names)",
     "gateway/adapters/mpps_scp.py": "the MPPS SCP (pynetdicom events, pydicom datasets)",
+    "gateway/adapters/worklist_scp.py": "the Modality Worklist SCP (pynetdicom C-FIND events, pydicom identifiers)",
+    "gateway/adapters/worklist_scu.py": "the Modality Worklist C-FIND SCU reading a RIS (pynetdicom, pydicom)",
     "gateway/adapters/storage_commitment.py": "the Storage Commitment SCU/SCP",
     "gateway/adapters/pacs.py": "the cloud's C-STORE forward to a PACS",
 }
@@ -52,6 +54,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
     "numpy": {"gateway/codecs/jpegls.py": "the JPEG-LS codec hands pixels to CharLS as arrays"},
     "jpeg_ls": {"gateway/codecs/jpegls.py": "the JPEG-LS codec (CharLS binding)"},
     "paho": {"gateway/adapters/mqtt_*.py": "the MQTT adapter"},
+    "hl7apy": {"gateway/adapters/hl7_orders.py": "HL7 v2 orders from a RIS (ORM^O01) into worklist entries"},
     "sqlite3": {"gateway/adapters/sqlite_db.py": "the one way a SQLite file is opened (every store uses it)"},
     "sqlite_utils": {"gateway/adapters/sqlite_db.py": "dict-row writes on that one connection"},
     "psycopg": {"gateway/adapters/postgres_db.py": "the PostgreSQL dialect (index, staging, fleet store use it)"},

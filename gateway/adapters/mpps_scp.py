@@ -57,14 +57,31 @@ class StepBook(Protocol):
                  now: float) -> bool: ...
 
 
-class MppsService(DicomService):
-    """N-CREATE/N-SET SCP for MPPS; one of the ``DicomListener``'s services."""
+class WorklistBook(Protocol):
+    """The worklist cache (``WorklistStore``): a step the modality started leaves the worklist."""
 
-    def __init__(self, sink: MppsSink, book: StepBook, utc_offset_s: int, clock: Callable[[], float]) -> None:
+    def mark_done(self, step_id: str, accession_number: str, status: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class MppsService(DicomService):
+    """N-CREATE/N-SET SCP for MPPS; one of the ``DicomListener``'s services.
+
+    With a ``worklist``, an N-CREATE (IN PROGRESS) marks each scheduled step it names (Scheduled
+    Step Attributes Sequence: Scheduled Procedure Step ID and Accession Number) done in the
+    worklist cache, so the next worklist query no longer offers it."""
+
+    def __init__(self, sink: MppsSink, book: StepBook, utc_offset_s: int, clock: Callable[[], float],
+                 worklist: WorklistBook | None = None) -> None:
         self._sink = sink
         self._book = book
         self._offset_s = utc_offset_s
         self._clock = clock
+        self._worklist = worklist
+
+    def stop(self) -> None:
+        if self._worklist is not None:
+            self._worklist.close()
 
     def contexts(self) -> Sequence[SupportedContext]:
         return [SupportedContext(MPPS_SOP_CLASS, scu_role=True, scp_role=False)]
@@ -114,7 +131,23 @@ class MppsService(DicomService):
                               ExamStatus.IN_PROGRESS)
         self._book.mpps_put(uid, study_uid, key, ExamStatus.IN_PROGRESS, self._clock())
         self._log(key, ExamStatus.IN_PROGRESS)
+        self._close_scheduled(ds)
         return NStatus.SUCCESS, ds
+
+    def _close_scheduled(self, ds: Dataset) -> None:
+        """The worklist steps this procedure performs are done (a failure here never fails the N-CREATE)."""
+        if self._worklist is None:
+            return
+        try:
+            closed = sum(self._worklist.mark_done(str(item.get("ScheduledProcedureStepID", "") or ""),
+                                                  str(item.get("AccessionNumber", "") or ""), "IN PROGRESS")
+                         for item in ds.get("ScheduledStepAttributesSequence") or []
+                         if item.get("ScheduledProcedureStepID"))
+        except Exception:
+            log.exception("MPPS: marking worklist steps done failed", extra={"MESSAGE_ID": MSG.MPPS_REFUSED.value})
+            return
+        log.info("MPPS: worklist steps done", extra={"MESSAGE_ID": MSG.WORKLIST_UPDATED.value, "SOURCE": "mpps",
+                                                     "DONE": closed})
 
     def _set(self, event: Event) -> tuple[Any, Dataset | None]:
         req = cast(N_SET, event.request)

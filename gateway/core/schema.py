@@ -136,6 +136,79 @@ class ManifestV1(_Message, frozen=True, forbid_unknown_fields=True):
     item_id: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # the edge's own row id; only echoed
 
 
+# -- the worklist feed: cloud -> box (planned over MQTT; today ``mgw edge worklist import``) ---------------
+# Bounded as DICOM bounds each VR (PS3.5 6.2); no control characters. Values are Unicode: the box
+# encodes them in the modality's character set when it answers (core.worklist.answer_charset).
+_NO_CONTROL = r"^[^\x00-\x1f\x7f\\]*$"  # no control character, no backslash (DICOM's value separator)
+PersonName = Annotated[str, msgspec.Meta(max_length=194, pattern=_NO_CONTROL)]  # three groups of 64
+LongString = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_CONTROL)]
+ShortString = Annotated[str, msgspec.Meta(max_length=16, pattern=_NO_CONTROL)]
+CodeString = Annotated[str, msgspec.Meta(max_length=16, pattern=r"^[A-Z0-9 _]*$")]
+AeTitle = Annotated[str, msgspec.Meta(max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*$")]
+DicomDate = Annotated[str, msgspec.Meta(pattern=r"^(\d{8})?$")]
+DicomTime = Annotated[str, msgspec.Meta(pattern=r"^(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?$")]
+DicomUid = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^([0-9]+(\.[0-9]+)*)?$")]
+StepId = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_NO_CONTROL)]
+MAX_WORKLIST_OPS = 2000
+MAX_WORKLIST_BYTES = 8 * 1024 * 1024  # 2,000 entries of about 1 KiB, with room
+
+
+class WorklistStep(_Message, frozen=True, forbid_unknown_fields=True):
+    """One Scheduled Procedure Step (the item of (0040,0100))."""
+
+    step_id: StepId
+    modality: CodeString = ""
+    station_ae_title: AeTitle = ""
+    station_name: ShortString = ""
+    start_date: DicomDate = ""
+    start_time: DicomTime = ""
+    performing_physician: PersonName = ""
+    description: LongString = ""
+    status: CodeString = "SCHEDULED"
+
+
+class WorklistEntry(_Message, frozen=True, forbid_unknown_fields=True):
+    """One Requested Procedure with its Scheduled Procedure Step (core.worklist.WorklistItem)."""
+
+    accession_number: ShortString
+    step: WorklistStep
+    patient_name: PersonName = ""
+    patient_id: LongString = ""
+    birth_date: DicomDate = ""
+    sex: Annotated[str, msgspec.Meta(pattern=r"^(M|F|O)?$")] = ""
+    requested_procedure_id: ShortString = ""
+    requested_procedure_description: LongString = ""
+    study_instance_uid: DicomUid = ""
+    referring_physician: PersonName = ""
+
+
+class WorklistUpsert(_Message, frozen=True, tag_field="op", tag="upsert", forbid_unknown_fields=True):
+    """Insert, or replace, the entry with the same (step id, accession number)."""
+
+    entry: WorklistEntry
+
+
+class WorklistCancel(_Message, frozen=True, tag_field="op", tag="cancel", forbid_unknown_fields=True):
+    """Remove the entry (step id, accession number): the RIS cancelled the order."""
+
+    step_id: StepId
+    accession_number: ShortString
+
+
+class WorklistUpdate(_Message, frozen=True, forbid_unknown_fields=True):
+    """One update of a box's worklist cache: operations applied in order, in one transaction.
+
+    ``seq`` grows with every update the cloud makes for the box; the box applies an update only
+    if its ``seq`` is above the last it applied, so a replayed or reordered older one is ignored.
+    """
+
+    v: Literal[1]
+    box_id: BoxId
+    seq: Count
+    ops: Annotated[list[WorklistUpsert | WorklistCancel], msgspec.Meta(max_length=MAX_WORKLIST_OPS)]
+    at: Time | None = None
+
+
 # -- enrolment requests (HTTPS bodies a box posts to the enrolment server) --------------------------------
 Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 EnrolToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
@@ -157,10 +230,10 @@ class ReenrolRequest(msgspec.Struct, frozen=True):
 State = Birth | Death  # decoded by the "kind" tag
 
 
-def parse(kind: type[T], payload: bytes, what: str) -> T:
+def parse(kind: type[T], payload: bytes, what: str, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """``payload`` as a ``kind``, or ``FrameError("<what>: <reason>")``; never another exception."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise FrameError(f"{what}: {len(payload)} bytes, above the {MAX_MESSAGE_BYTES}-byte limit")
+    if len(payload) > max_bytes:
+        raise FrameError(f"{what}: {len(payload)} bytes, above the {max_bytes}-byte limit")
     try:
         return msgspec.json.decode(payload, type=kind, strict=True)
     except msgspec.ValidationError as exc:
@@ -171,9 +244,22 @@ def parse(kind: type[T], payload: bytes, what: str) -> T:
         raise FrameError(f"{what}: nested too deeply") from None
 
 
+def convert(kind: type[T], value: Any, what: str) -> T:
+    """Plain values (dicts, strings) as a ``kind``, strictly, or ``FrameError`` naming the field."""
+    try:
+        return msgspec.convert(value, type=kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise FrameError(f"{what}: {exc}") from None
+
+
 def parse_state(payload: bytes) -> Birth | Death:
     """A retained birth or death message (a union tagged by ``kind``)."""
     return parse(State, payload, "state")  # type: ignore[arg-type]
+
+
+def encode(value: _Message) -> bytes:
+    """A message as JSON bytes (what ``parse`` reads back)."""
+    return msgspec.json.encode(value)
 
 
 def to_builtins(value: _Message) -> dict[str, Any]:

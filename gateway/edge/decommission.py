@@ -24,7 +24,8 @@ def crypto_erase(paths: Paths) -> dict[str, int]:
             removed += sum(1 for p in directory.rglob("*") if p.is_file())
             shutil.rmtree(directory)
     for name in ("spool.db", "spool.db-wal", "spool.db-shm", "device.toml",
-                 "utilisation.db", "utilisation.db-wal", "utilisation.db-shm"):  # exams keep study UIDs
+                 "utilisation.db", "utilisation.db-wal", "utilisation.db-shm",  # exams keep study UIDs
+                 "worklist.db", "worklist.db-wal", "worklist.db-shm"):  # sealed already: the key is gone
         path = paths.state_dir / name
         if path.exists():
             path.unlink()

@@ -18,6 +18,8 @@ from gateway.adapters.dicom_receive import InstanceSink, StorageScp
 from gateway.adapters.dicom_scp import DicomService, VerificationScp
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.storage_commitment import StorageCommitmentScp
+from gateway.adapters.worklist_scp import WorklistScp
+from gateway.adapters.worklist_store import WorklistStore
 from gateway.config import EdgeSettings
 from gateway.edge.exams import ExamRecorder
 from gateway.paths import Paths
@@ -55,7 +57,15 @@ def _mpps(needs: ServiceNeeds) -> DicomService | None:
     u = needs.settings.utilisation
     if not u.mpps:
         return None
-    return MppsService(needs.exams, needs.exams.store, u.utc_offset_minutes * 60, needs.clock)
+    book = WorklistStore(needs.paths.worklist_db, needs.cache_key) if needs.settings.worklist.enabled else None
+    return MppsService(needs.exams, needs.exams.store, u.utc_offset_minutes * 60, needs.clock, worklist=book)
+
+
+def _worklist(needs: ServiceNeeds) -> DicomService | None:
+    w = needs.settings.worklist
+    if not w.enabled:
+        return None
+    return WorklistScp(w, WorklistStore(needs.paths.worklist_db, needs.cache_key), needs.clock)
 
 
 Builder = Callable[[ServiceNeeds], DicomService | None]
@@ -65,6 +75,7 @@ REGISTRY: tuple[tuple[str, Builder], ...] = (
     ("C-STORE", _storage),
     ("Storage Commitment", _storage_commitment),
     ("MPPS", _mpps),
+    ("Modality Worklist", _worklist),
 )
 
 

@@ -43,6 +43,8 @@ for op in ops:
         setattr(ds, k, v)
     if op.get("study"):
         item = Dataset(); item.StudyInstanceUID = op["study"]
+        for k, v in op.get("scheduled", {}).items():
+            setattr(item, k, v)
         ds.ScheduledStepAttributesSequence = [item]
     if op["op"] == "create":
         status, _ = assoc.send_n_create(ds, MPPS, op["uid"])

@@ -202,6 +202,9 @@ def test_load_edge_raises_config_error_naming_the_key_when_the_cloud_public_key_
         ("[uplink]\nwindow_chunks = 0\n", "uplink.window_chunks"),
         (f"[uplink]\nmax_frame_bytes = {MIN_FRAME_BYTES - 1}\n", "uplink.max_frame_bytes"),
         (f"[uplink]\nmax_frame_bytes = {MAX_FRAME_BYTES + 1}\n", "uplink.max_frame_bytes"),
+        ('[worklist]\nstation_filter = "modality"\n', "worklist.station_filter"),
+        ("[worklist]\nmax_results = 0\n", "worklist.max_results"),
+        ("[worklist]\nkeep_hours = 0.0\n", "worklist.keep_hours"),
     ],
 )
 def test_load_edge_raises_config_error_naming_the_key_when_a_value_is_out_of_range(

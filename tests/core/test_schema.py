@@ -107,3 +107,32 @@ def test_exam_record_is_refused_when_a_count_does_not_fit_a_column() -> None:
         schema.parse(schema.ExamRecord, json.dumps(record).encode(), "util")
     record["revision"] = 2**31 - 1
     assert schema.parse(schema.ExamRecord, json.dumps(record).encode(), "util").revision == 2**31 - 1
+
+
+# -- the worklist update (cloud -> box; today `mgw edge worklist import`) ---------------------------------
+_sh = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FFF, blacklist_characters="\\\x7f"), max_size=16)
+_steps = st.builds(schema.WorklistStep, step_id=_sh.filter(bool), modality=st.sampled_from(["", "CT", "MR"]),
+                   station_ae_title=st.sampled_from(["", "CT1"]), start_date=st.sampled_from(["", "20261203"]),
+                   start_time=st.sampled_from(["", "09", "0930", "093000.5"]), performing_physician=_sh,
+                   description=_sh)
+_entries = st.builds(schema.WorklistEntry, accession_number=_sh, step=_steps, patient_name=_sh, patient_id=_sh,
+                     birth_date=st.sampled_from(["", "19700101"]), sex=st.sampled_from(["", "M", "F", "O"]))
+_ops = st.lists(st.one_of(st.builds(schema.WorklistUpsert, entry=_entries),
+                          st.builds(schema.WorklistCancel, step_id=_sh.filter(bool), accession_number=_sh)), max_size=4)
+
+
+@given(st.builds(schema.WorklistUpdate, v=st.just(1), box_id=st.just("box-1"), seq=st.integers(0, 2**40),
+                 ops=_ops))
+def test_worklist_update_round_trips_when_the_struct_accepts_it(update: schema.WorklistUpdate) -> None:
+    assert schema.parse(schema.WorklistUpdate, schema.encode(update), "update") == update
+
+
+@given(st.sampled_from(list(schema.WorklistEntry.__struct_fields__)), json_values)
+def test_worklist_entry_is_typed_or_refused_when_any_field_holds_any_json_value(key: str, value: Any) -> None:
+    doc = {"accession_number": "A1", "step": {"step_id": "S1"}, key: value}
+    try:
+        entry = schema.parse(schema.WorklistEntry, json.dumps(doc).encode(), "entry")
+    except FrameError as exc:
+        assert key in str(exc) or "step" in str(exc) or "Expected" in str(exc)
+        return
+    assert isinstance(getattr(entry, key), str | schema.WorklistStep)

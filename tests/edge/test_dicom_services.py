@@ -30,6 +30,7 @@ from gateway.adapters.exam_store import ExamStore
 from gateway.adapters.mpps_scp import MppsService
 from gateway.adapters.storage_commitment import StorageCommitmentScp
 from gateway.adapters.store import SpoolStore
+from gateway.adapters.worklist_scp import WorklistScp
 from gateway.config import EdgeSettings, load_edge
 from gateway.edge.dicom_services import REGISTRY, Builder, ServiceNeeds, build_dicom_services
 from gateway.edge.exams import ExamRecorder
@@ -37,7 +38,8 @@ from gateway.paths import Paths
 from tests.peers import dcmtk, dcmtk_env, echo, real_images
 
 AE_TITLE = "MGW"
-REQUESTED = (Verification, CTImageStorage, StorageCommitmentPushModel, ModalityPerformedProcedureStep)
+REQUESTED = (Verification, CTImageStorage, StorageCommitmentPushModel, ModalityPerformedProcedureStep,
+             ModalityWorklistInformationFind)
 
 
 class Sink:
@@ -101,8 +103,9 @@ def _accepted(port: int, requested: Sequence[str] = REQUESTED) -> set[str]:
 
 def test_every_service_is_built_in_registry_order_when_the_settings_enable_them(build: Callable[..., Any]) -> None:
     listener, _, services = build()
-    assert list(services) == ["C-ECHO", "C-STORE", "Storage Commitment", "MPPS"]
-    assert [type(s) for s in services.values()] == [VerificationScp, StorageScp, StorageCommitmentScp, MppsService]
+    assert list(services) == ["C-ECHO", "C-STORE", "Storage Commitment", "MPPS", "Modality Worklist"]
+    assert [type(s) for s in services.values()] == [VerificationScp, StorageScp, StorageCommitmentScp, MppsService,
+                                                    WorklistScp]
     assert _accepted(listener.port) == set(REQUESTED)
     assert listener.alive()  # the Storage Commitment reporter thread was started with the listener
 
@@ -124,6 +127,13 @@ def test_mpps_is_absent_and_its_context_refused_when_utilisation_turns_mpps_off(
     listener, _, services = build("[utilisation]\nmpps = false\n")
     assert "MPPS" not in services
     assert _accepted(listener.port) == set(REQUESTED) - {ModalityPerformedProcedureStep}
+
+
+def test_worklist_is_absent_and_its_context_refused_when_the_worklist_is_disabled(
+        build: Callable[..., Any]) -> None:
+    listener, _, services = build("[worklist]\nenabled = false\n")
+    assert "Modality Worklist" not in services
+    assert _accepted(listener.port) == set(REQUESTED) - {ModalityWorklistInformationFind}
 
 
 def test_storage_commitment_context_is_refused_when_commitment_is_disabled(build: Callable[..., Any]) -> None:
@@ -154,7 +164,8 @@ def test_one_more_builder_in_the_registry_is_one_more_service_served_when_regist
     from pydicom.dataset import Dataset
 
     worklist = EmptyWorklist()
-    listener, _, services = build(registry=(*REGISTRY, ("Worklist", lambda needs: worklist)))
+    listener, _, services = build("[worklist]\nenabled = false\n",
+                                  registry=(*REGISTRY, ("Worklist", lambda needs: worklist)))
     assert services["Worklist"] is worklist
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(ModalityWorklistInformationFind)

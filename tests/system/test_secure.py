@@ -116,12 +116,13 @@ def test_decommission_crypto_erases_keys_and_cache_when_confirmed(deploy: Deploy
     sealed = [p for p in (d.edge_dir / "spool" / "blobs").iterdir() if p.is_file()]
     assert sealed and all(p.read_bytes()[:5] == b"MGWC\x01" for p in sealed)
     assert _mgw("decommission", "--state-dir", str(d.edge_dir)).returncode == 1  # needs --yes
-    assert (d.edge_dir / "keys" / "cache.secret").exists()
+    assert (d.edge_dir / "keys" / "cache.secret").exists() and (d.edge_dir / "worklist.db").exists()
     erased = _mgw("decommission", "--state-dir", str(d.edge_dir), "--yes", "--json")
     assert erased.returncode == 0, erased.stderr
     assert '"keys_erased": 3' in erased.stdout  # box.key, cache.secret and study_key.secret (utilisation)
     assert list((d.edge_dir / "keys").iterdir()) == []
     assert not (d.edge_dir / "spool").exists() and not (d.edge_dir / "device.toml").exists()
+    assert not (d.edge_dir / "worklist.db").exists()  # the worklist cache the running edge opened
 
 
 def test_commission_passes_and_writes_a_report_when_the_box_is_provisioned_and_the_modality_answers(
