@@ -22,28 +22,22 @@ from gateway.core import fleet
 from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from tests.backends import Backend
+from tests.cloud import conftest as cloud_fixtures
 from tests.cloud.test_fleet import Box
 from tests.cloud.test_fleet import settings as cloud_settings
 from tests.oidc_provider import RunningProvider, fleet_ca_tls, oidc_provider
-from tests.peers import _missing, wait_for
+from tests.peers import wait_for
 from tests.system.browser import chromium
 
 CALLBACK = "/auth/oidc/callback"
+broker = cloud_fixtures.broker  # a real mosquitto on loopback, the cloud tests' fixture
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    try:
-        b = MosquittoBroker(tmp_path / "broker")
-    except Exception as exc:  # noqa: BLE001 - skip or fail with the reason
-        _missing(str(exc))
-    b.start()
-    try:
-        yield b
-    finally:
-        while Box.made:
-            Box.made.pop().link.stop()
-        b.stop()
+@pytest.fixture(autouse=True)
+def _boxes_stopped() -> Iterator[None]:
+    yield
+    while Box.made:
+        Box.made.pop().link.stop()
 
 
 def _console(broker: MosquittoBroker, paths: Paths, idp: RunningProvider, ca: Path) -> FleetService:

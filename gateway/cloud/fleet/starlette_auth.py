@@ -315,17 +315,26 @@ def routes(docs: FleetDocs, auth: ConsoleAuth, tls: bool, clock: Callable[[], fl
                        starts_at=silence.starts_at, ends_at=silence.ends_at, reason=silence.reason)
         return json_answer(dataclasses.asdict(silence))
 
-    def expire_silence(request: Request) -> Response:
-        principal = who(request)
-        silence_id = _path_id(request, "silence_id")
-        found = next((s for s in auth.actions.silences(active_only=False) if s.id == silence_id), None)
-        if found is None or not _visible_rule(docs, principal, found.site, found.box_id):
-            raise hidden("silence")
-        principal.require(Role.OPERATOR, "expiring a silence")
-        body(request)
-        silence = auth.actions.expire_silence(silence_id)
-        accounts.audit(actor(request), "silence.expire", str(silence_id), ends_at=silence.ends_at)
-        return json_answer(dataclasses.asdict(silence))
+    def ender(what: str, param: str, rules: Callable[[], Sequence[Any]], end: Callable[[int], Any],
+              action: str, verb: str) -> Callable[[Request], Response]:
+        """POST .../{id}/expire|end: a silence or maintenance window of the principal's sites, ended now."""
+
+        def handler(request: Request) -> Response:
+            principal = who(request)
+            rule_id = _path_id(request, param)
+            found = next((r for r in rules() if r.id == rule_id), None)
+            if found is None or not _visible_rule(docs, principal, found.site, found.box_id):
+                raise hidden(what)
+            principal.require(Role.OPERATOR, verb)
+            body(request)
+            ended = end(rule_id)
+            accounts.audit(actor(request), action, str(rule_id), ends_at=ended.ends_at)
+            return json_answer(dataclasses.asdict(ended))
+
+        return handler
+
+    expire_silence = ender("silence", "silence_id", lambda: auth.actions.silences(active_only=False),
+                           auth.actions.expire_silence, "silence.expire", "expiring a silence")
 
     def maintenance(request: Request) -> Response:
         principal = who(request)
@@ -346,17 +355,9 @@ def routes(docs: FleetDocs, auth: ConsoleAuth, tls: bool, clock: Callable[[], fl
                        starts_at=window.starts_at, ends_at=window.ends_at, reason=window.reason)
         return json_answer(dataclasses.asdict(window))
 
-    def end_maintenance(request: Request) -> Response:
-        principal = who(request)
-        window_id = _path_id(request, "window_id")
-        found = next((m for m in auth.actions.maintenance_windows(active_only=False) if m.id == window_id), None)
-        if found is None or not _visible_rule(docs, principal, found.site, found.box_id):
-            raise hidden("maintenance window")
-        principal.require(Role.OPERATOR, "ending maintenance")
-        body(request)
-        window = auth.actions.end_maintenance(window_id)
-        accounts.audit(actor(request), "maintenance.end", str(window_id), ends_at=window.ends_at)
-        return json_answer(dataclasses.asdict(window))
+    end_maintenance = ender("maintenance window", "window_id",
+                            lambda: auth.actions.maintenance_windows(active_only=False),
+                            auth.actions.end_maintenance, "maintenance.end", "ending maintenance")
 
     return [
         Route("/auth/login", login, methods=["POST"]),
