@@ -79,3 +79,37 @@ def test_refusal_is_shown_when_the_password_is_wrong(console: tuple[FleetService
         wait_for(lambda: error.text == "用户名或密码不正确。", 30, "the refusal in Chinese")
         assert browser.find_element(By.ID, "login").text == "登录"
     assert svc.store.auth.audit(action="login")[0].outcome == "refused"
+
+
+def test_admin_reads_filters_and_exports_the_audit_log_in_the_console_and_a_viewer_cannot(
+        console: tuple[FleetService, MosquittoBroker]) -> None:
+    svc, _ = console
+    assert svc.http is not None and svc.tls.ca_file is not None
+    account(svc.store, "li", Role.ADMIN)
+    account(svc.store, "zhao", Role.VIEWER)
+    base = svc.http.url.rstrip("/")
+    with chromium(trust=svc.tls.ca_file) as browser:
+        login(browser, base, "zhao", "not the right password", wait_for_app=False)  # a refusal to find later
+        wait_for(lambda: browser.find_element(By.ID, "login-error").text, 60, "the refusal")
+        login(browser, base, "zhao", PASSWORD)
+        wait_for(lambda: "zhao" in browser.find_element(By.ID, "user").text, 60, "the viewer logged in")
+        assert not browser.find_element(By.ID, "nav-audit").is_displayed()  # not an admin's: no link
+        status = browser.execute_script("return fetch('/api/v1/audit').then((r) => r.status)")
+        assert status == 403
+        browser.delete_all_cookies()
+        login(browser, base, "li", PASSWORD)
+        wait_for(lambda: browser.find_element(By.ID, "nav-audit").is_displayed(), 60, "the admin's audit link")
+        browser.find_element(By.ID, "nav-audit").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr"), 60, "the audit log")
+        browser.find_element(By.ID, "audit-actor").send_keys("zhao")
+        browser.find_element(By.ID, "audit-action").send_keys("login")
+        browser.find_element(By.CSS_SELECTOR, "#audit-filter button[type=submit]").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr.over"), 60, "zhao's refused login")
+        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+        assert len(rows) == 2 and all("zhao" in r and "login" in r for r in rows)  # one refused, one ok
+        csv = browser.execute_script(
+            "return fetch(document.getElementById('audit-export').href).then((r) => r.text())")
+        assert csv.splitlines()[0].startswith("id,at,actor") and "zhao" in csv and "audit.read" not in csv
+        browser.find_element(By.ID, "lang").click()
+        wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#view h2").text == "审计日志", 60, "Chinese")
+    assert svc.store.auth.audit(action="audit.export")[0].actor == "li"  # the export itself is audited

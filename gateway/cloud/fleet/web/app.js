@@ -581,12 +581,42 @@ async function utilisationView(view, boxId, modality) {
 }
 
 // -- frame: language, user, routing, refresh ------------------------------------------------------------
+// The audit log (admins): newest first, filtered by actor and action, a page at a time, and its export.
+const AUDIT_PAGE = 100;
+async function auditView(view, params) {
+  const q = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+  for (const k of ["actor", "action", "before"]) if (params.get(k)) q.set(k, params.get(k));
+  const doc = await api(`/api/v1/audit?${q}`);
+  const go = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) { if (v) next.set(k, v); else next.delete(k); }
+    location.hash = `#/audit/${next}`;
+  };
+  const actor = el("input", { id: "audit-actor", type: "search", value: params.get("actor") || "", placeholder: t("Who") });
+  const action = el("input", { id: "audit-action", type: "search", value: params.get("action") || "", placeholder: t("Action") });
+  const form = el("form", { id: "audit-filter", onsubmit: (e) => { e.preventDefault(); go({ actor: actor.value.trim(), action: action.value.trim(), before: "" }); } },
+    actor, " ", action, " ", el("button", { type: "submit" }, t("Filter")), " ",
+    el("a", { id: "audit-export", href: "/api/v1/audit/export?format=csv", download: "mgw-audit.csv" }, t("Export CSV")), " ",
+    el("a", { href: "/api/v1/audit/export?format=jsonl", download: "mgw-audit.jsonl" }, t("Export JSON lines")));
+  const heads = [t("When"), t("Who"), t("How"), t("From"), t("Action"), t("Target"), t("Outcome"), t("Detail")];
+  const table = el("table", { id: "audit" }, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))),
+    el("tbody", {}, doc.entries.map((r) => el("tr", { "data-audit": r.id, class: r.outcome === "ok" ? "" : "over" },
+      el("td", {}, fmtAbs(r.at)), el("td", {}, r.actor || t("(unknown)")), el("td", {}, r.method), el("td", {}, r.address),
+      el("td", {}, r.action), el("td", {}, r.target), el("td", {}, ({ ok: t("ok"), refused: t("refused"), failed: t("failed") })[r.outcome] || r.outcome),
+      el("td", { class: "detail" }, r.detail)))));
+  const more = doc.next === null ? null : el("button", { id: "audit-older", type: "button", onclick: () => go({ before: String(doc.next) }) }, t("Older entries"));
+  view.replaceChildren(el("h2", {}, t("Audit log")), form, doc.entries.length ? table : el("p", {}, t("No entries.")), more);
+}
+
 function drawFrame() {
   document.documentElement.lang = lang;
   document.title = t("mgw fleet");
   document.getElementById("title").textContent = t("Modality gateway fleet");
   document.getElementById("nav-fleet").textContent = t("Fleet");
   document.getElementById("nav-util").textContent = t("Utilisation");
+  const navAudit = document.getElementById("nav-audit");
+  navAudit.textContent = t("Audit log");
+  navAudit.hidden = !(me && me.role === "admin");
   document.getElementById("lang").textContent = lang === "zh-CN" ? "English" : "中文";
   const logout = document.getElementById("logout");
   logout.textContent = t("Log out");
@@ -610,7 +640,7 @@ async function route() {
   bytes.last = 0;
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-  const page = parts[0] === "box" && parts[1] ? "box" : parts[0] === "utilisation" ? "utilisation" : "fleet";
+  const page = parts[0] === "box" && parts[1] ? "box" : ["utilisation", "audit"].includes(parts[0]) ? parts[0] : "fleet";
   if (page !== current) drawFrame();
   try {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
@@ -623,6 +653,7 @@ async function route() {
       fleet.root = null; fleet.nodes.clear(); alertsSig = ""; fleet.pages.clear(); fleet.rows.clear();
       if (page === "box") await boxView(view, parts[1]);
       else if (page === "utilisation") await utilisationView(view, parts[1], parts[2]);
+      else if (page === "audit") await auditView(view, new URLSearchParams(parts.slice(1).join("/")));
       else await fleetView(view);
     }
     current = page;
@@ -635,7 +666,7 @@ async function route() {
   } catch (err) {
     document.getElementById("error").textContent = String(err.message || err);
   }
-  if (page !== "utilisation") timer = setTimeout(route, REFRESH_MS);
+  if (page !== "utilisation" && page !== "audit") timer = setTimeout(route, REFRESH_MS);
 }
 function navigate() { current = ""; route(); }
 
