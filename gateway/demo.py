@@ -175,7 +175,7 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
         user, password = _console_account(deployment)
         say(f"mgw demo: fleet dashboard at {deployment.dashboard_url} (HTTPS; its certificate is the fleet CA's: "
             f"trust {deployment.console_ca_file} in the browser); log in as {user}, password {password}\n"
-            f"mgw demo：舰队控制台位于 {deployment.dashboard_url}（HTTPS，证书由舰队 CA 签发："
+            f"mgw demo：设备运维控制台位于 {deployment.dashboard_url}（HTTPS，证书由设备 CA 签发："
             f"请在浏览器中信任 {deployment.console_ca_file}）；登录用户 {user}，密码 {password}")
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
