@@ -120,6 +120,17 @@ def test_every_route_is_described_when_the_openapi_document_is_served(service: F
 
 def test_no_answer_is_a_server_error_and_each_matches_its_schema_when_the_api_is_fuzzed(
         populated: FleetService) -> None:
+    _fuzz(populated, examples=12)
+
+
+@pytest.mark.slow
+def test_no_answer_is_a_server_error_and_each_matches_its_schema_when_the_api_is_fuzzed_thoroughly(
+        populated: FleetService) -> None:
+    _fuzz(populated, examples=60)
+
+
+def _fuzz(populated: FleetService, examples: int) -> None:
+    """Every operation of the OpenAPI document, ``examples`` cases each, valid and invalid (derandomised)."""
     assert populated.http is not None and populated.tls.ca_file is not None
     base = populated.http.url.rstrip("/")
     ca = str(populated.tls.ca_file)
@@ -136,7 +147,7 @@ def test_no_answer_is_a_server_error_and_each_matches_its_schema_when_the_api_is
     for operation in operations:
 
         @given(case=st.one_of([operation.as_strategy(generation_mode=m) for m in schemathesis.GenerationMode]))
-        @settings(max_examples=60, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def fuzz(case: schemathesis.Case) -> None:
             # A write's validity also depends on state the schema cannot state (a silence ends after now, an

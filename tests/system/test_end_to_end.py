@@ -129,6 +129,7 @@ def test_resent_study_is_neither_spooled_nor_sent_again_and_a_changed_instance_b
     assert len(versions) == 2 and versions[0][1] is not None and versions[1][1] is None, versions
 
 
+@pytest.mark.slow  # a fault trial: in the slow target (.ci/run runs it too)
 def test_transfer_completes_once_when_the_broker_restarts_mid_transfer(deploy: Deploy) -> None:
     d = deploy(edge_overrides=SLOW_UPLINK, broker_persistence=False)
     files = _large_study()
@@ -141,6 +142,7 @@ def test_transfer_completes_once_when_the_broker_restarts_mid_transfer(deploy: D
     assert result.clean, result
 
 
+@pytest.mark.slow  # a fault trial: in the slow target (.ci/run runs it too)
 def test_transfer_completes_once_when_the_edge_is_killed_mid_transfer(deploy: Deploy) -> None:
     d = deploy(edge_overrides=SLOW_UPLINK)
     files = _large_study()
@@ -154,6 +156,7 @@ def test_transfer_completes_once_when_the_edge_is_killed_mid_transfer(deploy: De
     assert result.clean, result
 
 
+@pytest.mark.slow  # a fault trial: in the slow target (.ci/run runs it too)
 def test_transfer_completes_once_when_the_cloud_is_killed_mid_transfer(deploy: Deploy) -> None:
     d = deploy(edge_overrides=SLOW_UPLINK)
     files = _large_study()
@@ -166,6 +169,7 @@ def test_transfer_completes_once_when_the_cloud_is_killed_mid_transfer(deploy: D
     assert result.clean, result
 
 
+@pytest.mark.slow  # a fault trial: in the slow target (.ci/run runs it too)
 @pytest.mark.parametrize("index", ["sqlite", "postgres"])
 def test_transfer_completes_once_when_one_of_three_workers_is_killed_mid_transfer(
         deploy: Deploy, index: str, request: pytest.FixtureRequest) -> None:
@@ -186,6 +190,7 @@ def test_transfer_completes_once_when_one_of_three_workers_is_killed_mid_transfe
     assert all(p is not None and p.poll() is None for n, p in enumerate(d.clouds) if n != 1)
 
 
+@pytest.mark.slow  # a fault trial: in the slow target (.ci/run runs it too)
 def test_study_arrives_byte_identical_when_the_broker_has_tight_packet_and_inflight_limits(deploy: Deploy) -> None:
     # A clustered broker may announce a small Maximum Packet Size and Receive Maximum in its
     # CONNACK; the edge packs to the first and keeps in flight no more than the second.

@@ -17,6 +17,8 @@ from tests.peers import dcmtk, dcmtk_env, dimse_statuses, real_images, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile, state_count
 from tests.system.test_end_to_end import SLOW_UPLINK, _large_study, _send
 
+pytestmark = pytest.mark.slow  # fault and schedule trials: the slow target (.ci/run runs it too)
+
 Deploy = Callable[..., LoopbackDeployment]
 
 

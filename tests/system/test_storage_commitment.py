@@ -174,6 +174,7 @@ def test_n_action_is_refused_with_a_status_when_the_request_is_malformed(deploy:
     assoc.release()
 
 
+@pytest.mark.slow  # a minute of sending while the box packs and delivers: the slow target (.ci/run runs it)
 def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_same_association(
         deploy: Deploy) -> None:
     """The modality asks for commitment, then goes on storing on the same association while the

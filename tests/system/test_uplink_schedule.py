@@ -6,10 +6,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+import pytest
+
 from gateway.adapters.dicom_scu import storescu
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from tests.peers import dcmtk, real_images, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile, state_count
+
+pytestmark = pytest.mark.slow  # schedule trials: the slow target (.ci/run runs it too)
 
 Deploy = Callable[..., LoopbackDeployment]
 
