@@ -294,13 +294,18 @@ def routes(docs: FleetDocs, auth: ConsoleAuth, tls: bool, clock: Callable[[], fl
                        site=alert.site, note=note, changed=bool(change))
         return json_answer(_ack_doc(docs.service.store.alert(alert_id) or alert))
 
+    def listed(request: Request, principal: Principal, key: str,
+               rules: Callable[..., Sequence[Any]]) -> Response:
+        """GET: the silences or maintenance windows of the principal's sites in force (``?all=1``: every one)."""
+        q = Query(request.query_params.multi_items(), ("all",))
+        shown = [dataclasses.asdict(r) for r in rules(active_only=not q.flag("all"))
+                 if _visible_rule(docs, principal, r.site, r.box_id)]
+        return json_answer({"now": clock(), key: shown})
+
     def silences(request: Request) -> Response:
         principal = who(request)
         if request.method == "GET":
-            q = Query(request.query_params.multi_items(), ("all",))
-            shown = [dataclasses.asdict(s) for s in auth.actions.silences(active_only=not q.flag("all"))
-                     if _visible_rule(docs, principal, s.site, s.box_id)]
-            return json_answer({"now": clock(), "silences": shown})
+            return listed(request, principal, "silences", auth.actions.silences)
         principal.require(Role.OPERATOR, "silencing alerts")
         b = body(request, "box_id", "site", "kind", "starts_at", "ends_at", "reason")
         box_id, site = b.text("box_id", 64, pattern=BOX_ID), b.text("site", 64, pattern=SITE)
@@ -339,10 +344,7 @@ def routes(docs: FleetDocs, auth: ConsoleAuth, tls: bool, clock: Callable[[], fl
     def maintenance(request: Request) -> Response:
         principal = who(request)
         if request.method == "GET":
-            q = Query(request.query_params.multi_items(), ("all",))
-            shown = [dataclasses.asdict(m) for m in auth.actions.maintenance_windows(active_only=not q.flag("all"))
-                     if _visible_rule(docs, principal, m.site, m.box_id)]
-            return json_answer({"now": clock(), "maintenance": shown})
+            return listed(request, principal, "maintenance", auth.actions.maintenance_windows)
         principal.require(Role.OPERATOR, "planning maintenance")
         b = body(request, "site", "box_id", "starts_at", "ends_at", "reason")
         box_id, site = b.text("box_id", 64, pattern=BOX_ID), b.text("site", 64, pattern=SITE)
