@@ -236,13 +236,6 @@ class SpoolStore:
         with self._tx() as conn:
             conn.execute("UPDATE items SET blob_name = ? WHERE blob_name = ?", (new_name, old_name))
 
-    def held(self, sop_instance_uid: str, sha256: str) -> SpoolItem | None:
-        """The newest item of these very bytes that is not set aside (quarantined): durable here,
-        on its way, or delivered (acknowledged, or purged after its retention)."""
-        found = self._query("SELECT * FROM items WHERE sop_instance_uid = ? AND sha256 = ? AND state != ? "
-                            "ORDER BY id DESC LIMIT 1", (sop_instance_uid, sha256, ItemState.QUARANTINED.value))
-        return found[0] if found else None
-
     def by_sop_instance(self, sop_instance_uid: str) -> list[SpoolItem]:
         return self._query("SELECT * FROM items WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
 

@@ -127,7 +127,10 @@ class EdgeService:
 
     # -- the DICOM sink (called on pynetdicom's association threads) -------------------------
     def accept(self, instance: ReceivedInstance) -> int:
-        held = self.store.held(instance.identity.sop_instance_uid, instance.identity.sha256)
+        # what the box holds or delivered of this SOP Instance UID (one read): quarantined items don't count
+        known = [i for i in self.store.by_sop_instance(instance.identity.sop_instance_uid)
+                 if i.state is not ItemState.QUARANTINED]
+        held = next((i for i in reversed(known) if i.identity.sha256 == instance.identity.sha256), None)
         if held is not None:  # re-sent, byte for byte: already durable here or delivered
             blobs.remove(instance.path)
             log.info("re-sent instance already held: not spooled nor sent again", extra={
@@ -151,27 +154,15 @@ class EdgeService:
         except Exception:
             blobs.remove(self.paths.blob_dir / name)
             raise
-        self._note_versions(instance, item_id)
+        if known:  # the same UID with other bytes (a corrected header, a new reconstruction): a new version
+            log.info("new version of an instance already received", extra={
+                "MESSAGE_ID": MSG.INSTANCE_NEW_VERSION.value, "ITEM_ID": item_id, "PREVIOUS_ITEM_ID": known[-1].id,
+                "VERSION": len(known) + 1, "CALLING_AE": instance.calling_ae})
         self._note_study(instance, int(priority))
         self._pack_wake.set()
         self._last_accept_s = time.monotonic()
         self.exams.observe(instance)  # enqueue only: utilisation never slows the answer
         return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
-
-    def _note_versions(self, instance: ReceivedInstance, item_id: int) -> None:
-        """Observer: the same SOP Instance UID with other bytes (a corrected header, a new
-        reconstruction) is a new version, spooled and sent like any instance; the cloud archive
-        keeps every version and names the newest the edge received current (docs/conformance.md)."""
-        try:
-            earlier = [i for i in self.store.by_sop_instance(instance.identity.sop_instance_uid)
-                       if i.id != item_id and i.state is not ItemState.QUARANTINED]
-        except Exception:
-            log.exception("version bookkeeping failed (the instance itself is stored)")
-            return
-        if earlier:
-            log.info("new version of an instance already received", extra={
-                "MESSAGE_ID": MSG.INSTANCE_NEW_VERSION.value, "ITEM_ID": item_id, "PREVIOUS_ITEM_ID": earlier[-1].id,
-                "VERSION": len(earlier) + 1, "CALLING_AE": instance.calling_ae})
 
     def _note_study(self, instance: ReceivedInstance, priority: int) -> None:
         """Observer: study bookkeeping never fails a C-STORE whose item is committed."""
