@@ -105,11 +105,13 @@ def test_admin_reads_filters_and_exports_the_audit_log_in_the_console_and_a_view
         browser.find_element(By.ID, "audit-action").send_keys("login")
         browser.find_element(By.CSS_SELECTOR, "#audit-filter button[type=submit]").click()
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr.over"), 60, "zhao's refused login")
-        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+        rows = browser.execute_script(  # in one script: the view may be redrawn between two reads
+            "return [...document.querySelectorAll('#audit tbody tr')].map((r) => r.textContent)")
         assert len(rows) == 2 and all("zhao" in r and "login" in r for r in rows)  # one refused, one ok
         csv = browser.execute_script(
             "return fetch(document.getElementById('audit-export').href).then((r) => r.text())")
         assert csv.splitlines()[0].startswith("id,at,actor") and "zhao" in csv and "audit.read" not in csv
         browser.find_element(By.ID, "lang").click()
-        wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#view h2").text == "审计日志", 60, "Chinese")
+        wait_for(lambda: browser.execute_script(  # the switch redraws the view: read the title in one script
+            "const h = document.querySelector('#view h2'); return h ? h.textContent : ''") == "审计日志", 60, "Chinese")
     assert svc.store.auth.audit(action="audit.export")[0].actor == "li"  # the export itself is audited
