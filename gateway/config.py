@@ -331,6 +331,36 @@ class OidcSettings:
 
 
 @dataclass(frozen=True)
+class FleetWorklistSettings:
+    """The worklist feed (``[fleet.worklist]``; docs/operations.md, "The worklist feed"): the RIS
+    readers, the snapshot window, and where performed statuses go."""
+
+    enabled: bool = _f(False, "run the worklist feed: publish each routed box's worklist, take its statuses")
+    days_before: int = _f(1, "a box's snapshot holds steps scheduled from this many days before today")
+    days_ahead: int = _f(7, "... to this many days after today (steps with no date are always in)")
+    publish_s: float = _f(5.0, "the leader looks for changed snapshots this often")
+    keep_days: float = _f(30.0, "cancelled and performed orders are forgotten this long after their last change")
+    mwl_host: str = _f("", "the RIS's Modality Worklist SCP (C-FIND) to poll; empty = no poller")
+    mwl_port: int = _f(104, "its port")
+    mwl_called_ae: str = _f("RIS", "its AE title")
+    mwl_calling_ae: str = _f("MGW-CLOUD", "the AE title the poller calls it from")
+    poll_s: float = _f(60.0, "poll the MWL SCP this often; each answer is the whole current worklist")
+    hl7_port: int = _f(-1, "port of the MLLP listener taking HL7 ORM^O01 orders; -1 = none, 0 = any free port")
+    hl7_bind: str = _f("127.0.0.1", "address of the MLLP listener")
+    hl7_max_connections: int = _f(8, "MLLP connections open at once; more are closed at once")
+    hl7_idle_s: float = _f(60.0, "an MLLP connection idle this long is closed")
+    hl7_allowed_peers: tuple[str, ...] = _f((), "addresses or networks (a.b.c.d/n) allowed to send orders; "
+                                            "empty = any")
+    ris_hl7_host: str = _f("", "the RIS's MLLP address for performed statuses (ORM^O01, ORC-1 SC); "
+                           "empty = statuses of HL7 orders are stored, not sent")
+    ris_hl7_port: int = _f(2575, "its port")
+    mpps_host: str = _f("", "the RIS's MPPS SCP for statuses of C-FIND orders; empty = not sent")
+    mpps_port: int = _f(104, "its port")
+    mpps_called_ae: str = _f("RIS", "its AE title")
+    retry_s: float = _f(60.0, "a status the RIS did not take is sent again after this long")
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     http_bind: str = _f("127.0.0.1", "address of the fleet console (REST API, dashboard, /metrics)")
     http_port: int = _f(8080, "port of the fleet console (HTTPS); "
@@ -373,6 +403,8 @@ class FleetSettings:
                         "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
     auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "console logins, sessions, lockouts"})
     oidc: OidcSettings = field(default_factory=OidcSettings, metadata={"help": "OpenID Connect login"})
+    worklist: FleetWorklistSettings = field(default_factory=FleetWorklistSettings, metadata={
+        "help": "the worklist feed: RIS readers, snapshots to the boxes, statuses to the RIS"})
 
 
 @dataclass(frozen=True)
@@ -657,6 +689,32 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
     if f.plain_http and not _loopback(f.http_bind):
         raise ConfigError(f"{source}: 'fleet.plain_http' needs a loopback 'fleet.http_bind' (127.0.0.1, ::1)")
     _check_auth(f.auth, f.oidc, source)
+    _check_worklist_feed(f.worklist, source)
+
+
+def _check_worklist_feed(w: FleetWorklistSettings, source: str) -> None:
+    import ipaddress
+    import math
+
+    for name in ("publish_s", "poll_s", "hl7_idle_s", "retry_s", "keep_days"):
+        if not 0.5 <= getattr(w, name) < math.inf:
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be a finite number of at least 0.5")
+    if not (0 <= w.days_before <= 31 and 0 <= w.days_ahead <= 366):
+        raise ConfigError(f"{source}: 'fleet.worklist.days_before' is 0 to 31 and 'days_ahead' 0 to 366")
+    if not -1 <= w.hl7_port <= 65535 or not 1 <= w.hl7_max_connections <= 1000:
+        raise ConfigError(f"{source}: 'fleet.worklist.hl7_port' is -1 to 65535, 'hl7_max_connections' 1 to 1000")
+    for name in ("mwl_port", "ris_hl7_port", "mpps_port"):
+        if not 1 <= getattr(w, name) <= 65535:
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be a TCP port (1 to 65535)")
+    for name in ("mwl_called_ae", "mwl_calling_ae", "mpps_called_ae"):
+        if not _AE.match(getattr(w, name)):
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be 1-16 printable characters, no backslash")
+    for peer in w.hl7_allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: 'fleet.worklist.hl7_allowed_peers': {peer[:60]!r} is not an address "
+                              "or network") from None
 
 
 def _check_auth(a: AuthSettings, o: OidcSettings, source: str) -> None:

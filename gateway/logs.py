@@ -81,6 +81,13 @@ class MSG(enum.StrEnum):
     WORKLIST_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0802"
     WORKLIST_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0803"
     WORKLIST_ORDER_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0804"
+    # the cloud's worklist feed (gateway/cloud/worklist/): 0880-08bf
+    WORKLIST_FEED_PUBLISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0880"
+    WORKLIST_FEED_TRUNCATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0881"
+    WORKLIST_STATUS_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0882"
+    WORKLIST_STATUS_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0883"
+    WORKLIST_STATUS_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0884"
+    WORKLIST_SOURCE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0885"
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"

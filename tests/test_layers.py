@@ -39,6 +39,7 @@ ADAPTERS_DICOM = {
     "gateway/adapters/mpps_scp.py": "the MPPS SCP (pynetdicom events, pydicom datasets)",
     "gateway/adapters/worklist_scp.py": "the Modality Worklist SCP (pynetdicom C-FIND events, pydicom identifiers)",
     "gateway/adapters/worklist_scu.py": "the Modality Worklist C-FIND SCU reading a RIS (pynetdicom, pydicom)",
+    "gateway/adapters/mpps_scu.py": "the MPPS SCU passing performed statuses on to a RIS (pynetdicom, pydicom)",
     "gateway/adapters/storage_commitment.py": "the Storage Commitment SCU/SCP",
     "gateway/adapters/pacs.py": "the cloud's C-STORE forward to a PACS",
 }

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import __version__
+from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
@@ -44,10 +45,12 @@ from gateway.cloud.fleet.oidc_login import OidcLogin
 from gateway.cloud.fleet.starlette_app import build_app
 from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
+from gateway.cloud.worklist.feed import WorklistFeed
+from gateway.cloud.worklist.ris import Hl7Listener, MwlPoller, StatusSender
 from gateway.config import CloudSettings
 from gateway.core import acksig, alerts, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
-from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError
+from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError, WorklistRefused
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -98,9 +101,13 @@ class FleetService:
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._stop = threading.Event()
         self._prefix = settings.mqtt.topic_prefix
+        self._init_worklist(settings, paths, clock)
+        subscriptions = topics.fleet_subscriptions(self._prefix)
+        if self.worklist is not None:
+            subscriptions.append(topics.worklist_status_subscription(self._prefix))
         self.link = MqttLink(settings.mqtt,
                              client_id=broker.service_client_id(settings.mqtt, "fleet", settings.ingest.worker_id),
-                             subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
+                             subscriptions=[(t, 1) for t in subscriptions],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
@@ -109,6 +116,25 @@ class FleetService:
         self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies,
                                         oidc if oidc is not None else backends.oidc_client(settings, paths), f.oidc)
         self.http: AsgiServer | None = None
+
+    def _init_worklist(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float]) -> None:
+        """The worklist feed and its RIS readers, when ``[fleet.worklist]`` turns it on. Orders are
+        sealed at rest under a key derived from the envelope key (docs/security.md): a cloud secret
+        that is never rotated (the ack key is) and that every fleet instance of the deployment has."""
+        w = settings.fleet.worklist
+        self.worklist: WorklistFeed | None = None
+        self.worklist_readers: list[MwlPoller | Hl7Listener] = []
+        self.status_sender: StatusSender | None = None
+        self._next_publish = 0.0
+        if not w.enabled:
+            return
+        secret = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+        self.worklist = WorklistFeed(self.store.worklist, w, self._signer, secret, self._prefix, clock)
+        if w.mwl_host:
+            self.worklist_readers.append(MwlPoller(self.worklist, w, clock))
+        if w.hl7_port >= 0:
+            self.worklist_readers.append(Hl7Listener(self.worklist, w, clock))
+        self.status_sender = StatusSender(self.worklist, w, clock)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,12 +147,16 @@ class FleetService:
             raise LocalError("the fleet console's HTTP server did not start (see the log above)")
         self._worker.start()
         self.link.start()
+        for reader in self.worklist_readers:
+            reader.start()
         log.info("fleet service started", extra={
             "MESSAGE_ID": MSG.SERVICE_STARTED.value, "VERSION": __version__, "URL": self.http.url,
             "BROKER": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}"})
 
     def stop(self) -> None:
         self._stop.set()
+        for reader in self.worklist_readers:
+            reader.stop()
         self.link.stop()
         self._worker.join(10)
         if self.http is not None:
@@ -139,8 +169,12 @@ class FleetService:
         return self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
 
     def ports(self) -> dict[str, int]:
-        """``https`` (or ``http`` when fleet.plain_http): the console's port."""
-        return {} if self.http is None else {"https" if self.http.tls else "http": self.http.port}
+        """``https`` (or ``http`` when fleet.plain_http): the console's port; ``hl7``: the MLLP listener's."""
+        out = {} if self.http is None else {"https" if self.http.tls else "http": self.http.port}
+        for reader in self.worklist_readers:
+            if isinstance(reader, Hl7Listener):
+                out["hl7"] = reader.server.port
+        return out
 
     # -- the worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -163,6 +197,8 @@ class FleetService:
                 cutoff = now - self.fleet.history_days * 86400
                 self._guarded(lambda: self.store.prune(cutoff))  # noqa: B023 - called at once
                 self._guarded(self.accounts.prune)  # sessions past their time, stale OIDC pre-logins
+                keep_from = now - self.fleet.worklist.keep_days * 86400
+                self._guarded(lambda: self.store.worklist.prune_orders(keep_from))  # noqa: B023 - called at once
                 next_prune = now + _PRUNE_S
 
     @staticmethod
@@ -179,11 +215,18 @@ class FleetService:
         self.counters.messages += 1
         box_id: str | None = None
         try:
+            if self.worklist is not None and message.topic.endswith("/worklist/status"):
+                box_id = topics.parse_worklist_status_topic(self._prefix, message.topic)
+                self._worklist_status(box_id, message.payload)
+                return
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
                 self._exam(box_id, message.payload)
             elif message.payload:  # an empty one clears a retained message
                 self.apply(fleet.decode(leaf, box_id, message.payload))
+        except WorklistRefused as exc:
+            self.counters.rejected += 1
+            self.dead_letters.put(box_id, message.topic, DeadLetterReason.REFUSED, str(exc), len(message.payload))
         except FrameError as exc:
             self.counters.rejected += 1
             reason = DeadLetterReason.TOPIC if box_id is None else DeadLetterReason.MALFORMED
@@ -204,6 +247,8 @@ class FleetService:
                 return
             self.boxes[msg.box_id] = after
             self._dirty.add(msg.box_id)
+        if msg.kind is MessageKind.BIRTH and self.worklist is not None:
+            self.worklist.note_birth(msg.box_id, str(msg.body.get("worklist_key") or ""))
         at = msg.body.get("at")
         if msg.kind is MessageKind.HEARTBEAT and isinstance(at, float):
             self.counters.lag_s_max = max(self.counters.lag_s_max, now - at)
@@ -223,6 +268,20 @@ class FleetService:
         if self.store.upsert_exam(doc):
             self.counters.exams += 1
             self.link.publish(topics.util_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _worklist_status(self, box_id: str, payload: bytes) -> None:
+        assert self.worklist is not None
+        ack = self.worklist.take_status(box_id, payload)
+        self.link.publish(topics.worklist_status_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _worklist_round(self, now: float) -> None:
+        """The leader's share of the feed: publish changed snapshots, send statuses to the RIS."""
+        if self.worklist is None or not self.leading or now < self._next_publish:
+            return
+        self._next_publish = now + self.fleet.worklist.publish_s
+        self.worklist.publish(lambda topic, payload, retain: self.link.publish(topic, payload, qos=1, retain=retain))
+        if self.status_sender is not None:
+            self.status_sender.drain()
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:
@@ -248,6 +307,7 @@ class FleetService:
         if self.leading:
             self._evaluate(boxes, now)
         self.counters.lag_s_max = 0.0
+        self._guarded(lambda: self._worklist_round(now))
 
     # -- several instances on one store: the leader lease ------------------------------------------------
     def _lead(self, now: float) -> bool:
