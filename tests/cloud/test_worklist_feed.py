@@ -20,7 +20,7 @@ from gateway.core.errors import FrameError, UnexpectedAckError, WorklistRefused
 from gateway.core.schema import WorklistCancel, WorklistEntry
 from tests.backends import Backend
 
-NOW = 1796371200.0  # 2026-12-04 00:00 UTC
+NOW = 1796371200.0  # 2026-12-04 08:00 UTC
 TODAY = "20261204"
 NAME = "张^伟"
 
