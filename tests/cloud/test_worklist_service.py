@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import socketserver
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,13 @@ from gateway.config import (
     _fill_defaults,
 )
 from gateway.core import fleet, schema, topics, worklist_wire
+from gateway.core.access import Role
 from gateway.core.fleet import MessageKind
 from gateway.paths import Paths
 from tests.adapters.test_hl7_orders import mllp_send, orm
 from tests.adapters.test_worklist_scu import wl_file
 from tests.backends import Backend
+from tests.console_auth import bearer, service_token, token
 from tests.orthanc import AET, orthanc
 from tests.peers import wait_for
 
@@ -130,9 +134,9 @@ class Box:
         else:
             self.frames.append(message.payload)
 
-    def birth(self) -> None:
+    def birth(self, site: str = "clinic-a") -> None:
         key = self.private.public_key().public_bytes_raw().hex()
-        payload = fleet.encode(MessageKind.BIRTH, self.box_id, 1, site="clinic-a", version="9.9", worklist_key=key)
+        payload = fleet.encode(MessageKind.BIRTH, self.box_id, 1, site=site, version="9.9", worklist_key=key)
         assert self.link.publish(topics.telemetry_topic(PREFIX, self.box_id, "state"), payload, qos=1, retain=True)
 
     def worklist(self, keyring: Any) -> schema.WorklistUpdate | None:
@@ -193,7 +197,7 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
                 "20261203093000", date))
             assert "MSA|AA|H1" in mllp_send(svc.ports()["hl7"], order).replace("\r", "\n")
             ct1.birth()
-            ct2.birth()
+            ct2.birth(site="clinic-b")
             wait_for(lambda: set(steps(ct1.worklist(keyring))) == {"S1", "S4", "H1"}, 90,
                      "ct-01's worklist: its station's steps, and the HL7 order for its modality")
             # an HL7 order names no station: every route of its modality serves it; S3 is MR's, no one's here
@@ -223,7 +227,32 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
             wait_for(lambda: set(steps(ct1.worklist(keyring))) == set(), 90,
                      "S4 cancelled, S1 and H1 performed: ct-01's worklist empty")
             assert ct1.worklist(keyring) is not None
+            feed_api(svc)
         finally:
             ct1.link.stop()
             ct2.link.stop()
             svc.stop()
+
+
+def feed_api(svc: FleetService) -> None:
+    """``GET /api/v1/worklist/feed``: counts per box, the principal's sites only, no patient data."""
+    assert svc.http is not None and svc.tls.ca_file is not None
+    context = ssl.create_default_context(cafile=str(svc.tls.ca_file))
+
+    def get(secret: str) -> tuple[bytes, dict[str, Any]]:
+        req = urllib.request.Request(svc.http.url.rstrip("/") + "/api/v1/worklist/feed", headers=bearer(secret))
+        with urllib.request.urlopen(req, timeout=10, context=context) as rsp:  # noqa: S310
+            body = rsp.read()
+        return body, json.loads(body)
+
+    wait_for(lambda: svc.box("ct-02") is not None and svc.box("ct-02").site == "clinic-b", 30, "ct-02's site")
+    wait_for(lambda: [b["entries"] for b in get(service_token(svc))[1]["boxes"] if b["box_id"] == "ct-02"] == [1],
+             30, "ct-02's last snapshot: S2 (H1 was performed)")
+    body, doc = get(service_token(svc))
+    by_box = {b["box_id"]: b for b in doc["boxes"]}
+    assert doc["enabled"] and set(by_box) == {"ct-01", "ct-02"} and by_box["ct-01"]["routes"] == ["CT@CT1"]
+    assert by_box["ct-01"]["entries"] == 0 and by_box["ct-01"]["seq"] >= 2 and by_box["ct-02"]["entries"] == 1
+    assert {s["source"] for s in doc["sources"]} == {"mwl", "hl7"} and doc["outbox"]["sent"] == 2
+    assert b"Doe" not in body and b"Zhang" not in body and b"ACC" not in body
+    _, theirs = get(token(svc.store, "bo", Role.VIEWER, frozenset({"clinic-b"})))
+    assert [b["box_id"] for b in theirs["boxes"]] == ["ct-02"] and theirs["sources"] == [] and theirs["outbox"] is None

@@ -127,6 +127,17 @@ class FleetDocs:
         shown = [dataclasses.asdict(d) for d in letters if self.box_visible(who, d.box_id)][:limit]
         return {"now": now, "dead_letters": shown}
 
+    def worklist_feed(self, who: Principal, now: float) -> dict[str, Any]:
+        """The worklist feed per box (counts, seq, times; no patient data), the principal's sites only;
+        the RIS sources and the outbox to a principal of every site."""
+        from gateway.cloud.worklist.summary import status_doc
+
+        doc = status_doc(self.service.store.worklist)
+        doc["boxes"] = [b for b in doc["boxes"] if self.box_visible(who, b["box_id"])]
+        if who.sites is not None:
+            doc["sources"], doc["outbox"] = [], None
+        return {"now": now, "enabled": self.service.fleet.worklist.enabled, **doc}
+
     def modalities(self, who: Principal) -> dict[str, Any]:
         return {"modalities": [m for m in self.service.store.modalities() if who.can_see(m["site"])]}
 

@@ -57,6 +57,13 @@ BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["now", "history", "recent_exams", "al
                                           alert_log={"type": "array", "items": ALERT},
                                           series=SERIES, config=BOX_CONFIG,
                                           dead_letters={"type": "array", "items": ANY_OBJ})]}
+NULL_NUM: Schema = {"type": ["number", "null"]}
+WORKLIST_BOX = _obj(["box_id", "has_key", "routes", "entries", "left_out", "seq", "published_at", "cleared"],
+                    box_id=STR, has_key=BOOL, routes={"type": "array", "items": STR}, entries=INT, left_out=INT,
+                    seq=INT, published_at=NULL_NUM, cleared=BOOL)
+WORKLIST_SOURCE = _obj(["source", "last_poll", "last_ok", "orders", "errors", "last_error"], source=STR,
+                       last_poll=NULL_NUM, last_ok=NULL_NUM, orders={"type": "object", "additionalProperties": INT},
+                       errors=INT, last_error=STR)
 DEAD_LETTER = _obj(["box_id", "topic", "reason", "detail", "at", "bytes", "messages", "service", "id"],
                    box_id=STR, topic=STR, reason=STR, detail=STR, at=NUM, bytes=INT, messages=INT, service=STR,
                    id=INT)
@@ -353,6 +360,12 @@ PATHS: dict[str, Schema] = {
         _param("box", BOX_PATTERN, "only this box's"),
         _param("days", DAYS, "how far back (default 7)"),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "at most this many (default 200)")]),
+    "/api/v1/worklist/feed": _get(
+        "the worklist feed: per box its routes, last snapshot's entries, seq and time; per RIS source its polls "
+        "and orders, and the statuses waiting for the RIS (to a principal of every site). No patient data",
+        _obj(["now", "enabled", "boxes", "sources", "outbox"], now=NUM, enabled=BOOL,
+             boxes={"type": "array", "items": WORKLIST_BOX}, sources={"type": "array", "items": WORKLIST_SOURCE},
+             outbox={"type": ["object", "null"]})),
     "/api/v1/modalities": _get("per box and modality: exams, images, first and last exam", _obj(
         ["modalities"], modalities={"type": "array", "items": MODALITY_ROW})),
     "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION,

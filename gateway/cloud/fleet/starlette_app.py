@@ -238,6 +238,10 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         _query(request)
         return JsonResponse(docs.modalities(who(request)))
 
+    def worklist_feed(request: Request) -> Response:
+        _query(request)
+        return JsonResponse(docs.worklist_feed(who(request), time.time()))
+
     def utilisation(request: Request) -> Response:
         doc = docs.utilisation(who(request), _query(request, "box", "modality", "days"), time.time())
         return JsonResponse(doc) if doc is not None else _error(404, "no such box")
@@ -268,6 +272,7 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         Route("/i18n/{lang}.json", messages),
         Route("/api/v1/dead-letters", dead_letters),
         Route("/api/v1/modalities", modalities),
+        Route("/api/v1/worklist/feed", worklist_feed),
         Route("/api/v1/utilisation", utilisation),
         Route("/api/v1/turnaround", turnaround),
         Route("/api/v1/turnaround/by-modality", turnaround_by_modality),
