@@ -214,6 +214,7 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
             ct1.status(refs["H1"], "COMPLETED")
             ct1.status(refs["S1"], "IN PROGRESS")
             wait_for(lambda: len(ct1.acks) == 2, 60, "the two acks")
+            assert svc.worklist is not None and svc.worklist.statuses == 2
             assert {worklist_wire.verify_status_ack(a, "ct-01", keyring) for a in ct1.acks} == {
                 (refs["H1"], "COMPLETED"), (refs["S1"], "IN PROGRESS")}
             wait_for(lambda: ris.messages, 60, "the HL7 status at the RIS")
@@ -222,6 +223,10 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
             assert (str(m.segment("OBR")[18]), str(m.segment("OBR")[20])) == ("ACCH1", "H1")
             wait_for(lambda: mpps.events, 60, "the MPPS N-CREATE at the RIS")
             assert mpps.events[0][0] == "create" and mpps.events[0][2] == "IN PROGRESS"
+
+            ct1.status(refs["S1"], "COMPLETED")  # the MPPS instance is set COMPLETED
+            wait_for(lambda: ("set", mpps.events[0][1], "COMPLETED") in mpps.events, 60, "the MPPS N-SET at the RIS")
+            assert len(ris.messages) == 1  # each status once
 
             (folder / "s4.wl").unlink()  # the RIS cancels S4: it leaves the next snapshot
             wait_for(lambda: set(steps(ct1.worklist(keyring))) == set(), 90,
@@ -239,11 +244,11 @@ def feed_api(svc: FleetService) -> None:
     assert svc.http is not None and svc.tls.ca_file is not None
     context = ssl.create_default_context(cafile=str(svc.tls.ca_file))
 
-    def get(secret: str) -> tuple[bytes, dict[str, Any]]:
-        req = urllib.request.Request(svc.http.url.rstrip("/") + "/api/v1/worklist/feed", headers=bearer(secret))
+    def get(secret: str, path: str = "/api/v1/worklist/feed") -> tuple[bytes, dict[str, Any]]:
+        req = urllib.request.Request(svc.http.url.rstrip("/") + path, headers=bearer(secret))
         with urllib.request.urlopen(req, timeout=10, context=context) as rsp:  # noqa: S310
             body = rsp.read()
-        return body, json.loads(body)
+        return body, {} if path == "/metrics" else json.loads(body)
 
     wait_for(lambda: svc.box("ct-02") is not None and svc.box("ct-02").site == "clinic-b", 30, "ct-02's site")
     wait_for(lambda: [b["entries"] for b in get(service_token(svc))[1]["boxes"] if b["box_id"] == "ct-02"] == [1],
@@ -252,7 +257,9 @@ def feed_api(svc: FleetService) -> None:
     by_box = {b["box_id"]: b for b in doc["boxes"]}
     assert doc["enabled"] and set(by_box) == {"ct-01", "ct-02"} and by_box["ct-01"]["routes"] == ["CT@CT1"]
     assert by_box["ct-01"]["entries"] == 0 and by_box["ct-01"]["seq"] >= 2 and by_box["ct-02"]["entries"] == 1
-    assert {s["source"] for s in doc["sources"]} == {"mwl", "hl7"} and doc["outbox"]["sent"] == 2
+    assert {s["source"] for s in doc["sources"]} == {"mwl", "hl7"} and doc["outbox"]["sent"] == 3
     assert b"Doe" not in body and b"Zhang" not in body and b"ACC" not in body
+    metrics = get(service_token(svc), "/metrics")[0].decode()
+    assert "mgw_fleet_worklist_statuses_total 3.0" in metrics and "mgw_fleet_worklist_outbox_pending 0.0" in metrics
     _, theirs = get(token(svc.store, "bo", Role.VIEWER, frozenset({"clinic-b"})))
     assert [b["box_id"] for b in theirs["boxes"]] == ["ct-02"] and theirs["sources"] == [] and theirs["outbox"] is None

@@ -48,6 +48,17 @@ class Counters(Protocol):
     def exams(self) -> int: ...
 
 
+class WorklistCounters(Protocol):
+    @property
+    def frames(self) -> int: ...
+    @property
+    def truncated(self) -> int: ...
+    @property
+    def statuses(self) -> int: ...
+    @property
+    def unreadable(self) -> int: ...
+
+
 class FleetView(Protocol):
     """What the HTTP side reads from the fleet service (``fleet.FleetService``, which starts it).
 
@@ -70,6 +81,8 @@ class FleetView(Protocol):
     def leader(self) -> str: ...  # who holds it, as of the last flush
     @property
     def instance(self) -> str: ...
+    @property
+    def worklist(self) -> WorklistCounters | None: ...  # the worklist feed, when [fleet.worklist] runs it
     def alive(self) -> bool: ...
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
@@ -225,7 +238,24 @@ class FleetDocs:
         out.append(Sample("mgw_fleet_leader", "1 while this instance holds the leader lease (raises and clears alerts)",
                           int(self.service.leading)))
         out += list(self.service.starts.samples())
+        out += self._worklist_samples()
         return out + self._box_samples(boxes)
+
+    def _worklist_samples(self) -> list[Sample]:
+        w = self.service.worklist
+        if w is None:
+            return []
+        outbox = self.service.store.worklist.outbox_counts()
+        return [Sample("mgw_fleet_worklist_frames_total", "worklist snapshots published (and cleared) by this "
+                       "instance", w.frames, counter=True),
+                Sample("mgw_fleet_worklist_truncated_total", "worklist snapshots cut to fit one frame", w.truncated,
+                       counter=True),
+                Sample("mgw_fleet_worklist_statuses_total", "performed statuses taken from boxes", w.statuses,
+                       counter=True),
+                Sample("mgw_fleet_worklist_unreadable_total", "stored orders that did not open", w.unreadable,
+                       counter=True),
+                Sample("mgw_fleet_worklist_outbox_pending", "performed statuses waiting for the RIS",
+                       outbox["pending"])]
 
     @staticmethod
     def _box_samples(boxes: list[BoxState]) -> list[Sample]:

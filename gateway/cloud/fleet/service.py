@@ -129,7 +129,11 @@ class FleetService:
         if not w.enabled:
             return
         secret = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
-        self.worklist = WorklistFeed(self.store.worklist, w, self._signer, secret, self._prefix, clock)
+        from gateway.adapters.time_zone import zone
+
+        tz = zone(settings.fleet.time_zone, settings.fleet.utc_offset_minutes)
+        self.worklist = WorklistFeed(self.store.worklist, w, self._signer, secret, self._prefix, clock,
+                                     tz.utc_offset_s)
         if w.mwl_host:
             self.worklist_readers.append(MwlPoller(self.worklist, w, clock))
         if w.hl7_port >= 0:

@@ -48,11 +48,15 @@ class SetResult:
 
 class WorklistFeed:
     def __init__(self, store: WorklistStore, settings: FleetWorklistSettings, signer: acksig.AckSigner,
-                 secret: bytes, prefix: str, clock: Callable[[], float] = time.time) -> None:
+                 secret: bytes, prefix: str, clock: Callable[[], float] = time.time,
+                 utc_offset_s: Callable[[float], int] = lambda at: 0) -> None:
         self.store, self.settings, self._signer, self._prefix, self._clock = store, settings, signer, prefix, clock
+        self._offset = utc_offset_s  # the fleet's time zone: "today" of the window is the sites' day
         self._key = worklist_routes.at_rest_key(secret)
         self.unreadable = 0  # stored orders that did not open (altered, or another key)
         self.truncated = 0  # snapshots cut to fit a frame
+        self.frames = 0  # frames (and clears) published
+        self.statuses = 0  # performed statuses taken (not counting resends)
 
     # -- orders -------------------------------------------------------------------------------------------
     def order_key(self, source: str, step_id: str, accession_number: str) -> str:
@@ -81,12 +85,12 @@ class WorklistFeed:
     # -- boxes --------------------------------------------------------------------------------------------
     def note_birth(self, box_id: str, worklist_key: str) -> None:
         """A birth's worklist key ("" = the box has no feed): stored when it changed."""
-        known = {f.box_id: f.worklist_key for f in self.store.feeds()}
-        if known.get(box_id, "" if worklist_key else None) != worklist_key:
+        known = self.store.feed(box_id)
+        if (known.worklist_key if known is not None else None) != worklist_key and (known or worklist_key):
             self.store.note_key(box_id, worklist_key)
 
     def window(self, now: float) -> tuple[str, str]:
-        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+        today = datetime.datetime.fromtimestamp(now + self._offset(now), datetime.UTC).date()
         first = today - datetime.timedelta(days=self.settings.days_before)
         last = today + datetime.timedelta(days=self.settings.days_ahead)
         return first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
@@ -140,6 +144,7 @@ class WorklistFeed:
             log.warning("worklist snapshot cut to fit one frame", extra={
                 "MESSAGE_ID": MSG.WORKLIST_FEED_TRUNCATED.value, "BOX_ID": feed.box_id, "SEQ": seq,
                 "ENTRIES": fitted, "LEFT_OUT": left})
+        self.frames += 1
         log.info("worklist published", extra={"MESSAGE_ID": MSG.WORKLIST_FEED_PUBLISHED.value,
                                               "BOX_ID": feed.box_id, "SEQ": seq, "ENTRIES": fitted,
                                               "BYTES": len(frame)})
@@ -176,6 +181,7 @@ class WorklistFeed:
         if not send(topics.worklist_topic(self._prefix, feed.box_id), b"", True):
             return 0
         self.store.published(feed.box_id, feed.seq + 1, CLEARED, feed.worklist_key, 0, 0, now)
+        self.frames += 1
         log.info("worklist cleared (the box serves no station)", extra={
             "MESSAGE_ID": MSG.WORKLIST_FEED_PUBLISHED.value, "BOX_ID": feed.box_id, "SEQ": feed.seq + 1,
             "ENTRIES": 0})
@@ -201,6 +207,7 @@ class WorklistFeed:
         if order.performed_by and order.performed_by != box_id:
             raise WorklistRefused("worklist status: the ref was performed by another box")
         if self.store.record_status(status.ref, box_id, status.status, status.at, order.source, self._clock()):
+            self.statuses += 1
             log.info("worklist status taken", extra={"MESSAGE_ID": MSG.WORKLIST_STATUS_TAKEN.value,
                                                      "BOX_ID": box_id, "REF": status.ref, "STATUS": status.status,
                                                      "SOURCE": order.source})

@@ -236,6 +236,10 @@ class WorklistStore:
                        "VALUES (?, ?, 0, '', '', 0, 0) ON CONFLICT (box_id) DO UPDATE SET "
                        "worklist_key = excluded.worklist_key", (box_id, worklist_key))
 
+    def feed(self, box_id: str) -> FeedState | None:
+        rows = self._db.execute("SELECT * FROM worklist_feeds WHERE box_id = ?", (box_id,))
+        return _feed(rows[0]) if rows else None
+
     def feeds(self) -> list[FeedState]:
         return [_feed(r) for r in self._db.execute("SELECT * FROM worklist_feeds ORDER BY box_id")]
 
