@@ -1,14 +1,15 @@
-"""`mgw cloud worklist route|status` on a real fleet store (SQLite file): typed arguments, clear
+"""`mgw cloud worklist route|status`, run as a subprocess, on a real fleet store (SQLite file): typed arguments, clear
 refusals in English and Chinese, and a status with no patient data."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
 from gateway.cloud.worklist.store import WorklistStore
 
 
@@ -21,9 +22,10 @@ def toml(tmp_path: Path) -> str:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["cloud", "worklist", *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """``mgw cloud worklist ARGS`` as a subprocess (``capsys`` kept for the tests' signatures)."""
+    done = subprocess.run([sys.executable, "-m", "gateway", "cloud", "worklist", *args], capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_route_is_added_listed_and_removed_when_its_arguments_are_well_formed(toml: str, capsys) -> None:

@@ -153,7 +153,7 @@ def test_status_is_stored_queued_acked_and_the_step_leaves_when_the_routed_box_r
     assert steps(opened(frames, "ct-01", key, signer)) == ["S2"]  # done: off the worklist
 
 
-def test_retained_worklist_is_cleared_when_the_box_loses_its_last_route(world, store) -> None:
+def test_retained_worklist_is_cleared_when_the_box_loses_its_last_route_or_its_key(world, store) -> None:
     feed, signer, clock, frames = world
     key = BoxKey()
     store.worklist.add_route("ct-01", "CT", "CT1", "", NOW)
@@ -165,6 +165,10 @@ def test_retained_worklist_is_cleared_when_the_box_loses_its_last_route(world, s
     assert frames[-1] == ("mgw/v1/ct-01/worklist", b"", True)
     assert [f.digest for f in store.worklist.feeds()] == [CLEARED]
     assert feed.publish(lambda t, p, r: frames.append((t, p, r)) or True) == 0
+    store.worklist.add_route("ct-01", "CT", "CT1", "", NOW)  # routed again: a frame; its key withdrawn: cleared
+    assert feed.publish(lambda t, p, r: frames.append((t, p, r)) or True) == 1 and frames[-1][1]
+    feed.note_birth("ct-01", "")
+    assert feed.publish(lambda t, p, r: frames.append((t, p, r)) or True) == 1 and frames[-1][1] == b""
 
 
 def test_snapshot_is_cut_to_the_earliest_entries_that_fit_when_it_exceeds_one_frame(world, store) -> None:

@@ -9,7 +9,8 @@
   and routes, the snapshot (``core.worklist_routes.snapshot``); when its digest or the box's key
   changed, a new frame (``core.worklist_wire.seal``, ``replace=True``, seq = last + 1), published
   retained at QoS 1. A snapshot too large for a frame is cut to the earliest entries that fit, and
-  logged. A box that has lost all its routes gets an empty retained message (its feed cleared).
+  logged. A box that has lost all its routes, or whose birth no longer announces a worklist key,
+  gets an empty retained message (its feed cleared).
 * ``take_status``: a box's ``WorklistStatus``, for a ref routed to that box, is stored, queued for
   the RIS (``ris_status.py``) and acknowledged with a signed status ack.
 
@@ -120,9 +121,7 @@ class WorklistFeed:
         sent = 0
         for feed in self.store.feeds():
             box_routes = routes.get(feed.box_id, [])
-            if not feed.worklist_key:
-                continue
-            if not box_routes:
+            if not feed.worklist_key or not box_routes:  # no key any more (its birth has none), or no station
                 sent += self._clear(feed, send, now)
                 continue
             entries = self.snapshot(box_routes, now)
