@@ -123,7 +123,7 @@ class FleetService:
         that is never rotated (the ack key is) and that every fleet instance of the deployment has."""
         w = settings.fleet.worklist
         self.worklist: WorklistFeed | None = None
-        self.worklist_readers: list[MwlPoller | Hl7Listener] = []
+        self.worklist_readers: list[MwlPoller | Hl7Listener | StatusSender] = []
         self.status_sender: StatusSender | None = None
         self._next_publish = 0.0
         if not w.enabled:
@@ -138,7 +138,8 @@ class FleetService:
             self.worklist_readers.append(MwlPoller(self.worklist, w, clock))
         if w.hl7_port >= 0:
             self.worklist_readers.append(Hl7Listener(self.worklist, w, clock))
-        self.status_sender = StatusSender(self.worklist, w, clock)
+        self.status_sender = StatusSender(self.worklist, w, lambda: self.leading, clock)
+        self.worklist_readers.append(self.status_sender)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -279,13 +280,12 @@ class FleetService:
         self.link.publish(topics.worklist_status_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
 
     def _worklist_round(self, now: float) -> None:
-        """The leader's share of the feed: publish changed snapshots, send statuses to the RIS."""
+        """The leader's share of the feed: publish changed snapshots (statuses go to the RIS from the
+        sender's own thread)."""
         if self.worklist is None or not self.leading or now < self._next_publish:
             return
         self._next_publish = now + self.fleet.worklist.publish_s
         self.worklist.publish(lambda topic, payload, retain: self.link.publish(topic, payload, qos=1, retain=retain))
-        if self.status_sender is not None:
-            self.status_sender.drain()
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:

@@ -9,7 +9,7 @@
 * ``StatusSender``: the outbox of performed statuses, sent on to the source's RIS: an ORM^O01
   status update over MLLP (source ``hl7``), waiting for its ACK, or MPPS N-CREATE/N-SET
   (source ``mwl``, ``adapters/mpps_scu``). A status the RIS does not take is sent again after
-  ``retry_s``. With several fleet instances only the leader sends.
+  ``retry_s``. With several fleet instances only the leader sends; the sender has its own thread.
 
 Sources are named ``mwl`` (the C-FIND poller) and ``hl7`` (the MLLP listener).
 """
@@ -104,11 +104,33 @@ class Hl7Listener:
 
 
 class StatusSender:
-    """Sends the due statuses of the outbox (the fleet service calls ``drain`` from its worker)."""
+    """Sends the due statuses of the outbox, on its own thread (a RIS that is slow to answer must not
+    hold up the fleet worker and its lease), while ``leading()`` says this instance leads."""
 
-    def __init__(self, feed: WorklistFeed, settings: FleetWorklistSettings,
+    def __init__(self, feed: WorklistFeed, settings: FleetWorklistSettings, leading: Callable[[], bool],
                  clock: Callable[[], float] = time.time) -> None:
-        self._feed, self._settings, self._clock = feed, settings, clock
+        self._feed, self._settings, self._leading, self._clock = feed, settings, leading, clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worklist-status", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(40)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.publish_s):
+            if not self._leading():
+                continue
+            try:
+                self.drain()
+            except GatewayError as exc:  # the store failed: the next round tries again
+                log.error("worklist statuses not sent", extra={"ERROR": str(exc)})
+            except Exception:  # a bug must not end the sender
+                log.exception("worklist status sender failed")
 
     def destinations(self) -> list[str]:
         """The sources whose statuses have somewhere to go (the others wait in the outbox)."""
