@@ -102,6 +102,12 @@ def order_key(key: bytes, source: str, step_id: str, accession_number: str) -> s
     return hmac.new(key, b"order\x00" + message, hashlib.sha256).hexdigest()
 
 
+def content_digest(key: bytes, entry: WorklistEntry) -> str:
+    """A keyed digest of the entry's content (HMAC-SHA256, hex): an order the RIS sends again
+    unchanged is not rewritten, and a decrypted entry can be cached by it."""
+    return hmac.new(key, b"content\x00" + schema.encode(entry), hashlib.sha256).hexdigest()
+
+
 def seal_entry(key: bytes, file_id: bytes, entry: WorklistEntry) -> bytes:
     """The entry sealed (``core.atrest``); ``file_id`` is 16 random bytes, fresh for every seal (it
     derives the blob's own key: never reuse one). ``open_entry`` binds the blob to its row."""

@@ -117,6 +117,10 @@ def test_order_absent_from_the_next_poll_is_cancelled_and_leaves_the_snapshot(wo
     store.worklist.add_route("ct-01", "CT", "CT1", "", NOW)
     feed.note_birth("ct-01", key.public_hex)
     assert feed.take_set("mwl", [entry("S1"), entry("S2")]).cancelled == 0
+    before = store.worklist._db.execute("SELECT sealed, updated_at FROM worklist_orders ORDER BY ref")  # noqa: SLF001
+    clock.now += 60
+    feed.take_set("mwl", [entry("S1"), entry("S2")])  # the next poll, unchanged: nothing rewritten
+    assert store.worklist._db.execute("SELECT sealed, updated_at FROM worklist_orders ORDER BY ref") == before  # noqa: SLF001
     feed.publish(lambda t, p, r: frames.append((t, p, r)) or True)
     assert sorted(steps(opened(frames, "ct-01", key, signer))) == ["S1", "S2"]
     assert feed.take_set("mwl", [entry("S2")]).cancelled == 1

@@ -58,6 +58,7 @@ class WorklistFeed:
         self.truncated = 0  # snapshots cut to fit a frame
         self.frames = 0  # frames (and clears) published
         self.statuses = 0  # performed statuses taken (not counting resends)
+        self._opened: dict[str, tuple[str, str, WorklistEntry]] = {}  # order key -> (content, ref, entry)
 
     # -- orders -------------------------------------------------------------------------------------------
     def order_key(self, source: str, step_id: str, accession_number: str) -> str:
@@ -70,7 +71,8 @@ class WorklistFeed:
         sealed = worklist_routes.seal_entry(self._key, os.urandom(16), entry)
         self.store.upsert_order(key, source, secrets.token_hex(16),
                                 (step.modality, step.station_ae_title, step.station_name, step.start_date,
-                                 step.start_time), sealed, self._clock())
+                                 step.start_time), sealed, worklist_routes.content_digest(self._key, entry),
+                                self._clock())
         return key
 
     def cancel(self, source: str, cancel: WorklistCancel) -> None:
@@ -96,16 +98,34 @@ class WorklistFeed:
         last = today + datetime.timedelta(days=self.settings.days_ahead)
         return first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
 
-    def snapshot(self, routes: Sequence[Route], now: float) -> list[WorklistEntry]:
+    def entries(self, modalities: Sequence[str], now: float) -> list[WorklistEntry]:
+        """The open, not yet performed entries of these modalities in the window, with their refs;
+        each stored order is decrypted once while its content stays the same (kept in memory)."""
         first, last = self.window(now)
-        entries = []
-        for order in self.store.open_orders(sorted({r.modality for r in routes}), first, last):
+        out, seen = [], set()
+        for order in self.store.open_orders(sorted(set(modalities)), first, last):
+            seen.add(order.order_key)
+            cached = self._opened.get(order.order_key)
+            if cached is not None and cached[:2] == (order.content, order.ref):
+                out.append(cached[2])
+                continue
             try:
                 entry = worklist_routes.open_entry(self._key, order.order_key, order.source, order.sealed)
             except (IntegrityError, FrameError):
                 self.unreadable += 1
                 continue
-            entries.append(_with_ref(entry, order.ref))
+            entry = _with_ref(entry, order.ref)
+            self._opened[order.order_key] = (order.content, order.ref, entry)
+            out.append(entry)
+        for gone in set(self._opened) - seen:
+            del self._opened[gone]
+        return out
+
+    def snapshot(self, routes: Sequence[Route], now: float,
+                 entries: Sequence[WorklistEntry] | None = None) -> list[WorklistEntry]:
+        first, last = self.window(now)
+        if entries is None:
+            entries = self.entries([r.modality for r in routes], now)
         return worklist_routes.snapshot(routes, entries, first, last)
 
     def routes(self) -> dict[str, list[Route]]:
@@ -118,17 +138,18 @@ class WorklistFeed:
         """Publish every changed snapshot (the leader calls this); the frames sent."""
         now = self._clock()
         routes = self.routes()
+        entries = self.entries([r.modality for rs in routes.values() for r in rs], now)  # each opened once
         sent = 0
         for feed in self.store.feeds():
             box_routes = routes.get(feed.box_id, [])
             if not feed.worklist_key or not box_routes:  # no key any more (its birth has none), or no station
                 sent += self._clear(feed, send, now)
                 continue
-            entries = self.snapshot(box_routes, now)
-            digest = worklist_routes.digest(entries)
+            snapshot = self.snapshot(box_routes, now, entries)
+            digest = worklist_routes.digest(snapshot)
             if digest == feed.digest and feed.sent_key == feed.worklist_key:
                 continue
-            sent += self._send(feed, entries, digest, send, now)
+            sent += self._send(feed, snapshot, digest, send, now)
         return sent
 
     def _send(self, feed: FeedState, entries: list[WorklistEntry], digest: str, send: Publish, now: float) -> int:

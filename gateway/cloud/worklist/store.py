@@ -6,7 +6,8 @@ store (``fleet/store.MIGRATIONS``), so two fleet instances on one database share
 No patient data is stored in the clear: an order's entry (names, IDs, dates of birth) is one
 sealed blob (``core.atrest``, under the feed's at-rest key); the plain columns are what routing
 and the snapshot window need (modality, station AE title, station name, scheduled date and
-time) and the random ``ref`` the box reports by. An order's key is an HMAC of its source, step
+time), the random ``ref`` the box reports by, and a keyed digest of the entry's content (an
+order sent again unchanged is not rewritten). An order's key is an HMAC of its source, step
 ID and accession number under that key (``feed.order_key``), so not even an accession number
 is readable in the database.
 """
@@ -23,7 +24,8 @@ WORKLIST_MIGRATION = """
     CREATE TABLE worklist_orders (
         order_key TEXT PRIMARY KEY, source TEXT NOT NULL, ref TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
         modality TEXT NOT NULL, station_ae TEXT NOT NULL, station_name TEXT NOT NULL, start_date TEXT NOT NULL,
-        start_time TEXT NOT NULL, sealed TEXT NOT NULL, updated_at {real} NOT NULL, performed TEXT NOT NULL,
+        start_time TEXT NOT NULL, sealed TEXT NOT NULL, content TEXT NOT NULL, updated_at {real} NOT NULL,
+        performed TEXT NOT NULL,
         performed_by TEXT NOT NULL, performed_at {real}
     );
     CREATE INDEX worklist_orders_open ON worklist_orders (state, modality);
@@ -56,6 +58,7 @@ class StoredOrder:
     ref: str
     state: str
     sealed: bytes
+    content: str = ""  # keyed digest of the entry (feed: unchanged orders are not rewritten)
     performed: str = ""
     performed_by: str = ""
 
@@ -93,7 +96,7 @@ class OutboxItem:
 
 
 def _order(r: dict[str, Any]) -> StoredOrder:
-    return StoredOrder(r["order_key"], r["source"], r["ref"], r["state"], bytes.fromhex(r["sealed"]),
+    return StoredOrder(r["order_key"], r["source"], r["ref"], r["state"], bytes.fromhex(r["sealed"]), r["content"],
                        r["performed"], r["performed_by"])
 
 
@@ -110,20 +113,22 @@ class WorklistStore:
 
     # -- orders -------------------------------------------------------------------------------------------
     def upsert_order(self, order_key: str, source: str, ref: str, routing: tuple[str, str, str, str, str],
-                     sealed: bytes, at: float) -> None:
-        """Insert or replace an order's entry (it is open again if it was cancelled); its ref and
-        performed status stay."""
+                     sealed: bytes, content: str, at: float) -> None:
+        """Insert or replace an order's entry (open again if it was cancelled); its ref and performed
+        status stay. An open order whose content is unchanged is left as it is (a poll rewrites nothing)."""
         modality, station_ae, station_name, start_date, start_time = routing
         with self._db.transaction() as tx:
             tx.execute(
                 "INSERT INTO worklist_orders (order_key, source, ref, state, modality, station_ae, station_name, "
-                "start_date, start_time, sealed, updated_at, performed, performed_by) "
-                "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, '', '') ON CONFLICT (order_key) DO UPDATE SET "
+                "start_date, start_time, sealed, content, updated_at, performed, performed_by) "
+                "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, '', '') ON CONFLICT (order_key) DO UPDATE SET "
                 "state = 'open', modality = excluded.modality, station_ae = excluded.station_ae, "
                 "station_name = excluded.station_name, start_date = excluded.start_date, "
-                "start_time = excluded.start_time, sealed = excluded.sealed, updated_at = excluded.updated_at",
+                "start_time = excluded.start_time, sealed = excluded.sealed, content = excluded.content, "
+                "updated_at = excluded.updated_at "
+                "WHERE worklist_orders.content <> excluded.content OR worklist_orders.state <> 'open'",
                 (order_key, source, ref, modality, station_ae, station_name, start_date, start_time, sealed.hex(),
-                 at))
+                 content, at))
 
     def cancel_orders(self, order_keys: Sequence[str], at: float) -> int:
         with self._db.transaction() as tx:
