@@ -62,6 +62,9 @@ class MllpServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="mllp", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()

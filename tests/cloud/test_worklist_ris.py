@@ -88,3 +88,22 @@ def test_refused_status_is_sent_again_after_retry_s_and_once_taken_never_again(s
         assert b"ORC|SC|" in seen[1] and b"Doe" in seen[1]  # the RIS gets its own order's patient back
     finally:
         server.stop()
+
+
+def test_hl7_listener_is_a_local_error_naming_the_address_when_its_port_is_taken(store: FleetStore) -> None:
+    import socket
+
+    from gateway.cloud.worklist.ris import Hl7Listener
+    from gateway.core.errors import LocalError
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        w = FleetWorklistSettings(enabled=True, hl7_port=port)
+        feed = WorklistFeed(store.worklist, w, acksig.AckSigner(os.urandom(32)), os.urandom(32), "mgw/v1", Clock())
+        with pytest.raises(LocalError, match=f"127.0.0.1:{port}"):
+            Hl7Listener(feed, w)
+    finally:
+        holder.close()

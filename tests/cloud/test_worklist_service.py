@@ -188,6 +188,7 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
         ct1, ct2 = Box(broker, "ct-01"), Box(broker, "ct-02")
         try:
             assert svc.link.wait_connected(60)
+            wait_for(svc.alive, 30, "the fleet service and the feed's threads alive")
             keyring = ack_keys.keyring_of(paths.key_file(settings.cloud.ack_key_file))
             svc.store.worklist.add_route("ct-01", "CT", "CT1", "", 0.0)
             svc.store.worklist.add_route("ct-02", "CT", "CT2", "", 0.0)

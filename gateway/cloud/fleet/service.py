@@ -171,7 +171,8 @@ class FleetService:
         self.store.close()
 
     def alive(self) -> bool:
-        return self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
+        return (self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
+                and all(r.alive() for r in self.worklist_readers))  # the worklist feed's threads, when it runs
 
     def ports(self) -> dict[str, int]:
         """``https`` (or ``http`` when fleet.plain_http): the console's port; ``hl7``: the MLLP listener's."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from gateway.adapters import hl7_orders, mllp, mpps_scu, worklist_scu
 from gateway.cloud.worklist.feed import WorklistFeed
 from gateway.config import FleetWorklistSettings
-from gateway.core.errors import GatewayError, PeerError
+from gateway.core.errors import GatewayError, LocalError, PeerError
 from gateway.core.schema import WorklistEntry
 from gateway.logs import MSG
 
@@ -82,9 +82,14 @@ class Hl7Listener:
     def __init__(self, feed: WorklistFeed, settings: FleetWorklistSettings,
                  clock: Callable[[], float] = time.time) -> None:
         self._feed, self._clock = feed, clock
-        self.server = mllp.MllpServer(settings.hl7_bind, max(settings.hl7_port, 0), self._answer,
-                                      timeout_s=settings.hl7_idle_s, max_connections=settings.hl7_max_connections,
-                                      allowed_peers=settings.hl7_allowed_peers)
+        try:
+            self.server = mllp.MllpServer(settings.hl7_bind, max(settings.hl7_port, 0), self._answer,
+                                          timeout_s=settings.hl7_idle_s,
+                                          max_connections=settings.hl7_max_connections,
+                                          allowed_peers=settings.hl7_allowed_peers)
+        except OSError as exc:
+            raise LocalError(f"the HL7 listener cannot listen on {settings.hl7_bind}:{settings.hl7_port}: {exc}") \
+                from exc
 
     def _answer(self, raw: bytes) -> bytes:
         return hl7_orders.answer(raw, self._take)
@@ -101,6 +106,9 @@ class Hl7Listener:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def alive(self) -> bool:
+        return self.server.alive()
 
 
 class StatusSender:
@@ -120,6 +128,9 @@ class StatusSender:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(40)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.wait(self._settings.publish_s):
