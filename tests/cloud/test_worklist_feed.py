@@ -199,3 +199,14 @@ def test_no_patient_data_is_stored_in_the_clear_when_orders_are_taken(world, sto
     if backend.name == "sqlite":  # and nowhere in the database's files (WAL included)
         raw = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
         assert b"Secretname" not in raw and b"ACCSECRET" not in raw and b"PID-S1" not in raw
+
+
+def test_old_orders_are_forgotten_when_past_keep_days_and_current_ones_stay(world, store) -> None:
+    feed, signer, clock, frames = world
+    feed.take_set("mwl", [entry("OLD", date="20261001"), entry("NOW"), entry("GONE")])
+    feed.take_set("mwl", [entry("OLD", date="20261001"), entry("NOW")])  # GONE cancelled now
+    feed.prune(clock.now)  # keep_days 30: the step of October goes, the cancelled one stays a while
+    assert len(store.worklist.order_keys("mwl")) == 1 and len(store.worklist.order_keys("mwl", "cancelled")) == 1
+    clock.now += 31 * 86400
+    feed.prune(clock.now)
+    assert store.worklist.order_keys("mwl", "cancelled") == set()

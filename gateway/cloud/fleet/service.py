@@ -203,8 +203,8 @@ class FleetService:
                 cutoff = now - self.fleet.history_days * 86400
                 self._guarded(lambda: self.store.prune(cutoff))  # noqa: B023 - called at once
                 self._guarded(self.accounts.prune)  # sessions past their time, stale OIDC pre-logins
-                keep_from = now - self.fleet.worklist.keep_days * 86400
-                self._guarded(lambda: self.store.worklist.prune_orders(keep_from))  # noqa: B023 - called at once
+                if self.worklist is not None:
+                    self._guarded(lambda: self.worklist.prune(now) if self.worklist else None)  # noqa: B023
                 next_prune = now + _PRUNE_S
 
     @staticmethod

@@ -92,6 +92,12 @@ class WorklistFeed:
         if (known.worklist_key if known is not None else None) != worklist_key and (known or worklist_key):
             self.store.note_key(box_id, worklist_key)
 
+    def prune(self, now: float) -> None:
+        """Forget what is older than ``keep_days`` (orders done, cancelled or long past; sent statuses)."""
+        before = now - self.settings.keep_days * 86400
+        day = datetime.datetime.fromtimestamp(before + self._offset(before), datetime.UTC).strftime("%Y%m%d")
+        self.store.prune_orders(before, day)
+
     def window(self, now: float) -> tuple[str, str]:
         today = datetime.datetime.fromtimestamp(now + self._offset(now), datetime.UTC).date()
         first = today - datetime.timedelta(days=self.settings.days_before)

@@ -165,11 +165,14 @@ class WorklistStore:
             out.setdefault(r["source"], {})[r["s"]] = int(r["n"])
         return out
 
-    def prune_orders(self, before: float) -> None:
-        """Forget cancelled and performed orders not changed since ``before``."""
+    def prune_orders(self, before: float, before_date: str) -> None:
+        """Forget cancelled and performed orders not changed since ``before``, open ones scheduled
+        before ``before_date`` (DICOM date; never performed, never cancelled), and statuses the RIS
+        took before ``before``."""
         with self._db.transaction() as tx:
-            tx.execute("DELETE FROM worklist_orders WHERE (state <> 'open' OR performed <> '') AND updated_at < ?",
-                       (before,))
+            tx.execute("DELETE FROM worklist_orders WHERE ((state <> 'open' OR performed <> '') AND updated_at < ?) "
+                       "OR (start_date <> '' AND start_date < ?)", (before, before_date))
+            tx.execute("DELETE FROM worklist_outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (before,))
 
     # -- performed status and the outbox to the RIS --------------------------------------------------------
     def record_status(self, ref: str, box_id: str, status: str, at: float, source: str, now: float) -> bool:
