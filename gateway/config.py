@@ -339,7 +339,8 @@ class FleetWorklistSettings:
     days_before: int = _f(1, "a box's snapshot holds steps scheduled from this many days before today")
     days_ahead: int = _f(7, "... to this many days after today (steps with no date are always in)")
     publish_s: float = _f(5.0, "the leader looks for changed snapshots this often")
-    keep_days: float = _f(30.0, "cancelled and performed orders are forgotten this long after their last change")
+    keep_days: float = _f(30.0, "cancelled and performed orders are forgotten this long after their last change, "
+                          "open ones this long after their scheduled day")
     mwl_host: str = _f("", "the RIS's Modality Worklist SCP (C-FIND) to poll; empty = no poller")
     mwl_port: int = _f(104, "its port")
     mwl_called_ae: str = _f("RIS", "its AE title")
