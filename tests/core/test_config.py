@@ -370,3 +370,25 @@ def test_load_cloud_refuses_a_site_with_its_reason_when_its_zone_or_hours_are_wr
                                                                                     reason: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(reason)):
         load_cloud([write(tmp_path, "cloud.toml", text)])
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('[fleet.worklist]\nmwl_called_ae = "A\\\\B"\n', "'fleet.worklist.mwl_called_ae' must be 1-16 printable"),
+    ('[fleet.worklist]\nhl7_port = 70000\n', "'fleet.worklist.hl7_port' is -1 to 65535"),
+    ('[fleet.worklist]\nhl7_allowed_peers = ["ris.example"]\n', "'ris.example' is not an address or network"),
+    ('[fleet.worklist]\npoll_s = 0\n', "'fleet.worklist.poll_s' must be a finite number of at least 0.5"),
+    ('[fleet.worklist]\ndays_ahead = 400\n', "'days_ahead' 0 to 366"),
+    ('[fleet.worklist]\nris_hl7_port = 0\n', "'fleet.worklist.ris_hl7_port' must be a TCP port"),
+    ('[fleet.worklist]\nmllp = 1\n', "unknown key 'fleet.worklist.mllp'"),
+])
+def test_load_cloud_refuses_the_worklist_feed_with_its_reason_when_a_key_is_wrong(tmp_path: Path, text: str,
+                                                                                  reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        load_cloud([write(tmp_path, "cloud.toml", text)])
+
+
+def test_worklist_feed_settings_load_typed_when_the_table_is_well_formed(tmp_path: Path) -> None:
+    w = load_cloud([write(tmp_path, "cloud.toml", '[fleet.worklist]\nenabled = true\nmwl_host = "10.0.0.5"\n'
+                          'hl7_port = 2575\nhl7_allowed_peers = ["10.0.0.0/24"]\n')]).fleet.worklist
+    assert (w.enabled, w.mwl_host, w.hl7_port, w.hl7_allowed_peers, w.days_ahead) == (
+        True, "10.0.0.5", 2575, ("10.0.0.0/24",), 7)
