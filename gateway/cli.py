@@ -165,7 +165,8 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
         settings = config.load_edge(files)
         if args.step == "pre-install":
             return int(update.pre_install(settings, paths, proc_root=args.proc_root))
-        return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s))
+        return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s,
+                                      settle_s=args.settle_s))
     except GatewayError as exc:
         print(f"mgw: error: {exc}", file=sys.stderr)
         return int(update.HookResult.ROLLBACK)
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("step", choices=["pre-install", "migrate", "commit-gate", "rollback"], help="which step")
     hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help="where /proc is (tests)")
     hook.add_argument("--timeout-s", type=float, help="commit gate deadline (default appliance.commit_gate_timeout_s)")
+    hook.add_argument("--settle-s", type=float, help="gate settle window (default appliance.commit_gate_settle_s)")
     hook.add_argument("--log-json", action="store_true", help="log JSON lines")
     hook.set_defaults(func=cmd_update_hook)
 

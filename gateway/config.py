@@ -141,6 +141,8 @@ class ApplianceSettings:
     update_quiet_s: float = _f(300.0, "refuse an update (retry later, 21) while a study arrived this recently")
     update_min_free_bytes: int = _f(512 * 1024**2, "refuse an update (21) with less free space on the data partition")
     commit_gate_timeout_s: float = _f(300.0, "the update commit gate waits this long for a healthy service")
+    commit_gate_settle_s: float = _f(60.0, "then the service, C-ECHO and the uplink must stay healthy this long, "
+                                     "checked again and again; one failure rolls back")
     export_after_down_s: float = _f(3600.0, "uplink down this long: a USB stick plugged in gets the emergency export")
 
 

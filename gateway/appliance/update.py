@@ -13,9 +13,13 @@ is safe to run again after a power cut: it only reads, or does idempotent work
   spool database is backed up once per schema version, then migrated; 1 if
   its integrity check fails.
 * ``commit_gate`` (ArtifactCommit_Enter): within ``commit_gate_timeout_s`` the
-  new version's edge service is ready, C-ECHO answers 0x0000, a synthetic
+  new version's edge service is ready (and its unit active and running, where
+  systemd runs), C-ECHO answers 0x0000, the uplink is connected, a synthetic
   probe instance is acknowledged by the cloud (end to end), and the database
-  passes its integrity check; else 1, and the updater rolls back.
+  passes its integrity check. Then it holds for ``commit_gate_settle_s``: the
+  service (same pid, same restart count), C-ECHO and the uplink are checked
+  again every ``settle_poll_s``, and one failure is 1; so is the timeout. On 1
+  the updater rolls back.
 """
 
 from __future__ import annotations
@@ -26,17 +30,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import __version__
-from gateway.adapters import dicom_probe, ports
+from gateway.adapters import dicom_probe, ports, systemd_unit
 from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
-from gateway.appliance.status import read_edge_status
+from gateway.adapters.systemd_unit import UnitState
+from gateway.appliance.status import read_edge_status, read_uplink
 from gateway.appliance.usb import hand_over
 from gateway.config import EdgeSettings, load_edge
 from gateway.core import admission
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, LocalError
 from gateway.core.spool import ItemState
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -55,8 +60,14 @@ class HookResult(enum.IntEnum):
 class GateCheck(enum.Enum):
     SERVICE_READY = "service-ready"
     ECHO = "c-echo"
+    UPLINK = "uplink"
     CLOUD_ACK = "cloud-ack"
     INTEGRITY = "integrity"
+
+
+# Held for the whole settle window, again and again, after every check passed once.
+SETTLE_CHECKS = (GateCheck.SERVICE_READY, GateCheck.ECHO, GateCheck.UPLINK)
+EDGE_UNIT = "mgw-edge.service"
 
 
 def established_connections(port: int, proc_root: Path = Path("/proc")) -> int:
@@ -129,23 +140,56 @@ def _rollback(reason: str, **fields: object) -> HookResult:
     return HookResult.ROLLBACK
 
 
+def edge_unit_state() -> UnitState | None:
+    return systemd_unit.unit_state(EDGE_UNIT)
+
+
 @dataclass
 class GateProbe:
-    """How the gate reaches the edge; ``send`` is the C-STORE of the probe file."""
+    """How the gate reaches the edge: ``send`` is the C-STORE of the probe file; ``unit`` the edge
+    unit's state from systemd (None where systemd does not run: the pid in edge.json then stands
+    for it)."""
 
     host: str
     send: Callable[[Path], None]
     poll_s: float = 0.5
+    settle_poll_s: float = 2.0
+    unit: Callable[[], UnitState | None] = field(default_factory=lambda: edge_unit_state)
+
+
+@dataclass
+class _Baseline:
+    """The edge as the gate first saw it ready: any other pid or restart count later is a restart."""
+
+    pid: int = 0
+    restarts: int | None = None
 
 
 def commit_gate(settings: EdgeSettings, paths: Paths, probe: GateProbe, timeout_s: float | None = None,
-                version: str = __version__) -> HookResult:
-    deadline = time.monotonic() + (settings.appliance.commit_gate_timeout_s if timeout_s is None else timeout_s)
+                version: str = __version__, settle_s: float | None = None) -> HookResult:
+    """Every check once within the timeout, then the service checks again and again for the
+    settle window: one failure in it rolls back."""
+    wait_s = settings.appliance.commit_gate_timeout_s if timeout_s is None else timeout_s
+    window_s = settings.appliance.commit_gate_settle_s if settle_s is None else settle_s
+    baseline = _Baseline()
+    pending = _first_pass(settings, paths, probe, version, baseline, time.monotonic() + wait_s)
+    if pending is not None:
+        return _rollback("commit gate timed out", CHECK=pending.value)
+    failed = _settle(settings, paths, probe, version, baseline, window_s)
+    if failed is not None:
+        return _rollback("commit gate check failed while settling", CHECK=failed[0].value, ERROR=failed[1])
+    log.info("update committed", extra={"MESSAGE_ID": MSG.UPDATE_COMMITTED.value, "VERSION": version})
+    return HookResult.CONTINUE
+
+
+def _first_pass(settings: EdgeSettings, paths: Paths, probe: GateProbe, version: str, baseline: _Baseline,
+                deadline: float) -> GateCheck | None:
+    """Each check in order until it passes; None once all did, else the one pending at the deadline."""
     pending = list(GateCheck)
     sop_uid = ""
     while True:
         try:
-            while pending and _check(pending[0], settings, paths, probe, version, sop_uid):
+            while pending and _check(pending[0], settings, paths, probe, version, sop_uid, baseline):
                 log.info("commit gate check passed", extra={"CHECK": pending.pop(0).value})
             if pending and pending[0] is GateCheck.CLOUD_ACK and not sop_uid:
                 sop_uid = _send_probe(probe)
@@ -153,21 +197,40 @@ def commit_gate(settings: EdgeSettings, paths: Paths, probe: GateProbe, timeout_
         except GatewayError as exc:
             log.info("commit gate check not yet passed", extra={"CHECK": pending[0].value, "ERROR": str(exc)})
         if not pending:
-            log.info("update committed", extra={"MESSAGE_ID": MSG.UPDATE_COMMITTED.value, "VERSION": version})
-            return HookResult.CONTINUE
+            return None
         if time.monotonic() >= deadline:
-            return _rollback("commit gate timed out", CHECK=pending[0].value)
+            return pending[0]
         time.sleep(probe.poll_s)
 
 
+def _settle(settings: EdgeSettings, paths: Paths, probe: GateProbe, version: str, baseline: _Baseline,
+            window_s: float) -> tuple[GateCheck, str] | None:
+    """``SETTLE_CHECKS`` every ``settle_poll_s`` for ``window_s``: the first failure, or None."""
+    log.info("commit gate settling", extra={"SETTLE_S": window_s, "CHECKS": ",".join(c.value for c in SETTLE_CHECKS)})
+    end = time.monotonic() + window_s
+    while True:
+        for check in SETTLE_CHECKS:
+            try:
+                if not _check(check, settings, paths, probe, version, "", baseline):
+                    return check, "not healthy"
+            except GatewayError as exc:
+                return check, str(exc)
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(probe.settle_poll_s, left))
+
+
 def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GateProbe,
-           version: str, sop_uid: str) -> bool:
+           version: str, sop_uid: str, baseline: _Baseline) -> bool:
     if check is GateCheck.SERVICE_READY:
-        status = read_edge_status(paths.runtime_dir)
-        return status is not None and status.get("version") == version
+        return _service_steady(paths, probe, version, baseline)
     if check is GateCheck.ECHO:
         return dicom_probe.echo(probe.host, _dicom_port(settings, paths), settings.dicom.ae_title,
                                 _calling(settings), source=probe.host) == 0
+    if check is GateCheck.UPLINK:
+        uplink = read_uplink(paths.state_dir)
+        return uplink is not None and uplink.up
     if check is GateCheck.CLOUD_ACK:
         if not sop_uid:
             return False
@@ -182,6 +245,24 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         return store.integrity_ok()
     finally:
         store.close()
+
+
+def _service_steady(paths: Paths, probe: GateProbe, version: str, baseline: _Baseline) -> bool:
+    """The edge of ``version`` runs (its pid alive), its unit is active and running, and it is the
+    same process, with the same restart count, as when the gate first saw it ready."""
+    status = read_edge_status(paths.runtime_dir)
+    if status is None or status.get("version") != version:
+        raise LocalError(f"no edge service of version {version} is running")
+    unit = probe.unit()
+    if unit is not None and not unit.running:
+        raise LocalError(f"{EDGE_UNIT} is {unit.active}/{unit.sub}")
+    pid, restarts = int(status["pid"]), None if unit is None else unit.restarts
+    if baseline.pid == 0:
+        baseline.pid, baseline.restarts = pid, restarts
+    if pid != baseline.pid or restarts != baseline.restarts:
+        raise LocalError(f"the edge service restarted (pid {baseline.pid} -> {pid}, "
+                         f"restarts {baseline.restarts} -> {restarts})")
+    return True
 
 
 def _dicom_port(settings: EdgeSettings, paths: Paths) -> int:

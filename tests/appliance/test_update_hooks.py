@@ -13,6 +13,7 @@ import pytest
 
 from gateway.adapters import store as store_module
 from gateway.appliance import update
+from gateway.config import load_edge
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
 from tests.peers import real_images, require_root, wait_for
@@ -150,10 +151,55 @@ def test_migrate_rolls_back_when_the_new_version_rejects_the_configuration(
 def test_commit_gate_passes_when_the_edge_serves_and_the_cloud_acknowledges(
         deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
     d = deploy()
-    out = run_hook("ArtifactCommit_Enter_10_health_gate", "--config", str(d.edge_toml), "--timeout-s", "90")
+    out = run_hook("ArtifactCommit_Enter_10_health_gate", "--config", str(d.edge_toml), "--timeout-s", "90",
+                   "--settle-s", "3")
     assert out.returncode == 0, out.stderr[-3000:] + d.log_tail()
     for check in update.GateCheck:
         assert f"CHECK={check.value}" in out.stderr
+    assert "commit gate settling" in out.stderr and "SETTLE_S=3.0" in out.stderr
+
+
+def test_commit_gate_rolls_back_when_the_edge_dies_after_passing_its_checks(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path, tmp_path: Path) -> None:
+    d = deploy()
+    err = tmp_path / "gate.err"
+    env = dict(os.environ, MGW=MGW, MGW_HOOK_ARGS=f"--config {d.edge_toml} --timeout-s 90 --settle-s 600")
+    with open(err, "wb") as fh:
+        gate = subprocess.Popen([str(HOOKS / "ArtifactCommit_Enter_10_health_gate")], env=env, stderr=fh,
+                                stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: gate.poll() is not None or "commit gate settling" in err.read_text(), 120,
+                 "the gate to pass every check once")
+        assert gate.poll() is None, err.read_text()[-3000:]  # it holds: no commit on a first pass
+        d.kill_edge()  # acknowledged its probe, answered C-ECHO, then died
+        gate.wait(120)  # far less than the 600 s window: the first failed check ends it
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.wait()
+    text = err.read_text()
+    assert gate.returncode == 1, text[-3000:]
+    assert "commit gate check failed while settling" in text and "update committed" not in text
+    assert "CHECK=service-ready" in text or "CHECK=c-echo" in text
+
+
+def test_commit_gate_rolls_back_when_systemd_restarted_the_unit_while_settling(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    from gateway.adapters.systemd_unit import UnitState
+
+    d = deploy()
+    settings = load_edge([d.edge_toml])
+    paths = Paths.from_env(str(d.edge_dir))
+    seen: list[UnitState] = []
+
+    def unit() -> UnitState:  # what `systemctl show` reports: running, then running again after a restart
+        seen.append(UnitState("active", "running", 0 if len(seen) < 3 else 1, 4242))
+        return seen[-1]
+
+    probe = update.default_probe(settings, paths)
+    probe.unit, probe.settle_poll_s = unit, 0.2
+    assert update.commit_gate(settings, paths, probe, timeout_s=90, settle_s=600) is update.HookResult.ROLLBACK
+    assert len(seen) == 4  # failed at the first check that saw the restart, not at the window's end
 
 
 def test_commit_gate_rolls_back_when_the_cloud_never_acknowledges(
