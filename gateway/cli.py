@@ -165,6 +165,8 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
         settings = config.load_edge(files)
         if args.step == "pre-install":
             return int(update.pre_install(settings, paths, proc_root=args.proc_root))
+        if args.step == "pre-reboot":
+            return int(update.pre_reboot(settings, paths, proc_root=args.proc_root))
         return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s,
                                       settle_s=args.settle_s))
     except GatewayError as exc:
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     seal.set_defaults(func=cmd_cloud_seal_archive)
 
     hook = with_config(sub.add_parser("update-hook", help="A/B update hook step (exit 0 go on, 1 roll back, 21 retry)"))
-    hook.add_argument("step", choices=["pre-install", "migrate", "commit-gate", "rollback"], help="which step")
+    hook.add_argument("step", choices=["pre-install", "pre-reboot", "migrate", "commit-gate", "rollback"],
+                      help="which step")
     hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help="where /proc is (tests)")
     hook.add_argument("--timeout-s", type=float, help="commit gate deadline (default appliance.commit_gate_timeout_s)")
     hook.add_argument("--settle-s", type=float, help="gate settle window (default appliance.commit_gate_settle_s)")

@@ -139,6 +139,8 @@ class EnrolmentSettings:
 @dataclass(frozen=True)
 class ApplianceSettings:
     update_quiet_s: float = _f(300.0, "refuse an update (retry later, 21) while a study arrived this recently")
+    update_mpps_stale_s: float = _f(14400.0, "refuse an update (21) while an MPPS step is IN PROGRESS, unless it "
+                                    "was last updated longer ago than this (a step the modality never completed)")
     update_min_free_bytes: int = _f(512 * 1024**2, "refuse an update (21) with less free space on the data partition")
     commit_gate_timeout_s: float = _f(300.0, "the update commit gate waits this long for a healthy service")
     commit_gate_settle_s: float = _f(60.0, "then the service, C-ECHO and the uplink must stay healthy this long, "

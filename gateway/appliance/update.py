@@ -6,8 +6,10 @@ is safe to run again after a power cut: it only reads, or does idempotent work
 
 * ``pre_install`` (ArtifactInstall_Enter): 21 while a modality holds an
   association open (an ESTABLISHED TCP connection on the DICOM port, read from
-  ``<proc>/net/tcp*``), while a study arrived in the last ``update_quiet_s``, or
-  when the data partition lacks room; else 0.
+  ``<proc>/net/tcp*``), while an MPPS step is IN PROGRESS, while a study arrived
+  in the last ``update_quiet_s``, or when the data partition lacks room; else 0.
+* ``pre_reboot`` (ArtifactReboot_Enter): the same exam checks once more right
+  before the reboot, since writing the slot takes minutes; 21 or 0.
 * ``migrate`` (ArtifactReboot_Leave, in the new slot): the new software must
   accept the configuration and identity on the data partition (else 1); the
   spool database is backed up once per schema version, then migrated; 1 if
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.adapters import dicom_probe, ports, systemd_unit
+from gateway.adapters.exam_store import UTILISATION_DB, mpps_in_progress
 from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
 from gateway.adapters.systemd_unit import UnitState
 from gateway.appliance.status import read_edge_status, read_uplink
@@ -77,11 +80,44 @@ def established_connections(port: int, proc_root: Path = Path("/proc")) -> int:
 
 def pre_install(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/proc"),
                 now: float | None = None) -> HookResult:
+    """Before the new slot is written: 21 while an exam may be under way (``_exam_activity``) or
+    without room on the data partition."""
     now = time.time() if now is None else now
+    busy = _exam_activity(settings, paths, proc_root, now)
+    if busy is not None:
+        return _refuse(busy[0], **busy[1])
+    db_bytes = paths.spool_db.stat().st_size if paths.spool_db.exists() else 0
+    need = max(settings.appliance.update_min_free_bytes, 2 * db_bytes)
+    free = shutil.disk_usage(paths.state_dir).free if paths.state_dir.exists() else 0
+    if free < need:
+        return _refuse("not enough free space on the data partition", FREE_BYTES=free, NEED_BYTES=need)
+    log.info("update may install", extra={"MESSAGE_ID": MSG.UPDATE_ALLOWED.value, "VERSION": __version__})
+    return HookResult.CONTINUE
+
+
+def pre_reboot(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/proc"),
+               now: float | None = None) -> HookResult:
+    """Right before the reboot into the new slot (ArtifactReboot_Enter): the same exam checks
+    again, since an exam may have begun while the slot was written."""
+    busy = _exam_activity(settings, paths, proc_root, time.time() if now is None else now)
+    if busy is not None:
+        return _refuse(busy[0], **busy[1])
+    log.info("update may reboot", extra={"MESSAGE_ID": MSG.UPDATE_ALLOWED.value, "VERSION": __version__,
+                                         "STEP": "pre-reboot"})
+    return HookResult.CONTINUE
+
+
+def _exam_activity(settings: EdgeSettings, paths: Paths, proc_root: Path,
+                   now: float) -> tuple[str, dict[str, object]] | None:
+    """Why an update must wait, with its fields, or None: an association open on the DICOM
+    port, an MPPS step IN PROGRESS (updated within ``update_mpps_stale_s``), or an instance
+    received within ``update_quiet_s``."""
     busy = established_connections(_dicom_port(settings, paths), proc_root)
     if busy:
-        return _refuse("an association is active", ASSOCIATIONS=busy)
-    db_bytes = paths.spool_db.stat().st_size if paths.spool_db.exists() else 0
+        return "an association is active", {"ASSOCIATIONS": busy}
+    steps = mpps_in_progress(paths.state_dir / UTILISATION_DB, now - settings.appliance.update_mpps_stale_s)
+    if steps:
+        return "an MPPS step is in progress", {"MPPS_IN_PROGRESS": steps}
     if paths.spool_db.exists():
         store = SpoolStore(paths.spool_db)
         try:
@@ -89,13 +125,8 @@ def pre_install(settings: EdgeSettings, paths: Paths, proc_root: Path = Path("/p
         finally:
             store.close()
         if now - last < settings.appliance.update_quiet_s:
-            return _refuse("a study arrived recently", SECONDS_AGO=round(now - last, 1))
-    need = max(settings.appliance.update_min_free_bytes, 2 * db_bytes)
-    free = shutil.disk_usage(paths.state_dir).free if paths.state_dir.exists() else 0
-    if free < need:
-        return _refuse("not enough free space on the data partition", FREE_BYTES=free, NEED_BYTES=need)
-    log.info("update may install", extra={"MESSAGE_ID": MSG.UPDATE_ALLOWED.value, "VERSION": __version__})
-    return HookResult.CONTINUE
+            return "a study arrived recently", {"SECONDS_AGO": round(now - last, 1)}
+    return None
 
 
 def _refuse(reason: str, **fields: object) -> HookResult:

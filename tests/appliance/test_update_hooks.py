@@ -47,7 +47,8 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_hook_files_are_named_for_mender_and_executable_when_listed() -> None:
     names = sorted(p.name for p in HOOKS.iterdir() if not p.name.endswith(".md"))
     assert names == ["ArtifactCommit_Enter_10_health_gate", "ArtifactInstall_Enter_10_quiesce",
-                     "ArtifactReboot_Leave_10_migrate", "ArtifactRollback_Leave_10_record"]
+                     "ArtifactReboot_Enter_10_quiesce", "ArtifactReboot_Leave_10_migrate",
+                     "ArtifactRollback_Leave_10_record"]
     assert all(os.access(HOOKS / n, os.X_OK) for n in names)
 
 
@@ -85,6 +86,64 @@ def test_pre_install_retries_later_when_a_study_arrived_recently(
     full = layer(tmp_path, "full.toml", "[appliance]\nupdate_quiet_s = 0.0\nupdate_min_free_bytes = 1000000000000000\n")
     short = run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml), "--config", full)
     assert short.returncode == 21 and "free space" in short.stderr
+
+
+def test_pre_install_and_pre_reboot_retry_later_when_an_mpps_step_is_in_progress(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    from tests.adapters.test_mpps_scp import mpps
+
+    d = deploy(edge_overrides=ROOMY)
+    step, study = generate_uid(), generate_uid()
+    start = {"PerformedProcedureStepStatus": "IN PROGRESS", "Modality": "CT",
+             "PerformedProcedureStepStartDate": "20261203", "PerformedProcedureStepStartTime": "083000"}
+    assert mpps(d.dicom_port, [{"op": "create", "uid": step, "study": study, "attrs": start}]) == [0]
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 60, "the MPPS association to close")
+    for hook in ("ArtifactInstall_Enter_10_quiesce", "ArtifactReboot_Enter_10_quiesce"):
+        busy = run_hook(hook, "--config", str(d.edge_toml))
+        assert busy.returncode == 21, busy.stderr[-2000:]
+        assert "MPPS step is in progress" in busy.stderr and "MPPS_IN_PROGRESS=1" in busy.stderr
+    done = {"PerformedProcedureStepStatus": "COMPLETED", "PerformedProcedureStepEndDate": "20261203",
+            "PerformedProcedureStepEndTime": "084500"}
+    assert mpps(d.dicom_port, [{"op": "set", "uid": step, "attrs": done}]) == [0]
+    wait_for(lambda: update.established_connections(d.dicom_port) == 0, 60, "the MPPS association to close")
+    for hook in ("ArtifactInstall_Enter_10_quiesce", "ArtifactReboot_Enter_10_quiesce"):
+        idle = run_hook(hook, "--config", str(d.edge_toml))
+        assert idle.returncode == 0, idle.stderr[-2000:]
+
+
+def test_pre_reboot_retries_later_when_an_association_opened_after_the_install_check(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
+    from pynetdicom import AE
+
+    d = deploy(edge_overrides=ROOMY)
+    assert run_hook("ArtifactInstall_Enter_10_quiesce", "--config", str(d.edge_toml)).returncode == 0
+    ae = AE(ae_title="MODALITY")  # an exam begins while the slot is written
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE)
+    assert assoc.is_established
+    try:
+        busy = run_hook("ArtifactReboot_Enter_10_quiesce", "--config", str(d.edge_toml))
+    finally:
+        assoc.release()
+    assert busy.returncode == 21 and "association is active" in busy.stderr
+
+
+def test_pre_install_ignores_an_mpps_step_when_it_went_stale(tmp_path: Path) -> None:
+    from gateway.adapters.exam_store import ExamStore, mpps_in_progress
+    from gateway.core.exam import ExamStatus
+
+    store = ExamStore(tmp_path / "utilisation.db", tmp_path / "spool.db")
+    try:
+        store.mpps_put("1.2.3", "1.2.4", "key", ExamStatus.IN_PROGRESS, now=1000.0)
+        store.mpps_put("1.2.5", "1.2.6", "key2", ExamStatus.IN_PROGRESS, now=5000.0)
+        store.mpps_put("1.2.7", "1.2.8", "key3", ExamStatus.COMPLETED, now=5000.0)
+    finally:
+        store.close()
+    assert mpps_in_progress(tmp_path / "utilisation.db", updated_after=0.0) == 2
+    assert mpps_in_progress(tmp_path / "utilisation.db", updated_after=2000.0) == 1  # the old one went stale
+    assert mpps_in_progress(tmp_path / "absent.db", updated_after=0.0) == 0
 
 
 def test_pre_install_counts_associations_when_proc_root_is_given(tmp_path: Path) -> None:
