@@ -11,9 +11,11 @@ is safe to run again after a power cut: it only reads, or does idempotent work
 * ``pre_reboot`` (ArtifactReboot_Enter): the same exam checks once more right
   before the reboot, since writing the slot takes minutes; 21 or 0.
 * ``migrate`` (ArtifactReboot_Leave, in the new slot): the new software must
-  accept the configuration and identity on the data partition (else 1); the
-  spool database is backed up once per schema version, then migrated; 1 if
-  its integrity check fails.
+  accept the configuration and identity on the data partition, and the spool
+  database must pass its integrity check (read only), else 1. It does not
+  migrate: the edge service owns the migration (``store.migrate_spool`` backs
+  the older schema up, then migrates, under the write lock, when the service
+  opens the database), so the hook and the service never race over it.
 * ``commit_gate`` (ArtifactCommit_Enter): within ``commit_gate_timeout_s`` the
   new version's edge service is ready (and its unit active and running, where
   systemd runs), C-ECHO answers 0x0000, the uplink is connected, a synthetic
@@ -38,7 +40,8 @@ from pathlib import Path
 from gateway import __version__
 from gateway.adapters import dicom_probe, ports, systemd_unit
 from gateway.adapters.exam_store import UTILISATION_DB, mpps_in_progress
-from gateway.adapters.store import MIGRATIONS, SpoolStore, backup_database, schema_version_of
+from gateway.adapters.store import BACKUP_DIR as BACKUP_DIR
+from gateway.adapters.store import MIGRATIONS, SpoolStore, integrity_ok_of, schema_version_of
 from gateway.adapters.systemd_unit import UnitState
 from gateway.appliance.status import read_edge_status, read_uplink
 from gateway.appliance.usb import hand_over
@@ -50,7 +53,6 @@ from gateway.logs import MSG
 from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
-BACKUP_DIR = "update"
 GATE_CALLING_AE = admission.GATE_AE  # admitted from the box itself (core.admission)
 
 
@@ -136,7 +138,11 @@ def _refuse(reason: str, **fields: object) -> HookResult:
 
 
 def migrate(config_files: list[Path], paths: Paths) -> HookResult:
-    """In the new slot: accept config and identity, back up once, migrate, check."""
+    """In the new slot: the new software must accept the configuration, the identity and the spool
+    database (its schema read and its integrity checked, read only). The migration itself is not
+    done here: the edge service does it when it opens the database (``store.migrate_spool``: a
+    backup of the older schema first, under the write lock), so there is one owner whatever
+    order this hook and the service start in."""
     try:
         settings = load_edge(config_files)
         for key_file in (settings.mqtt.cert_file, settings.mqtt.key_file, settings.mqtt.ca_file):
@@ -144,24 +150,16 @@ def migrate(config_files: list[Path], paths: Paths) -> HookResult:
                 return _rollback("identity file missing", FILE=key_file)
         if not paths.spool_db.exists():
             return HookResult.CONTINUE  # never ran: nothing to carry over
-        version = schema_version_of(paths.spool_db)  # read without migrating, to back up first
-        backup = paths.state_dir / BACKUP_DIR / f"spool-schema{version}.db"
-        if version < len(MIGRATIONS) and not backup.exists():
-            backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            backup_database(paths.spool_db, backup)
-        store = SpoolStore(paths.spool_db)  # migrates, one transaction per step
-        try:
-            ok, now_version = store.integrity_ok(), store.schema_version
-        finally:
-            store.close()
+        version = schema_version_of(paths.spool_db)
+        ok = integrity_ok_of(paths.spool_db)
         hand_over(paths.state_dir)  # the updater runs us as root; the service user must own its files
     except GatewayError as exc:
         return _rollback(str(exc))
     if not ok:
         return _rollback("spool database fails its integrity check")
-    log.info("data partition migrated", extra={
-        "MESSAGE_ID": MSG.UPDATE_MIGRATED.value, "SCHEMA_FROM": version, "SCHEMA_TO": now_version,
-        "BOX_ID": settings.box.id, "VERSION": __version__})
+    log.info("new slot accepts the data partition", extra={
+        "SCHEMA": version, "SCHEMA_OF_THIS_VERSION": len(MIGRATIONS), "BOX_ID": settings.box.id,
+        "VERSION": __version__})
     return HookResult.CONTINUE
 
 

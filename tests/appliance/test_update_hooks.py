@@ -158,31 +158,80 @@ def test_pre_install_counts_associations_when_proc_root_is_given(tmp_path: Path)
     assert update.established_connections(104, tmp_path / "proc") == 0
 
 
-def test_migrate_is_idempotent_and_backs_up_once_when_the_new_version_adds_a_migration(
-        deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def older_spool(path: Path, version: int) -> None:
+    """A real spool database as an older version left it: its first ``version`` migrations, one item."""
+    from gateway.adapters.sqlite_db import SqliteDatabase
+
+    db = SqliteDatabase(path, "old spool")
+    try:
+        db.migrate(store_module.MIGRATIONS[:version])
+        db.rows("INSERT INTO items (state, sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, "
+                "transfer_syntax_uid, calling_ae, size, sha256, blob_name, received_at, updated_at) VALUES "
+                "('purged', '1.2', '1.2.3', '1.2.4', '1.2.5', '1.2.840.10008.1.2.1', 'CT', 1, 'x', 'b', 1, 1)")
+    finally:
+        db.close()
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_edge_backs_up_then_migrates_when_it_starts_on_an_older_spool_database(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
     d = deploy()
-    d.stop()  # the new slot boots: the hook runs before the service
+    d.kill_edge()  # the new slot boots on a data partition an older version wrote
     paths = Paths.from_env(str(d.edge_dir))
-    before = len(store_module.MIGRATIONS)
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+        (paths.state_dir / name).unlink(missing_ok=True)
+    older_spool(paths.spool_db, 2)
     assert run_hook("ArtifactReboot_Leave_10_migrate", "--config", str(d.edge_toml)).returncode == 0
-    assert not (paths.state_dir / update.BACKUP_DIR).exists()  # nothing to migrate, nothing backed up
+    assert user_version(paths.spool_db) == 2  # the hook only checks: the service owns the migration
+    d.start_edge()
+    backup = store_module.backup_path(paths.spool_db, 2)
+    assert user_version(backup) == 2  # the older schema, copied before the first step
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT sop_instance_uid FROM items").fetchall() == [("1.2.3",)]
+    assert user_version(paths.spool_db) == len(store_module.MIGRATIONS)
+    log = (d.root / "edge.log").read_text()
+    assert log.count("spool database backed up and migrated") == 1 and "SCHEMA_FROM=2" in log
+
+
+def test_spool_is_backed_up_once_when_two_openers_migrate_it_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.adapters.commitment_store import CommitmentStore
+
+    db = tmp_path / "spool.db"
+    older_spool(db, len(store_module.MIGRATIONS))
     newer = [*store_module.MIGRATIONS, "ALTER TABLE items ADD COLUMN probe_note TEXT"]
     monkeypatch.setattr(store_module, "MIGRATIONS", newer)
-    monkeypatch.setattr(update, "MIGRATIONS", newer)
-    for _ in range(2):  # a power cut after the first run: the second must change nothing
-        assert update.migrate([d.edge_toml], paths) is update.HookResult.CONTINUE
-    with sqlite3.connect(paths.spool_db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == before + 1
+    openers = [store_module.SpoolStore, CommitmentStore] * 4  # the service's two owners of the file, racing
+    with ThreadPoolExecutor(len(openers)) as pool:
+        for opened in pool.map(lambda make: make(db), openers):
+            opened.close()
+    backups = list((tmp_path / store_module.BACKUP_DIR).iterdir())
+    assert [b.name for b in backups] == [f"spool-schema{len(newer) - 1}.db"]
+    assert user_version(backups[0]) == len(newer) - 1 and user_version(db) == len(newer)
+    with sqlite3.connect(db) as conn:
         assert "probe_note" in [r[1] for r in conn.execute("PRAGMA table_info(items)")]
-    backup = paths.state_dir / update.BACKUP_DIR / f"spool-schema{before}.db"
-    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == before
-    if os.geteuid() == 0 and paths.state_dir.stat().st_uid != 0:
-        assert backup.stat().st_uid == paths.state_dir.stat().st_uid  # handed to the service user
 
 
-def test_migrate_leaves_files_to_the_service_user_when_run_as_root(
-        deploy: Callable[..., LoopbackDeployment], runtime: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spool_is_left_unmigrated_when_its_backup_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.core.errors import StorageError
+
+    db = tmp_path / "spool.db"
+    older_spool(db, 2)
+    (tmp_path / store_module.BACKUP_DIR).write_text("a file where the backup folder goes")
+    with pytest.raises(StorageError):
+        store_module.SpoolStore(db)
+    assert user_version(db) == 2  # no backup, no migration
+
+
+def test_migrate_hook_leaves_files_to_the_service_user_when_run_as_root(
+        deploy: Callable[..., LoopbackDeployment], runtime: Path) -> None:
     require_root("to own files as another user")
     d = deploy()
     d.stop()
@@ -190,9 +239,7 @@ def test_migrate_leaves_files_to_the_service_user_when_run_as_root(
     for root, dirs, files in os.walk(paths.state_dir):
         for name in [*dirs, *files, "."]:
             os.lchown(os.path.join(root, name), 4242, 4242)
-    newer = [*store_module.MIGRATIONS, "ALTER TABLE items ADD COLUMN probe_note TEXT"]
-    monkeypatch.setattr(store_module, "MIGRATIONS", newer)
-    monkeypatch.setattr(update, "MIGRATIONS", newer)
+    (paths.state_dir / "written-by-root").write_text("x")  # as provisioning from a stick would
     assert update.migrate([d.edge_toml], paths) is update.HookResult.CONTINUE
     owners = {p.stat().st_uid for p in paths.state_dir.rglob("*")}
     assert owners == {4242}, owners
