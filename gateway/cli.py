@@ -191,7 +191,9 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
             device, Paths.from_env().runtime_dir.parent / "gateway-usb")
     else:
         mount = nullcontext(udev_watch.Stick(Path(args.mountpoint)))
-    restart = ["systemctl", "restart", "mgw-edge.service"] if Path("/run/systemd/system").is_dir() else None
+    # the links provisioning designated get their address, then the listener binds it
+    restart = (["systemctl", "restart", "mgw-network.service", "mgw-edge.service"]
+               if Path("/run/systemd/system").is_dir() else None)
 
     def load() -> config.EdgeSettings:
         return edge_settings(args)[0]
@@ -262,6 +264,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     (config.load_cloud if args.cloud else config.load_edge)(files)
     print(f"ok: {' + '.join(map(str, files))} is valid")
     return 0
+
+
+def cmd_network_render(args: argparse.Namespace) -> int:
+    """The .network files of the designated links; on a configuration error the default uplink
+    links still get theirs (the box stays reachable) and the exit status is 1."""
+    from gateway.appliance.network import render_to
+
+    code = 0
+    try:
+        network, bind_host = config.load_network(config_files(args, "gateway"))
+        written = render_to(args.out, network, bind_host)
+    except (GatewayError, ValueError) as exc:
+        print(f"mgw: error: {exc}; rendering the default uplink links only", file=sys.stderr)
+        written, code = render_to(args.out, config.NetworkSettings(), "127.0.0.1"), 1
+    for path in written:
+        print(path)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -364,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
     doctor.set_defaults(func=cmd_doctor)
+
+    network = sub.add_parser("network", help="the appliance's network links").add_subparsers(
+        dest="network_cmd", required=True, metavar="ACTION")
+    nrender = with_config(network.add_parser(
+        "render", help="write systemd-networkd files for the designated links only (mgw-network.service)"))
+    nrender.add_argument("--out", type=Path, default=Path("/run/systemd/network"), metavar="DIR",
+                         help="where to write them (default /run/systemd/network)")
+    nrender.set_defaults(func=cmd_network_render)
 
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
 

@@ -39,8 +39,11 @@ def _req(help: str) -> Any:
 @dataclass(frozen=True)
 class DicomSettings:
     ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
-    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4); provisioning records "  # noqa: S104
-                                   "the box's address towards the modality")
+    bind_host: str = _f("127.0.0.1", "address the DICOM listener binds: the box's address on the modality side "
+                                     "(provisioning records it); until then loopback only. 0.0.0.0 or :: (every "
+                                     "interface) is refused unless allow_any_address")
+    allow_any_address: bool = _f(False, "let bind_host be 0.0.0.0 or :: (every interface, a USB or uplink link "
+                                        "included); off: the listener faces the modality's network only")
     port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE); "
                    "0 = any free port, reported in state_dir/ports/edge.json")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
@@ -149,6 +152,19 @@ class ApplianceSettings:
 
 
 @dataclass(frozen=True)
+class NetworkSettings:
+    """Which links the image gives an address (``mgw network render``, docs/operations.md "Network")."""
+
+    uplink_interfaces: tuple[str, ...] = _f(("eno*", "ens*", "enp*", "eth*"), "links that get DHCP for the uplink: "
+                                            "interface name globs or MAC addresses (aa:bb:cc:dd:ee:ff); a USB "
+                                            "link (usb0, rndis0, enx...) is never one")
+    modality_interfaces: tuple[str, ...] = _f((), "links facing the modality, names or MAC addresses: they get "
+                                                  "dicom.bind_host as a static address, no DHCP; empty = the "
+                                                  "modality is reached through the uplink links")
+    modality_prefix_length: int = _f(24, "prefix length of dicom.bind_host on the modality links")
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     heartbeat_s: float = _f(30.0, "heartbeat period; each heartbeat expires on the broker after twice this")
     metrics_bind: str = _f("127.0.0.1", "address of the local Prometheus /metrics endpoint; empty = off")
@@ -188,6 +204,7 @@ class EdgeSettings:
     spool: SpoolSettings = _f(None, "local cache policy")
     enrolment: EnrolmentSettings = _f(None, "certificate enrolment and renewal")
     appliance: ApplianceSettings = _f(None, "update hooks and USB sticks (docs/operations.md)")
+    network: NetworkSettings = _f(None, "which links get an address (the appliance image's systemd-networkd)")
     health: HealthSettings = _f(None, "heartbeat, birth/death and the local metrics endpoint")
     utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
@@ -419,6 +436,7 @@ class CloudSettings:
 
 
 BOX_ID = re.compile(BOX_ID_PATTERN)
+ANY_ADDRESS = ("0.0.0.0", "::", "")  # noqa: S104 - the wildcard binds the listener check refuses
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 
 
@@ -533,12 +551,16 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ConfigError(f"{source}: 'dicom.allowed_peers' has an invalid AE title")
     if bool(s.dicom.tls_cert_file) != bool(s.dicom.tls_key_file):
         raise ConfigError(f"{source}: 'dicom.tls_cert_file' and 'dicom.tls_key_file' go together")
+    if s.dicom.bind_host in ANY_ADDRESS and not s.dicom.allow_any_address:
+        raise ConfigError(f"{source}: 'dicom.bind_host' {s.dicom.bind_host!r} listens on every interface; set the "
+                          "box's address on the modality side, or 'dicom.allow_any_address = true'")
     if not 0 < s.spool.low_water_percent < s.spool.high_water_percent <= 100:
         raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
+    _check_network(s.network, source)
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -560,6 +582,30 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ValueError
     except (ValueError, binascii.Error) as exc:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _check_network(n: NetworkSettings, source: str) -> None:
+    from gateway.core.networkd import parse_patterns
+
+    for name in ("uplink_interfaces", "modality_interfaces"):
+        try:
+            parse_patterns(getattr(n, name), f"network.{name}")
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    if not 1 <= n.modality_prefix_length <= 128:
+        raise ConfigError(f"{source}: 'network.modality_prefix_length' must be 1..128")
+
+
+def load_network(paths: list[Path]) -> tuple[NetworkSettings, str]:
+    """The ``[network]`` settings and ``dicom.bind_host``, from files that may lack ``[box]`` (an
+    unprovisioned box still needs its uplink): ``mgw network render``."""
+    table, source = read_toml(paths)
+    for name in ("network", "dicom"):
+        if not isinstance(table.get(name, {}), dict):
+            raise ConfigError(f"{source}: '{name}' must be a table")
+    network = build(NetworkSettings, table.get("network", {}), source, "network.")
+    _check_network(network, source)
+    return network, build(DicomSettings, table.get("dicom", {}), source, "dicom.").bind_host
 
 
 def _check_worklist(w: WorklistSettings, source: str) -> None:
