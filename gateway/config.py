@@ -561,6 +561,7 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
     _check_network(s.network, source)
+    _check_appliance(s.appliance, source)
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -582,6 +583,11 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ValueError
     except (ValueError, binascii.Error) as exc:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _check_appliance(a: ApplianceSettings, source: str) -> None:
+    if min(a.update_quiet_s, a.update_mpps_stale_s, a.commit_gate_timeout_s, a.commit_gate_settle_s) < 0:
+        raise ConfigError(f"{source}: '[appliance]' durations must be >= 0")
 
 
 def _check_network(n: NetworkSettings, source: str) -> None:
