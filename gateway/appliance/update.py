@@ -255,8 +255,10 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
     if check is GateCheck.SERVICE_READY:
         return _service_steady(paths, probe, version, baseline)
     if check is GateCheck.ECHO:
-        return dicom_probe.echo(probe.host, _dicom_port(settings, paths), settings.dicom.ae_title,
-                                _calling(settings), source=probe.host) == 0
+        port = _dicom_port(settings, paths)
+        if baseline.pid and not ports.listens(baseline.pid, port):
+            raise LocalError(f"port {port} is not the listener of the edge service (pid {baseline.pid})")
+        return dicom_probe.echo(probe.host, port, settings.dicom.ae_title, _calling(settings), source=probe.host) == 0
     if check is GateCheck.UPLINK:
         uplink = read_uplink(paths.state_dir)
         return uplink is not None and uplink.up
