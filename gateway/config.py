@@ -189,6 +189,8 @@ class EdgeSettings:
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
     priority: PrioritySettings = _f(None, "which instances jump the uplink queue")
     worklist: WorklistSettings = _f(None, "Modality Worklist SCP answering from the box's cache")
+    site: SiteSettings = _f(None, "the site's time zone, opening hours and region (written by provisioning); "
+                            "times on the box are shown in this zone, and the box announces them to the fleet")
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,7 @@ class CloudSettings:
 
 BOX_ID = re.compile(BOX_ID_PATTERN)
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+AE_TITLE = _AE
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -535,6 +538,10 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
+    try:
+        site_rules_hours(s.site)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: 'site': {exc}") from exc
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -682,6 +689,18 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def site_rules_hours(rules: SiteSettings) -> OpeningHours | None:
+    """The opening hours one site's own rules give (a box's ``[site]``), or None when they set no
+    hours; ValueError for an unknown zone or malformed hours."""
+    from gateway.adapters.time_zone import zone
+    from gateway.core.utilisation import OpeningHours
+
+    tz = zone(rules.time_zone)
+    if rules.turnaround_target_s < 0:
+        raise ValueError("'turnaround_target_s' must be >= 0")
+    return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
 
 
 def site_hours(f: FleetSettings, site: str) -> OpeningHours:
