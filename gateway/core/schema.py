@@ -71,6 +71,10 @@ class Birth(_Telemetry, frozen=True, tag="birth"):
     heartbeat_s: Seconds | None = None
     # the box's X25519 public key for its worklist feed (core.worklist_wire), hex; absent: no feed
     worklist_key: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
+    # its site's rules as provisioning set them (the edge's [site]); the fleet checks them again
+    time_zone: Text = ""
+    weekly_hours: Annotated[list[Text], msgspec.Meta(max_length=14)] = []
+    region: Text = ""
 
 
 class Death(_Telemetry, frozen=True, tag="death"):

@@ -129,8 +129,10 @@ class Telemetry:
             self._wake.clear()
 
     def _publish_birth(self) -> None:
+        rules = self._settings.site  # the site's zone and hours, as provisioning set them
         payload = fleet.encode(MessageKind.BIRTH, self._box, self._bd_seq, at=round(self._clock(), 3),
-                               version=__version__, site=self._site(), heartbeat_s=self._settings.health.heartbeat_s)
+                               version=__version__, site=self._site(), heartbeat_s=self._settings.health.heartbeat_s,
+                               time_zone=rules.time_zone, weekly_hours=list(rules.weekly_hours), region=rules.region)
         self.link.publish(topics.telemetry_topic(self._prefix, self._box, "state"), payload, qos=1, retain=True)
         self._births += 1
 
