@@ -14,6 +14,11 @@ then the box's X25519 worklist key). A frame that fails is refused with its reas
 The other way, the performed statuses MPPS queued (``WorklistStore.due_statuses``) are published
 as ``schema.WorklistStatus`` (a ref and a status: no patient data) and resent every ``resend_s``
 until a signed status ack arrives; an ack that does not verify is ignored and counted.
+
+The feed's ``WorklistStore`` is its own object on ``worklist.db``, as the worklist SCP's and the
+MPPS service's are (one connection and lock each): SQLite serialises their writes (WAL,
+``BEGIN IMMEDIATE``, a 30 s busy timeout), and the sequence check is made again inside the
+apply's transaction, so the unlocked ``peek_seq`` shortcut can never apply an older update.
 """
 
 from __future__ import annotations

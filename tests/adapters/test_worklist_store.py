@@ -180,3 +180,18 @@ def test_older_cache_file_gains_the_feed_tables_when_opened_by_this_version(tmp_
         assert s.last_applied_at() == 1.0
     finally:
         s.close()
+
+
+def test_acknowledged_statuses_and_their_mpps_map_leave_when_they_expire(store: WorklistStore, tmp_path: Path) -> None:
+    store.apply(update(1, upsert_ref(REF1, step="S1")), 1.0)
+    store.perform(MPPS_UID, [("S1", ACCESSION)], 2.0)
+    store.performed(MPPS_UID, "COMPLETED", 3.0)
+    store.mark_status_acked(REF1, "IN PROGRESS")
+    far = calendar.timegm(time.strptime("20270101", "%Y%m%d"))
+    store.expire(far, keep_s=3600)
+    assert [(p.ref, p.status) for p in store.due_statuses(far)] == [(REF1, "COMPLETED")]  # unacked: kept
+    assert store.performed(MPPS_UID, "DISCONTINUED", far) == 1  # the map lives while a status is pending
+    store.mark_status_acked(REF1, "COMPLETED")
+    store.mark_status_acked(REF1, "DISCONTINUED")
+    store.expire(far + 2 * 3600 + 4e7, keep_s=3600)
+    assert store.statuses_unacked() == 0 and store.performed(MPPS_UID, "COMPLETED", far) == 0
