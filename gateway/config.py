@@ -173,6 +173,7 @@ class WorklistSettings:
                                         "AE Title")
     max_results: int = _f(500, "matches answered to one C-FIND at most, earliest scheduled first")
     keep_hours: float = _f(48.0, "a step scheduled longer ago than this is removed from the cache")
+    status_resend_s: float = _f(60.0, "resend a performed status (MPPS) the cloud has not acknowledged after this")
 
 
 @dataclass(frozen=True)
@@ -568,8 +569,9 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
 def _check_worklist(w: WorklistSettings, source: str) -> None:
     if w.station_filter not in ("calling_ae", "none"):
         raise ConfigError(f"{source}: 'worklist.station_filter' must be 'calling_ae' or 'none'")
-    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0:
-        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000 and worklist.keep_hours > 0")
+    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0 or w.status_resend_s <= 0:
+        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000, worklist.keep_hours > 0 and "
+                          "worklist.status_resend_s > 0")
 
 
 def _check_commitment(c: CommitmentSettings, source: str) -> None:
