@@ -89,14 +89,24 @@ def cmd_cloud_fleet(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.simulator import run_simulation
 
-    settings, _ = cloud_settings(args)
+    settings, paths = cloud_settings(args)
     logs.setup("ERROR", False)
-    report = run_simulation(settings.mqtt, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
-                            outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours)
+    report = run_simulation(settings, paths, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
+                            outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours,
+                            say=(lambda _m: None) if args.json else (lambda m: print(f"mgw: {m}", file=sys.stderr)))
     print(json.dumps(report, indent=2) if args.json else
           f"simulated {report['boxes']} boxes for {report['seconds']} s: {report['heartbeats']} heartbeats, "
-          f"{report['exams']} exams, {report['outages']} outages")
-    return 0
+          f"{report['exams']} exams, {report['outages']} outages\n"
+          f"模拟 {report['boxes']} 台设备 {report['seconds']} 秒：{report['heartbeats']} 次心跳，"
+          f"{report['exams']} 次检查，{report['outages']} 次中断")
+    lost = report["publish_failures"] + report["publish_refused"]
+    if lost:
+        print(f"mgw: {report['publish_refused']} messages refused by the broker and {report['publish_failures']} not "
+              "sent: the cloud did not get them (see PUBLISH_REFUSED in the log)\n"
+              f"mgw: 代理拒绝了 {report['publish_refused']} 条消息，"
+              f"另有 {report['publish_failures']} 条未发出：云端没有收到",
+              file=sys.stderr)
+    return 1 if lost else 0
 
 
 def cmd_cloud_keygen(args: argparse.Namespace) -> int:

@@ -193,6 +193,7 @@ class WorklistSettings:
                                         "AE Title")
     max_results: int = _f(500, "matches answered to one C-FIND at most, earliest scheduled first")
     keep_hours: float = _f(48.0, "a step scheduled longer ago than this is removed from the cache")
+    status_resend_s: float = _f(60.0, "resend a performed status (MPPS) the cloud has not acknowledged after this")
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ class EdgeSettings:
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
     priority: PrioritySettings = _f(None, "which instances jump the uplink queue")
     worklist: WorklistSettings = _f(None, "Modality Worklist SCP answering from the box's cache")
+    site: SiteSettings = _f(None, "the site's time zone, opening hours and region (written by provisioning); "
+                            "times on the box are shown in this zone, and the box announces them to the fleet")
 
 
 @dataclass(frozen=True)
@@ -438,6 +441,7 @@ class CloudSettings:
 BOX_ID = re.compile(BOX_ID_PATTERN)
 ANY_ADDRESS = ("0.0.0.0", "::", "")  # noqa: S104 - the wildcard binds the listener check refuses
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+AE_TITLE = _AE
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -562,6 +566,10 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     _check_worklist(s.worklist, source)
     _check_network(s.network, source)
     _check_appliance(s.appliance, source)
+    try:
+        site_rules_hours(s.site)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: 'site': {exc}") from exc
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -617,8 +625,9 @@ def load_network(paths: list[Path]) -> tuple[NetworkSettings, str]:
 def _check_worklist(w: WorklistSettings, source: str) -> None:
     if w.station_filter not in ("calling_ae", "none"):
         raise ConfigError(f"{source}: 'worklist.station_filter' must be 'calling_ae' or 'none'")
-    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0:
-        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000 and worklist.keep_hours > 0")
+    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0 or w.status_resend_s <= 0:
+        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000, worklist.keep_hours > 0 and "
+                          "worklist.status_resend_s > 0")
 
 
 def _check_commitment(c: CommitmentSettings, source: str) -> None:
@@ -738,6 +747,18 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def site_rules_hours(rules: SiteSettings) -> OpeningHours | None:
+    """The opening hours one site's own rules give (a box's ``[site]``), or None when they set no
+    hours; ValueError for an unknown zone or malformed hours."""
+    from gateway.adapters.time_zone import zone
+    from gateway.core.utilisation import OpeningHours
+
+    tz = zone(rules.time_zone)
+    if rules.turnaround_target_s < 0:
+        raise ValueError("'turnaround_target_s' must be >= 0")
+    return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
 
 
 def site_hours(f: FleetSettings, site: str) -> OpeningHours:

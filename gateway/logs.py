@@ -35,6 +35,7 @@ class MSG(enum.StrEnum):
     SUBSCRIPTION_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0015"
     INSTANCE_RESENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0016"
     INSTANCE_NEW_VERSION = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0017"
+    PUBLISH_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0018"
     CHUNK_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000e"
     OBJECT_ARCHIVED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e000f"
     OBJECT_REJECTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0010"
@@ -81,6 +82,7 @@ class MSG(enum.StrEnum):
     WORKLIST_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0802"
     WORKLIST_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0803"
     WORKLIST_ORDER_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0804"
+    WORKLIST_FRAME_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0810"  # the edge's feed subscriber
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"

@@ -61,6 +61,35 @@ def util_ack_topic(prefix: str, box_id: str) -> str:
     return f"{prefix}/{box_id}/util/ack"
 
 
+# -- the worklist feed (docs/protocol.md, "Worklist feed") -------------------------------------------------
+#    {prefix}/{box_id}/worklist              cloud -> edge: the box's worklist, sealed (core.worklist_wire), retained
+#    {prefix}/{box_id}/worklist/status       edge -> cloud: a step's performed status (schema.WorklistStatus)
+#    {prefix}/{box_id}/worklist/status/ack   cloud -> edge: the status is stored (signed)
+def worklist_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/worklist"
+
+
+def worklist_status_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/worklist/status"
+
+
+def worklist_status_ack_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/worklist/status/ack"
+
+
+def worklist_status_subscription(prefix: str) -> str:
+    return f"{prefix}/+/worklist/status"
+
+
+def parse_worklist_status_topic(prefix: str, topic: str) -> str:
+    """The box id of a worklist status topic, or ``FrameError``."""
+    head = prefix + "/"
+    parts = topic[len(head):].split("/") if topic.startswith(head) else []
+    if len(parts) != 3 or parts[1:] != ["worklist", "status"] or not _BOX.match(parts[0]):
+        raise FrameError("malformed worklist status topic")
+    return parts[0]
+
+
 def fleet_subscriptions(prefix: str) -> list[str]:
     return [f"{prefix}/+/{leaf}" for leaf in TELEMETRY_LEAVES]
 
