@@ -33,6 +33,7 @@ from gateway.core.errors import ConfigError
 from gateway.tomlwrite import render_toml
 
 ENROL_METRICS_PORT = 9472
+POSTGRES_PASSWORD_FILE = "keys/postgres.password"  # noqa: S105 - a path, relative to the state directory
 MAX_WORKERS = 64
 
 
@@ -50,6 +51,7 @@ class Plan:
     metrics_port: int  # worker n's /metrics on metrics_port + n - 1; 0 = any free port for every service
     workers: int
     postgres: str
+    postgres_password_file: str
     user: str
     admin: str
     admin_password_file: str
@@ -97,7 +99,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
     return Plan(state_dir=root / "var/lib/gateway", config_dir=root / "etc/gateway", units_dir=Path(args.units_dir),
                 hostnames=tuple(args.hostname or [socket.getfqdn()]), broker_port=args.broker_port,
                 enrol_port=args.enrol_port, console_port=args.console_port, metrics_port=args.metrics_port,
-                workers=args.workers, postgres=args.postgres or "", user=args.user, admin=args.admin,
+                workers=args.workers, postgres=args.postgres or "",
+                postgres_password_file=args.postgres_password_file or "", user=args.user, admin=args.admin,
                 admin_password_file=args.admin_password_file or "", force=args.force)
 
 
@@ -116,6 +119,8 @@ def cloud_tables(plan: Plan) -> dict[str, dict[str, object]]:
     }
     if plan.postgres:
         tables["index"] = {"backend": "postgres", "dsn": plan.postgres}
+        if plan.postgres_password_file:
+            tables["index"]["password_file"] = POSTGRES_PASSWORD_FILE
     return tables
 
 
@@ -168,6 +173,13 @@ def make_keys(plan: Plan, outcome: Outcome) -> None:
         existed = path.exists()
         make(path)
         outcome.note(path, not existed)
+    copy = plan.state_dir / POSTGRES_PASSWORD_FILE
+    if plan.postgres_password_file and not copy.exists():  # the services' own copy, handed over with the rest
+        from gateway.adapters import blobs
+        from gateway.cloud import backends
+
+        blobs.write_atomic(copy, (backends.read_secret(Path(plan.postgres_password_file)) + "\n").encode(), 0o600)
+        outcome.note(copy, True)
 
 
 def make_pki(plan: Plan, outcome: Outcome) -> None:
@@ -292,9 +304,11 @@ def cmd_cloud_init(args: argparse.Namespace) -> int:
     outcome = init(plan)
     units = sorted(p.name for p in plan.units_dir.glob("mgw-*"))
     config_arg = f"--config {plan.cloud_toml}"
+    owner = _service_user(plan) if os.geteuid() == 0 else ""
+    as_owner = f"sudo -u {owner} " if owner else ""  # the CA's registry and the fleet store are the user's
     steps = ["systemctl daemon-reload", "systemctl enable --now mgw-cloud.target",
              f"mgw doctor --cloud {config_arg}",
-             f"mgw cloud token {config_arg} --box BOX --site SITE --modality CT"]
+             f"{as_owner}mgw cloud token {config_arg} --box BOX --site SITE --modality CT"]
     if args.json:
         doc: dict[str, Any] = {"state_dir": str(plan.state_dir), "config": str(plan.cloud_toml),
                                "units_dir": str(plan.units_dir), "units": units, "made": outcome.made,
@@ -308,9 +322,9 @@ def cmd_cloud_init(args: argparse.Namespace) -> int:
           f"配置 {plan.cloud_toml}，状态目录 {plan.state_dir}，单元位于 {plan.units_dir}（{', '.join(units)}）")
     if outcome.admin_password:
         _tell(f"console account {plan.admin} (admin), password: {outcome.admin_password}  "
-              f"(shown once; change it with `mgw cloud user passwd {plan.admin} {config_arg}`)",
+              f"(shown once; change it with `{as_owner}mgw cloud user passwd {plan.admin} {config_arg}`)",
               f"控制台账户 {plan.admin}（管理员），密码：{outcome.admin_password}  "
-              f"（仅显示一次；请用 `mgw cloud user passwd {plan.admin} {config_arg}` 修改）")
+              f"（仅显示一次；请用 `{as_owner}mgw cloud user passwd {plan.admin} {config_arg}` 修改）")
     _tell("next steps:", "下一步：")
     print("\n".join(f"  {step}" for step in steps))
     return 0
@@ -330,6 +344,8 @@ def add_command(cloud: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="ingest workers on this host (default 1)")
     p.add_argument("--postgres", metavar="DSN", help="keep the index, staging and fleet store in PostgreSQL "
                                                      "(a libpq DSN without a password); default SQLite")
+    p.add_argument("--postgres-password-file", help="file (0600) holding the PostgreSQL role's password; copied "
+                                                     "to keys/postgres.password as index.password_file")
     p.add_argument("--user", default="mgw", help="the services' user (default mgw)")
     p.add_argument("--admin", default="admin", help="the console's first admin account (default admin)")
     p.add_argument("--admin-password-file", help="file holding its password (else one is made and printed once)")
