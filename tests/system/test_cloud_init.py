@@ -220,3 +220,23 @@ def test_units_verify_clean_and_score_at_most_2_when_checked_by_systemd_analyze(
                                capture_output=True, text=True, timeout=60)
         score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", found.stdout)
         assert score and float(score.group(1)) <= 2.0, f"{unit.name}: {found.stdout[-300:]}"
+
+
+def test_index_and_admin_are_in_postgresql_when_init_is_given_a_dsn(tmp_path: Path, pg_cluster: Any) -> None:
+    from gateway import config
+
+    dsn = pg_cluster.create_database(f"cloudinit{os.getpid()}")
+    secret = tmp_path / "db.password"
+    secret.write_text("not needed by a trusting test cluster\n")
+    secret.chmod(0o600)
+    root = tmp_path / "host"
+    made = json.loads(_init(root, 8883, "--postgres", dsn, "--postgres-password-file", str(secret), "--json").stdout)
+    assert "account admin" in made["made"]
+    conf = root / "etc/gateway/cloud.toml"
+    settings = config.load_cloud([conf])
+    assert (settings.index.backend, settings.index.dsn) == ("postgres", dsn)
+    copy = root / "var/lib/gateway" / settings.index.password_file
+    assert copy.read_text() == secret.read_text() and copy.stat().st_mode & 0o077 == 0
+    assert not (root / "var/lib/gateway/fleet.db").exists()  # the account went to PostgreSQL
+    accounts = json.loads(_mgw("cloud", "user", "list", "--config", str(conf), "--json").stdout)
+    assert [(a["name"], a["role"]) for a in accounts] == [("admin", "admin")]
