@@ -234,7 +234,8 @@ def write_units(plan: Plan, outcome: Outcome) -> None:
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     unit_plan = cloud_units.UnitPlan(
         state_dir=plan.state_dir, config_dir=plan.config_dir, user=plan.user, mosquitto=mosquitto,
-        broker_conf=plan.broker_dir / "mosquitto.conf", workers=plan.workers, broker_port=plan.broker_port,
+        broker_conf=plan.broker_dir / "mosquitto.conf", crl_file=plan.broker_dir / "crl.pem", workers=plan.workers,
+        broker_port=plan.broker_port,
         enrol_port=plan.enrol_port, console_port=plan.console_port)
     for name, text in cloud_units.render(unit_plan).items():
         _write(plan.units_dir / name, text, plan, outcome)

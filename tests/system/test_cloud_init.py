@@ -13,9 +13,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,9 +172,78 @@ def test_box_shows_online_in_the_fleet_api_when_the_cloud_is_brought_up_by_init_
 
         wait_for(online, 90, f"{BOX} online in the fleet API")
         assert all(proc.poll() is None for proc in host.procs), host.logs()
+        _refresh_crl_and_reload_the_broker(host, url)
     except BaseException:
         print(host.logs())
         raise
+
+
+def _next_update(crl: Path) -> float:
+    from cryptography import x509
+
+    return x509.load_pem_x509_crl(crl.read_bytes()).next_update_utc.timestamp()
+
+
+def _refresh_crl_and_reload_the_broker(host: Host, enrol_url: str) -> None:
+    """mgw-crl.service's command writes the broker's CRL afresh; the broker's ExecReload= (what
+    mgw-broker-reload.path starts) has it re-read it, and it still admits a newly provisioned box."""
+    crl = host.root / "var/lib/gateway/broker/crl.pem"
+    before = _next_update(crl)
+    refresh = subprocess.run(_command(host.root / "units/mgw-crl.service"), capture_output=True, text=True,
+                             timeout=120)
+    assert refresh.returncode == 0, refresh.stderr
+    assert _next_update(crl) > before
+    broker = host.procs[0]
+    reload = cloud_units.exec_reload((host.root / "units/mgw-broker.service").read_text())
+    subprocess.run([w.replace("$MAINPID", str(broker.pid)) for w in shlex.split(reload)], check=True, timeout=30)
+    conf = host.root / "etc/gateway/cloud.toml"
+    made = json.loads(_mgw("cloud", "token", "--config", str(conf), "--box", "clinic-ct-2", "--site", "clinic",
+                           "--modality", "CT", "--json").stdout)
+    _mgw("provision", "--url", enrol_url, "--ca-fingerprint", made["ca_fingerprint"], "--token", made["token"],
+         "--state-dir", str(host.root / "edge-2"))  # its self-test connects to the reloaded broker
+    assert broker.poll() is None
+
+
+def _mqtt_connects(host: Host, identity: str = "ingest-1") -> bool:
+    """An MQTT 5 CONNECT over mutual TLS as cloud process ``identity``: whether CONNACK comes back."""
+    state = host.root / "var/lib/gateway"
+    context = ssl.create_default_context(cafile=str(state / "pki/ca.pem"))
+    context.load_cert_chain(str(state / f"keys/{identity}.pem"), str(state / f"keys/{identity}.key"))
+    client_id = b"cloud." + identity.replace("-", ".").encode()
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection(("127.0.0.1", host.broker_port), 10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(bytes([0x10, len(body)]) + body)
+            return tls.recv(1) == b"\x20"
+    except OSError:  # ssl.SSLError included: the broker refused the certificate
+        return False
+
+
+def test_broker_admits_clients_again_when_an_expired_crl_is_refreshed_by_the_crl_unit(
+        tmp_path: Path, hosts: list[Host]) -> None:
+    """mosquitto refuses every client once its CRL's next update has passed, and reads the file only at
+    start and SIGHUP: what mgw-crl.timer and mgw-broker-reload.path are for."""
+    from gateway.adapters import blobs
+    from gateway.cloud.authority.ca import FleetAuthority
+
+    host = _bring_up(tmp_path, hosts)
+    broker = host.procs[0]
+    assert _mqtt_connects(host)
+    state = host.root / "var/lib/gateway"
+    stale = FleetAuthority(state / "pki", clock=lambda: time.time() - 8 * 86400)  # a CRL from 8 days ago
+    blobs.write_atomic(state / "broker/crl.pem", stale.crl_pem(), mode=0o644)
+    stale.close()
+    reload = [w.replace("$MAINPID", str(broker.pid)) for w in shlex.split(cloud_units.exec_reload(
+        (host.root / "units/mgw-broker.service").read_text()))]
+    subprocess.run(reload, check=True, timeout=30)
+    wait_for(lambda: not _mqtt_connects(host), 30, "the broker to refuse clients under an expired CRL")
+    refresh = subprocess.run(_command(host.root / "units/mgw-crl.service"), capture_output=True, text=True,
+                             timeout=120)
+    assert refresh.returncode == 0, refresh.stderr
+    subprocess.run(reload, check=True, timeout=30)
+    wait_for(lambda: _mqtt_connects(host), 30, "the broker to admit clients under the refreshed CRL")
+    assert broker.poll() is None
 
 
 def test_init_changes_nothing_when_run_again_and_force_keeps_every_key(tmp_path: Path) -> None:
