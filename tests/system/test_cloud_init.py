@@ -311,3 +311,23 @@ def test_index_and_admin_are_in_postgresql_when_init_is_given_a_dsn(tmp_path: Pa
     assert not (root / "var/lib/gateway/fleet.db").exists()  # the account went to PostgreSQL
     accounts = json.loads(_mgw("cloud", "user", "list", "--config", str(conf), "--json").stdout)
     assert [(a["name"], a["role"]) for a in accounts] == [("admin", "admin")]
+
+
+def test_state_belongs_to_the_service_user_when_init_runs_as_root(tmp_path: Path) -> None:
+    """Run as root, init gives every file of the state directory to the services' user (here `nobody`,
+    which every Debian host has; `mgw` in production), so that the units' User= can read its keys."""
+    import pwd
+
+    from tests.peers import require_root
+
+    require_root("to hand files to another user")
+    nobody = pwd.getpwnam("nobody")
+    root = tmp_path / "host"
+    out = _init(root, 8883, "--user", "nobody", "--json")
+    state = root / "var/lib/gateway"
+    owners = {(p.stat(follow_symlinks=False).st_uid, p.stat(follow_symlinks=False).st_gid)
+              for p in [state, *state.rglob("*")]}
+    assert owners == {(nobody.pw_uid, nobody.pw_gid)}
+    assert "user nobody" in (state / "broker/mosquitto.conf").read_text().splitlines()
+    assert any(step.startswith("sudo -u nobody mgw cloud token") for step in json.loads(out.stdout)["next"])
+    assert "User=nobody" in (root / "units/mgw-fleet.service").read_text().splitlines()
