@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -35,6 +36,7 @@ from gateway.tomlwrite import render_toml
 ENROL_METRICS_PORT = 9472
 POSTGRES_PASSWORD_FILE = "keys/postgres.password"  # noqa: S105 - a path, relative to the state directory
 MAX_WORKERS = 64
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")  # DNS name, IPv4 or IPv6 address
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def plan_of(args: argparse.Namespace) -> Plan:
             raise ConfigError(f"--{name.replace('_', '-')} must be a port, 0 to 65535")
     if args.broker_port == 0:
         raise ConfigError("--broker-port must be a port: mosquitto cannot bind port 0 and tell")
+    for name in args.hostname or []:
+        if not HOST_NAME.fullmatch(name):
+            raise ConfigError(f"--hostname {name!r}: a DNS name or an IP address")
     return Plan(state_dir=root / "var/lib/gateway", config_dir=root / "etc/gateway", units_dir=Path(args.units_dir),
                 hostnames=tuple(args.hostname or [socket.getfqdn()]), broker_port=args.broker_port,
                 enrol_port=args.enrol_port, console_port=args.console_port, metrics_port=args.metrics_port,
