@@ -255,9 +255,30 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway import doctor
+    from gateway.field import _tell
+
     files = config_files(args, "cloud" if args.cloud else "gateway")
-    (config.load_cloud if args.cloud else config.load_edge)(files)
-    print(f"ok: {' + '.join(map(str, files))} is valid")
+    if args.cloud:
+        cloud = config.load_cloud(files)
+        findings = doctor.check_cloud(cloud, Paths.from_env(cloud.cloud.state_dir, base=files[0].parent), time.time())
+    else:
+        edge = config.load_edge(files)
+        findings = doctor.check_edge(edge, Paths.from_env(edge.box.state_dir, base=files[0].parent), time.time())
+    if args.json:
+        print(json.dumps({"files": [str(f) for f in files], "ok": all(f.ok for f in findings),
+                          "checks": [{"key": f.key, "ok": f.ok, "detail": f.detail, "days_left": f.days_left}
+                                     for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.key}: {f.detail}")
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        raise config.ConfigError("; ".join(f"{f.key}: {f.detail}" for f in failed))
+    if not args.json:
+        names = " + ".join(map(str, files))
+        _tell(f"ok: {names} is valid and every file it names checks out",
+              f"正常：{names} 有效，其中指定的每个文件均通过检查")
     return 0
 
 
@@ -358,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
+    doctor.add_argument("--json", action="store_true", help="print every check as JSON")
     doctor.set_defaults(func=cmd_doctor)
 
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
