@@ -205,22 +205,20 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.adapters.store import SpoolStore
+    from gateway.appliance import glance
 
     settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
         raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
-    store = SpoolStore(paths.spool_db)
-    counts = store.counts()
-    store.close()
-    doc = {"box_id": settings.box.id, "version": __version__, "spool": counts}
+    seen = glance.glance(settings, paths, time.time())
     if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"box {settings.box.id}  mgw {__version__}")
-        for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
-            c = counts.get(state, {"items": 0, "bytes": 0})
-            print(f"  {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
+        print(json.dumps(seen.as_dict(), indent=2))
+        return 0
+    print("\n".join(glance.lines(seen)))
+    print("  spool 缓存:")
+    for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
+        c = seen.spool.get(state, {"items": 0, "bytes": 0})
+        print(f"    {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
     return 0
 
 
@@ -352,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     handle.add_argument("--provision-command", default="mgw provision", help="command that applies a bundle")
     handle.set_defaults(func=cmd_usb_handle)
 
-    status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
+    status = with_config(sub.add_parser("status", help="the box at a glance: uplink, certificate, backlog, studies"))
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 

@@ -126,6 +126,8 @@ class BoxSettings:
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
     site: str = _f("", "site this box serves, as bound to its enrolment token (written by provisioning)")
     modality: str = _f("", "modality this box serves, as bound to its enrolment token (written by provisioning)")
+    time_zone: str = _f("", "the site's IANA time zone (e.g. 'Asia/Shanghai') for times shown to people "
+                            "(mgw status); empty = the system's local time")
 
 
 @dataclass(frozen=True)
@@ -535,6 +537,13 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
+    if s.box.time_zone:
+        from gateway.adapters.time_zone import zone
+
+        try:
+            zone(s.box.time_zone)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: 'box.time_zone': {exc}") from exc
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
