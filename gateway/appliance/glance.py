@@ -1,8 +1,8 @@
 """`mgw status`: the box at a glance, for the field engineer and for scripts (`--json`).
 
-Read only, from what the edge leaves on disk, so it answers whether the service runs or not
-and never creates a file (it is usually run as root, and a root-owned database side file would
-lock the service out): the spool's counts, the exam records' last study per modality (both
+Read only, from what the edge leaves on disk, so it answers whether the service runs or not,
+and never writes or migrates a database (a newer program must not migrate the spool before the
+update hook has backed it up): the spool's counts, the exam records' last study per modality (both
 SQLite, opened read-only where another process owns them), the uplink state file
 (``status.py``), the edge's port report (is it running), the MQTT client certificate and the
 state disk. Times are shown in the site's time zone (``box.time_zone``, else the system's).
@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.adapters import exam_store, host, pem_files, ports
-from gateway.adapters.store import SpoolStore
+from gateway.adapters.store import counts_read_only as spool_counts
 from gateway.adapters.time_zone import zone
 from gateway.appliance.status import read_uplink
 from gateway.config import EdgeSettings
@@ -149,11 +149,7 @@ def _disk(settings: EdgeSettings, paths: Paths) -> Disk | None:
 
 def glance(settings: EdgeSettings, paths: Paths, now: float) -> Glance:
     """Everything `mgw status` shows; raises ``StorageError`` for an unreadable database."""
-    store = SpoolStore(paths.spool_db)
-    try:
-        counts = store.counts()
-    finally:
-        store.close()
+    counts = spool_counts(paths.spool_db)
     running = ports.reported(paths.state_dir, "edge", "dicom") is not None
     tz = settings.box.time_zone
     last = exam_store.last_studies_read_only(paths.state_dir / "utilisation.db")

@@ -94,3 +94,27 @@ def test_doctor_passes_when_run_on_the_files_mgw_provision_wrote(deploy: Deploy,
     checks = {c["key"]: c for c in json.loads(done.stdout)["checks"]}
     assert {"mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"} <= set(checks)
     assert f"'{BOX_ID}'" in checks["mqtt.cert_file"]["detail"] and checks["mqtt.cert_file"]["days_left"] > 1
+
+
+def test_status_leaves_an_older_spool_unmigrated_when_run_before_the_update_hook(tmp_path: Path) -> None:
+    from gateway.adapters import keystore
+    from gateway.adapters.sqlite_db import SqliteDatabase
+    from gateway.adapters.store import MIGRATIONS
+
+    state = tmp_path / "state"
+    old = SqliteDatabase(state / "spool.db", "spool database")
+    old.migrate(MIGRATIONS[:-1])  # as the previous release left it
+    old.close()
+    public = keystore.public_b64(keystore.load_or_create_x25519(tmp_path / "cloud.key"))
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[box]\nid = "old-box"\ncloud_public_key = "{public}"\nstate_dir = "{state}"\n')
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "--config", str(toml)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["service"] == {"running": False} and doc["backlog"]["items"] == 0 and doc["certificate"] is None
+    after = SqliteDatabase(state / "spool.db", "spool database", read_only=True)
+    try:
+        assert after.schema_version() == len(MIGRATIONS) - 1  # the hook's backup comes first
+    finally:
+        after.close()
