@@ -515,8 +515,17 @@ def _check_topic_depth(mqtt: MqttSettings, source: str) -> None:
                           f"more than 'mqtt.max_topic_levels' ({mqtt.max_topic_levels})")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_log_level(level: str, key: str, source: str) -> None:
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{source}: '{key}' must be one of {', '.join(LOG_LEVELS)}")
+
+
 def _check_edge(s: EdgeSettings, source: str) -> None:
     _check_topic_depth(s.mqtt, source)
+    _check_log_level(s.box.log_level, "box.log_level", source)
     if not BOX_ID.match(s.box.id):
         raise ConfigError(f"{source}: 'box.id' must match {BOX_ID.pattern}")
     if not _AE.match(s.dicom.ae_title):
@@ -609,6 +618,7 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
     table, source = read_toml(paths)
     settings = _fill_defaults(build(CloudSettings, table, source))
     _check_topic_depth(settings.mqtt, source)
+    _check_log_level(settings.cloud.log_level, "cloud.log_level", source)
     if settings.index.backend not in ("sqlite", "postgres"):
         raise ConfigError(f"{source}: 'index.backend' must be 'sqlite' or 'postgres'")
     if settings.index.backend == "postgres" and not settings.index.dsn:

@@ -291,3 +291,14 @@ def test_doctor_table_names_a_key_when_the_settings_define_a_path(settings: type
                                                                    ) -> None:
     paths = {k for k, _, _ in config.iter_keys(settings) if k.endswith(("_file", "_dir"))}
     assert paths == {e.key for e in table}
+
+
+@pytest.mark.parametrize("line, key", [('log_level = "VERBOSE"', "'box.log_level' must be one of"),
+                                       ('time_zone = "Mars/Base"', "'box.time_zone': unknown time zone")])
+def test_doctor_fails_naming_the_key_when_a_box_value_is_unknown(tmp_path: Path, line: str, key: str) -> None:
+    m = _broken_edge(tmp_path)
+    extra = m.files[-1].parent / "extra.toml"
+    extra.write_text(f"[box]\n{line}\n")
+    m.files.append(extra)
+    done = run_doctor(m)
+    assert done.returncode == 2 and key in done.stderr, done.stderr

@@ -128,6 +128,8 @@ def journal_namespace() -> Iterator[str]:
     require_root("to run journald and a mount namespace")
     if not JOURNALD.exists() or shutil.which("unshare") is None or shutil.which("journalctl") is None:
         _missing("systemd-journald, journalctl and unshare (Debian: systemd, util-linux)")
+    if not Path("/etc/machine-id").is_file():
+        _missing("/etc/machine-id, which journald names its files by")
     namespace = f"mgwtest{secrets.token_hex(4)}"
     machine = Path("/etc/machine-id").read_text().strip()
     proc = subprocess.Popen([str(JOURNALD), namespace], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
