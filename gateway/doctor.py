@@ -168,10 +168,7 @@ class _Check:
 
     def content(self, entry: FileKey, path: Path) -> Finding:
         if entry.kind is Kind.CA:
-            cas = pem_files.ca_bundle(path)
-            ok, text, days = min((_validity(ca, self.now) for ca in cas), key=lambda v: v[2])
-            names = ", ".join(f"'{ca.subject_cn}'" for ca in cas)
-            return Finding(entry.key, ok, f"{path}: CA {names}, {text}", days)
+            return self.ca(entry, path)
         if entry.kind is Kind.CERT:
             return self.cert(entry, path)
         if entry.kind is Kind.PRIVATE_KEY:
@@ -184,6 +181,15 @@ class _Check:
             empty = not path.read_text(errors="replace").strip()
             return Finding(entry.key, not empty, f"{path}: " + ("empty" if empty else "secret, 0600"))
         return Finding(entry.key, True, f"{path}: present")
+
+    def ca(self, entry: FileKey, path: Path) -> Finding:
+        """A bundle passes while one of its CAs is valid (a system bundle carries expired ones);
+        the days left are those of the first to expire among the valid."""
+        checked = [(ca, *_validity(ca, self.now)) for ca in pem_files.ca_bundle(path)]
+        valid = [c for c in checked if c[1]]
+        ca, ok, text, days = min(valid or checked, key=lambda c: c[3])
+        more = f" and {len(checked) - 1} more" if len(checked) > 1 else ""
+        return Finding(entry.key, ok, f"{path}: CA '{ca.subject_cn}'{more}, {text}", days)
 
     def cert(self, entry: FileKey, path: Path) -> Finding:
         info = pem_files.certificate(path)

@@ -302,3 +302,18 @@ def test_doctor_fails_naming_the_key_when_a_box_value_is_unknown(tmp_path: Path,
     m.files.append(extra)
     done = run_doctor(m)
     assert done.returncode == 2 and key in done.stderr, done.stderr
+
+
+def test_doctor_passes_a_bundle_when_one_of_its_cas_is_expired_and_another_issued_the_certificate(
+        tmp_path: Path) -> None:
+    m = _broken_edge(tmp_path)
+    old = FleetAuthority(tmp_path / "old-ca", clock=lambda: time.time() - 20 * 365 * 86400)  # expired a decade ago
+    ca = m.file("mqtt.ca_file")
+    blobs.write_atomic(ca, old.ca_pem + ca.read_bytes(), mode=0o644)
+    done = run_doctor(m)
+    assert done.returncode == 0, done.stderr
+    checks = {c["key"]: c for c in json.loads(done.stdout)["checks"]}
+    assert "and 1 more" in checks["mqtt.ca_file"]["detail"] and checks["mqtt.ca_file"]["days_left"] > 3000
+    blobs.write_atomic(ca, old.ca_pem, mode=0o644)  # only the expired one: the bundle and the chain fail
+    done = run_doctor(m)
+    assert done.returncode == 2 and "mqtt.ca_file" in done.stderr and "expired on" in done.stderr

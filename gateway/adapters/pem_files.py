@@ -8,12 +8,14 @@ short reason naming the file; nothing here raises a library's exception.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 
@@ -33,7 +35,11 @@ class PemError(ValueError):
 
 def _certs(path: Path) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
+        with warnings.catch_warnings():  # a system bundle's old root (a negative serial) is still read
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+            for cert in certs:
+                _ = cert.extensions  # parsed here, under the same filter
     except OSError as exc:
         raise PemError(f"{path}: cannot read: {exc.strerror}") from exc
     except ValueError as exc:
@@ -52,7 +58,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
-        return False
+        return cert.subject == cert.issuer  # an old (v1) root carries no extensions at all
 
 
 def certificate(path: Path) -> CertInfo:
