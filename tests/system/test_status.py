@@ -35,6 +35,32 @@ def status(d: LoopbackDeployment) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def _paths(doc: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in doc.items():
+        if prefix == "spool.":
+            continue  # per spool state: documented as a whole
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _paths(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            out += _paths(value[0], f"{prefix}{key}[].")
+    return out
+
+
+def _undocumented(doc: dict[str, Any]) -> list[str]:
+    """Keys of `mgw status --json` its table in docs/operations.md does not name (`a.b`, or `.b` in a
+    row that names `a.` first)."""
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    table = guide[guide.index("## mgw status: at a glance"):guide.index("## Logs")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    def named(path: str) -> bool:
+        head, _, leaf = path.rpartition(".")
+        return any(f"`{path}`" in row or f"`{path}." in row or (head and f"`{head}." in row and f"`.{leaf}`" in row)
+                   for row in rows)
+    return [p for p in _paths(doc) if not named(p)]
+
+
 def _new_instance(source: Path, out: Path) -> Path:
     ds = dcmread(source)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -67,6 +93,7 @@ def test_status_shows_uplink_certificate_backlog_and_last_study_when_a_provision
     assert doc["quarantine"] == {"items": 0}
     assert 0 < doc["disk"]["used_percent"] <= 100 and doc["disk"]["free_bytes"] > 0
     assert doc["spool"]["acknowledged"]["items"] == len(files)
+    assert not _undocumented(doc), f"docs/operations.md (mgw status) lacks {_undocumented(doc)}"
 
     d.broker.stop()
     down = wait_for(lambda: not (s := status(d))["uplink"]["connected"] and s, 60, "the uplink reported down")
