@@ -54,6 +54,7 @@ class FileKey:
     key_file: str = ""  # CERT: the key holding its private key
     ca_key: str = ""  # CERT: the key of the CA bundle it must chain to
     identity: bool = False  # CERT: the CN must be this process's MQTT identity
+    pinned: str = ""  # CA: the key of a SHA-256 fingerprint the bundle must hold, when it is set
 
 
 EDGE_FILES = (
@@ -61,7 +62,7 @@ EDGE_FILES = (
     FileKey("dicom.tls_ca_file", Kind.CA),
     FileKey("dicom.tls_cert_file", Kind.CERT, key_file="dicom.tls_key_file"),
     FileKey("dicom.tls_key_file", Kind.PRIVATE_KEY),
-    FileKey("mqtt.ca_file", Kind.CA),
+    FileKey("mqtt.ca_file", Kind.CA, pinned="enrolment.ca_fingerprint"),
     FileKey("mqtt.cert_file", Kind.CERT, key_file="mqtt.key_file", ca_key="mqtt.ca_file", identity=True),
     FileKey("mqtt.key_file", Kind.PRIVATE_KEY),
     FileKey("health.thermal_dir", Kind.DIRECTORY, when_absent="no CPU temperature is reported"),
@@ -189,7 +190,11 @@ class _Check:
         valid = [c for c in checked if c[1]]
         ca, ok, text, days = min(valid or checked, key=lambda c: c[3])
         more = f" and {len(checked) - 1} more" if len(checked) > 1 else ""
-        return Finding(entry.key, ok, f"{path}: CA '{ca.subject_cn}'{more}, {text}", days)
+        detail = f"{path}: CA '{ca.subject_cn}'{more}, {text}"
+        pin = value(self.settings, entry.pinned).lower() if entry.pinned else ""
+        if pin and pin not in pem_files.fingerprints(path):
+            return Finding(entry.key, False, f"{detail}, but not the CA pinned by {entry.pinned} ({pin[:16]}...)", days)
+        return Finding(entry.key, ok, detail + (f", the CA pinned by {entry.pinned}" if pin else ""), days)
 
     def cert(self, entry: FileKey, path: Path) -> Finding:
         info = pem_files.certificate(path)

@@ -317,3 +317,16 @@ def test_doctor_passes_a_bundle_when_one_of_its_cas_is_expired_and_another_issue
     blobs.write_atomic(ca, old.ca_pem, mode=0o644)  # only the expired one: the bundle and the chain fail
     done = run_doctor(m)
     assert done.returncode == 2 and "mqtt.ca_file" in done.stderr and "expired on" in done.stderr
+
+
+def test_doctor_fails_naming_the_key_when_the_ca_file_is_not_the_pinned_fleet_ca(tmp_path: Path) -> None:
+    from gateway.cloud.authority.ca import fingerprint
+
+    m = _broken_edge(tmp_path)
+    pin = m.files[-1].parent / "pin.toml"
+    pin.write_text(f'[enrolment]\nca_fingerprint = "{fingerprint(m.authority.ca_pem)}"\n')
+    m.files.append(pin)
+    done = run_doctor(m)
+    assert done.returncode == 0 and "the CA pinned by enrolment.ca_fingerprint" in done.stdout, done.stderr
+    pin.write_text(f'[enrolment]\nca_fingerprint = "{fingerprint(FleetAuthority(tmp_path / "other").ca_pem)}"\n')
+    _fails_naming(m, "mqtt.ca_file", "not the CA pinned by enrolment.ca_fingerprint")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
@@ -77,6 +77,11 @@ def ca_bundle(path: Path) -> list[CertInfo]:
         infos.append(CertInfo(_cn(cert), cert.not_valid_before_utc.timestamp(),
                               cert.not_valid_after_utc.timestamp(), True))
     return infos
+
+
+def fingerprints(path: Path) -> list[str]:
+    """SHA-256 of each certificate's DER in ``path``, lowercase hex (what provisioning pins)."""
+    return [cert.fingerprint(hashes.SHA256()).hex() for cert in _certs(path)]
 
 
 def issued_by(cert_path: Path, ca_path: Path) -> str:
