@@ -121,6 +121,8 @@ def test_doctor_passes_when_run_on_the_files_mgw_provision_wrote(deploy: Deploy,
     checks = {c["key"]: c for c in json.loads(done.stdout)["checks"]}
     assert {"mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"} <= set(checks)
     assert f"'{BOX_ID}'" in checks["mqtt.cert_file"]["detail"] and checks["mqtt.cert_file"]["days_left"] > 1
+    assert "the CA pinned by enrolment.ca_fingerprint" in checks["mqtt.ca_file"]["detail"]
+    assert checks["mqtt.key_file"]["ok"] and "0600" in checks["mqtt.key_file"]["detail"]
 
 
 def test_status_leaves_an_older_spool_unmigrated_when_run_before_the_update_hook(tmp_path: Path) -> None:
