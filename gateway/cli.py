@@ -220,22 +220,20 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.adapters.store import SpoolStore
+    from gateway.appliance import glance
 
     settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
         raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
-    store = SpoolStore(paths.spool_db)
-    counts = store.counts()
-    store.close()
-    doc = {"box_id": settings.box.id, "version": __version__, "spool": counts}
+    seen = glance.glance(settings, paths, time.time())
     if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"box {settings.box.id}  mgw {__version__}")
-        for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
-            c = counts.get(state, {"items": 0, "bytes": 0})
-            print(f"  {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
+        print(json.dumps(seen.as_dict(), indent=2))
+        return 0
+    print("\n".join(glance.lines(seen)))
+    print("  spool 缓存:")
+    for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
+        c = seen.spool.get(state, {"items": 0, "bytes": 0})
+        print(f"    {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
     return 0
 
 
@@ -270,9 +268,30 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway import doctor
+    from gateway.field import _tell
+
     files = config_files(args, "cloud" if args.cloud else "gateway")
-    (config.load_cloud if args.cloud else config.load_edge)(files)
-    print(f"ok: {' + '.join(map(str, files))} is valid")
+    if args.cloud:
+        cloud = config.load_cloud(files)
+        findings = doctor.check_cloud(cloud, Paths.from_env(cloud.cloud.state_dir, base=files[0].parent), time.time())
+    else:
+        edge = config.load_edge(files)
+        findings = doctor.check_edge(edge, Paths.from_env(edge.box.state_dir, base=files[0].parent), time.time())
+    if args.json:
+        print(json.dumps({"files": [str(f) for f in files], "ok": all(f.ok for f in findings),
+                          "checks": [{"key": f.key, "ok": f.ok, "detail": f.detail, "days_left": f.days_left}
+                                     for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.key}: {f.detail}")
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        raise config.ConfigError("; ".join(f"{f.key}: {f.detail}" for f in failed))
+    if not args.json:
+        names = " + ".join(map(str, files))
+        _tell(f"ok: {names} is valid and every file it names checks out",
+              f"正常：{names} 有效，其中指定的每个文件均通过检查")
     return 0
 
 
@@ -365,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     handle.add_argument("--provision-command", default="mgw provision", help="command that applies a bundle")
     handle.set_defaults(func=cmd_usb_handle)
 
-    status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
+    status = with_config(sub.add_parser("status", help="the box at a glance: uplink, certificate, backlog, studies"))
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
@@ -392,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
+    doctor.add_argument("--json", action="store_true", help="print every check as JSON")
     doctor.set_defaults(func=cmd_doctor)
 
     network = sub.add_parser("network", help="the appliance's network links").add_subparsers(

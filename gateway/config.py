@@ -539,8 +539,17 @@ def _check_topic_depth(mqtt: MqttSettings, source: str) -> None:
                           f"more than 'mqtt.max_topic_levels' ({mqtt.max_topic_levels})")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_log_level(level: str, key: str, source: str) -> None:
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{source}: '{key}' must be one of {', '.join(LOG_LEVELS)}")
+
+
 def _check_edge(s: EdgeSettings, source: str) -> None:
     _check_topic_depth(s.mqtt, source)
+    _check_log_level(s.box.log_level, "box.log_level", source)
     if not BOX_ID.match(s.box.id):
         raise ConfigError(f"{source}: 'box.id' must match {BOX_ID.pattern}")
     if not _AE.match(s.dicom.ae_title):
@@ -569,7 +578,7 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
     try:
         site_rules_hours(s.site)
     except ValueError as exc:
-        raise ConfigError(f"{source}: 'site': {exc}") from exc
+        raise ConfigError(f"{source}: {exc}") from exc
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -665,6 +674,7 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
     table, source = read_toml(paths)
     settings = _fill_defaults(build(CloudSettings, table, source))
     _check_topic_depth(settings.mqtt, source)
+    _check_log_level(settings.cloud.log_level, "cloud.log_level", source)
     if settings.index.backend not in ("sqlite", "postgres"):
         raise ConfigError(f"{source}: 'index.backend' must be 'sqlite' or 'postgres'")
     if settings.index.backend == "postgres" and not settings.index.dsn:
@@ -751,14 +761,20 @@ def _loopback(host: str) -> bool:
 
 def site_rules_hours(rules: SiteSettings) -> OpeningHours | None:
     """The opening hours one site's own rules give (a box's ``[site]``), or None when they set no
-    hours; ValueError for an unknown zone or malformed hours."""
+    hours; ValueError naming the key (``'site.time_zone': ...``) for an unknown zone or malformed hours."""
     from gateway.adapters.time_zone import zone
     from gateway.core.utilisation import OpeningHours
 
-    tz = zone(rules.time_zone)
+    try:
+        tz = zone(rules.time_zone)
+    except ValueError as exc:
+        raise ValueError(f"'site.time_zone': {exc}") from exc
     if rules.turnaround_target_s < 0:
-        raise ValueError("'turnaround_target_s' must be >= 0")
-    return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
+        raise ValueError("'site.turnaround_target_s' must be >= 0")
+    try:
+        return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
+    except ValueError as exc:
+        raise ValueError(f"'site.weekly_hours': {exc}") from exc
 
 
 def site_hours(f: FleetSettings, site: str) -> OpeningHours:

@@ -47,7 +47,7 @@ def _check_table(table: str, built: Any, source: str) -> None:
         try:
             config.site_rules_hours(built)
         except ValueError as exc:
-            raise ConfigError(f"{source}: 'site': {exc}") from exc
+            raise ConfigError(f"{source}: {exc}") from exc
     elif table == "network":
         from gateway.core.networkd import parse_patterns
 

@@ -81,6 +81,19 @@ class Backlog:
     outbox_items: int  # PACKED or SENDING: sealed, waiting for the cloud
 
 
+def last_studies_read_only(db_path: Path) -> dict[str, float]:
+    """Per modality, when its newest study's last instance arrived, read by another process
+    (`mgw status`) without writing: {} before the edge made the database."""
+    if not db_path.exists():
+        return {}
+    database = SqliteDatabase(db_path, "utilisation database", read_only=True)
+    try:
+        rows = database.rows("SELECT modality, MAX(last_received_at) FROM exams GROUP BY modality ORDER BY modality")
+    finally:
+        database.close()
+    return {str(r[0]): float(r[1]) for r in rows}
+
+
 def _exam(row: Row) -> Exam:
     values = {k: row[k] for k in _EXAM_FIELDS}
     values["source"], values["status"] = TimeSource(values["source"]), ExamStatus(values["status"])

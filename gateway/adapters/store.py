@@ -227,10 +227,7 @@ class SpoolStore:
             return int(conn.execute("SELECT pack_attempts FROM items WHERE id = ?", (item_id,)).fetchone()[0])
 
     def counts(self) -> dict[str, dict[str, float]]:
-        rows = self.db.rows(
-            "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state")
-        return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
-                for state, n, b, oldest in rows}
+        return _counts(self.db)
 
     def blob_names(self, predicate: Callable[[ItemState], bool]) -> set[str]:
         rows = self.db.rows("SELECT state, blob_name FROM items")
@@ -286,5 +283,23 @@ def schema_version_of(db_path: Path) -> int:
     db = SqliteDatabase(db_path, "spool database", read_only=True)
     try:
         return db.schema_version()
+    finally:
+        db.close()
+
+
+_COUNTS_SQL = "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state"
+
+
+def _counts(db: SqliteDatabase) -> dict[str, dict[str, float]]:
+    return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
+            for state, n, b, oldest in db.rows(_COUNTS_SQL)}
+
+
+def counts_read_only(db_path: Path) -> dict[str, dict[str, float]]:
+    """``SpoolStore.counts`` read by another process (`mgw status`) without writing or migrating:
+    a newer program must not migrate the spool before the update hook's backup does."""
+    db = SqliteDatabase(db_path, "spool database", read_only=True)
+    try:
+        return _counts(db)
     finally:
         db.close()
