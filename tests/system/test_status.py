@@ -70,7 +70,7 @@ def _new_instance(source: Path, out: Path) -> Path:
 
 def test_status_shows_uplink_certificate_backlog_and_last_study_when_a_provisioned_edge_runs(
         deploy: Deploy, tmp_path: Path) -> None:
-    d = deploy(secure=True, edge_overrides={"box": {"time_zone": ZONE}})
+    d = deploy(secure=True, edge_overrides={"site": {"time_zone": ZONE}})
     files = study_files()
     dicom_scu.send_study("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files)
     wait_for(lambda: acknowledged_count(d) == len(files), 120, "every instance acknowledged")
