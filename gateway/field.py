@@ -164,8 +164,9 @@ def cmd_cloud_token(args: argparse.Namespace) -> int:
 
     settings, _, authority = _authority(args)
     ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
-    token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600)
-    doc = {"box_id": args.box, "site": args.site, "modality": args.modality, "token": token,
+    carried = _site_tables(args)
+    token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600, carried)
+    doc = {"box_id": args.box, "site": args.site, "modality": args.modality, "site_tables": carried, "token": token,
            "token_ref": token_ref(token), "url": _enrol_url(settings), "ca_fingerprint": authority.ca_fingerprint,
            "expires_in_hours": ttl_h}
     if args.json:
@@ -196,6 +197,19 @@ def cmd_cloud_revoke(args: argparse.Namespace) -> int:
               f"{broker.name} 不读取此 CRL；请用以下命令结束该设备已打开的会话：")
         print("\n".join(revocation.commands))
     return 0 if count else 1
+
+
+def cmd_cloud_crl(args: argparse.Namespace) -> int:
+    """Write the CRL afresh (a new next update) where the authority and the broker read it."""
+    _, _, authority = _authority(args)
+    try:
+        authority.write_crl()
+        where = ", ".join(str(p) for p in (authority.crl_path, *authority.crl_copies))
+    finally:
+        authority.close()
+    _tell(f"CRL written to {where}, valid for 7 days; the broker must re-read it (systemctl reload mgw-broker)",
+          f"CRL 已写入 {where}，有效期 7 天；代理须重新读取（systemctl reload mgw-broker）")
+    return 0
 
 
 def cmd_cloud_certs(args: argparse.Namespace) -> int:
@@ -258,19 +272,45 @@ def cmd_cloud_bundle_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cloud_bundle(args: argparse.Namespace) -> int:
+def _site_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The site tables of ``--site-config FILE`` with the options on top, checked (site_tables.check)."""
     import tomllib
 
+    from gateway import site_tables
+
+    base: dict[str, dict[str, Any]] = {}
+    if args.site_config:
+        try:
+            base = tomllib.loads(Path(args.site_config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{args.site_config}: {exc}") from exc
+    options = site_tables.from_options(ae_title=args.ae_title, port=args.dicom_port, peers=args.peer,
+                                       bind=args.dicom_bind, time_zone=args.time_zone, hours=args.hours,
+                                       region=args.region)
+    return site_tables.check(site_tables.merge(base, options), args.site_config or "the options")
+
+
+def _add_site_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site-config", help="TOML with the box's site tables: [dicom], [site], [uplink], [spool], "
+                                         "[worklist] (docs/config.md); the options below go on top")
+    p.add_argument("--ae-title", help="the box's AE title, as the modality calls it")
+    p.add_argument("--dicom-port", type=int, help="the box's DICOM port")
+    p.add_argument("--peer", action="append", metavar="AE@ADDRESS",
+                   help="a modality the box admits (AE@address or AE@network/prefix); repeat")
+    p.add_argument("--dicom-bind", metavar="ADDRESS", help="address the DICOM listener binds (default: the box's "
+                                                           "address towards the modality)")
+    p.add_argument("--time-zone", help="the site's IANA time zone, e.g. Asia/Shanghai")
+    p.add_argument("--hours", action="append", metavar="'DAYS HH:MM-HH:MM'",
+                   help="the site's opening hours, e.g. 'mon-fri 08:00-18:00'; repeat for other days")
+    p.add_argument("--region", help="the site's region, for the console's grouping")
+
+
+def cmd_cloud_bundle(args: argparse.Namespace) -> int:
     from gateway import bundle as bundles
     from gateway.adapters import blobs, keystore
 
     settings, _, authority = _authority(args)
-    site: dict[str, dict[str, Any]] = {}
-    if args.site_config:
-        try:
-            site = tomllib.loads(Path(args.site_config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{args.site_config}: {exc}") from exc
+    site = _site_tables(args)
     ttl_h = args.ttl_hours if args.ttl_hours is not None else settings.authority.token_ttl_hours
     token = authority.create_token(args.box, args.site, args.modality, ttl_h * 3600)
     signing = keystore.read_raw_secret(Path(args.signing_key), 32)
@@ -323,6 +363,7 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     t.add_argument("--site", required=True, help="site the box serves")
     t.add_argument("--modality", required=True, help="modality the box serves (CT, MR, DX...)")
     t.add_argument("--ttl-hours", type=float, help="token lifetime (default authority.token_ttl_hours)")
+    _add_site_options(t)
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=cmd_cloud_token)
     r = with_config(cloud.add_parser("revoke", help="revoke every certificate of a box and rewrite the CRL"))
@@ -331,6 +372,8 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     r.add_argument("--broker", default="mosquitto",
                    help="broker profile the fleet runs (mosquitto or emqx): says how the box's open sessions end")
     r.set_defaults(func=cmd_cloud_revoke)
+    crl = with_config(cloud.add_parser("crl", help="write the CRL afresh, before its 7 days run out (daily timer)"))
+    crl.set_defaults(func=cmd_cloud_crl)
     c = with_config(cloud.add_parser("certs", help="the certificate registry: issued, renewed, revoked"))
     c.add_argument("--box", help="only this box")
     c.add_argument("--json", action="store_true", help="print JSON")
@@ -352,7 +395,7 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     u.add_argument("--box", required=True, help="box id")
     u.add_argument("--site", required=True, help="site the box serves")
     u.add_argument("--modality", required=True, help="modality the box serves")
-    u.add_argument("--site-config", help="TOML with [dicom], [uplink] and [spool] tables for the box")
+    _add_site_options(u)
     u.add_argument("--url", help="enrolment endpoint the box uses (default from [authority])")
     u.add_argument("--ttl-hours", type=float, help="bundle and token lifetime")
     u.add_argument("--out", required=True, help="where to write the bundle")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, config
 from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
@@ -47,7 +47,7 @@ from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.cloud.worklist.feed import WorklistFeed
 from gateway.cloud.worklist.ris import Hl7Listener, MwlPoller, StatusSender
-from gateway.config import CloudSettings
+from gateway.config import CloudSettings, FleetSettings, SiteSettings
 from gateway.core import acksig, alerts, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
 from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError, WorklistRefused
@@ -74,14 +74,13 @@ class FleetService:
     def __init__(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float] = time.time,
                  store: FleetStore | None = None, oidc: OidcLogin | None = None) -> None:
         self.settings = settings
-        self.fleet = settings.fleet
+        self.fleet = settings.fleet  # with the sites' rules their boxes announced (``_adopt_site``)
+        self._configured_sites = frozenset(settings.fleet.sites)  # the operator's [fleet.sites.<id>] win
         self._clock = clock
         self.store: FleetStore = store or backends.open_fleet_store(settings, paths)
         self._signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))  # signs exam-record acks
         f = settings.fleet
-        self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
-                                f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f),
-                                {site: opening_hours(f, site) for site in f.sites})
+        self.rules = _rules(f)
         self._lock = threading.Lock()
         self.boxes: dict[str, BoxState] = {  # stored health is re-checked: it may predate the checks
             s.box_id: replace(s, health=fleet.health_of(s.health)) for s in self.store.load_boxes()}
@@ -255,11 +254,35 @@ class FleetService:
             self._dirty.add(msg.box_id)
         if msg.kind is MessageKind.BIRTH and self.worklist is not None:
             self.worklist.note_birth(msg.box_id, str(msg.body.get("worklist_key") or ""))
+        if msg.kind is MessageKind.BIRTH:
+            self._adopt_site(after.site, msg.body)
         at = msg.body.get("at")
         if msg.kind is MessageKind.HEARTBEAT and isinstance(at, float):
             self.counters.lag_s_max = max(self.counters.lag_s_max, now - at)
         if before is None or before.online != after.online:
             _log_transition(after, msg.kind.value)
+
+    def _adopt_site(self, site: str, birth: dict[str, Any]) -> None:
+        """A box announced its site's zone, hours and region (its ``[site]``, set by provisioning):
+        they become the site's rules unless the cloud configuration has the site's own table. The
+        last box to announce wins; rules that do not parse are ignored with a warning."""
+        rules = SiteSettings(time_zone=str(birth.get("time_zone") or ""),
+                             weekly_hours=tuple(str(h) for h in birth.get("weekly_hours") or ()),
+                             region=str(birth.get("region") or ""))
+        if not site or site in self._configured_sites or rules == SiteSettings() \
+                or self.fleet.sites.get(site) == rules:
+            return
+        try:
+            config.site_rules_hours(rules)
+        except ValueError as exc:
+            log.warning("site rules announced by a box ignored", extra={"SITE": site, "ERROR": str(exc)})
+            return
+        fleet_settings = replace(self.fleet, sites={**self.fleet.sites, site: rules})
+        self.rules = _rules(fleet_settings)
+        self.fleet = fleet_settings
+        self.settings = replace(self.settings, fleet=fleet_settings)
+        log.info("site rules adopted from a box", extra={"SITE": site, "TIME_ZONE": rules.time_zone,
+                                                          "HOURS": "; ".join(rules.weekly_hours)})
 
     def _exam(self, box_id: str, payload: bytes) -> None:
         record = schema.parse(schema.ExamRecord, payload, "util")
@@ -518,6 +541,12 @@ class FleetService:
     def box(self, box_id: str) -> BoxState | None:
         with self._lock:
             return self.boxes.get(box_id)
+
+
+def _rules(f: FleetSettings) -> AlertRules:
+    return AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent, f.cert_alert_days,
+                      f.silent_modality_hours * 3600, opening_hours(f),
+                      {site: opening_hours(f, site) for site in f.sites})
 
 
 def _log_transition(state: BoxState, cause: str) -> None:
