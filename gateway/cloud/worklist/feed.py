@@ -89,7 +89,9 @@ class WorklistFeed:
     def note_birth(self, box_id: str, worklist_key: str) -> None:
         """A birth's worklist key ("" = the box has no feed): stored when it changed."""
         known = self.store.feed(box_id)
-        if (known.worklist_key if known is not None else None) != worklist_key and (known or worklist_key):
+        if known is None and not worklist_key:
+            return  # never fed, and still no key: nothing to remember
+        if known is None or known.worklist_key != worklist_key:
             self.store.note_key(box_id, worklist_key)
 
     def prune(self, now: float) -> None:
