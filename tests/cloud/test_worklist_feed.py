@@ -151,6 +151,8 @@ def test_status_is_stored_queued_acked_and_the_step_leaves_when_the_routed_box_r
     ack = feed.take_status("ct-01", status("ct-01", refs["S1"]))
     assert worklist_wire.verify_status_ack(ack, "ct-01", keyring(signer)) == (refs["S1"], "COMPLETED")
     feed.take_status("ct-01", status("ct-01", refs["S1"]))  # a resend: acked again, queued once
+    late = feed.take_status("ct-01", status("ct-01", refs["S1"], "IN PROGRESS"))  # late, out of order: acked
+    assert worklist_wire.verify_status_ack(late, "ct-01", keyring(signer)) == (refs["S1"], "IN PROGRESS")
     due = store.worklist.due(NOW + 1, ["mwl", "hl7"])
     assert [(d.ref, d.status, d.source) for d in due] == [(refs["S1"], "COMPLETED", "mwl")]
     feed.publish(lambda t, p, r: frames.append((t, p, r)) or True)

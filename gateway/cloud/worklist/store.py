@@ -177,10 +177,13 @@ class WorklistStore:
     # -- performed status and the outbox to the RIS --------------------------------------------------------
     def record_status(self, ref: str, box_id: str, status: str, at: float, source: str, now: float) -> bool:
         """Store a performed status and queue it for the RIS; False (nothing queued) when the order
-        already has this status (a box resending before it saw the ack)."""
+        already has this status (a box resending before it saw the ack) or a later one: a status only
+        moves forward, from none to IN PROGRESS to COMPLETED or DISCONTINUED (a late IN PROGRESS after
+        COMPLETED changes nothing)."""
         with self._db.transaction() as tx:
             rows = tx.execute("UPDATE worklist_orders SET performed = ?, performed_by = ?, performed_at = ?, "
-                              "updated_at = ? WHERE ref = ? AND performed <> ? RETURNING ref",
+                              "updated_at = ? WHERE ref = ? AND (performed = '' OR "
+                              "(performed = 'IN PROGRESS' AND ? <> 'IN PROGRESS')) RETURNING ref",
                               (status, box_id, at, now, ref, status))
             if not rows:
                 return False
