@@ -4,8 +4,9 @@ The cloud takes a box's performed status (``schema.WorklistStatus``) for an orde
 the RIS by C-FIND, and passes it on as a modality would: N-CREATE (IN PROGRESS) of an MPPS
 instance, then N-SET (COMPLETED or DISCONTINUED) of the same instance. The instance UID is
 derived from the entry's ref (``2.25.<ref as an integer>``), so a retry names the same instance;
-an N-CREATE answered "duplicate SOP instance" (0x0111) was done before. A status that reaches
-COMPLETED without an IN PROGRESS first is created IN PROGRESS, then set. A failure status or a
+an N-CREATE answered "duplicate SOP instance" (0x0111) was done before, and one the RIS took
+(``created``) is not sent again. A status that reaches COMPLETED without an IN PROGRESS first is
+created IN PROGRESS, then set. A failure status or a
 broken association is a ``PeerError`` naming the RIS, never a patient.
 """
 
@@ -37,8 +38,10 @@ def instance_uid(ref: str) -> str:
     return f"2.25.{int(ref, 16)}"
 
 
-def send_status(peer: MppsPeer, entry: WorklistEntry, ref: str, status: str, station_ae: str = "") -> None:
-    """N-CREATE and, for COMPLETED or DISCONTINUED, N-SET of the entry's MPPS instance."""
+def send_status(peer: MppsPeer, entry: WorklistEntry, ref: str, status: str, station_ae: str = "",
+                created: bool = False) -> None:
+    """N-CREATE (unless ``created``: the RIS took it before) and, for COMPLETED or DISCONTINUED,
+    N-SET of the entry's MPPS instance."""
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     ae.add_requested_context(MPPS_SOP_CLASS, list(UNCOMPRESSED))
@@ -51,10 +54,11 @@ def send_status(peer: MppsPeer, entry: WorklistEntry, ref: str, status: str, sta
         raise PeerError(f"{where}: association rejected or aborted")
     uid = instance_uid(ref)
     try:
-        answer, _ = assoc.send_n_create(_created(entry, station_ae), MPPS_SOP_CLASS, uid)
-        code = _code(answer)
-        if code not in (0x0000, _DUPLICATE):
-            raise PeerError(f"{where}: N-CREATE ended with status {_status_text(code)}")
+        if not created:
+            answer, _ = assoc.send_n_create(_created(entry, station_ae), MPPS_SOP_CLASS, uid)
+            code = _code(answer)
+            if code not in (0x0000, _DUPLICATE):
+                raise PeerError(f"{where}: N-CREATE ended with status {_status_text(code)}")
         if status in ("COMPLETED", "DISCONTINUED"):
             change = Dataset()
             change.PerformedProcedureStepStatus = status

@@ -227,6 +227,7 @@ def test_box_gets_its_stations_steps_and_its_statuses_reach_the_ris_when_the_fle
 
             ct1.status(refs["S1"], "COMPLETED")  # the MPPS instance is set COMPLETED
             wait_for(lambda: ("set", mpps.events[0][1], "COMPLETED") in mpps.events, 60, "the MPPS N-SET at the RIS")
+            assert [e[0] for e in mpps.events] == ["create", "set"]  # the instance created once
             assert len(ris.messages) == 1  # each status once
 
             (folder / "s4.wl").unlink()  # the RIS cancels S4: it leaves the next snapshot

@@ -180,6 +180,6 @@ class StatusSender:
                 raise PeerError(f"the RIS answered {code or 'no MSA'} {text}".strip())
         elif source == MWL:
             mpps_scu.send_status(mpps_scu.MppsPeer(s.mpps_host, s.mpps_port, s.mpps_called_ae, s.mwl_calling_ae),
-                                 entry, ref, status)
+                                 entry, ref, status, created=self._feed.store.was_sent(ref, "IN PROGRESS"))
         else:
             raise PeerError(f"unknown source {source[:20]!r}")

@@ -212,6 +212,11 @@ class WorklistStore:
             tx.execute("UPDATE worklist_outbox SET attempts = attempts + 1, last_error = ?, next_at = ? WHERE id = ?",
                        (error[:500], next_at, item_id))
 
+    def was_sent(self, ref: str, status: str) -> bool:
+        """Whether the RIS took ``status`` for ``ref`` already (MPPS: the instance exists)."""
+        return bool(self._db.execute("SELECT 1 AS one FROM worklist_outbox WHERE ref = ? AND status = ? "
+                                     "AND sent_at IS NOT NULL", (ref, status)))
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT COUNT(*) AS pending, MAX(attempts) AS attempts FROM worklist_outbox "
                                 "WHERE sent_at IS NULL")
