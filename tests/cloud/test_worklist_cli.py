@@ -32,6 +32,7 @@ def test_route_is_added_listed_and_removed_when_its_arguments_are_well_formed(to
     code, out, _ = run(capsys, "route", "add", "--box", "ct-01", "--modality", "CT", "--station-ae", "CT1",
                        "--station-name", "ROOM 1", "--config", toml)
     assert code == 0 and "route added" in out and "已添加路由" in out
+    assert "has not seen box ct-01 yet" in out and "尚未连接过" in out
     code, out, _ = run(capsys, "route", "list", "--json", "--config", toml)
     assert [(r["box_id"], r["modality"], r["station_ae_title"], r["station_name"]) for r in json.loads(out)] == [
         ("ct-01", "CT", "CT1", "ROOM 1")]

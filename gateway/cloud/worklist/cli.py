@@ -48,14 +48,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[tuple[WorklistStore, Any]]:
+def _store(args: argparse.Namespace) -> Iterator[tuple[WorklistStore, Any, Callable[[], set[str]]]]:
     from gateway.cloud import backends
     from gateway.settings_files import cloud_settings
 
     settings, paths = cloud_settings(args)
     store = backends.open_fleet_store(settings, paths)
     try:
-        yield store.worklist, settings
+        yield store.worklist, settings, lambda: {b.box_id for b in store.load_boxes()}
     finally:
         store.close()
 
@@ -74,7 +74,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     action = args.route_cmd
     if action != "list":
         _check(args)
-    with _store(args) as (store, settings):
+    with _store(args) as (store, settings, known_boxes):
         if action == "list":
             rows = [{"box_id": r.box_id, "modality": r.modality, "station_ae_title": r.station_ae_title,
                      "station_name": r.station_name, "created_at": r.created_at}
@@ -90,6 +90,9 @@ def cmd_route(args: argparse.Namespace) -> int:
                                   "该路由已存在")
             _tell(f"route added: {args.box} serves {args.modality} at {args.station_ae}",
                   f"已添加路由：{args.box} 服务 {args.station_ae} 的 {args.modality}")
+            if args.box not in known_boxes():
+                _tell(f"note: the fleet has not seen box {args.box} yet (a typo?); it is fed once it connects",
+                      f"注意：设备 {args.box} 尚未连接过（是否拼写错误？）；连接后即开始下发")
         else:
             if not store.remove_route(args.box, args.modality, args.station_ae):
                 raise ConfigError(f"box {args.box} has no route {args.modality} at {args.station_ae} / 没有该路由")
@@ -104,7 +107,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.adapters.time_zone import zone
 
-    with _store(args) as (store, settings):
+    with _store(args) as (store, settings, _):
         doc = status_doc(store)
         tz = zone(settings.fleet.time_zone, settings.fleet.utc_offset_minutes)
     if args.json:
