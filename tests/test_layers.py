@@ -85,6 +85,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/cloud/enrolment/server.py": "exception: reads the CSR and peer certificate's names (x509)",
         "gateway/edge/provision.py": "exception: checks the issued certificate against the CA (x509)",
         "gateway/edge/renewal.py": "exception: reads the box certificate's expiry (x509)",
+        "gateway/cloud/fleet/commission_verify.py": "exception: verifies a box's signed commissioning report "
+                                                    "(x509 chain to the fleet CA, ECDSA)",
         "gateway/bundle.py": "exception: signs and verifies update bundles (Ed25519)",
         "gateway/field.py": "exception: `mgw bundle keygen` makes an Ed25519 key (function-local)",
     },
