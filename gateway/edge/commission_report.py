@@ -14,7 +14,6 @@ the cloud's signed ack on ``.../commission/ack``, verified with the box's ack ke
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import queue
 import time
@@ -26,7 +25,6 @@ from gateway.adapters import blobs, time_zone
 from gateway.adapters.keystore import KeyStore
 from gateway.core import commissioning, schema, topics
 from gateway.core.errors import GatewayError
-from gateway.core.utilisation import FixedOffset, Zone
 
 DIR_NAME = "commissioning"
 BOX_KEY = "box"
@@ -35,18 +33,9 @@ RESULT_ZH = {"PASSED": "通过", "FAILED": "未通过", "INCOMPLETE": "未完成
 OUTCOME_ZH = {"ok": "通过", "FAIL": "失败", "skipped": "不适用", "manual": "待人工确认", "confirmed": "已人工确认"}
 
 
-def _zone(name: str) -> Zone:
-    try:
-        return time_zone.zone(name)
-    except ValueError:
-        return FixedOffset(0)
-
-
 def local_time(at: float, zone_name: str) -> str:
-    """``at`` as ``YYYY-MM-DD HH:MM:SS ±HH:MM`` in the site's zone (UTC when it has none)."""
-    offset = _zone(zone_name).utc_offset_s(at)
-    when = dt.datetime.fromtimestamp(at, dt.timezone(dt.timedelta(seconds=offset)))
-    return when.strftime("%Y-%m-%d %H:%M:%S %z")[:-2] + ":" + when.strftime("%z")[-2:]
+    """``at`` as ``YYYY-MM-DD HH:MM:SS +HH:MM`` in the site's zone (UTC when it has none)."""
+    return time_zone.format_local(at, zone_name)
 
 
 def text(doc: schema.CommissioningReport) -> str:

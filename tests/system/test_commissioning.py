@@ -6,14 +6,23 @@ it for `--upload-pending`."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from gateway import config
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
+from gateway.cloud import backends
+from gateway.core.access import Role
 from gateway.loopback import LoopbackDeployment
-from tests.peers import closed_port, dcmtk_storescp
+from gateway.paths import Paths
+from tests.console_auth import bearer, deployment_account, login, token
+from tests.peers import _missing, closed_port, dcmtk_storescp, wait_for
 
 Deploy = Callable[..., LoopbackDeployment]
 WHO = ["--engineer", "Li Wei 李伟", "--modality-make", "Acme", "--modality-model", "Helix 64"]
@@ -62,6 +71,72 @@ def test_commission_passes_signs_and_uploads_only_when_the_manual_echo_is_attest
     assert stored[report["report_id"]]["result"] == "PASSED"
     assert stored[json.loads(open_.stdout)["report_id"]]["result"] == "INCOMPLETE"
     assert (d.edge_dir / "commissioning" / f"{report['report_id']}.acked").exists()
+    _console_shows_the_report(d, report["report_id"], tmp_path)
+
+
+def _viewer_token(d: LoopbackDeployment, name: str, sites: frozenset[str]) -> str:
+    settings = config.load_cloud([d.fleet_toml])
+    store = backends.open_fleet_store(settings, Paths.from_env(settings.cloud.state_dir, base=d.fleet_toml.parent))
+    try:
+        return token(store, name, Role.VIEWER, sites)
+    finally:
+        store.close()
+
+
+def _get(d: LoopbackDeployment, path: str, secret: str) -> tuple[int, bytes, str]:
+    request = urllib.request.Request(d.dashboard_url.rstrip("/") + path, headers=bearer(secret))
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=d.console_context()) as rsp:  # noqa: S310
+            return rsp.status, rsp.read(), rsp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
+    if shutil.which("pdftotext") is None:
+        _missing("pdftotext not installed (apt-get install poppler-utils)")
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(tmp_path / "report.pdf"), "-"], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+
+
+def _console_shows_the_report(d: LoopbackDeployment, report_id: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.system.browser import chromium
+
+    viewer = _viewer_token(d, "site-viewer", frozenset({"loopback-site"}))
+    stranger = _viewer_token(d, "other-viewer", frozenset({"another-site"}))
+    status, body, _ = _get(d, "/api/v1/boxes/demo-box/commissioning", viewer)
+    assert status == 200 and report_id in [r["report_id"] for r in json.loads(body)["reports"]]
+    status, body, _ = _get(d, "/api/v1/boxes/demo-box/commissioning", stranger)
+    assert status == 200 and json.loads(body)["reports"] == []  # another site's viewer sees none
+    assert _get(d, f"/api/v1/commissioning/{report_id}", stranger)[0] == 404
+    status, body, kind = _get(d, f"/api/v1/commissioning/{report_id}/pdf?lang=zh-CN", viewer)
+    assert status == 200 and kind == "application/pdf" and body.startswith(b"%PDF-")
+    text = _pdf_text(body, tmp_path)
+    assert "调试报告" in text and "demo-box" in text and "Li Wei 李伟" in text and "通过" in text
+    assert "Commissioning report" in _pdf_text(_get(d, f"/api/v1/commissioning/{report_id}/pdf", viewer)[1],
+                                               tmp_path)
+    password = deployment_account(d.fleet_toml, "site-reader", Role.VIEWER, frozenset({"loopback-site"}))
+    with chromium(trust=d.console_ca_file) as browser:
+        login(browser, d.dashboard_url, "site-reader", password)
+        browser.get(d.dashboard_url + "#/box/demo-box")
+        row = f'#commissioning tr[data-report="{report_id}"] a'
+        link = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 60, "the report on the box page")
+        link[0].click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#commissioning-report[data-result="PASSED"]'), 60,
+                 "the report page")
+        page: Any = browser.find_element(By.ID, "commissioning-report").text
+        assert "Commissioning report" in page and "Li Wei 李伟" in page and "Helix 64" in page and "CT_SCANNER" in page
+        assert "attested by the engineer" in page and "Result: PASSED" in page
+        browser.find_element(By.ID, "lang").click()
+        wait_for(lambda: "调试报告" in browser.find_element(By.ID, "view").text, 60, "the report in Chinese")
+        page = browser.find_element(By.ID, "commissioning-report").text
+        assert "工程师已确认" in page and "结果: 通过" in page
+        tz = json.loads(_get(d, f"/api/v1/commissioning/{report_id}", viewer)[1])["tz"]
+        assert not tz or tz in page  # times in the site's zone, which the page names
+        (tmp_path / "report-zh.png").write_bytes(browser.get_screenshot_as_png())
 
 
 def test_commission_keeps_the_signed_report_and_uploads_it_later_when_the_cloud_is_unreachable(
