@@ -12,7 +12,14 @@ provisioning/commissioning-checklist.md.
 6. echo from modality our listener answers C-ECHO for the modality's AE title; the engineer
                       also runs an echo from the modality console (recorded as a manual step)
 7. end to end         a synthetic test object (no patient data) C-STOREd to the listener, then
-                      followed until the cloud acknowledges it durably stored
+                      followed until the cloud acknowledges it durably stored (a manual
+                      test study from the modality when the listener requires DICOM TLS)
+
+Each check records when it started. A manual check is ``manual`` (open) until the engineer
+attests it (``Options.confirmed``, from ``--confirm``, or ``Options.ask`` at a terminal), then
+``confirmed``. The report is PASSED only when nothing failed and no manual check is open
+(``core.commissioning.result_of``), else INCOMPLETE or FAILED. ``Report.document`` is the typed,
+versioned report (``schema.CommissioningReport``) that ``commission_report`` signs and uploads.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def _tamper(payload: bytes, **changes: object) -> bytes:
     return json.dumps(doc).encode()
 
 
-def test_report_refused_when_forged(tmp_path: Path, authority: FleetAuthority) -> None:
+def test_report_is_refused_with_its_reason_when_forged_altered_or_signed_by_another_box_key_or_ca(
+        tmp_path: Path, authority: FleetAuthority) -> None:
     keys, cert = _box(tmp_path, authority, "ct-01")
     other_keys, other_cert = _box(tmp_path, authority, "ct-02")
     rogue_keys, rogue_cert = _box(tmp_path / "rogue", FleetAuthority(tmp_path / "rogue-pki"), "ct-01")
