@@ -156,3 +156,59 @@ def test_commission_keeps_the_signed_report_and_uploads_it_later_when_the_cloud_
     assert later.returncode == 0, later.stdout + later.stderr
     assert "UPLOADED: the cloud verified and stored report" in later.stderr
     assert [r["report_id"] for r in _stored(d)] == [kept[0].stem]
+
+
+def test_forged_reports_published_by_the_box_are_dead_lettered_and_never_stored_when_they_do_not_verify(
+        deploy: Deploy, tmp_path: Path) -> None:
+    import base64
+    import threading
+
+    from gateway.adapters import blobs
+    from gateway.adapters.keystore import FileKeyStore
+    from gateway.adapters.mqtt_link import MqttLink
+    from gateway.core import schema, topics
+    from gateway.edge import commission_report
+
+    d = deploy(secure=True)
+    configs = ["--config", str(d.edge_toml), "--config", str(d.edge_dir / "device.toml")]
+    made = _mgw("commission", *configs, *WHO, "--no-upload", "--timeout", "5", "--report-dir", str(tmp_path / "r"))
+    assert "signed report saved" in made.stderr, made.stderr
+    [genuine_file] = list((d.edge_dir / "commissioning").glob("*.json"))
+    genuine = json.loads(genuine_file.read_bytes())
+    document = schema.parse(schema.CommissioningReport, base64.b64decode(genuine["report"]), "report")
+    altered = dict(genuine, report=base64.b64encode(
+        base64.b64decode(genuine["report"]).replace(b"Helix 64", b"Helix 99")).decode())
+    key_pem, cert_pem = d.authority.issue_with_key("other-box", 30)  # a genuine certificate of another box
+    other = FileKeyStore(tmp_path / "other-keys")
+    other.directory.mkdir(mode=0o700)
+    blobs.write_atomic(other.path("box"), key_pem, mode=0o600)
+    forged = [json.dumps(altered).encode(), commission_report.sign(document, other, cert_pem.decode()),
+              b'{"v": 1, "report": "not base64!"}']
+    settings = config.load_edge([d.edge_toml, d.edge_dir / "device.toml"])
+    up = threading.Event()
+    box = MqttLink(settings.mqtt, "demo-box:selftest", subscriptions=[], on_message=lambda m: None,
+                   on_state=lambda ok: up.set() if ok else None, session_expiry_s=0)
+    box.start()
+    try:
+        wait_for(up.is_set, 60, "the box connected as demo-box:selftest")
+        for payload in forged:
+            assert box.publish(topics.commission_topic("mgw/v1", "demo-box"), payload, qos=1)
+    finally:
+        box.stop()
+
+    def dead_letters() -> list[Any]:
+        [db] = list(d.cloud_dir.rglob("fleet.db"))
+        store = SqliteFleetStore(db)
+        try:
+            return [x for x in store.dead_letters(box_id="demo-box") if x.topic.endswith("/commission")]
+        finally:
+            store.close()
+
+    letters = wait_for(lambda: (x := dead_letters()) and sum(y.messages for y in x) >= 3 and x, 60,
+                       "the forged reports dead-lettered")
+    reasons = " ".join(x.detail for x in letters)
+    assert "signature does not verify" in reasons or "not box demo-box's" in reasons, reasons
+    assert _stored(d) == []  # none stored; the genuine one is still only on the box
+    later = _mgw("commission", *configs, "--upload-pending")  # the fleet's loop went on
+    assert later.returncode == 0, later.stderr
+    assert [r["report_id"] for r in _stored(d)] == [document.report_id]
