@@ -23,6 +23,7 @@ from gateway.core import commissioning, schema
 from gateway.core.acksig import AckKeyring, AckSigner
 from gateway.core.errors import FrameError, UnexpectedAckError
 from gateway.edge import commission_report
+from tests.backends import Backend
 
 NOW = 1_800_000_000.0
 
@@ -136,3 +137,24 @@ def test_report_text_shows_times_in_the_site_zone_in_both_languages() -> None:
     text = commission_report.text(_report())
     assert "2027-01-15 16:00:00 +08:00" in text  # NOW is 08:00 UTC
     assert "RESULT: PASSED" in text and "结果: 通过" in text and "工程师: Li Wei 李伟" in text
+
+
+def test_reports_are_stored_listed_and_read_back_alike_when_the_fleet_store_is_sqlite_or_postgresql(
+        tmp_path: Path, authority: FleetAuthority, backend: Backend) -> None:
+    keys, cert = _box(tmp_path, authority, "ct-01")
+    store = backend.fleet_store(tmp_path)
+    try:
+        for n, result, echo in ((1, "INCOMPLETE", "manual"), (2, "PASSED", "confirmed")):
+            doc = msgspec.structs.replace(_report(result=result, echo=echo), report_id=f"{n:032x}",
+                                          started_at=NOW + n)
+            report, signed = commission_verify.verify(commission_report.sign(doc, keys, cert), "ct-01",
+                                                      _cas(authority))
+            assert store.commissions.add(report, signed, NOW + 100 + n)
+        assert [(r["report_id"][-1], r["result"]) for r in store.commissions.list(box_id="ct-01")] == [
+            ("2", "PASSED"), ("1", "INCOMPLETE")]  # newest first
+        assert store.commissions.list(box_id="ct-02") == []
+        got = store.commissions.get(f"{2:032x}")
+        assert got is not None and got["document"]["engineer"] == "Li Wei 李伟" and got["received_at"] == NOW + 102
+        assert store.commissions.get("f" * 32) is None
+    finally:
+        store.close()

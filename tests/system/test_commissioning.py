@@ -72,6 +72,24 @@ def test_commission_passes_signs_and_uploads_only_when_the_manual_echo_is_attest
     assert stored[json.loads(open_.stdout)["report_id"]]["result"] == "INCOMPLETE"
     assert (d.edge_dir / "commissioning" / f"{report['report_id']}.acked").exists()
     _console_shows_the_report(d, report["report_id"], tmp_path)
+    asked = _at_a_terminal(["commission", *configs, *WHO, "--no-upload", "--report-dir", str(tmp_path / "r3")], "y\n")
+    assert asked.returncode == 0 and "RESULT: PASSED" in asked.stdout, asked.stdout + asked.stderr
+    assert "[y/N]" in asked.stderr and "(answered yes)" in asked.stdout
+
+
+def _at_a_terminal(args: list[str], answers: str) -> subprocess.CompletedProcess[str]:
+    """``mgw`` with its stdin a terminal (a pseudo-terminal whose input holds ``answers``)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, answers.encode())
+        return subprocess.run([sys.executable, "-m", "gateway", *args], stdin=follower, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        os.close(follower)
+        os.close(leader)
 
 
 def _viewer_token(d: LoopbackDeployment, name: str, sites: frozenset[str]) -> str:
@@ -123,20 +141,42 @@ def _console_shows_the_report(d: LoopbackDeployment, report_id: str, tmp_path: P
         login(browser, d.dashboard_url, "site-reader", password)
         browser.get(d.dashboard_url + "#/box/demo-box")
         row = f'#commissioning tr[data-report="{report_id}"] a'
-        link = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 60, "the report on the box page")
-        link[0].click()
+        wait_for(lambda: _click(browser, row), 60, "the report's link on the box page")  # the page refreshes
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#commissioning-report[data-result="PASSED"]'), 60,
                  "the report page")
-        page: Any = browser.find_element(By.ID, "commissioning-report").text
+        page: Any = wait_for(lambda: _text(browser, "commissioning-report"), 60, "the report's text")
         assert "Commissioning report" in page and "Li Wei 李伟" in page and "Helix 64" in page and "CT_SCANNER" in page
         assert "attested by the engineer" in page and "Result: PASSED" in page
         browser.find_element(By.ID, "lang").click()
-        wait_for(lambda: "调试报告" in browser.find_element(By.ID, "view").text, 60, "the report in Chinese")
-        page = browser.find_element(By.ID, "commissioning-report").text
+        page = wait_for(lambda: "调试报告" in (x := _text(browser, "commissioning-report")) and x, 60,
+                        "the report in Chinese")
         assert "工程师已确认" in page and "结果: 通过" in page
         tz = json.loads(_get(d, f"/api/v1/commissioning/{report_id}", viewer)[1])["tz"]
         assert not tz or tz in page  # times in the site's zone, which the page names
         (tmp_path / "report-zh.png").write_bytes(browser.get_screenshot_as_png())
+
+
+def _click(browser: Any, selector: str) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        found = browser.find_elements(By.CSS_SELECTOR, selector)
+        if found:
+            found[0].click()
+        return bool(found)
+    except StaleElementReferenceException:
+        return False  # re-rendered under us: look again
+
+
+def _text(browser: Any, element_id: str) -> str:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(browser.find_element(By.ID, element_id).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
 
 
 def test_commission_keeps_the_signed_report_and_uploads_it_later_when_the_cloud_is_unreachable(

@@ -22,6 +22,10 @@ from gateway.core.access import Principal
 MAX_LISTED = 50
 OUTCOMES = {"ok": "passed", "FAIL": "failed", "skipped": "not applicable", "manual": "manual check not attested",
             "confirmed": "attested by the engineer"}
+CHECK_NAMES = {"configuration": "configuration", "certificate": "certificate", "clock-skew": "clock skew",
+               "broker": "broker (mutual TLS)", "echo-to-modality": "C-ECHO to the modality",
+               "echo-to-box": "C-ECHO to this box", "modality-echo": "C-ECHO from the modality console",
+               "end-to-end": "test object end to end", "test-study": "test study from the modality"}
 RESULTS = {"PASSED": "PASSED", "FAILED": "FAILED", "INCOMPLETE": "INCOMPLETE"}
 
 
@@ -55,6 +59,11 @@ def report(store: FleetStore, registry: Registry, fleet: FleetSettings, who: Pri
     return row
 
 
+def _check_name(check: dict[str, Any], t: Any) -> str:
+    name = CHECK_NAMES.get(check["key"])
+    return str(t(name)) if name else str(check["name"])
+
+
 def pdf(doc: dict[str, Any], lang: str) -> bytes:
     """The report ``report`` returned, as a PDF in ``lang`` (``en`` or ``zh-CN``)."""
     words = i18n.messages(lang)["messages"]
@@ -77,7 +86,7 @@ def pdf(doc: dict[str, Any], lang: str) -> bytes:
               (t("Time zone"), tz or "UTC"), (t("Software version"), d["software"]),
               (t("Report"), d["report_id"])]
     rows: list[tuple[str, ...]] = [
-        (at(c["started_at"])[11:19], c["name"] + (f" ({t('manual')})" if c["manual"] else ""),
+        (at(c["started_at"])[11:19], _check_name(c, t) + (f" ({t('manual')})" if c["manual"] else ""),
          t(OUTCOMES.get(c["outcome"], c["outcome"])), str(c["detail"])) for c in d["checks"]]
     fingerprint = base64.b64decode(doc["signature"])[:8].hex()
     return fpdf_report.render(fpdf_report.PdfReport(

@@ -533,6 +533,11 @@ async function boxView(view, boxId) {
 const OUTCOME_TEXT = { ok: () => t("passed"), FAIL: () => t("failed"), skipped: () => t("not applicable"),
   manual: () => t("manual check not attested"), confirmed: () => t("attested by the engineer") };
 const RESULT_TEXT = { PASSED: () => t("PASSED"), FAILED: () => t("FAILED"), INCOMPLETE: () => t("INCOMPLETE") };
+const CHECK_NAMES = { configuration: () => t("configuration"), certificate: () => t("certificate"),
+  "clock-skew": () => t("clock skew"), broker: () => t("broker (mutual TLS)"), "echo-to-modality": () => t("C-ECHO to the modality"),
+  "echo-to-box": () => t("C-ECHO to this box"), "modality-echo": () => t("C-ECHO from the modality console"),
+  "end-to-end": () => t("test object end to end"), "test-study": () => t("test study from the modality") };
+const checkLabel = (c) => (CHECK_NAMES[c.key] ? CHECK_NAMES[c.key]() : c.name);
 const resultLabel = (r) => (RESULT_TEXT[r] ? RESULT_TEXT[r]() : r);
 function fmtFull(s, tz) { // to the second, in the site's zone: a report's times
   const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" };
@@ -558,7 +563,7 @@ async function commissioningView(view, reportId) {
     [t("Time zone"), tz || t("the browser's")], [t("Software version"), d.software], [t("Report"), d.report_id]];
   const checks = el("table", { id: "report-checks" }, el("thead", {}, el("tr", {}, [t("Time"), t("Check"), t("Outcome"), t("Detail")].map((h) => el("th", {}, h)))),
     el("tbody", {}, d.checks.map((c) => el("tr", { "data-check": c.key, "data-outcome": c.outcome },
-      el("td", {}, fmtFull(c.started_at, tz)), el("td", {}, c.manual ? `${c.name} (${t("manual")})` : c.name),
+      el("td", {}, fmtFull(c.started_at, tz)), el("td", {}, c.manual ? `${checkLabel(c)} (${t("manual")})` : checkLabel(c)),
       el("td", { class: `outcome-${c.outcome}` }, OUTCOME_TEXT[c.outcome] ? OUTCOME_TEXT[c.outcome]() : c.outcome),
       el("td", { class: "wrap" }, c.detail)))));
   view.replaceChildren(el("article", { class: "report", id: "commissioning-report", "data-result": d.result },
