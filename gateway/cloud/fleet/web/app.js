@@ -563,7 +563,7 @@ async function commissioningView(view, reportId) {
     [t("Time zone"), tz || t("the browser's")], [t("Software version"), d.software], [t("Report"), d.report_id]];
   const checks = el("table", { id: "report-checks" }, el("thead", {}, el("tr", {}, [t("Time"), t("Check"), t("Outcome"), t("Detail")].map((h) => el("th", {}, h)))),
     el("tbody", {}, d.checks.map((c) => el("tr", { "data-check": c.key, "data-outcome": c.outcome },
-      el("td", {}, fmtFull(c.started_at, tz)), el("td", {}, c.manual ? `${checkLabel(c)} (${t("manual")})` : checkLabel(c)),
+      el("td", {}, fmtFull(c.started_at, tz)), el("td", {}, c.manual ? checkLabel(c) + " (" + t("manual") + ")" : checkLabel(c)),
       el("td", { class: `outcome-${c.outcome}` }, OUTCOME_TEXT[c.outcome] ? OUTCOME_TEXT[c.outcome]() : c.outcome),
       el("td", { class: "wrap" }, c.detail)))));
   view.replaceChildren(el("article", { class: "report", id: "commissioning-report", "data-result": d.result },
