@@ -267,6 +267,19 @@ def cmd_cloud_revoke(args: argparse.Namespace) -> int:
     return 0 if count else 1
 
 
+def cmd_cloud_crl(args: argparse.Namespace) -> int:
+    """Write the CRL afresh (a new next update) where the authority and the broker read it."""
+    _, _, authority = _authority(args)
+    try:
+        authority.write_crl()
+        where = ", ".join(str(p) for p in (authority.crl_path, *authority.crl_copies))
+    finally:
+        authority.close()
+    _tell(f"CRL written to {where}, valid for 7 days; the broker must re-read it (systemctl reload mgw-broker)",
+          f"CRL 已写入 {where}，有效期 7 天；代理须重新读取（systemctl reload mgw-broker）")
+    return 0
+
+
 def cmd_cloud_certs(args: argparse.Namespace) -> int:
     _, _, authority = _authority(args)
     rows = [r.__dict__ for r in authority.records(args.box)]
@@ -441,6 +454,8 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     r.add_argument("--broker", default="mosquitto",
                    help="broker profile the fleet runs (mosquitto or emqx): says how the box's open sessions end")
     r.set_defaults(func=cmd_cloud_revoke)
+    crl = with_config(cloud.add_parser("crl", help="write the CRL afresh, before its 7 days run out (daily timer)"))
+    crl.set_defaults(func=cmd_cloud_crl)
     c = with_config(cloud.add_parser("certs", help="the certificate registry: issued, renewed, revoked"))
     c.add_argument("--box", help="only this box")
     c.add_argument("--json", action="store_true", help="print JSON")

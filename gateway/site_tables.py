@@ -23,6 +23,7 @@ from gateway.core.errors import ConfigError
 TABLES: dict[str, type] = {
     "dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings,
     "worklist": config.WorklistSettings, "site": config.SiteSettings,
+    "network": config.NetworkSettings,  # which links get an address (docs/operations.md, "Network")
 }
 Tables = dict[str, dict[str, Any]]
 
@@ -46,7 +47,15 @@ def _check_table(table: str, built: Any, source: str) -> None:
         try:
             config.site_rules_hours(built)
         except ValueError as exc:
-            raise ConfigError(f"{source}: 'site': {exc}") from exc
+            raise ConfigError(f"{source}: {exc}") from exc
+    elif table == "network":
+        from gateway.core.networkd import parse_patterns
+
+        for name in ("uplink_interfaces", "modality_interfaces"):
+            try:
+                parse_patterns(getattr(built, name), f"network.{name}")
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from exc
     elif table == "dicom":
         from gateway.core.admission import parse_rules
 
@@ -75,20 +84,11 @@ def from_options(*, ae_title: str | None = None, port: int | None = None, peers:
                  bind: str | None = None, time_zone: str | None = None, hours: list[str] | None = None,
                  region: str | None = None) -> Tables:
     """Site tables from command-line options; an option not given sets nothing."""
-    dicom: dict[str, Any] = {}
-    if ae_title is not None:
-        dicom["ae_title"] = ae_title
-    if port is not None:
-        dicom["port"] = port
-    if peers:
-        dicom["allowed_peers"] = list(peers)
-    if bind is not None:
-        dicom["bind_host"] = bind
-    site: dict[str, Any] = {}
-    if time_zone is not None:
-        site["time_zone"] = time_zone
-    if hours:
-        site["weekly_hours"] = list(hours)
-    if region is not None:
-        site["region"] = region
-    return {name: keys for name, keys in (("dicom", dicom), ("site", site)) if keys}
+    given = {("dicom", "ae_title"): ae_title, ("dicom", "port"): port, ("dicom", "allowed_peers"): peers or None,
+             ("dicom", "bind_host"): bind, ("site", "time_zone"): time_zone, ("site", "weekly_hours"): hours or None,
+             ("site", "region"): region}
+    out: Tables = {}
+    for (table, key), value in given.items():
+        if value is not None:
+            out.setdefault(table, {})[key] = list(value) if isinstance(value, list) else value
+    return out

@@ -79,6 +79,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/adapters/keystore.py": "creates and loads the box's keys and CSRs",
         "gateway/adapters/enrolment_client.py": "pins the enrolment server's certificate",
         "gateway/adapters/host.py": "reads certificate expiry for the health report",
+        "gateway/adapters/pem_files.py": "`mgw doctor` parses certificates, chains and keys the configuration names",
         "gateway/cloud/authority/ca.py": "the fleet CA: it signs certificates and CRLs; that is its job",
         # Exceptions: x509 parsing is computation on bytes already read, like the core's crypto;
         # an adapter around it would rename cryptography's types one for one.

@@ -61,6 +61,16 @@ class Disk(_Message, frozen=True):
     used_percent: Percent | None = None
 
 
+class WorklistHealth(_Message, frozen=True):
+    """The heartbeat's ``worklist``: the box's cache and feed, so ops can see a stale feed."""
+
+    entries: Count = 0
+    last_seq: Count = 0
+    update_age_s: Seconds | None = None
+    statuses_unacked: Count = 0
+    frames_refused: Count = 0
+
+
 class Birth(_Telemetry, frozen=True, tag="birth"):
     v: Literal[1]
     box_id: BoxId
@@ -104,6 +114,7 @@ class Heartbeat(_Telemetry, frozen=True, tag="heartbeat"):
     cert_not_after: Time | None = None
     utilisation_unacked: Count = 0
     exams_dropped: Count = 0
+    worklist: WorklistHealth | None = None  # absent: the box runs no worklist
 
 
 class ExamRecord(_Message, frozen=True):

@@ -277,7 +277,7 @@ def _echo_to_box(settings: config.EdgeSettings, paths: Paths, options: Options) 
     if status == 0:
         return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
     return Outcome.FAIL, (f"{settings.dicom.ae_title}@{host}:{port} did not answer: is `mgw edge run` running "
-                          "(systemctl status gateway-edge)? is the port right?")
+                          "(systemctl status mgw-edge.service)? is the port right?")
 
 
 def _manual_echo(settings: config.EdgeSettings) -> tuple[str, str]:
@@ -312,7 +312,7 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
         statuses = dicom_scu.pynetdicom_store(host, _listener_port(settings, paths), settings.dicom.ae_title,
                                               calling, [obj], source=host)
     if statuses != [0]:
-        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u gateway-edge`"
+        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u mgw-edge.service`"
     store = SpoolStore(paths.spool_db)
     try:
         deadline = time.monotonic() + options.timeout_s

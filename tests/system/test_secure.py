@@ -117,9 +117,11 @@ def test_decommission_crypto_erases_keys_and_cache_when_confirmed(deploy: Deploy
     assert sealed and all(p.read_bytes()[:5] == b"MGWC\x01" for p in sealed)
     assert _mgw("decommission", "--state-dir", str(d.edge_dir)).returncode == 1  # needs --yes
     assert (d.edge_dir / "keys" / "cache.secret").exists() and (d.edge_dir / "worklist.db").exists()
+    worklist_key = d.edge_dir / "keys" / "worklist.secret"  # the box's X25519 worklist key (edge/worklist_feed.py)
+    assert worklist_key.exists() and oct(worklist_key.stat().st_mode & 0o777) == "0o600"
     erased = _mgw("decommission", "--state-dir", str(d.edge_dir), "--yes", "--json")
     assert erased.returncode == 0, erased.stderr
-    assert '"keys_erased": 3' in erased.stdout  # box.key, cache.secret and study_key.secret (utilisation)
+    assert '"keys_erased": 4' in erased.stdout  # box.key, cache.secret, study_key.secret, worklist.secret
     assert list((d.edge_dir / "keys").iterdir()) == []
     assert not (d.edge_dir / "spool").exists() and not (d.edge_dir / "device.toml").exists()
     assert not (d.edge_dir / "worklist.db").exists()  # the worklist cache the running edge opened
