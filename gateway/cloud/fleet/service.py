@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config
@@ -35,6 +36,7 @@ from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet import commission_verify
 from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
@@ -45,7 +47,7 @@ from gateway.cloud.fleet.starlette_app import build_app
 from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.config import CloudSettings, FleetSettings, SiteSettings
-from gateway.core import acksig, alerts, fleet, schema, topics
+from gateway.core import acksig, alerts, commissioning, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
 from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
@@ -99,7 +101,8 @@ class FleetService:
         self._prefix = settings.mqtt.topic_prefix
         self.link = MqttLink(settings.mqtt,
                              client_id=broker.service_client_id(settings.mqtt, "fleet", settings.ingest.worker_id),
-                             subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
+                             subscriptions=[(t, 1) for t in [*topics.fleet_subscriptions(self._prefix),
+                                                             topics.commission_subscription(self._prefix)]],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
@@ -178,6 +181,10 @@ class FleetService:
         self.counters.messages += 1
         box_id: str | None = None
         try:
+            if message.topic.endswith("/commission"):
+                box_id = topics.parse_commission_topic(self._prefix, message.topic)
+                self._commission(box_id, message.payload)
+                return
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
                 self._exam(box_id, message.payload)
@@ -246,6 +253,25 @@ class FleetService:
         if self.store.upsert_exam(doc):
             self.counters.exams += 1
             self.link.publish(topics.util_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _commission(self, box_id: str, payload: bytes) -> None:
+        """A signed commissioning report: verified (``commission_verify``), stored, acknowledged (signed)."""
+        cas = commission_verify.load_cas(self._fleet_ca())
+        report, signed = commission_verify.verify(payload, box_id, cas)
+        ack = commissioning.sign_ack(self._signer, box_id, report.report_id)
+        if self.store.commissions.add(report, signed, self._clock()):
+            log.info("commissioning report stored", extra={
+                "MESSAGE_ID": MSG.COMMISSION_REPORT_STORED.value, "BOX": box_id, "REPORT": report.report_id,
+                "RESULT": report.result})
+        self.link.publish(topics.commission_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _fleet_ca(self) -> bytes:
+        """The fleet CA certificate(s): the CA file the fleet's MQTT connection trusts (the broker's issuer)."""
+        ca_file = self.settings.mqtt.ca_file
+        try:
+            return Path(ca_file).read_bytes() if ca_file else b""
+        except OSError as exc:
+            raise LocalError(f"fleet CA file {ca_file}: {exc.strerror}") from exc
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:
