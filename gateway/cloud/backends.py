@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive.forward import Destination, destinations_from
+from gateway.cloud.archive.index import Index
 from gateway.cloud.archive.store import Archive
 from gateway.cloud.fleet.store import FleetStore
 from gateway.cloud.ingest.staging import FileStaging, Staging
@@ -116,6 +117,18 @@ def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False)
         "MESSAGE_ID": MSG.INDEX_OPENED.value, "BACKEND": settings.index.backend,
         "INDEX": archive.index.where, "SCHEMA": archive.schema_version()})
     return archive
+
+
+def open_archive_index(settings: CloudSettings, paths: Paths) -> Index:
+    """The archive index alone, for readers that never touch the objects (the versions listing of
+    ``mgw cloud archive versions`` and the console): SQLite or PostgreSQL as the configuration says."""
+    if settings.index.backend == "postgres":
+        from gateway.adapters.postgres_index import PostgresIndex
+
+        return PostgresIndex(postgres_dsn(settings, paths))
+    from gateway.adapters.sqlite_index import SqliteIndex
+
+    return SqliteIndex(paths.archive_db)
 
 
 def open_staging(settings: CloudSettings, paths: Paths) -> Staging:
