@@ -5,7 +5,8 @@ under the node's state directory; every worker of the node shares them.
 ``"postgres"``: the index and staging in one PostgreSQL database, for workers
 on several machines (the archive directory is then a shared filesystem).
 The fleet service's store follows the same choice: ``fleet.db`` beside ``archive.db``, or its
-own tables in the same PostgreSQL database.
+own tables in the same PostgreSQL database. The fleet console reads the archive index too (the
+versions of an instance, ``open_archive_index``), never the archive's objects.
 Passwords come from 0600 files named by the configuration, never from TOML.
 """
 

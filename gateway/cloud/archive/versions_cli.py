@@ -16,21 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.cloud.archive import versions
-from gateway.config import CloudSettings, SiteSettings
+from gateway.config import CloudSettings, site_zone
 from gateway.core.utilisation import Zone
 from gateway.paths import Paths
 
 
 def _zones(settings: CloudSettings, sites: dict[str, str]) -> Callable[[str], Zone]:
-    from gateway.adapters.time_zone import zone
-
-    fleet = settings.fleet
-
-    def of_box(box_id: str) -> Zone:
-        rules = fleet.sites.get(sites.get(box_id, ""), SiteSettings())
-        return zone(rules.time_zone or fleet.time_zone, fleet.utc_offset_minutes)
-
-    return of_box
+    return lambda box_id: site_zone(settings.fleet, sites.get(box_id, ""))
 
 
 def _box_sites(settings: CloudSettings, paths: Paths) -> dict[str, str]:
