@@ -120,9 +120,13 @@ def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False)
     return archive
 
 
-def open_archive_index(settings: CloudSettings, paths: Paths) -> Index:
+def open_archive_index(settings: CloudSettings, paths: Paths) -> Index | None:
     """The archive index alone, for readers that never touch the objects (the versions listing of
-    ``mgw cloud archive versions`` and the console): SQLite or PostgreSQL as the configuration says."""
+    ``mgw cloud archive versions`` and the console): SQLite or PostgreSQL as the configuration says.
+    None when it is a SQLite file that does not exist (no worker archived here yet): a reader never
+    creates it."""
+    if settings.index.backend != "postgres" and not paths.archive_db.exists():
+        return None
     if settings.index.backend == "postgres":
         from gateway.adapters.postgres_index import PostgresIndex
 

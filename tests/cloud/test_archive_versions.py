@@ -92,6 +92,15 @@ def test_listing_says_none_when_the_archive_does_not_hold_the_instance(
     assert "no archived instance / 归档中没有该实例" in capsys.readouterr().out
 
 
+def test_listing_says_none_and_creates_no_index_when_nothing_was_archived_on_the_node(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(f'[cloud]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["cloud", "archive", "versions", "--config", str(toml), "--study-instance-uid", STUDY]) == 0
+    assert "no archived instance / 归档中没有该实例" in capsys.readouterr().out
+    assert not (tmp_path / "state" / "archive.db").exists() and not (tmp_path / "state" / "fleet.db").exists()
+
+
 def test_uid_is_refused_without_echo_when_it_is_not_a_dicom_uid(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     toml = tmp_path / "cloud.toml"

@@ -40,15 +40,16 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from gateway.settings_files import cloud_settings
 
     settings, paths = cloud_settings(args)
+    uid = versions.parse_uid(args.sop_instance_uid or args.study_instance_uid,
+                             "--sop-instance-uid" if args.sop_instance_uid else "--study-instance-uid")
     index = backends.open_archive_index(settings, paths)
-    try:
-        if args.sop_instance_uid:
-            found = versions.of_instance(index, versions.parse_uid(args.sop_instance_uid, "--sop-instance-uid"))
-        else:
-            found = versions.of_study(index, versions.parse_uid(args.study_instance_uid, "--study-instance-uid"))
-    finally:
-        index.close()
-    zone_of = _zones(settings, _box_sites(settings, paths))
+    found: list[versions.Version] = []
+    if index is not None:  # None: no archive.db on this node, so nothing archived
+        try:
+            found = versions.of_instance(index, uid) if args.sop_instance_uid else versions.of_study(index, uid)
+        finally:
+            index.close()
+    zone_of = _zones(settings, _box_sites(settings, paths) if found else {})
     if args.json:
         print(json.dumps({"versions": [versions.as_json(v, zone_of(v.box_id)) for v in found]}, indent=2))
     elif not found:

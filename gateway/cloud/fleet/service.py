@@ -149,6 +149,8 @@ class FleetService:
         with self._archive_lock:
             if self._archive_index is None:
                 self._archive_index = backends.open_archive_index(self.settings, self._paths)
+            if self._archive_index is None:
+                return []  # no archive.db here (yet): nothing archived on this node
             return versions.of_instance(self._archive_index, sop_instance_uid)
 
     def alive(self) -> bool:
