@@ -169,6 +169,8 @@ def test_operator_sees_their_sites_versions_and_which_is_current_and_the_read_is
     status, refused = ana.get("/api/v1/archive/versions?sop_instance_uid=Smith%5EJohn")
     assert status == 400 and "Smith" not in refused["error"]
     assert ana.get("/api/v1/archive/versions")[0] == 400  # the UID is required
+    for hostile in ("1.2.3%0A", "1.2.3&sop_instance_uid=1.2.4", "1." + "2" * 63, "1.2.3*", "%2E%2E"):
+        assert ana.get(f"/api/v1/archive/versions?sop_instance_uid={hostile}")[0] == 400, hostile
     reads = audit_rows(console, "archive.versions")
     assert sorted((r["actor"].split(":")[0], r["outcome"]) for r in reads) == [
         ("ana", "ok"), ("ana", "ok"), ("token", "ok")]  # the admin's API token
