@@ -12,7 +12,7 @@ is UTF-8 JSON::
 and the payload JSON is::
 
     {"enrolment": {"url": "https://...", "ca_fingerprint": "<hex>", "token": "mgw1-..."},
-     "site": {"dicom": {...}, "uplink": {...}, "spool": {...}},     # optional edge tables
+     "site": {"dicom": {...}, "site": {...}, "uplink": {...}},     # optional site tables (site_tables)
      "created_at": <unix s>, "expires_at": <unix s>}
 
 The signature covers the payload bytes exactly as stored (no re-serialisation
@@ -26,8 +26,9 @@ file on the stick that is a link, FIFO, device or folder, or larger than
 read). A box trusts only the Ed25519 public keys in its signer
 directory (``$CONFIGURATION_DIRECTORY/bundle-signers/*.pub``, each the base64 of
 32 raw bytes), shipped in the image; ops keep the private key offline. The site
-tables may only set the DICOM listener, uplink and spool: identity, broker and
-keys come from the enrolment itself, never from a stick.
+tables may only set what ``site_tables`` allows (the DICOM listener, the site's
+time zone and hours, uplink, spool, worklist): identity, broker and keys come from
+the enrolment itself, never from a stick.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway import config
+from gateway import site_tables
 from gateway.adapters import safefs
 from gateway.core.errors import ConfigError, PeerError
 from gateway.logs import escape
@@ -59,7 +60,6 @@ _ENVELOPE = re.compile(rb"\s*\{" + b",".join([_MEMBER] * 4) + rb"\}\s*")
 _ENVELOPE_KEYS = {"format", "key_id", "payload", "signature"}
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
-SITE_TABLES = {"dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings}
 
 
 class BundleRefusedError(PeerError):
@@ -86,19 +86,10 @@ def _message(payload: bytes) -> bytes:
 
 
 def _check_site(site: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(site, dict):
-        raise BundleRefusedError("bundle 'site' must be a table of tables")
-    for table, keys in site.items():
-        if table not in SITE_TABLES:
-            allowed = ", ".join(sorted(SITE_TABLES))
-            raise BundleRefusedError(f"bundle may not set [{escape(table)}] (allowed: {allowed})")
-        if not isinstance(keys, dict):
-            raise BundleRefusedError(f"bundle [{escape(table)}] must be a table")
-        try:
-            config.build(SITE_TABLES[table], keys, "bundle", f"{table}.")
-        except ConfigError as exc:
-            raise BundleRefusedError(escape(exc)) from exc
-    return site
+    try:
+        return site_tables.check(site, "bundle")
+    except ConfigError as exc:
+        raise BundleRefusedError(escape(exc)) from exc
 
 
 def sign(private_raw: bytes, url: str, ca_fingerprint: str, token: str, site: dict[str, dict[str, Any]],

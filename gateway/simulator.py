@@ -4,9 +4,21 @@ Each simulated box publishes what a real edge publishes (core.fleet and core.exa
 formats, the same topics): a birth, heartbeats with plausible health figures, exam
 records (a backfill of the day so far, then live exams), and now and then an outage: its
 death (as the broker would publish its last will), silence, then a new birth with the
-next ``bd_seq``. To keep one process light at thousands of boxes, the boxes share a small
-pool of MQTT connections; the cloud sees the same messages as from real boxes (only the
-broker-side will is replaced by an explicit death).
+next ``bd_seq``. The broker-side will is replaced by an explicit death.
+
+Two ways to connect:
+
+- **A secure broker** (the cloud configuration names a broker CA: TLS, and the fleet's guard
+  lets each certificate publish only under its own box id). Each simulated box is enrolled as a
+  real box would be: a one-time token from the fleet CA, its own key and CSR, redeemed at the
+  enrolment endpoint over HTTPS (``enrol_boxes``), and its own MQTT connection under that
+  certificate. Identities are kept under ``<state_dir>/simulator`` and reused by later runs
+  while valid (tokens are single-use). At most ``MAX_SECURE_BOXES`` (one connection each).
+- **A plain broker** (development): the boxes share a small pool of connections.
+
+Either way it fails loudly: a box that cannot enrol or connect ends the run with the reason
+before anything is sent, and a publish the broker refuses (``MqttLink.refused``) is counted
+in the report and makes ``mgw simulate`` exit 1.
 """
 
 from __future__ import annotations
@@ -19,17 +31,23 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.adapters.mqtt_link import MqttLink
-from gateway.config import MqttSettings, SiteSettings
+from gateway.config import CloudSettings, MqttSettings, SiteSettings
 from gateway.core import fleet, topics
-from gateway.core.errors import LocalError
+from gateway.core.errors import GatewayError, LocalError
 from gateway.core.fleet import MessageKind
+from gateway.paths import Paths
 
 MODALITIES = ("CT", "MR", "DX", "US", "MG", "CR")
 MAX_BOXES, MAX_MINUTES = 5000, 1440.0
+MAX_SECURE_BOXES = 500  # one TLS connection (and thread) each
+CONNECT_TIMEOUT_S = 30.0
+RENEW_BEFORE_S = 86400.0  # an identity with less than a day left is enrolled again
 
 
 @dataclass
@@ -60,16 +78,85 @@ class SimReport:
     heartbeats: int = 0
     exams: int = 0
     outages: int = 0
-    publish_failures: int = 0
+    publish_failures: int = 0  # not handed to the broker (link down, queue full)
+    publish_refused: int = 0  # refused by the broker (not authorised, quota, ...)
     last_heartbeat: dict[str, float] = field(default_factory=dict)  # box -> "at" of its last heartbeat
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A simulated box's certificate and key, issued by the fleet CA through the enrolment endpoint."""
+
+    cert_file: Path
+    key_file: Path
+
+
+def box_id(i: int) -> str:
+    return f"sim-{i:04d}"
+
+
+def site_of(i: int) -> str:
+    return f"site-{i // 4:03d}"
+
+
+def enrol_boxes(settings: CloudSettings, paths: Paths, boxes: int, say: Callable[[str], None] = lambda _m: None,
+                clock: Callable[[], float] = time.time) -> dict[str, Identity]:
+    """An identity for each of ``boxes`` simulated boxes: kept ones while valid, new ones enrolled
+    (a token from the fleet CA, a key and CSR made here, redeemed at the enrolment endpoint).
+    ``LocalError`` naming the box and the reason when one cannot be had."""
+    from gateway.adapters import blobs, enrolment_client, host
+    from gateway.adapters.keystore import FileKeyStore
+    from gateway.cloud.authority.ca import FleetAuthority
+
+    a = settings.authority
+    pki = paths.key_file(a.pki_dir)
+    if not (pki / "ca.key").exists():  # never make a CA of our own: the broker would not trust it
+        raise LocalError(f"the simulator enrols its boxes with the fleet CA, and {pki} holds none: run it on the "
+                         "cloud host, with the cloud configuration")
+    try:
+        authority = FleetAuthority(pki)
+    except GatewayError as exc:
+        raise LocalError(f"the simulator enrols its boxes with the fleet CA in {paths.key_file(a.pki_dir)}, "
+                         f"which is unusable here: {exc}") from exc
+    url = f"https://{a.enrol_hostnames[0] if a.enrol_hostnames else a.enrol_host}:{a.enrol_port}"
+    root = paths.state_dir / "simulator"
+    store = FileKeyStore(root / "keys")
+    out: dict[str, Identity] = {}
+    enrolled = 0
+    try:
+        ca_pem = authority.ca_pem
+        for i in range(boxes):
+            box = box_id(i)
+            ident = Identity(root / f"{box}.pem", store.path(box))
+            not_after = host.cert_not_after(str(ident.cert_file)) if ident.key_file.exists() else None
+            if not_after is not None and not_after - clock() > RENEW_BEFORE_S:
+                out[box] = ident
+                continue
+            token = authority.create_token(box, site_of(i), MODALITIES[i % len(MODALITIES)], 600)
+            store.generate_ec(box)
+            try:
+                answer = enrolment_client.enrol(url, ca_pem, token, store.csr(box, ""))
+            except GatewayError as exc:
+                raise LocalError(f"simulated box {box} could not enrol at {url}: {exc}") from exc
+            blobs.write_atomic(ident.cert_file, str(answer["certificate"]).encode(), mode=0o644)
+            out[box] = ident
+            enrolled += 1
+            if enrolled % 50 == 0:
+                say(f"enrolled {enrolled} simulated boxes")
+    finally:
+        authority.close()
+    say(f"{enrolled} simulated boxes enrolled, {boxes - enrolled} identities reused ({root})")
+    return out
 
 
 class Simulator:
     def __init__(self, mqtt: MqttSettings, boxes: int, heartbeat_s: float = 30.0, outage_percent: float = 2.0,
                  seed: int = 1, backfill_hours: float = 8.0, connections: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, identities: dict[str, Identity] | None = None) -> None:
         if not 1 <= boxes <= MAX_BOXES:
             raise LocalError(f"--boxes must be 1..{MAX_BOXES}")
+        if identities is not None and boxes > MAX_SECURE_BOXES:
+            raise LocalError(f"--boxes must be 1..{MAX_SECURE_BOXES} against a secure broker (a connection each)")
         if heartbeat_s < 1:
             raise LocalError("--heartbeat-s must be at least 1")
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
@@ -78,17 +165,28 @@ class Simulator:
         self.heartbeat_s = heartbeat_s
         self._outage_p = outage_percent / 100.0
         self._backfill_s = backfill_hours * 3600
-        run = uuid.uuid4().hex[:8]
-        n_links = connections or max(1, min(8, boxes // 50 + 1))
-        self._links = [MqttLink(mqtt, client_id=f"mgw-sim-{run}-{i}", subscriptions=[], on_message=lambda m: None,
-                                session_expiry_s=0, max_inflight=1000) for i in range(n_links)]
+        self._mqtt = mqtt
         self.boxes = [self._new_box(i) for i in range(boxes)]
+        if identities is not None:  # each box on its own connection, under its own certificate
+            missing = [b.box_id for b in self.boxes if b.box_id not in identities]
+            if missing:
+                raise LocalError(f"no identity for simulated box {missing[0]}")
+            self._links = [MqttLink(dc_replace(mqtt, cert_file=str(identities[b.box_id].cert_file),
+                                               key_file=str(identities[b.box_id].key_file)),
+                                    client_id=b.box_id, subscriptions=[], on_message=lambda m: None,
+                                    session_expiry_s=0, max_inflight=100) for b in self.boxes]
+        else:
+            run = uuid.uuid4().hex[:8]
+            n_links = connections or max(1, min(8, boxes // 50 + 1))
+            self._links = [MqttLink(mqtt, client_id=f"mgw-sim-{run}-{i}", subscriptions=[],
+                                    on_message=lambda m: None, session_expiry_s=0, max_inflight=1000)
+                           for i in range(n_links)]
         self.report = SimReport(boxes=boxes)
         self._lock = threading.Lock()
 
     def _new_box(self, i: int) -> SimBox:
         rng = self._rng
-        return SimBox(box_id=f"sim-{i:04d}", modality=MODALITIES[i % len(MODALITIES)], site=f"site-{i // 4:03d}",
+        return SimBox(box_id=box_id(i), modality=MODALITIES[i % len(MODALITIES)], site=site_of(i),
                       disk_used=rng.uniform(30, 70) if rng.random() > 0.02 else rng.uniform(86, 95),
                       cert_not_after=self._clock() + 86400 * (rng.uniform(5, 25) if rng.random() < 0.03
                                                               else rng.uniform(60, 365)),
@@ -100,12 +198,20 @@ class Simulator:
         for link in self._links:
             link.start()
         try:
-            if not all(link.wait_connected(15) for link in self._links):
-                raise LocalError(f"broker {self._links[0]._settings.host}:{self._links[0]._settings.port} unreachable")
+            deadline = time.monotonic() + CONNECT_TIMEOUT_S
+            down = [link.client_id for link in self._links
+                    if not link.wait_connected(max(0.0, deadline - time.monotonic()))]
+            if down:
+                raise LocalError(
+                    f"{len(down)} of {len(self._links)} simulator connections to the broker "
+                    f"{self._mqtt.host}:{self._mqtt.port} are not up after {CONNECT_TIMEOUT_S:.0f} s "
+                    f"(first: {down[0]}); "
+                    "the log above says why (unreachable, TLS, or the broker refused the identity)")
             self._loop(seconds, stop)
         finally:
             for link in self._links:
                 link.stop()
+            self.report.publish_refused = sum(link.refused for link in self._links)
         return self.report
 
     def _loop(self, seconds: float, stop: threading.Event) -> None:
@@ -209,11 +315,18 @@ class Simulator:
         self.report.exams += 1
 
 
-def run_simulation(mqtt: MqttSettings, *, boxes: int, minutes: float, heartbeat_s: float, outage_percent: float,
-                   seed: int, backfill_hours: float = 8.0) -> dict[str, Any]:
+def run_simulation(settings: CloudSettings, paths: Paths, *, boxes: int, minutes: float, heartbeat_s: float,
+                   outage_percent: float, seed: int, backfill_hours: float = 8.0,
+                   say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     if not 0 < minutes <= MAX_MINUTES:
         raise LocalError(f"--minutes must be in (0, {MAX_MINUTES:.0f}]")
-    sim = Simulator(mqtt, boxes, heartbeat_s, outage_percent, seed, backfill_hours)
+    mqtt = settings.mqtt
+    identities = None
+    if mqtt.ca_file:  # a secure broker: every simulated box is enrolled and connects as itself
+        if boxes > MAX_SECURE_BOXES:
+            raise LocalError(f"--boxes must be 1..{MAX_SECURE_BOXES} against a secure broker (a connection each)")
+        identities = enrol_boxes(settings, paths, boxes, say)
+    sim = Simulator(mqtt, boxes, heartbeat_s, outage_percent, seed, backfill_hours, identities=identities)
     report = sim.run(minutes * 60)
     doc = {k: v for k, v in report.__dict__.items() if k != "last_heartbeat"}
     return doc

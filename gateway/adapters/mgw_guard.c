@@ -12,10 +12,11 @@
  *    CRL is refused. The MQTT username becomes the CN.
  *  - SUBSCRIBE, PUBLISH, delivery: a box (CN without '.') subscribes only to its
  *    own ack topics, literally (no wildcard, no $share), writes only its own
- *    chunk and telemetry topics and reads only its own acks. "cloud.ingest.*"
- *    subscribes only to the shared chunk subscription and writes acks;
- *    "cloud.fleet.*" reads telemetry and writes exam-record acks. Anything else
- *    is denied.
+ *    chunk, telemetry and worklist status topics and reads only its own acks and
+ *    its own worklist. "cloud.ingest.*" subscribes only to the shared chunk
+ *    subscription and writes acks; "cloud.fleet.*" reads telemetry and worklist
+ *    status, and writes exam-record acks, worklists and worklist status acks.
+ *    Anything else is denied.
  *  - Revocation: the CRL file is re-read within CRL_POLL_S of a change; every
  *    open connection whose certificate serial it lists is disconnected, and
  *    any packet from such a connection is refused meanwhile.
@@ -200,12 +201,15 @@ static int box_allowed(const char *cn, int access, const char *topic)
 {
     switch(access){
         case MOSQ_ACL_SUBSCRIBE:
-            return own_literal(cn, topic, "ack") || own_literal(cn, topic, "util/ack");
+            return own_literal(cn, topic, "ack") || own_literal(cn, topic, "util/ack")
+                || own_literal(cn, topic, "worklist") || own_literal(cn, topic, "worklist/status/ack")
+                || own_literal(cn, topic, "commission/ack");
         case MOSQ_ACL_READ:
-            return own(cn, topic, "ack") || own(cn, topic, "util/ack");
+            return own(cn, topic, "ack") || own(cn, topic, "util/ack") || own(cn, topic, "worklist")
+                || own(cn, topic, "worklist/status/ack") || own(cn, topic, "commission/ack");
         case MOSQ_ACL_WRITE:
             return own(cn, topic, "up/+") || own(cn, topic, "state") || own(cn, topic, "health")
-                || own(cn, topic, "util");
+                || own(cn, topic, "util") || own(cn, topic, "worklist/status") || own(cn, topic, "commission");
         default:
             return 0;
     }
@@ -232,11 +236,14 @@ static int fleet_allowed(int access, const char *topic)
 {
     switch(access){
         case MOSQ_ACL_SUBSCRIBE:
-            return any_box(topic, "state", 1) || any_box(topic, "health", 1) || any_box(topic, "util", 1);
+            return any_box(topic, "state", 1) || any_box(topic, "health", 1) || any_box(topic, "util", 1)
+                || any_box(topic, "worklist/status", 1) || any_box(topic, "commission", 1);
         case MOSQ_ACL_READ:
-            return any_box(topic, "state", 0) || any_box(topic, "health", 0) || any_box(topic, "util", 0);
+            return any_box(topic, "state", 0) || any_box(topic, "health", 0) || any_box(topic, "util", 0)
+                || any_box(topic, "worklist/status", 0) || any_box(topic, "commission", 0);
         case MOSQ_ACL_WRITE:
-            return any_box(topic, "util/ack", 0);
+            return any_box(topic, "util/ack", 0) || any_box(topic, "worklist", 0)
+                || any_box(topic, "worklist/status/ack", 0) || any_box(topic, "commission/ack", 0);
         default:
             return 0;
     }

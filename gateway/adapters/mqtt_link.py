@@ -93,6 +93,7 @@ class MqttLink:
         self.reconnects = 0
         self.nudges = 0
         self.dropped = 0  # commands queued while up whose connection ended before they were sent
+        self.refused = 0  # QoS 1 publishes the broker answered with a failure reason (not authorised, ...)
         self.client_id = client_id
         self._max_inflight = max_inflight
         self.server_max_packet_bytes = 0  # the broker's Maximum Packet Size from CONNACK; 0 = none announced
@@ -103,6 +104,7 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_subscribe = self._handle_suback
+        self._client.on_publish = self._handle_puback
         self._pending_subscriptions: dict[int, list[str]] = {}  # SUBSCRIBE mid -> topics, until SUBACK
         self._client.on_message = self._handle_message
         if will is not None:
@@ -390,6 +392,15 @@ class MqttLink:
         elif topics:
             log.info("subscriptions granted", extra={"MESSAGE_ID": MSG.UPLINK_SUBSCRIBED.value,
                                                      "TOPICS": ",".join(topics)})
+
+    def _handle_puback(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        """A PUBACK with a failure reason (MQTT 5: 0x87 not authorised, 0x97 quota, ...): the
+        message went nowhere. Counted, and the first of each run of refusals logged."""
+        if reason_code.is_failure:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.error("broker refused a publish", extra={
+                    "MESSAGE_ID": MSG.PUBLISH_REFUSED.value, "REASON": str(reason_code), "REFUSED": self.refused})
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._set_down(str(reason_code))

@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway import config
+from gateway import site_tables as siteconf
 from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import FileKeyStore, KeyStore
 from gateway.core import admission
@@ -72,6 +73,10 @@ class Provisioned:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     allowed_peers: tuple[str, ...] = ()
     bind_host: str = ""
+    ae_title: str = ""
+    port: int = 0
+    time_zone: str = ""
+    weekly_hours: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -97,8 +102,13 @@ def key_store(paths: Paths) -> KeyStore:
 def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None = None,
               site_tables: dict[str, dict[str, Any]] | None = None, force: bool = False,
               self_test: bool = True, say: Callable[[str], None] = lambda _: None, lan: Lan = Lan()) -> Provisioned:
+    """Enrol this box and write its ``device.toml``. ``site_tables`` (a signed bundle's) and ``lan``
+    (the command line's) are layered over the tables the token carries, later ones winning; all
+    are checked (``gateway/site_tables.py``) before the token is spent, the token's once they arrive."""
     store = keystore or key_store(paths)
-    dicom = _lan_table(lan, (site_tables or {}).get("dicom", {}))  # checked before the token is spent
+    local = siteconf.merge(site_tables or {}, _lan_tables(lan))
+    siteconf.check(local, "provisioning")
+    _dicom_table(local.get("dicom", {}))  # checked before the token is spent
     if device_toml(paths).exists() and store.exists(BOX_KEY) and not force:
         raise LocalError(f"this box is already provisioned ({device_toml(paths)}); "
                          "run `mgw decommission` first, or pass --force to replace its identity")
@@ -109,16 +119,19 @@ def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None =
     try:
         say("redeeming the enrolment token")
         answer = enrolment_client.enrol(enrolment.url, ca_pem, enrolment.token, store.csr(PENDING_KEY, ""))
-        result = _install(answer, ca_pem, enrolment, paths, store, {**(site_tables or {}), "dicom": dicom})
+        result = _install(answer, ca_pem, enrolment, paths, store, local)
     finally:
         if store.exists(PENDING_KEY):
             store.path(PENDING_KEY).unlink()
     log.info("box provisioned", extra={"MESSAGE_ID": MSG.BOX_PROVISIONED.value, "BOX_ID": result.box_id})
     say(f"provisioned as box {result.box_id} (site {result.site or '-'}, modality {result.modality or '-'})")
-    say(f"DICOM listener on {result.bind_host or 'every interface'}, admitting "
+    bind = result.bind_host or "127.0.0.1 (loopback only: give --dicom-bind)"
+    say(f"DICOM listener {result.ae_title} on {bind} port {result.port}, admitting "
         + (", ".join(result.allowed_peers) if result.allowed_peers else
            "NO modality (deny-by-default): set one with `mgw provision --modality AE@ADDRESS` or in "
            f"{device_toml(paths)} [dicom] allowed_peers"))
+    if result.time_zone or result.weekly_hours:
+        say(f"site time zone {result.time_zone or '-'}, opening hours {'; '.join(result.weekly_hours) or '-'}")
     if self_test:
         say("self-test")
         result.checks = run_self_test(paths, store)
@@ -139,8 +152,15 @@ def _check_answer(answer: dict[str, Any], ca_pem: bytes, store: KeyStore) -> x50
 
 
 def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths: Paths, store: KeyStore,
-             site_tables: dict[str, dict[str, Any]]) -> Provisioned:
+             local: dict[str, dict[str, Any]]) -> Provisioned:
     cert = _check_answer(answer, ca_pem, store)
+    try:  # what the token carries crossed the network: checked here as any input
+        carried = siteconf.check(answer.get("site_tables") or {}, "the enrolment answer's site tables")
+    except ConfigError as exc:
+        raise enrolment_client.EnrolmentError(str(exc)) from exc
+    site_tables = siteconf.merge(carried, local)
+    if "dicom" in site_tables:
+        site_tables["dicom"] = _dicom_table(site_tables["dicom"])
     box_id = str(answer.get("box_id", ""))
     if not config.BOX_ID.match(box_id):
         raise enrolment_client.EnrolmentError("the enrolment answer carries no valid box id")
@@ -167,20 +187,29 @@ def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths:
     for table, keys in site_tables.items():
         tables.setdefault(table, {}).update(keys)
     blobs.write_atomic(device_toml(paths), render_toml(tables).encode(), mode=0o644)
-    dicom = tables.get("dicom", {})
+    dicom = config.build(config.DicomSettings, tables.get("dicom", {}), "device.toml", "dicom.")
+    site = tables.get("site", {})
     return Provisioned(box_id, tables["box"]["site"], tables["box"]["modality"],
                        cert.not_valid_after_utc.timestamp(), device_toml(paths),
-                       allowed_peers=tuple(dicom.get("allowed_peers", ())), bind_host=str(dicom.get("bind_host", "")))
+                       allowed_peers=dicom.allowed_peers, bind_host=dicom.bind_host, ae_title=dicom.ae_title,
+                       port=dicom.port, time_zone=str(site.get("time_zone", "")),
+                       weekly_hours=tuple(site.get("weekly_hours", ())))
 
 
-def _lan_table(lan: Lan, bundle_dicom: dict[str, Any]) -> dict[str, Any]:
-    """The [dicom] keys to record: the bundle's, then the command line's on top; the bind
-    address worked out from the modality's when neither names one."""
-    dicom = dict(bundle_dicom)
+def _lan_tables(lan: Lan) -> dict[str, dict[str, Any]]:
+    """The command line's [dicom] keys: the modalities admitted, and where to listen."""
+    dicom: dict[str, Any] = {}
     if lan.modalities:
         dicom["allowed_peers"] = list(lan.modalities)
     if lan.bind:
         dicom["bind_host"] = lan.bind
+    return {"dicom": dicom} if dicom else {}
+
+
+def _dicom_table(dicom: dict[str, Any]) -> dict[str, Any]:
+    """The [dicom] keys to record, with the bind address worked out from the modalities' when
+    none is named; ``ConfigError`` if the one named is not an IP address."""
+    dicom = dict(dicom)
     rules = admission.parse_rules(tuple(dicom.get("allowed_peers", ())))
     if rules and "bind_host" not in dicom and (towards := address_towards(rules)):
         dicom["bind_host"] = towards
@@ -189,6 +218,9 @@ def _lan_table(lan: Lan, bundle_dicom: dict[str, Any]) -> dict[str, Any]:
             ipaddress.ip_address(str(dicom["bind_host"]))
         except ValueError as exc:
             raise ConfigError(f"dicom bind address {dicom['bind_host']!r} is not an IP address") from exc
+        if ipaddress.ip_address(str(dicom["bind_host"])).is_unspecified and dicom.get("allow_any_address") is not True:
+            raise ConfigError(f"dicom bind address {dicom['bind_host']} is every interface; give the box's address "
+                              "on the modality side, or allow_any_address = true in the bundle's [dicom] table")
     return dicom
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
@@ -207,3 +208,58 @@ def test_renewal_installs_the_next_ack_key_when_the_cloud_staged_then_promoted_i
     assert not ack_keys.next_path(ack_file).exists() and not ack_keys.retired_path(ack_file).exists()
     renewer.renew()
     assert ack_keyring.load(keyring_file).key_ids == (promoted.current.key_id,)
+
+
+def test_token_sets_the_modality_and_site_on_the_box_when_it_carries_site_tables(cloud) -> None:
+    """What the field engineer used to edit by hand after provisioning: AE title, port, the
+    modality admitted, the site's zone and hours come with the token; the command line wins."""
+    authority, server, _, tmp_path = cloud
+    carried = {"dicom": {"ae_title": "MGW_CT01", "port": 104, "allowed_peers": ["CT_SCANNER@10.8.0.5"],
+                         "bind_host": "10.8.0.2"},
+               "site": {"time_zone": "Asia/Urumqi", "weekly_hours": ["mon-fri 09:00-19:00", "sat 10:00-14:00"]}}
+    token = authority.create_token("ct-02", "clinic-8", "CT", ttl_s=3600, site_tables=carried)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    result = prov.provision(_enrolment(authority, server, token), paths, self_test=False,
+                            lan=prov.Lan(bind="10.8.0.3"))
+    settings = load_edge([result.device_toml])
+    assert (settings.dicom.ae_title, settings.dicom.port, settings.dicom.allowed_peers) == \
+        ("MGW_CT01", 104, ("CT_SCANNER@10.8.0.5",))
+    assert settings.dicom.bind_host == "10.8.0.3"  # the command line's, over the token's
+    assert (settings.site.time_zone, settings.site.weekly_hours) == \
+        ("Asia/Urumqi", ("mon-fri 09:00-19:00", "sat 10:00-14:00"))
+    assert (settings.box.site, settings.box.modality) == ("clinic-8", "CT")
+    assert (result.ae_title, result.port, result.time_zone) == ("MGW_CT01", 104, "Asia/Urumqi")
+
+
+@pytest.mark.parametrize(("tables", "named"), [
+    ({"mqtt": {"host": "evil.example"}}, "may not set [mqtt]"),
+    ({"box": {"id": "other"}}, "may not set [box]"),
+    ({"dicom": {"ae_title": "A" * 17}}, "dicom.ae_title"),
+    ({"dicom": {"port": 70000}}, "dicom.port"),
+    ({"dicom": {"allowed_peers": ["no-address"]}}, "allowed_peers"),
+    ({"site": {"time_zone": "Mars/Olympus"}}, "unknown time zone"),
+    ({"site": {"weekly_hours": ["someday 25:00-26:00"]}}, "site"),
+    ({"dicom": {"colour": "red"}}, "unknown key 'dicom.colour'"),
+])
+def test_token_is_not_made_when_its_site_tables_are_not_a_boxs(cloud, tables, named) -> None:
+    from gateway.core.errors import ConfigError
+
+    authority = cloud[0]
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        authority.create_token("ct-03", "clinic-8", "CT", ttl_s=3600, site_tables=tables)
+
+
+def test_box_refuses_the_enrolment_answer_when_its_site_tables_are_hostile(cloud, monkeypatch) -> None:
+    """The answer crossed the network: the box checks the tables again, whatever the token said."""
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-04", "clinic-8", "CT", ttl_s=3600)
+    real_answer = server.answer
+
+    def hostile(issued):  # type: ignore[no-untyped-def]
+        return {**real_answer(issued), "site_tables": {"mqtt": {"host": "evil.example"}}}
+
+    monkeypatch.setattr(server, "answer", hostile)
+    paths = Paths(tmp_path / "etc", tmp_path / "box4", tmp_path / "run")
+    with pytest.raises(enrolment_client.EnrolmentError, match=re.escape("may not set [mqtt]")):
+        prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+    assert not (paths.state_dir / "device.toml").exists()

@@ -18,7 +18,7 @@ from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.fleet.service import FleetService
-from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, _fill_defaults
+from gateway.config import CloudSettings, FleetSettings, IngestSettings, MqttSettings, SiteSettings, _fill_defaults
 from gateway.core import fleet, topics
 from gateway.core.acksig import verify_util_ack
 from gateway.core.errors import UnexpectedAckError
@@ -236,3 +236,30 @@ def test_poison_telemetry_is_dead_lettered_and_alerted_and_the_loop_goes_on_when
     assert "dead_letters" not in box_doc(service, "box-ok")["alerts"]
     assert service.alive()
     assert 'mgw_fleet_dead_letters_total{reason="malformed"} 3.0' in get(service, "/metrics")
+
+
+def test_site_rules_come_from_the_box_when_provisioning_set_them_and_the_cloud_has_none(
+        broker: MosquittoBroker, tmp_path: Path, backend: Backend) -> None:
+    configured = {"clinic-cfg": SiteSettings(time_zone="Asia/Shanghai", weekly_hours=("mon-sun 00:00-24:00",))}
+    svc = FleetService(settings(broker, backend, offline_after_s=30.0, sites=configured),
+                       Paths(tmp_path, tmp_path / "cloud", tmp_path))
+    svc.start()
+    try:
+        assert svc.link.wait_connected(60)
+        box, other, odd = Box(broker, "box-u"), Box(broker, "box-cfg"), Box(broker, "box-odd")
+        box.send("state", fleet.encode(MessageKind.BIRTH, "box-u", 1, site="clinic-u", time_zone="Asia/Urumqi",
+                                       weekly_hours=["mon-fri 09:00-19:00", "sat 10:00-14:00"], region="Xinjiang"))
+        other.send("state", fleet.encode(MessageKind.BIRTH, "box-cfg", 1, site="clinic-cfg", time_zone="Europe/Paris",
+                                         weekly_hours=["mon 08:00-09:00"]))
+        odd.send("state", fleet.encode(MessageKind.BIRTH, "box-odd", 1, site="clinic-odd",
+                                       weekly_hours=["someday 25:00-26:00"]))
+        rules = wait_for(lambda: (r := get(svc, "/api/v1/utilisation?box=box-u&modality=CT&days=1"))
+                         ["time_zone"] == "Asia/Urumqi" and r, 30, "the announced zone in use")
+        assert rules["weekly_hours"]["mon"] == [9 * 3600, 19 * 3600] and rules["weekly_hours"]["sun"] is None
+        assert svc.fleet.sites["clinic-u"].region == "Xinjiang"
+        wait_for(lambda: svc.box("box-odd") is not None and svc.box("box-cfg") is not None, 30, "every birth applied")
+        assert svc.fleet.sites["clinic-cfg"] == configured["clinic-cfg"]  # the operator's table wins
+        assert "clinic-odd" not in svc.fleet.sites  # hours that do not parse are not adopted
+        assert svc.alive()
+    finally:
+        svc.stop()

@@ -44,7 +44,7 @@ class Fleet:
                        alert(2, "n-02", "north-1", AlertKind.BOX_OFFLINE),
                        alert(3, "w-01", "west-1", AlertKind.BACKLOG_AGE)]
         self.listed: list[Alert] = []
-        self.overview = Overview(Source(FLEET, lambda: list(self.boxes.values()), lambda: list(self.alerts),
+        self.overview = Overview(Source(lambda: FLEET, lambda: list(self.boxes.values()), lambda: list(self.alerts),
                                         lambda **kw: list(self.listed), lambda: []),
                                  clock=itertools.count(NOW, 2.0).__next__)  # past the rows cache each call
 

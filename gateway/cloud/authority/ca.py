@@ -28,12 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import json
 import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -64,6 +66,8 @@ MIGRATIONS = [
         token_sha256 TEXT PRIMARY KEY, box_id TEXT NOT NULL, site TEXT NOT NULL, modality TEXT NOT NULL,
         created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, serial TEXT)
     """,
+    # 2: the site tables a token carries to its box (gateway/site_tables.py), JSON
+    "ALTER TABLE tokens ADD COLUMN site_tables TEXT NOT NULL DEFAULT '{{}}'",  # (format_map: braces doubled)
 ]
 
 
@@ -79,6 +83,7 @@ class Issued:
     certificate_pem: bytes
     serial: str
     not_after: float
+    site_tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the token carries to the box
 
 
 @dataclass(frozen=True)
@@ -232,16 +237,23 @@ class FleetAuthority:
         return key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
     # -- enrolment tokens ---------------------------------------------------------------------
-    def create_token(self, box_id: str, site: str, modality: str, ttl_s: float) -> str:
-        """A one-time enrolment token bound to a box id, site and modality; only its hash is kept."""
+    def create_token(self, box_id: str, site: str, modality: str, ttl_s: float,
+                     site_tables: dict[str, dict[str, Any]] | None = None) -> str:
+        """A one-time enrolment token bound to a box id, site and modality, carrying the site tables
+        its box gets in the enrolment answer (checked here: ``site_tables.check``); only its hash is kept."""
+        from gateway import site_tables as tables
+
         if not BOX_ID.match(box_id):
             raise ConfigError(f"box id {box_id!r} must match {BOX_ID.pattern}")
         if ttl_s <= 0:
             raise ConfigError("token lifetime must be positive")
+        carried = tables.check(site_tables or {}, "token site tables")
         token = f"{TOKEN_PREFIX}{secrets.token_urlsafe(6)}.{secrets.token_urlsafe(32)}"  # <id>.<256-bit secret>
         now = self._clock()
-        self._db.execute("INSERT INTO tokens (token_sha256, box_id, site, modality, created_at, expires_at)"
-                         " VALUES (?, ?, ?, ?, ?, ?)", (token_hash(token), box_id, site, modality, now, now + ttl_s))
+        self._db.execute("INSERT INTO tokens (token_sha256, box_id, site, modality, created_at, expires_at, "
+                         "site_tables) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (token_hash(token), box_id, site, modality, now, now + ttl_s,
+                          json.dumps(carried, sort_keys=True)))
         return token
 
     def redeem(self, token: str, csr_pem: bytes, days: float) -> Issued:
@@ -250,12 +262,12 @@ class FleetAuthority:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT box_id, site, modality, expires_at, used_at FROM tokens WHERE token_sha256 = ?",
-                             (token_hash(token),)).fetchone()
+            row = db.execute("SELECT box_id, site, modality, expires_at, used_at, site_tables FROM tokens "
+                             "WHERE token_sha256 = ?", (token_hash(token),)).fetchone()
             if row is None:
                 raise EnrolmentRefusedError("enrolment token unknown: check it was copied whole, "
                                             "or ask ops for a new one")
-            box_id, site, modality, expires_at, used_at = row
+            box_id, site, modality, expires_at, used_at, carried = row
             if used_at is not None:
                 raise EnrolmentRefusedError("enrolment token already used: each token provisions one box once; "
                                             "ask ops for a new one")
@@ -273,7 +285,7 @@ class FleetAuthority:
             db.execute("ROLLBACK")
             raise
         return Issued(box_id, site, modality, cert.public_bytes(serialization.Encoding.PEM), serial,
-                      _ts(cert.not_valid_after_utc))
+                      _ts(cert.not_valid_after_utc), json.loads(carried))
 
     def renew(self, presented_pem: bytes, csr_pem: bytes, days: float) -> Issued:
         """A new certificate for the box that presented a valid, unrevoked certificate of ours."""

@@ -231,6 +231,7 @@ class EnrolmentServer:
             "not_after": issued.not_after, "cloud_public_key": d.cloud_public_key,
             "mqtt": {"host": d.broker_host, "port": d.broker_port, "topic_prefix": d.topic_prefix},
             "ack_keys": d.ack_keyring().to_doc(),
+            "site_tables": issued.site_tables,  # what the token carries (gateway/site_tables.py); checked on the box
         }
 
     def enrol(self, req: EnrolRequest, attempt: Attempt) -> dict[str, Any]:

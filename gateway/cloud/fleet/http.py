@@ -89,7 +89,8 @@ class FleetDocs:
         self.service = service
         self.registry = metrics_http.registry_for(self._samples)
         self.overview = overview.Overview(overview.Source(
-            service.fleet, service.registry, service.open_alerts, service.list_alerts, service.store.modalities))
+            lambda: service.fleet, service.registry, service.open_alerts, service.list_alerts,
+            service.store.modalities))
 
     # -- per-site scope: every document shows only what the principal may see ---------------------------
     def site_of(self, box_id: str) -> str:

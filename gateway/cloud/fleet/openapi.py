@@ -390,6 +390,31 @@ PATHS: dict[str, Schema] = {
 }
 PATHS["/api/v1/audit/export"]["get"]["responses"]["200"]["content"]["application/x-ndjson"] = {"schema": STR}
 
+# the boxes' signed commissioning reports (cloud/fleet/commission_docs.py)
+REPORT_ID_PATTERN: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+COMMISSION_SUMMARY = _obj(["report_id", "box_id", "site", "result", "engineer", "started_at", "finished_at",
+                           "received_at"], report_id=STR, box_id=STR, site=STR,
+                          result=_enum(("PASSED", "FAILED", "INCOMPLETE")), engineer=STR, started_at=NUM,
+                          finished_at=NUM, received_at=NUM)
+COMMISSION_REPORT = _obj(["report_id", "box_id", "site", "result", "engineer", "started_at", "finished_at",
+                          "received_at", "document", "signature", "certificate", "tz", "verified"],
+                         report_id=STR, box_id=STR, site=STR, result=STR, engineer=STR, started_at=NUM,
+                         finished_at=NUM, received_at=NUM, document={"type": "object"}, signature=STR,
+                         certificate=STR, tz=STR, verified=BOOL)
+_REPORT_PARAM = _param("report_id", REPORT_ID_PATTERN, "the report id", required=True, where="path")
+PATHS["/api/v1/boxes/{box_id}/commissioning"] = _get(
+    "a box's signed commissioning reports, newest first (those of the principal's sites)",
+    _obj(["box_id", "reports"], box_id=STR, reports={"type": "array", "items": COMMISSION_SUMMARY}),
+    [_param("box_id", BOX_PATTERN, "the box id", required=True, where="path")])
+PATHS["/api/v1/commissioning/{report_id}"] = _get(
+    "one commissioning report: the signed document (canonical JSON), its signature, the box certificate, the "
+    "site's time zone", COMMISSION_REPORT, [_REPORT_PARAM], not_found="no such report (or not one of the "
+    "principal's sites)")
+PATHS["/api/v1/commissioning/{report_id}/pdf"] = _get(
+    "one commissioning report as a printable PDF (A4, Chinese font embedded)", {"type": "string", "format": "binary"},
+    [_REPORT_PARAM, _param("lang", _enum(("en", "zh-CN")), "the PDF's language (default en)")],
+    ok_type="application/pdf", not_found="no such report (or not one of the principal's sites)")
+
 
 def document(version: str) -> Schema:
     return {

@@ -249,11 +249,16 @@ class Source:
     """What the overview reads: the registry, the open alerts and the alert listing, the fleet settings
     and the exam store's modalities per box (``http.FleetView`` provides them)."""
 
-    def __init__(self, fleet: FleetSettings, registry: Callable[[], list[BoxState]],
+    def __init__(self, fleet: Callable[[], FleetSettings], registry: Callable[[], list[BoxState]],
                  open_alerts: Callable[[], list[Alert]], list_alerts: Callable[..., list[Alert]],
                  box_modalities: Callable[[], list[dict[str, Any]]]) -> None:
-        self.fleet, self.registry, self.open_alerts = fleet, registry, open_alerts
+        self._fleet, self.registry, self.open_alerts = fleet, registry, open_alerts
         self.list_alerts, self.box_modalities = list_alerts, box_modalities
+
+    @property
+    def fleet(self) -> FleetSettings:
+        """The fleet settings now (a site's rules announced by its boxes may have joined them)."""
+        return self._fleet()
 
 
 class Overview:

@@ -27,9 +27,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, config
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
@@ -38,6 +39,7 @@ from gateway.cloud.archive.index import Index
 from gateway.cloud.archive.versions import Version
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet import commission_verify
 from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
@@ -47,8 +49,8 @@ from gateway.cloud.fleet.oidc_login import OidcLogin
 from gateway.cloud.fleet.starlette_app import build_app
 from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
-from gateway.config import CloudSettings
-from gateway.core import acksig, alerts, fleet, schema, topics
+from gateway.config import CloudSettings, FleetSettings, SiteSettings
+from gateway.core import acksig, alerts, commissioning, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
 from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
@@ -74,14 +76,13 @@ class FleetService:
     def __init__(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float] = time.time,
                  store: FleetStore | None = None, oidc: OidcLogin | None = None) -> None:
         self.settings = settings
-        self.fleet = settings.fleet
+        self.fleet = settings.fleet  # with the sites' rules their boxes announced (``_adopt_site``)
+        self._configured_sites = frozenset(settings.fleet.sites)  # the operator's [fleet.sites.<id>] win
         self._clock = clock
         self.store: FleetStore = store or backends.open_fleet_store(settings, paths)
         self._signer = ack_keys.load_signer(paths.key_file(settings.cloud.ack_key_file))  # signs exam-record acks
         f = settings.fleet
-        self.rules = AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent,
-                                f.cert_alert_days, f.silent_modality_hours * 3600, opening_hours(f),
-                                {site: opening_hours(f, site) for site in f.sites})
+        self.rules = _rules(f)
         self._lock = threading.Lock()
         self.boxes: dict[str, BoxState] = {  # stored health is re-checked: it may predate the checks
             s.box_id: replace(s, health=fleet.health_of(s.health)) for s in self.store.load_boxes()}
@@ -103,7 +104,8 @@ class FleetService:
         self._prefix = settings.mqtt.topic_prefix
         self.link = MqttLink(settings.mqtt,
                              client_id=broker.service_client_id(settings.mqtt, "fleet", settings.ingest.worker_id),
-                             subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
+                             subscriptions=[(t, 1) for t in [*topics.fleet_subscriptions(self._prefix),
+                                                             topics.commission_subscription(self._prefix)]],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
@@ -197,6 +199,10 @@ class FleetService:
         self.counters.messages += 1
         box_id: str | None = None
         try:
+            if message.topic.endswith("/commission"):
+                box_id = topics.parse_commission_topic(self._prefix, message.topic)
+                self._commission(box_id, message.payload)
+                return
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
                 self._exam(box_id, message.payload)
@@ -222,11 +228,35 @@ class FleetService:
                 return
             self.boxes[msg.box_id] = after
             self._dirty.add(msg.box_id)
+        if msg.kind is MessageKind.BIRTH:
+            self._adopt_site(after.site, msg.body)
         at = msg.body.get("at")
         if msg.kind is MessageKind.HEARTBEAT and isinstance(at, float):
             self.counters.lag_s_max = max(self.counters.lag_s_max, now - at)
         if before is None or before.online != after.online:
             _log_transition(after, msg.kind.value)
+
+    def _adopt_site(self, site: str, birth: dict[str, Any]) -> None:
+        """A box announced its site's zone, hours and region (its ``[site]``, set by provisioning):
+        they become the site's rules unless the cloud configuration has the site's own table. The
+        last box to announce wins; rules that do not parse are ignored with a warning."""
+        rules = SiteSettings(time_zone=str(birth.get("time_zone") or ""),
+                             weekly_hours=tuple(str(h) for h in birth.get("weekly_hours") or ()),
+                             region=str(birth.get("region") or ""))
+        if not site or site in self._configured_sites or rules == SiteSettings() \
+                or self.fleet.sites.get(site) == rules:
+            return
+        try:
+            config.site_rules_hours(rules)
+        except ValueError as exc:
+            log.warning("site rules announced by a box ignored", extra={"SITE": site, "ERROR": str(exc)})
+            return
+        fleet_settings = replace(self.fleet, sites={**self.fleet.sites, site: rules})
+        self.rules = _rules(fleet_settings)
+        self.fleet = fleet_settings
+        self.settings = replace(self.settings, fleet=fleet_settings)
+        log.info("site rules adopted from a box", extra={"SITE": site, "TIME_ZONE": rules.time_zone,
+                                                          "HOURS": "; ".join(rules.weekly_hours)})
 
     def _exam(self, box_id: str, payload: bytes) -> None:
         record = schema.parse(schema.ExamRecord, payload, "util")
@@ -241,6 +271,25 @@ class FleetService:
         if self.store.upsert_exam(doc):
             self.counters.exams += 1
             self.link.publish(topics.util_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _commission(self, box_id: str, payload: bytes) -> None:
+        """A signed commissioning report: verified (``commission_verify``), stored, acknowledged (signed)."""
+        cas = commission_verify.load_cas(self._fleet_ca())
+        report, signed = commission_verify.verify(payload, box_id, cas)
+        ack = commissioning.sign_ack(self._signer, box_id, report.report_id)
+        if self.store.commissions.add(report, signed, self._clock()):
+            log.info("commissioning report stored", extra={
+                "MESSAGE_ID": MSG.COMMISSION_REPORT_STORED.value, "BOX": box_id, "REPORT": report.report_id,
+                "RESULT": report.result})
+        self.link.publish(topics.commission_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _fleet_ca(self) -> bytes:
+        """The fleet CA certificate(s): the CA file the fleet's MQTT connection trusts (the broker's issuer)."""
+        ca_file = self.settings.mqtt.ca_file
+        try:
+            return Path(ca_file).read_bytes() if ca_file else b""
+        except OSError as exc:
+            raise LocalError(f"fleet CA file {ca_file}: {exc.strerror}") from exc
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:
@@ -471,6 +520,12 @@ class FleetService:
     def box(self, box_id: str) -> BoxState | None:
         with self._lock:
             return self.boxes.get(box_id)
+
+
+def _rules(f: FleetSettings) -> AlertRules:
+    return AlertRules(f.offline_after_s, f.backlog_alert_minutes * 60, f.disk_alert_percent, f.cert_alert_days,
+                      f.silent_modality_hours * 3600, opening_hours(f),
+                      {site: opening_hours(f, site) for site in f.sites})
 
 
 def _log_transition(state: BoxState, cause: str) -> None:
