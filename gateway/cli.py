@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cloud.fleet import accounts_cli  # the console's accounts, API tokens and audit log
 
     accounts_cli.add_commands(cloud, with_config)
+    from gateway.cloud.archive import versions_cli  # the archive's versions of an instance (issue 18)
+
+    versions_cli.add_command(cloud, with_config)
     from gateway import cloud_init  # a cloud on a blank host: CA, keys, broker, identities, units
 
     cloud_init.add_command(cloud)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.cloud.archive import versions
 from gateway.cloud.fleet import overview
 from gateway.cloud.fleet.accounts import NAME as NAME_PATTERN
 from gateway.cloud.fleet.accounts import SITE as SITE_PATTERN
@@ -60,6 +61,10 @@ BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["now", "history", "recent_exams", "al
 DEAD_LETTER = _obj(["box_id", "topic", "reason", "detail", "at", "bytes", "messages", "service", "id"],
                    box_id=STR, topic=STR, reason=STR, detail=STR, at=NUM, bytes=INT, messages=INT, service=STR,
                    id=INT)
+ARCHIVE_VERSION = _obj(["sop_instance_uid", "box_id", "site", "size", "sha256", "stored_at", "stored_local",
+                        "time_zone", "superseded_at", "current"],
+                       sop_instance_uid=STR, box_id=STR, site=STR, size=INT, sha256=STR, stored_at=NUM,
+                       stored_local=STR, time_zone=STR, superseded_at=_null("number"), current=BOOL)
 MODALITY_ROW = _obj(["box_id", "site", "modality", "exams"], box_id=STR, site=STR, modality=STR, exams=INT,
                     images=_null("integer"), last_exam_end=_null("number"), first_exam_start=_null("number"))
 DAY = _obj(["day", "open", "exams", "images", "occupancy", "busy"], day=STR, open=BOOL, exams=INT, images=INT,
@@ -353,6 +358,13 @@ PATHS: dict[str, Schema] = {
         _param("box", BOX_PATTERN, "only this box's"),
         _param("days", DAYS, "how far back (default 7)"),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "at most this many (default 200)")]),
+    "/api/v1/archive/versions": _get(
+        "the archive's versions of an instance (operator or admin), those sent by the principal's sites' boxes, "
+        "oldest archived first; current: the one in force, the others superseded. Audited", _obj(
+            ["versions"], versions={"type": "array", "items": ARCHIVE_VERSION}), [
+            _param("sop_instance_uid", {"type": "string", "pattern": versions.UID.pattern,
+                                        "maxLength": versions.MAX_UID_CHARS}, "the SOP Instance UID", required=True)],
+        admin=True),
     "/api/v1/modalities": _get("per box and modality: exams, images, first and last exam", _obj(
         ["modalities"], modalities={"type": "array", "items": MODALITY_ROW})),
     "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION,

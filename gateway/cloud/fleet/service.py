@@ -34,6 +34,9 @@ from gateway import __version__, config
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
+from gateway.cloud.archive import versions
+from gateway.cloud.archive.index import Index
+from gateway.cloud.archive.versions import Version
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
 from gateway.cloud.fleet import commission_verify
@@ -111,6 +114,9 @@ class FleetService:
         self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies,
                                         oidc if oidc is not None else backends.oidc_client(settings, paths), f.oidc)
         self.http: AsgiServer | None = None
+        self._paths = paths
+        self._archive_index: Index | None = None  # opened at the first versions request (the console's)
+        self._archive_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,6 +142,18 @@ class FleetService:
         if self.leading:  # hand over at once rather than after the lease runs out
             self._guarded(lambda: self.store.release_lease(self.instance))
         self.store.close()
+        with self._archive_lock:
+            if self._archive_index is not None:
+                self._archive_index.close()
+
+    def archive_versions(self, sop_instance_uid: str) -> list[Version]:
+        """The archive's versions of an instance, from the index the ingest workers share (console API)."""
+        with self._archive_lock:
+            if self._archive_index is None:
+                self._archive_index = backends.open_archive_index(self.settings, self._paths)
+            if self._archive_index is None:
+                return []  # no archive.db here (yet): nothing archived on this node
+            return versions.of_instance(self._archive_index, sop_instance_uid)
 
     def alive(self) -> bool:
         return self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())

@@ -236,6 +236,11 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
     def dead_letters(request: Request) -> Response:
         return JsonResponse(docs.dead_letters(who(request), _query(request, "box", "days", "limit"), time.time()))
 
+    def archive_versions(request: Request) -> Response:
+        doc = docs.archive_versions(who(request), _query(request, "sop_instance_uid"))
+        auth.accounts.audit(actor(request), "archive.versions", "", "ok", versions=len(doc["versions"]))  # no UID
+        return JsonResponse(doc)
+
     def modalities(request: Request) -> Response:
         _query(request)
         return JsonResponse(docs.modalities(who(request)))
@@ -301,6 +306,7 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         Route("/api/v1/alerts/grouped", grouped_alerts),
         Route("/i18n/{lang}.json", messages),
         Route("/api/v1/dead-letters", dead_letters),
+        Route("/api/v1/archive/versions", archive_versions),
         Route("/api/v1/modalities", modalities),
         Route("/api/v1/utilisation", utilisation),
         Route("/api/v1/turnaround", turnaround),

@@ -659,6 +659,35 @@ async function auditView(view, params) {
   view.replaceChildren(el("h2", {}, t("Audit log")), form, doc.entries.length ? table : el("p", {}, t("No entries.")), more);
 }
 
+// the archive's versions of one instance (operator, admin): the UID stays in the form, never in the
+// address (history) nor in the table; the page shows boxes, times, sizes and digests, no patient data
+async function versionsView(view) {
+  const uid = el("input", { id: "versions-uid", type: "search", size: 64, maxLength: 64, autocomplete: "off",
+    placeholder: t("SOP Instance UID") });
+  const out = el("div", { id: "versions-result" });
+  const show = async (e) => {
+    e.preventDefault();
+    const value = uid.value.trim();
+    if (!/^[0-9]+(\.[0-9]+)*$/.test(value)) { out.replaceChildren(el("p", { class: "error" }, t("A UID is digits and dots."))); return; }
+    const doc = await api(`/api/v1/archive/versions?${new URLSearchParams({ sop_instance_uid: value })}`);
+    const heads = [t("Archived"), t("Box"), t("Site"), t("Bytes"), t("SHA-256"), t("State")];
+    const rows = doc.versions.map((v) => el("tr", { class: v.current ? "current" : "" },
+      el("td", {}, fmtAbs(v.stored_at, v.time_zone)),
+      el("td", {}, el("a", { href: `#/box/${encodeURIComponent(v.box_id)}` }, v.box_id)), el("td", {}, v.site),
+      el("td", { class: "c-num" }, String(v.size)), el("td", {}, el("code", {}, v.sha256.slice(0, 12))),
+      el("td", {}, v.current ? t("current") : t("superseded {time}", { time: fmtAbs(v.superseded_at, v.time_zone) }))));
+    out.replaceChildren(doc.versions.length
+      ? el("table", { id: "versions" }, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows))
+      : el("p", {}, t("The archive holds no version of this instance from your sites.")));
+  };
+  const form = el("form", { id: "versions-form", onsubmit: (e) => show(e).catch((err) => {
+    document.getElementById("error").textContent = String(err.message || err); }) },
+    uid, " ", el("button", { type: "submit" }, t("Show versions")));
+  view.replaceChildren(el("h2", {}, t("Archived versions")),
+    el("p", {}, t("An instance sent again with other bytes is kept as a new version; the current one is in force.")),
+    form, out);
+}
+
 function drawFrame() {
   document.documentElement.lang = lang;
   document.title = t("mgw fleet");
@@ -668,6 +697,9 @@ function drawFrame() {
   const navAudit = document.getElementById("nav-audit");
   navAudit.textContent = t("Audit log");
   navAudit.hidden = !(me && me.role === "admin");
+  const navVersions = document.getElementById("nav-versions");
+  navVersions.textContent = t("Versions");
+  navVersions.hidden = !(me && (me.role === "admin" || me.role === "operator"));
   document.getElementById("lang").textContent = lang === "zh-CN" ? "English" : "中文";
   const logout = document.getElementById("logout");
   logout.textContent = t("Log out");
@@ -692,7 +724,7 @@ async function route() {
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const page = parts[0] === "box" && parts[1] ? "box" : parts[0] === "commissioning" && parts[1] ? "commissioning"
-    : ["utilisation", "audit"].includes(parts[0]) ? parts[0] : "fleet";
+    : ["utilisation", "audit", "versions"].includes(parts[0]) ? parts[0] : "fleet";
   if (page !== current) drawFrame();
   try {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
@@ -707,6 +739,7 @@ async function route() {
       else if (page === "commissioning") await commissioningView(view, parts[1]);
       else if (page === "utilisation") await utilisationView(view, parts[1], parts[2]);
       else if (page === "audit") await auditView(view, new URLSearchParams(parts.slice(1).join("/")));
+      else if (page === "versions") await versionsView(view);
       else await fleetView(view);
     }
     current = page;
@@ -719,7 +752,7 @@ async function route() {
   } catch (err) {
     document.getElementById("error").textContent = String(err.message || err);
   }
-  if (!["utilisation", "audit", "commissioning"].includes(page)) timer = setTimeout(route, REFRESH_MS);
+  if (!["utilisation", "audit", "commissioning", "versions"].includes(page)) timer = setTimeout(route, REFRESH_MS);
 }
 function navigate() { current = ""; route(); }
 
