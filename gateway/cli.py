@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cloud.fleet import accounts_cli  # the console's accounts, API tokens and audit log
 
     accounts_cli.add_commands(cloud, with_config)
+    from gateway.cloud.archive import versions_cli  # the archive's versions of an instance (issue 18)
+
+    versions_cli.add_command(cloud, with_config)
     from gateway.cloud.worklist import cli as worklist_cli  # the worklist feed's routes and status
 
     worklist_cli.add_commands(cloud, with_config)

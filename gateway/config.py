@@ -21,7 +21,7 @@ from gateway.core.errors import ConfigError as ConfigError  # re-exported: calle
 from gateway.core.topics import BOX_ID_PATTERN
 
 if TYPE_CHECKING:
-    from gateway.core.utilisation import OpeningHours
+    from gateway.core.utilisation import OpeningHours, Zone
 
 T = TypeVar("T")
 
@@ -816,6 +816,15 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def site_zone(f: FleetSettings, site: str) -> Zone:
+    """The time zone of ``site``: its ``[fleet.sites.<site>] time_zone``, else the fleet's (ValueError
+    for an unknown zone)."""
+    from gateway.adapters.time_zone import zone
+
+    rules = f.sites.get(site, SiteSettings())
+    return zone(rules.time_zone or f.time_zone, f.utc_offset_minutes)
 
 
 def site_rules_hours(rules: SiteSettings) -> OpeningHours | None:

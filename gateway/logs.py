@@ -114,6 +114,7 @@ class MSG(enum.StrEnum):
     FLEET_LEADER_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e030b"
     FLEET_LEADER_LOST = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e030c"
     METRICS_UNAVAILABLE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0308"
+    COMMISSION_REPORT_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0380"  # issue 17: signed commissioning reports
     # custody (issue 3): 0100-01ff
     COMMITMENT_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0100"
     COMMITMENT_REQUEST_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0101"

@@ -72,6 +72,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
                   "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
                   "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes"},
     "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
+    "fpdf": {"gateway/adapters/fpdf_report.py": "the commissioning report's PDF (CJK font embedded)"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {
@@ -87,6 +88,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/cloud/enrolment/server.py": "exception: reads the CSR and peer certificate's names (x509)",
         "gateway/edge/provision.py": "exception: checks the issued certificate against the CA (x509)",
         "gateway/edge/renewal.py": "exception: reads the box certificate's expiry (x509)",
+        "gateway/cloud/fleet/commission_verify.py": "exception: verifies a box's signed commissioning report "
+                                                    "(x509 chain to the fleet CA, ECDSA)",
         "gateway/bundle.py": "exception: signs and verifies update bundles (Ed25519)",
         "gateway/field.py": "exception: `mgw bundle keygen` makes an Ed25519 key (function-local)",
     },

@@ -101,3 +101,27 @@ def parse_telemetry_topic(prefix: str, topic: str) -> tuple[str, str]:
     if len(parts) != 2 or parts[1] not in TELEMETRY_LEAVES or not _BOX.match(parts[0]):
         raise FrameError("malformed telemetry topic")
     return parts[0], parts[1]
+
+
+# -- the signed commissioning report (docs/protocol.md, "Commissioning reports") ----------------
+#    {prefix}/{box_id}/commission       edge -> cloud, signed report, JSON, QoS 1
+#    {prefix}/{box_id}/commission/ack   cloud -> edge: report verified and stored, JSON, QoS 1
+def commission_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/commission"
+
+
+def commission_ack_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/commission/ack"
+
+
+def commission_subscription(prefix: str) -> str:
+    return f"{prefix}/+/commission"
+
+
+def parse_commission_topic(prefix: str, topic: str) -> str:
+    """The box id of a commissioning report's topic, or ``FrameError``."""
+    head = prefix + "/"
+    parts = topic[len(head):].split("/") if topic.startswith(head) else []
+    if len(parts) != 2 or parts[1] != "commission" or not _BOX.match(parts[0]):
+        raise FrameError("malformed commissioning topic")
+    return parts[0]

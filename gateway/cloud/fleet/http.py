@@ -21,11 +21,13 @@ from typing import Any, Protocol
 
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
+from gateway.cloud.archive import versions
+from gateway.cloud.archive.versions import Version
 from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
-from gateway.config import BOX_ID, FleetSettings
-from gateway.core.access import Principal
+from gateway.config import BOX_ID, FleetSettings, site_zone
+from gateway.core.access import Principal, Role
 from gateway.core.alerts import Severity
 from gateway.core.errors import RequestError
 from gateway.core.fleet import AlertKind, BoxState
@@ -87,6 +89,7 @@ class FleetView(Protocol):
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
     def box(self, box_id: str) -> BoxState | None: ...
+    def archive_versions(self, sop_instance_uid: str) -> list[Version]: ...
     def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
                     site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
                     grouped: bool = True, limit: int = 1000) -> list[Alert]: ...
@@ -209,6 +212,21 @@ class FleetDocs:
         doc["config"] = box_page.box_config(state, self.service.fleet, {e["modality"] for e in month})
         doc["dead_letters"] = [dataclasses.asdict(d) for d in store.dead_letters(box_id=box_id, limit=20)]
         return doc
+
+    def archive_versions(self, who: Principal, q: Query) -> dict[str, Any]:
+        """The archived versions of one instance, those sent by boxes of the principal's sites; an
+        operator's or an admin's (a UID is patient-linked: shown, never logged)."""
+        who.require(Role.OPERATOR, "reading the archive's versions")
+        uid = versions.parse_uid(q.values.get("sop_instance_uid", ""), "'sop_instance_uid'")
+        fleet = self.service.fleet
+        shown = []
+        for v in self.service.archive_versions(uid):
+            if self.box_visible(who, v.box_id):
+                state = self.service.box(v.box_id)
+                site = state.site if state is not None else ""
+                shown.append({**versions.as_json(v, site_zone(fleet, site)), "site": site,
+                              "time_zone": overview.site_zone(fleet, site)})
+        return {"versions": shown}
 
     def health(self) -> dict[str, Any]:
         """What /healthz adds to ``ok``: this instance, and whether it leads the instances on its store."""

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config
@@ -34,8 +35,12 @@ from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
+from gateway.cloud.archive import versions
+from gateway.cloud.archive.index import Index
+from gateway.cloud.archive.versions import Version
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet import commission_verify
 from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
@@ -48,7 +53,7 @@ from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
 from gateway.cloud.worklist.feed import WorklistFeed
 from gateway.cloud.worklist.ris import Hl7Listener, MwlPoller, StatusSender
 from gateway.config import CloudSettings, FleetSettings, SiteSettings
-from gateway.core import acksig, alerts, fleet, schema, topics
+from gateway.core import acksig, alerts, commissioning, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
 from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError, WorklistRefused
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
@@ -101,7 +106,7 @@ class FleetService:
         self._stop = threading.Event()
         self._prefix = settings.mqtt.topic_prefix
         self._init_worklist(settings, paths, clock)
-        subscriptions = topics.fleet_subscriptions(self._prefix)
+        subscriptions = [*topics.fleet_subscriptions(self._prefix), topics.commission_subscription(self._prefix)]
         if self.worklist is not None:
             subscriptions.append(topics.worklist_status_subscription(self._prefix))
         self.link = MqttLink(settings.mqtt,
@@ -115,6 +120,9 @@ class FleetService:
         self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies,
                                         oidc if oidc is not None else backends.oidc_client(settings, paths), f.oidc)
         self.http: AsgiServer | None = None
+        self._paths = paths
+        self._archive_index: Index | None = None  # opened at the first versions request (the console's)
+        self._archive_lock = threading.Lock()
 
     def _init_worklist(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float]) -> None:
         """The worklist feed and its RIS readers, when ``[fleet.worklist]`` turns it on. Orders are
@@ -168,6 +176,18 @@ class FleetService:
         if self.leading:  # hand over at once rather than after the lease runs out
             self._guarded(lambda: self.store.release_lease(self.instance))
         self.store.close()
+        with self._archive_lock:
+            if self._archive_index is not None:
+                self._archive_index.close()
+
+    def archive_versions(self, sop_instance_uid: str) -> list[Version]:
+        """The archive's versions of an instance, from the index the ingest workers share (console API)."""
+        with self._archive_lock:
+            if self._archive_index is None:
+                self._archive_index = backends.open_archive_index(self.settings, self._paths)
+            if self._archive_index is None:
+                return []  # no archive.db here (yet): nothing archived on this node
+            return versions.of_instance(self._archive_index, sop_instance_uid)
 
     def alive(self) -> bool:
         return (self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
@@ -223,6 +243,10 @@ class FleetService:
             if self.worklist is not None and message.topic.endswith("/worklist/status"):
                 box_id = topics.parse_worklist_status_topic(self._prefix, message.topic)
                 self._worklist_status(box_id, message.payload)
+                return
+            if message.topic.endswith("/commission"):
+                box_id = topics.parse_commission_topic(self._prefix, message.topic)
+                self._commission(box_id, message.payload)
                 return
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
@@ -310,6 +334,25 @@ class FleetService:
             return
         self._next_publish = now + self.fleet.worklist.publish_s
         self.worklist.publish(lambda topic, payload, retain: self.link.publish(topic, payload, qos=1, retain=retain))
+
+    def _commission(self, box_id: str, payload: bytes) -> None:
+        """A signed commissioning report: verified (``commission_verify``), stored, acknowledged (signed)."""
+        cas = commission_verify.load_cas(self._fleet_ca())
+        report, signed = commission_verify.verify(payload, box_id, cas)
+        ack = commissioning.sign_ack(self._signer, box_id, report.report_id)
+        if self.store.commissions.add(report, signed, self._clock()):
+            log.info("commissioning report stored", extra={
+                "MESSAGE_ID": MSG.COMMISSION_REPORT_STORED.value, "BOX": box_id, "REPORT": report.report_id,
+                "RESULT": report.result})
+        self.link.publish(topics.commission_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _fleet_ca(self) -> bytes:
+        """The fleet CA certificate(s): the CA file the fleet's MQTT connection trusts (the broker's issuer)."""
+        ca_file = self.settings.mqtt.ca_file
+        try:
+            return Path(ca_file).read_bytes() if ca_file else b""
+        except OSError as exc:
+            raise LocalError(f"fleet CA file {ca_file}: {exc.strerror}") from exc
 
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:

@@ -1,7 +1,7 @@
 """The worklist feed's tables in the fleet database: orders, routes, per-box feed state,
 performed statuses and the outbox of statuses to the RIS. SQL only; the rules are ``feed.py``.
 
-Written once for SQLite and PostgreSQL (``gateway.cloud.sql``), as migration 6 of the fleet
+Written once for SQLite and PostgreSQL (``gateway.cloud.sql``), as migration 7 of the fleet
 store (``fleet/store.MIGRATIONS``), so two fleet instances on one database share every order.
 No patient data is stored in the clear: an order's entry (names, IDs, dates of birth) is one
 sealed blob (``core.atrest``, under the feed's at-rest key); the plain columns are what routing
