@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 
-from gateway.adapters.dicom_scp import UNCOMPRESSED
+from gateway.adapters.worklist_scu import RisPeer, associate
 from gateway.core.errors import PeerError
 from gateway.core.schema import WorklistEntry
 
@@ -26,12 +25,8 @@ _DUPLICATE = 0x0111
 
 
 @dataclass(frozen=True)
-class MppsPeer:
-    host: str
-    port: int
-    called_ae_title: str
-    calling_ae_title: str = "MGW-CLOUD"
-    timeout_s: float = 30.0
+class MppsPeer(RisPeer):
+    """The RIS's MPPS SCP."""
 
 
 def instance_uid(ref: str) -> str:
@@ -42,16 +37,8 @@ def send_status(peer: MppsPeer, entry: WorklistEntry, ref: str, status: str, sta
                 created: bool = False) -> None:
     """N-CREATE (unless ``created``: the RIS took it before) and, for COMPLETED or DISCONTINUED,
     N-SET of the entry's MPPS instance."""
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
-    ae.add_requested_context(MPPS_SOP_CLASS, list(UNCOMPRESSED))
     where = f"RIS MPPS {peer.called_ae_title}@{peer.host}:{peer.port}"
-    try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae_title)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise PeerError(f"{where}: {exc}") from exc
-    if not assoc.is_established:
-        raise PeerError(f"{where}: association rejected or aborted")
+    assoc = associate(peer, MPPS_SOP_CLASS, where)
     uid = instance_uid(ref)
     try:
         if not created:
