@@ -80,7 +80,7 @@ def _reports(console: Path) -> list[dict[str, list[str]]]:
     for block in re.findall(r"MGW-REPORT-BEGIN\n(.*?)MGW-REPORT-END", text, re.S):
         report: dict[str, list[str]] = {}
         for line in block.splitlines():
-            m = re.match(r"MGW-REPORT (\S+) ?(.*)$", line.strip())
+            m = re.search(r"MGW-REPORT (\S+) ?(.*)$", line.strip())  # after journald's console prefix
             if m:
                 report.setdefault(m.group(1), []).append(m.group(2))
         reports.append(report)
@@ -96,9 +96,10 @@ def _rolled_back(console: Path) -> bool:
     return marked >= 0 and "MGW-REPORT slot A" in text[marked:] and "MGW-REPORT-END" in text[marked:]
 
 
-def _unit(report: dict[str, list[str]], name: str) -> list[str]:
+def _unit(report: dict[str, list[str]], name: str) -> dict[str, str]:
+    """ActiveState, SubState, Result and ConditionResult of one unit, from `systemctl show`."""
     (line,) = [v for v in report["unit"] if v.startswith(name + " ")]
-    return line.split()[1:]  # ActiveState SubState Result ConditionResult
+    return dict(pair.split("=", 1) for pair in line.split()[1:])
 
 
 def _rauc(report: dict[str, list[str]]) -> dict[str, str]:
@@ -152,8 +153,10 @@ def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_und
     fstype, size = first["var"][0].split()
     assert fstype == "ext4" and size.endswith("G"), first["var"]
     # Unprovisioned: the edge is skipped by its condition, not failed; the factory slot is committed.
-    assert _unit(first, "mgw-edge.service")[0] == "inactive" and _unit(first, "mgw-edge.service")[3] == "no"
-    assert _unit(first, "mgw-update-commit.service")[:3] == ["active", "exited", "success"]
+    edge = _unit(first, "mgw-edge.service")
+    assert edge["ActiveState"] == "inactive" and edge["ConditionResult"] == "no" and edge["Result"] == "success"
+    commit = _unit(first, "mgw-update-commit.service")
+    assert (commit["ActiveState"], commit["SubState"], commit["Result"]) == ("active", "exited", "success")
     assert not any(u.startswith("mgw-") for u in first.get("failed", [])), first.get("failed")
     rauc = _rauc(first)
     assert rauc["RAUC_SYSTEM_BOOTED_BOOTNAME"] == "A"
@@ -170,7 +173,8 @@ def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_und
 
     # Last, GRUB has fallen back to A, which recorded the roll back and is marked good again.
     assert last["slot"] == ["A"]
-    assert _unit(last, "mgw-update-commit.service")[:3] == ["active", "exited", "success"]
+    commit = _unit(last, "mgw-update-commit.service")
+    assert (commit["ActiveState"], commit["SubState"], commit["Result"]) == ("active", "exited", "success")
     rauc = _rauc(last)
     assert rauc["RAUC_SYSTEM_BOOTED_BOOTNAME"] == "A"
     slots = {rauc.get(f"RAUC_SLOT_STATUS_BOOTNAME_{i}", rauc.get(f"RAUC_SLOT_BOOTNAME_{i}")):
