@@ -184,3 +184,27 @@ def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_und
     slots = {rauc.get(f"RAUC_SLOT_BOOTNAME_{i}"):
              rauc.get(f"RAUC_SLOT_BOOT_STATUS_{i}") for i in (1, 2)}
     assert slots.get("B") == "bad" and slots.get("A") == "good", rauc
+
+
+def test_bundle_is_refused_when_signed_by_a_key_the_image_does_not_trust(image: Path, tmp_path: Path) -> None:
+    """The image's keyring (the development CA image/build made) accepts the built bundle; the same
+    content signed by another CA's key is refused, as `rauc install` on the box refuses it."""
+    rauc = _tool("rauc")
+    keyring = image / "keys/dev-ca.pem"
+    if not keyring.is_file():
+        _missing("the image was built with a production keyring (MGW_RAUC_KEYRING): no development CA here")
+    ok = subprocess.run([rauc, "info", f"--keyring={keyring}", str(image / "update.raucb")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    key, cert = tmp_path / "other.key", tmp_path / "other.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=not the vendor", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    forged = tmp_path / "forged.raucb"
+    out = subprocess.run([rauc, "resign", f"--keyring={keyring}", f"--cert={cert}", f"--key={key}",
+                          "--signing-keyring", str(cert), str(image / "update.raucb"), str(forged)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    refused = subprocess.run([rauc, "info", f"--keyring={keyring}", str(forged)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "signature" in refused.stderr.lower(), refused.stderr
