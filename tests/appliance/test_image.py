@@ -109,3 +109,31 @@ def test_update_units_migrate_before_the_edge_and_commit_after_it_when_enabled(s
     system = stage / "usr/lib/systemd/system"
     assert "Before=mgw-edge.service" in (system / units[0]).read_text()
     assert re.search(r"^After=mgw-edge.service", (system / units[1]).read_text(), re.M)
+
+
+def _exposure(unit: Path) -> float:
+    analyze = shutil.which("systemd-analyze") or _missing("systemd-analyze not installed")
+    out = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout)
+    assert found, out.stdout[-500:] + out.stderr
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("unit", ["mgw-update-migrate.service", "mgw-update-commit.service"])
+def test_update_units_expose_at_most_2_when_analyzed_offline(unit: str) -> None:
+    assert _exposure(IMAGE / "files/systemd" / unit) <= 2.0
+
+
+def test_image_units_verify_clean_when_checked_by_systemd_analyze(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze") or _missing("systemd-analyze not installed")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/lib/mgw").mkdir(parents=True)
+    shutil.copytree(IMAGE / "files/mgw", root / "usr/lib/mgw", dirs_exist_ok=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    units = sorted(p.name for p in (IMAGE / "files/systemd").glob("*.service"))
+    for unit in units:
+        shutil.copy(IMAGE / "files/systemd" / unit, root / "etc/systemd/system" / unit)
+    out = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr + out.stdout
