@@ -1,9 +1,10 @@
 """The appliance image boots under QEMU and updates itself with RAUC (slow: builds the image if needed).
 
 `image/build` makes the disk and the signed bundle (into MGW_IMAGE_OUT, default
-/var/tmp/mgw-image/out; built once, reused while it exists). The test boots a sparse copy of the
-disk, grown to 8 GiB (backup GPT moved to its end), under QEMU with OVMF (KVM where usable, else
-TCG), headless with the serial console in a file. `mgw.boot_report` (set in the copy's grubenv, MGW_CMDLINE) makes
+/var/tmp/mgw-image/out; built again when a file under image/, systemd/, firmware_hooks/ or
+gateway/ is newer than the disk). The test boots a sparse copy of the disk, grown to 8 GiB (backup
+GPT moved to its end), under QEMU with OVMF (KVM where usable, else TCG), headless with the serial
+console in a file. `mgw.boot_report` (set in the copy's grubenv, MGW_CMDLINE) makes
 mgw-boot-report.service print the units' state, their systemd-analyze security exposure and
 `rauc status` between markers; `mgw.test_bundle=/dev/vdb` makes slot A install the bundle from a
 second disk once and reboot. The box is unprovisioned, so what a correct box does is: the edge is
@@ -47,11 +48,18 @@ def image() -> Path:
     if not OVMF_CODE.is_file():
         _missing("OVMF not installed (apt-get install ovmf)")
     disk = OUT / "modality-gateway.raw"
-    if not (disk.is_file() and (OUT / "update.raucb").is_file()):
+    if not (disk.is_file() and (OUT / "update.raucb").is_file()) or _newer_sources(disk.stat().st_mtime):
         out = subprocess.run([str(ROOT / "image/build")], env={**os.environ, "MGW_IMAGE_OUT": str(OUT)},
                              capture_output=True, text=True, timeout=3600)
         assert out.returncode == 0, out.stderr[-4000:]
     return OUT
+
+
+def _newer_sources(built: float) -> bool:
+    """A source of the image changed after it was built: build again."""
+    return any(p.stat().st_mtime > built for top in ("image", "systemd", "firmware_hooks", "gateway")
+               for p in (ROOT / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+               and p.name != "BUILD_COMMIT" and "out" not in p.relative_to(ROOT).parts[:2])
 
 
 def _kvm_usable() -> bool:
