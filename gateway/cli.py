@@ -175,7 +175,10 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
         settings = config.load_edge(files)
         if args.step == "pre-install":
             return int(update.pre_install(settings, paths, proc_root=args.proc_root))
-        return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s))
+        if args.step == "pre-reboot":
+            return int(update.pre_reboot(settings, paths, proc_root=args.proc_root))
+        return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s,
+                                      settle_s=args.settle_s))
     except GatewayError as exc:
         print(f"mgw: error: {exc}", file=sys.stderr)
         return int(update.HookResult.ROLLBACK)
@@ -198,7 +201,9 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
             device, Paths.from_env().runtime_dir.parent / "gateway-usb")
     else:
         mount = nullcontext(udev_watch.Stick(Path(args.mountpoint)))
-    restart = ["systemctl", "restart", "mgw-edge.service"] if Path("/run/systemd/system").is_dir() else None
+    # the links provisioning designated get their address, then the listener binds it
+    restart = (["systemctl", "restart", "mgw-network.service", "mgw-edge.service"]
+               if Path("/run/systemd/system").is_dir() else None)
 
     def load() -> config.EdgeSettings:
         return edge_settings(args)[0]
@@ -215,22 +220,20 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.adapters.store import SpoolStore
+    from gateway.appliance import glance
 
     settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
         raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
-    store = SpoolStore(paths.spool_db)
-    counts = store.counts()
-    store.close()
-    doc = {"box_id": settings.box.id, "version": __version__, "spool": counts}
+    seen = glance.glance(settings, paths, time.time())
     if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"box {settings.box.id}  mgw {__version__}")
-        for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
-            c = counts.get(state, {"items": 0, "bytes": 0})
-            print(f"  {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
+        print(json.dumps(seen.as_dict(), indent=2))
+        return 0
+    print("\n".join(glance.lines(seen)))
+    print("  spool 缓存:")
+    for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
+        c = seen.spool.get(state, {"items": 0, "bytes": 0})
+        print(f"    {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
     return 0
 
 
@@ -265,10 +268,48 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway import doctor
+    from gateway.field import _tell
+
     files = config_files(args, "cloud" if args.cloud else "gateway")
-    (config.load_cloud if args.cloud else config.load_edge)(files)
-    print(f"ok: {' + '.join(map(str, files))} is valid")
+    if args.cloud:
+        cloud = config.load_cloud(files)
+        findings = doctor.check_cloud(cloud, Paths.from_env(cloud.cloud.state_dir, base=files[0].parent), time.time())
+    else:
+        edge = config.load_edge(files)
+        findings = doctor.check_edge(edge, Paths.from_env(edge.box.state_dir, base=files[0].parent), time.time())
+    if args.json:
+        print(json.dumps({"files": [str(f) for f in files], "ok": all(f.ok for f in findings),
+                          "checks": [{"key": f.key, "ok": f.ok, "detail": f.detail, "days_left": f.days_left}
+                                     for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.key}: {f.detail}")
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        raise config.ConfigError("; ".join(f"{f.key}: {f.detail}" for f in failed))
+    if not args.json:
+        names = " + ".join(map(str, files))
+        _tell(f"ok: {names} is valid and every file it names checks out",
+              f"正常：{names} 有效，其中指定的每个文件均通过检查")
     return 0
+
+
+def cmd_network_render(args: argparse.Namespace) -> int:
+    """The .network files of the designated links; on a configuration error the default uplink
+    links still get theirs (the box stays reachable) and the exit status is 1."""
+    from gateway.appliance.network import render_to
+
+    code = 0
+    try:
+        network, bind_host = config.load_network(config_files(args, "gateway"))
+        written = render_to(args.out, network, bind_host)
+    except (GatewayError, ValueError) as exc:
+        print(f"mgw: error: {exc}; rendering the default uplink links only", file=sys.stderr)
+        written, code = render_to(args.out, config.NetworkSettings(), "127.0.0.1"), 1
+    for path in written:
+        print(path)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -327,9 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     seal.set_defaults(func=cmd_cloud_seal_archive)
 
     hook = with_config(sub.add_parser("update-hook", help="A/B update hook step (exit 0 go on, 1 roll back, 21 retry)"))
-    hook.add_argument("step", choices=["pre-install", "migrate", "commit-gate", "rollback"], help="which step")
+    hook.add_argument("step", choices=["pre-install", "pre-reboot", "migrate", "commit-gate", "rollback"],
+                      help="which step")
     hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help="where /proc is (tests)")
     hook.add_argument("--timeout-s", type=float, help="commit gate deadline (default appliance.commit_gate_timeout_s)")
+    hook.add_argument("--settle-s", type=float, help="gate settle window (default appliance.commit_gate_settle_s)")
     hook.add_argument("--log-json", action="store_true", help="log JSON lines")
     hook.set_defaults(func=cmd_update_hook)
 
@@ -341,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     handle.add_argument("--provision-command", default="mgw provision", help="command that applies a bundle")
     handle.set_defaults(func=cmd_usb_handle)
 
-    status = with_config(sub.add_parser("status", help="the edge spool at a glance"))
+    status = with_config(sub.add_parser("status", help="the box at a glance: uplink, certificate, backlog, studies"))
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
@@ -368,7 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
     doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
+    doctor.add_argument("--json", action="store_true", help="print every check as JSON")
     doctor.set_defaults(func=cmd_doctor)
+
+    network = sub.add_parser("network", help="the appliance's network links").add_subparsers(
+        dest="network_cmd", required=True, metavar="ACTION")
+    nrender = with_config(network.add_parser(
+        "render", help="write systemd-networkd files for the designated links only (mgw-network.service)"))
+    nrender.add_argument("--out", type=Path, default=Path("/run/systemd/network"), metavar="DIR",
+                         help="where to write them (default /run/systemd/network)")
+    nrender.set_defaults(func=cmd_network_render)
 
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
 
@@ -379,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cloud.fleet import accounts_cli  # the console's accounts, API tokens and audit log
 
     accounts_cli.add_commands(cloud, with_config)
+    from gateway.cloud.archive import versions_cli  # the archive's versions of an instance (issue 18)
+
+    versions_cli.add_command(cloud, with_config)
+    from gateway.cloud.worklist import cli as worklist_cli  # the worklist feed's routes and status
+
+    worklist_cli.add_commands(cloud, with_config)
+    from gateway import cloud_init  # a cloud on a blank host: CA, keys, broker, identities, units
+
+    cloud_init.add_command(cloud)
     return parser
 
 

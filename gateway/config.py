@@ -21,7 +21,7 @@ from gateway.core.errors import ConfigError as ConfigError  # re-exported: calle
 from gateway.core.topics import BOX_ID_PATTERN
 
 if TYPE_CHECKING:
-    from gateway.core.utilisation import OpeningHours
+    from gateway.core.utilisation import OpeningHours, Zone
 
 T = TypeVar("T")
 
@@ -39,8 +39,11 @@ def _req(help: str) -> Any:
 @dataclass(frozen=True)
 class DicomSettings:
     ae_title: str = _f("MGW", "AE title this box answers to (called AE); 1-16 characters")
-    bind_host: str = _f("0.0.0.0", "address the DICOM listener binds (0.0.0.0 = all IPv4); provisioning records "  # noqa: S104
-                                   "the box's address towards the modality")
+    bind_host: str = _f("127.0.0.1", "address the DICOM listener binds: the box's address on the modality side "
+                                     "(provisioning records it); until then loopback only. 0.0.0.0 or :: (every "
+                                     "interface) is refused unless allow_any_address")
+    allow_any_address: bool = _f(False, "let bind_host be 0.0.0.0 or :: (every interface, a USB or uplink link "
+                                        "included); off: the listener faces the modality's network only")
     port: int = _f(11112, "TCP port of the DICOM listener (104 needs CAP_NET_BIND_SERVICE); "
                    "0 = any free port, reported in state_dir/ports/edge.json")
     max_pdu_bytes: int = _f(1048576, "largest P-DATA PDU we accept; 0 = unlimited")
@@ -139,9 +142,26 @@ class EnrolmentSettings:
 @dataclass(frozen=True)
 class ApplianceSettings:
     update_quiet_s: float = _f(300.0, "refuse an update (retry later, 21) while a study arrived this recently")
+    update_mpps_stale_s: float = _f(14400.0, "refuse an update (21) while an MPPS step is IN PROGRESS, unless it "
+                                    "was last updated longer ago than this (a step the modality never completed)")
     update_min_free_bytes: int = _f(512 * 1024**2, "refuse an update (21) with less free space on the data partition")
     commit_gate_timeout_s: float = _f(300.0, "the update commit gate waits this long for a healthy service")
+    commit_gate_settle_s: float = _f(60.0, "then the service, C-ECHO and the uplink must stay healthy this long, "
+                                     "checked again and again; one failure rolls back")
     export_after_down_s: float = _f(3600.0, "uplink down this long: a USB stick plugged in gets the emergency export")
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Which links the image gives an address (``mgw network render``, docs/operations.md "Network")."""
+
+    uplink_interfaces: tuple[str, ...] = _f(("eno*", "ens*", "enp*", "eth*"), "links that get DHCP for the uplink: "
+                                            "interface name globs or MAC addresses (aa:bb:cc:dd:ee:ff); a USB "
+                                            "link (usb0, rndis0, enx...) is never one")
+    modality_interfaces: tuple[str, ...] = _f((), "links facing the modality, names or MAC addresses: they get "
+                                                  "dicom.bind_host as a static address, no DHCP; empty = the "
+                                                  "modality is reached through the uplink links")
+    modality_prefix_length: int = _f(24, "prefix length of dicom.bind_host on the modality links")
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,7 @@ class WorklistSettings:
                                         "AE Title")
     max_results: int = _f(500, "matches answered to one C-FIND at most, earliest scheduled first")
     keep_hours: float = _f(48.0, "a step scheduled longer ago than this is removed from the cache")
+    status_resend_s: float = _f(60.0, "resend a performed status (MPPS) the cloud has not acknowledged after this")
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,7 @@ class EdgeSettings:
     spool: SpoolSettings = _f(None, "local cache policy")
     enrolment: EnrolmentSettings = _f(None, "certificate enrolment and renewal")
     appliance: ApplianceSettings = _f(None, "update hooks and USB sticks (docs/operations.md)")
+    network: NetworkSettings = _f(None, "which links get an address (the appliance image's systemd-networkd)")
     health: HealthSettings = _f(None, "heartbeat, birth/death and the local metrics endpoint")
     utilisation: UtilisationSettings = _f(None, "exam records from headers and MPPS")
     commitment: CommitmentSettings = _f(None, "Storage Commitment (push model) SCP")
@@ -333,6 +355,37 @@ class OidcSettings:
 
 
 @dataclass(frozen=True)
+class FleetWorklistSettings:
+    """The worklist feed (``[fleet.worklist]``; docs/operations.md, "The worklist feed"): the RIS
+    readers, the snapshot window, and where performed statuses go."""
+
+    enabled: bool = _f(False, "run the worklist feed: publish each routed box's worklist, take its statuses")
+    days_before: int = _f(1, "a box's snapshot holds steps scheduled from this many days before today")
+    days_ahead: int = _f(7, "... to this many days after today (steps with no date are always in)")
+    publish_s: float = _f(5.0, "the leader looks for changed snapshots this often")
+    keep_days: float = _f(30.0, "cancelled and performed orders are forgotten this long after their last change, "
+                          "open ones this long after their scheduled day")
+    mwl_host: str = _f("", "the RIS's Modality Worklist SCP (C-FIND) to poll; empty = no poller")
+    mwl_port: int = _f(104, "its port")
+    mwl_called_ae: str = _f("RIS", "its AE title")
+    mwl_calling_ae: str = _f("MGW-CLOUD", "the AE title the poller calls it from")
+    poll_s: float = _f(60.0, "poll the MWL SCP this often; each answer is the whole current worklist")
+    hl7_port: int = _f(-1, "port of the MLLP listener taking HL7 ORM^O01 orders; -1 = none, 0 = any free port")
+    hl7_bind: str = _f("127.0.0.1", "address of the MLLP listener")
+    hl7_max_connections: int = _f(8, "MLLP connections open at once; more are closed at once")
+    hl7_idle_s: float = _f(60.0, "an MLLP connection idle this long is closed")
+    hl7_allowed_peers: tuple[str, ...] = _f((), "addresses or networks (a.b.c.d/n) allowed to send orders; "
+                                            "empty = any")
+    ris_hl7_host: str = _f("", "the RIS's MLLP address for performed statuses (ORM^O01, ORC-1 SC); "
+                           "empty = statuses of HL7 orders are stored, not sent")
+    ris_hl7_port: int = _f(2575, "its port")
+    mpps_host: str = _f("", "the RIS's MPPS SCP for statuses of C-FIND orders; empty = not sent")
+    mpps_port: int = _f(104, "its port")
+    mpps_called_ae: str = _f("RIS", "its AE title")
+    retry_s: float = _f(60.0, "a status the RIS did not take is sent again after this long")
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     http_bind: str = _f("127.0.0.1", "address of the fleet console (REST API, dashboard, /metrics)")
     http_port: int = _f(8080, "port of the fleet console (HTTPS); "
@@ -375,6 +428,8 @@ class FleetSettings:
                         "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
     auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "console logins, sessions, lockouts"})
     oidc: OidcSettings = field(default_factory=OidcSettings, metadata={"help": "OpenID Connect login"})
+    worklist: FleetWorklistSettings = field(default_factory=FleetWorklistSettings, metadata={
+        "help": "the worklist feed: RIS readers, snapshots to the boxes, statuses to the RIS"})
 
 
 @dataclass(frozen=True)
@@ -417,6 +472,7 @@ class CloudSettings:
 
 
 BOX_ID = re.compile(BOX_ID_PATTERN)
+ANY_ADDRESS = ("0.0.0.0", "::", "")  # noqa: S104 - the wildcard binds the listener check refuses
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
 AE_TITLE = _AE
 
@@ -516,8 +572,17 @@ def _check_topic_depth(mqtt: MqttSettings, source: str) -> None:
                           f"more than 'mqtt.max_topic_levels' ({mqtt.max_topic_levels})")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_log_level(level: str, key: str, source: str) -> None:
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{source}: '{key}' must be one of {', '.join(LOG_LEVELS)}")
+
+
 def _check_edge(s: EdgeSettings, source: str) -> None:
     _check_topic_depth(s.mqtt, source)
+    _check_log_level(s.box.log_level, "box.log_level", source)
     if not BOX_ID.match(s.box.id):
         raise ConfigError(f"{source}: 'box.id' must match {BOX_ID.pattern}")
     if not _AE.match(s.dicom.ae_title):
@@ -532,16 +597,21 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ConfigError(f"{source}: 'dicom.allowed_peers' has an invalid AE title")
     if bool(s.dicom.tls_cert_file) != bool(s.dicom.tls_key_file):
         raise ConfigError(f"{source}: 'dicom.tls_cert_file' and 'dicom.tls_key_file' go together")
+    if s.dicom.bind_host in ANY_ADDRESS and not s.dicom.allow_any_address:
+        raise ConfigError(f"{source}: 'dicom.bind_host' {s.dicom.bind_host!r} listens on every interface; set the "
+                          "box's address on the modality side, or 'dicom.allow_any_address = true'")
     if not 0 < s.spool.low_water_percent < s.spool.high_water_percent <= 100:
         raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
+    _check_network(s.network, source)
+    _check_appliance(s.appliance, source)
     try:
         site_rules_hours(s.site)
     except ValueError as exc:
-        raise ConfigError(f"{source}: 'site': {exc}") from exc
+        raise ConfigError(f"{source}: {exc}") from exc
     from gateway.core.bandwidth import parse_window
 
     for entry in s.uplink.bandwidth_windows:
@@ -565,11 +635,41 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
 
 
+def _check_appliance(a: ApplianceSettings, source: str) -> None:
+    if min(a.update_quiet_s, a.update_mpps_stale_s, a.commit_gate_timeout_s, a.commit_gate_settle_s) < 0:
+        raise ConfigError(f"{source}: '[appliance]' durations must be >= 0")
+
+
+def _check_network(n: NetworkSettings, source: str) -> None:
+    from gateway.core.networkd import parse_patterns
+
+    for name in ("uplink_interfaces", "modality_interfaces"):
+        try:
+            parse_patterns(getattr(n, name), f"network.{name}")
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    if not 1 <= n.modality_prefix_length <= 128:
+        raise ConfigError(f"{source}: 'network.modality_prefix_length' must be 1..128")
+
+
+def load_network(paths: list[Path]) -> tuple[NetworkSettings, str]:
+    """The ``[network]`` settings and ``dicom.bind_host``, from files that may lack ``[box]`` (an
+    unprovisioned box still needs its uplink): ``mgw network render``."""
+    table, source = read_toml(paths)
+    for name in ("network", "dicom"):
+        if not isinstance(table.get(name, {}), dict):
+            raise ConfigError(f"{source}: '{name}' must be a table")
+    network = build(NetworkSettings, table.get("network", {}), source, "network.")
+    _check_network(network, source)
+    return network, build(DicomSettings, table.get("dicom", {}), source, "dicom.").bind_host
+
+
 def _check_worklist(w: WorklistSettings, source: str) -> None:
     if w.station_filter not in ("calling_ae", "none"):
         raise ConfigError(f"{source}: 'worklist.station_filter' must be 'calling_ae' or 'none'")
-    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0:
-        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000 and worklist.keep_hours > 0")
+    if not 1 <= w.max_results <= 100000 or w.keep_hours <= 0 or w.status_resend_s <= 0:
+        raise ConfigError(f"{source}: need 1 <= worklist.max_results <= 100000, worklist.keep_hours > 0 and "
+                          "worklist.status_resend_s > 0")
 
 
 def _check_commitment(c: CommitmentSettings, source: str) -> None:
@@ -607,6 +707,7 @@ def load_cloud(paths: list[Path]) -> CloudSettings:
     table, source = read_toml(paths)
     settings = _fill_defaults(build(CloudSettings, table, source))
     _check_topic_depth(settings.mqtt, source)
+    _check_log_level(settings.cloud.log_level, "cloud.log_level", source)
     if settings.index.backend not in ("sqlite", "postgres"):
         raise ConfigError(f"{source}: 'index.backend' must be 'sqlite' or 'postgres'")
     if settings.index.backend == "postgres" and not settings.index.dsn:
@@ -664,6 +765,32 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
     if f.plain_http and not _loopback(f.http_bind):
         raise ConfigError(f"{source}: 'fleet.plain_http' needs a loopback 'fleet.http_bind' (127.0.0.1, ::1)")
     _check_auth(f.auth, f.oidc, source)
+    _check_worklist_feed(f.worklist, source)
+
+
+def _check_worklist_feed(w: FleetWorklistSettings, source: str) -> None:
+    import ipaddress
+    import math
+
+    for name in ("publish_s", "poll_s", "hl7_idle_s", "retry_s", "keep_days"):
+        if not 0.5 <= getattr(w, name) < math.inf:
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be a finite number of at least 0.5")
+    if not (0 <= w.days_before <= 31 and 0 <= w.days_ahead <= 366):
+        raise ConfigError(f"{source}: 'fleet.worklist.days_before' is 0 to 31 and 'days_ahead' 0 to 366")
+    if not -1 <= w.hl7_port <= 65535 or not 1 <= w.hl7_max_connections <= 1000:
+        raise ConfigError(f"{source}: 'fleet.worklist.hl7_port' is -1 to 65535, 'hl7_max_connections' 1 to 1000")
+    for name in ("mwl_port", "ris_hl7_port", "mpps_port"):
+        if not 1 <= getattr(w, name) <= 65535:
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be a TCP port (1 to 65535)")
+    for name in ("mwl_called_ae", "mwl_calling_ae", "mpps_called_ae"):
+        if not _AE.match(getattr(w, name)):
+            raise ConfigError(f"{source}: 'fleet.worklist.{name}' must be 1-16 printable characters, no backslash")
+    for peer in w.hl7_allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: 'fleet.worklist.hl7_allowed_peers': {peer[:60]!r} is not an address "
+                              "or network") from None
 
 
 def _check_auth(a: AuthSettings, o: OidcSettings, source: str) -> None:
@@ -691,16 +818,31 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def site_zone(f: FleetSettings, site: str) -> Zone:
+    """The time zone of ``site``: its ``[fleet.sites.<site>] time_zone``, else the fleet's (ValueError
+    for an unknown zone)."""
+    from gateway.adapters.time_zone import zone
+
+    rules = f.sites.get(site, SiteSettings())
+    return zone(rules.time_zone or f.time_zone, f.utc_offset_minutes)
+
+
 def site_rules_hours(rules: SiteSettings) -> OpeningHours | None:
     """The opening hours one site's own rules give (a box's ``[site]``), or None when they set no
-    hours; ValueError for an unknown zone or malformed hours."""
+    hours; ValueError naming the key (``'site.time_zone': ...``) for an unknown zone or malformed hours."""
     from gateway.adapters.time_zone import zone
     from gateway.core.utilisation import OpeningHours
 
-    tz = zone(rules.time_zone)
+    try:
+        tz = zone(rules.time_zone)
+    except ValueError as exc:
+        raise ValueError(f"'site.time_zone': {exc}") from exc
     if rules.turnaround_target_s < 0:
-        raise ValueError("'turnaround_target_s' must be >= 0")
-    return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
+        raise ValueError("'site.turnaround_target_s' must be >= 0")
+    try:
+        return OpeningHours.weekly(rules.weekly_hours, tz) if rules.weekly_hours else None
+    except ValueError as exc:
+        raise ValueError(f"'site.weekly_hours': {exc}") from exc
 
 
 def site_hours(f: FleetSettings, site: str) -> OpeningHours:

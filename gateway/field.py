@@ -105,7 +105,17 @@ def cmd_commission(args: argparse.Namespace) -> int:
 
     logs.setup("ERROR", False)  # the report says what failed; progress goes to stderr, JSON to stdout
     files = config_files(args, "gateway")
-    options = commission.Options(args.modality_host or "", args.modality_port, args.modality_ae or "", args.timeout)
+    if args.upload_pending:
+        return _commission_upload(files, args.ack_timeout)
+    unknown = sorted(set(args.confirm or ()) - set(commission.MANUAL_KEYS))
+    if unknown:
+        raise ConfigError(f"--confirm {unknown[0]}: not a manual check (one of {', '.join(commission.MANUAL_KEYS)})")
+    if not args.engineer:
+        raise ConfigError("--engineer NAME is required: the report names who commissioned the box")
+    ask = _ask_engineer if sys.stdin.isatty() and not args.json else None
+    options = commission.Options(args.modality_host or "", args.modality_port, args.modality_ae or "", args.timeout,
+                                 args.engineer, args.modality_make or "", args.modality_model or "",
+                                 frozenset(args.confirm or ()), ask)
     report = commission.run(files, options, say=lambda m: print(f"mgw: {m}", file=sys.stderr, flush=True))
     out_dir = Path(args.report_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,65 @@ def cmd_commission(args: argparse.Namespace) -> int:
     Path(f"{stem}.txt").write_text(report.to_text())
     Path(f"{stem}.json").write_text(report.to_json())
     print(report.to_json() if args.json else report.to_text() + f"report written to {stem}.txt and {stem}.json")
+    if report.box_id:
+        _commission_sign_and_upload(files, report, not args.no_upload, args.ack_timeout)
     return 0 if report.ok else 1
+
+
+def _ask_engineer(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes", "是")
+
+
+def _commission_sign_and_upload(files: list[Path], report: Any, send: bool, timeout_s: float) -> None:
+    """Sign the report with the box key, keep it in <state_dir>/commissioning/, and send it (stderr says which)."""
+    from gateway.edge import commission_report, provision
+
+    settings = config.load_edge(files)
+    paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
+    try:
+        certificate = Path(settings.mqtt.cert_file).read_text()
+        signed = commission_report.sign(report.document(), provision.key_store(paths), certificate)
+    except (OSError, GatewayError) as exc:
+        print(f"mgw: the report could not be signed ({exc}): provision the box, then re-run", file=sys.stderr)
+        print(f"mgw: 报告无法签名 ({exc}): 请先完成设备注册后重新运行", file=sys.stderr)
+        return
+    saved = commission_report.save(paths.state_dir, report.report_id, signed)
+    print(f"mgw: signed report saved to {saved}", file=sys.stderr)
+    print(f"mgw: 已签名的报告保存在 {saved}", file=sys.stderr)
+    if send:
+        _commission_send(settings, paths.state_dir, [saved], timeout_s)
+
+
+def _commission_upload(files: list[Path], timeout_s: float) -> int:
+    from gateway.edge import commission_report
+
+    settings = config.load_edge(files)
+    paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
+    waiting = commission_report.pending(paths.state_dir)
+    if not waiting:
+        _tell("no signed commissioning report waits for upload", "没有待上传的已签名调试报告")
+        return 0
+    return 0 if _commission_send(settings, paths.state_dir, waiting, timeout_s) else 1
+
+
+def _commission_send(settings: config.EdgeSettings, state_dir: Path, reports: list[Path], timeout_s: float) -> bool:
+    from gateway.edge import commission_report
+
+    try:
+        result = commission_report.upload(settings, state_dir, reports, timeout_s)
+    except GatewayError as exc:
+        result = commission_report.Uploaded((), tuple(p.stem for p in reports), str(exc))
+    for report_id in result.acknowledged:
+        print(f"mgw: UPLOADED: the cloud verified and stored report {report_id}", file=sys.stderr)
+        print(f"mgw: 已上传: 云端已验证并保存报告 {report_id}", file=sys.stderr)
+    for report_id in result.unsent:
+        print(f"mgw: NOT UPLOADED: report {report_id} ({result.reason}); it is kept in "
+              f"{commission_report.directory(state_dir)}: send it later with `mgw commission --upload-pending`",
+              file=sys.stderr)
+        print(f"mgw: 未上传: 报告 {report_id} ({result.reason}); 已保存, 稍后用 `mgw commission --upload-pending` 上传",
+              file=sys.stderr)
+    return not result.unsent
 
 
 # -- cloud -------------------------------------------------------------------------------------
@@ -197,6 +265,19 @@ def cmd_cloud_revoke(args: argparse.Namespace) -> int:
               f"{broker.name} 不读取此 CRL；请用以下命令结束该设备已打开的会话：")
         print("\n".join(revocation.commands))
     return 0 if count else 1
+
+
+def cmd_cloud_crl(args: argparse.Namespace) -> int:
+    """Write the CRL afresh (a new next update) where the authority and the broker read it."""
+    _, _, authority = _authority(args)
+    try:
+        authority.write_crl()
+        where = ", ".join(str(p) for p in (authority.crl_path, *authority.crl_copies))
+    finally:
+        authority.close()
+    _tell(f"CRL written to {where}, valid for 7 days; the broker must re-read it (systemctl reload mgw-broker)",
+          f"CRL 已写入 {where}，有效期 7 天；代理须重新读取（systemctl reload mgw-broker）")
+    return 0
 
 
 def cmd_cloud_certs(args: argparse.Namespace) -> int:
@@ -340,6 +421,20 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     m.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cloud acknowledgement")
     m.add_argument("--report-dir", default=".", help="where to write the report files")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
+    m.add_argument("--engineer", help="the commissioning engineer's name (required; in the signed report)")
+    m.add_argument("--modality-make", help="the modality's manufacturer, for the report")
+    m.add_argument("--modality-model", help="the modality's model, for the report")
+    m.add_argument("--confirm", action="append", metavar="CHECK",
+                   help="attest a manual check done and seen to work: modality-echo (the echo from the modality "
+                        "console) or test-study (a study sent from the modality); repeat. Without it a manual "
+                        "check leaves the report INCOMPLETE (at a terminal, mgw asks instead)")
+    m.add_argument("--no-upload", action="store_true",
+                   help="sign and keep the report in <state_dir>/commissioning/ without sending it")
+    m.add_argument("--upload-pending", action="store_true",
+                   help="only send the signed reports kept in <state_dir>/commissioning/ that the cloud has not "
+                        "acknowledged, then exit")
+    m.add_argument("--ack-timeout", type=float, default=30.0,
+                   help="seconds to wait for the cloud's acknowledgement of an uploaded report")
     m.set_defaults(func=cmd_commission)
 
     e = with_config(cloud.add_parser("enrol", help="run the enrolment endpoint (HTTPS, EST-style)"))
@@ -359,6 +454,8 @@ def add_commands(sub: Any, cloud: Any, with_config: Callable[[argparse.ArgumentP
     r.add_argument("--broker", default="mosquitto",
                    help="broker profile the fleet runs (mosquitto or emqx): says how the box's open sessions end")
     r.set_defaults(func=cmd_cloud_revoke)
+    crl = with_config(cloud.add_parser("crl", help="write the CRL afresh, before its 7 days run out (daily timer)"))
+    crl.set_defaults(func=cmd_cloud_crl)
     c = with_config(cloud.add_parser("certs", help="the certificate registry: issued, renewed, revoked"))
     c.add_argument("--box", help="only this box")
     c.add_argument("--json", action="store_true", help="print JSON")

@@ -1,8 +1,11 @@
 """Structured logging with stable MESSAGE_IDs (explained in docs/catalog.md).
 
 Log facts, never patients: item ids, SOP Class names, byte counts, AE titles.
-Under systemd the journal gets each ``extra`` field as a journald field; on a
-terminal the same fields print as ``key=value`` after the message.
+Under systemd (stderr is the journal stream ``$JOURNAL_STREAM`` names) each event goes to
+journald through its native protocol (``adapters/journald.py``): ``MESSAGE``, ``PRIORITY``,
+``MESSAGE_ID`` and every ``extra`` field as a journal field, so ``journalctl MESSAGE_ID=...``
+and ``journalctl ITEM=42`` find it. On a terminal the same fields print as ``key=value`` after
+the message; ``--log-json`` prints one JSON object a line instead (docs/operations.md, "Logs").
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import sys
 import time
 import warnings
+
+from gateway.adapters import journald
 
 
 class MSG(enum.StrEnum):
@@ -82,6 +87,14 @@ class MSG(enum.StrEnum):
     WORKLIST_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0802"
     WORKLIST_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0803"
     WORKLIST_ORDER_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0804"
+    # the cloud's worklist feed (gateway/cloud/worklist/): 0880-08bf
+    WORKLIST_FEED_PUBLISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0880"
+    WORKLIST_FEED_TRUNCATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0881"
+    WORKLIST_STATUS_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0882"
+    WORKLIST_STATUS_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0883"
+    WORKLIST_STATUS_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0884"
+    WORKLIST_SOURCE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0885"
+    WORKLIST_FRAME_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0810"  # the edge's feed subscriber
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"
@@ -101,6 +114,7 @@ class MSG(enum.StrEnum):
     FLEET_LEADER_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e030b"
     FLEET_LEADER_LOST = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e030c"
     METRICS_UNAVAILABLE = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0308"
+    COMMISSION_REPORT_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0380"  # issue 17: signed commissioning reports
     # custody (issue 3): 0100-01ff
     COMMITMENT_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0100"
     COMMITMENT_REQUEST_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0101"
@@ -168,14 +182,66 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+# syslog priorities (journald's PRIORITY) of Python's levels
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+MAX_MESSAGE_CHARS = 8000
+MAX_FIELD_CHARS = 2000
+SYSLOG_IDENTIFIER = "mgw"
+
+
+def _priority(levelno: int) -> int:
+    return next((p for level, p in sorted(_PRIORITY.items(), reverse=True) if levelno >= level), 7)
+
+
+def journal_fields(record: logging.LogRecord, exc_text: str = "") -> list[tuple[str, str]]:
+    """One record as journal fields: the message, its priority, where it was logged, and every
+    ``extra`` (``MESSAGE_ID`` among them) under its own name. Values are cut, never escaped: the
+    native protocol keeps each one inside its field whatever it holds."""
+    message = record.getMessage()[:MAX_MESSAGE_CHARS]
+    fields = [("MESSAGE", message + ("\n" + exc_text if exc_text else "")),
+              ("PRIORITY", str(_priority(record.levelno))), ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER),
+              ("LOGGER", record.name), ("CODE_FILE", record.pathname), ("CODE_LINE", str(record.lineno)),
+              ("CODE_FUNC", str(record.funcName)), ("THREAD_NAME", str(record.threadName))]
+    reserved = {name for name, _ in fields}
+    for key, value in _fields(record).items():
+        name = journald.field_name(key)
+        fields.append((name if name not in reserved else f"FIELD_{name}", str(value)[:MAX_FIELD_CHARS]))
+    if exc_text:
+        fields.append(("EXCEPTION_TEXT", exc_text))
+    return fields
+
+
+class JournalHandler(logging.Handler):
+    """Each record to journald with its fields; on a failed send, the line on stderr instead."""
+
+    def __init__(self, journal: journald.JournalSocket) -> None:
+        super().__init__()
+        self.journal = journal
+        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(KeyValueFormatter())
+        self._exc = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc_text = self._exc.formatException(record.exc_info) if record.exc_info else ""
+            self.journal.send(journal_fields(record, exc_text))
+        except OSError:
+            self.fallback.emit(record)  # journald restarting: stderr is the journal stream too
+
+
 def _drop_pydicom(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.CRITICAL
 
 
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
-    """Configure the root logger once, for a service or the CLI."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
+    """Configure the root logger once, for a service or the CLI: journald's native protocol when
+    stderr is the journal, else ``key=value`` lines on stderr, or JSON lines with ``json_lines``."""
+    handler: logging.Handler
+    if not json_lines and journald.stderr_is_journal():
+        handler = JournalHandler(journald.JournalSocket())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

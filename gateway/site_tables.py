@@ -23,6 +23,7 @@ from gateway.core.errors import ConfigError
 TABLES: dict[str, type] = {
     "dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings,
     "worklist": config.WorklistSettings, "site": config.SiteSettings,
+    "network": config.NetworkSettings,  # which links get an address (docs/operations.md, "Network")
 }
 Tables = dict[str, dict[str, Any]]
 
@@ -46,7 +47,15 @@ def _check_table(table: str, built: Any, source: str) -> None:
         try:
             config.site_rules_hours(built)
         except ValueError as exc:
-            raise ConfigError(f"{source}: 'site': {exc}") from exc
+            raise ConfigError(f"{source}: {exc}") from exc
+    elif table == "network":
+        from gateway.core.networkd import parse_patterns
+
+        for name in ("uplink_interfaces", "modality_interfaces"):
+            try:
+                parse_patterns(getattr(built, name), f"network.{name}")
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from exc
     elif table == "dicom":
         from gateway.core.admission import parse_rules
 

@@ -39,6 +39,7 @@ ADAPTERS_DICOM = {
     "gateway/adapters/mpps_scp.py": "the MPPS SCP (pynetdicom events, pydicom datasets)",
     "gateway/adapters/worklist_scp.py": "the Modality Worklist SCP (pynetdicom C-FIND events, pydicom identifiers)",
     "gateway/adapters/worklist_scu.py": "the Modality Worklist C-FIND SCU reading a RIS (pynetdicom, pydicom)",
+    "gateway/adapters/mpps_scu.py": "the MPPS SCU passing performed statuses on to a RIS (pynetdicom, pydicom)",
     "gateway/adapters/storage_commitment.py": "the Storage Commitment SCU/SCP",
     "gateway/adapters/pacs.py": "the cloud's C-STORE forward to a PACS",
 }
@@ -71,6 +72,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
                   "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
                   "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes"},
     "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
+    "fpdf": {"gateway/adapters/fpdf_report.py": "the commissioning report's PDF (CJK font embedded)"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},
     "cryptography": {
@@ -78,6 +80,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/adapters/keystore.py": "creates and loads the box's keys and CSRs",
         "gateway/adapters/enrolment_client.py": "pins the enrolment server's certificate",
         "gateway/adapters/host.py": "reads certificate expiry for the health report",
+        "gateway/adapters/pem_files.py": "`mgw doctor` parses certificates, chains and keys the configuration names",
         "gateway/cloud/authority/ca.py": "the fleet CA: it signs certificates and CRLs; that is its job",
         # Exceptions: x509 parsing is computation on bytes already read, like the core's crypto;
         # an adapter around it would rename cryptography's types one for one.
@@ -85,6 +88,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/cloud/enrolment/server.py": "exception: reads the CSR and peer certificate's names (x509)",
         "gateway/edge/provision.py": "exception: checks the issued certificate against the CA (x509)",
         "gateway/edge/renewal.py": "exception: reads the box certificate's expiry (x509)",
+        "gateway/cloud/fleet/commission_verify.py": "exception: verifies a box's signed commissioning report "
+                                                    "(x509 chain to the fleet CA, ECDSA)",
         "gateway/bundle.py": "exception: signs and verifies update bundles (Ed25519)",
         "gateway/field.py": "exception: `mgw bundle keygen` makes an Ed25519 key (function-local)",
     },

@@ -29,3 +29,10 @@ def test_later_layers_win_key_by_key_when_merged() -> None:
 def test_tables_are_refused_when_they_have_the_wrong_shape(tables: object) -> None:
     with pytest.raises(ConfigError):
         site_tables.check(tables, "test")
+
+
+def test_network_table_is_taken_and_a_usb_link_refused_when_provisioning_names_the_links() -> None:
+    links = {"network": {"uplink_interfaces": ["enp1s0"], "modality_interfaces": ["3c:ec:ef:12:34:56"]}}
+    assert site_tables.check(links, "bundle") == links
+    with pytest.raises(ConfigError, match="usb0"):
+        site_tables.check({"network": {"uplink_interfaces": ["usb*"]}}, "bundle")

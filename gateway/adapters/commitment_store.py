@@ -44,7 +44,7 @@ class CommitmentStore:
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
         self._database = SqliteDatabase(db_path, "spool database", synchronous="FULL")
-        self._database.migrate(spool_store.MIGRATIONS, newer_ok=True)  # as SpoolStore
+        spool_store.migrate_spool(self._database)  # as SpoolStore: backup first, whoever opens first
 
     def _tx(self) -> AbstractContextManager[Connection]:
         return self._database.tx()

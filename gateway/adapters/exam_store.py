@@ -18,6 +18,7 @@ from typing import Any
 from gateway.adapters.sqlite_db import Connection, Row, SqliteDatabase
 from gateway.core.exam import Exam, ExamStatus, TimeSource
 
+UTILISATION_DB = "utilisation.db"  # its name in the state directory
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE exams (
@@ -78,6 +79,19 @@ class Backlog:
     quarantined: int
     spool_items: int  # RECEIVED: not yet packed
     outbox_items: int  # PACKED or SENDING: sealed, waiting for the cloud
+
+
+def last_studies_read_only(db_path: Path) -> dict[str, float]:
+    """Per modality, when its newest study's last instance arrived, read by another process
+    (`mgw status`) without writing: {} before the edge made the database."""
+    if not db_path.exists():
+        return {}
+    database = SqliteDatabase(db_path, "utilisation database", read_only=True)
+    try:
+        rows = database.rows("SELECT modality, MAX(last_received_at) FROM exams GROUP BY modality ORDER BY modality")
+    finally:
+        database.close()
+    return {str(r[0]): float(r[1]) for r in rows}
 
 
 def _exam(row: Row) -> Exam:
@@ -222,3 +236,17 @@ class ExamStore:
             self._database.close()
             if self._spool is not None:
                 self._spool.close()
+
+
+def mpps_in_progress(db_path: Path, updated_after: float) -> int:
+    """Procedure steps IN PROGRESS last created or set after ``updated_after`` (read only; 0 without
+    the file): the update hooks wait for them (an exam under way)."""
+    if not db_path.exists():
+        return 0
+    db = SqliteDatabase(db_path, "utilisation database (read only)", read_only=True)
+    try:
+        rows = db.rows("SELECT COUNT(*) FROM mpps WHERE status = ? AND updated_at > ?",
+                       (ExamStatus.IN_PROGRESS.value, updated_after))
+        return int(rows[0][0])
+    finally:
+        db.close()

@@ -152,3 +152,47 @@ def answer(raw: bytes, accept: Callable[[Order], None]) -> bytes:
         log.exception("HL7 order not taken", extra={"MESSAGE_ID": MSG.WORKLIST_ORDER_REFUSED.value, "ACK": "AR"})
         return ack(raw, "AR", "not taken; send again")
     return ack(raw, "AA")
+
+
+# -- performed status back to the RIS (IHE RAD-... "Procedure Status Update", ORM^O01 with ORC-1 SC) -------
+# ORC-5 Order Status, HL7 v2.5 table 0038: IP in process, CM completed, DC discontinued.
+ORDER_STATUS = {"IN PROGRESS": "IP", "COMPLETED": "CM", "DISCONTINUED": "DC"}
+_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("~", "\\R\\"), ("&", "\\T\\"), ("^", "\\S\\"))
+
+
+def _escaped(value: str, keep_components: bool = False) -> str:
+    """A value as HL7 text: its delimiters escaped (``^`` kept when it separates a name's components)."""
+    for raw, escape in _ESCAPES:
+        if not (keep_components and raw == "^"):
+            value = value.replace(raw, escape)
+    return value
+
+
+def status_message(entry: WorklistEntry, status: str, control_id: str, *, sending: str = "MGW",
+                   receiving: str = "RIS", at: float | None = None) -> bytes:
+    """The ORM^O01 status update (ORC-1 ``SC``, ORC-5 ``IP``/``CM``/``DC``) for an order the RIS sent:
+    the order's identifiers as it sent them (OBR-18 accession, OBR-19 requested procedure, OBR-20
+    step), UTF-8 (MSH-18 ``UNICODE UTF-8``). ``KeyError`` for a status with no ORC-5 code."""
+    code = ORDER_STATUS[status]
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime(time.time() if at is None else at))
+    step = entry.step
+    segments = [
+        "|".join(["MSH", "^~\\&", sending, "", receiving, "", now, "", "ORM^O01", _escaped(control_id)[:20], "P",
+                  "2.5", "", "", "", "", "UNICODE UTF-8"]),
+        "|".join(["PID", "1", "", _escaped(entry.patient_id), "", _escaped(entry.patient_name, keep_components=True)]),
+        "|".join(["ORC", "SC", _escaped(entry.accession_number), "", "", code]),
+        "|".join(["OBR", "1", _escaped(entry.accession_number), "", "^" + _escaped(step.description), "", "", "",
+                  "", "", "", "", "", "", "", "", "", "", _escaped(entry.accession_number),
+                  _escaped(entry.requested_procedure_id), _escaped(step.step_id), "", "", "", _escaped(step.modality),
+                  code]),
+    ]
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def ack_code(answer: bytes) -> tuple[str, str]:
+    """MSA-1 and MSA-3 of an ACK (``("", "")`` when it has no MSA segment)."""
+    for segment in answer.decode("utf-8", "replace").replace("\n", "\r").split("\r"):
+        fields = segment.split("|")
+        if fields[0] == "MSA":
+            return (fields[1] if len(fields) > 1 else ""), (fields[3] if len(fields) > 3 else "")[:200]
+    return "", ""

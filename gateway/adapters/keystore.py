@@ -77,6 +77,7 @@ class KeyStore(Protocol):
 
     def generate_ec(self, name: str) -> None: ...
     def csr(self, name: str, common_name: str) -> bytes: ...
+    def sign(self, name: str, data: bytes) -> bytes: ...
     def path(self, name: str) -> Path: ...
     def exists(self, name: str) -> bool: ...
     def replace(self, src: str, dst: str) -> None: ...
@@ -127,6 +128,16 @@ class FileKeyStore:
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []))
                .sign(key, hashes.SHA256()))
         return csr.public_bytes(serialization.Encoding.PEM)
+
+    def sign(self, name: str, data: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature (DER) of ``data`` by key ``name``; the key never leaves."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = self._load_ec(name)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{self.path(name)}: not an EC key")
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def replace(self, src: str, dst: str) -> None:
         """Atomically make key ``src`` the key ``dst`` (after a renewal)."""

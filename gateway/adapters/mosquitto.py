@@ -74,8 +74,10 @@ def build_guard(out_dir: Path, compiler: str = "cc") -> Path:
 
 
 def render_config(port: int, data_dir: Path, host: str = "127.0.0.1", persistence: bool = True,
-                  tls: BrokerTls | None = None, limits: dict[str, int] | None = None) -> str:
+                  tls: BrokerTls | None = None, limits: dict[str, int] | None = None, user: str | None = None) -> str:
     """``limits`` overrides broker limits, e.g. ``{"max_packet_size": 8192, "max_inflight_messages": 2}``.
+
+    ``user``: whom mosquitto becomes when started as root (None: the user running this, when root).
 
     The defaults are the fleet's (``cloud/broker/profile.py`` ``BrokerLimits``): Maximum Packet
     Size, Receive Maximum (mosquitto announces ``max_inflight_messages`` as it) and the queue of
@@ -116,8 +118,10 @@ def render_config(port: int, data_dir: Path, host: str = "127.0.0.1", persistenc
         "log_type notice",
         "log_type information",
     ]
-    if os.geteuid() == 0:
-        lines.append(f"user {getpass.getuser()}")
+    if user is None and os.geteuid() == 0:
+        user = getpass.getuser()
+    if user:
+        lines.append(f"user {user}")
     return "\n".join(lines) + "\n"
 
 

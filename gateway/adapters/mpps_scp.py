@@ -58,9 +58,11 @@ class StepBook(Protocol):
 
 
 class WorklistBook(Protocol):
-    """The worklist cache (``WorklistStore``): a step the modality started leaves the worklist."""
+    """The worklist cache (``WorklistStore``): a step the modality started leaves the worklist, and
+    its performed status is queued for the cloud by the entry's ref."""
 
-    def mark_done(self, step_id: str, accession_number: str, status: str) -> bool: ...
+    def perform(self, sop_instance_uid: str, steps: list[tuple[str, str]], now: float) -> tuple[int, int]: ...
+    def performed(self, sop_instance_uid: str, status: str, now: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -69,7 +71,9 @@ class MppsService(DicomService):
 
     With a ``worklist``, an N-CREATE (IN PROGRESS) marks each scheduled step it names (Scheduled
     Step Attributes Sequence: Scheduled Procedure Step ID and Accession Number) done in the
-    worklist cache, so the next worklist query no longer offers it."""
+    worklist cache, so the next worklist query no longer offers it, and queues IN PROGRESS for the
+    cloud; an N-SET to COMPLETED or DISCONTINUED queues that status for the same steps (the
+    telemetry thread reports them, ``edge/worklist_feed.py``)."""
 
     def __init__(self, sink: MppsSink, book: StepBook, utc_offset_s: int, clock: Callable[[], float],
                  worklist: WorklistBook | None = None) -> None:
@@ -131,23 +135,35 @@ class MppsService(DicomService):
                               ExamStatus.IN_PROGRESS)
         self._book.mpps_put(uid, study_uid, key, ExamStatus.IN_PROGRESS, self._clock())
         self._log(key, ExamStatus.IN_PROGRESS)
-        self._close_scheduled(ds)
+        self._close_scheduled(uid, ds)
         return NStatus.SUCCESS, ds
 
-    def _close_scheduled(self, ds: Dataset) -> None:
-        """The worklist steps this procedure performs are done (a failure here never fails the N-CREATE)."""
+    def _close_scheduled(self, uid: str, ds: Dataset) -> None:
+        """The worklist steps this procedure performs are done, IN PROGRESS queued for the cloud (a
+        failure here never fails the N-CREATE)."""
         if self._worklist is None:
             return
+        steps = [(str(item.get("ScheduledProcedureStepID", "") or ""), str(item.get("AccessionNumber", "") or ""))
+                 for item in ds.get("ScheduledStepAttributesSequence") or [] if item.get("ScheduledProcedureStepID")]
         try:
-            closed = sum(self._worklist.mark_done(str(item.get("ScheduledProcedureStepID", "") or ""),
-                                                  str(item.get("AccessionNumber", "") or ""), "IN PROGRESS")
-                         for item in ds.get("ScheduledStepAttributesSequence") or []
-                         if item.get("ScheduledProcedureStepID"))
+            closed, queued = self._worklist.perform(uid, steps, self._clock())
         except Exception:
             log.exception("MPPS: marking worklist steps done failed", extra={"MESSAGE_ID": MSG.MPPS_REFUSED.value})
             return
         log.info("MPPS: worklist steps done", extra={"MESSAGE_ID": MSG.WORKLIST_UPDATED.value, "SOURCE": "mpps",
-                                                     "DONE": closed})
+                                                     "DONE": closed, "QUEUED": queued})
+
+    def _report_performed(self, uid: str, status: str) -> None:
+        """COMPLETED or DISCONTINUED queued for the steps the instance performs (never fails the N-SET)."""
+        if self._worklist is None:
+            return
+        try:
+            queued = self._worklist.performed(uid, status, self._clock())
+        except Exception:
+            log.exception("MPPS: queueing the worklist status failed", extra={"MESSAGE_ID": MSG.MPPS_REFUSED.value})
+            return
+        log.info("MPPS: worklist status queued", extra={"MESSAGE_ID": MSG.WORKLIST_UPDATED.value, "SOURCE": "mpps",
+                                                        "STATUS": status, "QUEUED": queued})
 
     def _set(self, event: Event) -> tuple[Any, Dataset | None]:
         req = cast(N_SET, event.request)
@@ -171,6 +187,8 @@ class MppsService(DicomService):
         key = self._sink.mpps(study_uid, str(ds.get("Modality", "") or ""), self._when(ds, "Start"), end, status)
         self._book.mpps_put(uid, study_uid, key, status, self._clock())
         self._log(key, status)
+        if status is not ExamStatus.IN_PROGRESS:
+            self._report_performed(uid, raw)
         return NStatus.SUCCESS, ds
 
     def _when(self, ds: Dataset, which: str) -> float | None:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -85,21 +85,45 @@ class SqliteDatabase:
         return int(self.rows("PRAGMA user_version")[0][0])
 
     def migrate(self, migrations: Sequence[str], *, newer_ok: bool = False) -> None:
+        """``apply_migrations`` without a backup (the shared SQL's ``Database.migrate``)."""
+        self.apply_migrations(migrations, newer_ok=newer_ok)
+
+    def apply_migrations(self, migrations: Sequence[str], *, newer_ok: bool = False,
+                         backup_to: Callable[[int], Path] | None = None) -> tuple[int, int] | None:
         """Apply the numbered scripts after ``PRAGMA user_version``, each in its own write
         transaction with the version read inside it (two processes may open a new file at the same
         moment). A database whose version is newer than ``migrations`` is refused, unless
         ``newer_ok``: the edge's, whose migrations are additive, so that the older slot of an A/B
-        update that rolled back runs on the data partition the newer one migrated."""
+        update that rolled back runs on the data partition the newer one migrated.
+
+        With ``backup_to``, a database that holds data (version 1 or more) is first copied to
+        ``backup_to(version)``, once per version, inside the first step's write transaction: no
+        other process can migrate between the copy and the step, and a copy that fails leaves
+        the file unmigrated (``StorageError``). Returns ``(from, to)`` of the steps this call
+        applied, or None when it applied none."""
+        first: int | None = None
         while True:
             with self.tx() as conn:
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 if version > len(migrations) and not newer_ok:
                     raise StorageError(f"{self._what} {self.path} has schema {version}, newer than this software")
                 if version >= len(migrations):
-                    return
+                    return None if first is None else (first, version)
+                if first is None and backup_to is not None and version > 0:
+                    self._backup_once(backup_to(version))
+                first = version if first is None else first
                 for statement in statements(migrations[version].format_map(TYPES)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={version + 1}")
+
+    def _backup_once(self, dest: Path) -> None:
+        if dest.exists():
+            return  # taken before a power cut ended the migration: the same version, the same data
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StorageError(f"backup of {self.path} to {dest}: {exc.strerror or exc}") from exc
+        backup(self.path, dest, self._what)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -9,17 +9,22 @@ committed. ``MIGRATIONS`` is the whole file's schema, the Storage Commitment tab
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.sqlite_db import Connection, SqliteDatabase, backup
+from gateway.adapters.sqlite_db import Connection, SqliteDatabase
 from gateway.core import spool
 from gateway.core.errors import StorageError
 from gateway.core.instance import InstanceIdentity
 from gateway.core.spool import Effect, ItemState
+from gateway.logs import MSG
+
+log = logging.getLogger(__name__)
+BACKUP_DIR = "update"  # beside spool.db: copies taken before a migration, spool-schema<N>.db
 
 MIGRATIONS: list[str] = [
     """
@@ -125,7 +130,7 @@ class SpoolStore:
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
         self.db = SqliteDatabase(db_path, "spool database", synchronous="FULL")
-        self.db.migrate(MIGRATIONS, newer_ok=True)  # additive: an A/B rollback's older slot opens it
+        migrate_spool(self.db)
 
     @property
     def schema_version(self) -> int:
@@ -222,10 +227,7 @@ class SpoolStore:
             return int(conn.execute("SELECT pack_attempts FROM items WHERE id = ?", (item_id,)).fetchone()[0])
 
     def counts(self) -> dict[str, dict[str, float]]:
-        rows = self.db.rows(
-            "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state")
-        return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
-                for state, n, b, oldest in rows}
+        return _counts(self.db)
 
     def blob_names(self, predicate: Callable[[ItemState], bool]) -> set[str]:
         rows = self.db.rows("SELECT state, blob_name FROM items")
@@ -250,6 +252,32 @@ class SpoolStore:
         self.db.close()
 
 
+def backup_path(db_path: Path, version: int) -> Path:
+    """Where the spool database is copied before a migration from ``version``."""
+    return db_path.parent / BACKUP_DIR / f"spool-schema{version}.db"
+
+
+def migrate_spool(db: SqliteDatabase) -> None:
+    """The one migration of the spool database, whoever opens it first (``SpoolStore``,
+    ``CommitmentStore``, the edge service on the first boot of a new slot): a copy of the file at
+    its older schema first (``backup_path``), then the steps, all under the write lock. Additive
+    (``newer_ok``): an A/B rollback's older slot opens a file the newer one migrated."""
+    applied = db.apply_migrations(MIGRATIONS, newer_ok=True, backup_to=lambda version: backup_path(db.path, version))
+    if applied is not None and applied[0] > 0:
+        log.info("spool database backed up and migrated", extra={
+            "MESSAGE_ID": MSG.UPDATE_MIGRATED.value, "SCHEMA_FROM": applied[0], "SCHEMA_TO": applied[1],
+            "BACKUP": str(backup_path(db.path, applied[0]))})
+
+
+def integrity_ok_of(db_path: Path) -> bool:
+    """``PRAGMA integrity_check`` of a spool database, read only (no migration)."""
+    db = SqliteDatabase(db_path, "spool database", read_only=True)
+    try:
+        return bool(db.rows("PRAGMA integrity_check")[0][0] == "ok")
+    finally:
+        db.close()
+
+
 def schema_version_of(db_path: Path) -> int:
     """``user_version`` of a spool database, read only (no migration)."""
     db = SqliteDatabase(db_path, "spool database", read_only=True)
@@ -259,6 +287,19 @@ def schema_version_of(db_path: Path) -> int:
         db.close()
 
 
-def backup_database(db_path: Path, dest: Path) -> None:
-    """A consistent copy (SQLite online backup) of ``db_path`` as it is, fsynced, renamed into place."""
-    backup(db_path, dest, "spool database")
+_COUNTS_SQL = "SELECT state, COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM items GROUP BY state"
+
+
+def _counts(db: SqliteDatabase) -> dict[str, dict[str, float]]:
+    return {state: {"items": n, "bytes": b, "oldest_received_at": oldest or 0.0}
+            for state, n, b, oldest in db.rows(_COUNTS_SQL)}
+
+
+def counts_read_only(db_path: Path) -> dict[str, dict[str, float]]:
+    """``SpoolStore.counts`` read by another process (`mgw status`) without writing or migrating:
+    a newer program must not migrate the spool before the update hook's backup does."""
+    db = SqliteDatabase(db_path, "spool database", read_only=True)
+    try:
+        return _counts(db)
+    finally:
+        db.close()

@@ -35,3 +35,14 @@ def zone(name: str, fallback_offset_minutes: int = 0) -> Zone:
         return IanaZone(name, zoneinfo.ZoneInfo(name))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai)") from exc
+
+
+def format_local(at: float, name: str) -> str:
+    """``at`` as ``YYYY-MM-DD HH:MM:SS +HH:MM`` in zone ``name`` (UTC when empty or unknown)."""
+    try:
+        offset = zone(name).utc_offset_s(at)
+    except ValueError:
+        offset = 0
+    when = datetime.datetime.fromtimestamp(at, datetime.timezone(datetime.timedelta(seconds=offset)))
+    stamp = when.strftime("%z")
+    return when.strftime("%Y-%m-%d %H:%M:%S ") + stamp[:3] + ":" + stamp[3:5]

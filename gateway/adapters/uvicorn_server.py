@@ -46,6 +46,8 @@ class AsgiServer:
         self.name = name
         self.tls = cert_file is not None
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines repeat ours
+        # no access log, whoever attaches a handler: a request's query may carry a patient-linked UID
+        logging.getLogger("uvicorn.access").disabled = True
         config = uvicorn.Config(
             app, http="h11", ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
             proxy_headers=False, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=KEEP_ALIVE_S,

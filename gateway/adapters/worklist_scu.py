@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from gateway.adapters.dicom_scp import UNCOMPRESSED
 from gateway.adapters.worklist_scp import text_value
@@ -29,13 +30,28 @@ _PENDING = (0xFF00, 0xFF01)
 
 @dataclass(frozen=True)
 class RisPeer:
-    """The upstream MWL SCP: where it listens and the AE titles of the association."""
+    """An upstream RIS service (its MWL SCP, or its MPPS SCP): where it listens and the AE titles
+    of the association."""
 
     host: str
     port: int
     called_ae_title: str
     calling_ae_title: str = "MGW-CLOUD"
     timeout_s: float = 30.0
+
+
+def associate(peer: RisPeer, sop_class: str, where: str) -> Association:
+    """An established association to ``peer`` offering ``sop_class``, or ``PeerError`` naming ``where``."""
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    ae.add_requested_context(sop_class, list(UNCOMPRESSED))
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae_title)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise PeerError(f"{where}: {exc}") from exc
+    if not assoc.is_established:
+        raise PeerError(f"{where}: association rejected or aborted")
+    return assoc
 
 
 @dataclass(frozen=True)
@@ -48,16 +64,8 @@ class RisAnswer:
 def query_worklist(peer: RisPeer, *, station_ae_title: str = "", modality: str = "", start_date: str = "",
                    max_items: int = 2000) -> RisAnswer:
     """The RIS's scheduled steps matching the narrowing keys (empty: any), as typed entries."""
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
-    ae.add_requested_context(worklist.MODALITY_WORKLIST_FIND, list(UNCOMPRESSED))
     where = f"RIS worklist {peer.called_ae_title}@{peer.host}:{peer.port}"
-    try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae_title)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise PeerError(f"{where}: {exc}") from exc
-    if not assoc.is_established:
-        raise PeerError(f"{where}: association rejected or aborted")
+    assoc = associate(peer, worklist.MODALITY_WORKLIST_FIND, where)
     entries: list[WorklistEntry] = []
     refused = dropped = 0
     try:

@@ -5,7 +5,8 @@ under the node's state directory; every worker of the node shares them.
 ``"postgres"``: the index and staging in one PostgreSQL database, for workers
 on several machines (the archive directory is then a shared filesystem).
 The fleet service's store follows the same choice: ``fleet.db`` beside ``archive.db``, or its
-own tables in the same PostgreSQL database.
+own tables in the same PostgreSQL database. The fleet console reads the archive index too (the
+versions of an instance, ``open_archive_index``), never the archive's objects.
 Passwords come from 0600 files named by the configuration, never from TOML.
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.archive.forward import Destination, destinations_from
+from gateway.cloud.archive.index import Index
 from gateway.cloud.archive.store import Archive
 from gateway.cloud.fleet.store import FleetStore
 from gateway.cloud.ingest.staging import FileStaging, Staging
@@ -116,6 +118,22 @@ def open_archive(settings: CloudSettings, paths: Paths, migrating: bool = False)
         "MESSAGE_ID": MSG.INDEX_OPENED.value, "BACKEND": settings.index.backend,
         "INDEX": archive.index.where, "SCHEMA": archive.schema_version()})
     return archive
+
+
+def open_archive_index(settings: CloudSettings, paths: Paths) -> Index | None:
+    """The archive index alone, for readers that never touch the objects (the versions listing of
+    ``mgw cloud archive versions`` and the console): SQLite or PostgreSQL as the configuration says.
+    None when it is a SQLite file that does not exist (no worker archived here yet): a reader never
+    creates it."""
+    if settings.index.backend != "postgres" and not paths.archive_db.exists():
+        return None
+    if settings.index.backend == "postgres":
+        from gateway.adapters.postgres_index import PostgresIndex
+
+        return PostgresIndex(postgres_dsn(settings, paths))
+    from gateway.adapters.sqlite_index import SqliteIndex
+
+    return SqliteIndex(paths.archive_db)
 
 
 def open_staging(settings: CloudSettings, paths: Paths) -> Staging:

@@ -21,6 +21,10 @@ class FrameError(PeerError):
     """Bytes on the wire are not a well-formed frame of a known version."""
 
 
+class WorklistRefused(FrameError):
+    """A well-formed worklist status the box may not send: a ref not routed to it, or unknown."""
+
+
 class UnsupportedVersionError(FrameError):
     """A well-formed frame of a wire version we no longer (or do not yet) speak.
 

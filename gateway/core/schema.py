@@ -61,6 +61,16 @@ class Disk(_Message, frozen=True):
     used_percent: Percent | None = None
 
 
+class WorklistHealth(_Message, frozen=True):
+    """The heartbeat's ``worklist``: the box's cache and feed, so ops can see a stale feed."""
+
+    entries: Count = 0
+    last_seq: Count = 0
+    update_age_s: Seconds | None = None
+    statuses_unacked: Count = 0
+    frames_refused: Count = 0
+
+
 class Birth(_Telemetry, frozen=True, tag="birth"):
     v: Literal[1]
     box_id: BoxId
@@ -104,6 +114,7 @@ class Heartbeat(_Telemetry, frozen=True, tag="heartbeat"):
     cert_not_after: Time | None = None
     utilisation_unacked: Count = 0
     exams_dropped: Count = 0
+    worklist: WorklistHealth | None = None  # absent: the box runs no worklist
 
 
 class ExamRecord(_Message, frozen=True):
@@ -237,6 +248,66 @@ class WorklistStatus(_Message, frozen=True, forbid_unknown_fields=True):
 # -- enrolment requests (HTTPS bodies a box posts to the enrolment server) --------------------------------
 Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 EnrolToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+
+
+# -- the signed commissioning report ({prefix}/{box}/commission; core/commissioning.py) ----------------------
+LongText = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
+CheckKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
+ReportId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+Engineer = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+CheckOutcome = Literal["ok", "FAIL", "skipped", "manual", "confirmed"]  # manual: open; confirmed: attested
+ReportResult = Literal["PASSED", "FAILED", "INCOMPLETE"]
+
+
+class CommissioningCheck(_Message, frozen=True, forbid_unknown_fields=True):
+    """One check of ``mgw commission``: when it started (Unix seconds), how long it took, its outcome."""
+
+    key: CheckKey
+    name: Text
+    manual: bool
+    outcome: CheckOutcome
+    detail: LongText
+    started_at: Time
+    seconds: Seconds
+
+
+class CommissioningReport(_Message, frozen=True, forbid_unknown_fields=True):
+    """The commissioning report a box signs (version 1). Its bytes are canonical: ``encode_canonical``
+    (keys sorted, no spaces); the cloud refuses a report whose bytes are not, or whose ``result``
+    is not what its checks give (``core.commissioning.result_of``)."""
+
+    v: Literal[1]
+    kind: Literal["mgw-commissioning-report"]
+    report_id: ReportId
+    box_id: BoxId
+    site: Text
+    time_zone: Text
+    engineer: Engineer
+    modality: Text
+    modality_make: Text
+    modality_model: Text
+    modality_ae: Text
+    modality_address: Text
+    software: Text
+    started_at: Time
+    finished_at: Time
+    result: ReportResult
+    checks: Annotated[list[CommissioningCheck], msgspec.Meta(min_length=1, max_length=32)]
+
+
+class SignedCommissioningReport(_Message, frozen=True, forbid_unknown_fields=True):
+    """What the box publishes: the report's exact bytes, its ECDSA P-256 / SHA-256 signature (DER) by
+    the box key, and the box certificate (PEM) that the cloud chains to the fleet CA."""
+
+    v: Literal[1]
+    report: Annotated[bytes, msgspec.Meta(min_length=2, max_length=32 * 1024)]  # base64 in JSON
+    signature: Annotated[bytes, msgspec.Meta(min_length=8, max_length=160)]
+    certificate: Pem
+
+
+def encode_canonical(value: _Message) -> bytes:
+    """A message as canonical JSON: keys sorted, no whitespace (what a signature covers)."""
+    return msgspec.json.encode(value, order="sorted")
 
 
 class EnrolRequest(msgspec.Struct, frozen=True):

@@ -81,13 +81,18 @@ def worklist_status_subscription(prefix: str) -> str:
     return f"{prefix}/+/worklist/status"
 
 
+def parse_box_topic(prefix: str, topic: str, leaf: str, what: str) -> str:
+    """The box id of ``{prefix}/{box_id}/{leaf}``, or ``FrameError("malformed <what> topic")``."""
+    head = prefix + "/"
+    box_id, sep, rest = topic[len(head):].partition("/") if topic.startswith(head) else ("", "", "")
+    if not sep or rest != leaf or not _BOX.match(box_id):
+        raise FrameError(f"malformed {what} topic")
+    return box_id
+
+
 def parse_worklist_status_topic(prefix: str, topic: str) -> str:
     """The box id of a worklist status topic, or ``FrameError``."""
-    head = prefix + "/"
-    parts = topic[len(head):].split("/") if topic.startswith(head) else []
-    if len(parts) != 3 or parts[1:] != ["worklist", "status"] or not _BOX.match(parts[0]):
-        raise FrameError("malformed worklist status topic")
-    return parts[0]
+    return parse_box_topic(prefix, topic, "worklist/status", "worklist status")
 
 
 def fleet_subscriptions(prefix: str) -> list[str]:
@@ -101,3 +106,23 @@ def parse_telemetry_topic(prefix: str, topic: str) -> tuple[str, str]:
     if len(parts) != 2 or parts[1] not in TELEMETRY_LEAVES or not _BOX.match(parts[0]):
         raise FrameError("malformed telemetry topic")
     return parts[0], parts[1]
+
+
+# -- the signed commissioning report (docs/protocol.md, "Commissioning reports") ----------------
+#    {prefix}/{box_id}/commission       edge -> cloud, signed report, JSON, QoS 1
+#    {prefix}/{box_id}/commission/ack   cloud -> edge: report verified and stored, JSON, QoS 1
+def commission_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/commission"
+
+
+def commission_ack_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/commission/ack"
+
+
+def commission_subscription(prefix: str) -> str:
+    return f"{prefix}/+/commission"
+
+
+def parse_commission_topic(prefix: str, topic: str) -> str:
+    """The box id of a commissioning report's topic, or ``FrameError``."""
+    return parse_box_topic(prefix, topic, "commission", "commissioning")

@@ -12,12 +12,20 @@ provisioning/commissioning-checklist.md.
 6. echo from modality our listener answers C-ECHO for the modality's AE title; the engineer
                       also runs an echo from the modality console (recorded as a manual step)
 7. end to end         a synthetic test object (no patient data) C-STOREd to the listener, then
-                      followed until the cloud acknowledges it durably stored
+                      followed until the cloud acknowledges it durably stored (a manual
+                      test study from the modality when the listener requires DICOM TLS)
+
+Each check records when it started. A manual check is ``manual`` (open) until the engineer
+attests it (``Options.confirmed``, from ``--confirm``, or ``Options.ask`` at a terminal), then
+``confirmed``. The report is PASSED only when nothing failed and no manual check is open
+(``core.commissioning.result_of``), else INCOMPLETE or FAILED. ``Report.document`` is the typed,
+versioned report (``schema.CommissioningReport``) that ``commission_report`` signs and uploads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import tempfile
 import time
@@ -26,19 +34,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gateway import __version__, config
+from gateway.core import commissioning, schema
 from gateway.core.errors import GatewayError
 from gateway.core.spool import ItemState
 from gateway.edge import provision
 from gateway.paths import Paths
 
 MAX_SKEW_S = 60.0
+MANUAL_ECHO = "modality-echo"  # the attestation key of the echo from the modality's console
+TEST_STUDY = "test-study"  # ... of a test study sent from the modality (when the box cannot send one itself)
+MANUAL_KEYS = (MANUAL_ECHO, TEST_STUDY)
 
 
 class Outcome:
-    OK = "ok"
-    FAIL = "FAIL"
-    SKIPPED = "skipped"
-    MANUAL = "manual"
+    OK = commissioning.OK
+    FAIL = commissioning.FAIL
+    SKIPPED = commissioning.SKIPPED
+    MANUAL = commissioning.MANUAL  # a manual check still open
+    CONFIRMED = commissioning.CONFIRMED  # a manual check the engineer attested
 
 
 @dataclass
@@ -47,6 +60,9 @@ class Check:
     outcome: str
     detail: str
     seconds: float = 0.0
+    key: str = ""
+    started_at: float = 0.0
+    manual: bool = False
 
 
 @dataclass
@@ -55,6 +71,11 @@ class Options:
     modality_port: int = 104
     modality_ae: str = ""
     timeout_s: float = 120.0
+    engineer: str = ""
+    modality_make: str = ""
+    modality_model: str = ""
+    confirmed: frozenset[str] = frozenset()  # manual checks the engineer attested (--confirm)
+    ask: Callable[[str], bool] | None = None  # asks the engineer at a terminal; None: only ``confirmed``
 
 
 @dataclass
@@ -65,56 +86,125 @@ class Report:
     version: str = __version__
     started_at: float = 0.0
     checks: list[Check] = field(default_factory=list)
+    report_id: str = field(default_factory=lambda: os.urandom(16).hex())
+    engineer: str = ""
+    time_zone: str = ""
+    modality_make: str = ""
+    modality_model: str = ""
+    modality_ae: str = ""
+    modality_address: str = ""
+    finished_at: float = 0.0
+
+    @property
+    def result(self) -> str:
+        """PASSED, FAILED or INCOMPLETE (a manual check not attested): ``core.commissioning.result_of``."""
+        return commissioning.result_of(c.outcome for c in self.checks)
 
     @property
     def ok(self) -> bool:
-        return all(c.outcome != Outcome.FAIL for c in self.checks)
+        return self.result == commissioning.PASSED
+
+    def document(self) -> schema.CommissioningReport:
+        """The typed report the box signs (``schema.CommissioningReport``)."""
+        checks = [schema.CommissioningCheck(
+            key=c.key or "configuration", name=c.name[:64], manual=c.manual, outcome=c.outcome,  # type: ignore[arg-type]
+            detail=_printable(c.detail, 512), started_at=c.started_at or self.started_at, seconds=max(0.0, c.seconds))
+            for c in self.checks]
+        return schema.CommissioningReport(
+            v=1, kind="mgw-commissioning-report", report_id=self.report_id, box_id=self.box_id, site=self.site,
+            time_zone=self.time_zone, engineer=_printable(self.engineer, 64) or "-", modality=self.modality,
+            modality_make=_printable(self.modality_make, 64), modality_model=_printable(self.modality_model, 64),
+            modality_ae=self.modality_ae, modality_address=self.modality_address[:64], software=self.version,
+            started_at=self.started_at, finished_at=self.finished_at or self.started_at,
+            result=self.result, checks=checks)  # type: ignore[arg-type]
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+        return json.dumps({**asdict(self), "result": self.result, "ok": self.ok}, indent=2)
 
     def to_text(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at))
-        lines = [f"Commissioning report, box {self.box_id} (site {self.site or '-'}, "
-                 f"modality {self.modality or '-'}), mgw {self.version}, {when}", ""]
-        lines += [f"  [{c.outcome:7s}] {c.name}: {c.detail}" for c in self.checks]
-        lines += ["", "RESULT: " + ("PASSED" if self.ok else "FAILED: fix what the failed lines name, then re-run")]
-        return "\n".join(lines) + "\n"
+        from gateway.edge import commission_report
+
+        return commission_report.text(self.document())
+
+
+def _printable(text: str, limit: int) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:limit]
+
+
+def _modality_peer(settings: config.EdgeSettings, options: Options) -> tuple[str, str]:
+    """The modality's AE title and address: the options', else the first of ``dicom.allowed_peers``."""
+    from gateway.core import admission
+
+    ae, address = options.modality_ae, options.modality_host
+    try:
+        rules = admission.parse_rules(settings.dicom.allowed_peers)
+    except GatewayError:
+        rules = ()
+    if rules:
+        ae, address = ae or rules[0].ae_title, address or str(rules[0].network)
+    return ae, address
 
 
 def run(files: list[Path], options: Options, say: Callable[[str], None] = lambda _m: None,
         clock: Callable[[], float] = time.time) -> Report:
-    report = Report(started_at=clock())
-    steps: list[tuple[str, Callable[[], tuple[str, str]]]] = []
+    report = Report(started_at=clock(), engineer=options.engineer, modality_make=options.modality_make,
+                    modality_model=options.modality_model)
+    steps: list[tuple[str, str, Callable[[], tuple[str, str]]]] = []
     try:
         settings = config.load_edge(files)
     except GatewayError as exc:
-        report.checks.append(Check("configuration", Outcome.FAIL, f"{exc}: fix the named file and key"))
+        report.checks.append(Check("configuration", Outcome.FAIL, f"{exc}: fix the named file and key",
+                                   key="configuration", started_at=report.started_at))
+        report.finished_at = clock()
         return report
     report.box_id, report.site, report.modality = settings.box.id, settings.box.site, settings.box.modality
+    report.time_zone = settings.site.time_zone if settings.site is not None else ""
+    report.modality_ae, report.modality_address = _modality_peer(settings, options)
     paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
-    report.checks.append(Check("configuration", Outcome.OK, " + ".join(map(str, files))))
+    report.checks.append(Check("configuration", Outcome.OK, " + ".join(map(str, files)), key="configuration",
+                               started_at=report.started_at))
     steps = [
-        ("certificate", lambda: _certificate(settings, clock)),
-        ("clock skew", lambda: _clock_skew(settings, clock)),
-        ("broker (mutual TLS)", lambda: _broker(settings)),
-        ("C-ECHO to the modality", lambda: _echo_to_modality(settings, options)),
-        ("C-ECHO to this box", lambda: _echo_to_box(settings, paths, options)),
-        ("C-ECHO from the modality console", lambda: _manual_echo(settings)),
-        ("test object end to end", lambda: _end_to_end(settings, paths, options, clock)),
+        ("certificate", "certificate", lambda: _certificate(settings, clock)),
+        ("clock-skew", "clock skew", lambda: _clock_skew(settings, clock)),
+        ("broker", "broker (mutual TLS)", lambda: _broker(settings)),
+        ("echo-to-modality", "C-ECHO to the modality", lambda: _echo_to_modality(settings, options)),
+        ("echo-to-box", "C-ECHO to this box", lambda: _echo_to_box(settings, paths, options)),
+        (MANUAL_ECHO, "C-ECHO from the modality console", lambda: _manual_echo(settings)),
+        ("end-to-end", "test object end to end", lambda: _end_to_end(settings, paths, options, clock)),
     ]
     total = len(steps) + 1
     say(f"[1/{total}] configuration: ok")
-    for number, (name, step) in enumerate(steps, start=2):
+    for number, (key, name, step) in enumerate(steps, start=2):
         say(f"[{number}/{total}] {name} ...")
-        started = time.monotonic()
+        started_at, started = clock(), time.monotonic()
         try:
             outcome, detail = step()
         except GatewayError as exc:
             outcome, detail = Outcome.FAIL, str(exc)
-        report.checks.append(Check(name, outcome, detail, round(time.monotonic() - started, 2)))
-        say(f"[{number}/{total}] {name}: {outcome} - {detail}")
+        check = Check(name, outcome, detail, round(time.monotonic() - started, 2), key, started_at,
+                      manual=outcome == Outcome.MANUAL)
+        if outcome == Outcome.MANUAL:
+            _attest(check, options, report.engineer, say)
+        report.checks.append(check)
+        say(f"[{number}/{total}] {name}: {check.outcome} - {check.detail}")
+    report.finished_at = clock()
     return report
+
+
+def _attest(check: Check, options: Options, engineer: str, say: Callable[[str], None]) -> None:
+    """A manual check is done when the engineer attests it: ``--confirm KEY``, or yes at the prompt."""
+    key = TEST_STUDY if check.key == "end-to-end" else check.key
+    check.key = key
+    if key in options.confirmed:
+        how = "--confirm"
+    elif options.ask is not None and options.ask(f"{check.name}: {check.detail}\n"
+                                                  f"  done and seen to work? / 已完成并确认成功? [y/N] "):
+        how = "answered yes"
+    else:
+        say(f"  manual check {key!r} not attested: the report stays INCOMPLETE (re-run with --confirm {key})")
+        return
+    check.outcome = Outcome.CONFIRMED
+    check.detail = f"attested by {engineer or 'the engineer'} ({how}): {check.detail}"
 
 
 def _certificate(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, str]:
@@ -187,7 +277,7 @@ def _echo_to_box(settings: config.EdgeSettings, paths: Paths, options: Options) 
     if status == 0:
         return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
     return Outcome.FAIL, (f"{settings.dicom.ae_title}@{host}:{port} did not answer: is `mgw edge run` running "
-                          "(systemctl status gateway-edge)? is the port right?")
+                          "(systemctl status mgw-edge.service)? is the port right?")
 
 
 def _manual_echo(settings: config.EdgeSettings) -> tuple[str, str]:
@@ -211,7 +301,7 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
 
     calling, why_not = _local_calling_ae(settings, options)
     if why_not or settings.dicom.tls_cert_file:
-        return Outcome.SKIPPED, (why_not or "listener requires DICOM TLS") + \
+        return Outcome.MANUAL, (why_not or "listener requires DICOM TLS") + \
             ": send a test study from the modality and check `mgw status`"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mgw-commission-") as tmp:
@@ -222,7 +312,7 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
         statuses = dicom_scu.pynetdicom_store(host, _listener_port(settings, paths), settings.dicom.ae_title,
                                               calling, [obj], source=host)
     if statuses != [0]:
-        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u gateway-edge`"
+        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u mgw-edge.service`"
     store = SpoolStore(paths.spool_db)
     try:
         deadline = time.monotonic() + options.timeout_s

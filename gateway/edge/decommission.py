@@ -1,7 +1,8 @@
 """`mgw decommission`: crypto-erase a box before it leaves the site.
 
-The key store is overwritten and deleted first: the box identity (its TLS key)
-and the cache key that encrypts spooled studies at rest. Without the cache key
+The key store is overwritten and deleted first: the box identity (its TLS key),
+the cache key that encrypts spooled studies and the worklist cache at rest, and the
+worklist key that opens the cloud's worklist frames (``keys/worklist.secret``). Without the cache key
 the spooled blobs are unreadable ciphertext even if flash wear-levelling keeps
 old sectors; they are then deleted too, with the spool index, the outbox, the
 certificates and ``device.toml``. Revoke the box in the cloud as well

@@ -125,7 +125,8 @@ def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None =
             store.path(PENDING_KEY).unlink()
     log.info("box provisioned", extra={"MESSAGE_ID": MSG.BOX_PROVISIONED.value, "BOX_ID": result.box_id})
     say(f"provisioned as box {result.box_id} (site {result.site or '-'}, modality {result.modality or '-'})")
-    say(f"DICOM listener {result.ae_title} on {result.bind_host or 'every interface'} port {result.port}, admitting "
+    bind = result.bind_host or "127.0.0.1 (loopback only: give --dicom-bind)"
+    say(f"DICOM listener {result.ae_title} on {bind} port {result.port}, admitting "
         + (", ".join(result.allowed_peers) if result.allowed_peers else
            "NO modality (deny-by-default): set one with `mgw provision --modality AE@ADDRESS` or in "
            f"{device_toml(paths)} [dicom] allowed_peers"))
@@ -217,6 +218,9 @@ def _dicom_table(dicom: dict[str, Any]) -> dict[str, Any]:
             ipaddress.ip_address(str(dicom["bind_host"]))
         except ValueError as exc:
             raise ConfigError(f"dicom bind address {dicom['bind_host']!r} is not an IP address") from exc
+        if ipaddress.ip_address(str(dicom["bind_host"])).is_unspecified and dicom.get("allow_any_address") is not True:
+            raise ConfigError(f"dicom bind address {dicom['bind_host']} is every interface; give the box's address "
+                              "on the modality side, or allow_any_address = true in the bundle's [dicom] table")
     return dicom
 
 

@@ -27,6 +27,7 @@ from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.storage_commitment import StorageCommitmentScp
 from gateway.adapters.store import SpoolStore
 from gateway.adapters.udev_watch import LinkWatcher
+from gateway.adapters.worklist_store import WorklistStore
 from gateway.appliance import status
 from gateway.config import EdgeSettings
 from gateway.core import policy, spool, topics
@@ -34,13 +35,14 @@ from gateway.core.acksig import AckKeyring
 from gateway.core.errors import SpoolFullError
 from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
-from gateway.edge import ack_keyring, cache
+from gateway.edge import ack_keyring, cache, worklist_feed
 from gateway.edge.dicom_services import ServiceNeeds, build_dicom_services
 from gateway.edge.exams import ExamRecorder
 from gateway.edge.packer import Packer
 from gateway.edge.renewal import Renewer
 from gateway.edge.sender import Sender
 from gateway.edge.telemetry import Telemetry
+from gateway.edge.worklist_feed import WorklistFeed
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -109,11 +111,23 @@ class EdgeService:
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock, self.keyring_file)
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, self._current_keyring,
-                                   dicom_counts=self.listener.counts)
+                                   dicom_counts=self.listener.counts,
+                                   worklist=self._worklist_feed(settings, paths, keys, cache_key, clock))
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
         self.loop_heartbeat = time.monotonic()
+
+    def _worklist_feed(self, settings: EdgeSettings, paths: Paths, keys: FileKeyStore, cache_key: bytes,
+                       clock: Callable[[], float]) -> WorklistFeed | None:
+        """The box's end of the worklist feed, with its X25519 worklist key (made on first start, kept
+        like the cache key: ``keys/worklist.secret``, 0600, erased by decommission); None with the
+        worklist off."""
+        w = settings.worklist
+        if not w.enabled:
+            return None
+        return WorklistFeed(WorklistStore(paths.worklist_db, cache_key), settings.box.id, settings.mqtt.topic_prefix,
+                            keys.secret(worklist_feed.KEY_NAME), self._current_keyring, clock, w.status_resend_s)
 
     def _identity_renewed(self) -> None:
         """A renewed certificate: both MQTT connections present it at their next connect; the

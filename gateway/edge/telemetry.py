@@ -8,6 +8,9 @@ published right after carries the same number (Sparkplug B). A clean stop discon
 reason 0x04, so the broker publishes the death at once. Utilisation records are business
 data: QoS 1, no expiry, resent until the cloud acknowledges each revision on ``util/ack``;
 an ack counts only if signed by a key in the box's ack keyring (``gateway.core.acksig``).
+The worklist feed rides this connection too (``edge/worklist_feed.WorklistFeed``): its frames and
+status acks are queued by paho's callback and handled on the telemetry thread; the birth carries
+the box's worklist key, the heartbeat the cache's figures.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gateway.core.acksig import AckKeyring
 from gateway.core.errors import FrameError, UnexpectedAckError
 from gateway.core.fleet import MessageKind
 from gateway.edge.exams import ExamRecorder
+from gateway.edge.worklist_feed import WorklistFeed
 from gateway.logs import MSG
 from gateway.paths import Paths
 from gateway.supervision import build_info
@@ -43,8 +47,10 @@ _TICK_S = 1.0
 class Telemetry:
     def __init__(self, settings: EdgeSettings, paths: Paths, recorder: ExamRecorder, uplink: MqttLink,
                  clock: Callable[[], float], keyring: Callable[[], AckKeyring],
-                 dicom_counts: Callable[[], dict[str, dict[str, int]]] = dict) -> None:
+                 dicom_counts: Callable[[], dict[str, dict[str, int]]] = dict,
+                 worklist: WorklistFeed | None = None) -> None:
         self._settings = settings
+        self._worklist = worklist
         self._dicom_counts = dicom_counts  # DicomListener.counts: refusals by reason
         self._keyring = keyring
         self.acks_rejected = 0
@@ -66,7 +72,8 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self.link = MqttLink(
             settings.mqtt, client_id=f"{self._box}:telemetry",
-            subscriptions=[(topics.util_ack_topic(self._prefix, self._box), 1)],
+            subscriptions=[(topics.util_ack_topic(self._prefix, self._box), 1),
+                           *(worklist.subscriptions() if worklist is not None else [])],
             on_message=self._on_message, on_state=self._on_state, will_factory=self._will,
         )
         h = settings.health
@@ -88,6 +95,8 @@ class Telemetry:
         self.link.stop(send_will=True)
         if self.metrics is not None:
             self.metrics.stop()
+        if self._worklist is not None:
+            self._worklist.close()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.link.alive()
@@ -104,7 +113,10 @@ class Telemetry:
             self._wake.set()
 
     def _on_message(self, message: Inbound) -> None:
-        self._acks.put(message.payload)
+        if self._worklist is not None and self._worklist.wants(message.topic):
+            self._worklist.offer(message)
+        else:
+            self._acks.put(message.payload)
         self._wake.set()
 
     # -- the telemetry thread -------------------------------------------------------------------------
@@ -117,6 +129,8 @@ class Telemetry:
                     self._publish_birth()
                     next_beat = 0.0  # a heartbeat right after the birth
                 self._drain_acks()
+                if self._worklist is not None:
+                    self._worklist.pump(self.link)
                 self._recorder.pump()
                 if self.link.connected:
                     self._send_records()
@@ -130,9 +144,11 @@ class Telemetry:
 
     def _publish_birth(self) -> None:
         rules = self._settings.site  # the site's zone and hours, as provisioning set them
+        extra = {"worklist_key": self._worklist.public_hex} if self._worklist is not None else {}
         payload = fleet.encode(MessageKind.BIRTH, self._box, self._bd_seq, at=round(self._clock(), 3),
                                version=__version__, site=self._site(), heartbeat_s=self._settings.health.heartbeat_s,
-                               time_zone=rules.time_zone, weekly_hours=list(rules.weekly_hours), region=rules.region)
+                               time_zone=rules.time_zone, weekly_hours=list(rules.weekly_hours), region=rules.region,
+                               **extra)
         self.link.publish(topics.telemetry_topic(self._prefix, self._box, "state"), payload, qos=1, retain=True)
         self._births += 1
 
@@ -190,6 +206,7 @@ class Telemetry:
             "last_study": self._store.last_study_per_modality(),
             "cert_not_after": host.cert_not_after(self._settings.mqtt.cert_file),
             "utilisation_unacked": self._store.unacked(), "exams_dropped": self._recorder.dropped,
+            **({"worklist": self._worklist.figures(now)} if self._worklist is not None else {}),
         }
 
     def _samples(self) -> Iterator[Sample]:
@@ -227,6 +244,27 @@ class Telemetry:
         yield Sample("mgw_edge_births_total", "birth messages published", self._births, box, True)
         yield build_info("edge")
         yield from self._dicom_samples(box)
+        if self._worklist is not None:
+            yield from self._worklist_samples(snap["worklist"], box)
+
+    def _worklist_samples(self, figures: dict[str, Any], box: dict[str, str]) -> Iterator[Sample]:
+        feed = self._worklist
+        assert feed is not None
+        yield Sample("mgw_edge_worklist_entries", "worklist steps cached and not done", figures["entries"], box)
+        yield Sample("mgw_edge_worklist_last_seq", "sequence number of the last worklist update applied",
+                     figures["last_seq"], box)
+        if figures["update_age_s"] is not None:
+            yield Sample("mgw_edge_worklist_update_age_seconds", "seconds since the last worklist update applied",
+                         figures["update_age_s"], box)
+        yield Sample("mgw_edge_worklist_statuses_unacked", "performed statuses the cloud has not acknowledged",
+                     figures["statuses_unacked"], box)
+        for outcome in ("applied", "not_newer", "unsigned", "tampered", "malformed", "failed"):
+            yield Sample("mgw_edge_worklist_frames_total", "worklist frames received, by outcome",
+                         feed.frames[outcome], {**box, "outcome": outcome}, True)
+        yield Sample("mgw_edge_worklist_status_acks_rejected_total", "worklist status acks that did not verify",
+                     feed.acks_rejected, box, True)
+        yield Sample("mgw_edge_worklist_messages_dropped_total", "feed messages dropped with the inbox full",
+                     feed.dropped, box, True)
 
     def _dicom_samples(self, box: dict[str, str]) -> Iterator[Sample]:
         counts = self._dicom_counts()

@@ -40,8 +40,12 @@ _ITEMS = [  # (step, accession, name, station, modality, date, time)
 ]
 
 
+def _ref(step: str) -> str:
+    return f"{int(step[1:]):032x}"  # the cloud's random name for the entry, here a plain one
+
+
 def _update() -> schema.WorklistUpdate:
-    ops = [{"op": "upsert", "entry": {
+    ops = [{"op": "upsert", "entry": {"ref": _ref(step),
         "accession_number": acc, "patient_name": name, "patient_id": PATIENTS[name], "birth_date": "19800101",
         "sex": "F", "requested_procedure_id": f"RP{step}", "requested_procedure_description": "CT head",
         "study_instance_uid": f"1.2.826.0.1.{step[1:]}", "referring_physician": "Smith^Ann",
@@ -250,6 +254,25 @@ def test_step_leaves_the_worklist_when_the_modality_reports_it_in_progress_by_mp
                                 "scheduled": {"ScheduledProcedureStepID": "S2", "AccessionNumber": "ACC2"},
                                 "attrs": started}]) == [0x0000]
     assert _steps(findscu(mwl_and_mpps, tmp_path, *BASE)[1]) == ["S1", "S3", "S4"]
+
+
+def test_mpps_in_progress_then_completed_queue_two_statuses_by_ref_when_the_modality_reports_them(
+        mwl_and_mpps: int, tmp_path: Path) -> None:
+    started = {"PerformedProcedureStepStatus": "IN PROGRESS", "Modality": "CT",
+               "PerformedProcedureStepStartDate": "20261203", "PerformedProcedureStepStartTime": "083500"}
+    done = {"PerformedProcedureStepStatus": "COMPLETED", "PerformedProcedureStepEndDate": "20261203",
+            "PerformedProcedureStepEndTime": "084500"}
+    uid = "1.2.826.0.1.99.2"
+    assert mpps(mwl_and_mpps, [{"op": "create", "uid": uid, "study": "1.2.826.0.1.3",
+                                "scheduled": {"ScheduledProcedureStepID": "S3", "AccessionNumber": "ACC3"},
+                                "attrs": started},
+                               {"op": "set", "uid": uid, "attrs": done}]) == [0x0000, 0x0000]
+    store = WorklistStore(tmp_path / "worklist.db", KEY)
+    try:
+        assert [(p.ref, p.status) for p in store.due_statuses(2e9)] == [(_ref("S3"), "IN PROGRESS"),
+                                                                        (_ref("S3"), "COMPLETED")]
+    finally:
+        store.close()
 
 
 def test_answer_stops_at_max_results_earliest_first_when_more_items_match(tmp_path: Path,

@@ -110,3 +110,88 @@ def test_cache_is_unreadable_when_opened_with_another_key(tmp_path: Path) -> Non
         assert not other.mark_done("S1", ACCESSION, "COMPLETED")  # the row key is keyed too
     finally:
         other.close()
+
+
+# -- the feed: refs, replace snapshots, MPPS statuses to report ------------------------------------------------
+REF1, REF2 = "a1" * 16, "b2" * 16
+MPPS_UID = "1.2.826.0.1.3680043.8.498.777"
+
+
+def upsert_ref(ref: str, **kw: Any) -> dict[str, Any]:
+    return {"op": "upsert", "entry": {**entry(**kw), "ref": ref}}
+
+
+def snapshot(seq: int, *ops: dict[str, Any]) -> schema.WorklistUpdate:
+    body = {"v": 1, "box_id": "box-1", "seq": seq, "ops": list(ops), "replace": True}
+    return schema.parse(schema.WorklistUpdate, json.dumps(body).encode(), "update", schema.MAX_WORKLIST_BYTES)
+
+
+def test_replace_snapshot_removes_every_step_it_does_not_name_when_applied(store: WorklistStore) -> None:
+    store.apply(update(1, upsert(step="S1"), upsert(step="S2"), upsert(step="S3")), 1.0)
+    applied = store.apply(snapshot(2, upsert(step="S2"), upsert(step="S4")), 2.0)
+    assert applied.applied and applied.cancelled == 2 and applied.upserted == 2
+    assert sorted(i.step.step_id for i in store.candidates(None)) == ["S2", "S4"]
+    assert store.apply(update(3, upsert(step="S5")), 3.0).cancelled == 0  # no replace: S2, S4 stay
+    assert store.count() == 3 and store.last_applied_at() == 3.0
+
+
+def test_started_step_stays_done_when_the_feed_upserts_it_again(store: WorklistStore) -> None:
+    store.apply(update(1, upsert_ref(REF1, step="S1"), upsert(step="S2")), 1.0)
+    assert store.perform(MPPS_UID, [("S1", ACCESSION)], 2.0) == (1, 1)
+    store.apply(snapshot(2, upsert_ref(REF1, step="S1", name="Renamed^Ann"), upsert(step="S2")), 3.0)
+    assert [i.step.step_id for i in store.candidates(None)] == ["S2"]  # S1 was started: still done
+    assert store.count() == 1
+
+
+def test_mpps_statuses_are_queued_by_ref_and_forgotten_when_acknowledged(store: WorklistStore,
+                                                                         tmp_path: Path) -> None:
+    store.apply(update(1, upsert_ref(REF1, step="S1"), upsert_ref(REF2, step="S2"), upsert(step="S3")), 1.0)
+    assert store.perform(MPPS_UID, [("S1", ACCESSION), ("S2", ACCESSION), ("S3", ACCESSION), ("S9", "X")],
+                         2.0) == (3, 2)  # S3 has no ref: done, nothing to report; S9 is not cached
+    assert store.performed(MPPS_UID, "COMPLETED", 3.0) == 2
+    assert store.performed("1.2.3.999", "COMPLETED", 3.0) == 0  # an MPPS that performed no cached step
+    due = store.due_statuses(10.0)
+    assert [(p.ref, p.status) for p in due] == [(REF1, "IN PROGRESS"), (REF2, "IN PROGRESS"),
+                                                (REF1, "COMPLETED"), (REF2, "COMPLETED")]
+    store.mark_status_sent(REF1, "IN PROGRESS", 5.0)
+    assert len(store.due_statuses(4.0)) == 3 and len(store.due_statuses(5.0)) == 4  # resent after resend_s
+    assert store.mark_status_acked(REF1, "IN PROGRESS") and not store.mark_status_acked(REF1, "IN PROGRESS")
+    assert store.statuses_unacked() == 3 and (REF1, "IN PROGRESS") not in [(p.ref, p.status)
+                                                                           for p in store.due_statuses(10.0)]
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "worklist.db")) as con:
+        keys = [k for (k,) in con.execute("SELECT mpps_key FROM mpps_refs")]
+    assert keys and all(MPPS_UID not in k and len(k) == 64 for k in keys)  # the UID is HMAC'd, never plain
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("worklist.db"))
+    assert MPPS_UID.encode() not in raw
+
+
+def test_older_cache_file_gains_the_feed_tables_when_opened_by_this_version(tmp_path: Path) -> None:
+    from gateway.adapters import worklist_store
+    from gateway.adapters.sqlite_db import SqliteDatabase
+
+    old = SqliteDatabase(tmp_path / "worklist.db", "worklist database")
+    old.migrate(worklist_store.MIGRATIONS[:1])
+    old.close()
+    s = WorklistStore(tmp_path / "worklist.db", KEY)
+    try:
+        s.apply(update(1, upsert_ref(REF1, step="S1")), 1.0)
+        assert s.perform(MPPS_UID, [("S1", ACCESSION)], 2.0) == (1, 1)
+        assert s.last_applied_at() == 1.0
+    finally:
+        s.close()
+
+
+def test_acknowledged_statuses_and_their_mpps_map_leave_when_they_expire(store: WorklistStore, tmp_path: Path) -> None:
+    store.apply(update(1, upsert_ref(REF1, step="S1")), 1.0)
+    store.perform(MPPS_UID, [("S1", ACCESSION)], 2.0)
+    store.performed(MPPS_UID, "COMPLETED", 3.0)
+    store.mark_status_acked(REF1, "IN PROGRESS")
+    far = calendar.timegm(time.strptime("20270101", "%Y%m%d"))
+    store.expire(far, keep_s=3600)
+    assert [(p.ref, p.status) for p in store.due_statuses(far)] == [(REF1, "COMPLETED")]  # unacked: kept
+    assert store.performed(MPPS_UID, "DISCONTINUED", far) == 1  # the map lives while a status is pending
+    store.mark_status_acked(REF1, "COMPLETED")
+    store.mark_status_acked(REF1, "DISCONTINUED")
+    store.expire(far + 2 * 3600 + 4e7, keep_s=3600)
+    assert store.statuses_unacked() == 0 and store.performed(MPPS_UID, "COMPLETED", far) == 0

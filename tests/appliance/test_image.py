@@ -137,3 +137,52 @@ def test_image_units_verify_clean_when_checked_by_systemd_analyze(tmp_path: Path
         shutil.copy(IMAGE / "files/systemd" / unit, root / "etc/systemd/system" / unit)
     out = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr + out.stdout
+
+
+def test_image_ships_no_network_file_and_enables_the_renderer_when_staged(stage: Path) -> None:
+    """No catch-all DHCP: only what `mgw network render` writes at boot gives a link an address."""
+    assert not list(stage.rglob("*.network"))
+    systemctl = shutil.which("systemctl") or _missing("systemctl not installed")
+    out = subprocess.run([systemctl, f"--root={stage}", "preset", "mgw-network.service"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert (stage / "etc/systemd/system/systemd-networkd.service.wants/mgw-network.service").is_symlink()
+
+
+def test_network_render_writes_only_the_designated_links_when_run_on_provisioned_settings(
+        stage: Path, tmp_path: Path) -> None:
+    import sys
+
+    device = tmp_path / "device.toml"
+    device.write_text('[dicom]\nbind_host = "192.168.10.5"\n[network]\nuplink_interfaces = ["enp1s0"]\n'
+                      'modality_interfaces = ["aa:bb:cc:dd:ee:01"]\nmodality_prefix_length = 24\n')
+    out_dir = tmp_path / "run-network"
+    out_dir.mkdir()
+    (out_dir / "80-mgw-uplink-mac.network").write_text("stale, from an earlier render")
+    (out_dir / "10-other.network").write_text("not ours: left alone")
+    run = subprocess.run([sys.executable, "-m", "gateway", "network", "render", "--config",
+                          str(stage / "etc/gateway/gateway.toml"), "--config", str(device), "--out", str(out_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["10-other.network", "70-mgw-modality-mac.network",
+                                                         "80-mgw-uplink.network"]
+    modality = (out_dir / "70-mgw-modality-mac.network").read_text()
+    assert "MACAddress=aa:bb:cc:dd:ee:01" in modality and "Address=192.168.10.5/24" in modality
+    uplink = (out_dir / "80-mgw-uplink.network").read_text()
+    assert "Name=enp1s0\n" in uplink and "Path=!*-usb-*" in uplink and "DHCP=yes" in uplink
+    assert (out_dir / "80-mgw-uplink.network").stat().st_mode & 0o777 == 0o644  # networkd reads it
+
+
+def test_network_render_keeps_the_default_uplink_and_fails_when_the_settings_name_a_usb_link(
+        stage: Path, tmp_path: Path) -> None:
+    import sys
+
+    device = tmp_path / "device.toml"
+    device.write_text('[network]\nuplink_interfaces = ["usb*"]\n')
+    out_dir = tmp_path / "run-network"
+    run = subprocess.run([sys.executable, "-m", "gateway", "network", "render", "--config",
+                          str(stage / "etc/gateway/gateway.toml"), "--config", str(device), "--out", str(out_dir)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "usb*" in run.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["80-mgw-uplink.network"]
+    assert "Name=eno* ens* enp* eth*" in (out_dir / "80-mgw-uplink.network").read_text()

@@ -66,7 +66,8 @@ def _exposure(unit: Path) -> float:
     return float(found.group(1))
 
 
-@pytest.mark.parametrize("unit", ["mgw-edge.service", "mgw-cloud.service", "mgw-fleet.service"])
+@pytest.mark.parametrize("unit", ["mgw-edge.service", "mgw-cloud.service", "mgw-fleet.service",
+                                  "mgw-network.service"])
 def test_exposure_is_at_most_3_when_analyzed_offline(unit: str) -> None:
     assert _exposure(SYSTEMD / unit) <= MAX_EXPOSURE
 

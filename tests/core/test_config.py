@@ -370,3 +370,56 @@ def test_load_cloud_refuses_a_site_with_its_reason_when_its_zone_or_hours_are_wr
                                                                                     reason: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(reason)):
         load_cloud([write(tmp_path, "cloud.toml", text)])
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('[fleet.worklist]\nmwl_called_ae = "A\\\\B"\n', "'fleet.worklist.mwl_called_ae' must be 1-16 printable"),
+    ('[fleet.worklist]\nhl7_port = 70000\n', "'fleet.worklist.hl7_port' is -1 to 65535"),
+    ('[fleet.worklist]\nhl7_allowed_peers = ["ris.example"]\n', "'ris.example' is not an address or network"),
+    ('[fleet.worklist]\npoll_s = 0\n', "'fleet.worklist.poll_s' must be a finite number of at least 0.5"),
+    ('[fleet.worklist]\ndays_ahead = 400\n', "'days_ahead' 0 to 366"),
+    ('[fleet.worklist]\nris_hl7_port = 0\n', "'fleet.worklist.ris_hl7_port' must be a TCP port"),
+    ('[fleet.worklist]\nmllp = 1\n', "unknown key 'fleet.worklist.mllp'"),
+])
+def test_load_cloud_refuses_the_worklist_feed_with_its_reason_when_a_key_is_wrong(tmp_path: Path, text: str,
+                                                                                  reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        load_cloud([write(tmp_path, "cloud.toml", text)])
+
+
+def test_worklist_feed_settings_load_typed_when_the_table_is_well_formed(tmp_path: Path) -> None:
+    w = load_cloud([write(tmp_path, "cloud.toml", '[fleet.worklist]\nenabled = true\nmwl_host = "10.0.0.5"\n'
+                          'hl7_port = 2575\nhl7_allowed_peers = ["10.0.0.0/24"]\n')]).fleet.worklist
+    assert (w.enabled, w.mwl_host, w.hl7_port, w.hl7_allowed_peers, w.days_ahead) == (
+        True, "10.0.0.5", 2575, ("10.0.0.0/24",), 7)
+
+
+# --- the listener's address and the image's links (issue 17) -------------------------------
+
+
+def test_dicom_listener_binds_loopback_when_nothing_names_its_address(tmp_path: Path) -> None:
+    assert load_edge([write(tmp_path, "gateway.toml", MINIMAL_EDGE)]).dicom.bind_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", ""])  # noqa: S104 - the refused wildcards
+def test_load_edge_refuses_every_interface_when_allow_any_address_is_not_set(tmp_path: Path, bind: str) -> None:
+    message, _ = edge_error(tmp_path, MINIMAL_EDGE + f'[dicom]\nbind_host = "{bind}"\n')
+    assert "'dicom.bind_host'" in message and "allow_any_address" in message
+    allowed = write(tmp_path, "lab.toml", MINIMAL_EDGE + f'[dicom]\nbind_host = "{bind}"\nallow_any_address = true\n')
+    assert load_edge([allowed]).dicom.bind_host == bind
+
+
+def test_doctor_refuses_every_interface_when_allow_any_address_is_not_set(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "gateway.toml", MINIMAL_EDGE + '[dicom]\nbind_host = "0.0.0.0"\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "doctor", "--config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "allow_any_address" in out.stderr  # a configuration error (cli.md)
+
+
+@pytest.mark.parametrize("entry", ["usb0", "*", "en*"])
+def test_load_edge_refuses_a_network_pattern_when_it_could_match_a_usb_link(tmp_path: Path, entry: str) -> None:
+    message, path = edge_error(tmp_path, MINIMAL_EDGE + f'[network]\nuplink_interfaces = ["{entry}"]\n')
+    assert str(path) in message and "network.uplink_interfaces" in message

@@ -1,13 +1,20 @@
-"""Storage Commitment with a real pynetdicom modality against `mgw edge run`, uplink down then up.
+"""Storage Commitment with a real modality against `mgw edge run`, uplink down then up.
 
 The modality (this test process) stores a study with DCMTK storescu, asks for commitment
 (N-ACTION) while the broker is down, and listens for the N-EVENT-REPORT either on the same
 association or as an SCP on its own port. Each report records, as it arrives, how many
 instances the edge's spool shows acknowledged by the cloud.
+
+DCMTK (3.6.7, Debian 12) has no Storage Commitment tool: none of its command-line programs
+sends an N-ACTION for the Storage Commitment Push Model or accepts an N-EVENT-REPORT (storescu
+and storescp speak only C-STORE and C-ECHO; dcmprscu's N-ACTION is Basic Film Session print
+management). So the commitment requests and reports here are pynetdicom's, and DCMTK storescu
+is the modality that keeps sending, under the same calling AE title, while the reports arrive.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +32,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from gateway.core.commitment import STORAGE_COMMITMENT_INSTANCE
 from gateway.loopback import EDGE_AE, LoopbackDeployment
-from tests.peers import real_images, wait_for
+from tests.peers import dcmtk, dcmtk_env, real_images, storescu_profile_args, wait_for
 from tests.system.reconcile import acknowledged_count, reconcile, state_count
 from tests.system.test_end_to_end import _send
 
@@ -40,6 +47,7 @@ class Report:
     failed: list[tuple[str, int]]
     transaction_uid: str
     acknowledged_at_arrival: int
+    arrived_monotonic: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -214,3 +222,123 @@ def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_
     (report,) = modality.reports
     assert report.event_type == 1 and sorted(report.committed) == sorted(uid for uid, _ in first)
     assert "VIA=same association" in (d.root / "edge.log").read_text(errors="replace")
+
+
+@dataclass(frozen=True)
+class StorescuRun:
+    """One DCMTK storescu association: its files, exit code, output and when it ran."""
+
+    uids: list[str]
+    returncode: int
+    output: str
+    started: float
+    ended: float
+
+    @property
+    def successes(self) -> int:
+        return self.output.count("Received Store Response (Success)")
+
+
+def _copies(source: Path, out: Path, n: int) -> list[tuple[Path, str]]:
+    """``n`` copies of ``source`` as new instances (a fresh SOP Instance UID each), one study."""
+    out.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(source)
+    made = []
+    for _ in range(n):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = out / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        made.append((path, str(ds.SOPInstanceUID)))
+    return made
+
+
+def _dcmtk_store(port: int, batch: list[tuple[Path, str]], profile: Path) -> StorescuRun:
+    """One storescu association (verbose, halting on the first failure) calling as the modality."""
+    files = [p for p, _ in batch]
+    args = [dcmtk("storescu"), "-v", "-aet", MODALITY, "-aec", EDGE_AE, "-ta", "60", "-td", "60",
+            *storescu_profile_args(files, profile), "127.0.0.1", str(port), *map(str, files)]
+    started = time.monotonic()
+    result = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=300)
+    return StorescuRun([uid for _, uid in batch], result.returncode, result.stdout + result.stderr,
+                       started, time.monotonic())
+
+
+def _keep_sending(port: int, out: Path, modality: Modality, runs: list[StorescuRun], after_report: int,
+                  deadline_s: float, most: int = 150) -> None:
+    """DCMTK storescu, one association after another (3 new instances each), until ``after_report``
+    associations have run after the modality's first report (or the deadline, or ``most`` associations)."""
+    source = next(p for p in real_images() if p.name == "693_J2KR.dcm")  # a CT slice of 107 KB
+    deadline, after = time.monotonic() + deadline_s, 0
+    while time.monotonic() < deadline and after < after_report and len(runs) < most:
+        reported = bool(modality.reports)
+        runs.append(_dcmtk_store(port, _copies(source, out / str(len(runs)), 3), out / "profile.cfg"))
+        after += reported
+        if runs[-1].returncode != 0:
+            return
+
+
+@pytest.mark.parametrize("report_via", ["same association", "new association"])
+def test_every_instance_is_committed_and_no_dcmtk_association_fails_when_dcmtk_keeps_sending_during_the_report(
+        deploy: Deploy, modality_scp: tuple[int, list[Modality]], tmp_path: Path, report_via: str) -> None:
+    """DCMTK storescu (calling AE MODALITY) stores a study; the modality's commitment component
+    (pynetdicom, same calling AE) asks for commitment with the uplink down, then storescu goes on
+    sending, association after association, while the uplink comes back and the report arrives:
+    on the commitment association, kept open and quiet, or on a new association to the modality's
+    SCP once that one is released. No storescu association may see a failure or an abort (a report
+    on one of them would be an invalid response to its C-STORE), every instance is committed, and
+    the cloud holds every one exactly once. The study is packed before storescu goes on: the box
+    defers packing while reception goes on (PACK_MAX_DEFER_S), which would delay the report, not
+    change it."""
+    port, holder = modality_scp
+    d = deploy(edge_overrides={"commitment": {"modalities": [f"{MODALITY}@127.0.0.1:{port}"]},
+                               "dicom": {"network_timeout_s": 300.0}})  # the quiet association outlives the test
+    modality = Modality(d)
+    holder.append(modality)
+    d.broker.stop()  # the uplink is down: the report cannot come before the sending below
+    source = next(p for p in real_images() if p.name == "693_J2KR.dcm")
+    study = _dcmtk_store(d.dicom_port, _copies(source, tmp_path / "study", 4), tmp_path / "profile.cfg")
+    assert study.returncode == 0 and study.successes == 4, study.output
+    # packed before the sending below: the box packs only in a pause of reception (or after deferring)
+    wait_for(lambda: state_count(d, "packed") == 4, 60, "the study packed, waiting for the uplink")
+    ae = _ae()
+    ae.network_timeout = 300  # quiet for as long as the test runs
+    ext = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=False)]
+    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE, ext_neg=ext,
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality.on_event_report)])
+    assert assoc.is_established
+    sop_class = str(dcmread(source, stop_before_pixels=True).SOPClassUID)
+    assert _action(assoc, generate_uid(), [(sop_class, uid) for uid in study.uids]) == 0x0000
+    if report_via == "new association":
+        assoc.release()
+    runs: list[StorescuRun] = []
+    sender = threading.Thread(target=_keep_sending, args=(d.dicom_port, tmp_path / "more", modality, runs, 2, 240))
+    sender.start()
+    try:
+        wait_for(lambda: runs or not sender.is_alive(), 60, "storescu's first association")
+        d.broker.start()  # the uplink comes back while storescu is sending
+        wait_for(lambda: modality.reports or not sender.is_alive(), 240, "the N-EVENT-REPORT")
+    finally:
+        sender.join(300)
+    assert not sender.is_alive()
+    for run in runs:  # every DCMTK association: exit 0, every C-STORE answered Success, nothing aborted
+        assert run.returncode == 0 and run.successes == len(run.uids), run.output
+        assert "abort" not in run.output.lower() and "fail" not in run.output.lower(), run.output
+    (report,) = modality.reports
+    assert report.event_type == 1 and report.failed == []
+    assert sorted(report.committed) == sorted(study.uids)
+    assert runs[0].started < report.arrived_monotonic < runs[-1].started  # storescu sent before and after it
+    assert f"VIA={report_via}" in (d.root / "edge.log").read_text(errors="replace")
+
+    sent = [*study.uids, *(uid for run in runs for uid in run.uids)]  # now commit everything storescu sent
+    if report_via == "new association":
+        assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE, ext_neg=ext,
+                             evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality.on_event_report)])
+        assert assoc.is_established
+    assert _action(assoc, generate_uid(), [(sop_class, uid) for uid in sent]) == 0x0000
+    wait_for(lambda: len(modality.reports) == 2, 240, "the report on every instance storescu sent")
+    assoc.release()
+    last = modality.reports[1]
+    assert last.event_type == 1 and last.failed == [] and sorted(last.committed) == sorted(sent)
+    assert last.acknowledged_at_arrival == len(sent)
+    files = [*sorted((tmp_path / "study").glob("*.dcm")), *sorted((tmp_path / "more").rglob("*.dcm"))]
+    assert len(files) == len(sent) and reconcile(d, files).clean  # nothing lost, corrupted or doubled

@@ -31,6 +31,7 @@ class MosquittoProfile:
     name: str = "mosquitto"
     limits: BrokerLimits = field(default_factory=BrokerLimits)
     plugin_dir: Path | None = None  # where the guard plugin is compiled (default: the output directory)
+    user: str | None = None  # whom mosquitto becomes when started as root (default: who renders it, if root)
 
     def tls(self, files: BrokerFiles, prefix: str, plugin_dir: Path) -> BrokerTls:
         """The listener's TLS and guard plugin (compiled into ``plugin_dir`` once per source version)."""
@@ -48,7 +49,7 @@ class MosquittoProfile:
         data = out_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         conf = out_dir / "mosquitto.conf"
-        text = render_config(listener.port, data, listener.bind, True, tls, self.settings())
+        text = render_config(listener.port, data, listener.bind, True, tls, self.settings(), self.user)
         blobs.write_atomic(conf, text.encode(), mode=0o644)
         return [conf, tls.guard_plugin]
 

@@ -47,6 +47,8 @@ def grants(prefix: str) -> tuple[Grant, ...]:
         Grant(BOX, "publish", f"{own}/worklist/status", "its worklist steps' performed status"),
         Grant(BOX, "subscribe", f"{own}/worklist", "its sealed worklist, literally", exact=True),
         Grant(BOX, "subscribe", f"{own}/worklist/status/ack", "its worklist status acks, literally", exact=True),
+        Grant(BOX, "publish", f"{own}/commission", "its signed commissioning reports"),
+        Grant(BOX, "subscribe", f"{own}/commission/ack", "its commissioning-report acks, literally", exact=True),
         Grant(INGEST, "subscribe", f"{prefix}/+/up/+", "the shared chunk subscription", shared=True),
         Grant(INGEST, "publish", f"{prefix}/+/ack", "chunk acks"),
         Grant(FLEET, "subscribe", f"{prefix}/+/state", "births and deaths"),
@@ -56,6 +58,8 @@ def grants(prefix: str) -> tuple[Grant, ...]:
         Grant(FLEET, "subscribe", f"{prefix}/+/worklist/status", "worklist status reports"),
         Grant(FLEET, "publish", f"{prefix}/+/worklist", "each box's sealed worklist (retained)"),
         Grant(FLEET, "publish", f"{prefix}/+/worklist/status/ack", "worklist status acks"),
+        Grant(FLEET, "subscribe", f"{prefix}/+/commission", "signed commissioning reports"),
+        Grant(FLEET, "publish", f"{prefix}/+/commission/ack", "commissioning-report acks"),
     )
 
 

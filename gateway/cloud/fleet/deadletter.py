@@ -41,6 +41,7 @@ class DeadLetterReason(enum.StrEnum):
     KEY = "key"  # a chunk's data key does not unwrap
     AUTH = "auth"  # a chunk fails AES-GCM: altered, or published under another box
     BUDGET = "budget"  # over the box's budget (rate, open transfers, staging bytes)
+    REFUSED = "refused"  # well-formed, but not the box's to send (a worklist status for a ref not routed to it)
     INTERNAL = "internal"  # handling failed with a bug; the message is set aside, the loop goes on
 
 

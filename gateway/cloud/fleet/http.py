@@ -21,11 +21,13 @@ from typing import Any, Protocol
 
 from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
+from gateway.cloud.archive import versions
+from gateway.cloud.archive.versions import Version
 from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
-from gateway.config import BOX_ID, FleetSettings
-from gateway.core.access import Principal
+from gateway.config import BOX_ID, FleetSettings, site_zone
+from gateway.core.access import Principal, Role
 from gateway.core.alerts import Severity
 from gateway.core.errors import RequestError
 from gateway.core.fleet import AlertKind, BoxState
@@ -46,6 +48,17 @@ class Counters(Protocol):
     def rejected(self) -> int: ...
     @property
     def exams(self) -> int: ...
+
+
+class WorklistCounters(Protocol):
+    @property
+    def frames(self) -> int: ...
+    @property
+    def truncated(self) -> int: ...
+    @property
+    def statuses(self) -> int: ...
+    @property
+    def unreadable(self) -> int: ...
 
 
 class FleetView(Protocol):
@@ -70,10 +83,13 @@ class FleetView(Protocol):
     def leader(self) -> str: ...  # who holds it, as of the last flush
     @property
     def instance(self) -> str: ...
+    @property
+    def worklist(self) -> WorklistCounters | None: ...  # the worklist feed, when [fleet.worklist] runs it
     def alive(self) -> bool: ...
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
     def box(self, box_id: str) -> BoxState | None: ...
+    def archive_versions(self, sop_instance_uid: str) -> list[Version]: ...
     def list_alerts(self, *, state: AlertState = AlertState.OPEN, severity: Severity | None = None,
                     site: str | None = None, kind: AlertKind | None = None, since: float = 0.0,
                     grouped: bool = True, limit: int = 1000) -> list[Alert]: ...
@@ -127,6 +143,17 @@ class FleetDocs:
                                                   limit=limit if who.sites is None else 5000)
         shown = [dataclasses.asdict(d) for d in letters if self.box_visible(who, d.box_id)][:limit]
         return {"now": now, "dead_letters": shown}
+
+    def worklist_feed(self, who: Principal, now: float) -> dict[str, Any]:
+        """The worklist feed per box (counts, seq, times; no patient data), the principal's sites only;
+        the RIS sources and the outbox to a principal of every site."""
+        from gateway.cloud.worklist.summary import status_doc
+
+        doc = status_doc(self.service.store.worklist)
+        doc["boxes"] = [b for b in doc["boxes"] if self.box_visible(who, b["box_id"])]
+        if who.sites is not None:
+            doc["sources"], doc["outbox"] = [], None
+        return {"now": now, "enabled": self.service.fleet.worklist.enabled, **doc}
 
     def modalities(self, who: Principal) -> dict[str, Any]:
         return {"modalities": [m for m in self.service.store.modalities() if who.can_see(m["site"])]}
@@ -186,6 +213,21 @@ class FleetDocs:
         doc["dead_letters"] = [dataclasses.asdict(d) for d in store.dead_letters(box_id=box_id, limit=20)]
         return doc
 
+    def archive_versions(self, who: Principal, q: Query) -> dict[str, Any]:
+        """The archived versions of one instance, those sent by boxes of the principal's sites; an
+        operator's or an admin's (a UID is patient-linked: shown, never logged)."""
+        who.require(Role.OPERATOR, "reading the archive's versions")
+        uid = versions.parse_uid(q.values.get("sop_instance_uid", ""), "'sop_instance_uid'")
+        fleet = self.service.fleet
+        shown = []
+        for v in self.service.archive_versions(uid):
+            if self.box_visible(who, v.box_id):
+                state = self.service.box(v.box_id)
+                site = state.site if state is not None else ""
+                shown.append({**versions.as_json(v, site_zone(fleet, site)), "site": site,
+                              "time_zone": overview.site_zone(fleet, site)})
+        return {"versions": shown}
+
     def health(self) -> dict[str, Any]:
         """What /healthz adds to ``ok``: this instance, and whether it leads the instances on its store."""
         s = self.service
@@ -215,7 +257,24 @@ class FleetDocs:
         out.append(Sample("mgw_fleet_leader", "1 while this instance holds the leader lease (raises and clears alerts)",
                           int(self.service.leading)))
         out += list(self.service.starts.samples())
+        out += self._worklist_samples()
         return out + self._box_samples(boxes)
+
+    def _worklist_samples(self) -> list[Sample]:
+        w = self.service.worklist
+        if w is None:
+            return []
+        outbox = self.service.store.worklist.outbox_counts()
+        return [Sample("mgw_fleet_worklist_frames_total", "worklist snapshots published (and cleared) by this "
+                       "instance", w.frames, counter=True),
+                Sample("mgw_fleet_worklist_truncated_total", "worklist snapshots cut to fit one frame", w.truncated,
+                       counter=True),
+                Sample("mgw_fleet_worklist_statuses_total", "performed statuses taken from boxes", w.statuses,
+                       counter=True),
+                Sample("mgw_fleet_worklist_unreadable_total", "stored orders that did not open", w.unreadable,
+                       counter=True),
+                Sample("mgw_fleet_worklist_outbox_pending", "performed statuses waiting for the RIS",
+                       outbox["pending"])]
 
     @staticmethod
     def _box_samples(boxes: list[BoxState]) -> list[Sample]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.cloud.archive import versions
 from gateway.cloud.fleet import overview
 from gateway.cloud.fleet.accounts import NAME as NAME_PATTERN
 from gateway.cloud.fleet.accounts import SITE as SITE_PATTERN
@@ -57,9 +58,20 @@ BOX_DETAIL: Schema = {"allOf": [BOX, _obj(["now", "history", "recent_exams", "al
                                           alert_log={"type": "array", "items": ALERT},
                                           series=SERIES, config=BOX_CONFIG,
                                           dead_letters={"type": "array", "items": ANY_OBJ})]}
+NULL_NUM: Schema = {"type": ["number", "null"]}
+WORKLIST_BOX = _obj(["box_id", "has_key", "routes", "entries", "left_out", "seq", "published_at", "cleared"],
+                    box_id=STR, has_key=BOOL, routes={"type": "array", "items": STR}, entries=INT, left_out=INT,
+                    seq=INT, published_at=NULL_NUM, cleared=BOOL)
+WORKLIST_SOURCE = _obj(["source", "last_poll", "last_ok", "orders", "errors", "last_error"], source=STR,
+                       last_poll=NULL_NUM, last_ok=NULL_NUM, orders={"type": "object", "additionalProperties": INT},
+                       errors=INT, last_error=STR)
 DEAD_LETTER = _obj(["box_id", "topic", "reason", "detail", "at", "bytes", "messages", "service", "id"],
                    box_id=STR, topic=STR, reason=STR, detail=STR, at=NUM, bytes=INT, messages=INT, service=STR,
                    id=INT)
+ARCHIVE_VERSION = _obj(["sop_instance_uid", "box_id", "site", "size", "sha256", "stored_at", "stored_local",
+                        "time_zone", "superseded_at", "current"],
+                       sop_instance_uid=STR, box_id=STR, site=STR, size=INT, sha256=STR, stored_at=NUM,
+                       stored_local=STR, time_zone=STR, superseded_at=_null("number"), current=BOOL)
 MODALITY_ROW = _obj(["box_id", "site", "modality", "exams"], box_id=STR, site=STR, modality=STR, exams=INT,
                     images=_null("integer"), last_exam_end=_null("number"), first_exam_start=_null("number"))
 DAY = _obj(["day", "open", "exams", "images", "occupancy", "busy"], day=STR, open=BOOL, exams=INT, images=INT,
@@ -353,6 +365,19 @@ PATHS: dict[str, Schema] = {
         _param("box", BOX_PATTERN, "only this box's"),
         _param("days", DAYS, "how far back (default 7)"),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "at most this many (default 200)")]),
+    "/api/v1/archive/versions": _get(
+        "the archive's versions of an instance (operator or admin), those sent by the principal's sites' boxes, "
+        "oldest archived first; current: the one in force, the others superseded. Audited", _obj(
+            ["versions"], versions={"type": "array", "items": ARCHIVE_VERSION}), [
+            _param("sop_instance_uid", {"type": "string", "pattern": versions.UID.pattern,
+                                        "maxLength": versions.MAX_UID_CHARS}, "the SOP Instance UID", required=True)],
+        admin=True),
+    "/api/v1/worklist/feed": _get(
+        "the worklist feed: per box its routes, last snapshot's entries, seq and time; per RIS source its polls "
+        "and orders, and the statuses waiting for the RIS (to a principal of every site). No patient data",
+        _obj(["now", "enabled", "boxes", "sources", "outbox"], now=NUM, enabled=BOOL,
+             boxes={"type": "array", "items": WORKLIST_BOX}, sources={"type": "array", "items": WORKLIST_SOURCE},
+             outbox={"type": ["object", "null"]})),
     "/api/v1/modalities": _get("per box and modality: exams, images, first and last exam", _obj(
         ["modalities"], modalities={"type": "array", "items": MODALITY_ROW})),
     "/api/v1/utilisation": _get("a modality's utilisation per local day (docs/utilisation.md)", UTILISATION,
@@ -377,6 +402,31 @@ PATHS: dict[str, Schema] = {
     **AUTH_PATHS,
 }
 PATHS["/api/v1/audit/export"]["get"]["responses"]["200"]["content"]["application/x-ndjson"] = {"schema": STR}
+
+# the boxes' signed commissioning reports (cloud/fleet/commission_docs.py)
+REPORT_ID_PATTERN: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+COMMISSION_SUMMARY = _obj(["report_id", "box_id", "site", "result", "engineer", "started_at", "finished_at",
+                           "received_at"], report_id=STR, box_id=STR, site=STR,
+                          result=_enum(("PASSED", "FAILED", "INCOMPLETE")), engineer=STR, started_at=NUM,
+                          finished_at=NUM, received_at=NUM)
+COMMISSION_REPORT = _obj(["report_id", "box_id", "site", "result", "engineer", "started_at", "finished_at",
+                          "received_at", "document", "signature", "certificate", "tz", "verified"],
+                         report_id=STR, box_id=STR, site=STR, result=STR, engineer=STR, started_at=NUM,
+                         finished_at=NUM, received_at=NUM, document={"type": "object"}, signature=STR,
+                         certificate=STR, tz=STR, verified=BOOL)
+_REPORT_PARAM = _param("report_id", REPORT_ID_PATTERN, "the report id", required=True, where="path")
+PATHS["/api/v1/boxes/{box_id}/commissioning"] = _get(
+    "a box's signed commissioning reports, newest first (those of the principal's sites)",
+    _obj(["box_id", "reports"], box_id=STR, reports={"type": "array", "items": COMMISSION_SUMMARY}),
+    [_param("box_id", BOX_PATTERN, "the box id", required=True, where="path")])
+PATHS["/api/v1/commissioning/{report_id}"] = _get(
+    "one commissioning report: the signed document (canonical JSON), its signature, the box certificate, the "
+    "site's time zone", COMMISSION_REPORT, [_REPORT_PARAM], not_found="no such report (or not one of the "
+    "principal's sites)")
+PATHS["/api/v1/commissioning/{report_id}/pdf"] = _get(
+    "one commissioning report as a printable PDF (A4, Chinese font embedded)", {"type": "string", "format": "binary"},
+    [_REPORT_PARAM, _param("lang", _enum(("en", "zh-CN")), "the PDF's language (default en)")],
+    ok_type="application/pdf", not_found="no such report (or not one of the principal's sites)")
 
 
 def document(version: str) -> Schema:

@@ -27,14 +27,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config
+from gateway.adapters import keystore
 from gateway.adapters.mqtt_link import Inbound, MqttLink
 from gateway.adapters.uvicorn_server import AsgiServer
 from gateway.cloud import backends
+from gateway.cloud.archive import versions
+from gateway.cloud.archive.index import Index
+from gateway.cloud.archive.versions import Version
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.fleet import commission_verify
 from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
 from gateway.cloud.fleet.console_tls import ConsoleTls, console_tls
@@ -44,10 +50,12 @@ from gateway.cloud.fleet.oidc_login import OidcLogin
 from gateway.cloud.fleet.starlette_app import build_app
 from gateway.cloud.fleet.starlette_auth import ConsoleAuth
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
+from gateway.cloud.worklist.feed import WorklistFeed
+from gateway.cloud.worklist.ris import Hl7Listener, MwlPoller, StatusSender
 from gateway.config import CloudSettings, FleetSettings, SiteSettings
-from gateway.core import acksig, alerts, fleet, schema, topics
+from gateway.core import acksig, alerts, commissioning, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
-from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError
+from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError, WorklistRefused
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -97,9 +105,13 @@ class FleetService:
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._stop = threading.Event()
         self._prefix = settings.mqtt.topic_prefix
+        self._init_worklist(settings, paths, clock)
+        subscriptions = [*topics.fleet_subscriptions(self._prefix), topics.commission_subscription(self._prefix)]
+        if self.worklist is not None:
+            subscriptions.append(topics.worklist_status_subscription(self._prefix))
         self.link = MqttLink(settings.mqtt,
                              client_id=broker.service_client_id(settings.mqtt, "fleet", settings.ingest.worker_id),
-                             subscriptions=[(t, 1) for t in topics.fleet_subscriptions(self._prefix)],
+                             subscriptions=[(t, 1) for t in subscriptions],
                              on_message=self._inbox.put, max_inflight=256)
         self._worker = threading.Thread(target=self._work, name="fleet", daemon=True)
         self.starts = StartRecord(paths.state_dir, f"fleet-{settings.ingest.worker_id}", time.time)
@@ -108,6 +120,33 @@ class FleetService:
         self.console_auth = ConsoleAuth(self.accounts, self, f.auth.trusted_proxies,
                                         oidc if oidc is not None else backends.oidc_client(settings, paths), f.oidc)
         self.http: AsgiServer | None = None
+        self._paths = paths
+        self._archive_index: Index | None = None  # opened at the first versions request (the console's)
+        self._archive_lock = threading.Lock()
+
+    def _init_worklist(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float]) -> None:
+        """The worklist feed and its RIS readers, when ``[fleet.worklist]`` turns it on. Orders are
+        sealed at rest under a key derived from the envelope key (docs/security.md): a cloud secret
+        that is never rotated (the ack key is) and that every fleet instance of the deployment has."""
+        w = settings.fleet.worklist
+        self.worklist: WorklistFeed | None = None
+        self.worklist_readers: list[MwlPoller | Hl7Listener | StatusSender] = []
+        self.status_sender: StatusSender | None = None
+        self._next_publish = 0.0
+        if not w.enabled:
+            return
+        secret = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+        from gateway.adapters.time_zone import zone
+
+        tz = zone(settings.fleet.time_zone, settings.fleet.utc_offset_minutes)
+        self.worklist = WorklistFeed(self.store.worklist, w, self._signer, secret, self._prefix, clock,
+                                     tz.utc_offset_s)
+        if w.mwl_host:
+            self.worklist_readers.append(MwlPoller(self.worklist, w, clock))
+        if w.hl7_port >= 0:
+            self.worklist_readers.append(Hl7Listener(self.worklist, w, clock))
+        self.status_sender = StatusSender(self.worklist, w, lambda: self.leading, clock)
+        self.worklist_readers.append(self.status_sender)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -120,12 +159,16 @@ class FleetService:
             raise LocalError("the fleet console's HTTP server did not start (see the log above)")
         self._worker.start()
         self.link.start()
+        for reader in self.worklist_readers:
+            reader.start()
         log.info("fleet service started", extra={
             "MESSAGE_ID": MSG.SERVICE_STARTED.value, "VERSION": __version__, "URL": self.http.url,
             "BROKER": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}"})
 
     def stop(self) -> None:
         self._stop.set()
+        for reader in self.worklist_readers:
+            reader.stop()
         self.link.stop()
         self._worker.join(10)
         if self.http is not None:
@@ -133,13 +176,30 @@ class FleetService:
         if self.leading:  # hand over at once rather than after the lease runs out
             self._guarded(lambda: self.store.release_lease(self.instance))
         self.store.close()
+        with self._archive_lock:
+            if self._archive_index is not None:
+                self._archive_index.close()
+
+    def archive_versions(self, sop_instance_uid: str) -> list[Version]:
+        """The archive's versions of an instance, from the index the ingest workers share (console API)."""
+        with self._archive_lock:
+            if self._archive_index is None:
+                self._archive_index = backends.open_archive_index(self.settings, self._paths)
+            if self._archive_index is None:
+                return []  # no archive.db here (yet): nothing archived on this node
+            return versions.of_instance(self._archive_index, sop_instance_uid)
 
     def alive(self) -> bool:
-        return self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
+        return (self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
+                and all(r.alive() for r in self.worklist_readers))  # the worklist feed's threads, when it runs
 
     def ports(self) -> dict[str, int]:
-        """``https`` (or ``http`` when fleet.plain_http): the console's port."""
-        return {} if self.http is None else {"https" if self.http.tls else "http": self.http.port}
+        """``https`` (or ``http`` when fleet.plain_http): the console's port; ``hl7``: the MLLP listener's."""
+        out = {} if self.http is None else {"https" if self.http.tls else "http": self.http.port}
+        for reader in self.worklist_readers:
+            if isinstance(reader, Hl7Listener):
+                out["hl7"] = reader.server.port
+        return out
 
     # -- the worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -162,6 +222,8 @@ class FleetService:
                 cutoff = now - self.fleet.history_days * 86400
                 self._guarded(lambda: self.store.prune(cutoff))  # noqa: B023 - called at once
                 self._guarded(self.accounts.prune)  # sessions past their time, stale OIDC pre-logins
+                if self.worklist is not None:
+                    self._guarded(lambda: self.worklist.prune(now) if self.worklist else None)  # noqa: B023
                 next_prune = now + _PRUNE_S
 
     @staticmethod
@@ -178,11 +240,22 @@ class FleetService:
         self.counters.messages += 1
         box_id: str | None = None
         try:
+            if self.worklist is not None and message.topic.endswith("/worklist/status"):
+                box_id = topics.parse_worklist_status_topic(self._prefix, message.topic)
+                self._worklist_status(box_id, message.payload)
+                return
+            if message.topic.endswith("/commission"):
+                box_id = topics.parse_commission_topic(self._prefix, message.topic)
+                self._commission(box_id, message.payload)
+                return
             box_id, leaf = topics.parse_telemetry_topic(self._prefix, message.topic)
             if leaf == "util":
                 self._exam(box_id, message.payload)
             elif message.payload:  # an empty one clears a retained message
                 self.apply(fleet.decode(leaf, box_id, message.payload))
+        except WorklistRefused as exc:
+            self.counters.rejected += 1
+            self.dead_letters.put(box_id, message.topic, DeadLetterReason.REFUSED, str(exc), len(message.payload))
         except FrameError as exc:
             self.counters.rejected += 1
             reason = DeadLetterReason.TOPIC if box_id is None else DeadLetterReason.MALFORMED
@@ -203,6 +276,8 @@ class FleetService:
                 return
             self.boxes[msg.box_id] = after
             self._dirty.add(msg.box_id)
+        if msg.kind is MessageKind.BIRTH and self.worklist is not None:
+            self.worklist.note_birth(msg.box_id, str(msg.body.get("worklist_key") or ""))
         if msg.kind is MessageKind.BIRTH:
             self._adopt_site(after.site, msg.body)
         at = msg.body.get("at")
@@ -247,6 +322,38 @@ class FleetService:
             self.counters.exams += 1
             self.link.publish(topics.util_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
 
+    def _worklist_status(self, box_id: str, payload: bytes) -> None:
+        assert self.worklist is not None
+        ack = self.worklist.take_status(box_id, payload)
+        self.link.publish(topics.worklist_status_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _worklist_round(self, now: float) -> None:
+        """The leader's share of the feed: publish changed snapshots (statuses go to the RIS from the
+        sender's own thread)."""
+        if self.worklist is None or not self.leading or now < self._next_publish:
+            return
+        self._next_publish = now + self.fleet.worklist.publish_s
+        self.worklist.publish(lambda topic, payload, retain: self.link.publish(topic, payload, qos=1, retain=retain))
+
+    def _commission(self, box_id: str, payload: bytes) -> None:
+        """A signed commissioning report: verified (``commission_verify``), stored, acknowledged (signed)."""
+        cas = commission_verify.load_cas(self._fleet_ca())
+        report, signed = commission_verify.verify(payload, box_id, cas)
+        ack = commissioning.sign_ack(self._signer, box_id, report.report_id)
+        if self.store.commissions.add(report, signed, self._clock()):
+            log.info("commissioning report stored", extra={
+                "MESSAGE_ID": MSG.COMMISSION_REPORT_STORED.value, "BOX": box_id, "REPORT": report.report_id,
+                "RESULT": report.result})
+        self.link.publish(topics.commission_ack_topic(self._prefix, box_id), json.dumps(ack).encode(), qos=1)
+
+    def _fleet_ca(self) -> bytes:
+        """The fleet CA certificate(s): the CA file the fleet's MQTT connection trusts (the broker's issuer)."""
+        ca_file = self.settings.mqtt.ca_file
+        try:
+            return Path(ca_file).read_bytes() if ca_file else b""
+        except OSError as exc:
+            raise LocalError(f"fleet CA file {ca_file}: {exc.strerror}") from exc
+
     # -- once a second: persist and evaluate ---------------------------------------------------------------
     def flush(self) -> None:
         now = self._clock()
@@ -271,6 +378,7 @@ class FleetService:
         if self.leading:
             self._evaluate(boxes, now)
         self.counters.lag_s_max = 0.0
+        self._guarded(lambda: self._worklist_round(now))
 
     # -- several instances on one store: the leader lease ------------------------------------------------
     def _lead(self, now: float) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.adapters import metrics_http
-from gateway.cloud.fleet import i18n, openapi, overview
+from gateway.cloud.fleet import commission_docs, i18n, openapi, overview
 from gateway.cloud.fleet.body import MAX_BODY_BYTES
 from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
 from gateway.cloud.fleet.starlette_admin import routes as admin_routes
@@ -51,6 +52,7 @@ from gateway.core.errors import AccountError, AlertRequestError, GatewayError, R
 
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json; charset=utf-8"
+REPORT_ID = re.compile(r"[0-9a-f]{32}")
 SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
@@ -234,9 +236,18 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
     def dead_letters(request: Request) -> Response:
         return JsonResponse(docs.dead_letters(who(request), _query(request, "box", "days", "limit"), time.time()))
 
+    def archive_versions(request: Request) -> Response:
+        doc = docs.archive_versions(who(request), _query(request, "sop_instance_uid"))
+        auth.accounts.audit(actor(request), "archive.versions", "", "ok", versions=len(doc["versions"]))  # no UID
+        return JsonResponse(doc)
+
     def modalities(request: Request) -> Response:
         _query(request)
         return JsonResponse(docs.modalities(who(request)))
+
+    def worklist_feed(request: Request) -> Response:
+        _query(request)
+        return JsonResponse(docs.worklist_feed(who(request), time.time()))
 
     def utilisation(request: Request) -> Response:
         doc = docs.utilisation(who(request), _query(request, "box", "modality", "days"), time.time())
@@ -252,6 +263,35 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         _query(request)
         return JsonResponse(docs.idle_capacity(who(request), time.time()))
 
+    def box_commissioning(request: Request) -> Response:
+        _query(request)
+        box_id = request.path_params["box_id"]
+        if not BOX_ID.fullmatch(box_id):
+            raise RequestError(f"box id must match {BOX_ID.pattern}")
+        reports = commission_docs.box_reports(docs.service.store, docs, who(request), box_id)
+        return JsonResponse({"box_id": box_id, "reports": reports})
+
+    def _commission_report(request: Request) -> dict[str, Any] | None:
+        report_id = request.path_params["report_id"]
+        if not REPORT_ID.fullmatch(report_id):
+            raise RequestError(f"report id must match {REPORT_ID.pattern}")
+        return commission_docs.report(docs.service.store, docs, docs.service.fleet, who(request), report_id)
+
+    def commissioning_report(request: Request) -> Response:
+        _query(request)
+        doc = _commission_report(request)
+        return JsonResponse(doc) if doc is not None else _error(404, "no such report")
+
+    def commissioning_pdf(request: Request) -> Response:
+        lang = _query(request, "lang").choice("lang", tuple(i18n.LANGUAGES), "en") or "en"
+        doc = _commission_report(request)
+        if doc is None:
+            return _error(404, "no such report")
+        body = commission_docs.pdf(doc, lang)
+        name = f"commissioning-{doc['box_id']}-{doc['report_id'][:8]}.pdf"
+        return Response(body, media_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="{name}"'})
+
     def openapi_json(request: Request) -> Response:
         _query(request)
         return JsonResponse(openapi.document(__version__))
@@ -263,11 +303,16 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         Route("/api/v1/boxes", boxes),
         Route("/api/v1/registry", registry),
         Route("/api/v1/boxes/{box_id}", box),
+        Route("/api/v1/boxes/{box_id}/commissioning", box_commissioning),
+        Route("/api/v1/commissioning/{report_id}", commissioning_report),
+        Route("/api/v1/commissioning/{report_id}/pdf", commissioning_pdf),
         Route("/api/v1/alerts", alerts),
         Route("/api/v1/alerts/grouped", grouped_alerts),
         Route("/i18n/{lang}.json", messages),
         Route("/api/v1/dead-letters", dead_letters),
+        Route("/api/v1/archive/versions", archive_versions),
         Route("/api/v1/modalities", modalities),
+        Route("/api/v1/worklist/feed", worklist_feed),
         Route("/api/v1/utilisation", utilisation),
         Route("/api/v1/turnaround", turnaround),
         Route("/api/v1/turnaround/by-modality", turnaround_by_modality),

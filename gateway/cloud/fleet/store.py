@@ -23,7 +23,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway.cloud.fleet.auth_store import AUTH_MIGRATION, AuthStore
+from gateway.cloud.fleet.commission_store import COMMISSION_MIGRATION, CommissionStore
 from gateway.cloud.sql import Database, Statements
+from gateway.cloud.worklist.store import WORKLIST_MIGRATION, WorklistStore
 from gateway.core.alerts import SEVERITY, Maintenance, Severity, Silence
 from gateway.core.fleet import AlertKind, BoxState
 
@@ -100,6 +102,11 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
     );
     INSERT INTO fleet_leases (name, holder, expires_at, term) VALUES ('leader', '', 0, 0)
     """,
+    # migration 6: boxes' signed commissioning reports (gateway/cloud/fleet/commission_store.py)
+    COMMISSION_MIGRATION,
+    # migration 7: the worklist feed (gateway/cloud/worklist/store.py): orders sealed at rest, routes,
+    # per-box feed state, sources, and the outbox of performed statuses to the RIS
+    WORKLIST_MIGRATION,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -177,6 +184,8 @@ class Lease:
 class FleetStore(Protocol):
     where: str  # the file, or postgresql:<database>; never a password
     auth: AuthStore  # the console's accounts, sessions, tokens and audit log, in the same database
+    commissions: CommissionStore  # the boxes' signed commissioning reports
+    worklist: WorklistStore  # the worklist feed's orders, routes and feed state, in the same database
 
     def schema_version(self) -> int: ...
     def save_boxes(self, states: Iterable[BoxState]) -> None: ...
@@ -250,6 +259,8 @@ class SqlFleetStore:
         self.where = db.where
         db.migrate(MIGRATIONS)
         self.auth = AuthStore(db)
+        self.commissions = CommissionStore(db)
+        self.worklist = WorklistStore(db)
 
     def _tx(self) -> AbstractContextManager[Statements]:
         return self._db.transaction()

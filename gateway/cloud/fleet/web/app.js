@@ -476,6 +476,7 @@ function ackForm(button, a) {
 // -- one box ------------------------------------------------------------------------------------------
 async function boxView(view, boxId) {
   const b = await api(`/api/v1/boxes/${encodeURIComponent(boxId)}`);
+  const reports = (await api(`/api/v1/boxes/${encodeURIComponent(boxId)}/commissioning`)).reports;
   const cfg = b.config, tz = cfg.tz, s = b.series;
   const card = (label, value) => el("div", { class: "card" }, label, el("b", {}, value));
   const certDays = b.cert_not_after ? Math.floor((b.cert_not_after - Date.now() / 1000) / 86400) : null;
@@ -517,7 +518,8 @@ async function boxView(view, boxId) {
     el("section", { class: "cfg" }, el("h2", {}, t("Configuration and software")),
       el("table", { id: "box-config" }, el("tbody", {}, cfgRows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))),
       el("p", { class: "muted" }, t("The box reports no AE title, destinations or spool limits in its heartbeat."))),
-    el("section", {}, el("h2", {}, t("Recent exams (no patient data)")), exams));
+    el("section", {}, el("h2", {}, t("Recent exams (no patient data)")), exams),
+    el("section", {}, el("h2", {}, t("Commissioning reports")), reports.length ? commissioningList(reports, tz) : el("p", { class: "muted" }, t("No commissioning report yet."))));
   for (const p of plots) {
     const data = p.data.filter(([, y]) => y !== null).map(([x, y]) => ({ x, y }));
     p.canvas.dataset.points = String(data.length);
@@ -525,6 +527,55 @@ async function boxView(view, boxId) {
     chart(p.canvas, { type: p.type, data: { datasets: [{ label: p.label, data, pointRadius: p.type === "line" ? 1.5 : 3, borderWidth: 2, backgroundColor: "#0969da", borderColor: "#0969da" }] },
       options: { parsing: true, scales: { x, y: { beginAtZero: true } } } });
   }
+}
+
+// -- commissioning reports (signed by the box; verified by the fleet on arrival) -------------------------
+const OUTCOME_TEXT = { ok: () => t("passed"), FAIL: () => t("failed"), skipped: () => t("not applicable"),
+  manual: () => t("manual check not attested"), confirmed: () => t("attested by the engineer") };
+const RESULT_TEXT = { PASSED: () => t("PASSED"), FAILED: () => t("FAILED"), INCOMPLETE: () => t("INCOMPLETE") };
+const CHECK_NAMES = { configuration: () => t("configuration"), certificate: () => t("certificate"),
+  "clock-skew": () => t("clock skew"), broker: () => t("broker (mutual TLS)"), "echo-to-modality": () => t("C-ECHO to the modality"),
+  "echo-to-box": () => t("C-ECHO to this box"), "modality-echo": () => t("C-ECHO from the modality console"),
+  "end-to-end": () => t("test object end to end"), "test-study": () => t("test study from the modality") };
+const checkLabel = (c) => (CHECK_NAMES[c.key] ? CHECK_NAMES[c.key]() : c.name);
+const resultLabel = (r) => (RESULT_TEXT[r] ? RESULT_TEXT[r]() : r);
+function fmtFull(s, tz) { // to the second, in the site's zone: a report's times
+  const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" };
+  try { return new Intl.DateTimeFormat(intlLang(), tz ? { ...opts, timeZone: tz } : opts).format(new Date(s * 1000)); }
+  catch (e) { return new Intl.DateTimeFormat(intlLang(), opts).format(new Date(s * 1000)); }
+}
+const pdfHref = (id) => `/api/v1/commissioning/${encodeURIComponent(id)}/pdf?lang=${encodeURIComponent(lang)}`;
+function commissioningList(reports, tz) {
+  return el("table", { id: "commissioning" }, el("thead", {}, el("tr", {}, [t("Started"), t("Result"), t("Engineer"), t("Report"), ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, reports.map((r) => el("tr", { "data-report": r.report_id },
+      el("td", {}, fmtFull(r.started_at, tz)), el("td", { class: `result-${r.result}` }, resultLabel(r.result)), el("td", {}, r.engineer),
+      el("td", {}, el("a", { href: `#/commissioning/${encodeURIComponent(r.report_id)}` }, t("View and print"))),
+      el("td", {}, el("a", { href: pdfHref(r.report_id) }, "PDF"))))));
+}
+async function commissioningView(view, reportId) {
+  const r = await api(`/api/v1/commissioning/${encodeURIComponent(reportId)}`);
+  const d = r.document, tz = r.tz;
+  const sig = Array.from(atob(r.signature).slice(0, 8), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+  const fields = [
+    [t("Box"), d.box_id], [t("Site"), r.site], [t("Engineer"), d.engineer], [t("Modality"), d.modality || "–"],
+    [t("Make"), d.modality_make || "–"], [t("Model"), d.modality_model || "–"], [t("AE title"), d.modality_ae || "–"],
+    [t("Address"), d.modality_address || "–"], [t("Started"), fmtFull(d.started_at, tz)], [t("Finished"), fmtFull(d.finished_at, tz)],
+    [t("Time zone"), tz || t("the browser's")], [t("Software version"), d.software], [t("Report"), d.report_id]];
+  const checks = el("table", { id: "report-checks" }, el("thead", {}, el("tr", {}, [t("Time"), t("Check"), t("Outcome"), t("Detail")].map((h) => el("th", {}, h)))),
+    el("tbody", {}, d.checks.map((c) => el("tr", { "data-check": c.key, "data-outcome": c.outcome },
+      el("td", {}, fmtFull(c.started_at, tz)), el("td", {}, c.manual ? checkLabel(c) + " (" + t("manual") + ")" : checkLabel(c)),
+      el("td", { class: `outcome-${c.outcome}` }, OUTCOME_TEXT[c.outcome] ? OUTCOME_TEXT[c.outcome]() : c.outcome),
+      el("td", { class: "wrap" }, c.detail)))));
+  view.replaceChildren(el("article", { class: "report", id: "commissioning-report", "data-result": d.result },
+    el("h2", { id: "report-title" }, t("Commissioning report")),
+    el("p", { class: "no-print" }, el("button", { type: "button", id: "report-print", onclick: () => window.print() }, t("Print")), " ",
+      el("a", { id: "report-pdf", href: pdfHref(d.report_id) }, "PDF"), " ",
+      el("a", { href: `#/box/${encodeURIComponent(d.box_id)}` }, t("Back to the box"))),
+    el("table", { id: "report-fields" }, el("tbody", {}, fields.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))),
+    checks,
+    el("p", { id: "report-result", class: `verdict result-${d.result}` }, t("Result: {result}", { result: resultLabel(d.result) })),
+    el("p", { class: "muted" }, t("Signed by the box's key; the signature and certificate verified against the fleet CA when received ({when}). Signature {sig}…",
+      { when: fmtFull(r.received_at, tz), sig }))));
 }
 
 // -- utilisation ------------------------------------------------------------------------------------
@@ -608,6 +659,35 @@ async function auditView(view, params) {
   view.replaceChildren(el("h2", {}, t("Audit log")), form, doc.entries.length ? table : el("p", {}, t("No entries.")), more);
 }
 
+// the archive's versions of one instance (operator, admin): the UID stays in the form, never in the
+// address (history) nor in the table; the page shows boxes, times, sizes and digests, no patient data
+async function versionsView(view) {
+  const uid = el("input", { id: "versions-uid", type: "search", size: 64, maxLength: 64, autocomplete: "off",
+    placeholder: t("SOP Instance UID") });
+  const out = el("div", { id: "versions-result" });
+  const show = async (e) => {
+    e.preventDefault();
+    const value = uid.value.trim();
+    if (!/^[0-9]+(\.[0-9]+)*$/.test(value)) { out.replaceChildren(el("p", { class: "error" }, t("A UID is digits and dots."))); return; }
+    const doc = await api(`/api/v1/archive/versions?${new URLSearchParams({ sop_instance_uid: value })}`);
+    const heads = [t("Archived"), t("Box"), t("Site"), t("Bytes"), t("SHA-256"), t("State")];
+    const rows = doc.versions.map((v) => el("tr", { class: v.current ? "current" : "" },
+      el("td", {}, fmtAbs(v.stored_at, v.time_zone)),
+      el("td", {}, el("a", { href: `#/box/${encodeURIComponent(v.box_id)}` }, v.box_id)), el("td", {}, v.site),
+      el("td", { class: "c-num" }, String(v.size)), el("td", {}, el("code", {}, v.sha256.slice(0, 12))),
+      el("td", {}, v.current ? t("current") : t("superseded {time}", { time: fmtAbs(v.superseded_at, v.time_zone) }))));
+    out.replaceChildren(doc.versions.length
+      ? el("table", { id: "versions" }, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows))
+      : el("p", {}, t("The archive holds no version of this instance from your sites.")));
+  };
+  const form = el("form", { id: "versions-form", onsubmit: (e) => show(e).catch((err) => {
+    document.getElementById("error").textContent = String(err.message || err); }) },
+    uid, " ", el("button", { type: "submit" }, t("Show versions")));
+  view.replaceChildren(el("h2", {}, t("Archived versions")),
+    el("p", {}, t("An instance sent again with other bytes is kept as a new version; the current one is in force.")),
+    form, out);
+}
+
 function drawFrame() {
   document.documentElement.lang = lang;
   document.title = t("mgw fleet");
@@ -617,6 +697,9 @@ function drawFrame() {
   const navAudit = document.getElementById("nav-audit");
   navAudit.textContent = t("Audit log");
   navAudit.hidden = !(me && me.role === "admin");
+  const navVersions = document.getElementById("nav-versions");
+  navVersions.textContent = t("Versions");
+  navVersions.hidden = !(me && (me.role === "admin" || me.role === "operator"));
   document.getElementById("lang").textContent = lang === "zh-CN" ? "English" : "中文";
   const logout = document.getElementById("logout");
   logout.textContent = t("Log out");
@@ -640,7 +723,8 @@ async function route() {
   bytes.last = 0;
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-  const page = parts[0] === "box" && parts[1] ? "box" : ["utilisation", "audit"].includes(parts[0]) ? parts[0] : "fleet";
+  const page = parts[0] === "box" && parts[1] ? "box" : parts[0] === "commissioning" && parts[1] ? "commissioning"
+    : ["utilisation", "audit", "versions"].includes(parts[0]) ? parts[0] : "fleet";
   if (page !== current) drawFrame();
   try {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
@@ -652,8 +736,10 @@ async function route() {
       clearCharts();
       fleet.root = null; fleet.nodes.clear(); alertsSig = ""; fleet.pages.clear(); fleet.rows.clear();
       if (page === "box") await boxView(view, parts[1]);
+      else if (page === "commissioning") await commissioningView(view, parts[1]);
       else if (page === "utilisation") await utilisationView(view, parts[1], parts[2]);
       else if (page === "audit") await auditView(view, new URLSearchParams(parts.slice(1).join("/")));
+      else if (page === "versions") await versionsView(view);
       else await fleetView(view);
     }
     current = page;
@@ -666,7 +752,7 @@ async function route() {
   } catch (err) {
     document.getElementById("error").textContent = String(err.message || err);
   }
-  if (page !== "utilisation" && page !== "audit") timer = setTimeout(route, REFRESH_MS);
+  if (!["utilisation", "audit", "commissioning", "versions"].includes(page)) timer = setTimeout(route, REFRESH_MS);
 }
 function navigate() { current = ""; route(); }
 
