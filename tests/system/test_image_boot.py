@@ -115,6 +115,7 @@ def _rauc(report: dict[str, list[str]]) -> dict[str, str]:
     return {k: v.strip("'") for k, v in pairs}
 
 
+@pytest.mark.timeout(7200)  # may build the image first (minutes), then three boots under TCG (a minute or more each)
 def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_under_qemu(
         image: Path, tmp_path: Path) -> None:
     qemu = _tool("qemu-system-x86_64")
@@ -201,6 +202,7 @@ def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_und
     assert slots.get("B") == "bad" and slots.get("A") == "good", rauc
 
 
+@pytest.mark.timeout(3600)  # may build the image first
 def test_bundle_is_refused_when_signed_by_a_key_the_image_does_not_trust(image: Path, tmp_path: Path) -> None:
     """The image's keyring (the development CA image/build made) accepts the built bundle; the same
     content signed by another CA's key is refused, as `rauc install` on the box refuses it."""
