@@ -1,11 +1,13 @@
-"""The image recipe, validated without building it (a build needs root, network, loop devices and nspawn).
+"""The image recipe, validated without building it (the build and a boot: tests/system/test_image_boot.py).
 
 `image/build --stage DIR` stages the extra tree; systemd's own tools check the
-presets and the data partition; mkosi parses the recipe (`mkosi summary`).
+presets and the data partition; GRUB checks its configuration; the RAUC configuration
+names the A/B slots, the keyring and the handlers that are shipped.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import shutil
@@ -33,7 +35,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stage_holds_units_hooks_and_config_when_staged(stage: Path) -> None:
     for rel in ("usr/lib/systemd/system/mgw-edge.service", "usr/lib/systemd/system/mgw-usb@.service",
                 "usr/lib/sysusers.d/mgw.conf", "usr/lib/udev/rules.d/99-mgw-usb.rules",
-                "usr/lib/repart.d/50-data.conf", "etc/fstab", "etc/gateway/gateway.toml",
+                "usr/lib/repart.d/50-data.conf", "etc/fstab", "etc/gateway/gateway.toml", "etc/rauc/system.conf",
+                "usr/lib/mgw/update-slot", "usr/lib/systemd/system/mgw-update-commit.service",
                 "usr/share/mgw/firmware_hooks/ArtifactCommit_Enter_10_health_gate",
                 "usr/share/doc/modality-gateway/operations.md", "opt/mgw/requirements.lock"):
         assert (stage / rel).is_file(), rel
@@ -77,16 +80,63 @@ def test_lock_pins_every_runtime_dependency_when_compared_with_pyproject() -> No
         assert name in locked, f"{name} is a dependency but not pinned in image/requirements.lock"
 
 
-def test_mkosi_accepts_the_recipe_when_asked_for_a_summary(stage: Path) -> None:
-    mkosi = shutil.which("mkosi") or _missing("mkosi not installed (apt-get install mkosi)")
-    out = subprocess.run([mkosi, "--extra-tree", str(stage), "summary"], cwd=IMAGE, capture_output=True,
-                         text=True, timeout=120)
+def test_grub_config_parses_when_checked_by_grub(stage: Path) -> None:
+    check = shutil.which("grub-script-check") or _missing("grub-script-check not installed (grub-common)")
+    out = subprocess.run([check, str(IMAGE / "files/boot/grub.cfg")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rauc_config_names_two_root_slots_the_keyring_and_the_handlers_when_staged(stage: Path) -> None:
+    conf = configparser.ConfigParser()
+    conf.read(stage / "etc/rauc/system.conf")
+    assert conf["system"]["bootloader"] == "grub" and conf["system"]["bundle-formats"] == "-plain"
+    slots = {name: conf[name] for name in conf.sections() if name.startswith("slot.")}
+    assert {n: (s["device"], s["bootname"]) for n, s in slots.items()} == {
+        "slot.rootfs.0": ("/dev/disk/by-partlabel/rootfs.0", "A"),
+        "slot.rootfs.1": ("/dev/disk/by-partlabel/rootfs.1", "B")}
+    assert conf["keyring"]["path"] == "/etc/rauc/keyring.pem"
+    for handler in conf["handlers"].values():  # shipped in the image, executable
+        assert (stage / handler.lstrip("/")).stat().st_mode & 0o111, handler
+
+
+def test_update_units_migrate_before_the_edge_and_commit_after_it_when_enabled(stage: Path) -> None:
+    systemctl = shutil.which("systemctl") or _missing("systemctl not installed")
+    units = ("mgw-update-migrate.service", "mgw-update-commit.service")
+    out = subprocess.run([systemctl, f"--root={stage}", "preset", *units], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    lines = re.findall(r"^[ \t]*([^:\n]+):[ \t]*(.*)$", out.stdout + out.stderr, re.M)  # mkosi 14: on stderr
-    summary = {k.strip(): v.strip() for k, v in lines}
-    assert summary["Distribution"] == "debian" and summary["Release"] == "bookworm"
-    assert summary["Output Format"] == "gpt_squashfs" and summary["Read-only"] == "yes"
-    assert summary["Bootable"] == "yes" and "mkosi.postinst" in summary["Postinstall Script"]
+    for unit in units:
+        assert (stage / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink()
+    system = stage / "usr/lib/systemd/system"
+    assert "Before=mgw-edge.service" in (system / units[0]).read_text()
+    assert re.search(r"^After=mgw-edge.service", (system / units[1]).read_text(), re.M)
+
+
+def _exposure(unit: Path) -> float:
+    analyze = shutil.which("systemd-analyze") or _missing("systemd-analyze not installed")
+    out = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout)
+    assert found, out.stdout[-500:] + out.stderr
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("unit", ["mgw-update-migrate.service", "mgw-update-commit.service"])
+def test_update_units_expose_at_most_2_when_analyzed_offline(unit: str) -> None:
+    assert _exposure(IMAGE / "files/systemd" / unit) <= 2.0
+
+
+def test_image_units_verify_clean_when_checked_by_systemd_analyze(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze") or _missing("systemd-analyze not installed")
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/lib/mgw").mkdir(parents=True)
+    shutil.copytree(IMAGE / "files/mgw", root / "usr/lib/mgw", dirs_exist_ok=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    units = sorted(p.name for p in (IMAGE / "files/systemd").glob("*.service"))
+    for unit in units:
+        shutil.copy(IMAGE / "files/systemd" / unit, root / "etc/systemd/system" / unit)
+    out = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr + out.stdout
 
 
 def test_image_ships_no_network_file_and_enables_the_renderer_when_staged(stage: Path) -> None:
