@@ -14,6 +14,8 @@ import ssl
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from gateway.adapters import ports
 from gateway.adapters.mosquitto import MosquittoBroker
 from gateway.cloud.authority.ca import FleetAuthority
 from gateway.cloud.broker import pki as broker_pki
-from tests.peers import PEER_START_S
+from tests.peers import PEER_START_S, _missing
 
 PREFIX = "mgw/v1"
 # mosquitto's words when a client's stream broke: TLS record errors, framing errors, drops.
@@ -170,3 +172,19 @@ def mosquitto_on(conf: Path, port: int, what: str) -> subprocess.Popen[bytes]:
         proc.wait()
         raise
     return proc
+
+
+@contextmanager
+def fleet_ca_and_tls_broker(root: Path) -> Iterator[tuple[FleetAuthority, MosquittoBroker]]:
+    """A fleet CA in ``root/ca`` and a mutual-TLS mosquitto with the guard it trusts; both closed after."""
+    authority = FleetAuthority(root / "ca")
+    try:
+        broker = start_tls_broker(authority, root / "broker")
+    except Exception as exc:  # noqa: BLE001 - only to skip or fail with the reason
+        authority.close()
+        _missing(str(exc))
+    try:
+        yield authority, broker
+    finally:
+        broker.stop()
+        authority.close()

@@ -24,7 +24,14 @@ from gateway.cloud.authority.ca import FleetAuthority
 from gateway.config import MqttSettings
 from gateway.link_proxy import LinkProxy
 from tests.peers import _missing, wait_for
-from tests.tls_peers import PREFIX, box_identity, broken_streams, broker_log_offset, service_identity, start_tls_broker
+from tests.tls_peers import (
+    PREFIX,
+    box_identity,
+    broken_streams,
+    broker_log_offset,
+    fleet_ca_and_tls_broker,
+    service_identity,
+)
 
 BOX = "box-1"
 PUBLISHERS = 4
@@ -35,15 +42,8 @@ INGEST_WORKERS = 2
 
 @pytest.fixture
 def tls_fleet(tmp_path: Path) -> Iterator[tuple[FleetAuthority, MosquittoBroker]]:
-    authority = FleetAuthority(tmp_path / "ca")
-    try:
-        broker = start_tls_broker(authority, tmp_path / "broker")
-    except Exception as exc:  # noqa: BLE001 - only to skip or fail with the reason
-        authority.close()
-        _missing(str(exc))
-    yield authority, broker
-    broker.stop()
-    authority.close()
+    with fleet_ca_and_tls_broker(tmp_path) as made:
+        yield made
 
 
 def _settings(broker: MosquittoBroker, ca: Path, cert: Path, key: Path) -> MqttSettings:

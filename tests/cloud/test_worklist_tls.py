@@ -34,8 +34,8 @@ from gateway.paths import Paths
 from tests.adapters.test_hl7_orders import mllp_send, orm
 from tests.backends import Backend
 from tests.cloud.test_worklist_service import RisEndpoint, steps
-from tests.peers import _missing, wait_for
-from tests.tls_peers import PREFIX, Client, box_identity, service_identity, start_tls_broker
+from tests.peers import wait_for
+from tests.tls_peers import PREFIX, Client, box_identity, fleet_ca_and_tls_broker, service_identity
 
 NOT_AUTHORIZED = 0x87
 NAME = "Zhang^Wei"
@@ -43,15 +43,8 @@ NAME = "Zhang^Wei"
 
 @pytest.fixture
 def tls(tmp_path: Path) -> Iterator[tuple[FleetAuthority, MosquittoBroker]]:
-    authority = FleetAuthority(tmp_path / "ca")
-    try:
-        broker = start_tls_broker(authority, tmp_path / "broker")
-    except Exception as exc:  # noqa: BLE001 - only to skip or fail with the reason
-        authority.close()
-        _missing(str(exc))
-    yield authority, broker
-    broker.stop()
-    authority.close()
+    with fleet_ca_and_tls_broker(tmp_path) as made:
+        yield made
 
 
 class TlsBox:
