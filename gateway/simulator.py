@@ -152,7 +152,8 @@ def enrol_boxes(settings: CloudSettings, paths: Paths, boxes: int, say: Callable
 class Simulator:
     def __init__(self, mqtt: MqttSettings, boxes: int, heartbeat_s: float = 30.0, outage_percent: float = 2.0,
                  seed: int = 1, backfill_hours: float = 8.0, connections: int = 0,
-                 clock: Callable[[], float] = time.time, identities: dict[str, Identity] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, identities: dict[str, Identity] | None = None,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         if not 1 <= boxes <= MAX_BOXES:
             raise LocalError(f"--boxes must be 1..{MAX_BOXES}")
         if identities is not None and boxes > MAX_SECURE_BOXES:
@@ -166,6 +167,7 @@ class Simulator:
         self._outage_p = outage_percent / 100.0
         self._backfill_s = backfill_hours * 3600
         self._mqtt = mqtt
+        self._connect_timeout_s = connect_timeout_s
         self.boxes = [self._new_box(i) for i in range(boxes)]
         if identities is not None:  # each box on its own connection, under its own certificate
             missing = [b.box_id for b in self.boxes if b.box_id not in identities]
@@ -198,13 +200,13 @@ class Simulator:
         for link in self._links:
             link.start()
         try:
-            deadline = time.monotonic() + CONNECT_TIMEOUT_S
+            deadline = time.monotonic() + self._connect_timeout_s
             down = [link.client_id for link in self._links
                     if not link.wait_connected(max(0.0, deadline - time.monotonic()))]
             if down:
                 raise LocalError(
                     f"{len(down)} of {len(self._links)} simulator connections to the broker "
-                    f"{self._mqtt.host}:{self._mqtt.port} are not up after {CONNECT_TIMEOUT_S:.0f} s "
+                    f"{self._mqtt.host}:{self._mqtt.port} are not up after {self._connect_timeout_s:.0f} s "
                     f"(first: {down[0]}); "
                     "the log above says why (unreachable, TLS, or the broker refused the identity)")
             self._loop(seconds, stop)

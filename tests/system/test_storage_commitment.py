@@ -327,7 +327,12 @@ def test_every_instance_is_committed_and_no_dcmtk_association_fails_when_dcmtk_k
     assert report.event_type == 1 and report.failed == []
     assert sorted(report.committed) == sorted(study.uids)
     assert runs[0].started < report.arrived_monotonic < runs[-1].started  # storescu sent before and after it
-    assert f"VIA={report_via}" in (d.root / "edge.log").read_text(errors="replace")
+    def reported() -> list[str]:  # the edge logs the report once the modality has answered it
+        log = (d.root / "edge.log").read_text(errors="replace")
+        return [line for line in log.splitlines() if "storage commitment reported" in line]
+
+    lines = wait_for(reported, 60, "the edge's COMMITMENT_REPORTED line")
+    assert f"VIA={report_via}" in lines[0], lines
 
     sent = [*study.uids, *(uid for run in runs for uid in run.uids)]  # now commit everything storescu sent
     if report_via == "new association":
