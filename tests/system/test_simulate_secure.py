@@ -69,7 +69,7 @@ def test_simulator_fails_before_sending_when_the_broker_refuses_an_identity(
     paths = Paths.from_env(settings.cloud.state_dir, base=d.fleet_toml.parent)
     identities = enrol_boxes(settings, paths, 2)
     swapped = {"sim-0000": identities["sim-0001"], "sim-0001": identities["sim-0000"]}  # client id != its CN
-    sim = Simulator(settings.mqtt, 2, heartbeat_s=2.0, identities=swapped, connect_timeout_s=8.0)
+    sim = Simulator(settings.mqtt, 2, heartbeat_s=2.0, identities=swapped, connect_timeout_s=4.0)
     with pytest.raises(LocalError, match="2 of 2 simulator connections"):
         sim.run(5.0)
     assert sim.report.births == 0  # nothing was sent
