@@ -119,6 +119,9 @@ class CommitmentSettings:
     same_association_quiet_s: float = _f(1.0, "send the report on an open association of the modality only once "
                                               "it has been quiet this long with no request of its own waiting "
                                               "(else a new association, or wait)")
+    same_association_max_wait_s: float = _f(30.0, "when the association that asked is still open but not quiet, "
+                                                   "wait this long for a quiet moment on it before a new "
+                                                   "association to the modality's configured address")
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class StorageCommitmentScp(DicomService):
         self._open: dict[int, Association] = {}  # commitment id -> association that asked
         self._activity: dict[int, Activity] = {}  # id(association) -> what the modality is doing on it
         self._by_ae: dict[str, list[Association]] = {}
+        self._busy_since: dict[int, float] = {}  # commitment id -> when its asking association was first busy
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -262,19 +263,27 @@ class StorageCommitmentScp(DicomService):
         moment (the modality is sending on its open associations and has no address), else
         ``(error, "")``."""
         ds = event_information(pending.transaction_uid, verdict)
-        busy = False
+        busy = asking_busy = False
+        with self._lock:
+            asking = self._open.get(pending.id)
         for assoc in self._open_associations(pending):
             if not self._quiet(assoc):
                 busy = True  # the modality is sending on it: our request would collide with its own
+                asking_busy = asking_busy or assoc is asking
                 continue
             error = _send(assoc, ds, verdict)
             if error is None:
-                return None, "same association" if self._open.get(pending.id) is assoc else "open association"
+                self._busy_since.pop(pending.id, None)
+                return None, "same association" if assoc is asking else "open association"
         address = self._addresses.get(pending.calling_ae)
         if address is None:
-            if busy:
+            return (_BUSY, "") if busy else (
+                f"no address configured for calling AE {pending.calling_ae!r} (commitment.modalities)", "")
+        if asking_busy:  # the modality waits on the association that asked: prefer it while it may soon be quiet
+            since = self._busy_since.setdefault(pending.id, time.monotonic())
+            if time.monotonic() - since < self._settings.same_association_max_wait_s:
                 return _BUSY, ""
-            return f"no address configured for calling AE {pending.calling_ae!r} (commitment.modalities)", ""
+        self._busy_since.pop(pending.id, None)
         return self._send_new(address, ds, verdict), "new association"
 
     def _open_associations(self, pending: PendingCommitment) -> list[Association]:
@@ -306,6 +315,8 @@ class StorageCommitmentScp(DicomService):
             for cid, assoc in list(self._open.items()):
                 if not assoc.is_established:
                     del self._open[cid]
+            for cid in [c for c in self._busy_since if c not in self._open]:
+                del self._busy_since[cid]
             alive_ids = {id(a) for assocs in self._by_ae.values() for a in assocs if a.is_established}
             for key in [k for k in self._activity if k not in alive_ids]:
                 del self._activity[key]
