@@ -250,6 +250,56 @@ Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 EnrolToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
 
 
+# -- remote commands ({prefix}/{box}/cmd, cmd/result, cmd/blob; core/command_wire.py) --------------------------
+CommandId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+CommandState = Literal["received", "running", "succeeded", "failed", "refused"]
+ResultKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+ResultValue = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")] | int | float \
+    | bool | None
+MAX_RESULT_BYTES = 64 * 1024
+MAX_BLOB_PART_BYTES = 136 * 1024  # one part's JSON: 96 KiB of data in base64, and the rest
+
+
+class CommandArgs(_Message, frozen=True, forbid_unknown_fields=True):
+    """The sealed part of a command frame: its arguments (checked by the box per kind) and who issued it."""
+
+    args: Annotated[dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")], Any],
+                    msgspec.Meta(max_length=32)]
+    by: Text
+
+
+class CommandResult(_Message, frozen=True, forbid_unknown_fields=True):
+    """Box -> cloud: where a command stands. ``id`` and ``seq`` are absent only for a refused frame
+    that did not parse; ``reason`` is a ``command_wire.Refusal`` code when ``state`` is refused; the
+    ``detail`` is flat (what the console shows), never patient data."""
+
+    v: Literal[1]
+    box_id: BoxId
+    state: CommandState
+    at: Time
+    id: CommandId | None = None
+    seq: Seq | None = None
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,16}$")] | None = None
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    message: Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    detail: Annotated[dict[ResultKey, ResultValue], msgspec.Meta(max_length=64)] = {}
+
+
+class CommandBlobPart(_Message, frozen=True, forbid_unknown_fields=True):
+    """Box -> cloud: one part of a command's sealed blob (the diagnostic bundle). ``sha256`` is the
+    whole sealed blob's; the cloud keeps the blob once every part is in and the digest matches."""
+
+    v: Literal[1]
+    box_id: BoxId
+    id: CommandId
+    part: Annotated[int, msgspec.Meta(ge=0, le=63)]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=64)]
+    size: Annotated[int, msgspec.Meta(ge=1, le=4 * 1024 * 1024)]
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    data: Annotated[bytes, msgspec.Meta(min_length=1, max_length=96 * 1024)]  # base64 in JSON
+
+
 # -- the signed commissioning report ({prefix}/{box}/commission; core/commissioning.py) ----------------------
 LongText = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
 CheckKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
