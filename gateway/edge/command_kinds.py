@@ -12,19 +12,23 @@ The worker owns the spool connection it opens here (one connection per owner thr
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.adapters import dicom_scu, host
 from gateway.adapters.store import SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core import command_args as ca
+from gateway.core.command_wire import Kind
 from gateway.core.commitment import parse_modality
-from gateway.core.errors import GatewayError
-from gateway.edge import diagnostics
+from gateway.core.errors import ConfigError, GatewayError
+from gateway.edge import diagnostics, remote_config
 from gateway.edge.commands import Outcome
 from gateway.edge.quarantine import Quarantine, QuarantineError
+from gateway.logs import MSG
 from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -37,20 +41,25 @@ class Hooks:
 
     renew: Callable[[], None]
     restart_edge: Callable[[], None]
+    healthy: Callable[[], bool]  # the configuration's health check: loops alive, both MQTT connections up
+    announce: Callable[[], None]  # publish the birth again (it carries config_version)
 
 
 class BoxCommands:
     """The ``commands.Runner`` of the edge. Not thread safe: the worker thread's only."""
 
     def __init__(self, settings: EdgeSettings, paths: Paths, hooks: Hooks, cloud_public: bytes,
-                 logs: diagnostics.LogRing, clock: Callable[[], float] = time.time) -> None:
+                 logs: diagnostics.LogRing, clock: Callable[[], float] = time.time,
+                 config_files: Sequence[Path] = ()) -> None:
         self._settings = settings
+        self._config_files = list(config_files)  # the site and device files the remote document goes over
         self._paths = paths
         self._hooks = hooks
         self._cloud_public = cloud_public
         self._logs = logs
         self._clock = clock
         self._spool: SpoolStore | None = None
+        self._pause = threading.Event()  # never set: the health check's poll interval
 
     def _store(self) -> SpoolStore:
         if self._spool is None:
@@ -72,6 +81,8 @@ class BoxCommands:
             return self._quarantine(args)
         if isinstance(args, ca.Renew):
             return self._renew()
+        if isinstance(args, ca.Config):
+            return self._config(command_id, args)
         if isinstance(args, ca.Restart):
             return Outcome(True, f"restarting {args.service}", {"service": args.service}, then=self._hooks.restart_edge)
         return Outcome(False, "this kind of command is not supported by this box's software")
@@ -120,6 +131,55 @@ class BoxCommands:
             return Outcome(True, f"{len(entries)} quarantined", detail)
         verb = "replayed" if args.action == "replay" else "dropped"
         return Outcome(True, f"item {entry.id} {verb}", {**detail, "item": int(entry.id), "item_bytes": entry.bytes})
+
+    # -- config ------------------------------------------------------------------------------------------
+    def _config(self, command_id: str, args: ca.Config) -> Outcome:
+        detail: dict[str, object] = {"version": args.version, "applied": False, "rolled_back": False}
+        if not self._config_files:
+            return Outcome(False, "this edge was started without configuration files to apply a version over", detail)
+        try:
+            remote_config.validate(args.document, self._config_files, self._paths.state_dir)
+        except ConfigError as exc:
+            return Outcome(False, f"version {args.version} refused: {exc}", detail)
+        remote_config.stage(self._paths.state_dir, args.version, args.document, command_id)
+        log.info("remote configuration version %d staged; restarting the edge", args.version, extra={
+            "MESSAGE_ID": MSG.CONFIG_STAGED.value, "VERSION": args.version, "COMMAND_ID": command_id})
+        return Outcome(True, f"version {args.version} staged; the edge restarts to apply it", detail,
+                       then=self._hooks.restart_edge, final=False)
+
+    def resume(self, command_id: str, kind: Kind) -> Outcome | None:
+        """A configuration the edge restarted for: its health check, then commit or roll back."""
+        if kind is not Kind.CONFIG:
+            return None
+        state = remote_config.read_state(self._paths.state_dir)
+        if state.pending == command_id:
+            if self._wait_healthy(remote_config.HEALTH_WAIT_S):
+                done = remote_config.commit(self._paths.state_dir)
+                log.info("remote configuration version %d applied", done.version, extra={
+                    "MESSAGE_ID": MSG.CONFIG_APPLIED.value, "VERSION": done.version, "COMMAND_ID": command_id})
+                self._hooks.announce()
+                return Outcome(True, f"version {done.version} applied",
+                               {"version": done.version, "applied": True, "rolled_back": False})
+            version = state.pending_version
+            remote_config.roll_back(self._paths.state_dir, "the health check failed")
+            return Outcome(False, f"version {version} rolled back: the health check failed within "
+                                  f"{remote_config.HEALTH_WAIT_S:.0f} s",
+                           {"version": version, "applied": False, "rolled_back": True},
+                           then=self._hooks.restart_edge, then_at_once=True)
+        if state.last_command == command_id:
+            return Outcome(state.last_applied, f"version {state.version} runs"
+                           + ("" if state.last_applied else f"; the new version was rolled back: {state.last_reason}"),
+                           {"version": state.version, "applied": state.last_applied,
+                            "rolled_back": state.last_rolled_back})
+        return None
+
+    def _wait_healthy(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._hooks.healthy():
+                return True
+            self._pause.wait(0.5)
+        return False
 
     # -- renew --------------------------------------------------------------------------------------------
     def _renew(self) -> Outcome:

@@ -27,7 +27,7 @@ from gateway.core import acksig, command_wire, schema, topics
 from gateway.core.command_wire import Kind
 from gateway.edge import command_keyring, diagnostics
 from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
-from tests.peers import dcmtk, real_images, wait_for
+from tests.peers import closed_port, dcmtk, real_images, wait_for
 from tests.system.reconcile import acknowledged_count
 from tests.system.test_phi import _phi
 from tests.system.test_worklist_feed import _stop_fleet, metric
@@ -247,3 +247,43 @@ def test_command_queued_while_the_box_is_offline_runs_when_it_reconnects(deploy:
         queued = cloud.send(Kind.QUARANTINE, {"action": "list"})  # the broker holds it in the box's session
         d.start_edge()
         assert cloud.final(queued).state == "succeeded"
+
+
+def _restart_edge_when_it_exits(d: LoopbackDeployment, what: str) -> None:
+    """What systemd's Restart=on-failure does when the edge exits 75 for a restart."""
+    wait_for(lambda: d.edge is not None and d.edge.poll() is not None, 120, what)
+    assert d.edge is not None and d.edge.returncode == 75, d.log_tail()
+    d.start_edge()
+
+
+def test_configuration_applies_after_its_health_check_and_rolls_back_when_the_check_fails(
+        deploy: Deploy, tmp_path: Path) -> None:
+    d = deploy(secure=True)
+    _stop_fleet(d)
+    with _cloud(d, tmp_path / "cloud-id") as cloud:
+        cloud.install_key()
+        refused = cloud.final(cloud.send(Kind.CONFIG, {"version": 2, "document": "[box]\nid = \"other\"\n"}))
+        assert refused.state == "failed" and "not remote-managed" in (refused.message or "")
+        assert d.edge is not None and d.edge.poll() is None, "a refused configuration restarts nothing"
+
+        good = "[health]\nheartbeat_s = 7.0\n"
+        applied_id = cloud.send(Kind.CONFIG, {"version": 3, "document": good})
+        _restart_edge_when_it_exits(d, "the edge to restart for version 3")
+        applied = cloud.final(applied_id)
+        assert applied.state == "succeeded" and applied.detail == {"version": 3, "applied": True,
+                                                                    "rolled_back": False}, applied
+        wait_for(lambda: any(b.get("config_version") == 3 for b in cloud.births), 60, "a birth with version 3")
+        assert metric(d, "mgw_edge_config_version") == 3
+
+        with closed_port() as port:
+            broken = f"[mqtt]\nport = {port}\n"  # validates, but the uplink never connects
+            broken_id = cloud.send(Kind.CONFIG, {"version": 4, "document": broken})
+            _restart_edge_when_it_exits(d, "the edge to restart for version 4")
+            _restart_edge_when_it_exits(d, "the edge to roll version 4 back and restart")
+        rolled = cloud.final(broken_id)
+        assert rolled.state == "failed" and rolled.detail == {"version": 4, "applied": False,
+                                                               "rolled_back": True}, rolled
+        assert (d.edge_dir / "remote.toml").read_text() == good
+        wait_for(lambda: metric(d, "mgw_edge_config_version") == 3, 60, "version 3 running again")
+    log = _edge_log(d)
+    assert "rolled back" in log and "Traceback" not in log
