@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.adapters import dicom_scu, host
+from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
 from gateway.config import EdgeSettings
 from gateway.core import command_args as ca
+from gateway.core import spool
 from gateway.core.command_wire import Kind
 from gateway.core.commitment import parse_modality
 from gateway.core.errors import ConfigError, GatewayError
-from gateway.edge import diagnostics, remote_config
+from gateway.core.spool import ItemState
+from gateway.edge import cache, diagnostics, remote_config, seal
 from gateway.edge.commands import Outcome
 from gateway.edge.quarantine import Quarantine, QuarantineError
 from gateway.logs import MSG
@@ -81,6 +84,8 @@ class BoxCommands:
             return self._quarantine(args)
         if isinstance(args, ca.Renew):
             return self._renew()
+        if isinstance(args, ca.Resend):
+            return self._resend(args)
         if isinstance(args, ca.Config):
             return self._config(command_id, args)
         if isinstance(args, ca.Restart):
@@ -131,6 +136,39 @@ class BoxCommands:
             return Outcome(True, f"{len(entries)} quarantined", detail)
         verb = "replayed" if args.action == "replay" else "dropped"
         return Outcome(True, f"item {entry.id} {verb}", {**detail, "item": int(entry.id), "item_bytes": entry.bytes})
+
+    # -- resend ------------------------------------------------------------------------------------------
+    def _resend(self, args: ca.Resend) -> Outcome:
+        """Send again what the box still holds of a study: its acknowledged items whose originals are
+        kept until ``spool.retention_hours`` after the ack (then purged: not held). Items still on
+        their way count as in flight; quarantined ones are the quarantine's."""
+        if args.study_instance_uid is None:
+            return Outcome(False, "not held: this box keeps no accession numbers; resend by Study Instance UID")
+        store = self._store()
+        items = store.in_study(args.study_instance_uid)
+        resent = size = 0
+        in_flight = sum(1 for i in items if i.state in (ItemState.RECEIVED, ItemState.PACKED, ItemState.SENDING))
+        for item in items:
+            if item.state is not ItemState.ACKNOWLEDGED or not seal.intact(item, self._paths.blob_dir,
+                                                                            self._cache_key()):
+                continue
+            store.transition(item.id, spool.ResendRequested(), self._clock(), pack_attempts=0, transfer_id=None,
+                             final_seq=None, frame0_bytes=None, frame_bytes=None, packed_bytes=None, ack_key=None,
+                             acked_ranges="[]", reason=None, acked_at=None)
+            resent, size = resent + 1, size + item.identity.size
+        detail: dict[str, object] = {
+            "instances": resent, "bytes": size, "in_flight": in_flight,
+            "purged": sum(1 for i in items if i.state is ItemState.PURGED),
+            "quarantined": sum(1 for i in items if i.state is ItemState.QUARANTINED)}
+        if not resent and not in_flight:
+            return Outcome(False, "not held: the box holds no acknowledged instance of this study", detail)
+        log.warning("study sent again by a remote command", extra={
+            "MESSAGE_ID": MSG.STUDY_RESENT.value, "INSTANCES": resent, "BYTES": size, "IN_FLIGHT": in_flight})
+        return Outcome(True, f"{resent} instances queued again ({in_flight} still on their way)", detail)
+
+    def _cache_key(self) -> bytes | None:
+        keys = FileKeyStore(self._paths.state_dir / "keys")
+        return keys.secret(cache.KEY_NAME) if keys.path(cache.KEY_NAME).with_suffix(".secret").exists() else None
 
     # -- config ------------------------------------------------------------------------------------------
     def _config(self, command_id: str, args: ca.Config) -> Outcome:

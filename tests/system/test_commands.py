@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -133,6 +135,12 @@ def echo_scp() -> Iterator[tuple[int, list[str]]]:
         server.shutdown()
 
 
+def _study_items(d: LoopbackDeployment, study: str) -> list[tuple[str, float | None]]:
+    with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
+        return [(str(r[0]), r[1]) for r in conn.execute(
+            "SELECT state, acked_at FROM items WHERE study_instance_uid = ?", (study,))]
+
+
 def _edge_log(d: LoopbackDeployment) -> str:
     return (d.root / "edge.log").read_text(errors="replace")
 
@@ -176,6 +184,16 @@ def test_every_command_kind_runs_once_and_reports_back_when_signed_for_this_box(
         assert "BEGIN" not in text and "王工程师" in text  # no key material; the operator's name is not PHI
         leaks = sorted(v for v in _phi(files) if v in text)
         assert leaks == [], f"patient data in the bundle: {leaks}"
+
+        study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        held = _study_items(d, study)
+        asked_at = time.time()
+        resent = cloud.final(cloud.send(Kind.RESEND, {"study_instance_uid": study}))
+        assert resent.state == "succeeded" and resent.detail["instances"] == len(held), resent
+        wait_for(lambda: all(s == "acknowledged" and (a or 0) >= asked_at for s, a in _study_items(d, study)), 120,
+                 "the study sent again and acknowledged again")
+        not_held = cloud.final(cloud.send(Kind.RESEND, {"study_instance_uid": "1.2.3.4.5.6.7.8.9"}))
+        assert not_held.state == "failed" and (not_held.message or "").startswith("not held")
 
         renewed = cloud.final(cloud.send(Kind.RENEW))
         assert renewed.state == "succeeded" and int(renewed.detail["not_after"] or 0) > time.time(), renewed
