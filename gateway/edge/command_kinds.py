@@ -11,6 +11,7 @@ The worker owns the spool connection it opens here (one connection per owner thr
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,9 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.adapters import dicom_scu, host
+from gateway import __version__
+from gateway.adapters import blobs, dicom_scu, host, https_download, rauc_install
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolStore
+from gateway.appliance import update
 from gateway.config import EdgeSettings
 from gateway.core import command_args as ca
 from gateway.core import spool
@@ -36,6 +39,8 @@ from gateway.paths import Paths
 
 log = logging.getLogger(__name__)
 ECHO_TIMEOUT_S = 10.0
+MAX_UPDATE_BYTES = 2 * 1024**3  # an update bundle larger than this is refused while it downloads
+UPDATE_PENDING = "update/pending_command.json"  # the update command the next start reports on
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class BoxCommands:
             return self._resend(args)
         if isinstance(args, ca.Config):
             return self._config(command_id, args)
+        if isinstance(args, ca.Update):
+            return self._update(command_id, args)
         if isinstance(args, ca.Restart):
             return Outcome(True, f"restarting {args.service}", {"service": args.service}, then=self._hooks.restart_edge)
         return Outcome(False, "this kind of command is not supported by this box's software")
@@ -186,7 +193,9 @@ class BoxCommands:
                        then=self._hooks.restart_edge, final=False)
 
     def resume(self, command_id: str, kind: Kind) -> Outcome | None:
-        """A configuration the edge restarted for: its health check, then commit or roll back."""
+        """A command the edge restarted for: a configuration's health check, an update's version."""
+        if kind is Kind.UPDATE:
+            return self._update_result(command_id)
         if kind is not Kind.CONFIG:
             return None
         state = remote_config.read_state(self._paths.state_dir)
@@ -218,6 +227,45 @@ class BoxCommands:
                 return True
             self._pause.wait(0.5)
         return False
+
+    # -- update ------------------------------------------------------------------------------------------
+    def _update(self, command_id: str, args: ca.Update) -> Outcome:
+        """Through the appliance's update path: its pre-install gate, the bundle fetched and checked,
+        installed into the inactive slot (``adapters/rauc_install.py``); the commit gate decides after
+        the reboot, and the result comes at the next start (the version the box runs)."""
+        detail: dict[str, object] = {"version": args.version, "committed": False}
+        if update.pre_install(self._settings, self._paths) is not update.HookResult.CONTINUE:
+            return Outcome(False, "deferred: an exam is under way or the data partition is short of space; "
+                                  "try again later", detail)
+        bundle = self._paths.state_dir / "update" / "bundle.raucb"
+        bundle.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            size = https_download.fetch(args.url, bundle, args.sha256, MAX_UPDATE_BYTES, self._settings.mqtt.ca_file)
+            rauc_install.install(bundle)
+        finally:
+            blobs.remove(bundle)
+        blobs.write_atomic(self._paths.state_dir / UPDATE_PENDING,
+                           json.dumps({"command": command_id, "version": args.version}).encode(), mode=0o600)
+        log.warning("update to version %s installed by a remote command", args.version, extra={
+            "MESSAGE_ID": MSG.UPDATE_INSTALLED.value, "VERSION": args.version, "BYTES": size,
+            "COMMAND_ID": command_id})
+        return Outcome(True, f"version {args.version} installed; the box starts it and its commit gate decides",
+                       {**detail, "bytes": size}, then=self._hooks.restart_edge, final=False)
+
+    def _update_result(self, command_id: str) -> Outcome | None:
+        path = self._paths.state_dir / UPDATE_PENDING
+        try:
+            pending = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if pending.get("command") != command_id:
+            return None
+        blobs.remove(path)
+        target = str(pending.get("version", ""))
+        if target == __version__:
+            return Outcome(True, f"version {target} runs", {"version": target, "committed": True})
+        return Outcome(False, f"version {target} did not stay: the box runs {__version__} (rolled back)",
+                       {"version": target, "committed": False, "running": __version__})
 
     # -- renew --------------------------------------------------------------------------------------------
     def _renew(self) -> Outcome:

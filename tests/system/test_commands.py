@@ -5,9 +5,12 @@ test command key (installed as the box's ``pki/command_keys.json``), signs and s
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.dicom_scu import storescu
 from gateway.adapters.mqtt_link import Inbound, MqttLink
@@ -305,3 +309,59 @@ def test_configuration_applies_after_its_health_check_and_rolls_back_when_the_ch
         wait_for(lambda: metric(d, "mgw_edge_config_version") == 3, 60, "version 3 running again")
     log = _edge_log(d)
     assert "rolled back" in log and "Traceback" not in log
+
+
+@contextmanager
+def _bundle_server(d: LoopbackDeployment, body: bytes) -> Iterator[str]:
+    """An HTTPS server holding one update bundle, with a certificate of the fleet CA (the broker's)."""
+    assert d.broker.tls is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d.broker.tls.cert_file, d.broker.tls.key_file)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path != "/bundle.raucb":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/bundle.raucb"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_update_is_fetched_checked_installed_and_reported_by_version_when_the_box_starts_it(
+        deploy: Deploy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = tmp_path / "installed.raucb"
+    installer = tmp_path / "installer"
+    installer.write_text(f"#!/bin/sh\ncp \"$1\" {installed}\n")
+    installer.chmod(0o755)
+    monkeypatch.setenv("MGW_UPDATE_INSTALLER", str(installer))  # the seam for RAUC outside the image
+    d = deploy(secure=True)
+    _stop_fleet(d)
+    body = os.urandom(300_000)
+    with _cloud(d, tmp_path / "cloud-id") as cloud, _bundle_server(d, body) as url:
+        cloud.install_key()
+        wrong = cloud.final(cloud.send(Kind.UPDATE, {"url": url, "sha256": "0" * 64, "version": __version__}))
+        assert wrong.state == "failed" and "SHA-256" in (wrong.message or "") and not installed.exists()
+
+        update_id = cloud.send(Kind.UPDATE, {"url": url, "sha256": hashlib.sha256(body).hexdigest(),
+                                             "version": __version__})
+        _restart_edge_when_it_exits(d, "the edge to start the installed version")
+        done = cloud.final(update_id)
+        assert done.state == "succeeded" and done.detail["committed"] is True, done
+        assert installed.read_bytes() == body
+        assert not (d.edge_dir / "update" / "bundle.raucb").exists()
