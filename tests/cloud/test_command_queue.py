@@ -15,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.cloud.commands.queue import RESULT_GRACE_S, CommandQueue
+from gateway.cloud.commands.rollout import Rollouts
 from gateway.cloud.fleet.store import FleetStore
-from gateway.core import acksig, command_rules, command_wire, schema
+from gateway.core import acksig, command_rules, command_wire
 from gateway.core.command_wire import Kind
 from gateway.core.errors import CommandReplyRefused, FrameError
 from tests.backends import Backend
@@ -250,3 +251,68 @@ def test_config_versions_are_kept_and_numbered_above_what_the_box_reports(world:
     assert [v["version"] for v in world.store.commands.config_versions("box-a")] == [6, 5]
     assert world.queue.config_document("box-a", 5) == "[dicom]\nae_title = \"CT1\"\n"
     assert world.queue.config_document("box-a", 7) is None
+
+
+def _finish_all(world: World, state: str = "succeeded", only: str | None = None) -> None:
+    for row in world.store.commands.commands(state="pending"):
+        if only is None or row.box_id == only:
+            world.queue.take_result(row.box_id, result(row.box_id, row.id, row.seq, state))
+
+
+def test_rollout_goes_canary_first_then_waves_when_each_wave_succeeds(world: World) -> None:
+    rollouts = Rollouts(world.queue, lambda: 3600.0)
+    boxes = [f"box-{n}" for n in range(6)]
+    started = rollouts.start(Kind.UPDATE, {"url": "https://updates.example/mgw.bundle", "sha256": "a" * 64,
+                                           "version": "2.1"}, boxes, "root", canary=1, wave_size=2)
+    assert rollouts.advance() == 1  # the canary
+    assert [c.box_id for c in world.store.commands.commands(rollout_id=started.id)] == ["box-0"]
+    assert rollouts.advance() == 0  # it has not answered
+    _finish_all(world)
+    assert rollouts.advance() == 2
+    assert sorted(c.box_id for c in world.store.commands.commands(state="pending")) == ["box-1", "box-2"]
+    _finish_all(world)
+    assert rollouts.advance() == 2
+    _finish_all(world)
+    assert rollouts.advance() == 1
+    _finish_all(world)
+    assert rollouts.advance() == 0
+    done = world.store.commands.rollout(started.id)
+    assert done is not None and done.state == "succeeded"
+    progress = rollouts.progress(done)
+    assert progress["counts"] == {"succeeded": 6} and [b["wave"] for b in progress["boxes"]] == [0, 1, 1, 2, 2, 3]
+    row = world.store.commands.commands(box_id="box-5")[0]
+    assert world.queue.args_of(row) == {"url": "https://updates.example/mgw.bundle", "sha256": "a" * 64,
+                                        "version": "2.1"}
+
+
+def test_rollout_stops_at_its_first_failure_when_a_wave_box_fails(world: World) -> None:
+    rollouts = Rollouts(world.queue, lambda: 3600.0)
+    boxes = [f"box-{n}" for n in range(5)]
+    started = rollouts.start(Kind.CONFIG, {"document": "[dicom]\nae_title = \"CT9\"\n"}, boxes, "root",
+                             canary=1, wave_size=2)
+    rollouts.advance()
+    _finish_all(world)
+    assert rollouts.advance() == 2
+    _finish_all(world, "failed", only="box-1")
+    _finish_all(world, "succeeded", only="box-2")
+    assert rollouts.advance() == 0
+    stopped = world.store.commands.rollout(started.id)
+    assert stopped is not None and stopped.state == "stopped" and stopped.detail.startswith("box-1: failed")
+    assert rollouts.advance() == 0
+    progress = rollouts.progress(stopped)
+    assert progress["counts"] == {"succeeded": 2, "failed": 1, "waiting": 2}
+    assert world.store.commands.commands(box_id="box-3") == []  # never issued
+    assert world.queue.args_of(world.store.commands.commands(box_id="box-0")[0])["version"] == 1
+
+
+def test_rollout_is_refused_when_its_kind_group_or_waves_are_out_of_range(world: World) -> None:
+    rollouts = Rollouts(world.queue, lambda: 3600.0)
+    with pytest.raises(ValueError, match="config or an update"):
+        rollouts.start(Kind.ECHO, {}, ["box-1"], "root")
+    with pytest.raises(ValueError, match="boxes"):
+        rollouts.start(Kind.CONFIG, {"document": "a = 1"}, [], "root")
+    with pytest.raises(ValueError, match="canary"):
+        rollouts.start(Kind.CONFIG, {"document": "a = 1"}, ["box-1"], "root", canary=0)
+    with pytest.raises(ValueError):
+        rollouts.start(Kind.CONFIG, {"document": "a = ["}, ["box-1"], "root")
+    assert world.store.commands.rollouts() == []

@@ -39,6 +39,7 @@ Publish = Callable[[str, bytes], bool]  # topic, frame -> queued
 DEFAULT_TTL_S = 86400.0
 RESEND_S = 30.0
 RESULT_GRACE_S = 3600.0  # a command the box took may still report this long after its expiry
+REFUSAL_CODES = frozenset(r.value for r in command_wire.Refusal)
 
 
 class CommandQueue:
@@ -51,7 +52,17 @@ class CommandQueue:
         self.published = 0  # frames published
         self.results = 0  # results taken
         self.refusals = 0  # refusals reported by boxes
+        self.refused_by: dict[tuple[str, str], int] = {}  # (box, reason code) -> refusals, for /metrics
         self._seen: dict[str, tuple[str, int]] = {}  # box -> (inbound key, config version) last written
+
+    def now(self) -> float:
+        return self._clock()
+
+    def seal_at_rest(self, ref: str, box_id: str, args: dict[str, Any]) -> bytes:
+        return command_rules.seal_args(self._key, os.urandom(16), ref, box_id, args)
+
+    def open_at_rest(self, ref: str, box_id: str, sealed: bytes) -> dict[str, Any]:
+        return command_rules.open_args(self._key, ref, box_id, sealed)
 
     # -- issuing ------------------------------------------------------------------------------------------
     def issue(self, box_id: str, kind: Kind, args: dict[str, Any], by: str, ttl_s: float = DEFAULT_TTL_S,
@@ -136,6 +147,8 @@ class CommandQueue:
         now = self._clock()
         if result.state == "refused":
             self.refusals += 1
+            code = result.reason if result.reason in REFUSAL_CODES else "other"  # bounded metric labels
+            self.refused_by[(box_id, code)] = self.refused_by.get((box_id, code), 0) + 1
             self.store.add_refusal(box_id, now, result.reason or "", result.id or "", result.message or "")
             log.warning("command refused by the box", extra={
                 "MESSAGE_ID": MSG.COMMAND_REFUSED.value, "BOX_ID": box_id, "COMMAND": result.id or "",

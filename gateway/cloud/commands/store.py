@@ -317,8 +317,9 @@ class CommandStore:
         return _rollout(rows[0]) if rows else None
 
     def rollouts(self, *, running_only: bool = False, limit: int = 100) -> list[Rollout]:
-        sql = "SELECT * FROM command_rollouts" + (" WHERE state = 'running'" if running_only else "")
-        return [_rollout(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,))]
+        rows = self._db.execute("SELECT * FROM command_rollouts WHERE state = 'running' OR ? ORDER BY id DESC LIMIT ?",
+                                (not running_only, limit))
+        return [_rollout(r) for r in rows]
 
     def update_rollout(self, rollout_id: int, state: str, issued: int, detail: str, at: float,
                        was_issued: int) -> bool:
