@@ -49,6 +49,7 @@ class CommandQueue:
         self._envelope = envelope_private
         self._key = command_rules.at_rest_key(envelope_private)
         self.resend_s = resend_s
+        self.default_ttl_s = DEFAULT_TTL_S
         self.published = 0  # frames published
         self.results = 0  # results taken
         self.refusals = 0  # refusals reported by boxes
