@@ -98,8 +98,8 @@ class MSG(enum.StrEnum):
     # remote commands, the cloud side (issue 20; gateway/cloud/commands/): 0c80-0cbf
     COMMAND_QUEUED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c80"
     COMMAND_PUBLISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c81"
-    COMMAND_FINISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c82"
-    COMMAND_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c83"
+    COMMAND_RESULT_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c82"
+    COMMAND_REFUSAL_REPORTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c83"
     COMMAND_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c84"
     COMMAND_BLOB_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c85"
     ROLLOUT_CHANGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c86"

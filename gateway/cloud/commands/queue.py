@@ -152,7 +152,7 @@ class CommandQueue:
             self.refused_by[(box_id, code)] = self.refused_by.get((box_id, code), 0) + 1
             self.store.add_refusal(box_id, now, result.reason or "", result.id or "", result.message or "")
             log.warning("command refused by the box", extra={
-                "MESSAGE_ID": MSG.COMMAND_REFUSED.value, "BOX_ID": box_id, "COMMAND": result.id or "",
+                "MESSAGE_ID": MSG.COMMAND_REFUSAL_REPORTED.value, "BOX_ID": box_id, "COMMAND": result.id or "",
                 "SEQ": result.seq or 0, "REASON": result.reason or "", "DETAIL": result.message or ""})
         if result.id is None or result.seq is None:
             if result.state != "refused":
@@ -165,7 +165,7 @@ class CommandQueue:
             raise CommandReplyRefused("command result: not a command of this box")
         self.results += 1
         if row.state in FINAL_STATES and row.state == state:
-            log.info("command finished", extra={"MESSAGE_ID": MSG.COMMAND_FINISHED.value, "BOX_ID": box_id,
+            log.info("command finished", extra={"MESSAGE_ID": MSG.COMMAND_RESULT_TAKEN.value, "BOX_ID": box_id,
                                                 "COMMAND": row.id, "SEQ": row.seq, "KIND": row.kind,
                                                 "STATE": row.state})
         return row
