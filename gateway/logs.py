@@ -103,6 +103,14 @@ class MSG(enum.StrEnum):
     COMMAND_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c84"
     COMMAND_BLOB_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c85"
     ROLLOUT_CHANGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c86"
+    # remote commands, the box's side (gateway/edge/commands.py): 0a00-0a3f
+    COMMAND_ACCEPTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a00"
+    COMMAND_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a01"
+    COMMAND_FINISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a02"
+    COMMAND_REDELIVERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a03"
+    COMMAND_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a04"
+    COMMAND_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a05"
+    RESTART_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a06"
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"

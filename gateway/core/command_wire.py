@@ -206,16 +206,7 @@ def check(frame: bytes, box_id: str, keyring: acksig.AckKeyring | None, now: flo
     A frame whose ``seq`` is at or below ``last_seq`` is refused as ``REPLAYED``; the caller first
     looks the command id up among those it executed and answers a genuine redelivery with the
     stored result (``peek``), so this check is for the rest."""
-    header, _ = _parse_header(frame)
-    if keyring is None:
-        raise CommandRefused(Refusal.NO_KEY, "this box holds no command key (re-enrol or renew)",
-                             header.command_id, header.seq)
-    body, signature = frame[:-acksig.SIGNATURE_BYTES], frame[-acksig.SIGNATURE_BYTES:]
-    try:
-        keyring.verify(header.key_id, _signed(box_id, body), signature)
-    except UnexpectedAckError as exc:  # the signer is unknown, or the frame is not for this box id
-        raise CommandRefused(Refusal.UNTRUSTED, str(exc).replace("ack", "command"),
-                             header.command_id, header.seq) from None
+    header = verify_signature(frame, box_id, keyring)  # the signer is known, and the frame is for this box id
     if now >= header.expires_at:
         raise CommandRefused(Refusal.EXPIRED, f"expired {now - header.expires_at:.0f} s ago",
                              header.command_id, header.seq)
@@ -225,6 +216,23 @@ def check(frame: bytes, box_id: str, keyring: acksig.AckKeyring | None, now: flo
     if header.seq <= last_seq:
         raise CommandRefused(Refusal.REPLAYED, f"seq {header.seq} is not above {last_seq}, the last executed",
                              header.command_id, header.seq)
+    return header
+
+
+def verify_signature(frame: bytes, box_id: str, keyring: acksig.AckKeyring | None) -> Header:
+    """The header if a trusted key signed the frame for ``box_id``, whatever its times and seq (a
+    redelivery of a command the box already ran is answered with its stored result only when
+    genuine); ``CommandRefused`` (MALFORMED, NO_KEY, UNTRUSTED) otherwise."""
+    header, _ = _parse_header(frame)
+    if keyring is None:
+        raise CommandRefused(Refusal.NO_KEY, "this box holds no command key (re-enrol or renew)",
+                             header.command_id, header.seq)
+    body, signature = frame[:-acksig.SIGNATURE_BYTES], frame[-acksig.SIGNATURE_BYTES:]
+    try:
+        keyring.verify(header.key_id, _signed(box_id, body), signature)
+    except UnexpectedAckError as exc:
+        raise CommandRefused(Refusal.UNTRUSTED, str(exc).replace("ack", "command"),
+                             header.command_id, header.seq) from None
     return header
 
 

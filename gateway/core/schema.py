@@ -71,6 +71,15 @@ class WorklistHealth(_Message, frozen=True):
     frames_refused: Count = 0
 
 
+class CommandHealth(_Message, frozen=True):
+    """The heartbeat's ``commands``: remote commands on the box (edge/commands.py), refusals counted."""
+
+    last_seq: Count = 0
+    refused: Count = 0
+    succeeded: Count = 0
+    failed: Count = 0
+
+
 class Birth(_Telemetry, frozen=True, tag="birth"):
     v: Literal[1]
     box_id: BoxId
@@ -85,6 +94,7 @@ class Birth(_Telemetry, frozen=True, tag="birth"):
     time_zone: Text = ""
     weekly_hours: Annotated[list[Text], msgspec.Meta(max_length=14)] = []
     region: Text = ""
+    config_version: Count = 0  # the remote-managed settings' version the box runs (0: never changed remotely)
 
 
 class Death(_Telemetry, frozen=True, tag="death"):
@@ -115,6 +125,8 @@ class Heartbeat(_Telemetry, frozen=True, tag="heartbeat"):
     utilisation_unacked: Count = 0
     exams_dropped: Count = 0
     worklist: WorklistHealth | None = None  # absent: the box runs no worklist
+    config_version: Count = 0  # as in the birth
+    commands: CommandHealth | None = None  # absent: a box before remote commands
 
 
 class ExamRecord(_Message, frozen=True):
