@@ -197,6 +197,8 @@ def _all_visible(docs: FleetDocs, principal: Principal, boxes_json: str) -> bool
 
 
 def _suffix(data: bytes) -> str:
+    if data[:1] == b"{":
+        return ".json"  # the edge's bundle: one JSON document (gateway/edge/diagnostics.py)
     if data[:2] == b"\x1f\x8b":
         return ".tar.gz"
     if data[:4] == b"PK\x03\x04":
