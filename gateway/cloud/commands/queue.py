@@ -142,7 +142,7 @@ class CommandQueue:
     # -- replies from the boxes ---------------------------------------------------------------------------
     def take_result(self, box_id: str, payload: bytes) -> CommandRow | None:
         """Store a box's result; the command after (None: a refusal of a frame that did not parse)."""
-        result = schema.parse(schema.CommandResult, payload, "command result")
+        result = schema.parse(schema.CommandResult, payload, "command result", schema.MAX_RESULT_BYTES)
         if result.box_id != box_id:
             raise FrameError("command result: box id differs from the topic's")
         now = self._clock()
@@ -172,8 +172,7 @@ class CommandQueue:
 
     def take_blob_part(self, box_id: str, payload: bytes) -> bool:
         """Keep one part of a command's sealed blob; True once the whole blob is stored."""
-        part = schema.parse(schema.CommandBlobPart, payload, "command blob part",
-                            command_wire.BLOB_PART_BYTES * 2 + 1024)
+        part = schema.parse(schema.CommandBlobPart, payload, "command blob part", schema.MAX_BLOB_PART_BYTES)
         if part.box_id != box_id:
             raise FrameError("command blob part: box id differs from the topic's")
         row = self.store.command(part.id)
