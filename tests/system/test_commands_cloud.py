@@ -109,3 +109,12 @@ def test_operator_diagnoses_a_box_from_the_console_when_echo_and_bundle_are_issu
              == "stopped", 120, "the rollout stopped at the box that did not update")
     progress = json.loads(call(d, "GET", f"/api/v1/rollouts/{rollout['id']}", Role.VIEWER)[2])
     assert progress["boxes"][0]["state"] in ("failed", "refused") and progress["detail"].startswith(BOX_ID)
+
+
+def test_demo_deployment_runs_a_command_when_the_loopback_installed_the_command_keys(deploy: Deploy) -> None:
+    d = deploy()  # no provisioning: the loopback installs the keys enrolment would give
+    assert command_keyring.load(command_keyring.keyring_path(d.edge_dir)) is not None
+    wait_for(lambda: json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/commands", Role.VIEWER)[2])["has_key"], 90,
+             "the fleet knows the box's inbound key from its birth")
+    listed = issue(d, Role.OPERATOR, "quarantine", {"action": "list"})
+    assert finished(d, listed["id"]) == "succeeded"  # signed with the key the box trusts, not refused
