@@ -316,3 +316,26 @@ def test_rollout_is_refused_when_its_kind_group_or_waves_are_out_of_range(world:
     with pytest.raises(ValueError):
         rollouts.start(Kind.CONFIG, {"document": "a = ["}, ["box-1"], "root")
     assert world.store.commands.rollouts() == []
+
+
+def test_config_versions_stay_unique_when_many_threads_issue_configs_at_once(world: World) -> None:
+    import threading
+
+    errors: list[Exception] = []
+
+    def issue(n: int) -> None:
+        try:
+            world.queue.issue("box-a", Kind.CONFIG, {"document": f"n = {n}\n"}, "root")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=issue, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    versions = [v["version"] for v in world.store.commands.config_versions("box-a")]
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    seqs = sorted(r.seq for r in world.store.commands.commands(box_id="box-a"))
+    assert seqs == [1, 2, 3, 4, 5, 6]

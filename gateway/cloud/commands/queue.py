@@ -68,26 +68,27 @@ class CommandQueue:
     # -- issuing ------------------------------------------------------------------------------------------
     def issue(self, box_id: str, kind: Kind, args: dict[str, Any], by: str, ttl_s: float = DEFAULT_TTL_S,
               rollout_id: int | None = None) -> CommandRow:
-        """Queue a command; ``ValueError`` for arguments or a lifetime out of range."""
+        """Queue a command; ``ValueError`` for arguments or a lifetime out of range. A config command gets
+        the box's next configuration version, numbered in the store's transaction (two operators at once
+        get two versions)."""
         if not 60.0 <= ttl_s <= command_wire.MAX_LIFETIME_S:
             raise ValueError(f"a command lives 60 s to {command_wire.MAX_LIFETIME_S:.0f} s")
-        version = 0
-        if kind is Kind.CONFIG:
-            known = self.store.box(box_id)
-            version = max(self.store.last_config_version(box_id), known.config_version if known else 0) + 1
-        checked = command_rules.check_args(kind, args, max(version, 1))
+        checked = command_rules.check_args(kind, args, 2**62)  # the largest version: the size is checked
         if len(json.dumps({"args": checked, "by": by}).encode()) > command_wire.MAX_ARGS_BYTES:
             raise ValueError(f"the arguments are larger than {command_wire.MAX_ARGS_BYTES} bytes")
         command_id = os.urandom(command_wire.ID_BYTES).hex()
+
+        def seal(version: int) -> tuple[bytes, bytes | None]:
+            if kind is not Kind.CONFIG:
+                return self.seal_at_rest(command_id, box_id, {**checked, "_by": by}), None
+            return (self.seal_at_rest(command_id, box_id, {**checked, "version": version, "_by": by}),
+                    self.seal_at_rest(command_id, box_id, {"document": checked["document"]}))
+
         now = self._clock()
-        sealed = command_rules.seal_args(self._key, os.urandom(16), command_id, box_id, {**checked, "_by": by})
-        config = None
-        if kind is Kind.CONFIG:
-            config = (version, command_rules.seal_args(self._key, os.urandom(16), command_id, box_id,
-                                                       {"document": checked["document"]}))
-        row = self.store.add(command_id, box_id, kind.value, sealed, by, now, now + ttl_s, rollout_id, config)
+        row = self.store.add(command_id, box_id, kind.value, seal, by, now, now + ttl_s, rollout_id,
+                             config=kind is Kind.CONFIG)
         log.info("command queued", extra={"MESSAGE_ID": MSG.COMMAND_QUEUED.value, "BOX_ID": box_id,
-                                          "COMMAND": command_id, "SEQ": row.seq, "KIND": kind.value, "BY": by})
+                                          "COMMAND": row.id, "SEQ": row.seq, "KIND": kind.value, "BY": by})
         return row
 
     def args_of(self, row: CommandRow) -> dict[str, Any]:

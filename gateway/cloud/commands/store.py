@@ -16,7 +16,7 @@ before the command's expiry (a final result that arrives later still wins: the b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,23 +155,31 @@ class CommandStore:
         return BoxCommands(r["box_id"], int(r["last_seq"]), r["inbound_key"], int(r["config_version"]), r["seen_at"])
 
     # -- the queue ----------------------------------------------------------------------------------------
-    def add(self, command_id: str, box_id: str, kind: str, sealed: bytes, issued_by: str, issued_at: float,
-            expires_at: float, rollout_id: int | None = None,
-            config: tuple[int, bytes] | None = None) -> CommandRow:
-        """Queue a command with the box's next seq (and, for a config command, keep its version)."""
+    def add(self, command_id: str, box_id: str, kind: str, seal: Callable[[int], tuple[bytes, bytes | None]],
+            issued_by: str, issued_at: float, expires_at: float, rollout_id: int | None = None,
+            config: bool = False) -> CommandRow:
+        """Queue a command with the box's next seq. ``seal(version)`` gives the sealed arguments and, for a
+        config command (``config``), the sealed document kept as that version: the box's next configuration
+        version (above every one sent and the one it reports), numbered inside this transaction."""
         with self._db.transaction(lock_key=f"commands:{box_id}") as tx:
             tx.execute("INSERT INTO command_boxes (box_id, last_seq, inbound_key, config_version, seen_at) "
                        "VALUES (?, 0, '', 0, ?) ON CONFLICT (box_id) DO NOTHING", (box_id, issued_at))
-            seq = int(tx.execute("UPDATE command_boxes SET last_seq = last_seq + 1 WHERE box_id = ? "
-                                 "RETURNING last_seq", (box_id,))[0]["last_seq"])
+            box = tx.execute("UPDATE command_boxes SET last_seq = last_seq + 1 WHERE box_id = ? "
+                             "RETURNING last_seq, config_version", (box_id,))[0]
+            version = 0
+            if config:
+                sent = tx.execute("SELECT MAX(version) AS v FROM config_versions WHERE box_id = ?", (box_id,))
+                version = max(int(sent[0]["v"] or 0), int(box["config_version"])) + 1
+            sealed, document = seal(version)
             rows = tx.execute(
                 "INSERT INTO commands (id, box_id, seq, kind, sealed, issued_by, issued_at, expires_at, state, reason, "
                 "message, detail, updated_at, sent_at, sends, rollout_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '', '', '{}', ?, NULL, 0, ?) RETURNING *",
-                (command_id, box_id, seq, kind, sealed.hex(), issued_by, issued_at, expires_at, issued_at, rollout_id))
-            if config is not None:
+                (command_id, box_id, int(box["last_seq"]), kind, sealed.hex(), issued_by, issued_at, expires_at,
+                 issued_at, rollout_id))
+            if document is not None:
                 tx.execute("INSERT INTO config_versions (box_id, version, command_id, sealed, issued_by, at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (box_id, config[0], command_id, config[1].hex(), issued_by,
+                           "VALUES (?, ?, ?, ?, ?, ?)", (box_id, version, command_id, document.hex(), issued_by,
                                                          issued_at))
         return _command(rows[0])
 
@@ -297,10 +305,6 @@ class CommandStore:
         rows = self._db.execute("SELECT command_id, sealed FROM config_versions WHERE box_id = ? AND version = ?",
                                 (box_id, version))
         return (rows[0]["command_id"], bytes.fromhex(rows[0]["sealed"])) if rows else None
-
-    def last_config_version(self, box_id: str) -> int:
-        rows = self._db.execute("SELECT MAX(version) AS v FROM config_versions WHERE box_id = ?", (box_id,))
-        return int(rows[0]["v"] or 0)
 
     # -- rollouts -----------------------------------------------------------------------------------------
     def add_rollout(self, kind: str, sealed: bytes, boxes: str, canary: int, wave_size: int, by: str,
