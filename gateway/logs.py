@@ -103,6 +103,7 @@ class MSG(enum.StrEnum):
     COMMAND_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c84"
     COMMAND_BLOB_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c85"
     ROLLOUT_CHANGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c86"
+    COMMAND_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c87"
     # remote commands, the box's side (gateway/edge/commands.py): 0a00-0a3f
     COMMAND_ACCEPTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a00"
     COMMAND_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a01"

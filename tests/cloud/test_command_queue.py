@@ -339,3 +339,25 @@ def test_config_versions_stay_unique_when_many_threads_issue_configs_at_once(wor
     assert sorted(versions) == [1, 2, 3, 4, 5, 6]
     seqs = sorted(r.seq for r in world.store.commands.commands(box_id="box-a"))
     assert seqs == [1, 2, 3, 4, 5, 6]
+
+
+def test_altered_command_fails_and_other_boxes_go_on_when_its_sealed_arguments_do_not_open(
+        world: World, store: FleetStore) -> None:
+    a, b = Box("box-a", world.signer), Box("box-b", world.signer)
+    world.born(a)
+    world.born(b)
+    bad = world.queue.issue("box-a", Kind.ECHO, {}, "alice")
+    good = world.queue.issue("box-b", Kind.ECHO, {}, "alice")
+    other = world.queue.issue("box-b", Kind.ECHO, {}, "alice")
+    assert other.seq == 2
+    forged = command_rules.seal_args(os.urandom(32), os.urandom(16), bad.id, "box-a", {"_by": "mallory"})
+    with store.commands._db.transaction() as tx:  # someone with the database, not the key
+        tx.execute("UPDATE commands SET sealed = ? WHERE id = ?", (forged.hex(), bad.id))
+    assert world.publish() == 1
+    assert box_of(world.sent[-1][0]) == "box-b" and b.open(world.sent[-1][1], NOW).id == good.id
+    failed = world.store.commands.command(bad.id)
+    assert failed is not None and failed.state == "failed" and failed.message.startswith("not sent")
+
+
+def box_of(topic: str) -> str:
+    return topic.split("/")[2]

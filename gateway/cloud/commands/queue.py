@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cloud.commands.store import DELIVERED, FINAL_STATES, PENDING, CommandRow, CommandStore
+from gateway.cloud.commands.store import DELIVERED, FAILED, FINAL_STATES, PENDING, CommandRow, CommandStore
 from gateway.core import acksig, command_rules, command_wire, schema, topics
 from gateway.core.command_wire import Kind
-from gateway.core.errors import CommandReplyRefused, FrameError
+from gateway.core.errors import CommandReplyRefused, FrameError, IntegrityError
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,14 @@ class CommandQueue:
             box = self.store.box(row.box_id)
             if box is None or not box.inbound_key:
                 continue  # the box announced no inbound key (yet): it waits for a birth with one
-            frame = self._frame(row, bytes.fromhex(box.inbound_key))
+            try:
+                frame = self._frame(row, bytes.fromhex(box.inbound_key))
+            except (IntegrityError, ValueError) as exc:  # altered in the store, or a key that is not one
+                self.store.record_result(row.id, row.box_id, row.seq, FAILED, "", f"not sent: {exc}"[:500], "{}",
+                                         now)
+                log.error("command not sent", extra={"MESSAGE_ID": MSG.COMMAND_NOT_SENT.value, "BOX_ID": row.box_id,
+                                                     "COMMAND": row.id, "SEQ": row.seq, "ERROR": str(exc)})
+                continue  # the box's next command goes next round; other boxes are not held up
             if not send(topics.command_topic(self._prefix, row.box_id), frame):
                 continue  # the link is down: the next round tries again
             self.store.sent(row.id, now)
