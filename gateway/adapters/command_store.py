@@ -30,7 +30,8 @@ MIGRATIONS: list[str] = [
         state TEXT NOT NULL,
         accepted_at REAL NOT NULL,
         finished_at REAL,
-        result BLOB
+        result BLOB,
+        published INTEGER NOT NULL DEFAULT 0
     )
     """,
 ]
@@ -83,8 +84,19 @@ class CommandStore:
         """The command's new state and the result published for it."""
         finished = now if state in FINISHED else None
         with self._db.tx() as conn:
-            conn.execute("UPDATE commands SET state = ?, result = ?, finished_at = coalesce(?, finished_at) "
-                         "WHERE id = ?", (state, result, finished, command_id))
+            conn.execute("UPDATE commands SET state = ?, result = ?, published = 0, "
+                         "finished_at = coalesce(?, finished_at) WHERE id = ?", (state, result, finished, command_id))
+
+    def mark_published(self, command_id: str, result: bytes) -> None:
+        """The result ``result`` reached the broker (a later state recorded since stays unpublished)."""
+        with self._db.tx() as conn:
+            conn.execute("UPDATE commands SET published = 1 WHERE id = ? AND result = ?", (command_id, result))
+
+    def unpublished(self) -> list[StoredCommand]:
+        """Finished commands whose last result never reached the broker (the edge stopped first)."""
+        rows = self._db.rows("SELECT id, seq, kind, state, accepted_at, result FROM commands "
+                             "WHERE published = 0 AND state IN ('succeeded', 'failed') ORDER BY seq")
+        return [_stored(r) for r in rows]
 
     def unfinished(self) -> list[StoredCommand]:
         """Commands accepted but not finished (the edge stopped while one was waiting or running)."""

@@ -59,10 +59,16 @@ class Outcome:
     detail: dict[str, Any] = field(default_factory=dict)
     parts: list[bytes] = field(default_factory=list)
     then: Callable[[], None] | None = None
+    final: bool = True  # False: the command goes on after ``then`` (a configuration, across a restart)
+    then_at_once: bool = False  # run ``then`` once the result is stored, not once it is published
 
 
 class Runner(Protocol):
     def run(self, command_id: str, args: command_args.Args) -> Outcome: ...
+
+    def resume(self, command_id: str, kind: Kind) -> Outcome | None:
+        """A command the edge stopped during (None: it was interrupted, report it failed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,13 @@ class _Out:
     topic: str
     body: bytes
     then: Callable[[], None] | None = None  # run on the telemetry thread once published
+    command_id: str = ""  # a result: marked published in the store
 
 
 @dataclass(frozen=True)
 class _Job:
     header: Header
-    args: command_args.Args
+    args: command_args.Args | None  # None: resume a command the edge stopped during
 
 
 class CommandChannel:
@@ -150,6 +157,8 @@ class CommandChannel:
             if not link.publish(out.topic, out.body, qos=1):
                 return  # down or stalled: the next round tries again
             self._unsent.pop(0)
+            if out.command_id:
+                self._store.mark_published(out.command_id, out.body)
             if out.then is not None:
                 out.then()  # a restart of the edge: only once its result is on its way
 
@@ -222,22 +231,28 @@ class CommandChannel:
             v=1, box_id=self._box, state=state, at=round(self._clock(), 3), id=header.command_id, seq=header.seq,
             kind=header.kind.value, message=_text(message), detail=detail or {}))
         self._store.record(header.command_id, state, body, self._clock())
-        self._outbound.put(_Out(self._result_topic, body, then))
+        self._outbound.put(_Out(self._result_topic, body, then, header.command_id))
         return body
 
     def _finish_interrupted(self) -> None:
+        """At start: publish what the last run stored but never sent, and finish (or resume on the
+        worker, a configuration's health check) what it stopped during."""
+        for stored in self._store.unpublished():
+            if stored.result is not None:
+                self._outbound.put(_Out(self._result_topic, stored.result, None, stored.id))
         for stored in self._store.unfinished():
             header = Header(b"", stored.seq, stored.accepted_at, stored.accepted_at, Kind(stored.kind), stored.id)
             if stored.kind == Kind.RESTART.value:
                 self._finished(header, Outcome(True, "the edge restarted"))
             else:
-                self._finished(header, Outcome(False, "interrupted: the edge stopped while the command waited or ran"))
+                self._jobs.put(_Job(header, None))
 
     def _finished(self, header: Header, outcome: Outcome) -> None:
         state: schema.CommandState = "succeeded" if outcome.ok else "failed"
         for part in outcome.parts:
             self._outbound.put(_Out(self._blob_topic, part))
-        self._report(header, state, outcome.message, outcome.detail, outcome.then)
+        self._report(header, state, outcome.message, outcome.detail,
+                     None if outcome.then_at_once else outcome.then)
         self.finished[state] += 1
         log.log(logging.INFO if outcome.ok else logging.WARNING, "command %s %s", header.kind.value, state, extra={
             "MESSAGE_ID": MSG.COMMAND_FINISHED.value, "COMMAND_ID": header.command_id, "SEQ": header.seq,
@@ -249,17 +264,29 @@ class CommandChannel:
             job = self._jobs.get()
             if job is None:
                 return
-            if job.header.kind in RUNNING_KINDS:
+            if job.header.kind in RUNNING_KINDS and job.args is not None:
                 self._report(job.header, "running", "running")
             try:
-                outcome = self._runner.run(job.header.command_id, job.args)
+                outcome = self._outcome(job)
             except Exception as exc:  # one command must never end the worker
                 log.exception("command %s raised", job.header.kind.value)
                 outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
             try:
-                self._finished(job.header, outcome)
+                if not outcome.final:
+                    self._report(job.header, "running", outcome.message, outcome.detail,
+                                 None if outcome.then_at_once else outcome.then)
+                else:
+                    self._finished(job.header, outcome)
+                if outcome.then is not None and outcome.then_at_once:
+                    outcome.then()
             except Exception:
                 log.exception("command %s: result not recorded", job.header.kind.value)
+
+    def _outcome(self, job: _Job) -> Outcome:
+        if job.args is not None:
+            return self._runner.run(job.header.command_id, job.args)
+        resumed = self._runner.resume(job.header.command_id, job.header.kind)
+        return resumed or Outcome(False, "interrupted: the edge stopped while the command waited or ran")
 
     # -- figures ----------------------------------------------------------------------------------------------
     def figures(self) -> dict[str, Any]:

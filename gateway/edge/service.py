@@ -14,8 +14,9 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway import __version__
 from gateway.adapters import blobs
@@ -36,7 +37,7 @@ from gateway.core.acksig import AckKeyring
 from gateway.core.errors import SpoolFullError
 from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
-from gateway.edge import ack_keyring, cache, command_keyring, diagnostics, worklist_feed
+from gateway.edge import ack_keyring, cache, command_keyring, diagnostics, remote_config, worklist_feed
 from gateway.edge.command_kinds import BoxCommands, Hooks
 from gateway.edge.commands import CommandChannel
 from gateway.edge.dicom_services import ServiceNeeds, build_dicom_services
@@ -72,7 +73,8 @@ class _Link:
 
 
 class EdgeService:
-    def __init__(self, settings: EdgeSettings, paths: Paths, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: EdgeSettings, paths: Paths, clock: Callable[[], float] = time.time,
+                 config_files: Sequence[Path] = ()) -> None:
         self.settings = settings
         self.paths = paths
         self._clock = clock
@@ -115,15 +117,17 @@ class EdgeService:
         self.link_watcher = LinkWatcher(self._on_network_up)
         self.log_ring = diagnostics.LogRing()
         self.restart_requested = threading.Event()  # a ``restart`` command: run_service exits, systemd restarts
-        runner = BoxCommands(settings, paths, Hooks(self.renewer.renew, self.restart_requested.set), cloud_public,
-                             self.log_ring, clock)
+        runner = BoxCommands(settings, paths, Hooks(self.renewer.renew, self.restart_requested.set, self._healthy,
+                                                   lambda: self.telemetry.announce()),
+                             cloud_public, self.log_ring, clock, config_files)
         self.commands = CommandChannel(CommandStore(paths.state_dir / "commands.db"), settings.box.id, prefix,
                                        keys.secret(worklist_feed.KEY_NAME),
                                        command_keyring.keyring_path(paths.state_dir), runner, clock)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, self._current_keyring,
                                    dicom_counts=self.listener.counts,
                                    worklist=self._worklist_feed(settings, paths, keys, cache_key, clock),
-                                   commands=self.commands)
+                                   commands=self.commands,
+                                   config_version=lambda: remote_config.version(paths.state_dir))
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
@@ -146,6 +150,10 @@ class EdgeService:
         self.link.reload_identity()
         self.telemetry.link.reload_identity()
         self.keyring = ack_keyring.load(self.keyring_file)
+
+    def _healthy(self) -> bool:
+        """A remote configuration's health check: every loop alive, both MQTT connections up."""
+        return self.alive() and self.link.connected and self.telemetry.link.connected
 
     def _current_keyring(self) -> AckKeyring:
         return self.keyring  # an immutable value, replaced whole: safe to read from any thread

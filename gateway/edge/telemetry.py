@@ -107,6 +107,11 @@ class Telemetry:
         if self._worklist is not None:
             self._worklist.close()
 
+    def announce(self) -> None:
+        """Publish the birth again at the next round (what it carries changed: ``config_version``)."""
+        self._connected_flag.set()
+        self._wake.set()
+
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.link.alive()
 

@@ -5,8 +5,12 @@ test command key (installed as the box's ``pki/command_keys.json``), signs and s
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
+import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway import __version__
 from gateway.adapters import keystore
 from gateway.adapters.dicom_scu import storescu
 from gateway.adapters.mqtt_link import Inbound, MqttLink
@@ -27,7 +33,7 @@ from gateway.core import acksig, command_wire, schema, topics
 from gateway.core.command_wire import Kind
 from gateway.edge import command_keyring, diagnostics
 from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
-from tests.peers import dcmtk, real_images, wait_for
+from tests.peers import closed_port, dcmtk, real_images, wait_for
 from tests.system.reconcile import acknowledged_count
 from tests.system.test_phi import _phi
 from tests.system.test_worklist_feed import _stop_fleet, metric
@@ -133,6 +139,12 @@ def echo_scp() -> Iterator[tuple[int, list[str]]]:
         server.shutdown()
 
 
+def _study_items(d: LoopbackDeployment, study: str) -> list[tuple[str, float | None]]:
+    with sqlite3.connect(f"file:{d.edge_dir / 'spool.db'}?mode=ro", uri=True) as conn:
+        return [(str(r[0]), r[1]) for r in conn.execute(
+            "SELECT state, acked_at FROM items WHERE study_instance_uid = ?", (study,))]
+
+
 def _edge_log(d: LoopbackDeployment) -> str:
     return (d.root / "edge.log").read_text(errors="replace")
 
@@ -176,6 +188,16 @@ def test_every_command_kind_runs_once_and_reports_back_when_signed_for_this_box(
         assert "BEGIN" not in text and "王工程师" in text  # no key material; the operator's name is not PHI
         leaks = sorted(v for v in _phi(files) if v in text)
         assert leaks == [], f"patient data in the bundle: {leaks}"
+
+        study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        held = _study_items(d, study)
+        asked_at = time.time()
+        resent = cloud.final(cloud.send(Kind.RESEND, {"study_instance_uid": study}))
+        assert resent.state == "succeeded" and resent.detail["instances"] == len(held), resent
+        wait_for(lambda: all(s == "acknowledged" and (a or 0) >= asked_at for s, a in _study_items(d, study)), 120,
+                 "the study sent again and acknowledged again")
+        not_held = cloud.final(cloud.send(Kind.RESEND, {"study_instance_uid": "1.2.3.4.5.6.7.8.9"}))
+        assert not_held.state == "failed" and (not_held.message or "").startswith("not held")
 
         renewed = cloud.final(cloud.send(Kind.RENEW))
         assert renewed.state == "succeeded" and int(renewed.detail["not_after"] or 0) > time.time(), renewed
@@ -251,3 +273,99 @@ def test_command_queued_while_the_box_is_offline_runs_when_it_reconnects(deploy:
         queued = cloud.send(Kind.QUARANTINE, {"action": "list"})  # the broker holds it in the box's session
         d.start_edge()
         assert cloud.final(queued).state == "succeeded"
+
+
+def _restart_edge_when_it_exits(d: LoopbackDeployment, what: str) -> None:
+    """What systemd's Restart=on-failure does when the edge exits 75 for a restart."""
+    wait_for(lambda: d.edge is not None and d.edge.poll() is not None, 120, what)
+    assert d.edge is not None and d.edge.returncode == 75, d.log_tail()
+    d.start_edge()
+
+
+def test_configuration_applies_after_its_health_check_and_rolls_back_when_the_check_fails(
+        deploy: Deploy, tmp_path: Path) -> None:
+    d = deploy(secure=True)
+    _stop_fleet(d)
+    with _cloud(d, tmp_path / "cloud-id") as cloud:
+        cloud.install_key()
+        refused = cloud.final(cloud.send(Kind.CONFIG, {"version": 2, "document": "[box]\nid = \"other\"\n"}))
+        assert refused.state == "failed" and "not remote-managed" in (refused.message or "")
+        assert d.edge is not None and d.edge.poll() is None, "a refused configuration restarts nothing"
+
+        good = "[health]\nheartbeat_s = 7.0\n"
+        applied_id = cloud.send(Kind.CONFIG, {"version": 3, "document": good})
+        _restart_edge_when_it_exits(d, "the edge to restart for version 3")
+        applied = cloud.final(applied_id)
+        assert applied.state == "succeeded" and applied.detail == {"version": 3, "applied": True,
+                                                                    "rolled_back": False}, applied
+        wait_for(lambda: any(b.get("config_version") == 3 for b in cloud.births), 60, "a birth with version 3")
+        assert metric(d, "mgw_edge_config_version") == 3
+
+        with closed_port() as port:
+            broken = f"[mqtt]\nport = {port}\n"  # validates, but the uplink never connects
+            broken_id = cloud.send(Kind.CONFIG, {"version": 4, "document": broken})
+            _restart_edge_when_it_exits(d, "the edge to restart for version 4")
+            _restart_edge_when_it_exits(d, "the edge to roll version 4 back and restart")
+        rolled = cloud.final(broken_id)
+        assert rolled.state == "failed" and rolled.detail == {"version": 4, "applied": False,
+                                                               "rolled_back": True}, rolled
+        assert (d.edge_dir / "remote.toml").read_text() == good
+        wait_for(lambda: metric(d, "mgw_edge_config_version") == 3, 60, "version 3 running again")
+    log = _edge_log(d)
+    assert "rolled back" in log and "Traceback" not in log
+
+
+@contextmanager
+def _bundle_server(d: LoopbackDeployment, body: bytes) -> Iterator[str]:
+    """An HTTPS server holding one update bundle, with a certificate of the fleet CA (the broker's)."""
+    assert d.broker.tls is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d.broker.tls.cert_file, d.broker.tls.key_file)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path != "/bundle.raucb":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/bundle.raucb"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_update_is_fetched_checked_installed_and_reported_by_version_when_the_box_starts_it(
+        deploy: Deploy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = tmp_path / "installed.raucb"
+    installer = tmp_path / "installer"
+    installer.write_text(f"#!/bin/sh\ncp \"$1\" {installed}\n")
+    installer.chmod(0o755)
+    monkeypatch.setenv("MGW_UPDATE_INSTALLER", str(installer))  # the seam for RAUC outside the image
+    d = deploy(secure=True)
+    _stop_fleet(d)
+    body = os.urandom(300_000)
+    with _cloud(d, tmp_path / "cloud-id") as cloud, _bundle_server(d, body) as url:
+        cloud.install_key()
+        wrong = cloud.final(cloud.send(Kind.UPDATE, {"url": url, "sha256": "0" * 64, "version": __version__}))
+        assert wrong.state == "failed" and "SHA-256" in (wrong.message or "") and not installed.exists()
+
+        update_id = cloud.send(Kind.UPDATE, {"url": url, "sha256": hashlib.sha256(body).hexdigest(),
+                                             "version": __version__})
+        _restart_edge_when_it_exits(d, "the edge to start the installed version")
+        done = cloud.final(update_id)
+        assert done.state == "succeeded" and done.detail["committed"] is True, done
+        assert installed.read_bytes() == body
+        assert not (d.edge_dir / "update" / "bundle.raucb").exists()
