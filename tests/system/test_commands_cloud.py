@@ -118,3 +118,25 @@ def test_demo_deployment_runs_a_command_when_the_loopback_installed_the_command_
              "the fleet knows the box's inbound key from its birth")
     listed = issue(d, Role.OPERATOR, "quarantine", {"action": "list"})
     assert finished(d, listed["id"]) == "succeeded"  # signed with the key the box trusts, not refused
+
+
+def test_admin_changes_a_box_configuration_and_the_console_shows_its_version_and_diff_when_it_applied(
+        deploy: Deploy) -> None:
+    from tests.system.test_commands import _restart_edge_when_it_exits
+
+    d = deploy(secure=True)
+    wait_for(lambda: json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/commands", Role.VIEWER)[2])["has_key"], 90,
+             "the fleet knows the box's inbound key from its birth")
+    status, _, raw = call(d, "POST", f"/api/v1/boxes/{BOX_ID}/commands", Role.OPERATOR,
+                          {"kind": "config", "args": {"document": "[health]\nheartbeat_s = 7.0\n"}})
+    assert status == 403, raw  # configuration is an admin's
+    command = issue(d, Role.ADMIN, "config", {"document": "[health]\nheartbeat_s = 7.0\n"})
+    assert command["args"] == {"version": 1}
+    _restart_edge_when_it_exits(d, "the edge to restart for version 1")
+    assert finished(d, command["id"]) == "succeeded"
+    wait_for(lambda: json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/config-versions", Role.VIEWER)[2])
+             ["reported"] == 1, 90, "the box reports version 1 in its birth or heartbeat")
+    versions = json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/config-versions", Role.VIEWER)[2])["versions"]
+    assert [(v["version"], v["state"]) for v in versions] == [(1, "succeeded")]
+    diff = json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/config-diff?from=0&to=1", Role.ADMIN)[2])["diff"]
+    assert "+heartbeat_s = 7.0" in diff
