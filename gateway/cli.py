@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cloud.worklist import cli as worklist_cli  # the worklist feed's routes and status
 
     worklist_cli.add_commands(cloud, with_config)
+    from gateway.cloud.commands import cli as command_cli  # remote commands, bundles, rollouts (issue 20)
+
+    command_cli.add_commands(cloud, with_config)
     from gateway import cloud_init  # a cloud on a blank host: CA, keys, broker, identities, units
 
     cloud_init.add_command(cloud)

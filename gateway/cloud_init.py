@@ -173,7 +173,8 @@ def make_keys(plan: Plan, outcome: Outcome) -> None:
     plan.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, make in (("envelope.key", keystore.load_or_create_x25519),
                        ("archive.key", lambda p: keystore.load_or_create_raw(p, 32)),
-                       ("ack.key", ack_keys.load_signer)):
+                       ("ack.key", ack_keys.load_signer),
+                       ("command.key", ack_keys.load_signer)):  # signs remote commands ([fleet] command_key_file)
         path = plan.keys / name
         existed = path.exists()
         make(path)

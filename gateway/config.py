@@ -429,6 +429,12 @@ class FleetSettings:
                                      "count as one outage")
     lease_s: float = _f(10.0, "the leader lease of several fleet instances on one store: renewed every second, "
                         "taken over by another instance this long after its holder stopped renewing it (3 to 3600)")
+    command_key_file: str = _f("keys/command.key", "Ed25519 key that signs remote commands (raw 32 bytes, 0600), "
+                               "relative to state_dir; created on first use; its public half reaches boxes at "
+                               "enrolment and renewal (command_keys)")
+    command_ttl_s: float = _f(86400.0, "a remote command not answered within this many seconds expires "
+                              "(60 to 2592000; an operator may give a shorter lifetime per command)")
+    command_resend_s: float = _f(30.0, "the leader publishes a box's open command again this often until a result")
     auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "console logins, sessions, lockouts"})
     oidc: OidcSettings = field(default_factory=OidcSettings, metadata={"help": "OpenID Connect login"})
     worklist: FleetWorklistSettings = field(default_factory=FleetWorklistSettings, metadata={
@@ -761,6 +767,10 @@ def _check_fleet(f: FleetSettings, source: str) -> None:
         raise ConfigError(f"{source}: 'fleet.turnaround_target_s' must be positive")
     if not 3.0 <= f.lease_s <= 3600.0:  # renewed every second: a few renewals may fail before it lapses
         raise ConfigError(f"{source}: 'fleet.lease_s' must be 3 to 3600 seconds")
+    if not 60.0 <= f.command_ttl_s <= 30 * 86400.0:
+        raise ConfigError(f"{source}: 'fleet.command_ttl_s' must be 60 to 2592000 seconds")
+    if not 1.0 <= f.command_resend_s <= 3600.0:
+        raise ConfigError(f"{source}: 'fleet.command_resend_s' must be 1 to 3600 seconds")
     if bool(f.tls_cert_file) != bool(f.tls_key_file):
         raise ConfigError(f"{source}: 'fleet.tls_cert_file' and 'fleet.tls_key_file' go together")
     if f.plain_http and f.tls_cert_file:

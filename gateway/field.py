@@ -218,8 +218,11 @@ def cmd_cloud_enrol(args: argparse.Namespace) -> int:
     envelope = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
     ack_key = paths.key_file(settings.cloud.ack_key_file)
     ack_keys.load_signer(ack_key)  # created here if this is the first cloud service to start
+    command_key = paths.key_file(settings.fleet.command_key_file)
+    ack_keys.load_signer(command_key)  # the remote commands' key (docs/operations.md, "Remote operations")
     directions = BoxDirections(keystore.public_b64(envelope), a.broker_host or settings.mqtt.host, a.broker_port,
-                               settings.mqtt.topic_prefix, a.box_cert_days, lambda: ack_keys.keyring_of(ack_key))
+                               settings.mqtt.topic_prefix, a.box_cert_days, lambda: ack_keys.keyring_of(ack_key),
+                               lambda: ack_keys.keyring_of(command_key))
     starts = StartRecord(paths.state_dir, "enrolment", time.time)
     server = EnrolmentServer(authority, directions, cert, key, a.enrol_host, a.enrol_port, settings.enrolment,
                              metrics_bind=a.enrol_metrics_bind, metrics_port=a.enrol_metrics_port,

@@ -95,6 +95,15 @@ class MSG(enum.StrEnum):
     WORKLIST_STATUS_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0884"
     WORKLIST_SOURCE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0885"
     WORKLIST_FRAME_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0810"  # the edge's feed subscriber
+    # remote commands, the cloud side (issue 20; gateway/cloud/commands/): 0c80-0cbf
+    COMMAND_QUEUED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c80"
+    COMMAND_PUBLISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c81"
+    COMMAND_RESULT_TAKEN = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c82"
+    COMMAND_REFUSAL_REPORTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c83"
+    COMMAND_EXPIRED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c84"
+    COMMAND_BLOB_STORED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c85"
+    ROLLOUT_CHANGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c86"
+    COMMAND_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0c87"
     # remote commands, the box's side (gateway/edge/commands.py): 0a00-0a3f
     COMMAND_ACCEPTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a00"
     COMMAND_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a01"

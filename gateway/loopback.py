@@ -107,6 +107,11 @@ class LoopbackDeployment:
 
         ack_keys.load_signer(self.ack_key_file)
         ack_keyring.save(ack_keyring.keyring_path(self.edge_dir), ack_keys.keyring_of(self.ack_key_file))
+        from gateway.edge import command_keyring  # the fleet's command keys, as enrolment gives them
+
+        command_key = self.cloud_dir / "keys" / "command.key"  # fleet.command_key_file's default
+        ack_keys.load_signer(command_key)
+        command_keyring.save(command_keyring.keyring_path(self.edge_dir), ack_keys.keyring_of(command_key))
 
     def _service_tables(self, cloud: dict[str, dict[str, object]], role: str, n: int) -> dict[str, dict[str, object]]:
         """One cloud process's configuration: its own worker id and, when secure, its own identity."""

@@ -44,12 +44,12 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-_SERVICE_TOKENS: dict[int, str] = {}
+_SERVICE_TOKENS: dict[tuple[int, str], str] = {}
 
 
 def service_token(service: Any) -> str:
     """An admin token for an in-process ``FleetService`` (one per service object)."""
-    key = id(service)
+    key = (id(service), service.store.where)  # an id alone is reused once its service is collected
     if key not in _SERVICE_TOKENS:
         _SERVICE_TOKENS[key] = token(service.store)
     return _SERVICE_TOKENS[key]

@@ -70,7 +70,8 @@ LIBRARIES: dict[str, dict[str, str]] = {
     # store's answers in, responses out); an adapter around Starlette would rename its types one for one.
     "starlette": {"gateway/cloud/fleet/starlette_app.py": "exception: the fleet console's routes and middleware",
                   "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
-                  "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes"},
+                  "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes",
+                  "gateway/cloud/fleet/starlette_commands.py": "exception: the console's remote command routes"},
     "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
     "fpdf": {"gateway/adapters/fpdf_report.py": "the commissioning report's PDF (CJK font embedded)"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},

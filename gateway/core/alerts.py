@@ -43,6 +43,7 @@ SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.BACKLOG_AGE: Severity.WARNING,
     AlertKind.CERT_EXPIRY: Severity.WARNING,
     AlertKind.DEAD_LETTERS: Severity.WARNING,
+    AlertKind.COMMAND_REFUSED: Severity.WARNING,
     AlertKind.QUARANTINE_NOT_EMPTY: Severity.WARNING,
     AlertKind.MODALITY_SILENT: Severity.INFO,
 }

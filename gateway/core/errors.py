@@ -25,6 +25,10 @@ class WorklistRefused(FrameError):
     """A well-formed worklist status the box may not send: a ref not routed to it, or unknown."""
 
 
+class CommandReplyRefused(FrameError):
+    """A well-formed command result or blob part the box may not send: not a command of that box."""
+
+
 class UnsupportedVersionError(FrameError):
     """A well-formed frame of a wire version we no longer (or do not yet) speak.
 

@@ -38,6 +38,7 @@ class AlertKind(enum.StrEnum):
     MODALITY_SILENT = "modality_silent"
     QUARANTINE_NOT_EMPTY = "quarantine_not_empty"
     DEAD_LETTERS = "dead_letters"  # the cloud set aside messages of this box that it could not process
+    COMMAND_REFUSED = "command_refused"  # the box refused a remote command frame (forged, replayed, expired...)
     SITE_OFFLINE = "site_offline"  # many boxes of one site went offline together (core.alerts.site_outages)
 
 

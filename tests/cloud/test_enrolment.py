@@ -48,8 +48,11 @@ def cloud(tmp_path: Path):
     (tmp_path / "enrol.pem").write_bytes(cert_pem)
     ack_key = tmp_path / "cloud-keys" / "ack.key"
     ack_keys.load_signer(ack_key)
+    command_key = tmp_path / "cloud-keys" / "command.key"
+    ack_keys.load_signer(command_key)
     server = EnrolmentServer(authority, BoxDirections(PUB, "127.0.0.1", broker.port, "mgw/v1", 90.0,
-                                                      lambda: ack_keys.keyring_of(ack_key)),
+                                                      lambda: ack_keys.keyring_of(ack_key),
+                                                      lambda: ack_keys.keyring_of(command_key)),
                              tmp_path / "enrol.pem", tmp_path / "enrol.key")
     server.start()
     BROKERS[server.port] = broker
@@ -185,6 +188,18 @@ def test_provision_installs_the_cloud_ack_keyring_when_the_box_is_enrolled(cloud
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     private = ACK_KEY_FILES[server.port].read_bytes()
     assert not any(private in f.read_bytes() for f in paths.state_dir.rglob("*") if f.is_file())
+
+
+def test_provision_installs_the_fleet_command_keyring_when_the_box_is_enrolled(cloud) -> None:
+    from gateway.edge import command_keyring
+
+    authority, server, _, tmp_path = cloud
+    token = authority.create_token("ct-02", "clinic-7", "CT", ttl_s=3600)
+    paths = Paths(tmp_path / "etc", tmp_path / "box", tmp_path / "run")
+    prov.provision(_enrolment(authority, server, token), paths, self_test=False)
+    installed = command_keyring.load(command_keyring.keyring_path(paths.state_dir))
+    assert installed == ack_keys.keyring_of(tmp_path / "cloud-keys" / "command.key")
+    assert installed != ack_keys.keyring_of(ACK_KEY_FILES[server.port])  # a key of its own, not the ack key
 
 
 def test_renewal_installs_the_next_ack_key_when_the_cloud_staged_then_promoted_it(cloud) -> None:

@@ -200,9 +200,10 @@ def test_both_backends_have_the_same_tables_and_columns_when_migrated(
     with psycopg.connect(dsn) as conn:
         pg = set(conn.execute("SELECT table_name, column_name FROM information_schema.columns "
                               "WHERE table_schema = 'public' AND table_name <> 'fleet_schema_version'").fetchall())
-    # migration 4: the console's accounts and audit; 5: fleet_leases; 6: commission_reports; 7: the worklist feed
+    # migration 4: the console's accounts and audit; 5: fleet_leases; 6: commission_reports; 7: the worklist feed;
+    # 8: remote commands
     assert lite == pg and len(pg) == (9 + 9 + 14 + (7 + 8) + 9 + 9 + 8 + (9 + 10 + 10 + 3 + 3 + 9) + 4 + 11
-                                      + (15 + 5 + 8 + 6 + 9))
+                                      + (15 + 5 + 8 + 6 + 9) + (5 + 16 + 7 + 6 + 6 + 6 + 12))
 
 
 def test_store_reconnects_when_the_server_dropped_its_connection(pg_cluster: PostgresCluster) -> None:

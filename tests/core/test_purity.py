@@ -40,6 +40,7 @@ ALLOWED_STDLIB = frozenset({
     "math",
     "re",
     "struct",
+    "tomllib",  # parsing a configuration text already in memory (core.command_rules): computation only
     "types",
     "typing",
     "zlib",  # inflating a deflated dataset in memory (core.dataset): computation only

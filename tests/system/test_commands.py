@@ -201,6 +201,9 @@ def test_every_command_kind_runs_once_and_reports_back_when_signed_for_this_box(
 
         renewed = cloud.final(cloud.send(Kind.RENEW))
         assert renewed.state == "succeeded" and int(renewed.detail["not_after"] or 0) > time.time(), renewed
+        fleet_keys = command_keyring.load(command_keyring.keyring_path(d.edge_dir))  # the renewal answer's
+        assert fleet_keys is not None and fleet_keys.publics != (cloud.signer.public,)
+        cloud.install_key()  # the test's own key again (the renewal installed the fleet's command keys)
 
         bad = cloud.send(Kind.RESTART, {"service": "sshd"})  # not on the allow-list: refused before it runs
         wait_for(lambda: "refused" in cloud.states(bad), 60, "the restart of a service not allowed refused")
@@ -221,6 +224,7 @@ def test_forged_garbage_replayed_expired_future_and_foreign_commands_are_refused
     d = deploy(secure=True)
     _stop_fleet(d)
     with _cloud(d, tmp_path / "cloud-id") as cloud:
+        command_keyring.keyring_path(d.edge_dir).unlink()  # as a box enrolled before remote commands existed
         no_key = cloud.send(Kind.QUARANTINE, {"action": "list"})  # before the box holds a command key
         wait_for(lambda: "refused" in cloud.states(no_key), 60, "a command refused without a keyring")
         cloud.install_key()

@@ -72,6 +72,7 @@ class BoxDirections:
     topic_prefix: str
     cert_days: float
     ack_keyring: Callable[[], AckKeyring]  # the cloud's ack public keys, read when answering
+    command_keyring: Callable[[], AckKeyring] | None = None  # the remote commands' public keys (the fleet's)
 
 
 @dataclass
@@ -231,6 +232,7 @@ class EnrolmentServer:
             "not_after": issued.not_after, "cloud_public_key": d.cloud_public_key,
             "mqtt": {"host": d.broker_host, "port": d.broker_port, "topic_prefix": d.topic_prefix},
             "ack_keys": d.ack_keyring().to_doc(),
+            **({} if d.command_keyring is None else {"command_keys": d.command_keyring().to_doc()}),
             "site_tables": issued.site_tables,  # what the token carries (gateway/site_tables.py); checked on the box
         }
 

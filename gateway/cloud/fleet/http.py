@@ -23,6 +23,8 @@ from gateway.adapters import metrics_http
 from gateway.adapters.metrics_http import Sample
 from gateway.cloud.archive import versions
 from gateway.cloud.archive.versions import Version
+from gateway.cloud.commands.queue import CommandQueue
+from gateway.cloud.commands.rollout import Rollouts
 from gateway.cloud.fleet import analytics, box_page, overview
 from gateway.cloud.fleet.deadletter import DeadLetters
 from gateway.cloud.fleet.store import Alert, AlertState, FleetStore
@@ -85,6 +87,10 @@ class FleetView(Protocol):
     def instance(self) -> str: ...
     @property
     def worklist(self) -> WorklistCounters | None: ...  # the worklist feed, when [fleet.worklist] runs it
+    @property
+    def commands(self) -> CommandQueue: ...  # the remote commands' queue
+    @property
+    def rollouts(self) -> Rollouts: ...  # wave rollouts of a config or an update
     def alive(self) -> bool: ...
     def registry(self) -> list[BoxState]: ...
     def open_alerts(self) -> list[Alert]: ...
@@ -258,7 +264,18 @@ class FleetDocs:
                           int(self.service.leading)))
         out += list(self.service.starts.samples())
         out += self._worklist_samples()
+        out += self._command_samples()
         return out + self._box_samples(boxes)
+
+    def _command_samples(self) -> list[Sample]:
+        c = self.service.commands
+        return [Sample("mgw_fleet_commands_published_total", "remote command frames published by this instance",
+                       c.published, counter=True),
+                Sample("mgw_fleet_command_results_total", "remote command results taken from boxes", c.results,
+                       counter=True),
+                *[Sample("mgw_fleet_command_refusals_total", "remote command frames a box refused, by reason", n,
+                         {"box_id": box_id, "reason": reason}, counter=True)
+                  for (box_id, reason), n in sorted(c.refused_by.items())]]
 
     def _worklist_samples(self) -> list[Sample]:
         w = self.service.worklist

@@ -26,7 +26,7 @@ from babel.messages.pofile import read_po, write_po
 
 HERE = Path(__file__).parent
 LOCALE_DIR = HERE / "locale"
-SOURCES = (HERE / "web" / "app.js",)
+SOURCES = (HERE / "web" / "app.js", HERE / "web" / "commands.js")
 TEMPLATE = LOCALE_DIR / "console.pot"
 DOMAIN = "console"
 LANGUAGES = {"en": "", "zh-CN": "zh_CN"}  # the browser's tag -> the catalogue's locale ("" = the msgids)

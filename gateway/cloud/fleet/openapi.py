@@ -429,6 +429,69 @@ PATHS["/api/v1/commissioning/{report_id}/pdf"] = _get(
     ok_type="application/pdf", not_found="no such report (or not one of the principal's sites)")
 
 
+# remote commands (cloud/fleet/starlette_commands.py, docs/operations.md "Remote operations")
+COMMAND_ID_PATTERN: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+COMMAND_STATE = _enum(("pending", "delivered", "running", "succeeded", "failed", "refused", "expired"))
+COMMAND_KIND = _enum(("echo", "bundle", "resend", "quarantine", "config", "renew", "restart", "update"))
+COMMAND = _obj(["id", "box_id", "seq", "kind", "state", "issued_by", "issued_at", "expires_at", "updated_at",
+                "sent_at", "sends", "reason", "message", "detail", "rollout_id", "bundle", "args"],
+               id=STR, box_id=STR, seq=INT, kind=STR, state=COMMAND_STATE, issued_by=STR, issued_at=NUM,
+               expires_at=NUM, updated_at=NUM, sent_at=NULL_NUM, sends=INT, reason=STR, message=STR, detail=ANY_OBJ,
+               rollout_id=_null("integer"), bundle=BOOL, args=ANY_OBJ)
+ROLLOUT = _obj(["id", "kind", "state", "canary", "wave_size", "issued", "total", "detail", "created_by",
+                "created_at", "updated_at", "counts", "boxes"],
+               id=INT, kind=STR, state=_enum(("running", "succeeded", "stopped")), canary=INT, wave_size=INT,
+               issued=INT, total=INT, detail=STR, created_by=STR, created_at=NUM, updated_at=NUM, failed=INT,
+               counts={"type": "object", "additionalProperties": INT},
+               boxes={"type": "array", "items": _obj(["box_id", "wave", "state"], box_id=STR, wave=INT, state=STR,
+                                                     command_id=_null("string"), updated_at=NULL_NUM)})
+_BOX_PARAM = _param("box_id", BOX_PATTERN, "the box id", required=True, where="path")
+_COMMAND_PARAM = _param("command_id", COMMAND_ID_PATTERN, "the command id", required=True, where="path")
+_NO_BOX = "no such box (or not one of the principal's sites)"
+PATHS["/api/v1/boxes/{box_id}/commands"] = {
+    **_get("a box's remote commands, newest first, with their states and results (no arguments but those "
+           "without patient data)", _obj(["box_id", "now", "config_version", "has_key", "commands"], box_id=STR,
+                                         now=NUM, config_version=INT, has_key=BOOL,
+                                         commands={"type": "array", "items": COMMAND}), [_BOX_PARAM],
+           not_found=_NO_BOX),
+    **_post("issue a remote command to the box (operator: echo, bundle, quarantine list, renew, restart; admin: "
+            "resend, quarantine replay/drop, config, update); queued until the box is online, signed, audited",
+            COMMAND, _closed(["kind"], kind=COMMAND_KIND, args=ANY_OBJ,
+                             ttl_s={"type": "number", "minimum": 60, "maximum": 2592000}), [_BOX_PARAM],
+            not_found=_NO_BOX)}
+PATHS["/api/v1/boxes/{box_id}/config-versions"] = _get(
+    "the configuration versions the cloud sent the box, newest first, and the version it reports", _obj(
+        ["box_id", "reported", "versions"], box_id=STR, reported=INT, versions={"type": "array", "items": _obj(
+            ["version", "command_id", "issued_by", "at", "state"], version=INT, command_id=STR, issued_by=STR,
+            at=NUM, state=STR)}), [_BOX_PARAM], not_found=_NO_BOX)
+PATHS["/api/v1/boxes/{box_id}/config-diff"] = _get(
+    "the unified diff between two configuration versions sent to the box (0: empty), and the newer document "
+    "(admin)", _obj(["box_id", "from", "to", "diff", "document"], box_id=STR, to=INT, diff=STR, document=STR,
+                    **{"from": INT}),
+    [_BOX_PARAM, _param("from", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "the older version", required=True),
+     _param("to", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "the newer version", required=True)],
+    not_found="no such box or version", admin=True)
+PATHS["/api/v1/commands/{command_id}"] = _get("one remote command", COMMAND, [_COMMAND_PARAM],
+                                              not_found="no such command (or not one of the principal's sites)")
+PATHS["/api/v1/commands/{command_id}/bundle"] = _get(
+    "a bundle command's diagnostic bundle (no patient data), opened for this download (operator); audited",
+    {"type": "string", "format": "binary"}, [_COMMAND_PARAM], ok_type="application/octet-stream",
+    not_found="no such command, or its bundle has not arrived", admin=True)
+PATHS["/api/v1/rollouts"] = {
+    **_get("rollouts, newest first, with per-box progress", _obj(["now", "rollouts"], now=NUM, rollouts={
+        "type": "array", "items": ROLLOUT})),
+    **_post("start a wave rollout of a config or an update to a site's boxes or a list (admin): the canary "
+            "first, then waves, stopped at the first box that does not succeed; audited", ROLLOUT,
+            _closed(["kind", "args"], kind=_enum(("config", "update")), args=ANY_OBJ, site=SITE_ID,
+                    boxes={"type": "array", "items": BOX_PATTERN, "maxItems": 1000},
+                    canary={"type": "integer", "minimum": 1, "maximum": 10},
+                    wave_size={"type": "integer", "minimum": 1, "maximum": 100}),
+            not_found="no such box or site (or not the principal's)")}
+PATHS["/api/v1/rollouts/{rollout_id}"] = _get(
+    "one rollout's progress per box", ROLLOUT,
+    [_param("rollout_id", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "the rollout id", required=True,
+            where="path")], not_found="no such rollout")
+
 def document(version: str) -> Schema:
     return {
         "openapi": "3.1.0",

@@ -40,6 +40,8 @@ from gateway.cloud.archive.index import Index
 from gateway.cloud.archive.versions import Version
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.broker import pki as broker
+from gateway.cloud.commands.queue import CommandQueue
+from gateway.cloud.commands.rollout import Rollouts
 from gateway.cloud.fleet import commission_verify
 from gateway.cloud.fleet.accounts import Accounts
 from gateway.cloud.fleet.analytics import opening_hours
@@ -55,7 +57,14 @@ from gateway.cloud.worklist.ris import Hl7Listener, MwlPoller, StatusSender
 from gateway.config import CloudSettings, FleetSettings, SiteSettings
 from gateway.core import acksig, alerts, commissioning, fleet, schema, topics
 from gateway.core.alerts import Maintenance, Severity, Silence
-from gateway.core.errors import AlertRequestError, FrameError, GatewayError, LocalError, WorklistRefused
+from gateway.core.errors import (
+    AlertRequestError,
+    CommandReplyRefused,
+    FrameError,
+    GatewayError,
+    LocalError,
+    WorklistRefused,
+)
 from gateway.core.fleet import AlertKind, AlertRules, BoxState, MessageKind
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -65,6 +74,7 @@ log = logging.getLogger(__name__)
 FLUSH_S = 1.0
 _PRUNE_S = 3600.0
 TOUCH_S = 60.0  # an open alert's last_seen (and changed detail) is written at most this often
+REFUSAL_ALERT_S = 3600.0  # a box that refused a command frame has a command_refused alert this long
 
 
 @dataclass
@@ -106,7 +116,9 @@ class FleetService:
         self._stop = threading.Event()
         self._prefix = settings.mqtt.topic_prefix
         self._init_worklist(settings, paths, clock)
-        subscriptions = [*topics.fleet_subscriptions(self._prefix), topics.commission_subscription(self._prefix)]
+        self._init_commands(settings, paths, clock)
+        subscriptions = [*topics.fleet_subscriptions(self._prefix), topics.commission_subscription(self._prefix),
+                         *topics.command_subscriptions(self._prefix)]
         if self.worklist is not None:
             subscriptions.append(topics.worklist_status_subscription(self._prefix))
         self.link = MqttLink(settings.mqtt,
@@ -147,6 +159,15 @@ class FleetService:
             self.worklist_readers.append(Hl7Listener(self.worklist, w, clock))
         self.status_sender = StatusSender(self.worklist, w, lambda: self.leading, clock)
         self.worklist_readers.append(self.status_sender)
+
+    def _init_commands(self, settings: CloudSettings, paths: Paths, clock: Callable[[], float]) -> None:
+        """The remote commands' queue: frames signed with the command key, arguments sealed at rest under
+        a key derived from the envelope key (which also opens the boxes' bundles)."""
+        envelope = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+        signer = ack_keys.load_signer(paths.key_file(settings.fleet.command_key_file))
+        self.commands = CommandQueue(self.store.commands, signer, envelope, self._prefix, clock,
+                                     settings.fleet.command_resend_s)
+        self.rollouts = Rollouts(self.commands, lambda: self.fleet.command_ttl_s)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -221,7 +242,8 @@ class FleetService:
             if now >= next_prune:
                 cutoff = now - self.fleet.history_days * 86400
                 self._guarded(lambda: self.store.prune(cutoff))  # noqa: B023 - called at once
-                self._guarded(self.accounts.prune)  # sessions past their time, stale OIDC pre-logins
+                self._guarded(self.accounts.prune)
+                self._guarded(lambda: self.store.commands.prune(cutoff))  # noqa: B023 - called at once  # sessions past their time, stale OIDC pre-logins
                 if self.worklist is not None:
                     self._guarded(lambda: self.worklist.prune(now) if self.worklist else None)  # noqa: B023
                 next_prune = now + _PRUNE_S
@@ -244,6 +266,13 @@ class FleetService:
                 box_id = topics.parse_worklist_status_topic(self._prefix, message.topic)
                 self._worklist_status(box_id, message.payload)
                 return
+            if message.topic.endswith(("/cmd/result", "/cmd/blob")):
+                box_id, leaf = topics.parse_command_topic(self._prefix, message.topic)
+                if leaf == "result":
+                    self.commands.take_result(box_id, message.payload)
+                else:
+                    self.commands.take_blob_part(box_id, message.payload)
+                return
             if message.topic.endswith("/commission"):
                 box_id = topics.parse_commission_topic(self._prefix, message.topic)
                 self._commission(box_id, message.payload)
@@ -253,7 +282,7 @@ class FleetService:
                 self._exam(box_id, message.payload)
             elif message.payload:  # an empty one clears a retained message
                 self.apply(fleet.decode(leaf, box_id, message.payload))
-        except WorklistRefused as exc:
+        except (WorklistRefused, CommandReplyRefused) as exc:
             self.counters.rejected += 1
             self.dead_letters.put(box_id, message.topic, DeadLetterReason.REFUSED, str(exc), len(message.payload))
         except FrameError as exc:
@@ -280,6 +309,8 @@ class FleetService:
             self.worklist.note_birth(msg.box_id, str(msg.body.get("worklist_key") or ""))
         if msg.kind is MessageKind.BIRTH:
             self._adopt_site(after.site, msg.body)
+        if msg.kind in (MessageKind.BIRTH, MessageKind.HEARTBEAT):
+            self.commands.note_box(msg.box_id, msg.body, born=msg.kind is MessageKind.BIRTH)
         at = msg.body.get("at")
         if msg.kind is MessageKind.HEARTBEAT and isinstance(at, float):
             self.counters.lag_s_max = max(self.counters.lag_s_max, now - at)
@@ -335,6 +366,17 @@ class FleetService:
         self._next_publish = now + self.fleet.worklist.publish_s
         self.worklist.publish(lambda topic, payload, retain: self.link.publish(topic, payload, qos=1, retain=retain))
 
+    def _command_round(self) -> None:
+        """The leader's share of remote commands: expire, move rollouts on, publish what is due (through
+        the MQTT client's own thread: ``MqttLink.publish`` hands the frame over)."""
+        if not self.leading:
+            return
+        self.commands.expire()
+        self.rollouts.advance()
+        with self._lock:
+            online = {b for b, s in self.boxes.items() if s.online}
+        self.commands.publish(lambda topic, frame: self.link.publish(topic, frame, qos=1), online.__contains__)
+
     def _commission(self, box_id: str, payload: bytes) -> None:
         """A signed commissioning report: verified (``commission_verify``), stored, acknowledged (signed)."""
         cas = commission_verify.load_cas(self._fleet_ca())
@@ -379,6 +421,7 @@ class FleetService:
             self._evaluate(boxes, now)
         self.counters.lag_s_max = 0.0
         self._guarded(lambda: self._worklist_round(now))
+        self._guarded(self._command_round)
 
     # -- several instances on one store: the leader lease ------------------------------------------------
     def _lead(self, now: float) -> bool:
@@ -442,6 +485,9 @@ class FleetService:
         for state in boxes:
             for (kind, subject), detail in fleet.evaluate(state, self.rules, now).items():
                 active[(state.box_id, kind, subject)] = detail
+        for refused in self.store.commands.refusals(now - REFUSAL_ALERT_S):
+            active[(refused["box_id"], AlertKind.COMMAND_REFUSED, "")] = (
+                f"{refused['refusals']} command frames refused (last: {refused['reason'] or 'no reason'})")
         for letter in self.store.dead_letter_summary(now - self.settings.dead_letters.alert_window_s):
             active[(letter.box_id, AlertKind.DEAD_LETTERS, "")] = (
                 f"{letter.messages} messages set aside (last: {letter.reason}: {letter.detail})")

@@ -44,6 +44,7 @@ from gateway.cloud.fleet.http import MAX_TARGET_BYTES, WEB_DIR, FleetDocs, Query
 from gateway.cloud.fleet.starlette_admin import routes as admin_routes
 from gateway.cloud.fleet.starlette_auth import WRITE_PATHS, Authenticate, ConsoleAuth, actor, who
 from gateway.cloud.fleet.starlette_auth import routes as auth_routes
+from gateway.cloud.fleet.starlette_commands import routes as command_routes
 from gateway.cloud.fleet.store import AlertState
 from gateway.config import BOX_ID
 from gateway.core.access import AccessDenied, LoginRefused
@@ -320,6 +321,7 @@ def build_app(docs: FleetDocs, alive: Callable[[], bool], tls: bool, auth: Conso
         Route("/api/v1/openapi.json", openapi_json),
         *auth_routes(docs, auth, tls),
         *admin_routes(auth, tls),
+        *command_routes(docs, auth),
         Mount("/", StaticFiles(directory=WEB_DIR, html=True)),  # "/" is index.html
     ]
     middleware = [Middleware(Guard, tls=tls), Middleware(Authenticate, auth=auth, tls=tls)]

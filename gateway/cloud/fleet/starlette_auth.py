@@ -58,7 +58,7 @@ WRITE_PATHS = tuple(re.compile(p) for p in (
     r"/auth/login", r"/auth/logout", rf"/api/v1/alerts/{_ID}/ack", r"/api/v1/silences",
     rf"/api/v1/silences/{_ID}/expire",
     r"/api/v1/maintenance", rf"/api/v1/maintenance/{_ID}/end", r"/api/v1/tokens", rf"/api/v1/tokens/{_ID}/revoke",
-    r"/api/v1/accounts", rf"/api/v1/accounts/{_ID}/{_ID}"))
+    r"/api/v1/accounts", rf"/api/v1/accounts/{_ID}/{_ID}", rf"/api/v1/boxes/{_ID}/commands", r"/api/v1/rollouts"))
 OPEN_API_PATHS = frozenset({"/api/v1/openapi.json"})
 _NUMBER_ID = re.compile(r"[0-9]{1,18}")
 MAX_EPOCH = 1e11

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from gateway.cloud.commands.store import COMMANDS_MIGRATION, CommandStore
 from gateway.cloud.fleet.auth_store import AUTH_MIGRATION, AuthStore
 from gateway.cloud.fleet.commission_store import COMMISSION_MIGRATION, CommissionStore
 from gateway.cloud.sql import Database, Statements
@@ -107,6 +108,9 @@ MIGRATIONS: list[str] = [  # portable types: gateway.cloud.sql
     # migration 7: the worklist feed (gateway/cloud/worklist/store.py): orders sealed at rest, routes,
     # per-box feed state, sources, and the outbox of performed statuses to the RIS
     WORKLIST_MIGRATION,
+    # migration 8: remote commands (gateway/cloud/commands/store.py): per-box seq, commands with their
+    # arguments sealed at rest, bundles, refusals, configuration versions sent, rollouts
+    COMMANDS_MIGRATION,
 ]
 EXAM_FIELDS = ("box_id", "study_key", "revision", "site", "modality", "start", "end", "images", "series", "source",
                "status", "first_received_at", "last_received_at", "cloud_stored_at")
@@ -186,6 +190,7 @@ class FleetStore(Protocol):
     auth: AuthStore  # the console's accounts, sessions, tokens and audit log, in the same database
     commissions: CommissionStore  # the boxes' signed commissioning reports
     worklist: WorklistStore  # the worklist feed's orders, routes and feed state, in the same database
+    commands: CommandStore  # remote commands: the queue, results, bundles, config versions, rollouts
 
     def schema_version(self) -> int: ...
     def save_boxes(self, states: Iterable[BoxState]) -> None: ...
@@ -261,6 +266,7 @@ class SqlFleetStore:
         self.auth = AuthStore(db)
         self.commissions = CommissionStore(db)
         self.worklist = WorklistStore(db)
+        self.commands = CommandStore(db)
 
     def _tx(self) -> AbstractContextManager[Statements]:
         return self._db.transaction()

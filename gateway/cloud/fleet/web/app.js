@@ -26,7 +26,7 @@ const KINDS = {
   box_offline: () => t("Box offline"), site_offline: () => t("Site offline"), backlog_age: () => t("Backlog too old"),
   disk_full: () => t("Disk nearly full"), cert_expiry: () => t("Certificate expiring"),
   modality_silent: () => t("Modality silent"), quarantine_not_empty: () => t("Quarantine not empty"),
-  dead_letters: () => t("Messages set aside"),
+  dead_letters: () => t("Messages set aside"), command_refused: () => t("Command refused by the box"),
 };
 const kindLabel = (k) => (KINDS[k] ? KINDS[k]() : k);
 const SEVERITIES = { critical: () => t("critical"), warning: () => t("warning"), info: () => t("info") };
@@ -513,6 +513,7 @@ async function boxView(view, boxId) {
       card(t("Oldest undelivered"), fmtDur((b.backlog || {}).oldest_unacked_age_s)), card(t("Disk used"), b.disk ? `${b.disk.used_percent.toFixed(1)}%` : "–"),
       card(t("Certificate expires"), certDays === null ? "–" : t("in {n} days ({date})", { n: certDays, date: fmtAbs(b.cert_not_after, tz) })),
       card(t("Last seen"), when(b.last_seen, tz))),
+    el("p", {}, el("a", { href: `#/commands/${encodeURIComponent(b.box_id)}`, id: "box-commands" }, t("Remote commands and configuration versions"))),
     el("section", {}, el("h2", {}, t("Last 24 hours")), el("div", { class: "charts" }, plots.map((p) => el("div", { class: "chart", "data-chart": p.id }, p.canvas)))),
     el("section", {}, el("h2", {}, t("Last errors")), errors),
     el("section", { class: "cfg" }, el("h2", {}, t("Configuration and software")),
@@ -700,6 +701,7 @@ function drawFrame() {
   const navVersions = document.getElementById("nav-versions");
   navVersions.textContent = t("Versions");
   navVersions.hidden = !(me && (me.role === "admin" || me.role === "operator"));
+  document.getElementById("nav-rollouts").textContent = t("Rollouts");
   document.getElementById("lang").textContent = lang === "zh-CN" ? "English" : "中文";
   const logout = document.getElementById("logout");
   logout.textContent = t("Log out");
@@ -724,7 +726,8 @@ async function route() {
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const page = parts[0] === "box" && parts[1] ? "box" : parts[0] === "commissioning" && parts[1] ? "commissioning"
-    : ["utilisation", "audit", "versions"].includes(parts[0]) ? parts[0] : "fleet";
+    : parts[0] === "commands" && parts[1] ? "commands" // commands.js
+    : ["utilisation", "audit", "versions", "rollouts"].includes(parts[0]) ? parts[0] : "fleet";
   if (page !== current) drawFrame();
   try {
     if (page === "fleet" && current === "fleet" && fleet.root && view.contains(fleet.root.list)) {
@@ -732,6 +735,10 @@ async function route() {
       await refreshFleet(false);
       tickTimes(view);
       document.body.dataset.refreshMs = String(performance.now() - t0);
+    } else if (page === current && page === "commands" && document.getElementById("commands-body")) {
+      await refreshCommands(parts[1]); // the table only: the issue form stays as the user left it
+    } else if (page === current && page === "rollouts" && document.getElementById("rollouts")) {
+      await refreshRollouts();
     } else {
       clearCharts();
       fleet.root = null; fleet.nodes.clear(); alertsSig = ""; fleet.pages.clear(); fleet.rows.clear();
@@ -740,6 +747,8 @@ async function route() {
       else if (page === "utilisation") await utilisationView(view, parts[1], parts[2]);
       else if (page === "audit") await auditView(view, new URLSearchParams(parts.slice(1).join("/")));
       else if (page === "versions") await versionsView(view);
+      else if (page === "commands") await commandsView(view, parts[1]);
+      else if (page === "rollouts") await rolloutsView(view);
       else await fleetView(view);
     }
     current = page;

@@ -1,0 +1,1 @@
+"""Remote commands, the cloud side (docs/operations.md, "Remote operations"): queue, publisher, results, waves."""

@@ -1,0 +1,103 @@
+"""`mgw cloud command ...`, run as a subprocess, on a real fleet store (SQLite file) and the fleet's key files:
+commands queued with their seq and audited, refusals in English and Chinese, config versions and their diff,
+a bundle written 0600 and audited, a rollout started and shown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.adapters import keystore
+from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
+from gateway.cloud.authority import ack_keys
+from gateway.cloud.commands.queue import CommandQueue
+from gateway.core import command_wire
+
+
+@pytest.fixture
+def toml(tmp_path: Path) -> str:
+    path = tmp_path / "cloud.toml"
+    path.write_text(f'[cloud]\nstate_dir = "{tmp_path / "state"}"\n[fleet]\ntime_zone = "Asia/Shanghai"\n')
+    return str(path)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "gateway", "cloud", "command", *args], capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_commands_are_queued_listed_and_audited_when_issued_from_the_cli(toml: str, tmp_path: Path) -> None:
+    code, out, _ = run("issue", "--box", "ct-01", "--kind", "echo", "--config", toml)
+    assert code == 0 and "seq 1" in out and "已排队" in out
+    doc_file = tmp_path / "box.toml"
+    doc_file.write_text('[dicom]\nae_title = "CT1"\n')
+    code, _, _ = run("issue", "--box", "ct-01", "--kind", "config", "--document-file", str(doc_file), "--config", toml)
+    assert code == 0
+    doc_file.write_text('[dicom]\nae_title = "CT2"\n')
+    code, out, _ = run("issue", "--box", "ct-01", "--kind", "config", "--document-file", str(doc_file), "--json",
+                       "--config", toml)
+    assert code == 0 and json.loads(out)["seq"] == 3
+    code, out, _ = run("list", "--box", "ct-01", "--json", "--config", toml)
+    listed = json.loads(out)["commands"]
+    assert [(c["seq"], c["kind"], c["state"]) for c in listed] == [(3, "config", "pending"), (2, "config", "pending"),
+                                                                  (1, "echo", "pending")]
+    assert listed[0]["args"] == {"version": 2}
+    code, out, _ = run("config-diff", "--box", "ct-01", "--from", "1", "--to", "2", "--config", toml)
+    assert code == 0 and '-ae_title = "CT1"\n+ae_title = "CT2"' in out
+    code, out, _ = run("show", listed[2]["id"], "--config", toml)
+    assert code == 0 and "pending" in out and "+08:00" in out  # the fleet's time zone
+    store = SqliteFleetStore(tmp_path / "state" / "fleet.db")
+    try:
+        issued = [r for r in store.auth.audit(limit=100) if r.action == "command.issue"]
+    finally:
+        store.close()
+    assert len(issued) == 3 and all(r.actor.startswith("cli:") and r.target == "ct-01" for r in issued)
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("issue", "--box", "CT_01", "--kind", "echo"), "not a box id"),
+    (("issue", "--box", "ct-01", "--kind", "reboot"), "--kind must be one of"),
+    (("issue", "--box", "ct-01", "--kind", "bundle", "--arg", "log_lines=0"), "'log_lines' must be"),
+    (("issue", "--box", "ct-01", "--kind", "restart", "--arg", "service=sshd"), "'service' must be"),
+    (("issue", "--box", "ct-01", "--kind", "echo", "--arg", "oops"), "key=value"),
+    (("show", "nothex"), "32 hexadecimal"),
+    (("bundle-download", "0" * 32, "--out", "x"), "no bundle"),
+    (("rollout", "--kind", "echo", "--box", "ct-01"), "config or an update"),
+    (("rollout", "--kind", "config", "--site", "s", "--box", "ct-01"), "--site or --box"),
+])
+def test_cli_refuses_with_the_reason_when_an_argument_is_wrong(toml: str, args: tuple[str, ...], reason: str) -> None:
+    code, _, err = run(*args, "--config", toml)
+    assert code == 2 and reason in err, err
+
+
+def test_bundle_is_written_0600_and_audited_when_it_arrived(toml: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SqliteFleetStore(state / "fleet.db")
+    try:
+        envelope = keystore.load_or_create_x25519(state / "keys" / "envelope.key")
+        queue = CommandQueue(store.commands, ack_keys.load_signer(state / "keys" / "command.key"), envelope, "mgw/v1")
+        row = queue.issue("ct-01", command_wire.Kind.BUNDLE, {}, "ada")
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        public = X25519PrivateKey.from_private_bytes(envelope).public_key().public_bytes_raw()
+        sealed = command_wire.seal_blob(public, "ct-01", row.id, b"diagnostics", data_key=os.urandom(32),
+                                        eph_private=os.urandom(32), nonce=os.urandom(12))
+        store.commands.add_blob(row.id, "ct-01", sealed, "0" * 64, 1.0)
+    finally:
+        store.close()
+    out_file = tmp_path / "bundle.bin"
+    code, out, _ = run("bundle-download", row.id, "--out", str(out_file), "--config", toml)
+    assert code == 0 and out_file.read_bytes() == b"diagnostics" and out_file.stat().st_mode & 0o777 == 0o600
+    assert "诊断包" in out
+    code, out, _ = run("rollout", "--kind", "update", "--box", "ct-01", "--box", "ct-02", "--arg",
+                       "url=https://u.example/b", "--arg", f"sha256={'c' * 64}", "--arg", "version=2", "--config", toml)
+    assert code == 0 and "canary 1" in out
+    code, out, _ = run("rollout-show", "1", "--json", "--config", toml)
+    shown = json.loads(out)[0]
+    assert shown["state"] == "running" and [b["box_id"] for b in shown["boxes"]] == ["ct-01", "ct-02"]
