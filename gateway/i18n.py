@@ -24,6 +24,7 @@ import gettext
 import io
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ SOURCES = (
     "i18n.py", "cli.py", "field.py", "doctor.py", "cloud_init.py", "demo.py", "settings_files.py",
     "appliance/glance.py", "edge/commission.py", "edge/commission_report.py",
     "cloud/worklist/cli.py", "cloud/fleet/accounts_cli.py", "cloud/archive/versions_cli.py",
-    "cloud/authority/ack_key_cli.py",
+    "cloud/authority/ack_key_cli.py", "cloud/archive/versions.py",
 )
 
 _translations: gettext.NullTranslations = gettext.NullTranslations()
@@ -59,6 +60,25 @@ def _(message: str) -> str:
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     return _translations.ngettext(singular, plural, n)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message kept in English for a record or machine output (a signed report, JSON) and shown
+    to the person in the CLI's language: ``tr("{where} answered C-ECHO", where=...)``."""
+
+    msgid: str
+    args: Mapping[str, object] = field(default_factory=dict)
+
+    def english(self) -> str:
+        return self.msgid.format(**self.args)
+
+    def shown(self) -> str:
+        return _(self.msgid).format(**self.args)
+
+
+def tr(msgid: str, **args: object) -> Message:
+    return Message(msgid, args)
 
 
 def language() -> str:
@@ -118,7 +138,8 @@ ARGPARSE_WORDS = (
     N_("usage: "), N_("positional arguments"), N_("options"), N_("show this help message and exit"),
     N_("%(prog)s: error: %(message)s\n"), N_("one of the arguments %s is required"),
     N_("unrecognized arguments: %s"), N_("the following arguments are required: %s"),
-    N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("expected one argument"), N_("expected at most one argument"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("expected one argument"),
+    N_("expected at most one argument"),
     N_("invalid %(type)s value: %(value)r"), N_("argument %(argument_name)s: %(message)s"),
     N_("not allowed with argument %s"), N_("ambiguous option: %(option)s could match %(matches)s"),
 )

@@ -17,14 +17,15 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from babel.messages.catalog import Catalog as Catalog  # re-exported: the type callers annotate with
 from babel.messages.extract import extract_from_file
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
-# babel's default Python keywords, which the CLI uses: _("text"), ngettext("one", "many", n), N_("text")
-PYTHON_KEYWORDS: Mapping[str, object] = {"_": None, "N_": None, "ngettext": (1, 2)}
+# the CLI's markers (gateway/i18n.py): _("text"), ngettext("one", "many", n), N_("text"), tr("text", name=...)
+PYTHON_KEYWORDS: Mapping[str, Any] = {"_": None, "N_": None, "ngettext": (1, 2), "tr": None}
 
 
 def new_catalog(project: str, domain: str) -> Catalog:
@@ -32,7 +33,7 @@ def new_catalog(project: str, domain: str) -> Catalog:
 
 
 def extract(catalog: Catalog, method: str, sources: Iterable[Path], root: Path,
-            keywords: Mapping[str, object], options: Mapping[str, object] | None = None) -> Catalog:
+            keywords: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Catalog:
     """Add every message the sources mark (``method`` is babel's: "python", "javascript") to ``catalog``."""
     for source in sources:
         for lineno, message, comments, _context in extract_from_file(
