@@ -36,7 +36,7 @@ LOCALE_DIR = HERE / "locale"
 TEMPLATE = LOCALE_DIR / "mgw.pot"
 DOMAIN = "mgw"
 LANGUAGES = {"en": "", "zh": "zh_CN"}  # --lang -> the catalogue's locale ("" = the msgids themselves)
-PLACEHOLDER = re.compile(r"\{[a-z_0-9]*\}|%\([a-z_]+\)[sdr]|%[sdr]")
+PLACEHOLDER = re.compile(r"\{[a-z_0-9]*(?:[:!][^{}]*)?\}|%\([a-z_]+\)[sdr]|%[sdr]")
 LOCALE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")
 # the modules whose messages a person reads (relative to the package); the lint test reads the same list
 SOURCES = (
