@@ -45,7 +45,8 @@ class Version:
 def parse_uid(text: str, what: str) -> str:
     """A UID from outside, or ``RequestError`` naming ``what`` (never echoing the value)."""
     if not (0 < len(text) <= MAX_UID_CHARS) or not UID.fullmatch(text):
-        raise RequestError(f"{what} must be a DICOM UID (digits and dots, at most {MAX_UID_CHARS} characters)")
+        raise RequestError(_("{what} must be a DICOM UID (digits and dots, at most {max} characters)").format(
+            what=what, max=MAX_UID_CHARS))
     return text
 
 

@@ -72,7 +72,7 @@ def _print(doc: dict[str, Any], as_json: bool, action: str) -> None:
         print(json.dumps(doc, indent=2))
         return
     for row in doc["keys"]:
-        print(f"{row['role']:8s} {row['key_id']}  {row['public']}"  # values
+        print(f"{row['role']:8s} {row['key_id']}  {row['public']}"  # untranslated: values
               + (_("  staged {at}").format(at=row["staged_at"]) if "staged_at" in row else ""))
     untold = doc.get("boxes_without_next_key")
     if untold:
