@@ -244,7 +244,8 @@ def cmd_cloud_token(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"mgw provision --url {doc['url']} --ca-fingerprint {doc['ca_fingerprint']} --token {token}")  # untranslated: a command
+        # untranslated: a command to paste on the box
+        print(f"mgw provision --url {doc['url']} --ca-fingerprint {doc['ca_fingerprint']} --token {token}")
     return 0
 
 

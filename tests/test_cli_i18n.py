@@ -73,7 +73,8 @@ def test_help_is_chinese_when_asked_by_flag_or_locale_and_english_when_asked_by_
     flag, locale = _mgw("--lang", "zh", "--help"), _mgw("--help", lang_env={"LANG": "zh_CN.UTF-8"})
     english = _mgw("--lang", "en", "--help", lang_env={"LANG": "zh_CN.UTF-8"})
     for done in (flag, locale):
-        assert done.returncode == 0 and "用法：mgw" in done.stdout and "检查配置，不启动任何服务" in done.stdout, done.stdout
+        assert done.returncode == 0 and "用法：mgw" in done.stdout, done.stdout
+        assert "检查配置，不启动任何服务" in done.stdout, done.stdout
     assert english.returncode == 0 and "usage: mgw" in english.stdout, english.stdout
     assert "validate configuration without starting anything" in english.stdout
     assert not any("\u4e00" <= ch <= "\u9fff" for ch in english.stdout), "Chinese in the English help"
@@ -115,7 +116,7 @@ def test_doctor_speaks_the_chosen_language_and_its_json_never_changes_when_run_o
 
 # -- every message a person reads goes through gettext ---------------------------------------------
 SHOWN = {"print", "_tell", "say"}  # calls whose first argument a person reads
-MARK = "# untranslated:"  # a line that prints machine output (values, a command to paste) says so, and why
+MARK = "# untranslated:"  # machine output (values, a command to paste) says so, and why, on its line or the one above
 
 
 def _literal(node: ast.expr) -> bool:
@@ -139,7 +140,8 @@ def _untranslated(path: Path, root: Path = i18n.HERE) -> list[str]:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         name = node.func.id if isinstance(node.func, ast.Name) else ""
-        if (name in SHOWN or name.endswith("Error")) and _literal(node.args[0]) and MARK not in lines[node.lineno - 1]:
+        marked = MARK in lines[node.lineno - 1] or (node.lineno > 1 and MARK in lines[node.lineno - 2])
+        if (name in SHOWN or name.endswith("Error")) and _literal(node.args[0]) and not marked:
             found.append(f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     return found
 
@@ -153,5 +155,6 @@ def test_no_cli_message_escapes_translation_when_the_sources_are_read() -> None:
 def test_lint_catches_a_bare_print_when_one_is_written(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text('print(f"sent {n} items")\nraise ConfigError("no such box")\nprint(_("ok"))\n'
-                     'print(f"{value}")\nprint(f"mgw provision {url}")  # untranslated: a command\n')
-    assert [f.split(":")[1] for f in _untranslated(probe, tmp_path)] == ["1", "2"]
+                     'print(f"{value}")\nprint(f"mgw provision {url}")  # untranslated: a command\n'
+                     '# untranslated: a command\nprint(f"mgw provision {url}")\nsay("waiting for the cloud")\n')
+    assert [f.split(":")[1] for f in _untranslated(probe, tmp_path)] == ["1", "2", "8"]

@@ -82,7 +82,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             for r in [] if args.json else rows:
-                print(f"{r['box_id']:24s} {r['modality']:6s} {r['station_ae_title']:16s} {r['station_name']}")  # untranslated: values
+                # untranslated: values
+                print(f"{r['box_id']:24s} {r['modality']:6s} {r['station_ae_title']:16s} {r['station_name']}")
             return 0
         if action == "add":
             if not store.add_route(args.box, args.modality, args.station_ae, args.station_name, time.time()):
