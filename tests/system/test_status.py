@@ -114,7 +114,8 @@ def test_status_shows_uplink_certificate_backlog_and_last_study_when_a_provision
     d.kill_edge()
     stopped = status(d)
     assert stopped["service"] == {"running": False} and stopped["uplink"]["connected"] is False
-    assert "NOT RUNNING 未运行" in mgw(d, "status").stdout
+    assert "service: NOT RUNNING" in mgw(d, "status").stdout
+    assert "服务：未运行" in mgw(d, "--lang", "zh", "status").stdout
 
 
 def test_doctor_passes_when_run_on_the_files_mgw_provision_wrote(deploy: Deploy, tmp_path: Path) -> None:
