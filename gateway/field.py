@@ -78,7 +78,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     else:
         for check, ok, detail in result.checks:
             print((_("  [ok] {check}: {detail}") if ok else _("  [FAIL] {check}: {detail}")).format(
-                check=check, detail=detail))
+                check=_(prov.SELF_TEST_NAMES.get(check, check)), detail=detail))
         print((_("box {box} provisioned; configuration in {path}") if result.ok else
                _("box {box} provisioned; configuration in {path}; SELF-TEST FAILED (see above)")).format(
             box=result.box_id, path=result.device_toml))

@@ -158,3 +158,20 @@ def test_lint_catches_a_bare_print_when_one_is_written(tmp_path: Path) -> None:
                      'print(f"{value}")\nprint(f"mgw provision {url}")  # untranslated: a command\n'
                      '# untranslated: a command\nprint(f"mgw provision {url}")\nsay("waiting for the cloud")\n')
     assert [f.split(":")[1] for f in _untranslated(probe, tmp_path)] == ["1", "2", "8"]
+
+
+def test_commissioning_report_text_is_chinese_and_its_record_english_when_zh_is_chosen(tmp_path: Path) -> None:
+    from gateway.edge import commission
+
+    i18n.use("zh")
+    try:
+        report = commission.run([tmp_path / "missing.toml"], commission.Options(engineer="Li Wei"))
+        text = report.to_text()
+    finally:
+        i18n.use("en")
+    assert "调试报告" in text and "请修正所指的文件和配置项" in text and "结果：未通过" in text, text
+    (check,) = json.loads(report.to_json())["checks"]
+    # the record's own words stay English; a reason quoted from an error is as it was raised
+    assert check["detail"].endswith(": fix the named file and key") and "missing.toml" in check["detail"]
+    assert "shown" not in check
+    assert report.document().checks[0].detail == check["detail"] and report.result == "FAILED"
