@@ -137,7 +137,12 @@ def _untranslated(path: Path, root: Path = i18n.HERE) -> list[str]:
     lines = source.splitlines()
     found = []
     for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Call) or not node.args:
+        if not isinstance(node, ast.Call):
+            continue
+        helps = [k.value for k in node.keywords if k.arg in ("help", "description", "epilog") and _literal(k.value)]
+        if helps:  # argparse's help=_("...")
+            found.append(f"{path.relative_to(root)}:{helps[0].lineno}: {lines[helps[0].lineno - 1].strip()}")
+        if not node.args:
             continue
         name = node.func.id if isinstance(node.func, ast.Name) else ""
         marked = MARK in lines[node.lineno - 1] or (node.lineno > 1 and MARK in lines[node.lineno - 2])
@@ -156,8 +161,9 @@ def test_lint_catches_a_bare_print_when_one_is_written(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text('print(f"sent {n} items")\nraise ConfigError("no such box")\nprint(_("ok"))\n'
                      'print(f"{value}")\nprint(f"mgw provision {url}")  # untranslated: a command\n'
-                     '# untranslated: a command\nprint(f"mgw provision {url}")\nsay("waiting for the cloud")\n')
-    assert [f.split(":")[1] for f in _untranslated(probe, tmp_path)] == ["1", "2", "8"]
+                     '# untranslated: a command\nprint(f"mgw provision {url}")\nsay("waiting for the cloud")\n'
+                     'p.add_argument("--box", help="box id")\np.add_argument("--site", help=_("site"))\n')
+    assert sorted(int(f.split(":")[1]) for f in _untranslated(probe, tmp_path)) == [1, 2, 8, 9]
 
 
 def test_commissioning_report_text_is_chinese_and_its_record_english_when_zh_is_chosen(tmp_path: Path) -> None:
