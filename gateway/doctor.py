@@ -220,7 +220,7 @@ class _Check:
             ok = False
             parts.append(_("but this process connects as {identities}").format(identities=_(" or ").join(
                 self.identities)))
-        return Finding(entry.key, ok, ", ".join(parts), days)
+        return Finding(entry.key, ok, _(", ").join(parts), days)
 
 
 def check_edge(settings: config.EdgeSettings, paths: Paths, now: float) -> list[Finding]:
