@@ -42,7 +42,7 @@ LOCALE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")
 SOURCES = (
     "i18n.py", "cli.py", "field.py", "doctor.py", "cloud_init.py", "demo.py", "settings_files.py",
     "appliance/glance.py", "edge/commission.py", "edge/commission_report.py", "edge/provision.py", "simulator.py",
-    "site_tables.py", "edge/quarantine.py",
+    "site_tables.py", "edge/quarantine.py", "cloud/fleet/accounts.py",
     "cloud/worklist/cli.py", "cloud/fleet/accounts_cli.py", "cloud/archive/versions_cli.py",
     "cloud/authority/ack_key_cli.py", "cloud/archive/versions.py",
 )
