@@ -26,11 +26,11 @@ log = logging.getLogger("gateway.cli")
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
-    settings, paths = edge_settings(args)
+    settings, paths = edge_settings(args, starting=True)
     logs.setup(settings.box.log_level, args.log_json)
     from gateway.edge.service import EdgeService
 
-    edge = EdgeService(settings, paths)
+    edge = EdgeService(settings, paths, config_files=config_files(args, "gateway"))
     return run_service(edge, "edge", StartRecord(paths.state_dir, "edge", time.time))
 
 

@@ -95,6 +95,19 @@ class MSG(enum.StrEnum):
     WORKLIST_STATUS_NOT_SENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0884"
     WORKLIST_SOURCE_FAILED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0885"
     WORKLIST_FRAME_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0810"  # the edge's feed subscriber
+    # remote commands, the box's side (gateway/edge/commands.py): 0a00-0a3f
+    COMMAND_ACCEPTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a00"
+    COMMAND_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a01"
+    COMMAND_FINISHED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a02"
+    COMMAND_REDELIVERED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a03"
+    COMMAND_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a04"
+    COMMAND_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a05"
+    RESTART_REQUESTED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a06"
+    CONFIG_STAGED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a07"
+    CONFIG_APPLIED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a08"
+    CONFIG_ROLLED_BACK = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a09"
+    STUDY_RESENT = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a0a"
+    UPDATE_INSTALLED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0a0b"
     # signed acknowledgements (issue 7, item 6): 0700-07ff
     ACK_KEYRING_UPDATED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0700"
     ACK_KEYRING_REFUSED = "5f1d5c0a0e9b4d6c9b8f3b7c2a1e0701"

@@ -22,10 +22,27 @@ def config_files(args: argparse.Namespace, name: str) -> list[Path]:
     return files
 
 
-def edge_settings(args: argparse.Namespace) -> tuple[config.EdgeSettings, Paths]:
+def edge_settings(args: argparse.Namespace, starting: bool = False) -> tuple[config.EdgeSettings, Paths]:
+    """The edge's settings: its files, then the remote-managed ``<state_dir>/remote.toml`` if present
+    (``edge/remote_config.py``; ``starting``: the edge service's start, which counts an attempt of a
+    pending version and rolls back one that crashed it)."""
+    from gateway.edge import remote_config
+
     files = config_files(args, "gateway")
     settings = config.load_edge(files)
-    return settings, Paths.from_env(settings.box.state_dir, base=files[0].parent)
+    paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
+    if starting:
+        remote_config.starting(paths.state_dir)
+    remote = remote_config.remote_file(paths.state_dir)
+    if remote.exists():
+        try:
+            settings = config.load_edge([*files, remote])
+        except ConfigError as exc:  # validated when applied: the site files changed under it since
+            if not starting:
+                raise
+            remote_config.roll_back(paths.state_dir, str(exc))
+            settings = config.load_edge([*files, remote]) if remote.exists() else settings
+    return settings, paths
 
 
 def cloud_settings(args: argparse.Namespace) -> tuple[config.CloudSettings, Paths]:

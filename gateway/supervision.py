@@ -36,6 +36,7 @@ from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
 COMMIT_FILE = Path(__file__).parent / "BUILD_COMMIT"
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: a requested restart; Restart=on-failure starts the unit again
 
 
 def build_commit(path: Path = COMMIT_FILE) -> str:
@@ -149,6 +150,12 @@ def run_service(service: Service, name: str, starts: StartRecord | None = None) 
     interval = notifier.watchdog_interval_s or 1.0
     code = 0
     while not stop.wait(interval):
+        restart = getattr(service, "restart_requested", None)  # the edge's ``restart`` remote command
+        if isinstance(restart, threading.Event) and restart.is_set():
+            log.warning("restart requested by a remote command; exiting so that systemd starts us again",
+                        extra={"MESSAGE_ID": MSG.RESTART_REQUESTED.value, "SERVICE": name})
+            code = RESTART_EXIT_CODE
+            break
         if not service.alive():
             log.error("a service loop died; exiting so that systemd restarts us",
                       extra={"MESSAGE_ID": MSG.SERVICE_LOOP_DIED.value, "SERVICE": name})
@@ -159,6 +166,6 @@ def run_service(service: Service, name: str, starts: StartRecord | None = None) 
     service.stop()
     if starts is not None:
         ports.clear(starts.state_dir, starts.service)
-    if starts is not None and code == 0:
+    if starts is not None and code in (0, RESTART_EXIT_CODE):
         starts.stopped()
     return code

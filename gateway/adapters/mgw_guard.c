@@ -203,13 +203,14 @@ static int box_allowed(const char *cn, int access, const char *topic)
         case MOSQ_ACL_SUBSCRIBE:
             return own_literal(cn, topic, "ack") || own_literal(cn, topic, "util/ack")
                 || own_literal(cn, topic, "worklist") || own_literal(cn, topic, "worklist/status/ack")
-                || own_literal(cn, topic, "commission/ack");
+                || own_literal(cn, topic, "commission/ack") || own_literal(cn, topic, "cmd");
         case MOSQ_ACL_READ:
             return own(cn, topic, "ack") || own(cn, topic, "util/ack") || own(cn, topic, "worklist")
-                || own(cn, topic, "worklist/status/ack") || own(cn, topic, "commission/ack");
+                || own(cn, topic, "worklist/status/ack") || own(cn, topic, "commission/ack") || own(cn, topic, "cmd");
         case MOSQ_ACL_WRITE:
             return own(cn, topic, "up/+") || own(cn, topic, "state") || own(cn, topic, "health")
-                || own(cn, topic, "util") || own(cn, topic, "worklist/status") || own(cn, topic, "commission");
+                || own(cn, topic, "util") || own(cn, topic, "worklist/status") || own(cn, topic, "commission")
+                || own(cn, topic, "cmd/result") || own(cn, topic, "cmd/blob");
         default:
             return 0;
     }
@@ -237,13 +238,16 @@ static int fleet_allowed(int access, const char *topic)
     switch(access){
         case MOSQ_ACL_SUBSCRIBE:
             return any_box(topic, "state", 1) || any_box(topic, "health", 1) || any_box(topic, "util", 1)
-                || any_box(topic, "worklist/status", 1) || any_box(topic, "commission", 1);
+                || any_box(topic, "worklist/status", 1) || any_box(topic, "commission", 1)
+                || any_box(topic, "cmd/result", 1) || any_box(topic, "cmd/blob", 1);
         case MOSQ_ACL_READ:
             return any_box(topic, "state", 0) || any_box(topic, "health", 0) || any_box(topic, "util", 0)
-                || any_box(topic, "worklist/status", 0) || any_box(topic, "commission", 0);
+                || any_box(topic, "worklist/status", 0) || any_box(topic, "commission", 0)
+                || any_box(topic, "cmd/result", 0) || any_box(topic, "cmd/blob", 0);
         case MOSQ_ACL_WRITE:
             return any_box(topic, "util/ack", 0) || any_box(topic, "worklist", 0)
-                || any_box(topic, "worklist/status/ack", 0) || any_box(topic, "commission/ack", 0);
+                || any_box(topic, "worklist/status/ack", 0) || any_box(topic, "commission/ack", 0)
+                || any_box(topic, "cmd", 0);
         default:
             return 0;
     }

@@ -178,6 +178,10 @@ class SpoolStore:
         items = self._query("SELECT * FROM items WHERE transfer_id = ?", (transfer_hex,))
         return items[0] if items else None
 
+    def in_study(self, study_instance_uid: str) -> list[SpoolItem]:
+        """Every item of a study, whatever its state (the ``resend`` remote command)."""
+        return self._query("SELECT * FROM items WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
+
     def in_state(self, *states: ItemState, limit: int = 1000) -> list[SpoolItem]:
         marks = ", ".join("?" for _ in states)
         return self._query(

@@ -71,6 +71,15 @@ class WorklistHealth(_Message, frozen=True):
     frames_refused: Count = 0
 
 
+class CommandHealth(_Message, frozen=True):
+    """The heartbeat's ``commands``: remote commands on the box (edge/commands.py), refusals counted."""
+
+    last_seq: Count = 0
+    refused: Count = 0
+    succeeded: Count = 0
+    failed: Count = 0
+
+
 class Birth(_Telemetry, frozen=True, tag="birth"):
     v: Literal[1]
     box_id: BoxId
@@ -85,6 +94,7 @@ class Birth(_Telemetry, frozen=True, tag="birth"):
     time_zone: Text = ""
     weekly_hours: Annotated[list[Text], msgspec.Meta(max_length=14)] = []
     region: Text = ""
+    config_version: Count = 0  # the remote-managed settings' version the box runs (0: never changed remotely)
 
 
 class Death(_Telemetry, frozen=True, tag="death"):
@@ -115,6 +125,8 @@ class Heartbeat(_Telemetry, frozen=True, tag="heartbeat"):
     utilisation_unacked: Count = 0
     exams_dropped: Count = 0
     worklist: WorklistHealth | None = None  # absent: the box runs no worklist
+    config_version: Count = 0  # as in the birth
+    commands: CommandHealth | None = None  # absent: a box before remote commands
 
 
 class ExamRecord(_Message, frozen=True):
@@ -248,6 +260,56 @@ class WorklistStatus(_Message, frozen=True, forbid_unknown_fields=True):
 # -- enrolment requests (HTTPS bodies a box posts to the enrolment server) --------------------------------
 Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
 EnrolToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+
+
+# -- remote commands ({prefix}/{box}/cmd, cmd/result, cmd/blob; core/command_wire.py) --------------------------
+CommandId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+CommandState = Literal["received", "running", "succeeded", "failed", "refused"]
+ResultKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+ResultValue = Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")] | int | float \
+    | bool | None
+MAX_RESULT_BYTES = 64 * 1024
+MAX_BLOB_PART_BYTES = 136 * 1024  # one part's JSON: 96 KiB of data in base64, and the rest
+
+
+class CommandArgs(_Message, frozen=True, forbid_unknown_fields=True):
+    """The sealed part of a command frame: its arguments (checked by the box per kind) and who issued it."""
+
+    args: Annotated[dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")], Any],
+                    msgspec.Meta(max_length=32)]
+    by: Text
+
+
+class CommandResult(_Message, frozen=True, forbid_unknown_fields=True):
+    """Box -> cloud: where a command stands. ``id`` and ``seq`` are absent only for a refused frame
+    that did not parse; ``reason`` is a ``command_wire.Refusal`` code when ``state`` is refused; the
+    ``detail`` is flat (what the console shows), never patient data."""
+
+    v: Literal[1]
+    box_id: BoxId
+    state: CommandState
+    at: Time
+    id: CommandId | None = None
+    seq: Seq | None = None
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,16}$")] | None = None
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    message: Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    detail: Annotated[dict[ResultKey, ResultValue], msgspec.Meta(max_length=64)] = {}
+
+
+class CommandBlobPart(_Message, frozen=True, forbid_unknown_fields=True):
+    """Box -> cloud: one part of a command's sealed blob (the diagnostic bundle). ``sha256`` is the
+    whole sealed blob's; the cloud keeps the blob once every part is in and the digest matches."""
+
+    v: Literal[1]
+    box_id: BoxId
+    id: CommandId
+    part: Annotated[int, msgspec.Meta(ge=0, le=63)]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=64)]
+    size: Annotated[int, msgspec.Meta(ge=1, le=4 * 1024 * 1024)]
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    data: Annotated[bytes, msgspec.Meta(min_length=1, max_length=96 * 1024)]  # base64 in JSON
 
 
 # -- the signed commissioning report ({prefix}/{box}/commission; core/commissioning.py) ----------------------

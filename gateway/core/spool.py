@@ -96,8 +96,14 @@ class Discarded:
     """An operator deleted a quarantined item."""
 
 
+@dataclass(frozen=True)
+class ResendRequested:
+    """Central operations asked the box to send an acknowledged item again (the ``resend`` remote
+    command): the original is still held, so it is packed and sent anew, as a new transfer."""
+
+
 Event = (Packed | PackFailed | SendStarted | CloudStored | CloudRejected | RetentionExpired | Replayed
-         | FramesTooLarge | FramesOutdated | SendExhausted | Discarded)
+         | FramesTooLarge | FramesOutdated | SendExhausted | Discarded | ResendRequested)
 
 
 # Effects: what the service must do, imperative.
@@ -130,6 +136,7 @@ TRANSITIONS: dict[tuple[ItemState, type], tuple[ItemState, tuple[Effect, ...]]] 
     (S.PACKED, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
     (S.SENDING, SendExhausted): (S.QUARANTINED, (E.RECORD_REASON, E.DELETE_OUTBOX)),
     (S.QUARANTINED, Discarded): (S.PURGED, (E.DELETE_BLOB,)),
+    (S.ACKNOWLEDGED, ResendRequested): (S.RECEIVED, ()),
 }
 
 TERMINAL = frozenset({S.PURGED})

@@ -126,3 +126,33 @@ def commission_subscription(prefix: str) -> str:
 def parse_commission_topic(prefix: str, topic: str) -> str:
     """The box id of a commissioning report's topic, or ``FrameError``."""
     return parse_box_topic(prefix, topic, "commission", "commissioning")
+
+
+# -- remote commands (docs/protocol.md, "Remote commands"; core/command_wire.py) ----------------
+#    {prefix}/{box_id}/cmd          cloud -> edge: one signed, sealed command frame, QoS 1, not retained
+#    {prefix}/{box_id}/cmd/result   edge -> cloud: where a command stands (schema.CommandResult), QoS 1
+#    {prefix}/{box_id}/cmd/blob     edge -> cloud: a part of a command's sealed blob (schema.CommandBlobPart), QoS 1
+def command_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/cmd"
+
+
+def command_result_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/cmd/result"
+
+
+def command_blob_topic(prefix: str, box_id: str) -> str:
+    return f"{prefix}/{box_id}/cmd/blob"
+
+
+def command_subscriptions(prefix: str) -> list[str]:
+    """What the fleet service subscribes to for command results and blobs."""
+    return [f"{prefix}/+/cmd/result", f"{prefix}/+/cmd/blob"]
+
+
+def parse_command_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """``(box_id, "result" | "blob")`` of a command reply topic, or ``FrameError``."""
+    head = prefix + "/"
+    parts = topic[len(head):].split("/") if topic.startswith(head) else []
+    if len(parts) != 3 or parts[1] != "cmd" or parts[2] not in ("result", "blob") or not _BOX.match(parts[0]):
+        raise FrameError("malformed command topic")
+    return parts[0], parts[2]

@@ -5,7 +5,8 @@
 3. redeem the token: the cloud signs the CSR for the box id the token is bound to and answers
    with the certificate, the cloud's envelope public key, the public keys its acks are signed
    with, and where the broker is;
-4. write ``pki/ca.pem``, ``pki/box.pem``, ``pki/ack_keys.json`` and ``device.toml`` (which
+4. write ``pki/ca.pem``, ``pki/box.pem``, ``pki/ack_keys.json`` (and ``pki/command_keys.json`` when the
+   answer carries ``command_keys``) and ``device.toml`` (which
    overrides the site file),
    with the modality the listener admits (``--modality AE@ADDRESS`` or the bundle's [dicom]
    ``allowed_peers``) and the address it listens on: ``--dicom-bind``, the bundle's
@@ -38,7 +39,7 @@ from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import FileKeyStore, KeyStore
 from gateway.core import admission
 from gateway.core.errors import ConfigError, KeyringError, LocalError
-from gateway.edge import ack_keyring
+from gateway.edge import ack_keyring, command_keyring
 from gateway.i18n import N_, Message, _, tr
 from gateway.logs import MSG
 from gateway.paths import Paths
@@ -176,6 +177,7 @@ def _install(answer: dict[str, Any], ca_pem: bytes, enrolment: Enrolment, paths:
     pki = pki_dir(paths)
     pki.mkdir(parents=True, exist_ok=True, mode=0o755)
     ack_keyring.save(ack_keyring.keyring_path(paths.state_dir), keyring)
+    command_keyring.install_from_answer(command_keyring.keyring_path(paths.state_dir), answer)
     blobs.write_atomic(pki / "ca.pem", ca_pem, mode=0o644)
     blobs.write_atomic(pki / "box.pem", str(answer["certificate"]).encode(), mode=0o644)
     store.replace(PENDING_KEY, BOX_KEY)

@@ -26,7 +26,7 @@ from gateway.adapters import blobs, enrolment_client
 from gateway.adapters.keystore import KeyStore
 from gateway.config import EdgeSettings
 from gateway.core.errors import GatewayError
-from gateway.edge import ack_keyring
+from gateway.edge import ack_keyring, command_keyring
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Renewer:
             "NOT_AFTER": int(new.not_valid_after_utc.timestamp())})
         if self.keyring_file is not None:
             ack_keyring.install_from_answer(self.keyring_file, answer)
+            command_keyring.install_from_answer(command_keyring.keyring_path(self.keyring_file.parent.parent), answer)
         self.on_renewed()
 
     # -- thread --------------------------------------------------------------------------------

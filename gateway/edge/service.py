@@ -14,11 +14,13 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway import __version__
 from gateway.adapters import blobs
+from gateway.adapters.command_store import CommandStore
 from gateway.adapters.dicom_receive import ReceivedInstance
 from gateway.adapters.dicom_scp import DicomListener
 from gateway.adapters.exam_store import ExamStore
@@ -35,7 +37,9 @@ from gateway.core.acksig import AckKeyring
 from gateway.core.errors import SpoolFullError
 from gateway.core.priority import PriorityRules, classify
 from gateway.core.spool import ItemState
-from gateway.edge import ack_keyring, cache, worklist_feed
+from gateway.edge import ack_keyring, cache, command_keyring, diagnostics, remote_config, worklist_feed
+from gateway.edge.command_kinds import BoxCommands, Hooks
+from gateway.edge.commands import CommandChannel
 from gateway.edge.dicom_services import ServiceNeeds, build_dicom_services
 from gateway.edge.exams import ExamRecorder
 from gateway.edge.packer import Packer
@@ -69,7 +73,8 @@ class _Link:
 
 
 class EdgeService:
-    def __init__(self, settings: EdgeSettings, paths: Paths, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: EdgeSettings, paths: Paths, clock: Callable[[], float] = time.time,
+                 config_files: Sequence[Path] = ()) -> None:
         self.settings = settings
         self.paths = paths
         self._clock = clock
@@ -110,9 +115,19 @@ class EdgeService:
                                       provisioned=(paths.state_dir / "device.toml").exists())
         self.renewer = Renewer(settings, keys, self._identity_renewed, clock, self.keyring_file)
         self.link_watcher = LinkWatcher(self._on_network_up)
+        self.log_ring = diagnostics.LogRing()
+        self.restart_requested = threading.Event()  # a ``restart`` command: run_service exits, systemd restarts
+        runner = BoxCommands(settings, paths, Hooks(self.renewer.renew, self.restart_requested.set, self._healthy,
+                                                   lambda: self.telemetry.announce()),
+                             cloud_public, self.log_ring, clock, config_files)
+        self.commands = CommandChannel(CommandStore(paths.state_dir / "commands.db"), settings.box.id, prefix,
+                                       keys.secret(worklist_feed.KEY_NAME),
+                                       command_keyring.keyring_path(paths.state_dir), runner, clock)
         self.telemetry = Telemetry(settings, paths, self.exams, self.link, clock, self._current_keyring,
                                    dicom_counts=self.listener.counts,
-                                   worklist=self._worklist_feed(settings, paths, keys, cache_key, clock))
+                                   worklist=self._worklist_feed(settings, paths, keys, cache_key, clock),
+                                   commands=self.commands,
+                                   config_version=lambda: remote_config.version(paths.state_dir))
         self._threads: list[threading.Thread] = []
         # Monotonic, not ``clock``: a wall-clock step (first NTP sync on a box without
         # an RTC) must neither fake a hang nor hide one.
@@ -135,6 +150,10 @@ class EdgeService:
         self.link.reload_identity()
         self.telemetry.link.reload_identity()
         self.keyring = ack_keyring.load(self.keyring_file)
+
+    def _healthy(self) -> bool:
+        """A remote configuration's health check: every loop alive, both MQTT connections up."""
+        return self.alive() and self.link.connected and self.telemetry.link.connected
 
     def _current_keyring(self) -> AckKeyring:
         return self.keyring  # an immutable value, replaced whole: safe to read from any thread
@@ -223,6 +242,7 @@ class EdgeService:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        logging.getLogger().addHandler(self.log_ring)
         self._sweep()
         self._seal_legacy()
         self.renewer.start()  # rolls an interrupted certificate swap forward before the link connects
@@ -230,6 +250,7 @@ class EdgeService:
         self.listener.start()  # and its services: the Storage Commitment reporter thread
         self.link.start()
         self.link_watcher.start()
+        self.commands.start()
         self.telemetry.start()
         for target, name in ((self._pack_loop, "packer"), (self._main_loop, "edge-loop")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -250,11 +271,13 @@ class EdgeService:
         for thread in self._threads:
             thread.join(10)
         self.telemetry.stop()
+        self.commands.stop()
         self.link.stop()
         self.renewer.stop()
         self.sender.close()
         self.store.close()
         self.exams.store.close()
+        logging.getLogger().removeHandler(self.log_ring)
 
     def ports(self) -> dict[str, int]:
         """The DICOM listener's port and, when it runs, the /metrics endpoint's."""
@@ -266,7 +289,7 @@ class EdgeService:
         """All loops are running and the main loop turned recently (for the watchdog)."""
         fresh = time.monotonic() - self.loop_heartbeat < LOOP_STALE_S
         return (fresh and self.link.alive() and self.telemetry.alive() and self.listener.alive()
-                and all(t.is_alive() for t in self._threads))
+                and self.commands.alive() and all(t.is_alive() for t in self._threads))
 
     def _sweep(self) -> None:
         """Remove what a crash left behind: never-committed uploads, orphans."""

@@ -10,7 +10,9 @@ data: QoS 1, no expiry, resent until the cloud acknowledges each revision on ``u
 an ack counts only if signed by a key in the box's ack keyring (``gateway.core.acksig``).
 The worklist feed rides this connection too (``edge/worklist_feed.WorklistFeed``): its frames and
 status acks are queued by paho's callback and handled on the telemetry thread; the birth carries
-the box's worklist key, the heartbeat the cache's figures.
+the box's worklist key, the heartbeat the cache's figures. Remote commands ride it as well
+(``edge/commands.CommandChannel``, the same way: queued by paho, judged on the telemetry thread);
+the birth and heartbeat carry ``config_version``, the heartbeat the commands' figures.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from gateway.config import EdgeSettings
 from gateway.core import acksig, fleet, topics
 from gateway.core import exam as exams
 from gateway.core.acksig import AckKeyring
+from gateway.core.command_wire import Refusal
 from gateway.core.errors import FrameError, UnexpectedAckError
 from gateway.core.fleet import MessageKind
+from gateway.edge.commands import CommandChannel
 from gateway.edge.exams import ExamRecorder
 from gateway.edge.worklist_feed import WorklistFeed
 from gateway.logs import MSG
@@ -42,15 +46,19 @@ from gateway.supervision import build_info
 
 log = logging.getLogger(__name__)
 _TICK_S = 1.0
+REFUSALS = tuple(r.value for r in Refusal)
 
 
 class Telemetry:
     def __init__(self, settings: EdgeSettings, paths: Paths, recorder: ExamRecorder, uplink: MqttLink,
                  clock: Callable[[], float], keyring: Callable[[], AckKeyring],
                  dicom_counts: Callable[[], dict[str, dict[str, int]]] = dict,
-                 worklist: WorklistFeed | None = None) -> None:
+                 worklist: WorklistFeed | None = None, commands: CommandChannel | None = None,
+                 config_version: Callable[[], int] = lambda: 0) -> None:
         self._settings = settings
         self._worklist = worklist
+        self._commands = commands
+        self._config_version = config_version
         self._dicom_counts = dicom_counts  # DicomListener.counts: refusals by reason
         self._keyring = keyring
         self.acks_rejected = 0
@@ -73,7 +81,8 @@ class Telemetry:
         self.link = MqttLink(
             settings.mqtt, client_id=f"{self._box}:telemetry",
             subscriptions=[(topics.util_ack_topic(self._prefix, self._box), 1),
-                           *(worklist.subscriptions() if worklist is not None else [])],
+                           *(worklist.subscriptions() if worklist is not None else []),
+                           *(commands.subscriptions() if commands is not None else [])],
             on_message=self._on_message, on_state=self._on_state, will_factory=self._will,
         )
         h = settings.health
@@ -98,6 +107,11 @@ class Telemetry:
         if self._worklist is not None:
             self._worklist.close()
 
+    def announce(self) -> None:
+        """Publish the birth again at the next round (what it carries changed: ``config_version``)."""
+        self._connected_flag.set()
+        self._wake.set()
+
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.link.alive()
 
@@ -115,6 +129,8 @@ class Telemetry:
     def _on_message(self, message: Inbound) -> None:
         if self._worklist is not None and self._worklist.wants(message.topic):
             self._worklist.offer(message)
+        elif self._commands is not None and self._commands.wants(message.topic):
+            self._commands.offer(message)
         else:
             self._acks.put(message.payload)
         self._wake.set()
@@ -131,6 +147,8 @@ class Telemetry:
                 self._drain_acks()
                 if self._worklist is not None:
                     self._worklist.pump(self.link)
+                if self._commands is not None:
+                    self._commands.pump(self.link)
                 self._recorder.pump()
                 if self.link.connected:
                     self._send_records()
@@ -144,11 +162,13 @@ class Telemetry:
 
     def _publish_birth(self) -> None:
         rules = self._settings.site  # the site's zone and hours, as provisioning set them
-        extra = {"worklist_key": self._worklist.public_hex} if self._worklist is not None else {}
+        inbound = self._worklist.public_hex if self._worklist is not None else \
+            self._commands.public_hex if self._commands is not None else ""
+        extra = {"worklist_key": inbound} if inbound else {}
         payload = fleet.encode(MessageKind.BIRTH, self._box, self._bd_seq, at=round(self._clock(), 3),
                                version=__version__, site=self._site(), heartbeat_s=self._settings.health.heartbeat_s,
                                time_zone=rules.time_zone, weekly_hours=list(rules.weekly_hours), region=rules.region,
-                               **extra)
+                               config_version=self._config_version(), **extra)
         self.link.publish(topics.telemetry_topic(self._prefix, self._box, "state"), payload, qos=1, retain=True)
         self._births += 1
 
@@ -207,6 +227,8 @@ class Telemetry:
             "cert_not_after": host.cert_not_after(self._settings.mqtt.cert_file),
             "utilisation_unacked": self._store.unacked(), "exams_dropped": self._recorder.dropped,
             **({"worklist": self._worklist.figures(now)} if self._worklist is not None else {}),
+            "config_version": self._config_version(),
+            **({"commands": self._commands.figures()} if self._commands is not None else {}),
         }
 
     def _samples(self) -> Iterator[Sample]:
@@ -246,6 +268,24 @@ class Telemetry:
         yield from self._dicom_samples(box)
         if self._worklist is not None:
             yield from self._worklist_samples(snap["worklist"], box)
+        if self._commands is not None:
+            yield from self._command_samples(box)
+
+    def _command_samples(self, box: dict[str, str]) -> Iterator[Sample]:
+        channel = self._commands
+        assert channel is not None
+        yield Sample("mgw_edge_config_version", "version of the remote-managed settings the box runs",
+                     self._config_version(), box)
+        yield Sample("mgw_edge_command_last_seq", "sequence number of the last remote command accepted",
+                     channel.figures()["last_seq"], box)
+        for reason in sorted({*REFUSALS, *channel.refused}):
+            yield Sample("mgw_edge_commands_refused_total", "remote command frames refused, by reason",
+                         channel.refused[reason], {**box, "reason": reason}, True)
+        for state in ("succeeded", "failed"):
+            yield Sample("mgw_edge_commands_finished_total", "remote commands run, by result",
+                         channel.finished[state], {**box, "state": state}, True)
+        yield Sample("mgw_edge_commands_redelivered_total", "commands delivered again and answered from the store",
+                     channel.redelivered, box, True)
 
     def _worklist_samples(self, figures: dict[str, Any], box: dict[str, str]) -> Iterator[Sample]:
         feed = self._worklist

@@ -68,7 +68,7 @@ def populated(service: FleetService, broker: MosquittoBroker) -> Iterator[FleetS
     wait_for(lambda: service.box("box-a"), 60, "box-a known to the fleet")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-a", 1, at=time.time(), disk={"used_percent": 97.0},
                                     backlog={"items": 3, "bytes": 9000, "oldest_unacked_age_s": 12.0}))
-    t0 = time.time() // 86400 * 86400 + 3600
+    t0 = time.time() - 4000  # over and stored before now, whatever the time of day
     box.send("util", json.dumps({"v": 1, "box_id": "box-a", "study_key": "ab" * 16, "revision": 1, "modality": "CT",
                                  "start": t0, "end": t0 + 600, "images": 300, "series": 3, "source": "header",
                                  "status": "completed", "first_received_at": t0 + 10, "last_received_at": t0 + 620,

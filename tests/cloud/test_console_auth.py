@@ -103,9 +103,15 @@ def two_sites(svc: FleetService, broker: MosquittoBroker) -> dict[str, int]:
         return all(svc.box(b) is not None for b in boxes)
 
     wait_for(born, 60, "both boxes in the registry")
-    now = time.time()
-    return {site: svc.store.raise_alert(box_id, AlertKind.DISK_FULL, "", "97 %", now, site=site).id
-            for box_id, site in (("box-a", "clinic-a"), ("box-b", "clinic-b"))}
+    for box_id, (box, _) in boxes.items():  # a full disk: the service raises (and keeps) the alert itself
+        box.send("health", fleet.encode(MessageKind.HEARTBEAT, box_id, 1, at=time.time(),
+                                        disk={"used_percent": 97.0}))
+
+    def raised() -> dict[str, int]:
+        found = {a.site: a.id for a in svc.open_alerts() if a.kind is AlertKind.DISK_FULL}
+        return found if set(found) == {"clinic-a", "clinic-b"} else {}
+
+    return wait_for(raised, 60, "a disk alert on each site")
 
 
 # -- logins, lockout, sessions --------------------------------------------------------------------------------
@@ -455,7 +461,7 @@ def test_client_address_is_the_connections_unless_a_trusted_proxy_names_it(
 def test_site_scoped_user_sees_no_figure_of_another_site_when_both_sites_have_exams_and_dead_letters(
         service: FleetService, broker: MosquittoBroker) -> None:
     two_sites(service, broker)
-    t0 = time.time() // 86400 * 86400 + 3600
+    t0 = time.time() - 4000  # over and stored before now, whatever the time of day
     for n, (box_id, site) in enumerate((("box-a", "clinic-a"), ("box-b", "clinic-b"))):
         box = next(b for b in Box.made if b.box_id == box_id)
         box.send("util", json.dumps({

@@ -33,3 +33,11 @@ def test_blob_is_deleted_only_after_ack_or_by_an_operator_when_any_event_applies
     for (state, _event), (_new, effects) in spool.TRANSITIONS.items():
         if Effect.DELETE_BLOB in effects:
             assert state in (ItemState.ACKNOWLEDGED, ItemState.QUARANTINED)
+
+
+def test_only_an_acknowledged_item_is_sent_again_when_a_resend_is_requested() -> None:
+    result = spool.step(ItemState.ACKNOWLEDGED, spool.ResendRequested())
+    assert result.state is ItemState.RECEIVED and result.effects == ()  # the original stays
+    for state in set(ItemState) - {ItemState.ACKNOWLEDGED}:
+        with pytest.raises(IllegalTransitionError):
+            spool.step(state, spool.ResendRequested())

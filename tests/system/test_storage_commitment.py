@@ -224,6 +224,50 @@ def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_
     assert "VIA=same association" in (d.root / "edge.log").read_text(errors="replace")
 
 
+@pytest.mark.slow  # sending until the report is due and past the wait: the slow target (.ci/run runs it)
+def test_report_goes_on_a_new_association_after_the_wait_when_the_asking_association_never_goes_quiet(
+        deploy: Deploy, modality_scp: tuple[int, list[Modality]]) -> None:
+    """The modality keeps storing on the association that asked for commitment and never pauses
+    for the quiet time: the box waits ``same_association_max_wait_s`` for a quiet moment, then
+    sends the report on a new association to the modality's SCP; no C-STORE on the busy
+    association fails or meets our request."""
+    port, holder = modality_scp
+    max_wait = 3.0
+    d = deploy(edge_overrides={"commitment": {"modalities": [f"{MODALITY}@127.0.0.1:{port}"],
+                                              "same_association_quiet_s": 30.0,  # never reached while sending
+                                              "same_association_max_wait_s": max_wait}})
+    modality = Modality(d)
+    holder.append(modality)
+    source = dcmread(next(p for p in real_images() if p.name == "MR2_UNCI.dcm"))
+    ae = _ae()
+    ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
+    ext = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=False)]
+    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE, ext_neg=ext,
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality.on_event_report)])
+    assert assoc.is_established
+
+    def store() -> tuple[str, int]:
+        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        status = assoc.send_c_store(source)
+        return str(source.SOPInstanceUID), int(status.Status) if "Status" in status else -1
+
+    first = [store() for _ in range(3)]
+    assert _action(assoc, generate_uid(), [(str(source.SOPClassUID), uid) for uid, _ in first]) == 0x0000
+    statuses = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not modality.reports and len(statuses) < 20000:
+        statuses.append(store()[1])  # busy the whole time: the report cannot come on this association
+    assert modality.reports, "no N-EVENT-REPORT within 180 s"
+    statuses.extend(store()[1] for _ in range(5))
+    assert set(statuses) == {0} and assoc.is_established
+    assoc.release()
+    (report,) = modality.reports
+    assert report.event_type == 1 and sorted(report.committed) == sorted(uid for uid, _ in first)
+    (line,) = [ln for ln in (d.root / "edge.log").read_text(errors="replace").splitlines()
+               if "storage commitment reported" in ln]
+    assert "VIA=new association" in line, line
+
+
 @dataclass(frozen=True)
 class StorescuRun:
     """One DCMTK storescu association: its files, exit code, output and when it ran."""

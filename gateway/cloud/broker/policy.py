@@ -49,6 +49,9 @@ def grants(prefix: str) -> tuple[Grant, ...]:
         Grant(BOX, "subscribe", f"{own}/worklist/status/ack", "its worklist status acks, literally", exact=True),
         Grant(BOX, "publish", f"{own}/commission", "its signed commissioning reports"),
         Grant(BOX, "subscribe", f"{own}/commission/ack", "its commissioning-report acks, literally", exact=True),
+        Grant(BOX, "subscribe", f"{own}/cmd", "its signed remote commands, literally", exact=True),
+        Grant(BOX, "publish", f"{own}/cmd/result", "where its remote commands stand"),
+        Grant(BOX, "publish", f"{own}/cmd/blob", "its sealed diagnostic bundles, in parts"),
         Grant(INGEST, "subscribe", f"{prefix}/+/up/+", "the shared chunk subscription", shared=True),
         Grant(INGEST, "publish", f"{prefix}/+/ack", "chunk acks"),
         Grant(FLEET, "subscribe", f"{prefix}/+/state", "births and deaths"),
@@ -60,6 +63,9 @@ def grants(prefix: str) -> tuple[Grant, ...]:
         Grant(FLEET, "publish", f"{prefix}/+/worklist/status/ack", "worklist status acks"),
         Grant(FLEET, "subscribe", f"{prefix}/+/commission", "signed commissioning reports"),
         Grant(FLEET, "publish", f"{prefix}/+/commission/ack", "commissioning-report acks"),
+        Grant(FLEET, "publish", f"{prefix}/+/cmd", "signed remote commands"),
+        Grant(FLEET, "subscribe", f"{prefix}/+/cmd/result", "remote command results"),
+        Grant(FLEET, "subscribe", f"{prefix}/+/cmd/blob", "remote command blobs (diagnostic bundles)"),
     )
 
 
