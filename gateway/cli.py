@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import __version__, config, logs
+from gateway import __version__, config, i18n, logs
 from gateway.core.errors import GatewayError
+from gateway.i18n import _
 from gateway.paths import Paths
 from gateway.settings_files import cloud_settings, config_files, edge_settings
 from gateway.supervision import StartRecord, run_service
@@ -45,8 +46,9 @@ def cmd_edge_worklist_import(args: argparse.Namespace) -> int:
     update = read_update(args.file)  # refused before anything is opened
     owner = paths.state_dir.stat().st_uid if paths.state_dir.exists() else os.geteuid()
     if owner != os.geteuid():  # files made by root here would lock the edge (User=mgw) out of its cache
-        raise config.ConfigError(f"{paths.state_dir} belongs to uid {owner}: run this as that user "
-                                 "(sudo -u mgw mgw edge worklist import ...)")
+        raise config.ConfigError(_("{path} belongs to uid {uid}: run this as that user "
+                                   "(sudo -u mgw mgw edge worklist import ...)").format(path=paths.state_dir,
+                                                                                        uid=owner))
     store = WorklistStore(paths.worklist_db, FileKeyStore(paths.state_dir / "keys").secret(cache.KEY_NAME))
     try:
         applied = apply_update(store, update, settings.box.id, time.time(), "import")
@@ -58,13 +60,12 @@ def cmd_edge_worklist_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     elif applied.applied:
-        _tell(f"worklist update {update.seq} applied: {applied.upserted} scheduled, {applied.cancelled} cancelled; "
-              f"{waiting} steps in the cache",
-              f"工作列表更新 {update.seq} 已应用：新增或更新 {applied.upserted} 项，取消 {applied.cancelled} 项；"
-              f"缓存中共 {waiting} 项")
+        _tell(_("worklist update {seq} applied: {upserted} scheduled, {cancelled} cancelled; {waiting} steps in "
+                "the cache").format(seq=update.seq, upserted=applied.upserted, cancelled=applied.cancelled,
+                                    waiting=waiting))
     else:
-        _tell(f"worklist update {update.seq} ignored: update {applied.last_seq} was already applied",
-              f"工作列表更新 {update.seq} 已忽略：已应用过更新 {applied.last_seq}")
+        _tell(_("worklist update {seq} ignored: update {last_seq} was already applied").format(
+            seq=update.seq, last_seq=applied.last_seq))
     return 0
 
 
@@ -93,19 +94,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.setup("ERROR", False)
     report = run_simulation(settings, paths, boxes=args.boxes, minutes=args.minutes, heartbeat_s=args.heartbeat_s,
                             outage_percent=args.outage_percent, seed=args.seed, backfill_hours=args.backfill_hours,
-                            say=(lambda _m: None) if args.json else (lambda m: print(f"mgw: {m}", file=sys.stderr)))
+                            say=(lambda _m: None) if args.json else (lambda m: print(_("mgw: {message}").format(
+                                message=m), file=sys.stderr)))
     print(json.dumps(report, indent=2) if args.json else
-          f"simulated {report['boxes']} boxes for {report['seconds']} s: {report['heartbeats']} heartbeats, "
-          f"{report['exams']} exams, {report['outages']} outages\n"
-          f"模拟 {report['boxes']} 台设备 {report['seconds']} 秒：{report['heartbeats']} 次心跳，"
-          f"{report['exams']} 次检查，{report['outages']} 次中断")
+          _("simulated {boxes} boxes for {seconds} s: {heartbeats} heartbeats, {exams} exams, {outages} outages")
+          .format(boxes=report["boxes"], seconds=report["seconds"], heartbeats=report["heartbeats"],
+                  exams=report["exams"], outages=report["outages"]))
     lost = report["publish_failures"] + report["publish_refused"]
     if lost:
-        print(f"mgw: {report['publish_refused']} messages refused by the broker and {report['publish_failures']} not "
-              "sent: the cloud did not get them (see PUBLISH_REFUSED in the log)\n"
-              f"mgw: 代理拒绝了 {report['publish_refused']} 条消息，"
-              f"另有 {report['publish_failures']} 条未发出：云端没有收到",
-              file=sys.stderr)
+        print(_("mgw: {refused} messages refused by the broker and {failed} not sent: the cloud did not get them "
+                "(see PUBLISH_REFUSED in the log)").format(refused=report["publish_refused"],
+                                                           failed=report["publish_failures"]), file=sys.stderr)
     return 1 if lost else 0
 
 
@@ -138,8 +137,10 @@ def cmd_cloud_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
-        print(f"imported {len(summary.exports)} export(s): {summary.stored} stored, {summary.rejected} rejected, "
-              f"{summary.incomplete} incomplete, {summary.unreadable} unreadable")
+        print(_("imported {exports} export(s): {stored} stored, {rejected} rejected, {incomplete} incomplete, "
+                "{unreadable} unreadable").format(exports=len(summary.exports), stored=summary.stored,
+                                                  rejected=summary.rejected, incomplete=summary.incomplete,
+                                                  unreadable=summary.unreadable))
     return 0 if summary.rejected + summary.incomplete + summary.unreadable == 0 else 1
 
 
@@ -156,7 +157,8 @@ def cmd_cloud_seal_archive(args: argparse.Namespace) -> int:
     if sealed:
         log.warning("plaintext archive objects sealed", extra={
             "MESSAGE_ID": logs.MSG.PLAINTEXT_SEALED.value, "ITEMS": sealed, "DAMAGED": damaged})
-    print(f"sealed {sealed} plaintext object(s); {damaged} left (no longer match their index row)")
+    print(_("sealed {sealed} plaintext object(s); {damaged} left (no longer match their index row)").format(
+        sealed=sealed, damaged=damaged))
     return 0 if damaged == 0 else 1
 
 
@@ -180,7 +182,7 @@ def cmd_update_hook(args: argparse.Namespace) -> int:
         return int(update.commit_gate(settings, paths, update.default_probe(settings, paths), timeout_s=args.timeout_s,
                                       settle_s=args.settle_s))
     except GatewayError as exc:
-        print(f"mgw: error: {exc}", file=sys.stderr)
+        print(_("mgw: error: {reason}").format(reason=exc), file=sys.stderr)
         return int(update.HookResult.ROLLBACK)
 
 
@@ -195,7 +197,7 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
     if args.mountpoint is None:
         device = udev_watch.usb_filesystem(args.device)
         if device.bus != "usb" or device.fs_usage != "filesystem":
-            print(f"mgw: {args.device} is not a USB filesystem; ignored", file=sys.stderr)
+            print(_("mgw: {device} is not a USB filesystem; ignored").format(device=args.device), file=sys.stderr)
             return 0
         mount: AbstractContextManager[udev_watch.Stick] = udev_watch.mounted(
             device, Paths.from_env().runtime_dir.parent / "gateway-usb")
@@ -215,7 +217,7 @@ def cmd_usb_handle(args: argparse.Namespace) -> int:
     with mount as stick:
         action = usb.handle_stick(stick.path, load, paths, shlex.split(args.provision_command), restart,
                                   make_writable=stick.make_writable)
-    print(action.value)
+    print(action.value)  # machine output: the udev unit's journal and tests read the action's name
     return 0
 
 
@@ -224,16 +226,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
-        raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
+        raise config.ConfigError(_("{path}: no spool database yet (has the edge run?)").format(path=paths.spool_db))
     seen = glance.glance(settings, paths, time.time())
     if args.json:
         print(json.dumps(seen.as_dict(), indent=2))
         return 0
-    print("\n".join(glance.lines(seen)))
-    print("  spool 缓存:")
+    print("\n".join(glance.lines(seen)))  # translated by glance.lines
+    print(_("  spool:"))
     for state in ("received", "packed", "sending", "acknowledged", "purged", "quarantined"):
         c = seen.spool.get(state, {"items": 0, "bytes": 0})
-        print(f"    {state:13s} {int(c['items']):7d} items {int(c['bytes']) / 1e6:10.1f} MB")
+        print(_("    {state:13s} {items:7d} items {megabytes:10.1f} MB").format(
+            state=_(glance.SPOOL_STATES[state]), items=int(c["items"]), megabytes=int(c["bytes"]) / 1e6))
     return 0
 
 
@@ -241,9 +244,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.adapters.store import SpoolStore
     from gateway.edge.quarantine import Quarantine
 
-    _, paths = edge_settings(args)
+    _settings, paths = edge_settings(args)
     if not paths.spool_db.exists():
-        raise config.ConfigError(f"{paths.spool_db}: no spool database yet (has the edge run?)")
+        raise config.ConfigError(_("{path}: no spool database yet (has the edge run?)").format(path=paths.spool_db))
     store = SpoolStore(paths.spool_db)
     try:
         desk = Quarantine(store, paths)
@@ -257,13 +260,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(docs if args.quarantine_cmd == "list" else docs[0], indent=2))
         return 0
-    verb = {"replay": "replayed ", "delete": "deleted "}.get(args.quarantine_cmd, "")
+    verb = {"replay": _("replayed "), "delete": _("deleted ")}.get(args.quarantine_cmd, "")
     for d in docs:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(d["received_at"])))  # type: ignore[arg-type]
-        print(f"{verb}{d['id']:>10}  {d['kind']:4s}  {when}  {int(d['bytes']):>11d} B  "  # type: ignore[call-overload]
-              f"{d['sop_class'] or '-'}  AE={d['calling_ae'] or '-'}  reason: {d['reason'] or '-'}")
+        print(_("{verb}{id:>10}  {kind:4s}  {when}  {bytes:>11d} B  {sop_class}  AE={ae}  reason: {reason}").format(
+            verb=verb, id=d["id"], kind=d["kind"], when=when, bytes=int(d["bytes"]),  # type: ignore[call-overload]
+            sop_class=d["sop_class"] or "-", ae=d["calling_ae"] or "-", reason=d["reason"] or "-"))
     if args.quarantine_cmd == "list" and not docs:
-        print("quarantine is empty")
+        print(_("quarantine is empty"))
     return 0
 
 
@@ -284,14 +288,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                                      for f in findings]}, indent=2))
     else:
         for f in findings:
-            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.key}: {f.detail}")
+            line = _("ok    {key}: {detail}") if f.ok else _("FAIL  {key}: {detail}")
+            print(line.format(key=f.key, detail=f.detail))
     failed = [f for f in findings if not f.ok]
     if failed:
         raise config.ConfigError("; ".join(f"{f.key}: {f.detail}" for f in failed))
     if not args.json:
         names = " + ".join(map(str, files))
-        _tell(f"ok: {names} is valid and every file it names checks out",
-              f"正常：{names} 有效，其中指定的每个文件均通过检查")
+        _tell(_("ok: {files} is valid and every file it names checks out").format(files=names))
     return 0
 
 
@@ -305,10 +309,10 @@ def cmd_network_render(args: argparse.Namespace) -> int:
         network, bind_host = config.load_network(config_files(args, "gateway"))
         written = render_to(args.out, network, bind_host)
     except (GatewayError, ValueError) as exc:
-        print(f"mgw: error: {exc}; rendering the default uplink links only", file=sys.stderr)
+        print(_("mgw: error: {reason}; rendering the default uplink links only").format(reason=exc), file=sys.stderr)
         written, code = render_to(args.out, config.NetworkSettings(), "127.0.0.1"), 1
     for path in written:
-        print(path)
+        print(path)  # machine output: one path a line
     return code
 
 
@@ -321,105 +325,112 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mgw", description="Modality gateway: edge box, cloud ingest and field tools.")
-    parser.add_argument("--version", action="version", version=f"mgw {__version__}")
+        prog="mgw", description=_("Modality gateway: edge box, cloud ingest and field tools."))
+    parser.add_argument("--version", action="version", version=f"mgw {__version__}",
+                        help=_("show the version and exit"))
+    parser.add_argument("--lang", choices=sorted(i18n.LANGUAGES), help=_(
+        "language of what mgw prints: en (English) or zh (Simplified Chinese); default from the locale "
+        "(LC_ALL, LC_MESSAGES, LANG), else English. --json output never changes"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", action="append", metavar="FILE", help="TOML file; repeat to layer (later wins)")
+        p.add_argument("--config", action="append", metavar="FILE", help=_("TOML file; repeat to layer (later wins)"))
         return p
 
-    demo = sub.add_parser("demo", help="all-in-one demo: broker, cloud, edge, a real study end to end")
-    demo.add_argument("--once", action="store_true", help="exit when the study is verified (0) or failed (1)")
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.add_argument("--workdir", type=Path, help="keep state here instead of a temporary directory")
-    demo.add_argument("--keep", action="store_true", help="do not delete the temporary directory")
+    demo = sub.add_parser("demo", help=_("all-in-one demo: broker, cloud, edge, a real study end to end"))
+    demo.add_argument("--once", action="store_true", help=_("exit when the study is verified (0) or failed (1)"))
+    demo.add_argument("--json", action="store_true", help=_("print the summary as JSON"))
+    demo.add_argument("--workdir", type=Path, help=_("keep state here instead of a temporary directory"))
+    demo.add_argument("--keep", action="store_true", help=_("do not delete the temporary directory"))
     demo.set_defaults(func=cmd_demo)
 
-    edge = sub.add_parser("edge", help="the edge box service").add_subparsers(
+    edge = sub.add_parser("edge", help=_("the edge box service")).add_subparsers(
         dest="edge_cmd", required=True, metavar="ACTION")
-    run = with_config(edge.add_parser("run", help="run the edge service (DICOM listener, spool, uplink)"))
-    run.add_argument("--log-json", action="store_true", help="log JSON lines")
+    run = with_config(edge.add_parser("run", help=_("run the edge service (DICOM listener, spool, uplink)")))
+    run.add_argument("--log-json", action="store_true", help=_("log JSON lines"))
     run.set_defaults(func=cmd_edge_run)
-    wl = edge.add_parser("worklist", help="the Modality Worklist cache").add_subparsers(
+    wl = edge.add_parser("worklist", help=_("the Modality Worklist cache")).add_subparsers(
         dest="worklist_cmd", required=True, metavar="ACTION")
-    wimport = with_config(wl.add_parser("import", help="apply a worklist update (JSON file) to the cache"))
-    wimport.add_argument("file", type=Path, metavar="FILE", help="one WorklistUpdate as JSON (docs/protocol.md)")
-    wimport.add_argument("--json", action="store_true", help="print the result as JSON")
+    wimport = with_config(wl.add_parser("import", help=_("apply a worklist update (JSON file) to the cache")))
+    wimport.add_argument("file", type=Path, metavar="FILE", help=_("one WorklistUpdate as JSON (docs/protocol.md)"))
+    wimport.add_argument("--json", action="store_true", help=_("print the result as JSON"))
     wimport.set_defaults(func=cmd_edge_worklist_import)
 
-    cloud = sub.add_parser("cloud", help="the cloud services").add_subparsers(
+    cloud = sub.add_parser("cloud", help=_("the cloud services")).add_subparsers(
         dest="cloud_cmd", required=True, metavar="ACTION")
-    crun = with_config(cloud.add_parser("run", help="run one cloud ingest worker"))
-    crun.add_argument("--log-json", action="store_true", help="log JSON lines")
+    crun = with_config(cloud.add_parser("run", help=_("run one cloud ingest worker")))
+    crun.add_argument("--log-json", action="store_true", help=_("log JSON lines"))
     crun.set_defaults(func=cmd_cloud_run)
-    fleet = with_config(cloud.add_parser("fleet", help="run the fleet registry, alerts, REST API and dashboard"))
-    fleet.add_argument("--log-json", action="store_true", help="log JSON lines")
+    fleet = with_config(cloud.add_parser("fleet", help=_("run the fleet registry, alerts, REST API and dashboard")))
+    fleet.add_argument("--log-json", action="store_true", help=_("log JSON lines"))
     fleet.set_defaults(func=cmd_cloud_fleet)
-    keygen = with_config(cloud.add_parser("keygen", help="create the envelope key if absent; print its public half"))
+    keygen = with_config(cloud.add_parser("keygen", help=_("create the envelope key if absent; print its public half")))
     keygen.set_defaults(func=cmd_cloud_keygen)
 
-    cimport = with_config(cloud.add_parser("import", help="import an emergency export from a USB stick"))
-    cimport.add_argument("directory", type=Path, metavar="DIR", help="an MGW-EXPORT-* directory or a stick's root")
-    cimport.add_argument("--json", action="store_true", help="print the summary as JSON")
+    cimport = with_config(cloud.add_parser("import", help=_("import an emergency export from a USB stick")))
+    cimport.add_argument("directory", type=Path, metavar="DIR", help=_("an MGW-EXPORT-* directory or a stick's root"))
+    cimport.add_argument("--json", action="store_true", help=_("print the summary as JSON"))
     cimport.set_defaults(func=cmd_cloud_import)
     seal = with_config(cloud.add_parser(
-        "seal-archive", help="seal a plaintext archive (from before encryption at rest)"))
+        "seal-archive", help=_("seal a plaintext archive (from before encryption at rest)")))
     seal.set_defaults(func=cmd_cloud_seal_archive)
 
-    hook = with_config(sub.add_parser("update-hook", help="A/B update hook step (exit 0 go on, 1 roll back, 21 retry)"))
+    hook = with_config(sub.add_parser("update-hook",
+                                      help=_("A/B update hook step (exit 0 go on, 1 roll back, 21 retry)")))
     hook.add_argument("step", choices=["pre-install", "pre-reboot", "migrate", "commit-gate", "rollback"],
-                      help="which step")
-    hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help="where /proc is (tests)")
-    hook.add_argument("--timeout-s", type=float, help="commit gate deadline (default appliance.commit_gate_timeout_s)")
-    hook.add_argument("--settle-s", type=float, help="gate settle window (default appliance.commit_gate_settle_s)")
-    hook.add_argument("--log-json", action="store_true", help="log JSON lines")
+                      help=_("which step"))
+    hook.add_argument("--proc-root", type=Path, default=Path("/proc"), help=_("where /proc is (tests)"))
+    hook.add_argument("--timeout-s", type=float,
+                      help=_("commit gate deadline (default appliance.commit_gate_timeout_s)"))
+    hook.add_argument("--settle-s", type=float, help=_("gate settle window (default appliance.commit_gate_settle_s)"))
+    hook.add_argument("--log-json", action="store_true", help=_("log JSON lines"))
     hook.set_defaults(func=cmd_update_hook)
 
-    usbp = sub.add_parser("usb", help="USB sticks (started by udev through mgw-usb@.service)").add_subparsers(
+    usbp = sub.add_parser("usb", help=_("USB sticks (started by udev through mgw-usb@.service)")).add_subparsers(
         dest="usb_cmd", required=True, metavar="ACTION")
-    handle = with_config(usbp.add_parser("handle", help="mount a stick, then provision or export, then unmount"))
-    handle.add_argument("device", help="block device, e.g. /dev/sdb1")
-    handle.add_argument("--mountpoint", type=Path, help="use this already-mounted directory instead (tests)")
-    handle.add_argument("--provision-command", default="mgw provision", help="command that applies a bundle")
+    handle = with_config(usbp.add_parser("handle", help=_("mount a stick, then provision or export, then unmount")))
+    handle.add_argument("device", help=_("block device, e.g. /dev/sdb1"))
+    handle.add_argument("--mountpoint", type=Path, help=_("use this already-mounted directory instead (tests)"))
+    handle.add_argument("--provision-command", default="mgw provision", help=_("command that applies a bundle"))
     handle.set_defaults(func=cmd_usb_handle)
 
-    status = with_config(sub.add_parser("status", help="the box at a glance: uplink, certificate, backlog, studies"))
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status = with_config(sub.add_parser("status", help=_("the box at a glance: uplink, certificate, backlog, studies")))
+    status.add_argument("--json", action="store_true", help=_("print JSON"))
     status.set_defaults(func=cmd_status)
 
-    sim = with_config(sub.add_parser("simulate", help="drive N simulated boxes against a real broker and cloud"))
-    sim.add_argument("--boxes", type=int, default=10, help="simulated boxes (1-5000)")
-    sim.add_argument("--minutes", type=float, default=1.0, help="run this long, then stop (at most 1440)")
-    sim.add_argument("--heartbeat-s", type=float, default=30.0, help="heartbeat period of each box")
-    sim.add_argument("--outage-percent", type=float, default=2.0, help="chance per box and minute of an outage")
-    sim.add_argument("--backfill-hours", type=float, default=8.0, help="exams each box reports from before the start")
-    sim.add_argument("--seed", type=int, default=1, help="random seed, for repeatable runs")
-    sim.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim = with_config(sub.add_parser("simulate", help=_("drive N simulated boxes against a real broker and cloud")))
+    sim.add_argument("--boxes", type=int, default=10, help=_("simulated boxes (1-5000)"))
+    sim.add_argument("--minutes", type=float, default=1.0, help=_("run this long, then stop (at most 1440)"))
+    sim.add_argument("--heartbeat-s", type=float, default=30.0, help=_("heartbeat period of each box"))
+    sim.add_argument("--outage-percent", type=float, default=2.0, help=_("chance per box and minute of an outage"))
+    sim.add_argument("--backfill-hours", type=float, default=8.0,
+                     help=_("exams each box reports from before the start"))
+    sim.add_argument("--seed", type=int, default=1, help=_("random seed, for repeatable runs"))
+    sim.add_argument("--json", action="store_true", help=_("print the report as JSON"))
     sim.set_defaults(func=cmd_simulate)
 
-    quarantine = sub.add_parser("quarantine", help="quarantined instances: list, show, replay, delete (no PHI)")
+    quarantine = sub.add_parser("quarantine", help=_("quarantined instances: list, show, replay, delete (no PHI)"))
     qsub = quarantine.add_subparsers(dest="quarantine_cmd", required=True, metavar="ACTION")
-    for name, text in (("list", "every quarantined entry with its reason"), ("show", "one entry"),
-                       ("replay", "send a quarantined item through the queue again"),
-                       ("delete", "delete a quarantined entry's data (the item's row is kept)")):
+    for name, text in (("list", _("every quarantined entry with its reason")), ("show", _("one entry")),
+                       ("replay", _("send a quarantined item through the queue again")),
+                       ("delete", _("delete a quarantined entry's data (the item's row is kept)"))):
         q = with_config(qsub.add_parser(name, help=text))
         if name != "list":
-            q.add_argument("id", help="entry id from `mgw quarantine list` (an item id, or file:<name>)")
-        q.add_argument("--json", action="store_true", help="print JSON")
+            q.add_argument("id", help=_("entry id from `mgw quarantine list` (an item id, or file:<name>)"))
+        q.add_argument("--json", action="store_true", help=_("print JSON"))
         q.set_defaults(func=cmd_quarantine)
 
-    doctor = with_config(sub.add_parser("doctor", help="validate configuration without starting anything"))
-    doctor.add_argument("--cloud", action="store_true", help="validate a cloud configuration")
-    doctor.add_argument("--json", action="store_true", help="print every check as JSON")
+    doctor = with_config(sub.add_parser("doctor", help=_("validate configuration without starting anything")))
+    doctor.add_argument("--cloud", action="store_true", help=_("validate a cloud configuration"))
+    doctor.add_argument("--json", action="store_true", help=_("print every check as JSON"))
     doctor.set_defaults(func=cmd_doctor)
 
-    network = sub.add_parser("network", help="the appliance's network links").add_subparsers(
+    network = sub.add_parser("network", help=_("the appliance's network links")).add_subparsers(
         dest="network_cmd", required=True, metavar="ACTION")
     nrender = with_config(network.add_parser(
-        "render", help="write systemd-networkd files for the designated links only (mgw-network.service)"))
+        "render", help=_("write systemd-networkd files for the designated links only (mgw-network.service)")))
     nrender.add_argument("--out", type=Path, default=Path("/run/systemd/network"), metavar="DIR",
-                         help="where to write them (default /run/systemd/network)")
+                         help=_("where to write them (default /run/systemd/network)"))
     nrender.set_defaults(func=cmd_network_render)
 
     from gateway import field  # provisioning, decommissioning and the fleet CA (issue 4)
@@ -447,11 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i18n.use(i18n.choose(i18n.flag_in(argv), os.environ))  # before the parser: its help is translated too
     args = build_parser().parse_args(argv)
+    if getattr(args, "json", False):
+        i18n.use("en")  # machine output, and every text beside it, never changes with the language
     try:
         return int(args.func(args))
     except GatewayError as exc:
-        print(f"mgw: error: {exc}", file=sys.stderr)
+        print(_("mgw: error: {reason}").format(reason=exc), file=sys.stderr)
         return 2 if isinstance(exc, config.ConfigError) else 1
     except KeyboardInterrupt:
         return 130

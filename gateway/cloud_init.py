@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway import cloud_units, config
 from gateway.core.errors import ConfigError
+from gateway.i18n import _
 from gateway.tomlwrite import render_toml
 
 ENROL_METRICS_PORT = 9472
@@ -92,15 +93,15 @@ class Outcome:
 def plan_of(args: argparse.Namespace) -> Plan:
     root = Path(args.dir)
     if not 1 <= args.workers <= MAX_WORKERS:
-        raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}")
+        raise ConfigError(_("--workers must be 1 to {max}").format(max=MAX_WORKERS))
     for name in ("broker_port", "enrol_port", "console_port", "metrics_port"):
         if not 0 <= getattr(args, name) <= 65535:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a port, 0 to 65535")
+            raise ConfigError(_("{option} must be a port, 0 to 65535").format(option="--" + name.replace("_", "-")))
     if args.broker_port == 0:
-        raise ConfigError("--broker-port must be a port: mosquitto cannot bind port 0 and tell")
+        raise ConfigError(_("--broker-port must be a port: mosquitto cannot bind port 0 and tell"))
     for name in args.hostname or []:
         if not HOST_NAME.fullmatch(name):
-            raise ConfigError(f"--hostname {name!r}: a DNS name or an IP address")
+            raise ConfigError(_("--hostname {name}: a DNS name or an IP address").format(name=repr(name)))
     return Plan(state_dir=root / "var/lib/gateway", config_dir=root / "etc/gateway", units_dir=Path(args.units_dir),
                 hostnames=tuple(args.hostname or [socket.getfqdn()]), broker_port=args.broker_port,
                 enrol_port=args.enrol_port, console_port=args.console_port, metrics_port=args.metrics_port,
@@ -323,41 +324,42 @@ def cmd_cloud_init(args: argparse.Namespace) -> int:
                                "admin_password": outcome.admin_password or None, "next": steps}
         print(json.dumps(doc, indent=2))
         return 0
-    _tell(f"cloud initialised: {len(outcome.made)} made, {len(outcome.kept)} kept as they were; "
-          f"configuration {plan.cloud_toml}, state {plan.state_dir}, units in {plan.units_dir} ({', '.join(units)})",
-          f"云端已初始化：新建 {len(outcome.made)} 项，保留 {len(outcome.kept)} 项；"
-          f"配置 {plan.cloud_toml}，状态目录 {plan.state_dir}，单元位于 {plan.units_dir}（{', '.join(units)}）")
+    _tell(_("cloud initialised: {made} made, {kept} kept as they were; configuration {config}, state {state}, "
+            "units in {units_dir} ({units})").format(made=len(outcome.made), kept=len(outcome.kept),
+                                                     config=plan.cloud_toml, state=plan.state_dir,
+                                                     units_dir=plan.units_dir, units=", ".join(units)))
     if outcome.admin_password:
-        _tell(f"console account {plan.admin} (admin), password: {outcome.admin_password}  "
-              f"(shown once; change it with `{as_owner}mgw cloud user passwd {plan.admin} {config_arg}`)",
-              f"控制台账户 {plan.admin}（管理员），密码：{outcome.admin_password}  "
-              f"（仅显示一次；请用 `{as_owner}mgw cloud user passwd {plan.admin} {config_arg}` 修改）")
-    _tell("next steps:", "下一步：")
-    print("\n".join(f"  {step}" for step in steps))
+        _tell(_("console account {admin} (admin), password: {password}  (shown once; change it with "
+                "`{command}`)").format(admin=plan.admin, password=outcome.admin_password,
+                                       command=f"{as_owner}mgw cloud user passwd {plan.admin} {config_arg}"))
+    _tell(_("next steps:"))
+    print("\n".join(f"  {step}" for step in steps))  # commands to run
     return 0
 
 
 def add_command(cloud: Any) -> None:
-    p = cloud.add_parser("init", help="bring up a cloud on this host: CA, keys, broker, identities, config, units")
-    p.add_argument("--dir", default="/", help="root under which var/lib/gateway and etc/gateway are made (default /)")
-    p.add_argument("--hostname", action="append", help="name or address boxes reach this host by (the broker's "
+    p = cloud.add_parser("init", help=_("bring up a cloud on this host: CA, keys, broker, identities, config, units"))
+    p.add_argument("--dir", default="/",
+                   help=_("root under which var/lib/gateway and etc/gateway are made (default /)"))
+    p.add_argument("--hostname", action="append", help=_("name or address boxes reach this host by (the broker's "
                                                        "and the console's certificates); repeat; first is told "
-                                                       "to boxes (default: this host's name)")
-    p.add_argument("--broker-port", type=int, default=8883, help="the broker's TLS port (default 8883)")
-    p.add_argument("--enrol-port", type=int, default=8443, help="the enrolment endpoint's port (default 8443)")
-    p.add_argument("--console-port", type=int, default=8080, help="the console's HTTPS port (default 8080)")
+                                                       "to boxes (default: this host's name)"))
+    p.add_argument("--broker-port", type=int, default=8883, help=_("the broker's TLS port (default 8883)"))
+    p.add_argument("--enrol-port", type=int, default=8443, help=_("the enrolment endpoint's port (default 8443)"))
+    p.add_argument("--console-port", type=int, default=8080, help=_("the console's HTTPS port (default 8080)"))
     p.add_argument("--metrics-port", type=int, default=9481,
-                   help="ingest worker n's /metrics on this port + n - 1 (default 9481); 0 = any free port")
-    p.add_argument("--workers", type=int, default=1, help="ingest workers on this host (default 1)")
-    p.add_argument("--postgres", metavar="DSN", help="keep the index, staging and fleet store in PostgreSQL "
-                                                     "(a libpq DSN without a password); default SQLite")
-    p.add_argument("--postgres-password-file", help="file (0600) holding the PostgreSQL role's password; copied "
-                                                     "to keys/postgres.password as index.password_file")
-    p.add_argument("--user", default="mgw", help="the services' user (default mgw)")
-    p.add_argument("--admin", default="admin", help="the console's first admin account (default admin)")
-    p.add_argument("--admin-password-file", help="file holding its password (else one is made and printed once)")
-    p.add_argument("--units-dir", default="/etc/systemd/system", help="where the units go "
-                                                                       "(default /etc/systemd/system)")
-    p.add_argument("--force", action="store_true", help="rewrite configuration and units; never a key or certificate")
-    p.add_argument("--json", action="store_true", help="print what was made as JSON")
+                   help=_("ingest worker n's /metrics on this port + n - 1 (default 9481); 0 = any free port"))
+    p.add_argument("--workers", type=int, default=1, help=_("ingest workers on this host (default 1)"))
+    p.add_argument("--postgres", metavar="DSN", help=_("keep the index, staging and fleet store in PostgreSQL "
+                                                     "(a libpq DSN without a password); default SQLite"))
+    p.add_argument("--postgres-password-file", help=_("file (0600) holding the PostgreSQL role's password; copied "
+                                                     "to keys/postgres.password as index.password_file"))
+    p.add_argument("--user", default="mgw", help=_("the services' user (default mgw)"))
+    p.add_argument("--admin", default="admin", help=_("the console's first admin account (default admin)"))
+    p.add_argument("--admin-password-file", help=_("file holding its password (else one is made and printed once)"))
+    p.add_argument("--units-dir", default="/etc/systemd/system", help=_("where the units go "
+                                                                       "(default /etc/systemd/system)"))
+    p.add_argument("--force", action="store_true",
+                   help=_("rewrite configuration and units; never a key or certificate"))
+    p.add_argument("--json", action="store_true", help=_("print what was made as JSON"))
     p.set_defaults(func=cmd_cloud_init)

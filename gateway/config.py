@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import ConfigError as ConfigError  # re-exported: callers catch config.ConfigError
 from gateway.core.topics import BOX_ID_PATTERN
+from gateway.i18n import _
 
 if TYPE_CHECKING:
     from gateway.core.utilisation import OpeningHours, Zone
@@ -516,7 +517,7 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in table:
         if key not in known:
-            raise ConfigError(f"{source}: unknown key '{where}{key}'")
+            raise ConfigError(_("{source}: unknown key '{key}'").format(source=source, key=f"{where}{key}"))
     kwargs: dict[str, Any] = {}
     for name, fld in known.items():
         tp = hints[name]
@@ -525,17 +526,19 @@ def build(cls: type[T], table: dict[str, Any], source: str, where: str = "") -> 
         elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
             sub = table.get(name, {})
             if not isinstance(sub, dict):
-                raise ConfigError(f"{source}: '{where}{name}' must be a table")
+                raise ConfigError(_("{source}: '{key}' must be a table").format(source=source, key=f"{where}{name}"))
             if name not in table and fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: missing table [{where}{name}]")
+                raise ConfigError(_("{source}: missing table [{key}]").format(source=source, key=f"{where}{name}"))
             kwargs[name] = build(tp, sub, source, f"{where}{name}.")
         elif name in table:
             ok, value = _type_ok(table[name], tp)
             if not ok:
-                raise ConfigError(f"{source}: '{where}{name}' must be of type {_type_name(tp)}")
+                raise ConfigError(_("{source}: '{key}' must be of type {type}").format(
+                    source=source, key=f"{where}{name}", type=_type_name(tp)))
             kwargs[name] = value
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key '{where}{name}'")
+            raise ConfigError(_("{source}: missing required key '{key}'").format(source=source,
+                                                                                 key=f"{where}{name}"))
     return cls(**kwargs)
 
 
@@ -564,11 +567,11 @@ def read_toml(paths: list[Path]) -> tuple[dict[str, Any], str]:
             with open(path, "rb") as fh:
                 merged = _merge(merged, tomllib.load(fh))
         except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: file not found") from exc
+            raise ConfigError(_("{path}: file not found").format(path=path)) from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+            raise ConfigError(_("{path}: not valid TOML: {reason}").format(path=path, reason=exc)) from exc
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+            raise ConfigError(_("{path}: cannot read: {reason}").format(path=path, reason=exc.strerror)) from exc
         names.append(str(path))
     return merged, " + ".join(names)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from gateway.adapters import dicom_scu
 from gateway.core.errors import GatewayError, LocalError
 from gateway.core.spool import ItemState
+from gateway.i18n import _
 from gateway.loopback import BOX_ID, EDGE_AE, LoopbackDeployment
 
 MODALITY_AE = "DEMO_MODALITY"
@@ -54,7 +55,7 @@ def study_files() -> list[Path]:
     root = Path(pydicom.__file__).parent / "data" / "test_files"
     files = [root / name for name in FALLBACK if (root / name).exists()]
     if not files:
-        raise LocalError("no DICOM test data installed (pip install pydicom-data)")
+        raise LocalError(_("no DICOM test data installed (pip install pydicom-data)"))
     return files
 
 
@@ -129,8 +130,9 @@ def _verify(root: Path, files: list[Path], summary: Summary, progress: bool) -> 
                     matched.add(sha256)
                     item = received[sha256]
                     if progress:
-                        print(f"  [{len(matched)}/{len(files)}] item {item.id}: {item.identity.size / 1e6:.2f} MB "
-                              "in the cloud archive, SHA-256 matches", file=sys.stderr)
+                        print(_("  [{done}/{total}] item {item}: {megabytes:.2f} MB in the cloud archive, SHA-256 "
+                                "matches").format(done=len(matched), total=len(files), item=item.id,
+                                                  megabytes=item.identity.size / 1e6), file=sys.stderr)
             acked = [i for i in received.values() if i.state in (ItemState.ACKNOWLEDGED, ItemState.PURGED)]
             summary.acknowledged = len(acked)
             if len(matched) >= len(files) and len(acked) >= len(files):
@@ -168,31 +170,32 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
         files = study_files()
         deployment = LoopbackDeployment(root, secure=True, modalities=(f"{MODALITY_AE}@127.0.0.1",))
         deployment.start()
-        say(f"mgw demo: fleet CA made; box {BOX_ID} provisioned with a one-time token over "
-            f"{deployment.enrol_url}; broker on 127.0.0.1:{deployment.broker.port} (mutual TLS, per-box ACL); "
-            f"cloud and edge running, state in {root}")
+        say(_("mgw demo: fleet CA made; box {box} provisioned with a one-time token over {url}; broker on "
+              "127.0.0.1:{port} (mutual TLS, per-box ACL); cloud and edge running, state in {root}").format(
+            box=BOX_ID, url=deployment.enrol_url, port=deployment.broker.port, root=root))
         summary.dashboard_url = deployment.dashboard_url
         user, password = _console_account(deployment)
-        say(f"mgw demo: fleet dashboard at {deployment.dashboard_url} (HTTPS; its certificate is the fleet CA's: "
-            f"trust {deployment.console_ca_file} in the browser); log in as {user}, password {password}\n"
-            f"mgw demo：设备运维控制台位于 {deployment.dashboard_url}（HTTPS，证书由设备 CA 签发："
-            f"请在浏览器中信任 {deployment.console_ca_file}）；登录用户 {user}，密码 {password}")
+        say(_("mgw demo: fleet dashboard at {url} (HTTPS; its certificate is the fleet CA's: trust {ca} in the "
+              "browser); log in as {user}, password {password}").format(
+            url=deployment.dashboard_url, ca=deployment.console_ca_file, user=user, password=password))
         summary.instances_sent = len(files)
         summary.bytes_original = sum(f.stat().st_size for f in files)
-        say(f"mgw demo: sending {len(files)} real instances ({summary.bytes_original / 1e6:.1f} MB) "
-            f"to {EDGE_AE}@127.0.0.1:{deployment.dicom_port}")
+        say(_("mgw demo: sending {count} real instances ({megabytes:.1f} MB) to {ae}@127.0.0.1:{port}").format(
+            count=len(files), megabytes=summary.bytes_original / 1e6, ae=EDGE_AE, port=deployment.dicom_port))
         summary.sender = dicom_scu.send_study("127.0.0.1", deployment.dicom_port, EDGE_AE, MODALITY_AE, files)
-        say(f"mgw demo: the modality ({summary.sender}) got success for every instance; following them to the cloud")
+        say(_("mgw demo: the modality ({sender}) got success for every instance; following them to the cloud")
+            .format(sender=summary.sender))
         _verify(root, files, summary, progress=not as_json)
         summary.seconds = round(time.monotonic() - started, 2)
         summary.ok = summary.hash_matched == summary.instances_sent == summary.acknowledged
         if summary.ok and not once and not as_json:
-            say(f"mgw demo: running. Send more with: storescu -aet {MODALITY_AE} -aec {EDGE_AE} 127.0.0.1 "
-                f"{deployment.dicom_port} FILE.dcm   (Ctrl-C stops; the box admits only {MODALITY_AE}@127.0.0.1)")
-            say(f"mgw demo: open the dashboard: {deployment.dashboard_url}")
+            say(_("mgw demo: running. Send more with: {command}   (Ctrl-C stops; the box admits only "
+                  "{ae}@127.0.0.1)").format(ae=MODALITY_AE, command=f"storescu -aet {MODALITY_AE} -aec {EDGE_AE} "
+                                                                     f"127.0.0.1 {deployment.dicom_port} FILE.dcm"))
+            say(_("mgw demo: open the dashboard: {url}").format(url=deployment.dashboard_url))
             _wait_for_interrupt()
     except GatewayError as exc:
-        say(f"mgw demo: failed: {exc}")
+        say(_("mgw demo: failed: {reason}").format(reason=exc))
         if deployment is not None:
             say(deployment.log_tail())
     finally:
@@ -203,8 +206,10 @@ def run_demo(once: bool, as_json: bool, workdir: Path | None, keep: bool) -> int
     if as_json:
         print(json.dumps(asdict(summary), indent=2))
     else:
-        print(f"instances sent {summary.instances_sent}, acknowledged {summary.acknowledged}, "
-              f"hash-matched {summary.hash_matched}; {summary.bytes_original / 1e6:.1f} MB in, "
-              f"{summary.bytes_on_wire / 1e6:.1f} MB on the wire, {summary.seconds} s: "
-              f"{'OK' if summary.ok else 'FAILED'}")
+        print((_("instances sent {sent}, acknowledged {acked}, hash-matched {matched}; {mb_in:.1f} MB in, "
+                 "{mb_wire:.1f} MB on the wire, {seconds} s: OK") if summary.ok else
+               _("instances sent {sent}, acknowledged {acked}, hash-matched {matched}; {mb_in:.1f} MB in, "
+                 "{mb_wire:.1f} MB on the wire, {seconds} s: FAILED")).format(
+            sent=summary.instances_sent, acked=summary.acknowledged, matched=summary.hash_matched,
+            mb_in=summary.bytes_original / 1e6, mb_wire=summary.bytes_on_wire / 1e6, seconds=summary.seconds))
     return 0 if summary.ok else 1

@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway import config
 from gateway.adapters import pem_files
+from gateway.i18n import N_, _
 from gateway.paths import Paths
 
 DAY_S = 86400.0
@@ -58,30 +59,31 @@ class FileKey:
 
 
 EDGE_FILES = (
-    FileKey("box.state_dir", Kind.DIRECTORY, when_absent="created by the service (systemd StateDirectory=)"),
+    FileKey("box.state_dir", Kind.DIRECTORY, when_absent=N_("created by the service (systemd StateDirectory=)")),
     FileKey("dicom.tls_ca_file", Kind.CA),
     FileKey("dicom.tls_cert_file", Kind.CERT, key_file="dicom.tls_key_file"),
     FileKey("dicom.tls_key_file", Kind.PRIVATE_KEY),
     FileKey("mqtt.ca_file", Kind.CA, pinned="enrolment.ca_fingerprint"),
     FileKey("mqtt.cert_file", Kind.CERT, key_file="mqtt.key_file", ca_key="mqtt.ca_file", identity=True),
     FileKey("mqtt.key_file", Kind.PRIVATE_KEY),
-    FileKey("health.thermal_dir", Kind.DIRECTORY, when_absent="no CPU temperature is reported"),
+    FileKey("health.thermal_dir", Kind.DIRECTORY, when_absent=N_("no CPU temperature is reported")),
 )
 CLOUD_FILES = (
-    FileKey("cloud.state_dir", Kind.DIRECTORY, when_absent="created by the service (systemd StateDirectory=)"),
+    FileKey("cloud.state_dir", Kind.DIRECTORY, when_absent=N_("created by the service (systemd StateDirectory=)")),
     FileKey("cloud.envelope_key_file", Kind.RAW_KEY, Base.STATE,
-            when_absent="created by `mgw cloud keygen` or the first start"),
+            when_absent=N_("created by `mgw cloud keygen` or the first start")),
     FileKey("cloud.archive_key_file", Kind.RAW_KEY, Base.STATE,
-            when_absent="created at the first start while the archive holds no sealed object"),
+            when_absent=N_("created at the first start while the archive holds no sealed object")),
     FileKey("cloud.ack_key_file", Kind.RAW_KEY, Base.STATE,
-            when_absent="created by `mgw cloud ack-key create` or the first start"),
+            when_absent=N_("created by `mgw cloud ack-key create` or the first start")),
     FileKey("mqtt.ca_file", Kind.CA),
     FileKey("mqtt.cert_file", Kind.CERT, key_file="mqtt.key_file", ca_key="mqtt.ca_file", identity=True),
     FileKey("mqtt.key_file", Kind.PRIVATE_KEY),
     FileKey("ingest.metrics_token_file", Kind.SECRET, Base.STATE),
-    FileKey("authority.pki_dir", Kind.DIRECTORY, Base.STATE, when_absent="the fleet CA is created there at first use"),
+    FileKey("authority.pki_dir", Kind.DIRECTORY, Base.STATE,
+            when_absent=N_("the fleet CA is created there at first use")),
     FileKey("authority.enrol_metrics_token_file", Kind.SECRET, Base.STATE),
-    FileKey("authority.broker_crl_file", Kind.CRL, Base.STATE, when_absent="written at the authority's next start"),
+    FileKey("authority.broker_crl_file", Kind.CRL, Base.STATE, when_absent=N_("written at the authority's next start")),
     FileKey("index.password_file", Kind.SECRET, Base.STATE),
     FileKey("forward.stow_password_file", Kind.SECRET, Base.STATE),
     FileKey("fleet.tls_cert_file", Kind.CERT, Base.STATE, key_file="fleet.tls_key_file"),
@@ -123,15 +125,15 @@ def _date(ts: float) -> str:
 def _validity(info: pem_files.CertInfo, now: float) -> tuple[bool, str, float]:
     days = (info.not_after - now) / DAY_S
     if now < info.not_before:
-        return False, f"not valid before {_date(info.not_before)} (check the clock)", days
+        return False, _("not valid before {date} (check the clock)").format(date=_date(info.not_before)), days
     if days < 0:
-        return False, f"expired on {_date(info.not_after)}", days
-    return True, f"valid until {_date(info.not_after)} ({days:.0f} days left)", days
+        return False, _("expired on {date}").format(date=_date(info.not_after)), days
+    return True, _("valid until {date} ({days:.0f} days left)").format(date=_date(info.not_after), days=days), days
 
 
 def _mode_problem(path: Path) -> str:
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{path}: readable by group or others (chmod 600)"
+        return _("{path}: readable by group or others (chmod 600)").format(path=path)
     return ""
 
 
@@ -155,13 +157,14 @@ class _Check:
     def one(self, entry: FileKey, path: Path) -> Finding:
         if not path.exists():
             if entry.when_absent:
-                return Finding(entry.key, True, f"{path}: absent; {entry.when_absent}")
-            return Finding(entry.key, False, f"{path}: not found")
+                return Finding(entry.key, True, _("{path}: absent; {why}").format(path=path, why=_(entry.when_absent)))
+            return Finding(entry.key, False, _("{path}: not found").format(path=path))
         if entry.kind is Kind.DIRECTORY:
             is_dir = path.is_dir()
-            return Finding(entry.key, is_dir, f"{path}: " + ("directory" if is_dir else "not a directory"))
+            return Finding(entry.key, is_dir, (_("{path}: directory") if is_dir else _("{path}: not a directory"))
+                           .format(path=path))
         if not path.is_file():
-            return Finding(entry.key, False, f"{path}: not a plain file")
+            return Finding(entry.key, False, _("{path}: not a plain file").format(path=path))
         if entry.kind in SECRET_KINDS and (problem := _mode_problem(path)):
             return Finding(entry.key, False, problem)
         try:
@@ -176,14 +179,16 @@ class _Check:
             return self.cert(entry, path)
         if entry.kind is Kind.PRIVATE_KEY:
             pem_files.private_key(path)
-            return Finding(entry.key, True, f"{path}: private key, 0600")
+            return Finding(entry.key, True, _("{path}: private key, 0600").format(path=path))
         if entry.kind is Kind.RAW_KEY:
             size = path.stat().st_size
-            return Finding(entry.key, size == 32, f"{path}: {size} bytes" + ("" if size == 32 else ", expected 32"))
+            return Finding(entry.key, size == 32, (_("{path}: {size} bytes") if size == 32 else
+                                                   _("{path}: {size} bytes, expected 32")).format(path=path, size=size))
         if entry.kind is Kind.SECRET:
             empty = not path.read_text(errors="replace").strip()
-            return Finding(entry.key, not empty, f"{path}: " + ("empty" if empty else "secret, 0600"))
-        return Finding(entry.key, True, f"{path}: present")
+            return Finding(entry.key, not empty, (_("{path}: empty") if empty else _("{path}: secret, 0600"))
+                           .format(path=path))
+        return Finding(entry.key, True, _("{path}: present").format(path=path))
 
     def ca(self, entry: FileKey, path: Path) -> Finding:
         """A bundle passes while one of its CAs is valid (a system bundle carries expired ones);
@@ -191,29 +196,33 @@ class _Check:
         checked = [(ca, *_validity(ca, self.now)) for ca in pem_files.ca_bundle(path)]
         valid = [c for c in checked if c[1]]
         ca, ok, text, days = min(valid or checked, key=lambda c: c[3])
-        more = f" and {len(checked) - 1} more" if len(checked) > 1 else ""
-        detail = f"{path}: CA '{ca.subject_cn}'{more}, {text}"
+        detail = (_("{path}: CA '{name}' and {more} more, {validity}") if len(checked) > 1 else
+                  _("{path}: CA '{name}', {validity}")).format(path=path, name=ca.subject_cn, more=len(checked) - 1,
+                                                                validity=text)
         pin = value(self.settings, entry.pinned).lower() if entry.pinned else ""
         if pin and pin not in pem_files.fingerprints(path):
-            return Finding(entry.key, False, f"{detail}, but not the CA pinned by {entry.pinned} ({pin[:16]}...)", days)
-        return Finding(entry.key, ok, detail + (f", the CA pinned by {entry.pinned}" if pin else ""), days)
+            return Finding(entry.key, False, _("{detail}, but not the CA pinned by {key} ({pin}...)").format(
+                detail=detail, key=entry.pinned, pin=pin[:16]), days)
+        return Finding(entry.key, ok, _("{detail}, the CA pinned by {key}").format(detail=detail, key=entry.pinned)
+                       if pin else detail, days)
 
     def cert(self, entry: FileKey, path: Path) -> Finding:
         info = pem_files.certificate(path)
         ok, text, days = _validity(info, self.now)
-        parts = [f"{path}: '{info.subject_cn}', {text}"]
+        parts = [_("{path}: '{name}', {validity}").format(path=path, name=info.subject_cn, validity=text)]
         if entry.ca_key and (ca := self.path_of(entry.ca_key)) is not None and ca.is_file():
-            parts.append(f"issued by '{pem_files.issued_by(path, ca)}'")
+            parts.append(_("issued by '{name}'").format(name=pem_files.issued_by(path, ca)))
         elif entry.ca_key:
-            parts.append(f"no {entry.ca_key} to chain to")
+            parts.append(_("no {key} to chain to").format(key=entry.ca_key))
             ok = ok and self.path_of(entry.ca_key) is not None
         if entry.key_file and (key := self.path_of(entry.key_file)) is not None and key.is_file():
             pem_files.private_key_matches(key, path)
-            parts.append(f"matches {entry.key_file}")
+            parts.append(_("matches {key}").format(key=entry.key_file))
         if entry.identity and self.identities and info.subject_cn not in self.identities:
             ok = False
-            parts.append(f"but this process connects as {' or '.join(self.identities)}")
-        return Finding(entry.key, ok, ", ".join(parts), days)
+            parts.append(_("but this process connects as {identities}").format(identities=_(" or ").join(
+                self.identities)))
+        return Finding(entry.key, ok, _(", ").join(parts), days)
 
 
 def check_edge(settings: config.EdgeSettings, paths: Paths, now: float) -> list[Finding]:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from gateway import config
 from gateway.core.errors import ConfigError
+from gateway.i18n import _
 from gateway.paths import Paths
 
 
 def config_files(args: argparse.Namespace, name: str) -> list[Path]:
     files = [Path(p) for p in args.config] if args.config else Paths.from_env().default_config_files(name)
     if not files:
-        raise ConfigError(f"no configuration: pass --config or create /etc/gateway/{name}.toml")
+        raise ConfigError(_("no configuration: pass --config or create /etc/gateway/{name}.toml").format(name=name))
     return files
 
 

@@ -41,6 +41,7 @@ from gateway.config import CloudSettings, MqttSettings, SiteSettings
 from gateway.core import fleet, topics
 from gateway.core.errors import GatewayError, LocalError
 from gateway.core.fleet import MessageKind
+from gateway.i18n import _
 from gateway.paths import Paths
 
 MODALITIES = ("CT", "MR", "DX", "US", "MG", "CR")
@@ -111,13 +112,13 @@ def enrol_boxes(settings: CloudSettings, paths: Paths, boxes: int, say: Callable
     a = settings.authority
     pki = paths.key_file(a.pki_dir)
     if not (pki / "ca.key").exists():  # never make a CA of our own: the broker would not trust it
-        raise LocalError(f"the simulator enrols its boxes with the fleet CA, and {pki} holds none: run it on the "
-                         "cloud host, with the cloud configuration")
+        raise LocalError(_("the simulator enrols its boxes with the fleet CA, and {path} holds none: run it on the "
+                           "cloud host, with the cloud configuration").format(path=pki))
     try:
         authority = FleetAuthority(pki)
     except GatewayError as exc:
-        raise LocalError(f"the simulator enrols its boxes with the fleet CA in {paths.key_file(a.pki_dir)}, "
-                         f"which is unusable here: {exc}") from exc
+        raise LocalError(_("the simulator enrols its boxes with the fleet CA in {path}, which is unusable here: "
+                           "{reason}").format(path=pki, reason=exc)) from exc
     url = f"https://{a.enrol_hostnames[0] if a.enrol_hostnames else a.enrol_host}:{a.enrol_port}"
     root = paths.state_dir / "simulator"
     store = FileKeyStore(root / "keys")
@@ -137,15 +138,17 @@ def enrol_boxes(settings: CloudSettings, paths: Paths, boxes: int, say: Callable
             try:
                 answer = enrolment_client.enrol(url, ca_pem, token, store.csr(box, ""))
             except GatewayError as exc:
-                raise LocalError(f"simulated box {box} could not enrol at {url}: {exc}") from exc
+                raise LocalError(_("simulated box {box} could not enrol at {url}: {reason}").format(
+                    box=box, url=url, reason=exc)) from exc
             blobs.write_atomic(ident.cert_file, str(answer["certificate"]).encode(), mode=0o644)
             out[box] = ident
             enrolled += 1
             if enrolled % 50 == 0:
-                say(f"enrolled {enrolled} simulated boxes")
+                say(_("enrolled {count} simulated boxes").format(count=enrolled))
     finally:
         authority.close()
-    say(f"{enrolled} simulated boxes enrolled, {boxes - enrolled} identities reused ({root})")
+    say(_("{enrolled} simulated boxes enrolled, {reused} identities reused ({path})").format(
+        enrolled=enrolled, reused=boxes - enrolled, path=root))
     return out
 
 
@@ -155,11 +158,12 @@ class Simulator:
                  clock: Callable[[], float] = time.time, identities: dict[str, Identity] | None = None,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         if not 1 <= boxes <= MAX_BOXES:
-            raise LocalError(f"--boxes must be 1..{MAX_BOXES}")
+            raise LocalError(_("--boxes must be 1..{max}").format(max=MAX_BOXES))
         if identities is not None and boxes > MAX_SECURE_BOXES:
-            raise LocalError(f"--boxes must be 1..{MAX_SECURE_BOXES} against a secure broker (a connection each)")
+            raise LocalError(_("--boxes must be 1..{max} against a secure broker (a connection each)").format(
+                max=MAX_SECURE_BOXES))
         if heartbeat_s < 1:
-            raise LocalError("--heartbeat-s must be at least 1")
+            raise LocalError(_("--heartbeat-s must be at least 1"))
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
         self._clock = clock
         self._prefix = mqtt.topic_prefix
@@ -172,7 +176,7 @@ class Simulator:
         if identities is not None:  # each box on its own connection, under its own certificate
             missing = [b.box_id for b in self.boxes if b.box_id not in identities]
             if missing:
-                raise LocalError(f"no identity for simulated box {missing[0]}")
+                raise LocalError(_("no identity for simulated box {box}").format(box=missing[0]))
             self._links = [MqttLink(dc_replace(mqtt, cert_file=str(identities[b.box_id].cert_file),
                                                key_file=str(identities[b.box_id].key_file)),
                                     client_id=b.box_id, subscriptions=[], on_message=lambda m: None,
@@ -204,11 +208,12 @@ class Simulator:
             down = [link.client_id for link in self._links
                     if not link.wait_connected(max(0.0, deadline - time.monotonic()))]
             if down:
-                raise LocalError(
-                    f"{len(down)} of {len(self._links)} simulator connections to the broker "
-                    f"{self._mqtt.host}:{self._mqtt.port} are not up after {self._connect_timeout_s:.0f} s "
-                    f"(first: {down[0]}); "
-                    "the log above says why (unreachable, TLS, or the broker refused the identity)")
+                raise LocalError(_(
+                    "{down} of {links} simulator connections to the broker {host}:{port} are not up after "
+                    "{seconds:.0f} s (first: {first}); the log above says why (unreachable, TLS, or the broker "
+                    "refused the identity)").format(down=len(down), links=len(self._links), host=self._mqtt.host,
+                                                    port=self._mqtt.port, seconds=self._connect_timeout_s,
+                                                    first=down[0]))
             self._loop(seconds, stop)
         finally:
             for link in self._links:
@@ -321,12 +326,13 @@ def run_simulation(settings: CloudSettings, paths: Paths, *, boxes: int, minutes
                    outage_percent: float, seed: int, backfill_hours: float = 8.0,
                    say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     if not 0 < minutes <= MAX_MINUTES:
-        raise LocalError(f"--minutes must be in (0, {MAX_MINUTES:.0f}]")
+        raise LocalError(_("--minutes must be in (0, {max:.0f}]").format(max=MAX_MINUTES))
     mqtt = settings.mqtt
     identities = None
     if mqtt.ca_file:  # a secure broker: every simulated box is enrolled and connects as itself
         if boxes > MAX_SECURE_BOXES:
-            raise LocalError(f"--boxes must be 1..{MAX_SECURE_BOXES} against a secure broker (a connection each)")
+            raise LocalError(_("--boxes must be 1..{max} against a secure broker (a connection each)").format(
+                max=MAX_SECURE_BOXES))
         identities = enrol_boxes(settings, paths, boxes, say)
     sim = Simulator(mqtt, boxes, heartbeat_s, outage_percent, seed, backfill_hours, identities=identities)
     report = sim.run(minutes * 60)

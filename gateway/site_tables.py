@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway import config
 from gateway.core.errors import ConfigError
+from gateway.i18n import _
 
 TABLES: dict[str, type] = {
     "dicom": config.DicomSettings, "uplink": config.UplinkSettings, "spool": config.SpoolSettings,
@@ -31,12 +32,13 @@ Tables = dict[str, dict[str, Any]]
 def check(tables: object, source: str) -> Tables:
     """``tables`` if they are site tables a box may take; ``ConfigError`` naming the table or key."""
     if not isinstance(tables, dict):
-        raise ConfigError(f"{source}: site tables must be a table of tables")
+        raise ConfigError(_("{source}: site tables must be a table of tables").format(source=source))
     for table, keys in tables.items():
         if table not in TABLES:
-            raise ConfigError(f"{source}: may not set [{table}] (allowed: {', '.join(sorted(TABLES))})")
+            raise ConfigError(_("{source}: may not set [{table}] (allowed: {allowed})").format(
+                source=source, table=table, allowed=", ".join(sorted(TABLES))))
         if not isinstance(keys, dict):
-            raise ConfigError(f"{source}: [{table}] must be a table")
+            raise ConfigError(_("{source}: [{table}] must be a table").format(source=source, table=table))
         built: Any = config.build(TABLES[table], keys, source, f"{table}.")
         _check_table(table, built, source)
     return tables
@@ -60,15 +62,15 @@ def _check_table(table: str, built: Any, source: str) -> None:
         from gateway.core.admission import parse_rules
 
         if not config.AE_TITLE.match(built.ae_title):
-            raise ConfigError(f"{source}: 'dicom.ae_title' must be 1-16 printable characters")
+            raise ConfigError(_("{source}: 'dicom.ae_title' must be 1-16 printable characters").format(source=source))
         if not 0 < built.port < 65536:
-            raise ConfigError(f"{source}: 'dicom.port' must be 1..65535")
+            raise ConfigError(_("{source}: 'dicom.port' must be 1..65535").format(source=source))
         try:
             rules = parse_rules(built.allowed_peers)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
         if any(not config.AE_TITLE.match(rule.ae_title) for rule in rules):
-            raise ConfigError(f"{source}: 'dicom.allowed_peers' has an invalid AE title")
+            raise ConfigError(_("{source}: 'dicom.allowed_peers' has an invalid AE title").format(source=source))
 
 
 def merge(*layers: Tables) -> Tables:

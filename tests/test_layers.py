@@ -72,7 +72,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
                   "gateway/cloud/fleet/starlette_auth.py": "exception: the console's login, CSRF and write routes",
                   "gateway/cloud/fleet/starlette_admin.py": "exception: the console's token, audit and OIDC routes",
                   "gateway/cloud/fleet/starlette_commands.py": "exception: the console's remote command routes"},
-    "babel": {"gateway/cloud/fleet/i18n.py": "the console's gettext catalogues: extraction and .po files"},
+    "babel": {"gateway/adapters/gettext_catalog.py": "gettext catalogues (console and CLI): extraction, .po, .mo"},
     "fpdf": {"gateway/adapters/fpdf_report.py": "the commissioning report's PDF (CJK font embedded)"},
     "msgspec": {"gateway/core/schema.py": "typed boundary messages are domain rules (decision: test_purity.py)"},
     "zstandard": {"gateway/core/*.py": "lossless compression is computation: the core's codec and segments"},

@@ -25,9 +25,13 @@ from gateway.adapters.store import counts_read_only as spool_counts
 from gateway.adapters.time_zone import zone
 from gateway.appliance.status import read_uplink
 from gateway.config import EdgeSettings
+from gateway.i18n import N_, _
 from gateway.paths import Paths
 
 BACKLOG_STATES = ("received", "packed", "sending")
+# a spool state's name as `mgw status` shows it (the JSON keeps the state's own name)
+SPOOL_STATES = {"received": N_("received"), "packed": N_("packed"), "sending": N_("sending"),
+                "acknowledged": N_("acknowledged"), "purged": N_("purged"), "quarantined": N_("quarantined")}
 DAY_S = 86400.0
 
 
@@ -162,57 +166,59 @@ def glance(settings: EdgeSettings, paths: Paths, now: float) -> Glance:
         disk=_disk(settings, paths), spool=counts)
 
 
-def _duration(seconds: float) -> tuple[str, str]:
-    """``(English, Chinese)`` for a span: ``3 d 4 h``, ``2 h 5 min``, ``40 s``."""
+def _duration(seconds: float) -> str:
+    """A span, in the CLI's language: ``3 d 4 h``, ``2 h 5 min``, ``40 s``."""
     s = int(max(0.0, seconds))
     d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
     if d:
-        return f"{d} d {h} h", f"{d} 天 {h} 小时"
+        return _("{days} d {hours} h").format(days=d, hours=h)
     if h:
-        return f"{h} h {m} min", f"{h} 小时 {m} 分钟"
+        return _("{hours} h {minutes} min").format(hours=h, minutes=m)
     if m:
-        return f"{m} min", f"{m} 分钟"
-    return f"{s} s", f"{s} 秒"
+        return _("{minutes} min").format(minutes=m)
+    return _("{seconds} s").format(seconds=s)
 
 
 def lines(g: Glance) -> list[str]:
-    """The text form: each line in English, then in Simplified Chinese."""
-    out = [f"box {g.box_id}  site {g.site or '-'}  modality {g.modality or '-'}  mgw {g.version}",
-           f"  now 现在: {local_time(g.at, g.time_zone)}"]
+    """The text form, in the CLI's language (gateway/i18n.py)."""
+    out = [_("box {box}  site {site}  modality {modality}  mgw {version}").format(
+        box=g.box_id, site=g.site or "-", modality=g.modality or "-", version=g.version),
+        _("  now: {time}").format(time=local_time(g.at, g.time_zone))]
     out += _uplink_lines(g)
     c = g.certificate
     if c is None:
-        out.append("  certificate 证书: none configured (plain MQTT) / 未配置（明文 MQTT）")
+        out.append(_("  certificate: none configured (plain MQTT)"))
     elif c.error is not None or c.days_left is None:
-        out.append(f"  certificate 证书: UNREADABLE 无法读取: {c.error}")
+        out.append(_("  certificate: UNREADABLE: {reason}").format(reason=c.error))
     else:
-        flag = " EXPIRED 已过期" if c.days_left < 0 else ""
-        out.append(f"  certificate 证书: {c.subject}, until {c.not_after_local} ({c.days_left:.0f} days left / "
-                   f"剩余 {c.days_left:.0f} 天){flag}")
+        text = _("  certificate: {subject}, until {until} ({days:.0f} days left) EXPIRED") if c.days_left < 0 else \
+            _("  certificate: {subject}, until {until} ({days:.0f} days left)")
+        out.append(text.format(subject=c.subject, until=c.not_after_local, days=c.days_left))
     b = g.backlog
-    age = _duration(b.oldest_age_s) if b.oldest_age_s is not None else ("-", "-")
-    out.append(f"  backlog 待发送: {b.items} items / 项, {b.bytes / 1e6:.1f} MB, oldest {age[0]} / 最早 {age[1]}")
+    age = _duration(b.oldest_age_s) if b.oldest_age_s is not None else "-"
+    out.append(_("  backlog: {items} items, {megabytes:.1f} MB, oldest {age}").format(
+        items=b.items, megabytes=b.bytes / 1e6, age=age))
     for s in g.last_studies:
-        ago = _duration(g.at - s.at)
-        out.append(f"  last study 最近检查 {s.modality}: {s.local} ({ago[0]} ago / {ago[1]}前)")
+        out.append(_("  last study {modality}: {time} ({ago} ago)").format(
+            modality=s.modality, time=s.local, ago=_duration(g.at - s.at)))
     if not g.last_studies:
-        out.append("  last study 最近检查: none yet / 暂无")
-    out.append(f"  quarantine 隔离: {g.quarantine_items} items / 项" + (" (see `mgw quarantine list`)"
-                                                                       if g.quarantine_items else ""))
+        out.append(_("  last study: none yet"))
+    out.append((_("  quarantine: {items} items (see `mgw quarantine list`)") if g.quarantine_items else
+                _("  quarantine: {items} items")).format(items=g.quarantine_items))
     if g.disk is not None:
         d = g.disk
-        out.append(f"  disk 磁盘: {d.used_percent:.1f}% used / 已用 (refuses images at {d.high_water_percent:.0f}% / "
-                   f"达到 {d.high_water_percent:.0f}% 时拒收), {d.free_bytes / 1e9:.1f} GB free / 可用")
+        out.append(_("  disk: {used:.1f}% used (refuses images at {high:.0f}%), {free:.1f} GB free").format(
+            used=d.used_percent, high=d.high_water_percent, free=d.free_bytes / 1e9))
     return out
 
 
 def _uplink_lines(g: Glance) -> list[str]:
     u = g.uplink
     if not g.service_running:
-        return ["  service 服务: NOT RUNNING 未运行 (systemctl status mgw-edge.service)",
-                f"  uplink 上行: unknown while the service is stopped / 服务停止时未知, broker 代理 {u.broker}"]
-    span = _duration(g.at - u.since) if u.since is not None else ("-", "-")
-    state = ("connected", "已连接") if u.connected else ("DOWN", "断开")
-    return ["  service 服务: running 运行中",
-            f"  uplink 上行: {state[0]} / {state[1]} since {u.since_local} ({span[0]} / {span[1]}), "
-            f"broker 代理 {u.broker}{' TLS' if u.tls else ' (no TLS / 无 TLS)'}"]
+        return [_("  service: NOT RUNNING (systemctl status mgw-edge.service)"),
+                _("  uplink: unknown while the service is stopped, broker {broker}").format(broker=u.broker)]
+    span = _duration(g.at - u.since) if u.since is not None else "-"
+    text = (_("  uplink: connected since {since} ({span}), broker {broker}") if u.connected else
+            _("  uplink: DOWN since {since} ({span}), broker {broker}"))
+    return [_("  service: running"),
+            text.format(since=u.since_local, span=span, broker=u.broker) + (" TLS" if u.tls else _(" (no TLS)"))]

@@ -38,12 +38,15 @@ from gateway.core import commissioning, schema
 from gateway.core.errors import GatewayError
 from gateway.core.spool import ItemState
 from gateway.edge import provision
+from gateway.edge.commission_report import CHECK_NAMES, OUTCOMES
+from gateway.i18n import N_, Message, _, tr
 from gateway.paths import Paths
 
 MAX_SKEW_S = 60.0
 MANUAL_ECHO = "modality-echo"  # the attestation key of the echo from the modality's console
 TEST_STUDY = "test-study"  # ... of a test study sent from the modality (when the box cannot send one itself)
 MANUAL_KEYS = (MANUAL_ECHO, TEST_STUDY)
+Detail = str | Message  # a check's finding: English in the report, shown in the CLI's language
 
 
 class Outcome:
@@ -63,6 +66,18 @@ class Check:
     key: str = ""
     started_at: float = 0.0
     manual: bool = False
+    shown: str = ""  # the detail in the CLI's language (not in the report's JSON or signed document)
+
+    def found(self, detail: Detail) -> None:
+        self.detail, self.shown = _english(detail), _shown(detail)
+
+
+def _english(detail: Detail) -> str:
+    return detail.english() if isinstance(detail, Message) else detail
+
+
+def _shown(detail: Detail) -> str:
+    return detail.shown() if isinstance(detail, Message) else detail
 
 
 @dataclass
@@ -119,12 +134,17 @@ class Report:
             result=self.result, checks=checks)  # type: ignore[arg-type]
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "result": self.result, "ok": self.ok}, indent=2)
+        doc = asdict(self)
+        for check in doc["checks"]:
+            check.pop("shown")
+        return json.dumps({**doc, "result": self.result, "ok": self.ok}, indent=2)
 
     def to_text(self) -> str:
+        """The report in the CLI's language (details as they were shown)."""
         from gateway.edge import commission_report
 
-        return commission_report.text(self.document())
+        return commission_report.text(self.document(), {c.key or "configuration": c.shown for c in self.checks
+                                                        if c.shown})
 
 
 def _printable(text: str, limit: int) -> str:
@@ -149,12 +169,12 @@ def run(files: list[Path], options: Options, say: Callable[[str], None] = lambda
         clock: Callable[[], float] = time.time) -> Report:
     report = Report(started_at=clock(), engineer=options.engineer, modality_make=options.modality_make,
                     modality_model=options.modality_model)
-    steps: list[tuple[str, str, Callable[[], tuple[str, str]]]] = []
     try:
         settings = config.load_edge(files)
     except GatewayError as exc:
-        report.checks.append(Check("configuration", Outcome.FAIL, f"{exc}: fix the named file and key",
-                                   key="configuration", started_at=report.started_at))
+        check = Check("configuration", Outcome.FAIL, "", key="configuration", started_at=report.started_at)
+        check.found(tr("{reason}: fix the named file and key", reason=exc))
+        report.checks.append(check)
         report.finished_at = clock()
         return report
     report.box_id, report.site, report.modality = settings.box.id, settings.box.site, settings.box.modality
@@ -163,30 +183,34 @@ def run(files: list[Path], options: Options, say: Callable[[str], None] = lambda
     paths = Paths.from_env(settings.box.state_dir, base=files[0].parent)
     report.checks.append(Check("configuration", Outcome.OK, " + ".join(map(str, files)), key="configuration",
                                started_at=report.started_at))
-    steps = [
-        ("certificate", "certificate", lambda: _certificate(settings, clock)),
-        ("clock-skew", "clock skew", lambda: _clock_skew(settings, clock)),
-        ("broker", "broker (mutual TLS)", lambda: _broker(settings)),
-        ("echo-to-modality", "C-ECHO to the modality", lambda: _echo_to_modality(settings, options)),
-        ("echo-to-box", "C-ECHO to this box", lambda: _echo_to_box(settings, paths, options)),
-        (MANUAL_ECHO, "C-ECHO from the modality console", lambda: _manual_echo(settings)),
-        ("end-to-end", "test object end to end", lambda: _end_to_end(settings, paths, options, clock)),
+    steps: list[tuple[str, Callable[[], tuple[str, Detail]]]] = [
+        ("certificate", lambda: _certificate(settings, clock)),
+        ("clock-skew", lambda: _clock_skew(settings, clock)),
+        ("broker", lambda: _broker(settings)),
+        ("echo-to-modality", lambda: _echo_to_modality(settings, options)),
+        ("echo-to-box", lambda: _echo_to_box(settings, paths, options)),
+        (MANUAL_ECHO, lambda: _manual_echo(settings)),
+        ("end-to-end", lambda: _end_to_end(settings, paths, options, clock)),
     ]
     total = len(steps) + 1
-    say(f"[1/{total}] configuration: ok")
-    for number, (key, name, step) in enumerate(steps, start=2):
-        say(f"[{number}/{total}] {name} ...")
+    say(_("[1/{total}] configuration: ok").format(total=total))
+    for number, (key, step) in enumerate(steps, start=2):
+        name = CHECK_NAMES[key]
+        say(_("[{number}/{total}] {name} ...").format(number=number, total=total, name=_(name)))
         started_at, started = clock(), time.monotonic()
         try:
             outcome, detail = step()
         except GatewayError as exc:
             outcome, detail = Outcome.FAIL, str(exc)
-        check = Check(name, outcome, detail, round(time.monotonic() - started, 2), key, started_at,
+        check = Check(name, outcome, "", round(time.monotonic() - started, 2), key, started_at,
                       manual=outcome == Outcome.MANUAL)
+        check.found(detail)
         if outcome == Outcome.MANUAL:
             _attest(check, options, report.engineer, say)
         report.checks.append(check)
-        say(f"[{number}/{total}] {name}: {check.outcome} - {check.detail}")
+        say(_("[{number}/{total}] {name}: {outcome} - {detail}").format(
+            number=number, total=total, name=_(name), outcome=_(OUTCOMES.get(check.outcome, check.outcome)),
+            detail=check.shown))
     report.finished_at = clock()
     return report
 
@@ -196,53 +220,59 @@ def _attest(check: Check, options: Options, engineer: str, say: Callable[[str], 
     key = TEST_STUDY if check.key == "end-to-end" else check.key
     check.key = key
     if key in options.confirmed:
-        how = "--confirm"
-    elif options.ask is not None and options.ask(f"{check.name}: {check.detail}\n"
-                                                  f"  done and seen to work? / 已完成并确认成功? [y/N] "):
-        how = "answered yes"
+        how = N_("--confirm")
+    elif options.ask is not None and options.ask(_("{name}: {detail}\n  done and seen to work? [y/N] ").format(
+            name=_(check.name), detail=check.shown)):
+        how = N_("answered yes")
     else:
-        say(f"  manual check {key!r} not attested: the report stays INCOMPLETE (re-run with --confirm {key})")
+        say(_("  manual check '{key}' not attested: the report stays INCOMPLETE (re-run with --confirm {key})")
+            .format(key=key))
         return
     check.outcome = Outcome.CONFIRMED
-    check.detail = f"attested by {engineer or 'the engineer'} ({how}): {check.detail}"
+    attested = "attested by {engineer} ({how}): {detail}"
+    check.detail, check.shown = (attested.format(engineer=engineer or "the engineer", how=how, detail=check.detail),
+                                 _("attested by {engineer} ({how}): {detail}").format(
+                                     engineer=engineer or _("the engineer"), how=_(how), detail=check.shown))
 
 
-def _certificate(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, str]:
+def _certificate(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, Detail]:
     if not settings.mqtt.cert_file:
-        return Outcome.FAIL, "no box certificate configured (mqtt.cert_file): provision the box first (mgw provision)"
-    _, ok, detail = provision.identity_check(settings, clock)
+        return Outcome.FAIL, tr("no box certificate configured (mqtt.cert_file): provision the box first "
+                                "(mgw provision)")
+    _name, ok, detail = provision.identity_check(settings, clock)
     return (Outcome.OK if ok else Outcome.FAIL), detail
 
 
-def _clock_skew(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, str]:
+def _clock_skew(settings: config.EdgeSettings, clock: Callable[[], float]) -> tuple[str, Detail]:
     from gateway.adapters import enrolment_client
 
     if not settings.enrolment.url or not settings.mqtt.ca_file:
-        return Outcome.SKIPPED, "no enrolment endpoint configured to compare clocks with"
+        return Outcome.SKIPPED, tr("no enrolment endpoint configured to compare clocks with")
     skew = clock() - enrolment_client.server_time(settings.enrolment.url, Path(settings.mqtt.ca_file).read_bytes())
-    detail = f"local clock is {skew:+.1f} s from the cloud's"
     if abs(skew) > MAX_SKEW_S:
-        return Outcome.FAIL, detail + f" (limit {MAX_SKEW_S:.0f} s): check NTP (timedatectl status)"
-    return Outcome.OK, detail
+        return Outcome.FAIL, tr("local clock is {skew:+.1f} s from the cloud's (limit {limit:.0f} s): check NTP "
+                                "(timedatectl status)", skew=skew, limit=MAX_SKEW_S)
+    return Outcome.OK, tr("local clock is {skew:+.1f} s from the cloud's", skew=skew)
 
 
-def _broker(settings: config.EdgeSettings) -> tuple[str, str]:
-    _, ok, detail = provision.broker_check(settings, 15.0)
+def _broker(settings: config.EdgeSettings) -> tuple[str, Detail]:
+    _name, ok, detail = provision.broker_check(settings, 15.0)
     return (Outcome.OK if ok else Outcome.FAIL), detail
 
 
-def _echo_to_modality(settings: config.EdgeSettings, options: Options) -> tuple[str, str]:
+def _echo_to_modality(settings: config.EdgeSettings, options: Options) -> tuple[str, Detail]:
     from gateway.adapters import dicom_scu
 
     if not options.modality_host:
-        return Outcome.SKIPPED, "no --modality-host given (the modality may not run a Verification SCP)"
+        return Outcome.SKIPPED, tr("no --modality-host given (the modality may not run a Verification SCP)")
     called = options.modality_ae or "ANY-SCP"
     where = f"{called}@{options.modality_host}:{options.modality_port}"
     status = dicom_scu.echo(options.modality_host, options.modality_port, called, settings.dicom.ae_title)
     if status == 0:
-        return Outcome.OK, f"{where} answered C-ECHO"
-    return Outcome.FAIL, (f"{where} did not answer C-ECHO (status {status}): check the modality's IP, port and "
-                          f"AE title, that it knows {settings.dicom.ae_title} as a peer, and the LAN cabling")
+        return Outcome.OK, tr("{where} answered C-ECHO", where=where)
+    return Outcome.FAIL, tr("{where} did not answer C-ECHO (status {status}): check the modality's IP, port and "
+                            "AE title, that it knows {ae} as a peer, and the LAN cabling",
+                            where=where, status=status, ae=settings.dicom.ae_title)
 
 
 def _local_calling_ae(settings: config.EdgeSettings, options: Options) -> tuple[str, str | None]:
@@ -264,25 +294,27 @@ def _listener_host(settings: config.EdgeSettings) -> str:
     return "127.0.0.1" if settings.dicom.bind_host in ("0.0.0.0", "") else settings.dicom.bind_host  # noqa: S104
 
 
-def _echo_to_box(settings: config.EdgeSettings, paths: Paths, options: Options) -> tuple[str, str]:
+def _echo_to_box(settings: config.EdgeSettings, paths: Paths, options: Options) -> tuple[str, Detail]:
     from gateway.adapters import dicom_scu
 
     calling, why_not = _local_calling_ae(settings, options)
     if why_not:
-        return Outcome.SKIPPED, why_not + ": use the modality console's echo (next line)"
+        return Outcome.SKIPPED, tr("{reason}: use the modality console's echo (next line)", reason=why_not)
     if settings.dicom.tls_cert_file:
-        return Outcome.SKIPPED, "the listener requires DICOM TLS: use the modality console's echo (next line)"
+        return Outcome.SKIPPED, tr("the listener requires DICOM TLS: use the modality console's echo (next line)")
     host, port = _listener_host(settings), _listener_port(settings, paths)
     status = dicom_scu.echo(host, port, settings.dicom.ae_title, calling, source=host)
+    where = f"{settings.dicom.ae_title}@{host}:{port}"
     if status == 0:
-        return Outcome.OK, f"{settings.dicom.ae_title}@{host}:{port} answered C-ECHO from {calling}"
-    return Outcome.FAIL, (f"{settings.dicom.ae_title}@{host}:{port} did not answer: is `mgw edge run` running "
-                          "(systemctl status mgw-edge.service)? is the port right?")
+        return Outcome.OK, tr("{where} answered C-ECHO from {calling}", where=where, calling=calling)
+    return Outcome.FAIL, tr("{where} did not answer: is `mgw edge run` running (systemctl status mgw-edge.service)? "
+                            "is the port right?", where=where)
 
 
-def _manual_echo(settings: config.EdgeSettings) -> tuple[str, str]:
-    return Outcome.MANUAL, (f"on the modality, echo AE {settings.dicom.ae_title} at {_box_address()}:"
-                            f"{settings.dicom.port}; journal shows ASSOCIATION_ACCEPTED with its address")
+def _manual_echo(settings: config.EdgeSettings) -> tuple[str, Detail]:
+    return Outcome.MANUAL, tr("on the modality, echo AE {ae} at {address}:{port}; journal shows "
+                              "ASSOCIATION_ACCEPTED with its address", ae=settings.dicom.ae_title,
+                              address=_box_address(), port=settings.dicom.port)
 
 
 def _box_address() -> str:
@@ -295,14 +327,17 @@ def _box_address() -> str:
 
 
 def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
-                clock: Callable[[], float]) -> tuple[str, str]:
+                clock: Callable[[], float]) -> tuple[str, Detail]:
     from gateway.adapters import dicom_scu
     from gateway.adapters.store import SpoolStore
 
     calling, why_not = _local_calling_ae(settings, options)
-    if why_not or settings.dicom.tls_cert_file:
-        return Outcome.MANUAL, (why_not or "listener requires DICOM TLS") + \
-            ": send a test study from the modality and check `mgw status`"
+    if why_not:
+        return Outcome.MANUAL, tr("{reason}: send a test study from the modality and check `mgw status`",
+                                  reason=why_not)
+    if settings.dicom.tls_cert_file:
+        return Outcome.MANUAL, tr("listener requires DICOM TLS: send a test study from the modality and check "
+                                  "`mgw status`")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mgw-commission-") as tmp:
         obj = Path(tmp) / "commissioning.dcm"
@@ -312,7 +347,8 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
         statuses = dicom_scu.pynetdicom_store(host, _listener_port(settings, paths), settings.dicom.ae_title,
                                               calling, [obj], source=host)
     if statuses != [0]:
-        return Outcome.FAIL, f"the listener answered C-STORE with {statuses}: see `journalctl -u mgw-edge.service`"
+        return Outcome.FAIL, tr("the listener answered C-STORE with {statuses}: see `journalctl -u mgw-edge.service`",
+                                statuses=statuses)
     store = SpoolStore(paths.spool_db)
     try:
         deadline = time.monotonic() + options.timeout_s
@@ -320,11 +356,13 @@ def _end_to_end(settings: config.EdgeSettings, paths: Paths, options: Options,
             copies = store.by_sop_instance(sop)
             state = copies[-1].state.name if copies else ""
             if state in (ItemState.ACKNOWLEDGED.name, ItemState.PURGED.name):
-                return Outcome.OK, f"test object acknowledged by the cloud in {time.monotonic() - started:.1f} s"
+                return Outcome.OK, tr("test object acknowledged by the cloud in {seconds:.1f} s",
+                                      seconds=time.monotonic() - started)
             if state == ItemState.QUARANTINED.name:
-                return Outcome.FAIL, "test object quarantined: see `mgw status` and the journal (ITEM_QUARANTINED)"
+                return Outcome.FAIL, tr("test object quarantined: see `mgw status` and the journal (ITEM_QUARANTINED)")
             time.sleep(0.25)
     finally:
         store.close()
-    return Outcome.FAIL, (f"no cloud acknowledgement within {options.timeout_s:.0f} s (last state {state or 'none'}): "
-                          "check the broker line above, the uplink (UPLINK_DOWN in the journal) and the cloud ingest")
+    return Outcome.FAIL, tr("no cloud acknowledgement within {seconds:.0f} s (last state {state}): check the broker "
+                            "line above, the uplink (UPLINK_DOWN in the journal) and the cloud ingest",
+                            seconds=options.timeout_s, state=state or "none")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import queue
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,23 @@ from gateway.adapters import blobs, time_zone
 from gateway.adapters.keystore import KeyStore
 from gateway.core import commissioning, schema, topics
 from gateway.core.errors import GatewayError
+from gateway.i18n import N_, _
 
 DIR_NAME = "commissioning"
 BOX_KEY = "box"
 
-RESULT_ZH = {"PASSED": "通过", "FAILED": "未通过", "INCOMPLETE": "未完成"}
-OUTCOME_ZH = {"ok": "通过", "FAIL": "失败", "skipped": "不适用", "manual": "待人工确认", "confirmed": "已人工确认"}
+# a check's name by key: English in the signed report (the console translates by key), else the CLI's language
+CHECK_NAMES = {
+    "configuration": N_("configuration"), "certificate": N_("certificate"), "clock-skew": N_("clock skew"),
+    "broker": N_("broker (mutual TLS)"), "echo-to-modality": N_("C-ECHO to the modality"),
+    "echo-to-box": N_("C-ECHO to this box"), "modality-echo": N_("C-ECHO from the modality console"),
+    "end-to-end": N_("test object end to end"), "test-study": N_("test object end to end"),
+}
+OUTCOMES = {commissioning.OK: N_("ok"), commissioning.FAIL: N_("FAIL"), commissioning.SKIPPED: N_("skipped"),
+            commissioning.MANUAL: N_("manual"), commissioning.CONFIRMED: N_("confirmed")}
+VERDICTS = {"PASSED": N_("RESULT: PASSED"),
+            "FAILED": N_("RESULT: FAILED: fix what the failed lines name, then re-run"),
+            "INCOMPLETE": N_("RESULT: INCOMPLETE: a manual check is not attested (--confirm KEY)")}
 
 
 def local_time(at: float, zone_name: str) -> str:
@@ -38,24 +50,27 @@ def local_time(at: float, zone_name: str) -> str:
     return time_zone.format_local(at, zone_name)
 
 
-def text(doc: schema.CommissioningReport) -> str:
-    """The report for the engineer's screen and paper, English and Chinese, in the site's time zone."""
+def text(doc: schema.CommissioningReport, shown: Mapping[str, str] | None = None) -> str:
+    """The report for the engineer's screen and paper in the CLI's language (gateway/i18n.py), in the
+    site's time zone. ``shown``: a check's detail as it was shown, by key (else the report's English)."""
     zone = doc.time_zone or "UTC"
     lines = [
-        f"Commissioning report {doc.report_id} / 调试报告",
-        f"  box 设备: {doc.box_id}    site 站点: {doc.site or '-'}    mgw {doc.software}",
-        f"  engineer 工程师: {doc.engineer}",
-        f"  modality 设备类型: {doc.modality or '-'}    make 厂商: {doc.modality_make or '-'}    "
-        f"model 型号: {doc.modality_model or '-'}",
-        f"  modality AE 设备 AE: {doc.modality_ae or '-'}    address 地址: {doc.modality_address or '-'}",
-        f"  started 开始: {local_time(doc.started_at, doc.time_zone)} ({zone})", ""]
+        _("Commissioning report {report}").format(report=doc.report_id),
+        _("  box: {box}    site: {site}    mgw {version}").format(box=doc.box_id, site=doc.site or "-",
+                                                                 version=doc.software),
+        _("  engineer: {engineer}").format(engineer=doc.engineer),
+        _("  modality: {modality}    make: {make}    model: {model}").format(
+            modality=doc.modality or "-", make=doc.modality_make or "-", model=doc.modality_model or "-"),
+        _("  modality AE: {ae}    address: {address}").format(ae=doc.modality_ae or "-",
+                                                              address=doc.modality_address or "-"),
+        _("  started: {time} ({zone})").format(time=local_time(doc.started_at, doc.time_zone), zone=zone), ""]
     for c in doc.checks:
-        kind = " (manual 人工)" if c.manual else ""
-        lines.append(f"  [{c.outcome:9s}] {local_time(c.started_at, doc.time_zone)[11:19]} {c.name}{kind} "
-                     f"({OUTCOME_ZH.get(c.outcome, c.outcome)}): {c.detail}")
-    verdict = {"PASSED": "PASSED", "FAILED": "FAILED: fix what the failed lines name, then re-run",
-               "INCOMPLETE": "INCOMPLETE: a manual check is not attested (--confirm KEY)"}[doc.result]
-    lines += ["", f"RESULT: {verdict}", f"结果: {RESULT_ZH[doc.result]}"]
+        name = _(CHECK_NAMES[c.key]) if c.key in CHECK_NAMES else c.name
+        lines.append((_("  [{outcome}] {time} {name} (manual): {detail}") if c.manual else
+                      _("  [{outcome}] {time} {name}: {detail}")).format(
+            outcome=_(OUTCOMES.get(c.outcome, c.outcome)), time=local_time(c.started_at, doc.time_zone)[11:19],
+            name=name, detail=(shown or {}).get(c.key, c.detail)))
+    lines += ["", _(VERDICTS[doc.result])]
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +129,8 @@ def upload(settings: config.EdgeSettings, state_dir: Path, files: list[Path], ti
     try:
         deadline = time.monotonic() + timeout_s
         if not link.wait_connected(min(timeout_s, 30.0)):
-            return Uploaded((), tuple(ids), f"no connection to the broker {settings.mqtt.host}:{settings.mqtt.port}")
+            return Uploaded((), tuple(ids), _("no connection to the broker {host}:{port}").format(
+                host=settings.mqtt.host, port=settings.mqtt.port))
         for path in ids.values():
             link.publish(topics.commission_topic(prefix, box), path.read_bytes(), qos=1)
         while len(done) < len(ids) and time.monotonic() < deadline:
@@ -132,4 +148,5 @@ def upload(settings: config.EdgeSettings, state_dir: Path, files: list[Path], ti
     finally:
         link.stop()
     rest = tuple(i for i in ids if i not in done)
-    return Uploaded(tuple(done), rest, f"no acknowledgement from the cloud within {timeout_s:.0f} s" if rest else "")
+    return Uploaded(tuple(done), rest, _("no acknowledgement from the cloud within {seconds:.0f} s").format(
+        seconds=timeout_s) if rest else "")

@@ -40,6 +40,7 @@ from gateway.adapters.keystore import FileKeyStore, KeyStore
 from gateway.core import admission
 from gateway.core.errors import ConfigError, KeyringError, LocalError
 from gateway.edge import ack_keyring, command_keyring
+from gateway.i18n import N_, Message, _, tr
 from gateway.logs import MSG
 from gateway.paths import Paths
 from gateway.tomlwrite import render_toml
@@ -81,7 +82,7 @@ class Provisioned:
 
     @property
     def ok(self) -> bool:
-        return all(ok for _, ok, _ in self.checks)
+        return all(ok for _name, ok, _detail in self.checks)
 
 
 def pki_dir(paths: Paths) -> Path:
@@ -102,7 +103,7 @@ def key_store(paths: Paths) -> KeyStore:
 
 def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None = None,
               site_tables: dict[str, dict[str, Any]] | None = None, force: bool = False,
-              self_test: bool = True, say: Callable[[str], None] = lambda _: None, lan: Lan = Lan()) -> Provisioned:
+              self_test: bool = True, say: Callable[[str], None] = lambda _m: None, lan: Lan = Lan()) -> Provisioned:
     """Enrol this box and write its ``device.toml``. ``site_tables`` (a signed bundle's) and ``lan``
     (the command line's) are layered over the tables the token carries, later ones winning; all
     are checked (``gateway/site_tables.py``) before the token is spent, the token's once they arrive."""
@@ -111,30 +112,34 @@ def provision(enrolment: Enrolment, paths: Paths, *, keystore: KeyStore | None =
     siteconf.check(local, "provisioning")
     _dicom_table(local.get("dicom", {}))  # checked before the token is spent
     if device_toml(paths).exists() and store.exists(BOX_KEY) and not force:
-        raise LocalError(f"this box is already provisioned ({device_toml(paths)}); "
-                         "run `mgw decommission` first, or pass --force to replace its identity")
-    say(f"fetching the fleet CA from {enrolment.url} (pinned {enrolment.ca_fingerprint[:16]}...)")
+        raise LocalError(_("this box is already provisioned ({path}); run `mgw decommission` first, or pass --force "
+                           "to replace its identity").format(path=device_toml(paths)))
+    say(_("fetching the fleet CA from {url} (pinned {pin}...)").format(url=enrolment.url,
+                                                                       pin=enrolment.ca_fingerprint[:16]))
     ca_pem = enrolment_client.fetch_ca(enrolment.url, enrolment.ca_fingerprint)
-    say("generating the box key on this box")
+    say(_("generating the box key on this box"))
     store.generate_ec(PENDING_KEY)
     try:
-        say("redeeming the enrolment token")
+        say(_("redeeming the enrolment token"))
         answer = enrolment_client.enrol(enrolment.url, ca_pem, enrolment.token, store.csr(PENDING_KEY, ""))
         result = _install(answer, ca_pem, enrolment, paths, store, local)
     finally:
         if store.exists(PENDING_KEY):
             store.path(PENDING_KEY).unlink()
     log.info("box provisioned", extra={"MESSAGE_ID": MSG.BOX_PROVISIONED.value, "BOX_ID": result.box_id})
-    say(f"provisioned as box {result.box_id} (site {result.site or '-'}, modality {result.modality or '-'})")
-    bind = result.bind_host or "127.0.0.1 (loopback only: give --dicom-bind)"
-    say(f"DICOM listener {result.ae_title} on {bind} port {result.port}, admitting "
-        + (", ".join(result.allowed_peers) if result.allowed_peers else
-           "NO modality (deny-by-default): set one with `mgw provision --modality AE@ADDRESS` or in "
-           f"{device_toml(paths)} [dicom] allowed_peers"))
+    say(_("provisioned as box {box} (site {site}, modality {modality})").format(
+        box=result.box_id, site=result.site or "-", modality=result.modality or "-"))
+    bind = result.bind_host or _("127.0.0.1 (loopback only: give --dicom-bind)")
+    admitting = ", ".join(result.allowed_peers) if result.allowed_peers else _(
+        "NO modality (deny-by-default): set one with `mgw provision --modality AE@ADDRESS` or in {path} [dicom] "
+        "allowed_peers").format(path=device_toml(paths))
+    say(_("DICOM listener {ae} on {bind} port {port}, admitting {peers}").format(
+        ae=result.ae_title, bind=bind, port=result.port, peers=admitting))
     if result.time_zone or result.weekly_hours:
-        say(f"site time zone {result.time_zone or '-'}, opening hours {'; '.join(result.weekly_hours) or '-'}")
+        say(_("site time zone {zone}, opening hours {hours}").format(zone=result.time_zone or "-",
+                                                                    hours="; ".join(result.weekly_hours) or "-"))
     if self_test:
-        say("self-test")
+        say(_("self-test"))
         result.checks = run_self_test(paths, store)
     return result
 
@@ -219,10 +224,12 @@ def _dicom_table(dicom: dict[str, Any]) -> dict[str, Any]:
         try:
             ipaddress.ip_address(str(dicom["bind_host"]))
         except ValueError as exc:
-            raise ConfigError(f"dicom bind address {dicom['bind_host']!r} is not an IP address") from exc
+            raise ConfigError(_("dicom bind address {address} is not an IP address").format(
+                address=repr(dicom["bind_host"]))) from exc
         if ipaddress.ip_address(str(dicom["bind_host"])).is_unspecified and dicom.get("allow_any_address") is not True:
-            raise ConfigError(f"dicom bind address {dicom['bind_host']} is every interface; give the box's address "
-                              "on the modality side, or allow_any_address = true in the bundle's [dicom] table")
+            raise ConfigError(_("dicom bind address {address} is every interface; give the box's address on the "
+                                "modality side, or allow_any_address = true in the bundle's [dicom] table").format(
+                address=dicom["bind_host"]))
     return dicom
 
 
@@ -241,9 +248,15 @@ def address_towards(rules: tuple[admission.PeerRule, ...]) -> str:
     return found.pop() if len(found) == 1 else ""
 
 
+# the self-test's check names, as `mgw provision` shows them (its JSON keeps the English)
+SELF_TEST_NAMES = {"configuration loads": N_("configuration loads"), "certificate": N_("certificate"),
+                   "broker (mutual TLS)": N_("broker (mutual TLS)")}
+
+
 def run_self_test(paths: Paths, store: KeyStore, broker_timeout_s: float = 15.0,
                   clock: Callable[[], float] = time.time) -> list[tuple[str, bool, str]]:
-    """``(check, ok, detail or what to check)`` for identity, configuration and the broker."""
+    """``(check, ok, detail or what to check)`` for identity, configuration and the broker: the check's
+    name in English (``SELF_TEST_NAMES`` translates it), the detail in the CLI's language."""
     checks: list[tuple[str, bool, str]] = []
     try:
         files = [f for f in paths.default_config_files("gateway")]
@@ -252,36 +265,41 @@ def run_self_test(paths: Paths, store: KeyStore, broker_timeout_s: float = 15.0,
         settings = config.load_edge(files)
         checks.append(("configuration loads", True, " + ".join(map(str, files))))
     except ConfigError as exc:
-        return [("configuration loads", False, f"{exc}: fix the named key")]
-    checks.append(identity_check(settings, clock))
-    if checks[-1][1]:
-        checks.append(broker_check(settings, broker_timeout_s))
+        return [("configuration loads", False, _("{reason}: fix the named key").format(reason=exc))]
+    name, ok, detail = identity_check(settings, clock)
+    checks.append((name, ok, detail.shown()))
+    if ok:
+        name, ok, detail = broker_check(settings, broker_timeout_s)
+        checks.append((name, ok, detail.shown()))
     return checks
 
 
-def identity_check(settings: config.EdgeSettings, clock: Callable[[], float] = time.time) -> tuple[str, bool, str]:
+def identity_check(settings: config.EdgeSettings, clock: Callable[[], float] = time.time
+                   ) -> tuple[str, bool, Message]:
     try:
         cert = x509.load_pem_x509_certificate(Path(settings.mqtt.cert_file).read_bytes())
         ca = x509.load_pem_x509_certificate(Path(settings.mqtt.ca_file).read_bytes())
         key = serialization.load_pem_private_key(Path(settings.mqtt.key_file).read_bytes(), None)
         cert.verify_directly_issued_by(ca)
     except (OSError, ValueError, TypeError) as exc:
-        return ("certificate", False, f"{exc}: re-run `mgw provision` with a new token")
+        return ("certificate", False, tr("{reason}: re-run `mgw provision` with a new token", reason=exc))
     now = clock()
     if cert.public_key() != key.public_key():
-        return ("certificate", False, "certificate and key do not match: re-run `mgw provision`")
+        return ("certificate", False, tr("certificate and key do not match: re-run `mgw provision`"))
+    start, end = cert.not_valid_before_utc.strftime("%Y-%m-%d"), cert.not_valid_after_utc.strftime("%Y-%m-%d")
     if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-        return ("certificate", False, f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-                                      f"{cert.not_valid_after_utc:%Y-%m-%d}): check the clock, or re-provision")
+        return ("certificate", False, tr("not valid now (valid {start} to {end}): check the clock, or re-provision",
+                                         start=start, end=end))
     days = (cert.not_valid_after_utc.timestamp() - now) / 86400
     cn = cert.subject.rfc4514_string()
     if f"CN={settings.box.id}" not in cn.split(","):
-        return ("certificate", False, f"certificate is for {cn}, config says box {settings.box.id}")
-    until = dt.datetime.fromtimestamp(cert.not_valid_after_utc.timestamp(), dt.UTC)
-    return ("certificate", True, f"box {settings.box.id}, valid until {until:%Y-%m-%d} ({days:.0f} days)")
+        return ("certificate", False, tr("certificate is for {cn}, config says box {box}", cn=cn, box=settings.box.id))
+    until = dt.datetime.fromtimestamp(cert.not_valid_after_utc.timestamp(), dt.UTC).strftime("%Y-%m-%d")
+    return ("certificate", True, tr("box {box}, valid until {until} ({days:.0f} days)", box=settings.box.id,
+                                    until=until, days=days))
 
 
-def broker_check(settings: config.EdgeSettings, timeout_s: float) -> tuple[str, bool, str]:
+def broker_check(settings: config.EdgeSettings, timeout_s: float) -> tuple[str, bool, Message]:
     from gateway.adapters.mqtt_link import MqttLink
 
     link = MqttLink(settings.mqtt, client_id=f"{settings.box.id}:selftest", subscriptions=[],
@@ -293,6 +311,7 @@ def broker_check(settings: config.EdgeSettings, timeout_s: float) -> tuple[str, 
         link.stop()
     where = f"{settings.mqtt.host}:{settings.mqtt.port}"
     if ok:
-        return ("broker (mutual TLS)", True, f"connected to {where} as {settings.box.id}")
-    return ("broker (mutual TLS)", False, f"no connection to {where} within {timeout_s:.0f} s: check the "
-            "network/firewall (outbound TCP to that port), the clock, and that the box is not revoked")
+        return ("broker (mutual TLS)", True, tr("connected to {where} as {box}", where=where, box=settings.box.id))
+    return ("broker (mutual TLS)", False, tr("no connection to {where} within {seconds:.0f} s: check the "
+                                             "network/firewall (outbound TCP to that port), the clock, and that "
+                                             "the box is not revoked", where=where, seconds=timeout_s))

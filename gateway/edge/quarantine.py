@@ -28,6 +28,7 @@ from gateway.core import spool
 from gateway.core.errors import LocalError
 from gateway.core.spool import ItemState
 from gateway.edge import cache, seal
+from gateway.i18n import _
 from gateway.logs import MSG
 from gateway.paths import Paths
 
@@ -94,24 +95,24 @@ class Quarantine:
         except ValueError:
             item = None
         if item is None or item.state is not ItemState.QUARANTINED:
-            raise QuarantineError(f"no quarantined item {entry_id!r} (see `mgw quarantine list`)")
+            raise QuarantineError(_("no quarantined item {id} (see `mgw quarantine list`)").format(id=repr(entry_id)))
         return item
 
     def _file(self, entry_id: str) -> Path:
         name = entry_id[len(FILE_PREFIX):]
         path = self._paths.quarantine_dir / name
         if "/" in name or name in ("", ".", "..") or not path.is_file():
-            raise QuarantineError(f"no quarantined file {entry_id!r} (see `mgw quarantine list`)")
+            raise QuarantineError(_("no quarantined file {id} (see `mgw quarantine list`)").format(id=repr(entry_id)))
         return path
 
     def replay(self, entry_id: str) -> Entry:
         """Send a quarantined item through the queue again, from packing."""
         if entry_id.startswith(FILE_PREFIX):
-            raise QuarantineError("an unreadable dataset cannot be replayed: the modality must send it again")
+            raise QuarantineError(_("an unreadable dataset cannot be replayed: the modality must send it again"))
         item = self._item(entry_id)
         if not seal.intact(item, self._paths.blob_dir, self._cache_key()):
-            raise QuarantineError(f"item {item.id}: its spooled blob is missing or no longer matches its hash; "
-                                  "it cannot be replayed, only deleted")
+            raise QuarantineError(_("item {id}: its spooled blob is missing or no longer matches its hash; it cannot "
+                                    "be replayed, only deleted").format(id=item.id))
         self._store.transition(
             item.id, spool.Replayed(), self._clock(), pack_attempts=0, transfer_id=None, final_seq=None,
             frame0_bytes=None, frame_bytes=None, packed_bytes=None, ack_key=None, acked_ranges="[]", reason=None)

@@ -77,19 +77,19 @@ def test_versions_say_which_one_is_current_in_the_sites_zone_when_an_instance_wa
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert f"SOP Instance UID {SOP}" in lines and f"SOP Instance UID {OTHER}" in lines
-    assert "archived / 归档时间" in text
+    assert "archived" in text
     mine = [line for line in lines if "box-sh" in line]
-    assert len(mine) == 2 and "superseded / 已被取代" in mine[0] and "current / 当前版本" in mine[1]
+    assert len(mine) == 2 and "superseded" in mine[0] and mine[1].endswith("current")
     assert hashlib.sha256(b"corrected").hexdigest()[:12] in mine[1]
     (other,) = [line for line in lines if "box-x" in line]
-    assert "2026-05-28 21:26:42 +01:00" in other and "current / 当前版本" in other  # unknown box: the fleet's zone
+    assert "2026-05-28 21:26:42 +01:00" in other and other.endswith("current")  # unknown box: the fleet's zone
 
 
 def test_listing_says_none_when_the_archive_does_not_hold_the_instance(
         tmp_path: Path, backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     toml = _site_with_versions(tmp_path, backend)
     assert cli.main(["cloud", "archive", "versions", "--config", str(toml), "--sop-instance-uid", "1.2.3"]) == 0
-    assert "no archived instance / 归档中没有该实例" in capsys.readouterr().out
+    assert "no archived instance" in capsys.readouterr().out
 
 
 def test_listing_says_none_and_creates_no_index_when_nothing_was_archived_on_the_node(
@@ -97,7 +97,7 @@ def test_listing_says_none_and_creates_no_index_when_nothing_was_archived_on_the
     toml = tmp_path / "cloud.toml"
     toml.write_text(f'[cloud]\nstate_dir = "{tmp_path / "state"}"\n')
     assert cli.main(["cloud", "archive", "versions", "--config", str(toml), "--study-instance-uid", STUDY]) == 0
-    assert "no archived instance / 归档中没有该实例" in capsys.readouterr().out
+    assert "no archived instance" in capsys.readouterr().out
     assert not (tmp_path / "state" / "archive.db").exists() and not (tmp_path / "state" / "fleet.db").exists()
 
 

@@ -266,14 +266,14 @@ def test_broker_config_writes_the_selected_profile_and_revoke_prints_its_session
     assert made.returncode == 0, made.stderr
     assert {"emqx.conf", "acl.conf", "ca.pem", "server.pem", "server.key", "crl.pem"} <= {p.name for p in out.iterdir()}
     assert not (out / "mosquitto.conf").exists() and 'bind = "0.0.0.0:8884"' in (out / "emqx.conf").read_text()
-    assert "wrote the emqx configuration" in made.stdout and "已在" in made.stdout
+    assert "wrote the emqx configuration" in made.stdout
     authority = FleetAuthority(tmp_path / "state" / "pki")
     box_identity(authority, "box-r", tmp_path / "box")
     authority.close()
     revoked = _mgw(cloud_toml, "revoke", "box-r", "--broker", "emqx")
     assert revoked.returncode == 0, revoked.stderr
     lines = revoked.stdout.splitlines()
-    assert "已吊销 box-r 的 1 张证书" in revoked.stdout and "emqx does not read this CRL" in revoked.stdout
+    assert "revoked 1 certificate(s) of box-r" in revoked.stdout and "emqx does not read this CRL" in revoked.stdout
     assert [line.rsplit("/", 1)[1] for line in lines if "-X DELETE" in line] == list(policy.client_ids("box-r"))
     unknown = _mgw(cloud_toml, "broker-config", "--profile", "vernemq", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown broker profile" in unknown.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from gateway import i18n
 from gateway.adapters import blobs
 from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
@@ -133,10 +134,17 @@ def test_commission_ack_verifies_only_for_its_box_and_key() -> None:
         commissioning.verify_ack(ack, "ct-01", AckKeyring((other.public,)))
 
 
-def test_report_text_shows_times_in_the_site_zone_in_both_languages() -> None:
+def test_report_text_shows_times_in_the_site_zone_in_the_chosen_language() -> None:
     text = commission_report.text(_report())
     assert "2027-01-15 16:00:00 +08:00" in text  # NOW is 08:00 UTC
-    assert "RESULT: PASSED" in text and "结果: 通过" in text and "工程师: Li Wei 李伟" in text
+    assert "RESULT: PASSED" in text and "engineer: Li Wei 李伟" in text
+    i18n.use("zh")
+    try:
+        chinese = commission_report.text(_report())
+    finally:
+        i18n.use("en")
+    assert "2027-01-15 16:00:00 +08:00" in chinese and "结果：通过" in chinese and "工程师：Li Wei 李伟" in chinese
+    assert "调试报告" in chinese and "RESULT" not in chinese
 
 
 def test_reports_are_stored_listed_and_read_back_alike_when_the_fleet_store_is_sqlite_or_postgresql(

@@ -31,16 +31,15 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_route_is_added_listed_and_removed_when_its_arguments_are_well_formed(toml: str, capsys) -> None:
     code, out, _ = run(capsys, "route", "add", "--box", "ct-01", "--modality", "CT", "--station-ae", "CT1",
                        "--station-name", "ROOM 1", "--config", toml)
-    assert code == 0 and "route added" in out and "已添加路由" in out
-    assert "has not seen box ct-01 yet" in out and "尚未连接过" in out
+    assert code == 0 and "route added" in out and "has not seen box ct-01 yet" in out
     code, out, _ = run(capsys, "route", "list", "--json", "--config", toml)
     assert [(r["box_id"], r["modality"], r["station_ae_title"], r["station_name"]) for r in json.loads(out)] == [
         ("ct-01", "CT", "CT1", "ROOM 1")]
     code, out, err = run(capsys, "route", "add", "--box", "ct-01", "--modality", "CT", "--station-ae", "CT1",
                          "--config", toml)
-    assert code == 2 and "already serves" in err and "该路由已存在" in err
+    assert code == 2 and "already serves" in err
     code, out, _ = run(capsys, "status", "--config", toml)
-    assert code == 0 and "CT@CT1 (ROOM 1)" in out and "no worklist key" in out and "设备" in out
+    assert code == 0 and "CT@CT1 (ROOM 1)" in out and "no worklist key" in out and "Boxes" in out
     code, out, _ = run(capsys, "route", "remove", "--box", "ct-01", "--modality", "CT", "--station-ae", "CT1",
                        "--config", toml)
     assert code == 0 and "route removed" in out
@@ -76,4 +75,4 @@ def test_status_shows_the_published_time_in_the_fleets_time_zone_when_a_box_was_
     finally:
         store.close()
     code, out, _ = run(capsys, "status", "--config", toml)
-    assert code == 0 and "2026-12-04 08:00:00 +08:00" in out and "entries/条目: 3" in out
+    assert code == 0 and "2026-12-04 08:00:00 +08:00" in out and "entries: 3" in out

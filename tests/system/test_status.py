@@ -105,13 +105,17 @@ def test_status_shows_uplink_certificate_backlog_and_last_study_when_a_provision
     assert 0 <= held["backlog"]["oldest_age_s"] < 600
     text = mgw(d, "status")
     latest = {m["modality"]: m for m in status(d)["last_studies"]}["CT"]  # the new instance joined the CT study
-    assert text.returncode == 0 and "DOWN / 断开" in text.stdout and "backlog 待发送: 1 items" in text.stdout
-    assert f"last study 最近检查 CT: {latest['local']}" in text.stdout and "days left / 剩余" in text.stdout
+    assert text.returncode == 0 and "uplink: DOWN since" in text.stdout and "backlog: 1 items" in text.stdout
+    assert f"last study CT: {latest['local']}" in text.stdout and "days left" in text.stdout
+    chinese = mgw(d, "--lang", "zh", "status")
+    assert chinese.returncode == 0 and "上行：断开" in chinese.stdout, chinese.stdout
+    assert "待发送：1 项" in chinese.stdout, chinese.stdout
 
     d.kill_edge()
     stopped = status(d)
     assert stopped["service"] == {"running": False} and stopped["uplink"]["connected"] is False
-    assert "NOT RUNNING 未运行" in mgw(d, "status").stdout
+    assert "service: NOT RUNNING" in mgw(d, "status").stdout
+    assert "服务：未运行" in mgw(d, "--lang", "zh", "status").stdout
 
 
 def test_doctor_passes_when_run_on_the_files_mgw_provision_wrote(deploy: Deploy, tmp_path: Path) -> None:

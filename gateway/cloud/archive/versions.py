@@ -20,6 +20,7 @@ from typing import Any
 from gateway.cloud.archive.index import Index
 from gateway.core.errors import RequestError
 from gateway.core.utilisation import Zone
+from gateway.i18n import N_, _
 
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # PS3.5 9.1: digits and dots
 MAX_UID_CHARS = 64
@@ -44,7 +45,8 @@ class Version:
 def parse_uid(text: str, what: str) -> str:
     """A UID from outside, or ``RequestError`` naming ``what`` (never echoing the value)."""
     if not (0 < len(text) <= MAX_UID_CHARS) or not UID.fullmatch(text):
-        raise RequestError(f"{what} must be a DICOM UID (digits and dots, at most {MAX_UID_CHARS} characters)")
+        raise RequestError(_("{what} must be a DICOM UID (digits and dots, at most {max} characters)").format(
+            what=what, max=MAX_UID_CHARS))
     return text
 
 
@@ -79,13 +81,13 @@ def as_json(version: Version, zone: Zone) -> dict[str, Any]:
             "superseded_at": version.superseded_at, "current": version.current}
 
 
-HEADER = ("archived / 归档时间", "box / 设备", "bytes / 字节", "sha256", "state / 状态")
-CURRENT = "current / 当前版本"
-SUPERSEDED = "superseded / 已被取代"
+HEADER = (N_("archived"), N_("box"), N_("bytes"), N_("sha256"), N_("state"))  # shown in the CLI's language
+CURRENT = N_("current")
+SUPERSEDED = N_("superseded")
 
 
 def text_table(versions: Iterable[Version], zone_of: Callable[[str], Zone]) -> str:
-    """One block per instance (its UID, then one line per version), English and Chinese."""
+    """One block per instance (its UID, then one line per version), in the CLI's language."""
     lines: list[str] = []
     uid = None
     for v in versions:
@@ -93,9 +95,9 @@ def text_table(versions: Iterable[Version], zone_of: Callable[[str], Zone]) -> s
             uid = v.sop_instance_uid
             if lines:
                 lines.append("")
-            lines += [f"SOP Instance UID {uid}", _row(HEADER)]
+            lines += [f"SOP Instance UID {uid}", _row(_(h) for h in HEADER)]
         cells = [local_time(v.stored_at, zone_of(v.box_id)), v.box_id, str(v.size),
-                 v.sha256[:SHA_PREFIX_CHARS], CURRENT if v.current else SUPERSEDED]
+                 v.sha256[:SHA_PREFIX_CHARS], _(CURRENT) if v.current else _(SUPERSEDED)]
         lines.append(_row(cells))
     return "\n".join(lines)
 

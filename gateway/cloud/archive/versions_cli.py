@@ -18,6 +18,7 @@ from typing import Any
 from gateway.cloud.archive import versions
 from gateway.config import CloudSettings, site_zone
 from gateway.core.utilisation import Zone
+from gateway.i18n import _
 from gateway.paths import Paths
 
 
@@ -53,19 +54,19 @@ def cmd_versions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"versions": [versions.as_json(v, zone_of(v.box_id)) for v in found]}, indent=2))
     elif not found:
-        print("no archived instance / 归档中没有该实例")
+        print(_("no archived instance"))
     else:
         print(versions.text_table(found, zone_of))
     return 0
 
 
 def add_command(cloud: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
-    archive = cloud.add_parser("archive", help="the cloud archive: versions of instances")
+    archive = cloud.add_parser("archive", help=_("the cloud archive: versions of instances"))
     sub = archive.add_subparsers(dest="archive_cmd", required=True, metavar="ACTION")
-    p = with_config(sub.add_parser("versions", help="list the archived versions of an instance or a study, "
-                                                    "and which one is current"))
+    p = with_config(sub.add_parser("versions", help=_("list the archived versions of an instance or a study, "
+                                                    "and which one is current")))
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--sop-instance-uid", metavar="UID", help="one instance")
-    which.add_argument("--study-instance-uid", metavar="UID", help="every instance of a study")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    which.add_argument("--sop-instance-uid", metavar="UID", help=_("one instance"))
+    which.add_argument("--study-instance-uid", metavar="UID", help=_("every instance of a study"))
+    p.add_argument("--json", action="store_true", help=_("print JSON"))
     p.set_defaults(func=cmd_versions)

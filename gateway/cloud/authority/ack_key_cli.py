@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import logs
 from gateway.cloud.authority import ack_keys
+from gateway.i18n import _
 from gateway.logs import MSG
 
 log = logging.getLogger("gateway.cloud.authority.ack_keys")
@@ -71,25 +72,26 @@ def _print(doc: dict[str, Any], as_json: bool, action: str) -> None:
         print(json.dumps(doc, indent=2))
         return
     for row in doc["keys"]:
-        print(f"{row['role']:8s} {row['key_id']}  {row['public']}"
-              + (f"  staged {row['staged_at']}" if "staged_at" in row else ""))
+        print(f"{row['role']:8s} {row['key_id']}  {row['public']}"  # untranslated: values
+              + (_("  staged {at}").format(at=row["staged_at"]) if "staged_at" in row else ""))
     untold = doc.get("boxes_without_next_key")
     if untold:
         shown = " ".join(untold[:20]) + (" ..." if len(untold) > 20 else "")
-        print(f"{len(untold)} box(es) not renewed since the next key was staged: {shown}")
+        print(_("{count} box(es) not renewed since the next key was staged: {boxes}").format(count=len(untold),
+                                                                                             boxes=shown))
     elif untold is not None:
-        print("every box renewed since the next key was staged: it may be promoted")
+        print(_("every box renewed since the next key was staged: it may be promoted"))
     if action == "promote":
-        print("now restart every ingest worker, the fleet service and the enrolment endpoint")
+        print(_("now restart every ingest worker, the fleet service and the enrolment endpoint"))
 
 
 def add_command(cloud: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
-    ack = cloud.add_parser("ack-key", help="the key that signs acks: create, show, stage and promote the next")
+    ack = cloud.add_parser("ack-key", help=_("the key that signs acks: create, show, stage and promote the next"))
     sub = ack.add_subparsers(dest="ack_key_cmd", required=True, metavar="ACTION")
-    for name, text in (("create", "create the ack signing key if absent; print the keyring"),
-                       ("show", "print the keyring: current and staged next key, and boxes not yet told"),
-                       ("stage", "create the next key; boxes learn it at enrolment and renewal"),
-                       ("promote", "make the next key the current one; the old key is erased")):
+    for name, text in (("create", _("create the ack signing key if absent; print the keyring")),
+                       ("show", _("print the keyring: current and staged next key, and boxes not yet told")),
+                       ("stage", _("create the next key; boxes learn it at enrolment and renewal")),
+                       ("promote", _("make the next key the current one; the old key is erased"))):
         p = with_config(sub.add_parser(name, help=text))
-        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--json", action="store_true", help=_("print JSON"))
         p.set_defaults(func=cmd_cloud_ack_key)

@@ -41,6 +41,7 @@ from gateway.cloud.fleet.auth_store import AuditRow, AuthStore
 from gateway.config import AuthSettings
 from gateway.core.access import AuthMethod, LoginRefused, Principal, Role
 from gateway.core.errors import AccountError
+from gateway.i18n import _
 
 MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 1024
@@ -71,7 +72,7 @@ def parse_sites(values: Iterable[str]) -> frozenset[str] | None:
     sites = frozenset(v.strip() for v in values if v.strip())
     for site in sites:
         if not SITE.fullmatch(site):
-            raise AccountError(f"site {site[:70]!r} must match {SITE.pattern}")
+            raise AccountError(_("site {site} must match {pattern}").format(site=repr(site[:70]), pattern=SITE.pattern))
     return sites or None
 
 
@@ -79,14 +80,14 @@ def parse_role(value: str) -> Role:
     try:
         return Role(value)
     except ValueError:
-        raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}") from None
+        raise AccountError(_("role must be one of {roles}").format(roles=", ".join(r.value for r in Role))) from None
 
 
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_CHARS:
-        raise AccountError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+        raise AccountError(_("a password needs at least {count} characters").format(count=MIN_PASSWORD_CHARS))
     if len(password) > MAX_PASSWORD_CHARS:
-        raise AccountError(f"a password has at most {MAX_PASSWORD_CHARS} characters")
+        raise AccountError(_("a password has at most {count} characters").format(count=MAX_PASSWORD_CHARS))
     return password
 
 
@@ -123,15 +124,15 @@ class Accounts:
     # -- accounts ----------------------------------------------------------------------------------------
     def create(self, name: str, password: str, role: Role, sites: frozenset[str] | None, actor: Actor) -> None:
         if not NAME.fullmatch(name):
-            raise AccountError(f"account name must match {NAME.pattern}")
+            raise AccountError(_("account name must match {pattern}").format(pattern=NAME.pattern))
         hashed = argon2_hash.hash_password(check_password(password))
         if not self.store.add_account(name, hashed, role.value, encode_sites(sites), self._clock()):
-            raise AccountError(f"account {name} exists")
+            raise AccountError(_("account {name} exists").format(name=name))
         self.audit(actor, "account.create", name, role=role.value, sites=encode_sites(sites))
 
     def _update(self, name: str, action: str, actor: Actor, **fields: Any) -> None:
         if not self.store.update_account(name, self._clock(), **fields):
-            raise AccountError(f"no account {name[:70]!r}")
+            raise AccountError(_("no account {name}").format(name=repr(name[:70])))
         self.audit(actor, action, name)
 
     def set_password(self, name: str, password: str, actor: Actor) -> None:
@@ -249,14 +250,15 @@ class Accounts:
         """A new token of local account ``owner``: its listing and the secret, which is shown only now."""
         label = label.strip()
         if not 1 <= len(label) <= 100 or not label.isprintable():
-            raise AccountError("a token's name is 1-100 printable characters")
+            raise AccountError(_("a token's name is 1-100 printable characters"))
         if days is not None and not 0 < days <= MAX_TOKEN_DAYS:
-            raise AccountError(f"a token's days are in (0, {MAX_TOKEN_DAYS}]")
+            raise AccountError(_("a token's days are in (0, {max}]").format(max=MAX_TOKEN_DAYS))
         account = self.principal_of(owner, AuthMethod.TOKEN)
         if account is None:
-            raise AccountError(f"no enabled account {owner[:70]!r} to own the token")
+            raise AccountError(_("no enabled account {name} to own the token").format(name=repr(owner[:70])))
         if not account.has(role) or (account.sites is not None and sites is not None and not sites <= account.sites):
-            raise AccountError(f"a token of {owner} cannot have more than its owner's role and sites")
+            raise AccountError(_("a token of {owner} cannot have more than its owner's role and sites").format(
+                owner=owner))
         now = self._clock()
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         expires_at = None if days is None else now + days * 86400

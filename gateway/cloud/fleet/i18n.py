@@ -1,4 +1,4 @@
-"""The console's languages: gettext catalogues read and extracted with babel. Only importer of babel.
+"""The console's languages: gettext catalogues read and extracted with babel (``adapters/gettext_catalog.py``).
 
 The console's strings are English msgids in ``web/app.js``, each written ``t("English text",
 {vars})`` with ``{name}`` placeholders. ``extract()`` collects them with babel's JavaScript
@@ -9,20 +9,19 @@ serves a language to the browser as ``{"lang", "messages": {msgid: msgstr}}``; E
 msgids themselves.
 
 Regenerate the template after changing the strings:
-``python -m gateway.cloud.fleet.i18n`` (then translate what is new in the .po files).
+``python -m gateway.cloud.fleet.i18n`` (then translate what is new in the .po files). The CLI's
+catalogue (domain ``mgw``) is the same shape, in ``gateway/locale/`` (``gateway/i18n.py``).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import re
 from pathlib import Path
 from typing import Any
 
-from babel.messages.catalog import Catalog
-from babel.messages.extract import extract_from_file
-from babel.messages.pofile import read_po, write_po
+from gateway.adapters import gettext_catalog
+from gateway.adapters.gettext_catalog import Catalog
 
 HERE = Path(__file__).parent
 LOCALE_DIR = HERE / "locale"
@@ -35,24 +34,16 @@ PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
 
 def extract() -> Catalog:
     """Every ``t("...")`` of the console's sources, as a catalogue (no dates: the file is reproducible)."""
-    catalog = Catalog(project="mgw console", domain=DOMAIN, charset="utf-8", fuzzy=False)
-    for source in SOURCES:
-        options = {"jsx": False, "parse_template_string": False}
-        for lineno, message, _comments, _context in extract_from_file("javascript", str(source), keywords={"t": None},
-                                                                      options=options):
-            catalog.add(message, locations=[(source.relative_to(HERE).as_posix(), lineno)])
-    return catalog
+    return gettext_catalog.extract(gettext_catalog.new_catalog("mgw console", DOMAIN), "javascript", SOURCES, HERE,
+                                   {"t": None}, {"jsx": False, "parse_template_string": False})
 
 
 def render(catalog: Catalog) -> str:
-    out = io.BytesIO()
-    write_po(out, catalog, omit_header=True, sort_output=True, width=120, include_lineno=False)
-    return out.getvalue().decode()
+    return gettext_catalog.render(catalog)
 
 
 def read(path: Path) -> Catalog:
-    with path.open("rb") as f:
-        return read_po(f, domain=DOMAIN)
+    return gettext_catalog.read(path, DOMAIN)
 
 
 def catalogue_path(locale: str) -> Path:
@@ -69,9 +60,7 @@ def messages(lang: str) -> dict[str, Any]:
     locale = LANGUAGES[lang]
     if not locale:
         return {"lang": lang, "messages": {}}
-    catalog = read(catalogue_path(locale))
-    return {"lang": lang, "messages": {m.id: m.string for m in catalog if m.id and m.string and not m.fuzzy
-                                       and isinstance(m.id, str) and isinstance(m.string, str)}}
+    return {"lang": lang, "messages": gettext_catalog.translations(catalogue_path(locale), DOMAIN)}
 
 
 def placeholders(text: str) -> set[str]:
@@ -81,14 +70,8 @@ def placeholders(text: str) -> set[str]:
 def update(locale: str = "zh_CN") -> None:
     """Write a fresh template, and merge it into the language's catalogue (new msgids untranslated)."""
     template = extract()
-    TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
-    TEMPLATE.write_text(render(template), encoding="utf-8")
-    path = catalogue_path(locale)
-    catalog = read(path) if path.exists() else Catalog(locale=locale, domain=DOMAIN)
-    catalog.update(template, no_fuzzy_matching=True)
-    catalog.obsolete.clear()  # strings app.js no longer has: git keeps their history
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(catalog), encoding="utf-8")
+    gettext_catalog.write_template(template, TEMPLATE)
+    gettext_catalog.merge(template, catalogue_path(locale), locale, DOMAIN)
 
 
 if __name__ == "__main__":
