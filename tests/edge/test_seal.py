@@ -24,7 +24,7 @@ from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.appliance import export
 from gateway.codecs import pixel
-from gateway.codecs.jpegls import IMAGE_DECODERS
+from gateway.codecs.imagecodecs_codec import IMAGE_DECODERS
 from gateway.core import envelope
 from gateway.core.codec import Codec
 from gateway.core.errors import IntegrityError
@@ -120,7 +120,7 @@ def test_frames_open_to_the_original_under_the_items_identity_when_an_item_is_se
 
     manifest, restored = box.open(box.seal(item, pixel_codec))
 
-    assert manifest == Manifest(item.identity, Codec.PIXEL if pixel_codec else Codec.ZSTD, item.id)
+    assert manifest == Manifest(item.identity, Codec.PIXEL2 if pixel_codec else Codec.ZSTD, item.id)
     assert restored == data
 
 
