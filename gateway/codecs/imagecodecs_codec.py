@@ -204,6 +204,9 @@ def decode_segment(header: SegmentHeader, coded: bytes) -> bytes:
     if decode is None:
         raise CodecError(f"no decoder for image codec {header.image_codec}")
     _check_dimensions(header, coded)
+    if header.image_codec == ImageCodec.JPEG_LS and not coded.endswith(b"\xff\xd9"):
+        # a JPEG-LS stream ends with EOI; CharLS takes seconds to refuse some streams cut short
+        raise CodecError("JPEG_LS segment does not end with EOI: truncated")
     try:
         transform = SampleTransform(header.transform)
         decoded = np.asarray(decode(coded))
