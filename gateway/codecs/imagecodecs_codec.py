@@ -40,6 +40,7 @@ _DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
 DEFAULT_BUDGET_MS_PER_MB = 75.0  # about 21 MB/s per core measured on pydicom-data (the model is pessimistic)
 DEFAULT_JPEGXL_EFFORT = 3
 CARRY_CAP_MS = 2000.0
+HIGH_JPEGXL_EFFORT = 7  # tried after the configured effort when the budget has room (a backlogged queue)
 J2K_PREDICTED_GAIN = 0.93  # JPEG 2000 (EBCOT) codes about 7% smaller than HTJ2K on the same wavelet
 
 # CPU ms per MB of raw pixels: encode plus the verifying decode (bench/compression.py, this machine class)
@@ -103,11 +104,16 @@ Encoder = tuple[ImageCodec, Callable[[np.ndarray, int], bytes]]
 """An image codec and its encode function (unsigned samples, coded depth) -> codestream."""
 
 
+def _jxl(effort: int) -> Encoder:
+    return (ImageCodec.JPEG_XL, lambda a, bits: bytes(imagecodecs.jpegxl_encode(
+        a, lossless=True, effort=effort, bitspersample=bits, usecontainer=False, numthreads=1)))
+
+
 def _encoders(effort: int) -> dict[str, Encoder]:
     return {
+        f"jxl{HIGH_JPEGXL_EFFORT}": _jxl(HIGH_JPEGXL_EFFORT),
         "htj2k": (ImageCodec.HTJ2K, lambda a, bits: bytes(imagecodecs.htj2k_encode(a, reversible=True))),
-        f"jxl{effort}": (ImageCodec.JPEG_XL, lambda a, bits: bytes(imagecodecs.jpegxl_encode(
-            a, lossless=True, effort=effort, bitspersample=bits, usecontainer=False, numthreads=1))),
+        f"jxl{effort}": _jxl(effort),
         "j2k": (ImageCodec.JPEG_2000, lambda a, bits: bytes(imagecodecs.jpeg2k_encode(
             a, level=0, codecformat="J2K", reversible=True, bitspersample=bits, numthreads=1))),
         "jpegls": (ImageCodec.JPEG_LS, lambda a, bits: bytes(imagecodecs.jpegls_encode(a))),
@@ -160,12 +166,14 @@ class StripEncoder:
         """Candidate names in order; later ones depend on what the earlier ones gave."""
         yield "htj2k"
         yield f"jxl{self._effort}"
+        if self._effort < HIGH_JPEGXL_EFFORT:
+            yield f"jxl{HIGH_JPEGXL_EFFORT}"  # only a backlog's budget affords it (306 ms/MB)
         best = min([baseline, *(len(c) for _, c in coded.values())])
         ht = coded.get("htj2k")
         if ht is None or len(ht[1]) * J2K_PREDICTED_GAIN < best:  # no HTJ2K to predict from: try it
             yield "j2k"
-        if prepared.samples.ndim == 2:
-            yield "jpegls"
+        if prepared.samples.ndim == 2 and (prepared.samples.itemsize == 1 or f"jxl{self._effort}" not in coded):
+            yield "jpegls"  # it beats JPEG-XL only on 8-bit grey (palette, secondary captures) in our corpora
 
 
 def jpeg_ls_only() -> StripEncoder:

@@ -125,14 +125,15 @@ def test_strip_falls_back_to_a_verified_codec_when_the_best_encoder_is_wrong_or_
     raw = (rng.integers(0, 40, size=(64, 64)).cumsum(axis=1) % 4096).astype("<u2").tobytes()
     strip = Strip(raw, 64, 1, 2, 0)
     broken = StripEncoder(budget_ms_per_mb=1e9, encoders={
-        "jxl3": (ImageCodec.JPEG_XL, _wrong), "htj2k": (ImageCodec.HTJ2K, _refuse)})
+        "jxl3": (ImageCodec.JPEG_XL, _wrong), "jxl7": (ImageCodec.JPEG_XL, _wrong),
+        "htj2k": (ImageCodec.HTJ2K, _refuse)})
     coded = broken.encode(strip, 1 << 40)
     assert coded is not None  # the wrong JPEG-XL stream was dropped: the next smallest verified one is kept
     assert SegmentHeader.decode(coded[:HEADER.size]).image_codec in (ImageCodec.JPEG_2000, ImageCodec.JPEG_LS)
     assert decoded(coded) == raw
     plan = pixel.PixelPlan(0, len(raw), 64, 1, 2, 0)
     nothing = StripEncoder(budget_ms_per_mb=1e9, codecs=frozenset({ImageCodec.JPEG_XL}),
-                           encoders={"jxl3": (ImageCodec.JPEG_XL, _wrong)})
+                           encoders={"jxl3": (ImageCodec.JPEG_XL, _wrong), "jxl7": (ImageCodec.JPEG_XL, _wrong)})
     payload = pixel.code_strip(raw, plan, encoder=nothing)
     assert segment_kinds(payload) == [SegmentKind.SHUFFLE_ZSTD]  # no image codec left: byte-level, never lost
     assert restore(payload, len(raw)) == raw
@@ -171,17 +172,23 @@ def test_budget_decides_which_codecs_are_tried_when_it_is_small_or_large() -> No
 
     def spies(jxl_size: int) -> dict[str, tuple[ImageCodec, Callable[[np.ndarray, int], bytes]]]:
         return {"htj2k": spy("htj2k", ImageCodec.HTJ2K, 1000), "jxl3": spy("jxl3", ImageCodec.JPEG_XL, jxl_size),
-                "j2k": spy("j2k", ImageCodec.JPEG_2000, 900), "jpegls": spy("jpegls", ImageCodec.JPEG_LS, 990)}
+                "j2k": spy("j2k", ImageCodec.JPEG_2000, 900), "jpegls": spy("jpegls", ImageCodec.JPEG_LS, 990),
+                "jxl7": spy("jxl7", ImageCodec.JPEG_XL, jxl_size - 1)}
 
     strip = Strip(raw, 256, 1, 2, 0)
     assert StripEncoder(budget_ms_per_mb=1.0, encoders=spies(500)).encode(strip, 1 << 40) is None
     assert tried == ["htj2k"]  # the first candidate always runs; nothing else fits a tiny budget
     tried.clear()
-    StripEncoder(budget_ms_per_mb=1e9, encoders=spies(500)).encode(strip, 1 << 40)
-    assert tried == ["htj2k", "jxl3", "jpegls"]  # JPEG-XL far ahead of HTJ2K: JPEG 2000 is not worth its time
+    StripEncoder(budget_ms_per_mb=100, encoders=spies(500)).encode(strip, 1 << 40)
+    # no room for JPEG-XL effort 7 (a backlog's budget); JPEG-XL far ahead of HTJ2K: no JPEG 2000, no JPEG-LS
+    assert tried == ["htj2k", "jxl3"]
     tried.clear()
     StripEncoder(budget_ms_per_mb=1e9, encoders=spies(990)).encode(strip, 1 << 40)
-    assert tried == ["htj2k", "jxl3", "j2k", "jpegls"]  # HTJ2K close to the best: JPEG 2000 may win
+    assert tried == ["htj2k", "jxl3", "jxl7", "j2k"]  # HTJ2K close to the best: JPEG 2000 may win
+    tried.clear()
+    eight_bit = Strip(bytes(range(256)) * 64, 128, 1, 1, 0)
+    StripEncoder(budget_ms_per_mb=100, encoders=spies(500)).encode(eight_bit, 1 << 40)
+    assert tried == ["htj2k", "jxl3", "jpegls"]  # 8-bit grey: JPEG-LS may beat JPEG-XL (palette, captures)
 
 
 def image_file(path: Path, pixels: bytes, rows: int, columns: int, bits_allocated: int, bits_stored: int,
@@ -338,7 +345,7 @@ def corpus_images() -> list[Path]:
 def test_real_corpus_restores_byte_exact_when_every_strip_goes_through_one_image_codec(codec: ImageCodec) -> None:
     from pydicom import dcmread
 
-    encoder = StripEncoder(budget_ms_per_mb=1e9, jpegxl_effort=1, codecs=frozenset({codec}))  # effort: time only
+    encoder = StripEncoder(budget_ms_per_mb=200, jpegxl_effort=1, codecs=frozenset({codec}))  # time only: no effort 7
     images, grey, coded, colour_coded = 0, 0, 0, 0
     for path in corpus_images():
         data = path.read_bytes()
