@@ -83,8 +83,8 @@ class UplinkSettings:
     pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (best-of image codecs, codec 3)")
     pixel_format: int = _f(2, "PIXEL format: 2 = best of JPEG-XL, HTJ2K, JPEG 2000, JPEG-LS (codec 3); "
                               "1 = JPEG-LS only (codec 2), for a cloud older than codec 3")
-    codec_budget_ms_per_mb: float = _f(75.0, "encode-time budget of the pixel codec, in modelled CPU ms per MB of "
-                                             "pixels (75: about 20 MB/s per core)")
+    codec_budget_ms_per_mb: float = _f(65.0, "encode-time budget of the pixel codec, in modelled CPU ms per MB of "
+                                             "pixels (65: about 20 MB/s per core)")
     codec_backlog_mb: float = _f(256.0, "each this many MB packed but not yet acknowledged adds one more budget "
                                         "(up to 8x): a backlogged uplink gets smaller objects")
     jpegxl_effort: int = _f(3, "JPEG-XL lossless effort of the pixel codec (1-9; higher is smaller and slower)")

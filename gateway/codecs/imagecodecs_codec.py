@@ -37,9 +37,10 @@ from gateway.core.errors import CodecError
 from gateway.core.segment import ImageCodec, ImageDecoder, SampleTransform, SegmentHeader, SegmentKind
 
 _DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
-DEFAULT_BUDGET_MS_PER_MB = 75.0  # about 21 MB/s per core measured on pydicom-data (the model is pessimistic)
+DEFAULT_BUDGET_MS_PER_MB = 65.0  # about 22 MB/s per core measured on pydicom-data
 DEFAULT_JPEGXL_EFFORT = 3
-CARRY_CAP_MS = 2000.0
+CARRY_CAP_MS = 300.0  # about one 4 MiB strip's budget: unspent time evens out between strips, no more
+BASE_COST_MS_PER_MB = 10.0  # what every strip costs besides the image codecs: shuffle+zstd, checks, copies
 HIGH_JPEGXL_EFFORT = 7  # tried after the configured effort when the budget has room (a backlogged queue)
 J2K_PREDICTED_GAIN = 0.93  # JPEG 2000 (EBCOT) codes about 7% smaller than HTJ2K on the same wavelet
 
@@ -147,7 +148,7 @@ class StripEncoder:
             return None
         mb = len(strip.raw) / 1e6
         available = self._budget_ms_per_mb * self.scale * mb + self._credit_ms
-        spent = 0.0
+        spent = BASE_COST_MS_PER_MB * mb
         coded: dict[str, tuple[ImageCodec, bytes]] = {}
         for name in self._plan(prepared, coded, baseline_bytes):
             codec, encode = self._encoders[name]
