@@ -39,6 +39,9 @@ from gateway.core.segment import MAX_SEGMENT_RAW_BYTES, byte_segments, decode_se
 STRIP_RAW_BYTES = 4 * 1024 * 1024
 HEAD_BYTES = 1024 * 1024  # a dataset header longer than this is packed ZSTD
 MIN_PIXEL_BYTES = 64 * 1024
+SMALL_SEGMENT_BYTES = 64 * 1024  # head and tail segments up to this size are zstd'd at SMALL_ZSTD_LEVEL
+SMALL_ZSTD_LEVEL = 19
+SMALL_OBJECT_BYTES = 128 * 1024  # objects packed ZSTD up to this size use SMALL_ZSTD_LEVEL too
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -189,7 +192,7 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3,
         if not head:
             return  # the file is shorter than planned: the caller's hash check fails it
         remaining -= len(head)
-        yield _checked(head, list(byte_segments(head, level)))
+        yield _checked(head, list(byte_segments(head, _small_level(head, level))))
     strip_rows = max(1, STRIP_RAW_BYTES // pixel.row_bytes)
     remaining = pixel.length
     while remaining > 0:
@@ -199,8 +202,20 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3,
         remaining -= len(strip)
         yield code_strip(strip, pixel, level, encoder)
     while tail := reader.read(MAX_SEGMENT_RAW_BYTES):
-        yield _checked(tail, list(byte_segments(tail, level)))
+        yield _checked(tail, list(byte_segments(tail, _small_level(tail, level))))
 
 
-__all__ = ["IMAGE_DECODERS", "Effort", "PixelPlan", "code_strip", "encoder_for_thread", "head_of", "pixel_payload",
-           "plan"]
+def object_zstd_level(size: int, level: int) -> int:
+    """The zstd level of a whole object packed ZSTD: the strongest for small ones (secondary
+    captures, reports: a few ms each), ``level`` otherwise."""
+    return max(level, SMALL_ZSTD_LEVEL) if size <= SMALL_OBJECT_BYTES else level
+
+
+def _small_level(raw: bytes, level: int) -> int:
+    """zstd's strongest level for a dataset header or trailer of a few KiB: well under a
+    millisecond, and a few percent of the object on highly compressible images."""
+    return max(level, SMALL_ZSTD_LEVEL) if len(raw) <= SMALL_SEGMENT_BYTES else level
+
+
+__all__ = ["IMAGE_DECODERS", "Effort", "PixelPlan", "code_strip", "encoder_for_thread", "head_of",
+           "object_zstd_level", "pixel_payload", "plan"]
