@@ -101,8 +101,7 @@ def zstd3(image: Image) -> tuple[bytes, Restore]:
 
 
 def ours_zstd(image: Image) -> tuple[bytes, Restore]:
-    """What the edge packs ZSTD (codec 1): the whole file, small files at a higher level."""
-    packed = b"".join(compress_stream(Codec.ZSTD, [image.data], 1 << 20, pixel.object_zstd_level(len(image.data), 3)))
+    packed = b"".join(compress_stream(Codec.ZSTD, [image.data], 1 << 20))
     return packed, lambda p: b"".join(decompress_stream(Codec.ZSTD, [p], len(image.data)))
 
 

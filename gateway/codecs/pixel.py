@@ -41,7 +41,6 @@ HEAD_BYTES = 1024 * 1024  # a dataset header longer than this is packed ZSTD
 MIN_PIXEL_BYTES = 64 * 1024
 SMALL_SEGMENT_BYTES = 64 * 1024  # head and tail segments up to this size are zstd'd at SMALL_ZSTD_LEVEL
 SMALL_ZSTD_LEVEL = 19
-SMALL_OBJECT_BYTES = 128 * 1024  # objects packed ZSTD up to this size use SMALL_ZSTD_LEVEL too
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -205,17 +204,12 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3,
         yield _checked(tail, list(byte_segments(tail, _small_level(tail, level))))
 
 
-def object_zstd_level(size: int, level: int) -> int:
-    """The zstd level of a whole object packed ZSTD: the strongest for small ones (secondary
-    captures, reports: a few ms each), ``level`` otherwise."""
-    return max(level, SMALL_ZSTD_LEVEL) if size <= SMALL_OBJECT_BYTES else level
-
-
 def _small_level(raw: bytes, level: int) -> int:
-    """zstd's strongest level for a dataset header or trailer of a few KiB: well under a
-    millisecond, and a few percent of the object on highly compressible images."""
+    """zstd's strongest level for a dataset header or trailer of a few KiB: one-shot, so zstd
+    sizes its window to the input and it takes well under a millisecond (a streamed level 19
+    allocates its full window and costs ~35 ms per object, so whole ZSTD objects keep their level)."""
     return max(level, SMALL_ZSTD_LEVEL) if len(raw) <= SMALL_SEGMENT_BYTES else level
 
 
 __all__ = ["IMAGE_DECODERS", "Effort", "PixelPlan", "code_strip", "encoder_for_thread", "head_of",
-           "object_zstd_level", "pixel_payload", "plan"]
+           "pixel_payload", "plan"]

@@ -71,8 +71,7 @@ def seal_item(item: SpoolItem, blob_dir: Path, cache_key: bytes | None, *, box_i
     manifest = Manifest(item.identity, Codec.ZSTD if plan is None else PIXEL_CODECS[effort.pixel_format], item.id)
     checked = original(item, blob_dir, cache_key)
     if plan is None:
-        level = pixel.object_zstd_level(item.identity.size, zstd_level)
-        frames = seal_object(box_id, keys, manifest, checked, frame_bytes, level)
+        frames = seal_object(box_id, keys, manifest, checked, frame_bytes, zstd_level)
     else:
         frames = seal_payload(box_id, keys, manifest, pixel.pixel_payload(checked, plan, zstd_level, effort),
                               frame_bytes)
