@@ -81,7 +81,14 @@ class UplinkSettings:
     ack_timeout_s: float = _f(30.0, "resend a chunk not acknowledged by the cloud within this time")
     transfers_in_flight: int = _f(4, "objects sent concurrently")
     zstd_level: int = _f(3, "zstandard level for packing (1-19)")
-    pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (JPEG-LS strips, codec 2)")
+    pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (best-of image codecs, codec 3)")
+    pixel_format: int = _f(2, "PIXEL format: 2 = best of JPEG-XL, HTJ2K, JPEG 2000, JPEG-LS (codec 3); "
+                              "1 = JPEG-LS only (codec 2), for a cloud older than codec 3")
+    codec_budget_ms_per_mb: float = _f(65.0, "encode-time budget of the pixel codec, in modelled CPU ms per MB of "
+                                             "pixels (65: about 20 MB/s per core)")
+    codec_backlog_mb: float = _f(256.0, "each this many MB packed but not yet acknowledged adds one more budget "
+                                        "(up to 8x): a backlogged uplink gets smaller objects")
+    jpegxl_effort: int = _f(3, "JPEG-XL lossless effort of the pixel codec (1-9; higher is smaller and slower)")
     max_send_attempts: int = _f(20, "resend rounds of one object before it is quarantined")
     max_kbps: int = _f(0, "uplink cap in kbit/s outside every bandwidth window; 0 = unlimited")
     bandwidth_windows: tuple[str, ...] = _f((), "caps by local time, first match wins: '[mon[-fri] ]HH:MM-HH:MM=KBPS'")
@@ -616,6 +623,7 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
         raise ConfigError(f"{source}: need 0 < spool.low_water_percent < spool.high_water_percent <= 100")
     if not 1 <= s.uplink.window_chunks <= 1024:
         raise ConfigError(f"{source}: 'uplink.window_chunks' must be 1..1024")
+    _check_pixel_codec(s.uplink, source)
     _check_commitment(s.commitment, source)
     _check_worklist(s.worklist, source)
     _check_network(s.network, source)
@@ -645,6 +653,15 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
             raise ValueError
     except (ValueError, binascii.Error) as exc:
         raise ConfigError(f"{source}: 'box.cloud_public_key' must be base64 of 32 bytes") from exc
+
+
+def _check_pixel_codec(u: UplinkSettings, source: str) -> None:
+    if u.pixel_format not in (1, 2):
+        raise ConfigError(f"{source}: 'uplink.pixel_format' must be 1 or 2")
+    if not 1 <= u.jpegxl_effort <= 9:
+        raise ConfigError(f"{source}: 'uplink.jpegxl_effort' must be 1..9")
+    if u.codec_budget_ms_per_mb <= 0 or u.codec_backlog_mb <= 0:
+        raise ConfigError(f"{source}: 'uplink.codec_budget_ms_per_mb' and 'uplink.codec_backlog_mb' must be positive")
 
 
 def _check_appliance(a: ApplianceSettings, source: str) -> None:

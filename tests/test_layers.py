@@ -52,8 +52,9 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "gateway/demo.py": "finds pydicom's bundled test files for `mgw demo` (function-local)",
     },
     "data_store": {"gateway/demo.py": "the pydicom-data wheel's DICOM files for `mgw demo` (function-local)"},
-    "numpy": {"gateway/codecs/jpegls.py": "the JPEG-LS codec hands pixels to CharLS as arrays"},
-    "jpeg_ls": {"gateway/codecs/jpegls.py": "the JPEG-LS codec (CharLS binding)"},
+    "numpy": {"gateway/codecs/imagecodecs_codec.py": "the image codecs take and give pixels as arrays"},
+    "imagecodecs": {"gateway/codecs/imagecodecs_codec.py":
+                    "lossless image codecs (libjxl, OpenJPH, OpenJPEG, CharLS) for PIXEL2 strips"},
     "paho": {"gateway/adapters/mqtt_*.py": "the MQTT adapter"},
     "hl7apy": {"gateway/adapters/hl7_orders.py": "HL7 v2 orders from a RIS (ORM^O01) into worklist entries"},
     "sqlite3": {"gateway/adapters/sqlite_db.py": "the one way a SQLite file is opened (every store uses it)"},

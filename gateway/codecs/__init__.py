@@ -1,6 +1,7 @@
 """Pixel-aware codecs that need native libraries, kept outside the pure core.
 
-``gateway/core/segment.py`` frames the PIXEL payload and codes its byte-level segments;
-the modules here code its image segments (``jpegls``, the only importer of pyjpegls and
-numpy) and plan which bytes of a Part 10 file are pixel rows (``pixel``).
+``gateway/core/segment.py`` frames the PIXEL/PIXEL2 payload and codes its byte-level segments;
+the modules here code its image segments (``imagecodecs_codec``, the only importer of
+imagecodecs and numpy: JPEG-XL, HTJ2K, JPEG 2000, JPEG-LS) and plan which bytes of a Part 10
+file are pixel rows (``pixel``).
 """

@@ -1,29 +1,46 @@
-"""Choose a codec per object and produce its payload: PIXEL for uncompressed pixel data, else ZSTD.
+"""Choose a codec per object and produce its payload: PIXEL2 for uncompressed pixel data, else ZSTD.
 
 ``plan`` reads the dataset header up to the top-level Pixel Data (pydicom, no pixel values)
 and says which bytes of the Part 10 file are pixel rows and how to read them. ``pixel_payload``
-then streams the file into PIXEL segments (``gateway/core/segment.py``): the bytes before the
-pixel rows as zstd, the rows in strips of at most ``STRIP_RAW_BYTES`` as JPEG-LS (each strip
-verified by decoding it again; a strip that does not restore exactly is byte-shuffled and
-zstd'd instead), and whatever follows as zstd. Memory: one strip and its codestream.
+then streams the file into segments (``gateway/core/segment.py``): the bytes before the pixel
+rows as zstd, the rows in strips of at most ``STRIP_RAW_BYTES``, each the smallest of its
+byte-shuffle+zstd coding and the image codings the strip encoder's budget allows
+(``imagecodecs_codec.StripEncoder``: JPEG-XL, HTJ2K, JPEG 2000, JPEG-LS), and whatever follows
+as zstd. Every segment is decoded again and compared with the original bytes before it is
+yielded (an image segment that does not restore exactly is dropped for the next smallest;
+a byte-level one that does not is a ``CodecError``, and the item is not packed).
+Memory: one strip, its candidate codestreams and one decoded copy.
+
+Thread confinement: each thread gets its own ``StripEncoder`` (``encoder_for_thread``).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from gateway.codecs import jpegls
-from gateway.core.segment import MAX_SEGMENT_RAW_BYTES, byte_segments
+from gateway.codecs.imagecodecs_codec import (
+    DEFAULT_BUDGET_MS_PER_MB,
+    DEFAULT_JPEGXL_EFFORT,
+    IMAGE_DECODERS,
+    Strip,
+    StripEncoder,
+    jpeg_ls_only,
+)
+from gateway.core.errors import CodecError
+from gateway.core.segment import MAX_SEGMENT_RAW_BYTES, byte_segments, decode_segments
 
 STRIP_RAW_BYTES = 4 * 1024 * 1024
 HEAD_BYTES = 1024 * 1024  # a dataset header longer than this is packed ZSTD
 MIN_PIXEL_BYTES = 64 * 1024
+SMALL_SEGMENT_BYTES = 64 * 1024  # head and tail segments up to this size are zstd'd at SMALL_ZSTD_LEVEL
+SMALL_ZSTD_LEVEL = 19
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
@@ -110,21 +127,63 @@ class _ExactReader:
         return out
 
 
-def code_strip(strip: bytes, pixel: PixelPlan, level: int = 3) -> bytes:
-    """The smaller of the strip's verified JPEG-LS segment and its byte-shuffle+zstd segment(s).
+@dataclass(frozen=True)
+class Effort:
+    """How hard to code pixel strips: PIXEL format (1: JPEG-LS only, for a cloud older than
+    codec 3; 2: best of), the encode-time budget per MB, the JPEG-XL effort, and the factor
+    the budget is multiplied by now (raised by the packer while its queue is backlogged)."""
 
-    JPEG-LS wins on real acquisitions; zstd wins on synthetic flat images (secondary captures,
-    overlays) and takes any strip JPEG-LS cannot restore exactly or cannot code at all.
+    pixel_format: int = 2
+    budget_ms_per_mb: float = DEFAULT_BUDGET_MS_PER_MB
+    jpegxl_effort: int = DEFAULT_JPEGXL_EFFORT
+    scale: float = 1.0
+
+
+_local = threading.local()
+
+
+def encoder_for_thread(effort: Effort) -> StripEncoder:
+    """This thread's strip encoder for ``effort`` (made on first use; never shared between threads)."""
+    key = (effort.pixel_format, effort.budget_ms_per_mb, effort.jpegxl_effort)
+    encoders: dict[tuple[int, float, int], StripEncoder] = _local.__dict__.setdefault("encoders", {})
+    encoder = encoders.get(key)
+    if encoder is None:
+        encoder = (jpeg_ls_only() if effort.pixel_format == 1
+                   else StripEncoder(effort.budget_ms_per_mb, effort.jpegxl_effort))
+        encoders[key] = encoder
+    encoder.scale = effort.scale
+    return encoder
+
+
+def _checked(raw: bytes, segments: list[bytes]) -> bytes:
+    """The byte-level segments of ``raw``, joined, once they decode back to exactly ``raw``."""
+    coded = b"".join(segments)
+    if b"".join(decode_segments([coded], {})) != raw:
+        raise CodecError("a byte-level segment does not restore its bytes")  # pragma: no cover - zstd defect
+    return coded
+
+
+def code_strip(strip: bytes, pixel: PixelPlan, level: int = 3, encoder: StripEncoder | None = None) -> bytes:
+    """The smallest verified coding of a strip of pixel rows: an image segment or byte-shuffle+zstd.
+
+    Image codecs win on real acquisitions; zstd wins on some synthetic flat images (secondary
+    captures, overlays) and takes any strip no image codec restores exactly or can code at all.
     """
-    image = None
+    fallback = _checked(strip, list(byte_segments(strip, level, pixel.sample_bytes)))
     if len(strip) <= MAX_SEGMENT_RAW_BYTES:
-        image = jpegls.encode_strip(strip, pixel.columns, pixel.components, pixel.sample_bytes, pixel.signed_bits)
-    fallback = b"".join(byte_segments(strip, level, pixel.sample_bytes))
-    return image if image is not None and len(image) < len(fallback) else fallback
+        coder = encoder or encoder_for_thread(Effort())
+        image = coder.encode(Strip(strip, pixel.columns, pixel.components, pixel.sample_bytes, pixel.signed_bits),
+                             len(fallback))
+        if image is not None:
+            return image
+    return fallback
 
 
-def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3) -> Iterator[bytes]:
-    """The PIXEL payload of the file whose bytes ``original`` yields, in segments."""
+def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3,
+                  effort: Effort | None = None) -> Iterator[bytes]:
+    """The PIXEL2 payload (PIXEL when ``effort.pixel_format`` is 1) of the file whose bytes
+    ``original`` yields, in segments, each verified."""
+    encoder = encoder_for_thread(effort or Effort())
     reader = _ExactReader(original)
     remaining = pixel.offset
     while remaining:
@@ -132,7 +191,7 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3) -
         if not head:
             return  # the file is shorter than planned: the caller's hash check fails it
         remaining -= len(head)
-        yield from byte_segments(head, level)
+        yield _checked(head, list(byte_segments(head, _small_level(head, level))))
     strip_rows = max(1, STRIP_RAW_BYTES // pixel.row_bytes)
     remaining = pixel.length
     while remaining > 0:
@@ -140,6 +199,17 @@ def pixel_payload(original: Iterable[bytes], pixel: PixelPlan, level: int = 3) -
         if not strip:
             return
         remaining -= len(strip)
-        yield code_strip(strip, pixel, level)
+        yield code_strip(strip, pixel, level, encoder)
     while tail := reader.read(MAX_SEGMENT_RAW_BYTES):
-        yield from byte_segments(tail, level)
+        yield _checked(tail, list(byte_segments(tail, _small_level(tail, level))))
+
+
+def _small_level(raw: bytes, level: int) -> int:
+    """zstd's strongest level for a dataset header or trailer of a few KiB: one-shot, so zstd
+    sizes its window to the input and it takes well under a millisecond (a streamed level 19
+    allocates its full window and costs ~35 ms per object, so whole ZSTD objects keep their level)."""
+    return max(level, SMALL_ZSTD_LEVEL) if len(raw) <= SMALL_SEGMENT_BYTES else level
+
+
+__all__ = ["IMAGE_DECODERS", "Effort", "PixelPlan", "code_strip", "encoder_for_thread", "head_of",
+           "pixel_payload", "plan"]

@@ -14,13 +14,18 @@ from typing import IO, cast
 import zstandard
 
 from gateway.core.errors import CodecError, FrameError, IntegrityError
-from gateway.core.segment import ImageDecoder, decode_segments
+from gateway.core.segment import FORMAT_IMAGE_CODECS, ImageDecoder, decode_segments
 
 
 class Codec(enum.IntEnum):
     IDENTITY = 0
     ZSTD = 1
-    PIXEL = 2  # segmented payload (gateway/core/segment.py): pixel strips image-coded, the rest zstd
+    PIXEL = 2  # segmented payload, format 1 (gateway/core/segment.py): pixel strips JPEG-LS, the rest zstd
+    PIXEL2 = 3  # segmented payload, format 2: image codecs JPEG-LS, JPEG-XL, HTJ2K, JPEG 2000 (best of per strip)
+
+
+PIXEL_FORMATS = {Codec.PIXEL: 1, Codec.PIXEL2: 2}
+"""The format version of each segmented codec; a format's image codecs are ``segment.FORMAT_IMAGE_CODECS``."""
 
 
 def compress_stream(
@@ -47,7 +52,7 @@ def compress_stream(
     if codec is Codec.IDENTITY:
         yield from rechunk(pieces, piece_bytes)
         return
-    if codec is Codec.PIXEL:
+    if codec in PIXEL_FORMATS:
         raise ValueError("a PIXEL payload is coded by the caller (gateway/codecs): use transfer.seal_payload")
     raise FrameError(f"unknown codec {codec!r}")
 
@@ -87,8 +92,9 @@ def decompress_stream(
     produced = 0
     if known is Codec.ZSTD:
         outs = _zstd_pieces(pieces)
-    elif known is Codec.PIXEL:
-        outs = decode_segments(pieces, image_decoders or {})
+    elif known in PIXEL_FORMATS:
+        allowed = FORMAT_IMAGE_CODECS[PIXEL_FORMATS[known]]
+        outs = decode_segments(pieces, {k: v for k, v in (image_decoders or {}).items() if k in allowed})
     else:
         outs = rechunk(pieces, OUTPUT_PIECE_BYTES)
     for out in outs:

@@ -1,4 +1,4 @@
-"""The segmented payload of codec PIXEL: a Part 10 file cut into independently coded segments.
+"""The segmented payload of codecs PIXEL (format 1) and PIXEL2 (format 2): a Part 10 file in coded segments.
 
 The edge cuts an object into consecutive byte ranges (the file up to the pixel data, strips of
 pixel rows, whatever follows) and codes each one on its own; concatenating the decoded segments
@@ -7,15 +7,20 @@ gives back the original file, byte for byte. A segment is a 24-byte header then 
     offset size field
          0    1 kind        SegmentKind: 1 ZSTD, 2 SHUFFLE_ZSTD, 3 IMAGE
          1    1 width       SHUFFLE_ZSTD: element size in bytes; IMAGE: bytes per sample (1 or 2)
-         2    1 image codec IMAGE only: ImageCodec (1 JPEG-LS); else 0
+         2    1 image codec IMAGE only: ImageCodec (1 JPEG-LS; format 2 also 2 JPEG-XL,
+                            3 HTJ2K, 4 JPEG 2000); else 0
          3    1 transform   IMAGE only: SampleTransform (0 NONE, 1 SIGNED_OFFSET); else 0
          4    1 bits        IMAGE only: the coded sample depth (2..16); else 0
          5    3 reserved    zero
          8    8 raw length  u64, bytes this segment decodes to
         16    8 coded len   u64, bytes of coded data that follow the header
 
+Both formats share this layout; format 2 (codec PIXEL2) only widens the image codecs an IMAGE
+segment may carry (``FORMAT_IMAGE_CODECS``), so a format 1 cloud refuses a format 2 object at
+its manifest (unknown codec 3) rather than halfway through its segments.
+
 This module is pure: it frames and parses segments and codes the byte-level kinds (zstd, and
-byte-shuffle then zstd). Image codecs (JPEG-LS) need native libraries, so they live outside
+byte-shuffle then zstd). Image codecs need native libraries, so they live outside
 core and are passed in as ``ImageDecoder`` callables. Memory stays bounded: a segment's raw
 length is at most ``MAX_SEGMENT_RAW_BYTES``, and ZSTD segments are decoded as a stream.
 """
@@ -44,7 +49,17 @@ class SegmentKind(enum.IntEnum):
 
 
 class ImageCodec(enum.IntEnum):
-    JPEG_LS = 1
+    JPEG_LS = 1    # ISO/IEC 14495-1 (CharLS); PIXEL formats 1 and 2
+    JPEG_XL = 2    # ISO/IEC 18181 lossless (libjxl), naked codestream; PIXEL format 2 only
+    HTJ2K = 3      # ISO/IEC 15444-15 reversible (OpenJPH), codestream; PIXEL format 2 only
+    JPEG_2000 = 4  # ISO/IEC 15444-1 reversible 5/3 (OpenJPEG), codestream; PIXEL format 2 only
+
+
+FORMAT_IMAGE_CODECS: dict[int, frozenset[int]] = {
+    1: frozenset({ImageCodec.JPEG_LS}),
+    2: frozenset(ImageCodec),
+}
+"""The image codecs each PIXEL format version may carry; another one in its payload is a CodecError."""
 
 
 class SampleTransform(enum.IntEnum):

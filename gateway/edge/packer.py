@@ -18,14 +18,17 @@ from pathlib import Path
 
 from gateway.adapters import blobs
 from gateway.adapters.store import SpoolItem, SpoolStore
+from gateway.codecs.pixel import Effort
 from gateway.config import EdgeSettings
 from gateway.core import spool
 from gateway.core.errors import GatewayError, IntegrityError, SpoolFullError
 from gateway.core.framing import MIN_FRAME_BYTES
+from gateway.core.spool import ItemState
 from gateway.edge.seal import seal_item
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
+MAX_BUDGET_SCALE = 8.0
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Packer:
         frame_bytes = self.frame_bytes()
         sealed = seal_item(item, self._blob_dir, self._cache_key, box_id=self._settings.box.id,
                            cloud_public=self._cloud_public, frame_bytes=frame_bytes, zstd_level=up.zstd_level,
-                           pixel_codec=up.pixel_codec, urandom=self._urandom)
+                           pixel_codec=up.pixel_codec, urandom=self._urandom, effort=self.effort())
         tally = _Tally()
         tid = sealed.transfer_id.hex()
         blobs.write_atomic(outbox_path(self._outbox_dir, tid), self._counted(sealed.frames, tally))
@@ -103,6 +106,15 @@ class Packer:
         log.info("instance packed", extra={
             "MESSAGE_ID": MSG.ITEM_PACKED.value, "ITEM_ID": item.id, "BYTES": item.identity.size,
             "PACKED_BYTES": tally.total_bytes, "CHUNKS": tally.frames, "CODEC": sealed.manifest.codec})
+
+    def effort(self) -> Effort:
+        """The pixel codec's settings, its budget raised by one for every ``uplink.codec_backlog_mb``
+        packed but not yet acknowledged (up to ``MAX_BUDGET_SCALE``): a backlogged uplink has CPU to spare."""
+        up = self._settings.uplink
+        counts = self._store.counts()
+        backlog = sum(counts.get(s.value, {}).get("bytes", 0.0) for s in (ItemState.PACKED, ItemState.SENDING))
+        scale = min(MAX_BUDGET_SCALE, 1.0 + backlog / (up.codec_backlog_mb * 1e6))
+        return Effort(up.pixel_format, up.codec_budget_ms_per_mb, up.jpegxl_effort, scale)
 
     def frame_bytes(self) -> int:
         """``uplink.max_frame_bytes``, lowered to what the broker last said it accepts."""

@@ -26,6 +26,8 @@ from gateway.core.instance import verified
 from gateway.core.transfer import Manifest, ObjectKeys, seal_object, seal_payload
 from gateway.edge import cache
 
+PIXEL_CODECS = {1: Codec.PIXEL, 2: Codec.PIXEL2}
+
 
 def original(item: SpoolItem, blob_dir: Path, cache_key: bytes | None) -> Iterator[bytes]:
     """The item's original bytes; ``IntegrityError`` once they end unless they are still the
@@ -56,18 +58,21 @@ class Sealed:
 
 def seal_item(item: SpoolItem, blob_dir: Path, cache_key: bytes | None, *, box_id: str, cloud_public: bytes,
               frame_bytes: int, zstd_level: int, pixel_codec: bool,
-              urandom: Callable[[int], bytes] = os.urandom) -> Sealed:
-    """Seal ``item`` to the cloud's key under a fresh transfer id: PIXEL when ``pixel_codec``
-    and its header has a pixel plan, else ZSTD (docs/architecture.md, "Compression")."""
+              urandom: Callable[[int], bytes] = os.urandom, effort: pixel.Effort | None = None) -> Sealed:
+    """Seal ``item`` to the cloud's key under a fresh transfer id: PIXEL2 (PIXEL when ``effort``
+    asks for format 1) when ``pixel_codec`` and its header has a pixel plan, else ZSTD
+    (docs/architecture.md, "Compression"). ``effort`` sets the pixel codec's budget."""
+    effort = effort or pixel.Effort()
     keys = ObjectKeys.draw(cloud_public, urandom)
     plan = None
     if pixel_codec:
         head = pixel.head_of(cache.read_blob(blob_dir / item.blob_name, cache_key))
         plan = pixel.plan(head, item.identity.transfer_syntax_uid)
-    manifest = Manifest(item.identity, Codec.ZSTD if plan is None else Codec.PIXEL, item.id)
+    manifest = Manifest(item.identity, Codec.ZSTD if plan is None else PIXEL_CODECS[effort.pixel_format], item.id)
     checked = original(item, blob_dir, cache_key)
     if plan is None:
         frames = seal_object(box_id, keys, manifest, checked, frame_bytes, zstd_level)
     else:
-        frames = seal_payload(box_id, keys, manifest, pixel.pixel_payload(checked, plan, zstd_level), frame_bytes)
+        frames = seal_payload(box_id, keys, manifest, pixel.pixel_payload(checked, plan, zstd_level, effort),
+                              frame_bytes)
     return Sealed(keys.transfer_id, manifest, frames)

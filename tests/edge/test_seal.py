@@ -10,6 +10,7 @@ packer and the quarantine's replay check alike.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import random
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from gateway.adapters.keystore import FileKeyStore
 from gateway.adapters.store import SpoolItem, SpoolStore
 from gateway.appliance import export
 from gateway.codecs import pixel
-from gateway.codecs.jpegls import IMAGE_DECODERS
+from gateway.codecs.imagecodecs_codec import IMAGE_DECODERS
 from gateway.core import envelope
 from gateway.core.codec import Codec
 from gateway.core.errors import IntegrityError
@@ -33,7 +34,7 @@ from gateway.core.instance import InstanceIdentity
 from gateway.core.spool import ItemState
 from gateway.core.transfer import Manifest, open_object, unwrap_key
 from gateway.edge import cache
-from gateway.edge.packer import Packer, frame_offset, outbox_path
+from gateway.edge.packer import MAX_BUDGET_SCALE, Packer, frame_offset, outbox_path
 from gateway.edge.seal import intact, seal_item
 from gateway.paths import Paths
 from tests.peers import real_images
@@ -120,7 +121,7 @@ def test_frames_open_to_the_original_under_the_items_identity_when_an_item_is_se
 
     manifest, restored = box.open(box.seal(item, pixel_codec))
 
-    assert manifest == Manifest(item.identity, Codec.PIXEL if pixel_codec else Codec.ZSTD, item.id)
+    assert manifest == Manifest(item.identity, Codec.PIXEL2 if pixel_codec else Codec.ZSTD, item.id)
     assert restored == data
 
 
@@ -187,3 +188,24 @@ def test_packer_quarantines_the_item_at_once_and_writes_no_outbox_when_its_blob_
     assert after is not None and after.state is ItemState.QUARANTINED
     assert after.reason == f"spooled blob of item {item.id} no longer matches its hash"
     assert not box.paths.outbox_dir.exists() or list(box.paths.outbox_dir.iterdir()) == []
+
+
+def test_packer_raises_the_codec_budget_when_packed_bytes_wait_for_the_uplink(box: Box) -> None:
+    uplink = dataclasses.replace(box.settings.uplink, codec_backlog_mb=0.01)  # 10 kB of backlog per step
+    settings = dataclasses.replace(box.settings, uplink=uplink)
+    packer = Packer(settings, box.store, box.paths.blob_dir, box.paths.outbox_dir, box.cloud_public,
+                    lambda: NOW, cache_key=box.cache_key)
+    assert packer.effort().scale == 1.0  # nothing waits: the default budget
+    assert packer.pack_one(box.spool(random.Random(1).randbytes(20_000), "1.2.840.10008.1.2.1"))
+    assert packer.effort().scale == pytest.approx(3.0)  # 20 kB packed, not yet acknowledged
+    assert packer.pack_one(box.spool(random.Random(2).randbytes(200_000), "1.2.840.10008.1.2.1", n=2))
+    assert packer.effort().scale == MAX_BUDGET_SCALE
+
+
+def test_seal_writes_codec_2_when_the_cloud_is_older_and_pixel_format_is_1(box: Box) -> None:
+    data, ts = uncompressed_image()
+    item = box.spool(data, ts)
+    sealed = seal_item(item, box.paths.blob_dir, box.cache_key, box_id=BOX_ID, cloud_public=box.cloud_public,
+                       frame_bytes=FRAME_BYTES, zstd_level=3, pixel_codec=True, effort=pixel.Effort(pixel_format=1))
+    manifest, restored = box.open(list(sealed.frames))
+    assert manifest.codec == Codec.PIXEL and restored == data

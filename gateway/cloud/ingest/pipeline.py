@@ -44,7 +44,7 @@ from gateway.cloud.archive.store import Archive, StoreOutcome, TransferRecord, T
 from gateway.cloud.fleet.deadletter import DeadLetterReason, DeadLetters
 from gateway.cloud.ingest.budget import LIMITS, BoxBudgets, OverBudget
 from gateway.cloud.ingest.staging import FileStaging, StagedTransfer, Staging
-from gateway.codecs.jpegls import IMAGE_DECODERS
+from gateway.codecs.imagecodecs_codec import IMAGE_DECODERS
 from gateway.config import BOX_ID, BudgetSettings, IngestSettings
 from gateway.core import framing, transfer
 from gateway.core.acksig import AckSigner
