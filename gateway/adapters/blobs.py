@@ -10,8 +10,9 @@ import fcntl
 import hashlib
 import io
 import os
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -135,12 +136,17 @@ class SealingFile:
     writer (pynetdicom's network thread). ``finish`` does not fsync: the caller adopts the
     file durably (``adopt_atomic``)."""
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(self, path: Path, key: bytes, tap: Callable[[bytes | bytearray | memoryview], None] | None = None
+                 ) -> None:
+        """``tap`` sees every plaintext piece as it is written (a structure check reading along,
+        so nothing is read back); it must not raise."""
         self.path, self.name, self.file = path, str(path), self  # ``file``: NamedTemporaryFile's shape
         self.size = 0
         self._digest = hashlib.sha256()
         self._sealer = atrest.Sealer(key, os.urandom(atrest.FILE_ID_BYTES))
+        self._tap = tap
         self._error: Exception | None = None
+        self._lock = threading.RLock()  # the descriptor: the writer's thread, a finishing thread, pynetdicom's close
         self._fd = -1
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -151,6 +157,8 @@ class SealingFile:
     def write(self, piece: bytes | bytearray | memoryview) -> int:
         self._digest.update(piece)
         self.size += len(piece)
+        if self._tap is not None:
+            self._tap(piece)
         for record in self._sealer.update(piece):
             self._put(record)
         return len(piece)
@@ -166,10 +174,33 @@ class SealingFile:
             raise self._error
         return self.size, self._digest.hexdigest()
 
+    def finish_durably(self, final: Path) -> tuple[int, str]:
+        """``finish``, and make the file durable under ``final`` (in the same directory): fsync
+        of the file, rename, fsync of the directory. After it returns a power cut keeps exactly
+        these bytes under ``final``; ``path`` is ``final`` then."""
+        with self._lock:
+            self._put(self._sealer.finish())
+            if self._error is None and self._fd >= 0:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self._error = _translate(exc, self.path)
+            self.close()
+            if self._error is not None:
+                raise self._error
+            try:
+                os.rename(self.path, final)
+                fsync_dir(final.parent)
+            except OSError as exc:
+                raise _translate(exc, final) from exc
+            self.path = final
+            return self.size, self._digest.hexdigest()
+
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def _put(self, data: bytes | bytearray) -> None:
         if self._error is not None or self._fd < 0:

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _LOSSY_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 81, 91, 93, 112, 203))
 _READ_PIECE = 1 << 16
+FLUSH_THREADS = 4  # fsyncs of landed files in flight at once (one per busy association is plenty)
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,15 @@ class StorageScp(DicomService):
     """C-STORE for every storage SOP Class and transfer syntax, to durable sealed files."""
 
     def __init__(self, incoming_dir: Path, quarantine_dir: Path, sink: InstanceSink, *, cache_key: bytes) -> None:
-        """``cache_key`` seals every received byte (core.atrest)."""
+        """``cache_key`` seals every received byte (core.atrest). ``incoming_dir`` is where each
+        dataset lands, durably, under its final name: the edge gives its spool's blob directory,
+        so that the sink commits the row without moving the file again."""
         self.incoming_dir = incoming_dir
         self._quarantine_dir = quarantine_dir
         self._sink = sink
         self._cache_key = cache_key
         self._refused = dicom_admission.Counts()  # datasets refused, by reason
+        self._flusher: ThreadPoolExecutor | None = None  # makes landed files durable (see _on_dataset_received)
 
     def contexts(self) -> Sequence[SupportedContext]:
         syntaxes = _ts_preference()
@@ -105,12 +110,19 @@ class StorageScp(DicomService):
                 for cx in AllStoragePresentationContexts]
 
     def handlers(self) -> Sequence[tuple[Any, Callable[..., Any]]]:
-        return [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_ABORTED, _on_aborted)]
+        return [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_ABORTED, _on_aborted),
+                (evt.EVT_DIMSE_RECV, self._on_dataset_received)]
 
     def start(self) -> None:
         _configure_pynetdicom()
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self._quarantine_dir.mkdir(parents=True, exist_ok=True)
+        self._flusher = ThreadPoolExecutor(max_workers=FLUSH_THREADS, thread_name_prefix="c-store-fsync")
+
+    def stop(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.shutdown(wait=True)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Datasets refused since start, by reason (for metrics)."""
@@ -118,7 +130,20 @@ class StorageScp(DicomService):
 
     def partial_file(self) -> blobs.SealingFile:
         """Where pynetdicom streams a dataset as it arrives (see the module's docstring)."""
-        return blobs.SealingFile(self.incoming_dir / f"{uuid.uuid4().hex}.part", self._cache_key)
+        return ReceivingFile(self.incoming_dir, self._cache_key)
+
+    def _on_dataset_received(self, event: Event) -> None:
+        """EVT_DIMSE_RECV, on the association's network thread, once a dataset's last fragment is
+        written: hand the file to a flusher thread at once (final segment, fsync, rename, fsync
+        of the directory), so that this work overlaps pynetdicom's hand-over to the C-STORE
+        handler, which waits for it (``_land``) before anything is committed or answered."""
+        spooled = getattr(event.message, "_data_set_file", None)
+        flusher = self._flusher
+        if isinstance(spooled, ReceivingFile) and spooled.durable is None and flusher is not None:
+            try:
+                spooled.durable = flusher.submit(spooled.finish_durably, spooled.final)
+            except RuntimeError:  # shutting down: the handler finishes it itself
+                pass
 
     def _on_c_store(self, event: Event) -> int:
         """EVT_C_STORE: never raises; returns the DIMSE status."""
@@ -133,11 +158,11 @@ class StorageScp(DicomService):
             return status
 
     def _store(self, event: Event) -> StoreStatus:
-        path = self.incoming_dir / f"{uuid.uuid4().hex}.dcm{atrest.SUFFIX}"
+        landed = _land(event, self.incoming_dir, self._cache_key)
+        path = landed.path
         try:
-            size, sha256 = _land(event, path, self._cache_key)
             try:
-                instance = _describe(event, path, size, sha256, self._cache_key)
+                instance = _describe(event, landed, self._cache_key)
             except DatasetStructureError as exc:
                 return self._quarantine(path, event, exc)
             item_id = self._sink.accept(instance)
@@ -186,21 +211,32 @@ def _configure_pynetdicom() -> None:  # process-wide switches, idempotent
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
-def _land(event: Event, path: Path, key: bytes) -> tuple[int, str]:
-    """Finish the sealed Part-10 file and move it to ``path``; return (bytes, sha256 hex) of the
-    plaintext.
+@dataclass(frozen=True)
+class _Landed:
+    path: Path  # durable, sealed, under its final name in incoming_dir
+    size: int  # plaintext bytes
+    sha256: str  # of the plaintext
+    walked: Callable[[], dataset.Walked] | None  # the walk made while it arrived, if it matches the context
 
-    Not yet durable: the sink fsyncs it once, when it adopts it into the spool, before the
-    0x0000 (an incoming file a crash leaves behind was never acknowledged; startup removes it).
-    """
+
+def _land(event: Event, directory: Path, key: bytes) -> _Landed:
+    """The received dataset's sealed Part-10 file, durable (fsync of file and directory) under
+    its final name in ``directory`` before anything is committed or answered (a file a crash
+    leaves behind was never acknowledged: start-up removes what no row names)."""
     spooled = getattr(event.request, "_dataset_file", None)
-    if isinstance(spooled, blobs.SealingFile):
-        size_sha = spooled.finish()
-        os.rename(spooled.path, path)  # pynetdicom's later unlink of its name fails quietly
-        return size_sha
-    writer = blobs.SealingFile(path, key)  # chunked mode turned off elsewhere: same bytes, from memory
+    if isinstance(spooled, ReceivingFile):
+        try:
+            size, sha256 = spooled.durable.result() if spooled.durable else spooled.finish_durably(spooled.final)
+        except BaseException:
+            _discard(spooled.path)  # renamed or not: nothing was committed
+            raise
+        syntax_ok = spooled.check.syntax == str(event.context.transfer_syntax)
+        return _Landed(spooled.path, size, sha256, spooled.check.finish if syntax_ok else None)
+    # chunked mode turned off elsewhere: the same bytes, from memory
+    writer = ReceivingFile(directory, key)
     writer.write(event.encoded_dataset(include_meta=True))
-    return writer.finish()
+    size, sha256 = writer.finish_durably(writer.final)
+    return _Landed(writer.path, size, sha256, writer.check.finish)
 
 
 def _discard(path: Path) -> None:
@@ -221,12 +257,16 @@ def _on_aborted(event: Event) -> None:
         log.exception("removing a partial C-STORE file failed")
 
 
-def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> ReceivedInstance:
+def _describe(event: Event, landed: _Landed, key: bytes) -> ReceivedInstance:
     req, requestor = cast(C_STORE, event.request), event.assoc.requestor
     transfer_syntax = UID(event.context.transfer_syntax)
-    with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
-        found = cstore.InstanceHeader.of(check_dataset(cast(BinaryIO, blobs.SealedReader(key, sealed)),
-                                                       transfer_syntax))
+    path, size, sha256 = landed.path, landed.size, landed.sha256
+    if landed.walked is not None:  # walked while it arrived: nothing read back
+        found = cstore.InstanceHeader.of(landed.walked())
+    else:
+        with open(path, "rb") as sealed:  # decrypted in memory, one segment at a time
+            found = cstore.InstanceHeader.of(check_dataset(cast(BinaryIO, blobs.SealedReader(key, sealed)),
+                                                           transfer_syntax))
     if mismatch := found.mismatch(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)):
         raise InstanceMismatchError(int(mismatch[0]), mismatch[1])
     identity = InstanceIdentity(
@@ -237,6 +277,69 @@ def _describe(event: Event, path: Path, size: int, sha256: str, key: bytes) -> R
         path=path, identity=identity, calling_ae=str(requestor.ae_title).strip(), peer_address=str(requestor.address),
         header=found.header, dimse_priority=int(getattr(req, "Priority", 0) or 0),
         requested_priority=found.requested_priority)
+
+
+class StreamCheck:
+    """The structure walk of ``check_dataset``, fed with the plaintext as pynetdicom writes it
+    (a ``SealingFile`` tap), so no received byte is read back. It runs on the association's
+    network thread and never raises there: the first error is kept for ``finish``. Its time
+    limit counts the time spent walking, not the time the peer takes to send."""
+
+    def __init__(self, limits: dataset.Limits | None = None) -> None:
+        self.syntax = ""  # from the file meta pynetdicom wrote: the accepted context's
+        self._limits = limits
+        self._head = bytearray()
+        self._walk: dataset.DatasetWalk | None = None
+        self._error: Exception | None = None
+        self._spent_s = 0.0
+
+    def __call__(self, piece: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            return
+        started = time.monotonic()
+        try:
+            if self._walk is not None:
+                self._walk.feed(piece)
+            else:
+                self._head += piece
+                self._start()
+        except Exception as exc:  # DatasetStructureError, or a bug: reported by finish()
+            self._error = exc
+        self._spent_s += time.monotonic() - started
+
+    def _start(self) -> None:
+        if len(self._head) < part10.META_HEAD_BYTES:
+            return
+        start = part10.meta_end(bytes(self._head[:part10.META_HEAD_BYTES]))
+        if len(self._head) < start:
+            return
+        self.syntax = part10.meta_transfer_syntax(bytes(self._head[:start]))
+        self._walk = dataset.DatasetWalk(dataset.Syntax.from_uid(self.syntax), cstore.WANTED, self._limits,
+                                         lambda: self._spent_s)
+        rest, self._head = self._head[start:], bytearray()
+        if rest:
+            self._walk.feed(rest)
+
+    def finish(self) -> dataset.Walked:
+        """What ``check_dataset`` returns for the bytes seen; raises what it would raise."""
+        if self._error is not None:
+            raise self._error
+        if self._walk is None:
+            raise DatasetStructureError("empty dataset")
+        return self._walk.finish()
+
+
+class ReceivingFile(blobs.SealingFile):
+    """A dataset being received into ``directory``: sealed and structure-checked as it arrives
+    (``<uuid>.part``), made durable as ``final`` (``<uuid>.dcm.mgwc``) by whichever comes first
+    of a flusher thread and the C-STORE handler."""
+
+    def __init__(self, directory: Path, key: bytes) -> None:
+        name = uuid.uuid4().hex
+        self.check = StreamCheck()
+        self.final = directory / f"{name}.dcm{atrest.SUFFIX}"
+        self.durable: Future[tuple[int, str]] | None = None
+        super().__init__(directory / f"{name}.part", key, tap=self.check)
 
 
 def check_dataset(fh: BinaryIO, transfer_syntax: str, limits: dataset.Limits | None = None) -> dataset.Walked:

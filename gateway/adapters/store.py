@@ -94,6 +94,18 @@ MIGRATIONS: list[str] = [
 ]
 
 
+_ITEM_COLUMNS = ("sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
+                 "transfer_syntax_uid", "size", "sha256", "calling_ae", "blob_name", "received_at", "updated_at",
+                 "priority", "state")
+_INSERT_ITEM = (f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)})"  # noqa: S608 - column names are ours
+                f" VALUES ({', '.join(':' + c for c in _ITEM_COLUMNS)})")
+_NOTE_STUDY = (
+    "INSERT INTO studies (study_instance_uid, calling_ae, priority, instances, first_received_at,"
+    " last_received_at) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
+    " instances = instances + 1, last_received_at = excluded.last_received_at, completed_at = NULL,"
+    " priority = MAX(priority, excluded.priority)")
+
+
 @dataclass(frozen=True)
 class SpoolItem:
     id: int
@@ -150,15 +162,29 @@ class SpoolStore:
         with self._tx():
             return self.db.insert("items", row)
 
+    def add_received_in_study(self, identity: InstanceIdentity, calling_ae: str, blob_name: str, now: float,
+                              priority: int = 0) -> int:
+        """``add_received`` and ``note_study`` in one transaction (one WAL commit, one fsync, per
+        C-STORE). Study bookkeeping never fails the instance: its statement runs in a savepoint,
+        rolled back alone (and logged) if it fails."""
+        row = dict(asdict(identity), calling_ae=calling_ae, blob_name=blob_name, received_at=now, updated_at=now,
+                   priority=priority, state=ItemState.RECEIVED.value)
+        with self._tx() as conn:
+            item_id = int(conn.execute(_INSERT_ITEM, row).lastrowid or 0)
+            if identity.study_instance_uid:
+                conn.execute("SAVEPOINT study")
+                try:
+                    conn.execute(_NOTE_STUDY, (identity.study_instance_uid, calling_ae, priority, now, now))
+                except Exception:
+                    conn.execute("ROLLBACK TO study")
+                    log.exception("study bookkeeping failed (the instance itself is stored)")
+                conn.execute("RELEASE study")
+            return item_id
+
     def note_study(self, study_instance_uid: str, calling_ae: str, priority: int, now: float) -> None:
         """Count one more instance of a study; a new instance reopens a completed study."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO studies (study_instance_uid, calling_ae, priority, instances, first_received_at,"
-                " last_received_at) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
-                " instances = instances + 1, last_received_at = excluded.last_received_at, completed_at = NULL,"
-                " priority = MAX(priority, excluded.priority)",
-                (study_instance_uid, calling_ae, priority, now, now))
+            conn.execute(_NOTE_STUDY, (study_instance_uid, calling_ae, priority, now, now))
 
     def complete_stable_studies(self, cutoff: float, now: float) -> list[tuple[int, str, int, int, float]]:
         """Mark complete every open study with no instance since ``cutoff``; return
