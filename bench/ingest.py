@@ -1,12 +1,14 @@
-"""C-STORE ingest on loopback: DCMTK storescu -> DCMTK storescp beside storescu -> our edge, one association each.
+"""C-STORE ingest on loopback: DCMTK storescu -> DCMTK storescp beside storescu -> our edge.
 
-    .venv/bin/python bench/ingest.py [--mb 300] [--image 693_UNCI.dcm] [--keep DIR]
+    .venv/bin/python bench/ingest.py [--mb 300] [--image 693_UNCI.dcm] [--associations 1] [--keep DIR]
 
 Builds a study of real images from pydicom-data with fresh UIDs (one study, one series, a new
 SOP Instance UID per instance), then times DCMTK storescu (TCP_NODELAY=1, 128 KiB PDUs) sending
-it on one association to (a) DCMTK storescp writing every file to disk (bit-preserving, no
-fsync), (b) a bare pynetdicom SCP that streams each dataset to a temporary file and deletes it
-(the floor of the library we build on) and (c) `mgw edge run` with full durability (fsync of
+it on one association (or ``--associations N``: N storescu at once, each a share of the
+instances, timed from the first start to the last end) to (a) DCMTK storescp writing every
+file to disk (bit-preserving, no fsync; one association at a time, it does not fork), (b) a
+bare pynetdicom SCP that streams each dataset to a temporary file and deletes it (the floor of
+the library we build on) and (c) `mgw edge run` with full durability (fsync of
 file and index before 0x0000), its packer running alongside as in production. Checks that
 every instance is in the edge's spool index.
 """
@@ -55,16 +57,18 @@ server.shutdown()
 """
 
 
-def make_study(out: Path, image: str, target_mb: float) -> tuple[int, int]:
-    """Copies of ``image`` with fresh UIDs until ``target_mb``; returns (instances, bytes)."""
-    out.mkdir(parents=True, exist_ok=True)
+def make_study(out: Path, image: str, target_mb: float, shares: int = 1) -> tuple[int, int]:
+    """Copies of ``image`` with fresh UIDs until ``target_mb``, dealt round-robin into ``shares``
+    directories (``out/0``, ``out/1``, ...); returns (instances, bytes)."""
+    for n in range(shares):
+        (out / str(n)).mkdir(parents=True, exist_ok=True)
     ds = dcmread(data_store_dir() / image)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     count, total = 0, 0
     while total < target_mb * 1e6:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = count + 1
-        path = out / f"{count:05d}.dcm"
+        path = out / str(count % shares) / f"{count:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
         count += 1
@@ -72,13 +76,17 @@ def make_study(out: Path, image: str, target_mb: float) -> tuple[int, int]:
 
 
 def storescu(port: int, called: str, study: Path) -> float:
-    args = [dcmtk("storescu"), "-aet", "MODALITY", "-aec", called, "--max-pdu", str(PDU_BYTES),
-            "+sd", "127.0.0.1", str(port), str(study)]
+    """One storescu per share directory of ``study``, all at once; seconds until the last ends."""
+    shares = sorted(p for p in study.iterdir() if p.is_dir())
     t0 = time.perf_counter()
-    done = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=3600)
+    procs = [subprocess.Popen([dcmtk("storescu"), "-aet", f"MODALITY{n}", "-aec", called, "--max-pdu", str(PDU_BYTES),
+                               "+sd", "127.0.0.1", str(port), str(share)], env=dcmtk_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n, share in enumerate(shares)]
+    outcomes = [(proc, proc.communicate(timeout=3600)) for proc in procs]
     elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
+    for proc, (_, err) in outcomes:
+        if proc.returncode != 0:
+            raise SystemExit(f"storescu failed ({proc.returncode}): {err[-2000:]}")
     return elapsed
 
 
@@ -92,6 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=300.0, help="study size to build")
     parser.add_argument("--image", default="693_UNCI.dcm", help="pydicom-data image to copy (CT by default)")
+    parser.add_argument("--associations", type=int, default=1, help="storescu processes sending at once")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
     parser.add_argument("--profile", type=Path, help="py-spy the edge while it receives; collapsed stacks here")
     args = parser.parse_args()
@@ -99,13 +108,13 @@ def main() -> int:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    count, total = make_study(root / "study", args.image, args.mb)
+    count, total = make_study(root / "study", args.image, args.mb, args.associations)
     print(f"study: {count} x {args.image} with fresh UIDs, {total / 1e6:.1f} MB; storescu TCP_NODELAY=1, "
-          f"--max-pdu {PDU_BYTES}, one association")
+          f"--max-pdu {PDU_BYTES}, {args.associations} association(s) at once")
     try:
         with dcmtk_storescp(root / "storescp") as port:
             t_ref = storescu(port, "REFERENCE", root / "study")
-        received = len(list((root / "storescp").iterdir()))
+        received = sum(1 for p in (root / "storescp").iterdir() if p.is_file())
         print(f"{'DCMTK storescp (disk, no fsync)':<40} {total / t_ref / 1e6:>7.1f} MB/s  {t_ref:6.1f} s  "
               f"{received} files")
         bare = subprocess.Popen([sys.executable, "-c", BARE_SCP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -125,7 +134,8 @@ def main() -> int:
                 bare.kill()
                 bare.wait()
         print(f"{'bare pynetdicom SCP (chunked, discards)':<40} {total / t_bare / 1e6:>7.1f} MB/s  {t_bare:6.1f} s")
-        deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0}})
+        deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0,
+                                    "max_associations": max(8, args.associations)}})
         deploy.broker.start()
         deploy.write_configs()
         deploy.start_edge()
