@@ -77,17 +77,28 @@ class StreamCheck:
         return self._walk.finish()
 
 
-class ReceivingFile(blobs.SealingFile):
-    """A dataset being received into ``directory``: sealed and structure-checked as it arrives
-    (``<uuid>.part``), made durable as ``final`` (``<uuid>.dcm.mgwc``) by whichever comes first
-    of a flusher thread and the C-STORE handler."""
+SUFFIX = f".dcm{atrest.SUFFIX}"  # a landed dataset's file name ending
 
-    def __init__(self, directory: Path, key: bytes) -> None:
-        name = uuid.uuid4().hex
+
+class ReceivingFile(blobs.SealingFile):
+    """A dataset being received, sealed and structure-checked as it arrives, made durable
+    (``finish_durably(final)``) by whichever comes first of a flusher thread and the C-STORE
+    handler. From a ``pool`` it is written in place, ``<uuid>.dcm.mgwc`` from the first byte
+    (durable with one fsync); otherwise it is ``<uuid>.part`` in ``directory``, renamed to
+    ``final``. pynetdicom knows it by a name that never exists (``name``): it unlinks that name
+    after the handler, and must not remove a committed file."""
+
+    def __init__(self, directory: Path, key: bytes, pool: blobs.FilePool | None = None) -> None:
         self.check = StreamCheck()
-        self.final = directory / f"{name}.dcm{atrest.SUFFIX}"
         self.outcome: Future[int] | None = None  # the C-STORE status, once durable and committed (dicom_receive)
-        super().__init__(directory / f"{name}.part", key, tap=self.check)
+        if pool is not None:
+            self.final = pool.take()
+            super().__init__(self.final, key, tap=self.check, existing=True)
+            self.name = f"{self.final}.receiving"
+        else:
+            name = uuid.uuid4().hex
+            self.final = directory / f"{name}{SUFFIX}"
+            super().__init__(directory / f"{name}.part", key, tap=self.check)
 
 
 def check_dataset(fh: BinaryIO, transfer_syntax: str, limits: dataset.Limits | None = None) -> dataset.Walked:

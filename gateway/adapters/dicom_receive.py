@@ -44,7 +44,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from gateway.adapters import blobs, dicom_admission
-from gateway.adapters.dicom_landing import ReceivingFile, StreamCheck, check_dataset
+from gateway.adapters.dicom_landing import SUFFIX, ReceivingFile, StreamCheck, check_dataset
 from gateway.adapters.dicom_names import sop_class_name
 from gateway.adapters.dicom_scp import DicomService, SupportedContext
 from gateway.core import cstore
@@ -109,6 +109,7 @@ class StorageScp(DicomService):
         self._cache_key = cache_key
         self._refused = dicom_admission.Counts()  # datasets refused, by reason
         self._flusher: ThreadPoolExecutor | None = None  # makes landed files durable (see _on_dataset_received)
+        self._pool: blobs.FilePool | None = None  # empty files made ahead, durable entries: one fsync per dataset
 
     def contexts(self) -> Sequence[SupportedContext]:
         syntaxes = _ts_preference()
@@ -125,11 +126,19 @@ class StorageScp(DicomService):
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self._quarantine_dir.mkdir(parents=True, exist_ok=True)
         self._flusher = ThreadPoolExecutor(max_workers=FLUSH_THREADS, thread_name_prefix="c-store-fsync")
+        self._pool = blobs.FilePool(self.incoming_dir, SUFFIX)
 
     def stop(self) -> None:
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.shutdown(wait=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def spares(self) -> set[Path]:
+        """Empty files made ahead for datasets to come (none once stopped)."""
+        return set() if self._pool is None else self._pool.spares()
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Datasets refused since start, by reason (for metrics)."""
@@ -137,7 +146,7 @@ class StorageScp(DicomService):
 
     def partial_file(self) -> blobs.SealingFile:
         """Where pynetdicom streams a dataset as it arrives (see the module's docstring)."""
-        return ReceivingFile(self.incoming_dir, self._cache_key)
+        return ReceivingFile(self.incoming_dir, self._cache_key, self._pool)
 
     def _on_dataset_received(self, event: Event) -> None:
         """EVT_DIMSE_RECV, on the association's network thread, once a C-STORE's last fragment is
@@ -277,8 +286,12 @@ def _on_aborted(event: Event) -> None:
     """pynetdicom keeps the temporary file of a C-STORE cut short by an abort; remove it."""
     message: Any = getattr(event.assoc.dimse, "message", None)
     try:
-        if isinstance(getattr(message, "_data_set_path", None), Path):
-            message._data_set_file.close()  # no more PDUs come after an abort
+        spooled = getattr(message, "_data_set_file", None)
+        if isinstance(spooled, blobs.SealingFile):
+            spooled.close()  # no more PDUs come after an abort
+            _discard(spooled.path)
+        elif isinstance(getattr(message, "_data_set_path", None), Path):
+            message._data_set_file.close()
             _discard(message._data_set_path)
     except Exception:
         log.exception("removing a partial C-STORE file failed")

@@ -49,36 +49,43 @@ store.close()
 """
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>.*= (-?\d+)")
-_FD_PATH = re.compile(r"^\d+<(.*?)>")
+_FD_PATH = re.compile(r"^\d+<(.*?)>")  # strace -y: a descriptor with its path
+_OPENED = re.compile(r'^(?:AT_FDCWD(?:<.*?>)?|\d+<.*?>), "(.*?)"')  # openat's path argument
 
 
-def _events(trace: str, root: Path) -> list[str]:
-    """In trace order: "file" (a received file's fsync done), "dir" (the blob directory's),
-    "row" (the spool WAL's), "response" (a P-DATA PDU, the C-STORE response, starts to go out)."""
+def _events(trace: str, root: Path) -> list[tuple[str, str]]:
+    """In trace order, ``(kind, path)``: "created" (a file made in the blob directory), "file"
+    (a received file's fsync done), "dir" (the blob directory's fsync done), "row" (the spool
+    WAL's), "response" (a P-DATA PDU, the C-STORE response, starts to go out)."""
+    blobs = str(root / "blobs")
+
     def kind(path: str) -> str | None:
-        if path.startswith(str(root / "blobs") + "/") and path.endswith(".part"):
+        if path.startswith(blobs + "/"):
             return "file"
-        return "dir" if path == str(root / "blobs") else "row" if path == str(root / "spool.db-wal") else None
+        return "dir" if path == blobs else "row" if path == str(root / "spool.db-wal") else None
 
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     pending: dict[str, str] = {}  # pid -> path of an fsync strace showed unfinished
     for line in trace.splitlines():
         if resumed := _RESUMED.match(line):
             pid, call, ret = resumed.groups()
-            if call in ("fsync", "fdatasync") and pid in pending and ret == "0" and (k := kind(pending.pop(pid))):
-                found.append(k)
+            path = pending.pop(pid, "")
+            if call in ("fsync", "fdatasync") and ret == "0" and (k := kind(path)):
+                found.append((k, path))
             continue
         if not (call_match := _CALL.match(line)):
             continue
         pid, call, rest = call_match.groups()
-        path = (m.group(1) if (m := _FD_PATH.match(rest)) else "")
+        path = m.group(1) if (m := (_OPENED if call == "openat" else _FD_PATH).match(rest)) else ""
         if call in ("fsync", "fdatasync"):
             if "<unfinished" in rest:
                 pending[pid] = path
             elif rest.rstrip().endswith("= 0") and (k := kind(path)):
-                found.append(k)
+                found.append((k, path))
+        elif call == "openat" and "O_CREAT" in rest and path.startswith(blobs + "/"):
+            found.append(("created", path))
         elif call == "sendto" and path.startswith(("TCP", "socket:")) and re.search(r'>, "\\4\\0', rest):
-            found.append("response")
+            found.append(("response", ""))
     return found
 
 
@@ -89,7 +96,7 @@ def test_each_response_goes_out_only_after_its_file_directory_and_row_are_fsynce
     images = [p for p in real_images() if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
               == "1.2.840.10008.1.2.1"][:4]
     trace = tmp_path / "trace.txt"
-    args = [strace, "-f", "-qq", "-y", "-s", "8", "-e", "trace=fsync,fdatasync,sendto", "-o", str(trace),
+    args = [strace, "-f", "-qq", "-y", "-s", "512", "-e", "trace=fsync,fdatasync,sendto,openat", "-o", str(trace),
             sys.executable, "-c", _LISTENER, str(tmp_path)]
     with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as listener:
         try:
@@ -105,19 +112,19 @@ def test_each_response_goes_out_only_after_its_file_directory_and_row_are_fsynce
             if listener.poll() is None:
                 listener.kill()
     events = _events(trace.read_text(), tmp_path)
-    assert events.count("response") == len(images) and events.count("file") == len(images), events
-    # One association: instance k+1 is sent only after response k, so the k-th response must
-    # follow the k-th file fsync, and between the two come the directory's and the row's.
-    files_before, since_file = 0, set[str]()
-    for event in events:
-        if event == "file":
-            files_before += 1
-            since_file = set()
-        elif event == "response":
-            assert files_before >= 1 and {"dir", "row"} <= since_file, events
-            files_before -= 1
-        else:
-            since_file.add(event)
+    kinds = [k for k, _ in events]
+    assert kinds.count("response") == len(images) and kinds.count("file") == len(images), events
+    # One association: instance k+1 is sent only after response k. So response k follows the
+    # fsync of the k-th file, then a commit of the WAL (its row), and the file's directory entry
+    # was fsynced after the file was made and before that response.
+    created_at = {path: n for n, (k, path) in enumerate(events) if k == "created"}
+    dir_syncs = [n for n, (k, _) in enumerate(events) if k == "dir"]
+    files = [(n, path) for n, (k, path) in enumerate(events) if k == "file"]
+    responses = [n for n, (k, _) in enumerate(events) if k == "response"]
+    for (synced, path), answered in zip(files, responses, strict=True):
+        assert synced < answered, events
+        assert any(k == "row" for k, _ in events[synced:answered]), events
+        assert any(created_at[path] < d < answered for d in dir_syncs), events
 
 
 def _fresh_copies(out: Path, count: int) -> list[Path]:
@@ -161,10 +168,11 @@ def test_four_concurrent_associations_all_succeed_byte_exact_when_they_send_to_t
                 stored = b"".join(cache.read_blob(box.paths.blob_dir / item.blob_name, box.cache_key))
                 assert stored.endswith(dataset_bytes(source)), source.name  # the dataset exactly as sent
                 assert item.identity.size == len(stored)
-            assert sorted(p.name for p in box.paths.blob_dir.iterdir()) == sorted(i.blob_name for i in items)
             assert {i.calling_ae for i in items} == {f"MODALITY{i}" for i in range(4)}
         finally:
             edge.stop()
+        # nothing but the blobs the rows name (the empty files made ahead go with the listener)
+        assert sorted(p.name for p in box.paths.blob_dir.iterdir()) == sorted(i.blob_name for i in items)
 
 
 def test_rows_added_during_a_commit_share_the_next_one_and_each_caller_gets_its_own_id_when_four_threads_add(
