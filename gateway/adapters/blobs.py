@@ -224,7 +224,7 @@ class FilePool:
     name with no rename and no further fsync of the directory. Unused ones are removed by
     ``close`` (after a crash, by whoever sweeps files no record names)."""
 
-    def __init__(self, directory: Path, suffix: str, batch: int = 32) -> None:
+    def __init__(self, directory: Path, suffix: str, batch: int = 16) -> None:
         self.directory, self._suffix, self._batch = directory, suffix, batch
         self._ready: list[Path] = []
         self._lock = threading.Lock()
