@@ -8,9 +8,10 @@ it on one association (or ``--associations N``: N storescu at once, each a share
 instances, timed from the first start to the last end) to (a) DCMTK storescp writing every
 file to disk (bit-preserving, no fsync; one association at a time, it does not fork), (b) a
 bare pynetdicom SCP that streams each dataset to a temporary file and deletes it (the floor of
-the library we build on) and (c) `mgw edge run` with full durability (fsync of
-file and index before 0x0000), its packer running alongside as in production. Checks that
-every instance is in the edge's spool index.
+the library we build on), the same with an fsync of each file before its answer (the floor of
+any durable receiver on this disk: it shows what the disk costs), and (c) `mgw edge run` with
+full durability (fsync of file and index before 0x0000) and encryption at rest, its packer
+running alongside as in production. Checks that every instance is in the edge's spool index.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ for cx in AllStoragePresentationContexts:
     ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 def accepted(event):
     event.assoc.dul._run_loop_delay = 0.0002  # as the edge sets it
+FSYNC = sys.argv[1:] == ["fsync"]
 def store(event):
+    if FSYNC:  # the durable floor: the one fsync any durable receiver needs, before the answer
+        fd = os.open(event.dataset_path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
     os.unlink(event.dataset_path)  # the pynetdicom floor: stream to a temp file, keep nothing
     return 0
 server = ae.start_server(("127.0.0.1", 0), block=False,  # any free port, told on stdout
@@ -90,6 +96,26 @@ def storescu(port: int, called: str, study: Path) -> float:
     return elapsed
 
 
+def bare_scp(study: Path, fsync: bool) -> float:
+    """Seconds storescu takes to send ``study`` to the bare pynetdicom SCP (in its own process)."""
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SCP, *(["fsync"] if fsync else [])], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert bare.stdout is not None and bare.stdin is not None
+        port = int(bare.stdout.readline() or "0")  # it listens once it says its port
+        if not port:
+            raise SystemExit(f"the bare SCP exited with {bare.wait(10)}")
+        return storescu(port, "BARE", study)
+    finally:
+        if bare.stdin is not None:
+            bare.stdin.close()
+        try:
+            bare.wait(10)
+        except subprocess.TimeoutExpired:
+            bare.kill()
+            bare.wait()
+
+
 def edge_items(edge_dir: Path) -> int:
     db = next(edge_dir.rglob("spool.db"))
     with sqlite3.connect(db) as conn:
@@ -117,23 +143,11 @@ def main() -> int:
         received = sum(1 for p in (root / "storescp").iterdir() if p.is_file())
         print(f"{'DCMTK storescp (disk, no fsync)':<40} {total / t_ref / 1e6:>7.1f} MB/s  {t_ref:6.1f} s  "
               f"{received} files")
-        bare = subprocess.Popen([sys.executable, "-c", BARE_SCP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True)
-        try:
-            assert bare.stdout is not None and bare.stdin is not None
-            port = int(bare.stdout.readline() or "0")  # it listens once it says its port
-            if not port:
-                raise SystemExit(f"the bare SCP exited with {bare.wait(10)}")
-            t_bare = storescu(port, "BARE", root / "study")
-        finally:
-            if bare.stdin is not None:
-                bare.stdin.close()
-            try:
-                bare.wait(10)
-            except subprocess.TimeoutExpired:
-                bare.kill()
-                bare.wait()
+        t_bare = bare_scp(root / "study", fsync=False)
         print(f"{'bare pynetdicom SCP (chunked, discards)':<40} {total / t_bare / 1e6:>7.1f} MB/s  {t_bare:6.1f} s")
+        t_durable = bare_scp(root / "study", fsync=True)
+        print(f"{'bare pynetdicom SCP + fsync of each file':<40} {total / t_durable / 1e6:>7.1f} MB/s  "
+              f"{t_durable:6.1f} s")
         deploy = LoopbackDeployment(root / "edge-deploy", edge_overrides={"dicom": {"max_pdu_bytes": 0,
                                     "max_associations": max(8, args.associations)}})
         deploy.broker.start()
