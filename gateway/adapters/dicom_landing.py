@@ -91,14 +91,26 @@ class ReceivingFile(blobs.SealingFile):
     def __init__(self, directory: Path, key: bytes, pool: blobs.FilePool | None = None) -> None:
         self.check = StreamCheck()
         self.outcome: Future[int] | None = None  # the C-STORE status, once durable and committed (dicom_receive)
-        if pool is not None:
-            self.final = pool.take()
+        made_ahead = _take(pool)
+        if made_ahead is not None:
+            self.final = made_ahead
             super().__init__(self.final, key, tap=self.check, existing=True)
             self.name = f"{self.final}.receiving"
         else:
             name = uuid.uuid4().hex
             self.final = directory / f"{name}{SUFFIX}"
             super().__init__(directory / f"{name}.part", key, tap=self.check)
+
+
+def _take(pool: blobs.FilePool | None) -> Path | None:
+    """A file made ahead, or None (no pool, or it cannot make files now: the dataset then lands as
+    a new file, whose own open reports the error through ``finish``; never raise into pynetdicom)."""
+    if pool is None:
+        return None
+    try:
+        return pool.take()
+    except Exception:
+        return None
 
 
 def check_dataset(fh: BinaryIO, transfer_syntax: str, limits: dataset.Limits | None = None) -> dataset.Walked:

@@ -159,13 +159,18 @@ class StorageScp(DicomService):
         flusher = self._flusher
         if not isinstance(spooled, ReceivingFile) or spooled.outcome is not None or flusher is None:
             return
-        request = _Request.of_command(event.message.command_set, event.assoc, spooled.check.syntax)
-        if uid_to_service_class(request.sop_class_uid) is not StorageServiceClass:
-            return  # pynetdicom will not hand this one to our handler: it finishes nothing
         try:
+            command = event.message.command_set
+            if not (command.get("AffectedSOPClassUID") and command.get("AffectedSOPInstanceUID")):
+                return  # not a request pynetdicom hands to a handler: it stores nothing
+            request = _Request.of_command(command, event.assoc, spooled.check.syntax)
+            if uid_to_service_class(request.sop_class_uid) is not StorageServiceClass:
+                return  # pynetdicom will not hand this one to our handler: it stores nothing
             spooled.outcome = flusher.submit(self._complete, spooled, request)
         except RuntimeError:  # shutting down: the handler stores it itself
             pass
+        except Exception:  # never into pynetdicom: the handler stores it itself
+            log.exception("starting a C-STORE's completion failed")
 
     def _on_c_store(self, event: Event) -> int:
         """EVT_C_STORE: never raises; returns the DIMSE status once the store is durable (or failed)."""

@@ -6,6 +6,7 @@ byte-exact through the real EdgeService, and rows added together share one commi
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import shutil
 import subprocess
@@ -14,9 +15,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from gateway.adapters.blobs import FilePool
+from gateway.adapters.dicom_landing import StreamCheck, check_dataset
 from gateway.adapters.store import GroupCommit
 from gateway.core.spool import ItemState
 from gateway.edge import ack_keyring, cache
@@ -207,3 +212,29 @@ def test_rows_added_during_a_commit_share_the_next_one_and_each_caller_gets_its_
     assert len(set(ids.values())) == 4
     names = {i.id: i.blob_name for i in box.store.in_state(ItemState.RECEIVED, limit=10)}
     assert all(names[ids[n]] == f"b{n}" for n in range(4))
+
+
+def test_files_made_ahead_are_empty_distinct_and_removed_at_close_when_a_pool_hands_them_out(tmp_path: Path) -> None:
+    pool = FilePool(tmp_path / "blobs", ".dcm.mgwc", batch=4)
+    taken = [pool.take() for _ in range(6)]  # two batches
+    assert len(set(taken)) == 6 and all(p.is_file() and p.stat().st_size == 0 for p in taken)
+    assert len(pool.spares()) == 2 and not pool.spares() & set(taken)
+    pool.close()
+    assert sorted(tmp_path.joinpath("blobs").iterdir()) == sorted(taken)  # spares gone, handed-out ones kept
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=1 << 20), min_size=1, max_size=12), pick=st.integers(0, 99))
+def test_walk_while_receiving_equals_the_walk_of_the_written_file_when_pieces_are_cut_anywhere(
+        cuts: list[int], pick: int) -> None:
+    images = real_images()
+    source = images[pick % len(images)]
+    raw = source.read_bytes()
+    syntax = str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    check, pos = StreamCheck(), 0
+    for cut in cuts:
+        check(raw[pos:pos + cut])
+        pos += cut
+    check(raw[pos:])
+    assert check.syntax == syntax
+    assert check.finish() == check_dataset(io.BytesIO(raw), syntax)
