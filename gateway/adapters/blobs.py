@@ -10,8 +10,9 @@ import fcntl
 import hashlib
 import io
 import os
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -135,15 +136,22 @@ class SealingFile:
     writer (pynetdicom's network thread). ``finish`` does not fsync: the caller adopts the
     file durably (``adopt_atomic``)."""
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(self, path: Path, key: bytes, tap: Callable[[bytes | bytearray | memoryview], None] | None = None,
+                 *, existing: bool = False) -> None:
+        """``tap`` sees every plaintext piece as it is written (a structure check reading along,
+        so nothing is read back); it must not raise. ``existing``: ``path`` is an empty file made
+        ahead (``FilePool``), written in place instead of created."""
         self.path, self.name, self.file = path, str(path), self  # ``file``: NamedTemporaryFile's shape
         self.size = 0
         self._digest = hashlib.sha256()
         self._sealer = atrest.Sealer(key, os.urandom(atrest.FILE_ID_BYTES))
+        self._tap = tap
         self._error: Exception | None = None
+        self._lock = threading.RLock()  # the descriptor: the writer's thread, a finishing thread, pynetdicom's close
         self._fd = -1
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            flags = os.O_WRONLY | os.O_NOFOLLOW if existing else os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            self._fd = os.open(path, flags, 0o600)
         except OSError as exc:
             self._error = _translate(exc, path)
         self._put(self._sealer.header)
@@ -151,6 +159,8 @@ class SealingFile:
     def write(self, piece: bytes | bytearray | memoryview) -> int:
         self._digest.update(piece)
         self.size += len(piece)
+        if self._tap is not None:
+            self._tap(piece)
         for record in self._sealer.update(piece):
             self._put(record)
         return len(piece)
@@ -166,10 +176,35 @@ class SealingFile:
             raise self._error
         return self.size, self._digest.hexdigest()
 
+    def finish_durably(self, final: Path) -> tuple[int, str]:
+        """``finish``, and make the file durable under ``final`` (in the same directory): fsync
+        of the file, rename, fsync of the directory; only the fsync of the file when ``final`` is
+        its own name, already durable (a ``FilePool`` file). After it returns a power cut keeps
+        exactly these bytes under ``final``; ``path`` is ``final`` then."""
+        with self._lock:
+            self._put(self._sealer.finish())
+            if self._error is None and self._fd >= 0:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self._error = _translate(exc, self.path)
+            self.close()
+            if self._error is not None:
+                raise self._error
+            if final != self.path:
+                try:
+                    os.rename(self.path, final)
+                    fsync_dir(final.parent)
+                except OSError as exc:
+                    raise _translate(exc, final) from exc
+                self.path = final
+            return self.size, self._digest.hexdigest()
+
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def _put(self, data: bytes | bytearray) -> None:
         if self._error is not None or self._fd < 0:
@@ -180,6 +215,51 @@ class SealingFile:
                 view = view[os.write(self._fd, view):]
         except OSError as exc:
             self._error = _translate(exc, self.path)
+
+
+class FilePool:
+    """Empty files made ahead in ``directory``, each handed out once (``take``), whose directory
+    entries are already durable: they are made a batch at a time, then one fsync of the
+    directory covers the whole batch. A file written into one and fsynced is durable under its
+    name with no rename and no further fsync of the directory. Unused ones are removed by
+    ``close`` (after a crash, by whoever sweeps files no record names)."""
+
+    def __init__(self, directory: Path, suffix: str, batch: int = 16) -> None:
+        self.directory, self._suffix, self._batch = directory, suffix, batch
+        self._ready: list[Path] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Path:
+        with self._lock:
+            if not self._ready:
+                self._ready = self._make()
+            return self._ready.pop()
+
+    def spares(self) -> set[Path]:
+        """The files made ahead and not yet handed out."""
+        with self._lock:
+            return set(self._ready)
+
+    def close(self) -> None:
+        with self._lock:
+            spares, self._ready = self._ready, []
+        for path in spares:
+            path.unlink(missing_ok=True)
+
+    def _make(self) -> list[Path]:
+        made: list[Path] = []
+        try:
+            ensure_dir_durable(self.directory)
+            for _ in range(self._batch):
+                path = self.directory / f"{uuid.uuid4().hex}{self._suffix}"
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                made.append(path)
+            fsync_dir(self.directory)
+        except OSError as exc:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise _translate(exc, self.directory) from exc
+        return made
 
 
 class SealedReader(io.RawIOBase):

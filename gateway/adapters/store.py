@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gateway.adapters.sqlite_db import Connection, SqliteDatabase
 from gateway.core import spool
@@ -94,6 +95,18 @@ MIGRATIONS: list[str] = [
 ]
 
 
+_ITEM_COLUMNS = ("sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
+                 "transfer_syntax_uid", "size", "sha256", "calling_ae", "blob_name", "received_at", "updated_at",
+                 "priority", "state")
+_INSERT_ITEM = (f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)})"  # noqa: S608 - column names are ours
+                f" VALUES ({', '.join(':' + c for c in _ITEM_COLUMNS)})")
+_NOTE_STUDY = (
+    "INSERT INTO studies (study_instance_uid, calling_ae, priority, instances, first_received_at,"
+    " last_received_at) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
+    " instances = instances + 1, last_received_at = excluded.last_received_at, completed_at = NULL,"
+    " priority = MAX(priority, excluded.priority)")
+
+
 @dataclass(frozen=True)
 class SpoolItem:
     id: int
@@ -131,6 +144,7 @@ class SpoolStore:
         self.path = db_path
         self.db = SqliteDatabase(db_path, "spool database", synchronous="FULL")
         migrate_spool(self.db)
+        self._group = GroupCommit(self._commit_received)
 
     @property
     def schema_version(self) -> int:
@@ -150,15 +164,32 @@ class SpoolStore:
         with self._tx():
             return self.db.insert("items", row)
 
+    def add_received_in_study(self, identity: InstanceIdentity, calling_ae: str, blob_name: str, now: float,
+                              priority: int = 0) -> int:
+        """``add_received`` and ``note_study`` in one transaction; durable when it returns.
+
+        Group commit: rows that threads add while another thread's commit is under way wait and
+        are then committed together, in one transaction (one WAL fsync for all of them), by the
+        first of them to get the commit lock; each caller returns once its own row is durable
+        (or raises that commit's error). One caller alone commits at once. Study bookkeeping
+        never fails an instance: its statement runs in a savepoint, rolled back alone (and
+        logged) if it fails."""
+        row = dict(asdict(identity), calling_ae=calling_ae, blob_name=blob_name, received_at=now, updated_at=now,
+                   priority=priority, state=ItemState.RECEIVED.value)
+        return self._group.commit(row)
+
+    def _commit_received(self, rows: list[dict[str, Any]]) -> list[int]:
+        with self._tx() as conn:
+            ids = [int(conn.execute(_INSERT_ITEM, row).lastrowid or 0) for row in rows]
+            for row in rows:
+                if row["study_instance_uid"]:
+                    _note_study_in(conn, row)
+        return ids
+
     def note_study(self, study_instance_uid: str, calling_ae: str, priority: int, now: float) -> None:
         """Count one more instance of a study; a new instance reopens a completed study."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO studies (study_instance_uid, calling_ae, priority, instances, first_received_at,"
-                " last_received_at) VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET"
-                " instances = instances + 1, last_received_at = excluded.last_received_at, completed_at = NULL,"
-                " priority = MAX(priority, excluded.priority)",
-                (study_instance_uid, calling_ae, priority, now, now))
+            conn.execute(_NOTE_STUDY, (study_instance_uid, calling_ae, priority, now, now))
 
     def complete_stable_studies(self, cutoff: float, now: float) -> list[tuple[int, str, int, int, float]]:
         """Mark complete every open study with no instance since ``cutoff``; return
@@ -254,6 +285,64 @@ class SpoolStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _note_study_in(conn: Connection, row: dict[str, Any]) -> None:
+    """Count the row's instance in its study, inside the caller's transaction, in a savepoint."""
+    conn.execute("SAVEPOINT study")
+    try:
+        conn.execute(_NOTE_STUDY, (row["study_instance_uid"], row["calling_ae"], row["priority"], row["received_at"],
+                                   row["received_at"]))
+    except Exception:
+        conn.execute("ROLLBACK TO study")
+        log.exception("study bookkeeping failed (the instance itself is stored)")
+    conn.execute("RELEASE study")
+
+
+class _Entry:
+    __slots__ = ("row", "done", "item_id", "error")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row, self.done, self.item_id, self.error = row, False, 0, cast(BaseException | None, None)
+
+
+class GroupCommit:
+    """Leader and followers over one commit function: ``commit(row)`` queues the row, then takes
+    the commit lock; whoever holds it commits every row queued so far in one call, so rows that
+    arrived during a commit share the next one. Returns once the caller's own row is committed."""
+
+    def __init__(self, commit_rows: Callable[[list[dict[str, Any]]], list[int]]) -> None:
+        self._commit_rows = commit_rows
+        self._queue: list[_Entry] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self.commits = 0  # transactions committed (for tests and metrics)
+
+    def commit(self, row: dict[str, Any]) -> int:
+        entry = _Entry(row)
+        with self._queue_lock:
+            self._queue.append(entry)
+        with self._commit_lock:
+            if not entry.done:  # nobody took it while we waited: lead a commit of all queued rows
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if entry.error is not None:
+            raise entry.error
+        return entry.item_id
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        try:
+            ids = self._commit_rows([e.row for e in batch])
+        except BaseException as exc:  # the whole transaction rolled back: every row in it failed
+            for e in batch:
+                e.error, e.done = exc, True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        for e, item_id in zip(batch, ids, strict=True):
+            e.item_id, e.done = item_id, True
 
 
 def backup_path(db_path: Path, version: int) -> Path:

@@ -111,7 +111,7 @@ class DatasetWalk:
         self._fed = self._inflated = 0
 
     # -- the caller's side -------------------------------------------------------------------
-    def feed(self, data: bytes) -> int:
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
         """Consume ``data``; return how many of the bytes right after it the walker does not need
         (always 0 for a deflated dataset, whose bytes must all be inflated)."""
         if self._inflater is not None:
@@ -146,7 +146,7 @@ class DatasetWalk:
         return Walked(MappingProxyType(dict(self._values)), self._elements, self._inflated)
 
     # -- inflating ---------------------------------------------------------------------------
-    def _inflate(self, data: bytes) -> None:
+    def _inflate(self, data: bytes | bytearray | memoryview) -> None:
         """Inflate in bounded pieces; keep calling zlib while it still produces output, so output
         it holds back when all input is consumed is never mistaken for a truncated stream."""
         assert self._inflater is not None

@@ -55,3 +55,25 @@ def meta_end(head: bytes) -> int:
     if head[PREAMBLE_BYTES:META_HEAD_BYTES - 4] != PREFIX + _GROUP_LENGTH:
         raise AssertionError("incoming file lacks the file meta group length we expect")
     return META_HEAD_BYTES + int(struct.unpack_from("<L", head, META_HEAD_BYTES - 4)[0])
+
+
+_TRANSFER_SYNTAX_TAG = (0x0002, 0x0010)
+
+
+def meta_transfer_syntax(meta: bytes) -> str:
+    """The (0002,0010) Transfer Syntax UID of a file meta group we wrote (``meta`` ends at
+    ``meta_end``), padding stripped; "" if it has none."""
+    pos = PREAMBLE_BYTES + len(PREFIX)
+    while pos + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, pos)
+        vr = bytes(meta[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            if pos + 12 > len(meta):
+                break
+            start, length = pos + 12, struct.unpack_from("<I", meta, pos + 8)[0]
+        else:
+            start, length = pos + 8, struct.unpack_from("<H", meta, pos + 6)[0]
+        if (group, element) == _TRANSFER_SYNTAX_TAG:
+            return bytes(meta[start:start + length]).decode("ascii", "replace").rstrip("\0 ")
+        pos = start + length
+    return ""

@@ -44,7 +44,9 @@ def _verification(needs: ServiceNeeds) -> DicomService | None:
 
 
 def _storage(needs: ServiceNeeds) -> DicomService | None:
-    return StorageScp(needs.paths.incoming_dir, needs.paths.quarantine_dir, needs.sink, cache_key=needs.cache_key)
+    # Datasets land durably in the blob directory itself: the sink commits a row, nothing moves
+    # (a landed file no row names is an orphan the edge's start-up sweep removes).
+    return StorageScp(needs.paths.blob_dir, needs.paths.quarantine_dir, needs.sink, cache_key=needs.cache_key)
 
 
 def _storage_commitment(needs: ServiceNeeds) -> DicomService | None:

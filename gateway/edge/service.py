@@ -172,18 +172,12 @@ class EdgeService:
             return held.id
         if self._disk_refuses():
             raise SpoolFullError("spool disk above its high-water mark")
-        name = f"{instance.identity.sha256[:16]}-{instance.path.name}"  # the listener sealed it: <...>.mgwc
-        if self._cache_key is not None:  # adopted sealed, fsynced, before the row and 0x0000
-            blobs.adopt_atomic(instance.path, self.paths.blob_dir / name)
-        else:  # encryption at rest switched off: the operator chose a plaintext spool
-            name = name.removesuffix(cache.SEALED_SUFFIX)
-            blobs.write_atomic(self.paths.blob_dir / name, cache.read_blob(instance.path, self._receive_key))
-            blobs.remove(instance.path)
+        name = self._spooled_blob(instance)
         priority = classify(self._priority_rules, instance.calling_ae, instance.modality,
                             instance.dimse_priority, instance.requested_priority)
-        try:
-            item_id = self.store.add_received(instance.identity, instance.calling_ae, name, self._clock(),
-                                              priority=int(priority))
+        try:  # the row and its study's count, one commit: the blob is already durable
+            item_id = self.store.add_received_in_study(instance.identity, instance.calling_ae, name, self._clock(),
+                                                       priority=int(priority))
         except Exception:
             blobs.remove(self.paths.blob_dir / name)
             raise
@@ -191,20 +185,23 @@ class EdgeService:
             log.info("new version of an instance already received", extra={
                 "MESSAGE_ID": MSG.INSTANCE_NEW_VERSION.value, "ITEM_ID": item_id, "PREVIOUS_ITEM_ID": known[-1].id,
                 "VERSION": len(known) + 1, "CALLING_AE": instance.calling_ae})
-        self._note_study(instance, int(priority))
         self._pack_wake.set()
         self._last_accept_s = time.monotonic()
         self.exams.observe(instance)  # enqueue only: utilisation never slows the answer
         return item_id  # the listener logs INSTANCE_STORED once it answers 0x0000
 
-    def _note_study(self, instance: ReceivedInstance, priority: int) -> None:
-        """Observer: study bookkeeping never fails a C-STORE whose item is committed."""
-        if not instance.identity.study_instance_uid:
-            return
-        try:
-            self.store.note_study(instance.identity.study_instance_uid, instance.calling_ae, priority, self._clock())
-        except Exception:
-            log.exception("study bookkeeping failed (the instance itself is stored)")
+    def _spooled_blob(self, instance: ReceivedInstance) -> str:
+        """The blob's name in the spool, durable before its row. The listener lands each dataset
+        sealed and durable in the blob directory itself (``dicom_services``), so it is taken as
+        it is; one landed elsewhere is moved in durably."""
+        if self._cache_key is None:  # encryption at rest switched off: the operator chose a plaintext spool
+            name = instance.path.name.removesuffix(cache.SEALED_SUFFIX)
+            blobs.write_atomic(self.paths.blob_dir / name, cache.read_blob(instance.path, self._receive_key))
+            blobs.remove(instance.path)
+            return name
+        if instance.path.parent != self.paths.blob_dir:
+            blobs.adopt_atomic(instance.path, self.paths.blob_dir / instance.path.name)
+        return instance.path.name
 
     def _complete_stable_studies(self) -> None:
         cutoff = self._clock() - self.settings.spool.study_stable_s

@@ -105,6 +105,13 @@ class Gateway:
     incoming: Path
     quarantine: Path
 
+    def leftovers(self) -> list[Path]:
+        """Files in ``incoming`` but the empty ones the listener made ahead for datasets to come."""
+        storage = next(s for s in self.listener._services if isinstance(s, StorageScp))
+        spares = storage.spares()
+        assert all(p.stat().st_size == 0 for p in spares)
+        return sorted(p for p in self.incoming.iterdir() if p not in spares)
+
     def storescu(self, files: list[Path], *extra: str, calling_ae: str = "MODALITY",
                  called_ae: str = AE_TITLE) -> subprocess.CompletedProcess[str]:
         args = [dcmtk("storescu"), *extra, "-aet", calling_ae, "-aec", called_ae,
@@ -245,7 +252,7 @@ def test_association_is_rejected_when_called_ae_title_is_wrong(gateway: Gateway)
     assert "Called AE Title Not Recognized" in echo_out.stderr
     assert "Rejected Permanent" in store_out.stderr
     assert gateway.sink.rows() == [] and gateway.sink.calls == 0
-    assert list(gateway.incoming.iterdir()) == []
+    assert gateway.leftovers() == []
 
 
 def test_association_is_rejected_when_calling_ae_title_is_not_allowed(
@@ -264,7 +271,7 @@ def test_store_answers_out_of_resources_when_sink_reports_spool_full(gateway: Ga
     out = gateway.storescu(real_images()[:1], "-d")
     assert out.returncode != 0
     assert 0xA700 in dimse_statuses(out.stderr)
-    assert list(gateway.incoming.iterdir()) == []  # nothing left behind
+    assert gateway.leftovers() == []  # nothing left behind
     gateway.sink.fail_with = None
     again = gateway.storescu(real_images()[:1])
     assert again.returncode == 0, again.stderr
@@ -277,7 +284,7 @@ def test_store_answers_c211_and_logs_when_sink_raises_unexpectedly(
     gateway.sink.fail_with = RuntimeError("database went away")
     out = gateway.storescu(real_images()[:1], "-d")
     assert 0xC211 in dimse_statuses(out.stderr)
-    assert list(gateway.incoming.iterdir()) == []
+    assert gateway.leftovers() == []
     failed = [r for r in caplog.records if getattr(r, "MESSAGE_ID", None) == MSG.STORE_FAILED.value]
     assert failed and failed[0].exc_info is not None
     gateway.sink.fail_with = None
@@ -304,7 +311,7 @@ def test_dataset_is_quarantined_with_failure_status_when_it_cannot_be_parsed(
     (kept,) = gateway.quarantine.iterdir()
     assert _dataset(kept) == dataset_bytes(bad)  # kept sealed, opened in memory
     assert dataset_bytes(bad)[-1024:] not in kept.read_bytes()
-    assert list(gateway.incoming.iterdir()) == [] and gateway.sink.calls == 0
+    assert gateway.leftovers() == [] and gateway.sink.calls == 0
     assert any(getattr(r, "MESSAGE_ID", None) == MSG.STORE_FAILED.value for r in caplog.records)
     assert send_verbatim(gateway.listener.port, real_images()[:1], AE_TITLE) == [0x0000]  # still serving
 
@@ -343,7 +350,7 @@ def test_dataset_is_refused_and_kept_when_it_is_not_the_instance_its_command_nam
     assert send_verbatim(gateway.listener.port, [bad], AE_TITLE) == [status]
     (kept,) = gateway.quarantine.iterdir()
     assert _dataset(kept) == dataset_bytes(bad)  # refused, never lost: kept sealed for the engineer
-    assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
+    assert gateway.sink.calls == 0 and gateway.leftovers() == []
     refusal = [r for r in caplog.records if getattr(r, "MESSAGE_ID", None) == MSG.STORE_FAILED.value]
     assert refusal and "(0008,001" in str(getattr(refusal[-1], "REASON", ""))
     assert send_verbatim(gateway.listener.port, real_images()[:1], AE_TITLE) == [0x0000]  # still serving
@@ -439,8 +446,8 @@ assoc.abort()
 
 
 def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: Gateway) -> None:
-    def partial_files() -> set[Path]:  # the chunked receive writes a sealed .part in incoming_dir
-        return set(gateway.incoming.glob("*.part"))
+    def partial_files() -> set[Path]:  # the chunked receive writes a sealed file in incoming_dir
+        return {p for p in gateway.leftovers() if p.stat().st_size}
 
     started = time.time()
     before = partial_files()
@@ -457,7 +464,7 @@ def test_partial_dataset_file_is_removed_when_sender_aborts_mid_store(gateway: G
             if sender.poll() is None:
                 sender.kill()
     wait_for(lambda: not any(p.exists() for p in partial), 60, "the partial dataset file to be removed")
-    assert gateway.sink.calls == 0 and list(gateway.incoming.iterdir()) == []
+    assert gateway.sink.calls == 0 and gateway.leftovers() == []
     assert not {p for p in Path(tempfile.gettempdir()).glob("tmp*.dcm") if p.stat().st_mtime >= started - 1}
     assert echo(gateway.listener.port, AE_TITLE).returncode == 0
 

@@ -98,6 +98,8 @@ def test_no_false_success_when_the_edge_is_killed_while_receiving(deploy: Deploy
     assert result == [None]  # the modality got no response: it was never told "stored"
     d.start_edge()
     assert state_count(d, "received") + state_count(d, "packed") == 0  # nothing half-stored was kept
+    blobs = d.edge_dir / "spool" / "blobs"  # where the dataset was landing, in a file made ahead: swept
+    assert [p.name for p in blobs.iterdir() if p.stat().st_size] == []
     assert _store_one(d.dicom_port, big) == 0x0000  # it sends again, as a modality does
     _all_acknowledged(d, 1)
     outcome = reconcile(d, [big])
