@@ -132,3 +132,20 @@ def test_bundle_is_written_0600_and_audited_when_it_arrived(toml: str, tmp_path:
     assert code == 0 and "执行中" in out and "先行" in out and "第 1 批" in out and "已下发/总数" in out, out
     code, out, _ = run("rollout-show", "1", "--config", toml)
     assert code == 0 and "running" in out and "canary" in out and "wave 1" in out and not _chinese(out), out
+
+
+def test_box_result_text_is_shown_on_one_line_when_it_holds_control_characters(toml: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SqliteFleetStore(state / "fleet.db")
+    try:
+        queue = CommandQueue(store.commands, ack_keys.load_signer(state / "keys" / "command.key"),
+                             keystore.load_or_create_x25519(state / "keys" / "envelope.key"), "mgw/v1")
+        row = queue.issue("ct-01", command_wire.Kind.ECHO, {}, "ada")
+        # what the box's result schema lets through: a tab and a newline in a detail value
+        assert store.commands.record_result(row.id, "ct-01", row.seq, "failed", "", "",
+                                            json.dumps({"note": "one\nFAKE ROW\tx"}), 2.0) is not None
+    finally:
+        store.close()
+    code, out, _ = run("list", "--box", "ct-01", "--config", toml, lang="zh")
+    assert code == 0 and "失败" in out and "note=one\\x0aFAKE ROW\\x09x" in out, out
+    assert len(out.splitlines()) == 3, out  # the version line, the header, the command's one row

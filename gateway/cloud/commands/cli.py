@@ -9,8 +9,8 @@ rollout and bundle download is in the audit log (actor ``cli:<user>``). Argument
 anything is written; what a person reads (results, tables, refusals, help) is in the CLI's language
 (gateway/i18n.py), ``--json`` never changes. A reason from the rules the console shares (an argument's
 check) stays English after a translated prefix, as the API answers it. States are shown translated in
-text; kinds, ids and the box's own result text are values. Times are shown in the fleet's time zone
-(``fleet.time_zone``).
+text; kinds, ids and the box's own result text are values (control characters escaped). Times are
+shown in the fleet's time zone (``fleet.time_zone``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from gateway.core.command_wire import Kind
 from gateway.core.errors import ConfigError
 from gateway.core.topics import BOX_ID_PATTERN
 from gateway.i18n import N_, _
+from gateway.logs import escape
 
 _BOX = re.compile(BOX_ID_PATTERN)
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -182,7 +183,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(_row([_(h) for h in LIST_HEADER], LIST_WIDTHS))
     for c in doc["commands"]:
         note = c["message"] or c["reason"] or ", ".join(f"{k}={v}" for k, v in sorted(c["detail"].items()))
-        print(_row([str(c["seq"]), c["kind"], _state(c["state"]), when(c["issued_at"]), c["id"], note[:80]],
+        print(_row([str(c["seq"]), c["kind"], _state(c["state"]), when(c["issued_at"]), c["id"], escape(note, 80)],
                    LIST_WIDTHS))
     return 0
 
@@ -197,7 +198,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    shown = [(label, _state(doc[key]) if key == "state" else "-" if doc[key] in (None, "") else str(doc[key]))
+    shown = [(label, _state(doc[key]) if key == "state" else "-" if doc[key] in (None, "") else escape(doc[key], 600))
              for key, label in SHOW_FIELDS]
     shown += [(label, when(doc[key])) for key, label in SHOW_TIMES]
     shown += [(N_("detail"), json.dumps(doc["detail"], sort_keys=True)),
@@ -268,7 +269,7 @@ def cmd_rollout_show(args: argparse.Namespace) -> int:
     print(_row([_(h) for h in ROLLOUT_HEADER], ROLLOUT_WIDTHS))
     for d in docs:
         print(_row([str(d["id"]), d["kind"], _state(d["state"]), f"{d['issued']}/{d['total']}",
-                    when(d["created_at"]), d["detail"][:80]], ROLLOUT_WIDTHS))
+                    when(d["created_at"]), escape(d["detail"], 80)], ROLLOUT_WIDTHS))
         for b in d["boxes"] if args.id else []:
             wave = _("canary") if b["wave"] == 0 else _("wave {wave}").format(wave=b["wave"])
             print(_row(["", wave, b["box_id"], _state(b["state"])], WAVE_WIDTHS))
