@@ -89,7 +89,8 @@ CLOUD_FILES = (
     FileKey("fleet.tls_cert_file", Kind.CERT, Base.STATE, key_file="fleet.tls_key_file"),
     FileKey("fleet.tls_key_file", Kind.PRIVATE_KEY, Base.STATE),
     FileKey("fleet.command_key_file", Kind.RAW_KEY, Base.STATE,
-            when_absent="created by `mgw cloud init` or the first start of the fleet or enrolment service"),
+            when_absent=N_("created by `mgw cloud init` or the first start of the fleet or enrolment "
+                            "service")),
     FileKey("fleet.oidc.client_secret_file", Kind.SECRET, Base.STATE),
     FileKey("fleet.oidc.ca_file", Kind.CA, Base.STATE),
 )

@@ -8,6 +8,7 @@ No message a person reads leaves a CLI module untranslated (a lint over the sour
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -164,6 +165,33 @@ def test_lint_catches_a_bare_print_when_one_is_written(tmp_path: Path) -> None:
                      '# untranslated: a command\nprint(f"mgw provision {url}")\nsay("waiting for the cloud")\n'
                      'p.add_argument("--box", help="box id")\np.add_argument("--site", help=_("site"))\n')
     assert sorted(int(f.split(":")[1]) for f in _untranslated(probe, tmp_path)) == [1, 2, 8, 9]
+
+
+def _helps(parser: argparse.ArgumentParser, path: str = "mgw") -> list[tuple[str, str]]:
+    """(where, text) of every help and description in the parser tree, subcommands included."""
+    found = [(path, parser.description or "")]
+    for action in parser._actions:
+        found.append((f"{path} {'/'.join(action.option_strings) or action.dest}", action.help or ""))
+        if isinstance(action, argparse._SubParsersAction):
+            found += [(f"{path} {choice.dest}", choice.help or "") for choice in action._choices_actions]
+            for name, sub in action.choices.items():
+                found += _helps(sub, f"{path} {name}")
+    return found
+
+
+def test_every_help_is_chinese_when_zh_builds_the_parser() -> None:
+    """A help passed through a variable (a loop over names and texts) escapes the source lint; the built
+    parser does not."""
+    from gateway import cli
+
+    i18n.use("zh")
+    try:
+        helps = _helps(cli.build_parser())
+    finally:
+        i18n.use("en")
+    english = [(where, text) for where, text in helps if text != argparse.SUPPRESS
+               and any(ch.isalpha() for ch in text) and not any("\u4e00" <= ch <= "\u9fff" for ch in text)]
+    assert len(helps) > 300 and not english, english[:5]
 
 
 def test_commissioning_report_text_is_chinese_and_its_record_english_when_zh_is_chosen(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The commissioning report as a document: text for the engineer, signed for the cloud, uploaded.
 
-``text`` renders ``schema.CommissioningReport`` in English and Chinese with times in the site's
-time zone. ``sign`` makes the upload (``schema.SignedCommissioningReport``): the report's
+``text`` renders ``schema.CommissioningReport`` in the CLI's language (gateway/i18n.py) with times in the
+site's time zone. ``sign`` makes the upload (``schema.SignedCommissioningReport``): the report's
 canonical bytes, their ECDSA signature by the box key (``KeyStore.sign``: a TPM-backed store
 signs the same way) and the box certificate. ``save`` keeps it in ``<state_dir>/commissioning/``
 (``<report id>.json``) until the cloud acknowledges it (then ``<report id>.acked`` beside it), so

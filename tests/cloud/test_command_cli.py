@@ -1,6 +1,7 @@
 """`mgw cloud command ...`, run as a subprocess, on a real fleet store (SQLite file) and the fleet's key files:
-commands queued with their seq and audited, refusals in English and Chinese, config versions and their diff,
-a bundle written 0600 and audited, a rollout started and shown."""
+commands queued with their seq and audited, refusals with their reason, config versions and their diff,
+a bundle written 0600 and audited, a rollout started and shown; text in the language asked for (one at a time),
+``--json`` the same in both."""
 
 from __future__ import annotations
 
@@ -26,15 +27,19 @@ def toml(tmp_path: Path) -> str:
     return str(path)
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    done = subprocess.run([sys.executable, "-m", "gateway", "cloud", "command", *args], capture_output=True,
-                          text=True, timeout=120)
+def run(*args: str, lang: str = "en") -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "gateway", "--lang", lang, "cloud", "command", *args],
+                          capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout, done.stderr
+
+
+def _chinese(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 def test_commands_are_queued_listed_and_audited_when_issued_from_the_cli(toml: str, tmp_path: Path) -> None:
     code, out, _ = run("issue", "--box", "ct-01", "--kind", "echo", "--config", toml)
-    assert code == 0 and "seq 1" in out and "已排队" in out
+    assert code == 0 and "seq 1" in out and "queued for ct-01" in out and not _chinese(out), out
     doc_file = tmp_path / "box.toml"
     doc_file.write_text('[dicom]\nae_title = "CT1"\n')
     code, _, _ = run("issue", "--box", "ct-01", "--kind", "config", "--document-file", str(doc_file), "--config", toml)
@@ -51,7 +56,16 @@ def test_commands_are_queued_listed_and_audited_when_issued_from_the_cli(toml: s
     code, out, _ = run("config-diff", "--box", "ct-01", "--from", "1", "--to", "2", "--config", toml)
     assert code == 0 and '-ae_title = "CT1"\n+ae_title = "CT2"' in out
     code, out, _ = run("show", listed[2]["id"], "--config", toml)
-    assert code == 0 and "pending" in out and "+08:00" in out  # the fleet's time zone
+    assert code == 0 and "pending" in out and "+08:00" in out and not _chinese(out), out  # the fleet's time zone
+    code, out, _ = run("show", listed[2]["id"], "--config", toml, lang="zh")
+    assert code == 0 and "状态         等待中" in out and "下发时间" in out and "pending" not in out, out
+    code, out, _ = run("list", "--box", "ct-01", "--config", toml, lang="zh")
+    assert code == 0 and out.startswith("ct-01：配置版本 0\n") and out.count("等待中") == 3, out
+    as_json = [json.loads(run("list", "--box", "ct-01", "--json", "--config", toml, lang=lang)[1])
+               for lang in ("zh", "en")]
+    for doc in as_json:
+        doc.pop("now")  # the clock, between the two runs
+    assert as_json[0] == as_json[1]  # --json never changes with the language
     store = SqliteFleetStore(tmp_path / "state" / "fleet.db")
     try:
         issued = [r for r in store.auth.audit(limit=100) if r.action == "command.issue"]
@@ -73,7 +87,18 @@ def test_commands_are_queued_listed_and_audited_when_issued_from_the_cli(toml: s
 ])
 def test_cli_refuses_with_the_reason_when_an_argument_is_wrong(toml: str, args: tuple[str, ...], reason: str) -> None:
     code, _, err = run(*args, "--config", toml)
-    assert code == 2 and reason in err, err
+    assert code == 2 and err.startswith("mgw: error: ") and reason in err and not _chinese(err), err
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("issue", "--box", "CT_01", "--kind", "echo"), "不是有效的设备编号"),
+    (("issue", "--box", "ct-01", "--kind", "bundle", "--arg", "log_lines=0"), "命令被拒绝：'log_lines' must be"),
+    (("show", "nothex"), "命令编号应为 32 位十六进制数字"),
+    (("rollout", "--kind", "config", "--site", "s", "--box", "ct-01"), "请指定 --site 或 --box"),
+])
+def test_cli_refuses_in_chinese_when_zh_is_chosen(toml: str, args: tuple[str, ...], reason: str) -> None:
+    code, _, err = run(*args, "--config", toml, lang="zh")
+    assert code == 2 and err.startswith("mgw：错误：") and reason in err, err
 
 
 def test_bundle_is_written_0600_and_audited_when_it_arrived(toml: str, tmp_path: Path) -> None:
@@ -94,10 +119,33 @@ def test_bundle_is_written_0600_and_audited_when_it_arrived(toml: str, tmp_path:
     out_file = tmp_path / "bundle.bin"
     code, out, _ = run("bundle-download", row.id, "--out", str(out_file), "--config", toml)
     assert code == 0 and out_file.read_bytes() == b"diagnostics" and out_file.stat().st_mode & 0o777 == 0o600
-    assert "诊断包" in out
+    assert "bundle of ct-01 written to" in out and not _chinese(out), out
+    code, out, _ = run("bundle-download", row.id, "--out", str(out_file), "--config", toml, lang="zh")
+    assert code == 0 and "ct-01 的诊断包已写入" in out and "（11 字节）" in out, out
     code, out, _ = run("rollout", "--kind", "update", "--box", "ct-01", "--box", "ct-02", "--arg",
                        "url=https://u.example/b", "--arg", f"sha256={'c' * 64}", "--arg", "version=2", "--config", toml)
     assert code == 0 and "canary 1" in out
     code, out, _ = run("rollout-show", "1", "--json", "--config", toml)
     shown = json.loads(out)[0]
     assert shown["state"] == "running" and [b["box_id"] for b in shown["boxes"]] == ["ct-01", "ct-02"]
+    code, out, _ = run("rollout-show", "1", "--config", toml, lang="zh")
+    assert code == 0 and "执行中" in out and "先行" in out and "第 1 批" in out and "已下发/总数" in out, out
+    code, out, _ = run("rollout-show", "1", "--config", toml)
+    assert code == 0 and "running" in out and "canary" in out and "wave 1" in out and not _chinese(out), out
+
+
+def test_box_result_text_is_shown_on_one_line_when_it_holds_control_characters(toml: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SqliteFleetStore(state / "fleet.db")
+    try:
+        queue = CommandQueue(store.commands, ack_keys.load_signer(state / "keys" / "command.key"),
+                             keystore.load_or_create_x25519(state / "keys" / "envelope.key"), "mgw/v1")
+        row = queue.issue("ct-01", command_wire.Kind.ECHO, {}, "ada")
+        # what the box's result schema lets through: a tab and a newline in a detail value
+        assert store.commands.record_result(row.id, "ct-01", row.seq, "failed", "", "",
+                                            json.dumps({"note": "one\nFAKE ROW\tx"}), 2.0) is not None
+    finally:
+        store.close()
+    code, out, _ = run("list", "--box", "ct-01", "--config", toml, lang="zh")
+    assert code == 0 and "失败" in out and "note=one\\x0aFAKE ROW\\x09x" in out, out
+    assert len(out.splitlines()) == 3, out  # the version line, the header, the command's one row

@@ -3,8 +3,8 @@
 Registered into the parser by ``cli.build_parser``. Opens the archive index the configuration names
 (SQLite or PostgreSQL, ``cloud/backends.py``) and the fleet store, whose registry says each box's
 site, so that each version's time is shown in its site's zone (``[fleet.sites.<site>] time_zone``,
-else ``fleet.time_zone``, else ``fleet.utc_offset_minutes``). Text output is English and Chinese
-side by side, as the other cloud commands; ``--json`` is for scripts. Nothing is logged: the UIDs
+else ``fleet.time_zone``, else ``fleet.utc_offset_minutes``). Text output is in the CLI's language
+(gateway/i18n.py), as the other cloud commands; ``--json`` is for scripts. Nothing is logged: the UIDs
 asked for and shown are patient-linked identifiers.
 """
 

@@ -21,7 +21,7 @@ from gateway.cloud.worklist.store import WorklistStore
 from gateway.cloud.worklist.summary import status_doc
 from gateway.core.errors import ConfigError
 from gateway.core.topics import BOX_ID_PATTERN
-from gateway.i18n import _
+from gateway.i18n import N_, _
 
 _BOX = re.compile(BOX_ID_PATTERN)
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
@@ -140,8 +140,8 @@ def add_commands(cloud: Any, with_config: Callable[[argparse.ArgumentParser], ar
         dest="worklist_cmd", required=True, metavar="ACTION")
     route = wl.add_parser("route", help=_("which box serves which scheduled station")).add_subparsers(
         dest="route_cmd", required=True, metavar="ACTION")
-    for name, text in (("add", "route a station's steps to a box"), ("remove", "stop routing them")):
-        p = with_config(route.add_parser(name, help=text))
+    for name, text in (("add", N_("route a station's steps to a box")), ("remove", N_("stop routing them"))):
+        p = with_config(route.add_parser(name, help=_(text)))
         p.add_argument("--box", required=True, help=_("the box id"))
         p.add_argument("--modality", required=True, help=_("the modality code the RIS schedules (CT, MR, ...)"))
         p.add_argument("--station-ae", required=True, help=_("the Scheduled Station AE Title"))
