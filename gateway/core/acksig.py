@@ -125,6 +125,24 @@ class AckKeyring:
         return cls(tuple(publics))
 
 
+# -- what a signature covers: a label, then the box id it is for ----------------------------------
+
+
+def box_bytes(box_id: str) -> bytes:
+    """The box id as signed bytes (UTF-8, 1 to 65535 bytes); ``ValueError`` otherwise."""
+    raw = box_id.encode("utf-8")
+    if not 0 < len(raw) <= 0xFFFF:
+        raise ValueError("box id out of range")
+    return raw
+
+
+def for_box(label: bytes, box_id: str, body: bytes) -> bytes:
+    """``label + len(box id) (2, big-endian) + box id + body``: what a frame's signature covers, so a
+    frame made for one box verifies for no other."""
+    box = box_bytes(box_id)
+    return label + struct.pack(">H", len(box)) + box + body
+
+
 # -- exam-record acks ({prefix}/{box}/util/ack, JSON) ------------------------------------------
 
 

@@ -131,20 +131,12 @@ class Command:
         return self.header.kind
 
 
-def _box_bytes(box_id: str) -> bytes:
-    raw = box_id.encode("utf-8")
-    if not 0 < len(raw) <= 0xFFFF:
-        raise ValueError("box id out of range")
-    return raw
-
-
 def _signed(box_id: str, body: bytes) -> bytes:
-    box = _box_bytes(box_id)
-    return LABEL + struct.pack(">H", len(box)) + box + body
+    return acksig.for_box(LABEL, box_id, body)
 
 
 def _wrap_id(command_id: bytes, box_id: str) -> bytes:
-    return _WRAP_ID + bytes([VERSION]) + command_id + _box_bytes(box_id)
+    return _WRAP_ID + bytes([VERSION]) + command_id + acksig.box_bytes(box_id)
 
 
 def _ms(t: float) -> int:
@@ -170,7 +162,7 @@ def seal(box_id: str, box_public: bytes, signer: acksig.AckSigner, *, command_id
     head += command_id
     eph_public, wrapped = envelope.wrap_data_key(box_public, data_key, eph_private, _wrap_id(command_id, box_id))
     clear = head + eph_public + wrapped + nonce
-    body = clear + AESGCM(data_key).encrypt(nonce, plain, clear + _box_bytes(box_id))
+    body = clear + AESGCM(data_key).encrypt(nonce, plain, clear + acksig.box_bytes(box_id))
     return body + signer.sign(_signed(box_id, body))
 
 
@@ -252,7 +244,7 @@ def open_frame(frame: bytes, header: Header, box_id: str, box_private: bytes) ->
     command_id = bytes.fromhex(header.command_id)
     try:
         data_key = envelope.unwrap_data_key(box_private, eph_public, wrapped, _wrap_id(command_id, box_id))
-        plain = AESGCM(data_key).decrypt(nonce, body[clear_end:], body[:clear_end] + _box_bytes(box_id))
+        plain = AESGCM(data_key).decrypt(nonce, body[clear_end:], body[:clear_end] + acksig.box_bytes(box_id))
     except (EnvelopeTamperedError, InvalidTag, ValueError):
         raise CommandRefused(Refusal.TAMPERED, "the arguments do not decrypt with this box's key",
                              header.command_id, header.seq) from None
@@ -276,7 +268,7 @@ _BLOB_HEAD = 32 + 48 + NONCE_BYTES
 
 
 def _blob_id(command_id: str, box_id: str) -> bytes:
-    return _BLOB_WRAP_ID + bytes([VERSION]) + bytes.fromhex(command_id) + _box_bytes(box_id)
+    return _BLOB_WRAP_ID + bytes([VERSION]) + bytes.fromhex(command_id) + acksig.box_bytes(box_id)
 
 
 def seal_blob(cloud_public: bytes, box_id: str, command_id: str, plain: bytes, *,

@@ -50,20 +50,12 @@ MAX_FRAME_BYTES = 120 * 1024  # under the broker's packet limit (core.framing.MA
 _WRAP_ID = b"mgw/v1 worklist wrap "
 
 
-def _box_bytes(box_id: str) -> bytes:
-    raw = box_id.encode("utf-8")
-    if not 0 < len(raw) <= 0xFFFF:
-        raise ValueError("box id out of range")
-    return raw
-
-
 def _signed(box_id: str, body: bytes) -> bytes:
-    box = _box_bytes(box_id)
-    return LABEL + struct.pack(">H", len(box)) + box + body
+    return acksig.for_box(LABEL, box_id, body)
 
 
 def _wrap_id(seq: int, box_id: str) -> bytes:
-    return _WRAP_ID + struct.pack(">BQ", VERSION, seq) + _box_bytes(box_id)
+    return _WRAP_ID + struct.pack(">BQ", VERSION, seq) + acksig.box_bytes(box_id)
 
 
 def encode_update(update: schema.WorklistUpdate) -> bytes:
@@ -83,7 +75,7 @@ def seal(update: schema.WorklistUpdate, box_public: bytes, signer: acksig.AckSig
         raise ValueError(f"worklist of {len(update.ops)} operations is {len(packed)} bytes packed, above the frame")
     eph_public, wrapped = envelope.wrap_data_key(box_public, data_key, eph_private, _wrap_id(update.seq, update.box_id))
     head = _HEAD.pack(MAGIC, VERSION, update.seq, signer.key_id, eph_public, wrapped, nonce)
-    body = head + AESGCM(data_key).encrypt(nonce, packed, head + _box_bytes(update.box_id))
+    body = head + AESGCM(data_key).encrypt(nonce, packed, head + acksig.box_bytes(update.box_id))
     return body + signer.sign(_signed(update.box_id, body))
 
 
@@ -112,7 +104,7 @@ def open_frame(frame: bytes, box_id: str, box_private: bytes, keyring: acksig.Ac
     head = body[:HEAD_BYTES]
     data_key = envelope.unwrap_data_key(box_private, eph_public, wrapped, _wrap_id(seq, box_id))
     try:
-        packed = AESGCM(data_key).decrypt(nonce, body[HEAD_BYTES:], head + _box_bytes(box_id))
+        packed = AESGCM(data_key).decrypt(nonce, body[HEAD_BYTES:], head + acksig.box_bytes(box_id))
     except InvalidTag as exc:
         raise EnvelopeTamperedError("worklist frame failed authentication") from exc
     update = schema.parse(schema.WorklistUpdate, _inflate(packed), "worklist", schema.MAX_WORKLIST_BYTES)
@@ -136,7 +128,7 @@ def _inflate(packed: bytes) -> bytes:
 
 # -- the box's status reports and their acks -------------------------------------------------------------
 def status_ack_message(box_id: str, ref: str, status: str) -> bytes:
-    box, r, s = _box_bytes(box_id), ref.encode("ascii"), status.encode("ascii")
+    box, r, s = acksig.box_bytes(box_id), ref.encode("ascii"), status.encode("ascii")
     if len(r) > 255 or len(s) > 255:
         raise ValueError("ref or status too long")
     return STATUS_ACK_LABEL + struct.pack(">H", len(box)) + box + bytes([len(r)]) + r + bytes([len(s)]) + s

@@ -31,19 +31,28 @@ def keyring_path(state_dir: Path) -> Path:
 
 def load(path: Path) -> AckKeyring:
     """The keyring at ``path``; ``ConfigError`` saying how to get one if absent or unreadable."""
+    keyring = read(path, "ack keyring", "; provision the box again")
+    if keyring is None:
+        raise ConfigError(f"{path}: no ack keyring; this box cannot verify the cloud's acknowledgements. "
+                          "Provision it (`mgw provision`), which installs the keyring")
+    return keyring
+
+
+def read(path: Path, what: str, hint: str = "") -> AckKeyring | None:
+    """A keyring file of this form (ack keys, command keys) at ``path``; None if there is none;
+    ``ConfigError`` naming ``what`` if it is unreadable or not a keyring."""
     try:
         raw = path.read_bytes()[:MAX_FILE_BYTES + 1]
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no ack keyring; this box cannot verify the cloud's acknowledgements. "
-                          "Provision it (`mgw provision`), which installs the keyring") from exc
+    except FileNotFoundError:
+        return None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the ack keyring: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
     try:
         if len(raw) > MAX_FILE_BYTES:
             raise KeyringError("file too large")
         return AckKeyring.from_doc(json.loads(raw))
     except (ValueError, KeyringError) as exc:
-        raise ConfigError(f"{path}: not a valid ack keyring ({exc}); provision the box again") from exc
+        raise ConfigError(f"{path}: not a valid {what} ({exc}){hint}") from exc
 
 
 def save(path: Path, keyring: AckKeyring) -> None:

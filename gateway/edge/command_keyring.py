@@ -10,20 +10,18 @@ lives with the box's certificate (0644, the service user's state directory).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import blobs
 from gateway.core.acksig import AckKeyring
 from gateway.core.errors import ConfigError, KeyringError
+from gateway.edge import ack_keyring
 from gateway.logs import MSG
 
 log = logging.getLogger(__name__)
 FILE_NAME = "command_keys.json"
 ANSWER_KEY = "command_keys"
-MAX_FILE_BYTES = 16 * 1024
 
 
 def keyring_path(state_dir: Path) -> Path:
@@ -32,23 +30,11 @@ def keyring_path(state_dir: Path) -> Path:
 
 def load(path: Path) -> AckKeyring | None:
     """The keyring at ``path``, None if the box has none; ``ConfigError`` if it is unreadable."""
-    try:
-        raw = path.read_bytes()[:MAX_FILE_BYTES + 1]
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the command keyring: {exc.strerror}") from exc
-    try:
-        if len(raw) > MAX_FILE_BYTES:
-            raise KeyringError("file too large")
-        return AckKeyring.from_doc(json.loads(raw))
-    except (ValueError, KeyringError) as exc:
-        raise ConfigError(f"{path}: not a valid command keyring ({exc})") from exc
+    return ack_keyring.read(path, "command keyring")
 
 
 def save(path: Path, keyring: AckKeyring) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    blobs.write_atomic(path, json.dumps(keyring.to_doc(), indent=1).encode() + b"\n", mode=0o644)
+    ack_keyring.save(path, keyring)
 
 
 def install_from_answer(path: Path, answer: dict[str, Any]) -> AckKeyring | None:

@@ -182,14 +182,9 @@ def test_n_action_is_refused_with_a_status_when_the_request_is_malformed(deploy:
     assoc.release()
 
 
-@pytest.mark.slow  # a minute of sending while the box packs and delivers: the slow target (.ci/run runs it)
-def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_same_association(
-        deploy: Deploy) -> None:
-    """The modality asks for commitment, then goes on storing on the same association while the
-    cloud acknowledges: no N-EVENT-REPORT may land between its C-STORE-RQ and our response, so
-    every C-STORE succeeds and the report comes on that association once it is quiet."""
-    d = deploy(edge_overrides={"commitment": {"same_association_quiet_s": 5.0}})  # far above any gap, loaded
-    modality = Modality(d)
+def _storing_association(d: Deploy, modality: Modality) -> tuple[Association, Callable[[], tuple[str, int]], str]:
+    """The modality's association for storing and commitment, a function that stores one new
+    instance on it (its UID and the C-STORE status), and the SOP class stored."""
     source = dcmread(next(p for p in real_images() if p.name == "MR2_UNCI.dcm"))
     ae = _ae()
     ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
@@ -203,9 +198,21 @@ def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_
         status = assoc.send_c_store(source)
         return str(source.SOPInstanceUID), int(status.Status) if "Status" in status else -1
 
+    return assoc, store, str(source.SOPClassUID)
+
+
+@pytest.mark.slow  # a minute of sending while the box packs and delivers: the slow target (.ci/run runs it)
+def test_report_waits_for_a_quiet_moment_when_the_modality_keeps_sending_on_the_same_association(
+        deploy: Deploy) -> None:
+    """The modality asks for commitment, then goes on storing on the same association while the
+    cloud acknowledges: no N-EVENT-REPORT may land between its C-STORE-RQ and our response, so
+    every C-STORE succeeds and the report comes on that association once it is quiet."""
+    d = deploy(edge_overrides={"commitment": {"same_association_quiet_s": 5.0}})  # far above any gap, loaded
+    modality = Modality(d)
+    assoc, store, sop_class = _storing_association(d, modality)
     first = [store() for _ in range(3)]
     assert [status for _, status in first] == [0, 0, 0]
-    assert _action(assoc, generate_uid(), [(str(source.SOPClassUID), uid) for uid, _ in first]) == 0x0000
+    assert _action(assoc, generate_uid(), [(sop_class, uid) for uid, _ in first]) == 0x0000
     statuses = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(statuses) < 2000:  # keep sending until the report is due
@@ -238,21 +245,9 @@ def test_report_goes_on_a_new_association_after_the_wait_when_the_asking_associa
                                               "same_association_max_wait_s": max_wait}})
     modality = Modality(d)
     holder.append(modality)
-    source = dcmread(next(p for p in real_images() if p.name == "MR2_UNCI.dcm"))
-    ae = _ae()
-    ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
-    ext = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=False)]
-    assoc = ae.associate("127.0.0.1", d.dicom_port, ae_title=EDGE_AE, ext_neg=ext,
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, modality.on_event_report)])
-    assert assoc.is_established
-
-    def store() -> tuple[str, int]:
-        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        status = assoc.send_c_store(source)
-        return str(source.SOPInstanceUID), int(status.Status) if "Status" in status else -1
-
+    assoc, store, sop_class = _storing_association(d, modality)
     first = [store() for _ in range(3)]
-    assert _action(assoc, generate_uid(), [(str(source.SOPClassUID), uid) for uid, _ in first]) == 0x0000
+    assert _action(assoc, generate_uid(), [(sop_class, uid) for uid, _ in first]) == 0x0000
     statuses = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not modality.reports and len(statuses) < 20000:
