@@ -182,8 +182,23 @@ def first_bytes(t0: float, rx0: int, stop: threading.Event, out: list[float]) ->
         stop.wait(0.02)
 
 
+def timeline(edge_dir: Path, t0: float, rx0: int, every_s: float, stop: threading.Event) -> None:
+    """Every ``every_s``: instances spooled, MB packed (sealed), MB acknowledged, MB at the cloud side."""
+    while not stop.wait(every_s):
+        db = next(edge_dir.rglob("spool.db"), None)
+        if db is None:
+            continue
+        with sqlite3.connect(db, timeout=30) as conn:
+            items, packed, acked = conn.execute(
+                "SELECT count(*), coalesce(sum(packed_bytes), 0), coalesce(sum(CASE WHEN state IN "
+                "('acknowledged', 'purged') THEN packed_bytes END), 0) FROM items").fetchone()
+        print(f"  t={time.perf_counter() - t0:5.1f} s  spooled {items:4d}  packed {packed / 1e6:6.1f} MB  "
+              f"acknowledged {acked / 1e6:6.1f} MB  at the cloud side {(cloud_rx_bytes() - rx0) / 1e6:6.1f} MB",
+              flush=True)
+
+
 def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float, cut_s: float = 10.0,
-             uplink: dict[str, object] | None = None) -> Run:
+             uplink: dict[str, object] | None = None, every_s: float = 0.0) -> Run:
     deploy = ClinicDeployment(root, uplink or {})
     deploy.start()
     stop = threading.Event()
@@ -193,6 +208,8 @@ def ours_run(root: Path, study: Path, count: int, cuts: int, timeout_s: float, c
         t0 = time.perf_counter()
         watcher = threading.Thread(target=first_bytes, args=(t0, rx0, stop, first), daemon=True)
         watcher.start()
+        if every_s:
+            threading.Thread(target=timeline, args=(deploy.edge_dir, t0, rx0, every_s, stop), daemon=True).start()
         cutter = threading.Thread(target=cut_link, args=(cuts, cut_s, stop), daemon=True)
         cutter.start()
         storescu(deploy.dicom_port, EDGE_AE, "127.0.0.1", study)
@@ -264,6 +281,7 @@ def main() -> int:
     parser.add_argument("--cut-s", type=float, default=10.0, help="length of each cut (> ~8 s drops MQTT)")
     parser.add_argument("--skip-dimse", action="store_true")
     parser.add_argument("--skip-anchor", action="store_true", help="no plain TCP flow beside ours")
+    parser.add_argument("--every-s", type=float, default=0.0, help="print the edge's progress this often (0: never)")
     parser.add_argument("--timeout-s", type=float, default=7200.0)
     parser.add_argument("--uplink", action="append", default=[], metavar="KEY=INT",
                         help="an [uplink] setting of the edge, e.g. transfers_in_flight=4 (repeatable)")
@@ -289,7 +307,7 @@ def main() -> int:
         uplink: dict[str, object] = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.uplink)}
         if uplink:
             print(f"edge [uplink] settings: {uplink}")
-        ours = ours_run(root / "ours", root / "study", count, 0, args.timeout_s, uplink=uplink)
+        ours = ours_run(root / "ours", root / "study", count, 0, args.timeout_s, uplink=uplink, every_s=args.every_s)
         t_ours, sealed, wire = ours.elapsed_s, ours.sealed, ours.wire
         ideal = sealed * 8 / LINK_BPS
         print(f"{'mgw edge -> MQTT -> cloud':<32} {t_ours:8.1f} s  {total / t_ours / 1e6:6.2f} MB/s of original; "

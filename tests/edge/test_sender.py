@@ -235,7 +235,7 @@ def test_bytes_in_flight_stay_within_the_window_when_many_transfers_are_due(make
     items = [packed(box, box.receive(name)) for name in ("CT_small.dcm", "MR_small.dcm") * 6]
     wire = Wire()
     s = sender(box, wire)
-    assert s.path.window_bytes() == 131072  # the ceiling, below the 512 KiB floor: the ceiling wins
+    assert s.path.window_bytes() == 131072  # the ceiling, below the 2 MiB floor: the ceiling wins
     s.pump()
     assert 131072 - 2048 < s.in_flight_bytes() < 131072 + 2048  # the bytes limit, not the chunks
     assert s.in_flight() < 1024
