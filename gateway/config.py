@@ -80,7 +80,7 @@ class UplinkSettings:
     window_bytes: int = _f(8 * 1024**2, "bytes published but not yet acknowledged, at most; below it the sender "
                            "keeps twice the path's measured bandwidth-delay product in flight")
     ack_timeout_s: float = _f(30.0, "resend a chunk not acknowledged by the cloud within this time")
-    transfers_in_flight: int = _f(16, "objects sent concurrently (the window in bytes is what limits)")
+    transfers_in_flight: int = _f(32, "objects sent concurrently (the window in bytes is what limits)")
     zstd_level: int = _f(3, "zstandard level for packing (1-19)")
     pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (JPEG-LS strips, codec 2)")
     max_send_attempts: int = _f(20, "resend rounds of one object before it is quarantined")

@@ -5,6 +5,11 @@ the truth; the windows here are a cache rebuilt from them after a restart
 (acked chunk ranges are persisted at most ``PERSIST_EVERY_S`` apart, so a
 crash resends at most that much on top of the in-flight window).
 
+The window spans every active transfer and is counted twice: in chunks (``uplink.window_chunks``,
+the broker's Receive Maximum) and in bytes (``PathEstimate``: twice the bandwidth-delay product
+the cloud's PROGRESS acks show, at least 2 MiB). A PROGRESS frees its chunks' share of the window
+at once; an object holds only its transfer slot (``uplink.transfers_in_flight``) until its STORED.
+
 Acks are believed only if signed by a key in the box's ack keyring (wire v2,
 ``gateway.core.acksig``): nothing the box stores can make one, so reading its disk
 is not enough to make it delete data. An item still holding frames of an older wire
