@@ -91,6 +91,7 @@ class Sender:
         self._windows = [bandwidth.parse_window(w) for w in settings.uplink.bandwidth_windows]
         self._bucket = bandwidth.TokenBucket()
         self.path = PathEstimate(ceiling_bytes=settings.uplink.window_bytes)  # the window in bytes, measured
+        self.window_bytes = self.path.window_bytes()  # its value at the last pump, for other threads to read
         self.throttled = 0  # times the bandwidth cap held a chunk back
         self.stats = SenderStats()
 
@@ -108,7 +109,8 @@ class Sender:
             active.window.expire(now, up.ack_timeout_s)
         window = min(up.window_chunks, getattr(self._link, "receive_maximum", lambda: 0)() or up.window_chunks)
         budget = window - sum(a.window.in_flight() for a in self._active.values())
-        room = self.path.window_bytes() - self.in_flight_bytes()
+        self.window_bytes = self.path.window_bytes()
+        room = self.window_bytes - self.in_flight_bytes()
         if budget > 0 and room > 0:
             self._refill()
         for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
