@@ -1,6 +1,6 @@
 """Time to cloud over a clinic link: our edge -> broker -> cloud beside DCMTK storescu -> storescp.
 
-    sudo .venv/bin/python bench/clinic_link.py [--mb 500] [--cc cubic|bbr|reno] [--cuts N]
+    sudo .venv/bin/python bench/clinic_link.py [--mb 500] [--cc cubic|bbr|reno] [--cuts N] [--every-s 5]
 
 Needs root (network namespaces, ethtool). The edge side lives in its own network namespace,
 joined to the cloud side (this namespace) through a third namespace where bench/link_emulator.py
@@ -15,7 +15,12 @@ UIDs:
       every instance (the edge's spool says ACKNOWLEDGED).
 
 Reports seconds for each, our compressed bytes (sealed frames) and goodput against the ideal
-(compressed bytes / link rate). ``--cuts N`` takes the link down N times (``--cut-s`` each, at
+(compressed bytes / link rate); for ours also when the first 64 KiB reached the cloud side, when
+the edge had the whole study and when the last acknowledgement came (``--every-s`` prints the
+edge's progress as it goes). The anchor, in the same run: one plain TCP flow carrying the same
+number of bytes from the edge namespace over the same link (``--skip-anchor`` leaves it out).
+``--uplink KEY=INT`` sets an ``[uplink]`` key of the edge (``transfers_in_flight=4``).
+``--cuts N`` takes the link down N times (``--cut-s`` each, at
 random moments) during (b) and reports the extra bytes the edge put on the wire per cut, against
 a run without cuts. ``--cc`` asks for a congestion control in the edge namespace, which sends;
 the one in use is printed (some sandboxes forbid setting it, then the kernel default stays).
