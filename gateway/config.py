@@ -78,8 +78,10 @@ class MqttSettings:
 class UplinkSettings:
     max_frame_bytes: int = _f(131072, "largest chunk frame on the wire (<= 128 KiB for any broker)")
     window_chunks: int = _f(64, "chunks published but not yet acknowledged by the cloud, at most")
+    window_bytes: int = _f(8 * 1024**2, "bytes published but not yet acknowledged, at most; below it the sender "
+                           "keeps twice the path's measured bandwidth-delay product in flight")
     ack_timeout_s: float = _f(30.0, "resend a chunk not acknowledged by the cloud within this time")
-    transfers_in_flight: int = _f(4, "objects sent concurrently")
+    transfers_in_flight: int = _f(32, "objects sent concurrently (the window in bytes is what limits)")
     zstd_level: int = _f(3, "zstandard level for packing (1-19)")
     pixel_codec: bool = _f(True, "pack uncompressed images with the pixel-aware codec (best-of image codecs, codec 3)")
     pixel_format: int = _f(2, "PIXEL format: 2 = best of JPEG-XL, HTJ2K, JPEG 2000, JPEG-LS (codec 3); "
@@ -645,6 +647,8 @@ def _check_edge(s: EdgeSettings, source: str) -> None:
 
     if not MIN_FRAME_BYTES <= s.uplink.max_frame_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(f"{source}: 'uplink.max_frame_bytes' must be {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}")
+    if not MAX_FRAME_BYTES <= s.uplink.window_bytes <= 1024 * MAX_FRAME_BYTES:
+        raise ConfigError(f"{source}: 'uplink.window_bytes' must be {MAX_FRAME_BYTES}..{1024 * MAX_FRAME_BYTES}")
     import base64
     import binascii
 

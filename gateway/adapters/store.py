@@ -220,6 +220,12 @@ class SpoolStore:
             (*(s.value for s in states), limit),
         )
 
+    def unacknowledged_packed_bytes(self) -> int:
+        """Sealed bytes packed and not yet acknowledged (PACKED and SENDING items): the uplink's queue."""
+        rows = self.db.rows("SELECT coalesce(sum(packed_bytes), 0) FROM items WHERE state IN (?, ?)",
+                            (ItemState.PACKED.value, ItemState.SENDING.value))
+        return int(rows[0][0])
+
     def acked_before(self, cutoff: float, limit: int = 100) -> list[SpoolItem]:
         return self._query(
             "SELECT * FROM items WHERE state = ? AND acked_at <= ? ORDER BY acked_at LIMIT ?",

@@ -35,3 +35,16 @@ def delivery_exhausted(silent_rounds: int, max_rounds: int, cloud_acked_others_s
     cloud is demonstrably alive (it acknowledged other transfers meanwhile): an outage of the
     cloud or the link must never send the queue to quarantine."""
     return silent_rounds >= max_rounds and cloud_acked_others_since
+
+
+def pack_now(quiet_for_s: float, deferred_s: float, queued_bytes: int, *, quiet_s: float, max_defer_s: float,
+             ahead_bytes: int) -> bool:
+    """Whether the packer takes its next item now, while instances may still be arriving.
+
+    Reception comes first (the modality must not wait for us), so packing waits for a quiet
+    moment (``quiet_s`` without a C-STORE) or at most ``max_defer_s``; but the uplink must not
+    idle while a study arrives, so it packs at once while less than ``ahead_bytes`` is packed and
+    unacknowledged (``queued_bytes``): sending starts with the first instance, and the packer
+    keeps just ahead of the link.
+    """
+    return quiet_for_s >= quiet_s or deferred_s >= max_defer_s or queued_bytes < ahead_bytes

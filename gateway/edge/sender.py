@@ -5,6 +5,11 @@ the truth; the windows here are a cache rebuilt from them after a restart
 (acked chunk ranges are persisted at most ``PERSIST_EVERY_S`` apart, so a
 crash resends at most that much on top of the in-flight window).
 
+The window spans every active transfer and is counted twice: in chunks (``uplink.window_chunks``,
+the broker's Receive Maximum) and in bytes (``PathEstimate``: twice the bandwidth-delay product
+the cloud's PROGRESS acks show, at least 2 MiB). A PROGRESS frees its chunks' share of the window
+at once; an object holds only its transfer slot (``uplink.transfers_in_flight``) until its STORED.
+
 Acks are believed only if signed by a key in the box's ack keyring (wire v2,
 ``gateway.core.acksig``): nothing the box stores can make one, so reading its disk
 is not enough to make it delete data. An item still holding frames of an older wire
@@ -29,7 +34,7 @@ from gateway.core.acksig import AckKeyring
 from gateway.core.errors import FrameError, StorageError, UnexpectedAckError
 from gateway.core.framing import WIRE_VERSION, AckKind, from_ranges, parse_ack, peek_ack_transfer_id, to_ranges
 from gateway.core.spool import Effect, ItemState
-from gateway.core.window import TransferWindow
+from gateway.core.window import PathEstimate, TransferWindow
 from gateway.edge.packer import frame_offset, outbox_path
 from gateway.logs import MSG
 
@@ -85,32 +90,43 @@ class Sender:
         self._last_ack_at = 0.0  # any verified ack: the cloud is alive
         self._windows = [bandwidth.parse_window(w) for w in settings.uplink.bandwidth_windows]
         self._bucket = bandwidth.TokenBucket()
+        self.path = PathEstimate(ceiling_bytes=settings.uplink.window_bytes)  # the window in bytes, measured
+        self.window_bytes = self.path.window_bytes()  # its value at the last pump, for other threads to read
         self.throttled = 0  # times the bandwidth cap held a chunk back
         self.stats = SenderStats()
 
     # -- scheduling ------------------------------------------------------------------
     def pump(self) -> int:
-        """Publish what is due; return the number of chunks published."""
-        self._refill()
+        """Publish what is due; return the number of chunks published.
+
+        Two budgets across all transfers: chunks (``uplink.window_chunks``, or the broker's Receive
+        Maximum if lower) and bytes (the path's bandwidth-delay product, ``PathEstimate``). A chunk
+        goes while both have room, so bytes in flight exceed the window by less than one frame.
+        """
         up = self._settings.uplink
         now, sent = self._clock(), 0
         for active in self._active.values():
             active.window.expire(now, up.ack_timeout_s)
         window = min(up.window_chunks, getattr(self._link, "receive_maximum", lambda: 0)() or up.window_chunks)
         budget = window - sum(a.window.in_flight() for a in self._active.values())
+        self.window_bytes = self.path.window_bytes()
+        room = self.window_bytes - self.in_flight_bytes()
+        if budget > 0 and room > 0:
+            self._refill()
         for active in sorted(self._active.values(), key=lambda a: (-a.item.priority, a.item.id)):
-            if budget <= 0:
+            if budget <= 0 or room <= 0:
                 break
             if policy.delivery_exhausted(active.window.silent_rounds, up.max_send_attempts,
                                          self._last_ack_at > active.window.last_progress_at):
                 self._exhausted(active)
                 continue
             seqs = active.window.due(now, budget, up.ack_timeout_s)
-            published = self._publish(active, seqs)
-            active.window.mark_sent(published, now)
+            published, sizes = self._publish(active, seqs, room)
+            active.window.mark_sent(published, now, sizes)
             budget -= len(published)
+            room -= sum(sizes)
             sent += len(published)
-            if len(published) < len(seqs):
+            if len(published) < len(seqs) and room > 0:
                 break  # the link went down under us
         return sent
 
@@ -135,14 +151,18 @@ class Sender:
                 self._active[item.id] = active
                 self._repack_if_outdated(active)
 
-    def _publish(self, active: _Active, seqs: list[int]) -> list[int]:
+    def _publish(self, active: _Active, seqs: list[int], room: int) -> tuple[list[int], list[int]]:
+        """Publish ``seqs`` in order while ``room`` (bytes) lasts; the published seqs and their sizes."""
         item = active.item
         assert item.transfer_id is not None
         topic = topics.chunk_topic(self._settings.mqtt.topic_prefix, self._settings.box.id, item.transfer_id)
         done: list[int] = []
+        sizes: list[int] = []
         seen = self.stats.sent_seqs.setdefault(item.transfer_id, set())
         cap = self.cap_kbps()
         for seq in seqs:
+            if room <= 0:
+                break
             frame = self._read_frame(active, seq)
             if not self._bucket.take(len(frame), self._clock(), cap):
                 self.throttled += 1
@@ -151,10 +171,12 @@ class Sender:
                 published = self._link.publish(topic, frame, qos=1)
             except PacketTooLargeError as exc:
                 self._repack(active, exc)
-                return []
+                return [], []
             if not published:
                 break
             done.append(seq)
+            sizes.append(len(frame))
+            room -= len(frame)
             self.stats.chunks_sent += 1
             self.stats.bytes_sent += len(frame)
             if seq in seen:
@@ -162,7 +184,7 @@ class Sender:
             seen.add(seq)
         if done and item.state is ItemState.PACKED:
             active.item, _ = self._store.transition(item.id, spool.SendStarted(), self._clock())
-        return done
+        return done, sizes
 
     def _repack(self, active: _Active, exc: PacketTooLargeError) -> None:
         """Frames packed before the broker's limit was known: pack the item again, smaller."""
@@ -202,6 +224,7 @@ class Sender:
     def link_changed(self, up: bool) -> None:
         """After a reconnect every unacknowledged chunk is due again, from the first missing."""
         if up:
+            self.path.reset()
             for active in self._active.values():
                 active.window.forget_in_flight()
 
@@ -246,7 +269,7 @@ class Sender:
         if active is None:
             return  # not being sent now; its ranges are recovered when it is
         now = self._clock()
-        active.window.on_progress(ranges, now)
+        self.path.on_delivered(active.window.deliveries(ranges, now), now)
         acked = len(active.window.acked)
         if acked > active.persisted_count and (
             now - active.persisted_at >= PERSIST_EVERY_S or active.window.all_staged
@@ -306,3 +329,6 @@ class Sender:
 
     def in_flight(self) -> int:
         return sum(a.window.in_flight() for a in self._active.values())
+
+    def in_flight_bytes(self) -> int:
+        return sum(a.window.in_flight_bytes() for a in self._active.values())

@@ -55,9 +55,13 @@ RETENTION_SWEEP_S = 60.0
 LOOP_STALE_S = 30.0  # the main loop turns every 0.2 s; this long without a turn means it hangs
 # Packing yields to reception: the JPEG-LS coder holds the GIL, and the modality must never
 # wait for us. It packs once no C-STORE has arrived for PACK_QUIET_S, or after deferring one
-# item PACK_MAX_DEFER_S (an association that never pauses still gets its items packed).
+# item PACK_MAX_DEFER_S (an association that never pauses still gets its items packed), or at
+# once while less than the sender's window plus PACK_AHEAD_BYTES is packed and unacknowledged:
+# the uplink starts with the first instance of a study and never idles while the rest arrives
+# (core.policy.pack_now).
 PACK_QUIET_S = 0.5
 PACK_MAX_DEFER_S = 30.0
+PACK_AHEAD_BYTES = 4 * 1024 * 1024
 DISK_CHECK_S = 2.0
 PURGE_BATCH = 16
 
@@ -340,12 +344,15 @@ class EdgeService:
                 self._pack_wake.wait(1.0)
 
     def _yield_to_reception(self) -> None:
-        deadline = time.monotonic() + PACK_MAX_DEFER_S
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            quiet_for = time.monotonic() - self._last_accept_s
-            if quiet_for >= PACK_QUIET_S:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            quiet_for = now - self._last_accept_s
+            if quiet_for >= PACK_QUIET_S or policy.pack_now(
+                    quiet_for, now - start, self.store.unacknowledged_packed_bytes(), quiet_s=PACK_QUIET_S,
+                    max_defer_s=PACK_MAX_DEFER_S, ahead_bytes=PACK_AHEAD_BYTES + self.sender.window_bytes):
                 return
-            self._stop.wait(PACK_QUIET_S - quiet_for)
+            self._stop.wait(min(PACK_QUIET_S - quiet_for, 0.1))
 
     def _main_loop(self) -> None:
         next_sweep = next_disk_check = 0.0

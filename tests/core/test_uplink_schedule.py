@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core import policy
 from gateway.core.bandwidth import TokenBucket, cap_kbps, parse_window
 from gateway.core.priority import Priority, PriorityRules, classify
 from gateway.core.window import TransferWindow
@@ -84,3 +85,25 @@ def test_held_back_chunks_count_one_silent_round_per_timeout_when_not_published(
         assert w.due(float(t), 4, 30.0)[:2] == [0, 1]
     assert w.silent_rounds == 1
 
+
+
+# -- when the packer packs while a study still arrives (policy.pack_now) -----------------------
+
+def _pack_now(quiet: float, deferred: float, queued: int) -> bool:
+    return policy.pack_now(quiet, deferred, queued, quiet_s=0.5, max_defer_s=30.0, ahead_bytes=4 << 20)
+
+
+@given(quiet=st.floats(0, 0.49), deferred=st.floats(0, 29.9), queued=st.integers(0, 1 << 30),
+       more=st.integers(0, 1 << 30))
+def test_packer_defers_to_a_busy_reception_only_while_the_uplink_has_enough_queued_when_a_study_arrives(
+        quiet: float, deferred: float, queued: int, more: int) -> None:
+    assert _pack_now(quiet, deferred, queued) == (queued < 4 << 20)  # the queue alone decides
+    # more queued is never more urgent
+    assert _pack_now(quiet, deferred, queued + more) <= _pack_now(quiet, deferred, queued)
+    # a quiet moment, or the longest deferral, packs whatever is queued
+    assert _pack_now(0.5, deferred, queued) and _pack_now(quiet, 30.0, queued)
+
+
+def test_packer_packs_the_first_instance_at_once_when_a_study_starts_arriving() -> None:
+    assert policy.pack_now(0.0, 0.0, 0, quiet_s=0.5, max_defer_s=30.0, ahead_bytes=4 << 20)
+    assert not policy.pack_now(0.0, 0.0, 5 << 20, quiet_s=0.5, max_defer_s=30.0, ahead_bytes=4 << 20)

@@ -228,3 +228,50 @@ def test_unacknowledged_chunks_are_resent_when_the_ack_timeout_passes(make_box: 
     box.clock.now += 60.0
     assert s.pump() == 1
     assert wire.seqs(item)[-1] == item.final_seq and s.stats.resent_chunks == 1
+
+
+def test_bytes_in_flight_stay_within_the_window_when_many_transfers_are_due(make_box: MakeBox) -> None:
+    box = make_box(uplink={"window_chunks": 1024, "window_bytes": 131072, "transfers_in_flight": 16})
+    items = [packed(box, box.receive(name)) for name in ("CT_small.dcm", "MR_small.dcm") * 6]
+    wire = Wire()
+    s = sender(box, wire)
+    assert s.path.window_bytes() == 131072  # the ceiling, below the 2 MiB floor: the ceiling wins
+    s.pump()
+    assert 131072 - 2048 < s.in_flight_bytes() < 131072 + 2048  # the bytes limit, not the chunks
+    assert s.in_flight() < 1024
+    assert s.pump() == 0
+    busy = [i for i in items if wire.seqs(i)]
+    first = box.store.get(busy[0].id)
+    assert first is not None and first.final_seq is not None
+    s.on_ack(ack(box, first, AckKind.PROGRESS, ((0, first.final_seq + 1),)))
+    assert s.pump() > 0  # the acked bytes made room
+    assert s.in_flight_bytes() < 131072 + 2048
+    assert sum(len(p) for _, p in wire.sent) >= 131072 + sum(frame_offset(first, q)[1]
+                                                             for q in range(first.final_seq + 1)) - 2048
+
+
+def test_a_link_cut_resends_at_most_one_window_when_the_link_comes_back(make_box: MakeBox) -> None:
+    box = make_box(uplink={"window_chunks": 24, "transfers_in_flight": 4})
+    items = [packed(box, box.receive(name)) for name in ("CT_small.dcm", "MR_small.dcm", "CT_small.dcm")]
+    wire = Wire()
+    s = sender(box, wire)
+    s.pump()
+    staged = {}
+    for item in items:  # the cloud staged the first half of what it got of each transfer
+        seqs = wire.seqs(item)
+        if seqs:
+            staged[item.id] = len(seqs) // 2
+            s.on_ack(ack(box, box.store.get(item.id) or item, AckKind.PROGRESS, ((0, max(1, len(seqs) // 2)),)))
+    in_flight = s.in_flight()
+    before = {(t, parse_chunk(p).seq) for t, p in wire.sent}
+    wire.sent.clear()
+    wire.up = False
+    s.link_changed(False)
+    assert s.pump() == 0  # the link is down: nothing goes, nothing counts as sent
+    wire.up = True
+    s.link_changed(True)
+    s.pump()
+    again = [(t, parse_chunk(p).seq) for t, p in wire.sent if (t, parse_chunk(p).seq) in before]
+    assert 0 < len(again) <= in_flight <= 24  # at most what was in flight at the cut: one window
+    for item in items:  # nothing the cloud had staged went out again
+        assert all(seq >= max(1, staged.get(item.id, 0)) for t, seq in again if t.endswith(item.transfer_id or "?"))

@@ -57,7 +57,7 @@ PREFIX = "mgw/v1"
 ROGUE = "rogue-1"
 HONEST = "box-2"
 PER_BOX = 20
-OPEN_TRANSFERS = 16  # the cloud's budget here: 4x an honest edge's uplink.transfers_in_flight
+OPEN_TRANSFERS = 64  # the cloud's default budget: 2x an honest edge's uplink.transfers_in_flight (32)
 FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
