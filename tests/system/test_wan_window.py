@@ -99,7 +99,9 @@ def test_lost_and_duplicated_chunk_ranges_are_resent_and_archived_byte_exact_whe
         relay.stop()
     outcome = reconcile(d, files)
     assert outcome.clean, outcome
-    assert len({t for t, _ in relay.dropped}) == len(files) and relay.doubled >= len(files) * len(DOUBLED_SEQS)
+    assert len({t for t, _ in relay.dropped}) == len(files)
+    with_doubles = {key for key in relay.seen if key[1] in DOUBLED_SEQS}  # an image may pack into fewer chunks
+    assert with_doubles and relay.doubled >= len(with_doubles)
     # every dropped chunk was published again by the edge, and nothing else needed to be:
     # the cloud's range acks named exactly the gap
     assert all(relay.seen[key] >= 2 for key in relay.dropped)
