@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,26 @@ def test_box_result_text_is_shown_on_one_line_when_it_holds_control_characters(t
     code, out, _ = run("list", "--box", "ct-01", "--config", toml, lang="zh")
     assert code == 0 and "失败" in out and "note=one\\x0aFAKE ROW\\x09x" in out, out
     assert len(out.splitlines()) == 3, out  # the version line, the header, the command's one row
+
+
+def test_command_key_rotates_stage_then_promote_and_the_ack_key_stays_when_run_from_the_cli(
+        toml: str, tmp_path: Path) -> None:
+    """`mgw cloud command-key`: the next key is staged beside the current one (what enrolment and
+    renewal hand out, so boxes trust it first), then promoted; the ack key is a different key and
+    is left alone."""
+    def key(*args: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "gateway", "cloud", "command-key", *args, "--json",
+                               "--config", toml], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    created = key("create")["keys"]
+    assert [k["role"] for k in created] == ["current"]
+    command_file = tmp_path / "state" / "keys" / "command.key"
+    assert command_file.stat().st_mode & 0o777 == 0o600
+    staged = key("stage")["keys"]
+    assert [k["role"] for k in staged] == ["current", "next"] and staged[0]["key_id"] == created[0]["key_id"]
+    assert ack_keys.keyring_of(command_file).key_ids == tuple(bytes.fromhex(k["key_id"]) for k in staged)
+    promoted = key("promote")["keys"]
+    assert [(k["role"], k["key_id"]) for k in promoted] == [("current", staged[1]["key_id"])]
+    assert not (tmp_path / "state" / "keys" / "ack.key").exists()  # the ack key is not this key
