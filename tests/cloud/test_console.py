@@ -67,7 +67,9 @@ def populated(service: FleetService, broker: MosquittoBroker) -> Iterator[FleetS
     box.state(MessageKind.BIRTH, 1)
     wait_for(lambda: service.box("box-a"), 60, "box-a known to the fleet")
     box.send("health", fleet.encode(MessageKind.HEARTBEAT, "box-a", 1, at=time.time(), disk={"used_percent": 97.0},
-                                    backlog={"items": 3, "bytes": 9000, "oldest_unacked_age_s": 12.0}))
+                                    backlog={"items": 3, "bytes": 9000, "oldest_unacked_age_s": 12.0},
+                                    config_version=2, commands={"last_seq": 5, "succeeded": 3, "failed": 1,
+                                                                "refused": 1}))
     t0 = time.time() - 4000  # over and stored before now, whatever the time of day
     box.send("util", json.dumps({"v": 1, "box_id": "box-a", "study_key": "ab" * 16, "revision": 1, "modality": "CT",
                                  "start": t0, "end": t0 + 600, "images": 300, "series": 3, "source": "header",
@@ -163,6 +165,9 @@ def _fuzz(populated: FleetService, examples: int) -> None:
     assert {op.method.upper() for op in operations} == {"GET", "POST"}  # the write routes were fuzzed too
     status, _, body = request(populated, "GET", "/api/v1/boxes/box-a")
     assert status == 200 and json.loads(body)["recent_exams"][0]["images"] == 300
+    config = json.loads(body)["config"]  # the heartbeat's remote-command figures reach the box page
+    assert config["config_version"] == 2
+    assert config["commands"] == {"last_seq": 5, "succeeded": 3, "failed": 1, "refused": 1}
 
 
 @pytest.mark.parametrize(("method", "target", "body", "status", "reason"), [

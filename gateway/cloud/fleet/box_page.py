@@ -67,4 +67,12 @@ def box_config(state: BoxState, fleet: FleetSettings, modalities: Iterable[str])
             "uptime_s": h.get("uptime_s"), "reconnects": h.get("reconnects"),
             "utilisation_unacked": h.get("utilisation_unacked"), "exams_dropped": h.get("exams_dropped"),
             "quarantine_items": h.get("quarantine_items"), "cert_not_after": h.get("cert_not_after"),
+            "config_version": h.get("config_version"), "commands": _commands(h.get("commands")),
             "heartbeat_at": h.get("at")}
+
+
+def _commands(raw: Any) -> dict[str, int] | None:
+    """The heartbeat's remote-command figures (schema.CommandHealth, parsed at the boundary)."""
+    if not isinstance(raw, dict):
+        return None
+    return {k: raw[k] for k in ("last_seq", "succeeded", "failed", "refused") if type(raw.get(k)) is int}

@@ -496,6 +496,8 @@ async function boxView(view, boxId) {
     [t("Uptime"), fmtDur(cfg.uptime_s)], [t("Reconnects"), cfg.reconnects ?? "–"],
     [t("Exam records not yet acknowledged"), cfg.utilisation_unacked ?? "–"], [t("Exam records dropped"), cfg.exams_dropped ?? "–"],
     [t("Quarantined items"), cfg.quarantine_items ?? "–"], [t("Last heartbeat"), fmtAbs(cfg.heartbeat_at, tz)],
+    [t("Configuration version"), cfg.config_version ?? "–"],
+    [t("Remote commands"), cfg.commands ? t("last seq {seq}: {ok} succeeded, {failed} failed, {refused} refused", { seq: cfg.commands.last_seq ?? 0, ok: cfg.commands.succeeded ?? 0, failed: cfg.commands.failed ?? 0, refused: cfg.commands.refused ?? 0 }) : "–"],
   ];
   const errors = el("table", { id: "last-errors" }, el("thead", {}, el("tr", {}, el("th", {}, t("When")), el("th", {}, t("What")), el("th", {}, t("Detail")))),
     el("tbody", {}, [
