@@ -261,9 +261,12 @@ def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue
              f"{rogue.telemetry_bad} rogue telemetry messages dead-lettered at the fleet")
     assert _metric_sum(ingest_metrics, "mgw_ingest_dead_letters_total", reason="budget") >= 8
     fleet_api = f"https://127.0.0.1:{d.fleet_port}/api/v1"
-    letters = _get(f"{fleet_api}/dead-letters?limit=5000", console, token)["dead_letters"]
-    assert {x["box_id"] for x in letters} == {ROGUE}  # nothing of an honest box was set aside
-    assert {"malformed", "budget", "version"} <= {x["reason"] for x in letters}
+    def letters() -> list[dict[str, Any]]:
+        return list(_get(f"{fleet_api}/dead-letters?limit=5000", console, token)["dead_letters"])
+
+    wait_for(lambda: {"malformed", "budget", "version"} <= {x["reason"] for x in letters()}, 120,
+             "the ingest's dead letters (budget, version) at the fleet beside the telemetry's")
+    assert {x["box_id"] for x in letters()} == {ROGUE}  # nothing of an honest box was set aside
     alerts = _get(f"{fleet_api}/alerts", console, token)["alerts"]
     wait_for(lambda: any(a["box_id"] == ROGUE and a["kind"] == "dead_letters"
                          for a in _get(f"{fleet_api}/alerts", console, token)["alerts"]), 30,
