@@ -11,7 +11,9 @@ from its topic and returns the acks to publish to that box:
 * else the verified frame is staged durably as ``<staging>/<box>/<transfer>/<seq>.chunk``
   and a PROGRESS ack lists the staged seqs; once 0..FINAL are staged the object
   is restored into a scratch file on the archive's filesystem, archived, marked
-  STORED, its staging removed, and a STORED ack (superseding PROGRESS) returned.
+  STORED, its staging removed, and a STORED ack (superseding PROGRESS) returned. On the way into
+  the archive its Accession Number is read (``core.accession``) and kept beside it as a keyed
+  digest only, for a resend by accession number.
   A manifest, codec, size or hash failure marks it REJECTED with that reason.
 
 Crash safety: a chunk is acked only once its file and directory entry are
