@@ -65,6 +65,7 @@ def _archive(path: Path) -> None:
         assert index.schema_version() == len(INDEX_MIGRATIONS)
         instance = index.get_instance("1.2.3.1", SHA)
         assert instance is not None and instance["size"] == 1000
+        assert instance["accession_hmac"] == ""  # archived before accession digests: none
         assert index.forward_counts() == {"stow:SENDING": 1, "cstore:PENDING": 1}
         assert index.path_taken("1.2.3/1.2.3.0/1.2.3.1_eeee.mgwc")
     finally:
@@ -174,6 +175,7 @@ def test_postgres_tables_keep_their_rows_and_get_the_current_schema_when_opened_
         assert index.schema_version() == len(INDEX_MIGRATIONS)
         assert fleet.schema_version() == len(FLEET_MIGRATIONS)
         assert index.forward_counts() == {"stow:SENDING": 1, "cstore:PENDING": 1}
+        assert {r["accession_hmac"] for r in index.list_instances()} == {""}  # old rows have none
         assert staging.present("box-1", "ab" * 16) and staging.usage("box-1")[0] == 1
         with staging.hold("box-1", "ab" * 16, schemas.T0) as held:
             assert held.seqs() == {0, 1} and held.read(1) == b"\x01chunk-1"

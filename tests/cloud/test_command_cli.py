@@ -19,6 +19,7 @@ from gateway.adapters.sqlite_fleet_store import SqliteFleetStore
 from gateway.cloud.authority import ack_keys
 from gateway.cloud.commands.queue import CommandQueue
 from gateway.core import command_wire
+from tests.backends import Backend
 
 
 @pytest.fixture
@@ -173,3 +174,55 @@ def test_command_key_rotates_stage_then_promote_and_the_ack_key_stays_when_run_f
     promoted = key("promote")["keys"]
     assert [(k["role"], k["key_id"]) for k in promoted] == [("current", staged[1]["key_id"])]
     assert not (tmp_path / "state" / "keys" / "ack.key").exists()  # the ack key is not this key
+
+
+def test_resend_by_accession_queues_the_box_studies_or_is_refused_when_issued_from_the_cli(
+        tmp_path: Path, backend: Backend) -> None:
+    """Both index backends: real images archived by a real ingest worker with the fleet's envelope key."""
+    from gateway.cloud import backends
+    from gateway.cloud.ingest.pipeline import Ingest
+    from gateway.config import IngestSettings, load_cloud
+    from gateway.core import accession, envelope
+    from gateway.paths import Paths
+    from tests.cloud.test_ingest import ACCESSION, ACK_SIGNER, KeyPair, archive_real
+
+    path = tmp_path / "cloud.toml"
+    index = f'[index]\nbackend = "postgres"\ndsn = "{backend.dsn}"\n' if backend.cluster is not None else ""
+    path.write_text(f'[cloud]\nstate_dir = "{tmp_path / "state"}"\n{index}')
+    settings = load_cloud([path])
+    paths = Paths.from_env(settings.cloud.state_dir, base=tmp_path)
+    private = keystore.load_or_create_x25519(paths.key_file(settings.cloud.envelope_key_file))
+    archive = backends.open_archive(settings, paths)
+    ingest = Ingest(IngestSettings(), private, ACK_SIGNER, archive, backend.staging(tmp_path))
+    try:
+        keys = KeyPair(private, envelope.public_key_of(private))
+        archive_real(ingest, keys, "ct-01", "1.2.3.801", ACCESSION, 1)
+        archive_real(ingest, keys, "ct-02", "1.2.3.802", ACCESSION, 2)
+    finally:
+        ingest.close()
+        archive.close()
+    code, out, _ = run("issue", "--box", "ct-01", "--kind", "resend", "--accession", ACCESSION, "--config", str(path))
+    assert code == 0 and "1 study(ies) archived from ct-01" in out and "seq 1" in out and not _chinese(out), out
+    code, out, _ = run("issue", "--box", "ct-01", "--kind", "resend", "--accession", ACCESSION, "--json",
+                       "--config", str(path))
+    assert code == 0 and [(c["seq"], c["kind"]) for c in json.loads(out)] == [(2, "resend")]
+    code, _, err = run("issue", "--box", "ct-01", "--kind", "resend", "--accession", "ACC-UNKNOWN", "--config",
+                       str(path))
+    assert code == 2 and "no study archived from ct-01 has this accession number" in err, err
+    code, _, err = run("issue", "--box", "ct-01", "--kind", "resend", "--accession", "ACC-UNKNOWN", "--config",
+                       str(path), lang="zh")
+    assert code == 2 and "命令被拒绝：从 ct-01 归档的检查中没有此检查号" in err, err
+    store = backend.fleet_store(tmp_path / "state")
+    try:
+        queue = CommandQueue(store.commands, ack_keys.load_signer(paths.key_file(settings.fleet.command_key_file)),
+                             private, "mgw/v1")
+        rows = store.commands.commands(box_id="ct-01")
+        assert [queue.args_of(r) for r in rows] == [{"study_instance_uid": "1.2.3.801"}] * 2
+        audit = [r for r in store.auth.audit(limit=100) if r.action == "command.issue"]
+    finally:
+        store.close()
+    key = accession.index_key(private)
+    assert sorted((r.outcome, json.loads(r.detail)["accession"]) for r in audit) == sorted(
+        [("ok", accession.digest(key, "ct-01", ACCESSION))] * 2
+        + [("refused", accession.digest(key, "ct-01", "ACC-UNKNOWN"))] * 2)
+    assert not any(ACCESSION in r.detail or "ACC-UNKNOWN" in r.detail for r in audit)

@@ -288,3 +288,61 @@ def test_wave_rollout_stops_at_its_first_failure_when_a_box_fails(
     assert progress["detail"].startswith("wave-3: failed")
     assert not boxes[3].executed and not boxes[4].executed
     assert ("rollout.start", str(started["id"]), "ok") in audit_actions(svc)
+
+
+def _archive_from(svc: FleetService, tmp_path: Path) -> None:
+    """A real ingest worker with the fleet's envelope key archives real images: two studies of box-a under
+    ACCESSION, one of box-a under another number, one of box-b under ACCESSION."""
+    from gateway.cloud import backends
+    from gateway.cloud.ingest.pipeline import Ingest
+    from gateway.config import IngestSettings
+    from gateway.core import envelope
+    from tests.cloud.test_ingest import ACCESSION, ACK_SIGNER, KeyPair, archive_real
+
+    private = keystore.load_or_create_x25519(svc._paths.key_file(svc.settings.cloud.envelope_key_file))
+    keys = KeyPair(private, envelope.public_key_of(private))
+    archive = backends.open_archive(svc.settings, svc._paths)
+    ingest = Ingest(IngestSettings(), private, ACK_SIGNER, archive, tmp_path / "staging")
+    try:
+        archived = (("box-a", "1.2.3.701", ACCESSION), ("box-a", "1.2.3.702", ACCESSION),
+                    ("box-a", "1.2.3.703", "OTHER-1"), ("box-b", "1.2.3.704", ACCESSION))
+        for n, (box_id, study, number) in enumerate(archived):
+            archive_real(ingest, keys, box_id, study, number, n)
+    finally:
+        ingest.close()
+        archive.close()
+
+
+def test_resend_by_accession_queues_one_resend_per_study_when_the_cloud_archived_it_from_the_box(
+        broker: MosquittoBroker, svc: FleetService, boxes: list[StandInBox], tmp_path: Path) -> None:
+    from gateway.core import accession
+    from tests.cloud.test_ingest import ACCESSION
+
+    box = online(broker, svc, boxes, "box-a")
+    _archive_from(svc, tmp_path)
+    admin = token(svc.store, "ada", Role.ADMIN)
+    status, doc = call(svc, "POST", "/api/v1/boxes/box-a/commands", admin,
+                       {"kind": "resend", "args": {"accession": ACCESSION}})
+    assert status == 200 and doc["kind"] == "resend" and len(doc["commands"]) == 2, doc
+    assert doc["id"] == doc["commands"][0]["id"] and doc["args"] == {}  # no patient data in the answer
+    wait_for(lambda: len(box.executed) == 2, 60, "both resends delivered")
+    assert sorted(c.args["study_instance_uid"] for c in box.executed) == ["1.2.3.701", "1.2.3.702"]
+    assert all(set(c.args) == {"study_instance_uid"} for c in box.executed)  # sealed as any resend by UID
+    status, refused = call(svc, "POST", "/api/v1/boxes/box-a/commands", admin,
+                           {"kind": "resend", "args": {"accession": "ACC-UNKNOWN"}})
+    assert status == 404 and refused["error"] == "no study archived from box-a has this accession number"
+    status, bad = call(svc, "POST", "/api/v1/boxes/box-a/commands", admin,
+                       {"kind": "resend", "args": {"accession": "A" * 17}})
+    assert status == 400 and bad["error"].startswith("bad request: 'accession'")
+    assert len(svc.store.commands.commands(box_id="box-a")) == 2
+    digest = svc.commands.accession_digest("box-a", ACCESSION)
+    rows = [r for r in svc.store.auth.audit(limit=1000) if r.action == "command.issue"]
+    assert [(r.outcome, json.loads(r.detail).get("accession")) for r in rows].count(("ok", digest)) == 2
+    assert [r.outcome for r in rows].count("refused") == 1
+    refusal = next(r for r in rows if r.outcome == "refused")
+    assert json.loads(refusal.detail)["accession"] == accession.digest(
+        accession.index_key(keystore.read_x25519(svc._paths.key_file(svc.settings.cloud.envelope_key_file))),
+        "box-a", "ACC-UNKNOWN")
+    stored = [p for p in tmp_path.rglob("*.db*") if p.is_file()]
+    assert len(stored) >= 2 and not [p for p in stored if ACCESSION.encode() in p.read_bytes()
+                                     or b"ACC-UNKNOWN" in p.read_bytes()]

@@ -525,3 +525,69 @@ def test_logs_carry_no_uids_when_objects_are_archived_or_rejected(
     for record in caplog.records:
         text = record.getMessage() + repr(record.__dict__)
         assert not any(uid in text for uid in uids), text
+
+
+# -- accession numbers: kept as a keyed digest beside the instance (core.accession) -----------------------
+ACCESSION = "ACC-7Q2X9"  # distinctive: searched for in the database files
+REAL_STUDY = "1.2.826.0.1.3680043.10.543.7001"
+
+
+def real_dicom(study_uid: str, accession_number: str, n: int) -> tuple[bytes, Manifest]:
+    """pydicom's real CT image as a new instance of ``study_uid`` with this Accession Number, and its manifest."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None
+    ds = dcmread(source)
+    ds.StudyInstanceUID, ds.AccessionNumber = study_uid, accession_number
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.543.8{n}"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    raw = out.getvalue()
+    return raw, manifest_for(raw, sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=study_uid,
+                             series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+                             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID))
+
+
+def archive_real(ingest: Ingest, keys: KeyPair, box: str, study_uid: str, accession_number: str, n: int) -> None:
+    """Seal a real image for ``box`` and hand every chunk to ``ingest``; it must be archived."""
+    raw, manifest = real_dicom(study_uid, accession_number, n)
+    sealed = seal(keys, raw, manifest, box)
+    acks = [ack for frame in sealed.frames for ack in ingest.handle_chunk(box, frame)]
+    assert parse_ack(acks[-1].payload, box, ACK_KEYRING).kind is AckKind.STORED
+
+
+def _database_files(root: Path, backend: Backend) -> list[Path]:
+    where = root if backend.cluster is None else backend.cluster.data
+    names = ("index.db", "index.db-wal") if backend.cluster is None else ()
+    return [p for p in where.rglob("*") if p.is_file() and (not names or p.name in names)]
+
+
+def test_accession_number_is_indexed_as_its_digest_only_when_real_dicom_is_archived(
+        cloud: Cloud, keys: KeyPair, backend: Backend, tmp_path: Path) -> None:
+    from gateway.core import accession
+
+    archive_real(cloud.ingest, keys, BOX, REAL_STUDY, ACCESSION, 1)
+    archive_real(cloud.ingest, keys, BOX, "1.2.826.0.1.3680043.10.543.7002", "OTHER-1", 2)
+    archive_real(cloud.ingest, keys, "box-2", "1.2.826.0.1.3680043.10.543.7003", ACCESSION, 3)
+    key = accession.index_key(keys.private)
+    index = cloud.archive.index
+    assert index.studies_by_accession(BOX, accession.digest(key, BOX, ACCESSION), 10) == [REAL_STUDY]
+    assert index.studies_by_accession(BOX, accession.digest(key, BOX, f" {ACCESSION}\0"), 10) == [REAL_STUDY]
+    assert index.studies_by_accession(BOX, accession.digest(key, "box-2", ACCESSION), 10) == []  # bound to its box
+    assert index.studies_by_accession(BOX, accession.digest(key, BOX, "ACC-UNKNOWN"), 10) == []
+    assert index.studies_by_accession(BOX, accession.digest(os.urandom(32), BOX, ACCESSION), 10) == []
+    rows = {r["study_instance_uid"]: r["accession_hmac"] for r in index.list_instances()}
+    assert rows[REAL_STUDY] == accession.digest(key, BOX, ACCESSION) and len(rows[REAL_STUDY]) == 64
+    files = _database_files(tmp_path, backend)
+    assert any(REAL_STUDY.encode() in f.read_bytes() for f in files)  # the search does read the rows
+    assert not [f for f in files if ACCESSION.encode() in f.read_bytes() or b"OTHER-1" in f.read_bytes()]
+
+
+def test_no_accession_digest_is_kept_when_the_object_is_not_dicom(cloud: Cloud, sealed: Sealed) -> None:
+    cloud.send_all(sealed.frames)
+    [row] = cloud.archive.index.list_instances()
+    assert row["accession_hmac"] == ""

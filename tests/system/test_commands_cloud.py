@@ -140,3 +140,36 @@ def test_admin_changes_a_box_configuration_and_the_console_shows_its_version_and
     assert [(v["version"], v["state"]) for v in versions] == [(1, "succeeded")]
     diff = json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/config-diff?from=0&to=1", Role.ADMIN)[2])["diff"]
     assert "+heartbeat_s = 7.0" in diff
+
+
+def test_admin_resends_a_study_by_accession_number_when_the_cloud_archived_it_from_the_box(deploy: Deploy) -> None:
+    """The whole path: real images through storescu, archived by the real ingest (their accession numbers kept
+    as digests), a resend by accession through the API resolved to the box's study, run by the edge."""
+    from pydicom import dcmread
+
+    from gateway.adapters.dicom_scu import storescu
+    from tests.peers import dcmtk, real_images
+    from tests.system.reconcile import acknowledged_count
+
+    d = deploy(secure=True)
+    files = real_images()
+    headers = [dcmread(f, stop_before_pixels=True) for f in files]
+    number = next(str(h.AccessionNumber).strip() for h in headers if str(h.get("AccessionNumber", "")).strip())
+    studies = sorted({str(h.StudyInstanceUID) for h in headers if str(h.get("AccessionNumber", "")).strip() == number})
+    dcmtk("storescu")
+    assert storescu("127.0.0.1", d.dicom_port, EDGE_AE, "MODALITY", files).returncode == 0
+    wait_for(lambda: acknowledged_count(d) >= len(files), 120, "every instance archived and acknowledged")
+    wait_for(lambda: json.loads(call(d, "GET", f"/api/v1/boxes/{BOX_ID}/commands", Role.VIEWER)[2])["has_key"], 90,
+             "the fleet knows the box's inbound key from its birth")
+    resend = issue(d, Role.ADMIN, "resend", {"accession": number})
+    assert len(resend["commands"]) == len(studies) >= 1, resend
+    for command in resend["commands"]:
+        assert finished(d, command["id"]) == "succeeded"
+        detail = json.loads(call(d, "GET", f"/api/v1/commands/{command['id']}", Role.VIEWER)[2])["detail"]
+        assert detail["instances"] >= 1, detail
+    status, _, raw = call(d, "POST", f"/api/v1/boxes/{BOX_ID}/commands", Role.ADMIN,
+                          {"kind": "resend", "args": {"accession": "ACC-NONE-9"}})
+    assert status == 404 and b"has this accession number" in raw, raw
+    assert audit_actions(d).count("command.issue") == len(studies) + 1  # the refusal too
+    cloud_files = [p for p in d.root.rglob("*.db*") if p.is_file() and "edge" not in p.parts]
+    assert cloud_files and not [p for p in cloud_files if number.encode() in p.read_bytes()]

@@ -68,3 +68,40 @@ def test_operator_issues_echo_and_bundle_from_the_page_and_downloads_the_bundle_
             box.link.stop()
     actions = [r.action for r in svc.store.auth.audit(limit=100)]
     assert actions.count("command.issue") == 2 and actions.count("command.bundle_download") == 1
+
+
+def test_admin_resends_a_study_by_accession_number_from_the_page_when_the_cloud_archived_it(
+        console: tuple[FleetService, MosquittoBroker], tmp_path: Path) -> None:  # noqa: F811
+    from tests.cloud.test_commands_api import _archive_from
+    from tests.cloud.test_ingest import ACCESSION
+
+    svc, broker = console
+    assert svc.http is not None and svc.tls.ca_file is not None
+    wait_for(lambda: svc.leading, 60, "the fleet service leads")
+    boxes: list[StandInBox] = []
+    try:
+        box = online(broker, svc, boxes, "box-a")
+        _archive_from(svc, tmp_path)
+        account(svc.store, "li", Role.ADMIN)
+        base = svc.http.url.rstrip("/")
+        with chromium(trust=svc.tls.ca_file) as browser:
+            login(browser, base, "li", PASSWORD)
+            browser.get(base + "/#/commands/box-a")
+            wait_for(lambda: browser.find_elements(By.ID, "issue-form"), 60, "the issue form")
+            Select(browser.find_element(By.ID, "issue-kind")).select_by_value("resend")
+            field = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#issue-form input[name=accession]"), 60,
+                             "the accession field")[0]
+            field.send_keys(ACCESSION)
+            browser.find_element(By.ID, "issue-submit").click()
+            wait_for(lambda: "2 resend command(s) queued" in browser.execute_script(TEXT, "#issue-note"), 60,
+                     "the note naming both resends")
+            wait_for(lambda: browser.execute_script(STATES) == ["succeeded", "succeeded"], 60, "both resends ran")
+            field.clear()
+            field.send_keys("ACC-UNKNOWN")
+            browser.find_element(By.ID, "issue-submit").click()
+            wait_for(lambda: "no study archived from box-a has this accession number"
+                     in browser.execute_script(TEXT, "#issue-note"), 60, "the refusal on the page")
+        assert sorted(c.args["study_instance_uid"] for c in box.executed) == ["1.2.3.701", "1.2.3.702"]
+    finally:
+        for b in boxes:
+            b.link.stop()

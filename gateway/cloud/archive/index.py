@@ -19,7 +19,8 @@ Tables (v1): ``instances`` (pk sop_instance_uid, sha256; unique path),
 ``transfers`` (pk box_id, transfer_id). v2: ``forwards``, the durable PACS
 forward queue (pk sop_instance_uid, sha256, destination), filled in the same
 transaction that files an instance. v3: ``instances.edge_item_id`` and ``superseded_at``,
-the versions of an instance (``Archive.store``: which one is current).
+the versions of an instance (``Archive.store``: which one is current). v4: ``instances.accession_hmac``,
+the accession number as a keyed digest (``core.accession``), looked up by ``studies_by_accession``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ MIGRATIONS: tuple[str, ...] = (  # portable types: gateway.cloud.sql
     ALTER TABLE instances ADD COLUMN edge_item_id {bigint} NOT NULL DEFAULT 0;
     ALTER TABLE instances ADD COLUMN superseded_at {real}
     """,
+    # 4: the instance's accession number as a keyed digest only (core.accession: HMAC of box id and
+    # accession, never the value); '' for rows archived before it, and for objects without one
+    """
+    ALTER TABLE instances ADD COLUMN accession_hmac TEXT NOT NULL DEFAULT '';
+    CREATE INDEX instances_accession ON instances (accession_hmac, box_id)
+    """,
 )
 _TRANSFER_FIELDS = ("box_id", "transfer_id", "state", "reason", "sha256", "sop_instance_uid", "chunks", "updated_at")
 _UPSERT_TRANSFER = (
@@ -97,6 +104,7 @@ class Index(Protocol):
     def versions(self, sop_instance_uid: str) -> list[Row]: ...
     def study_versions(self, study_instance_uid: str, limit: int) -> list[Row]: ...
     def supersede(self, sop_instance_uid: str, sha256s: list[str], at: float) -> None: ...
+    def studies_by_accession(self, box_id: str, accession_hmac: str, limit: int) -> list[str]: ...
     def insert_instance(self, row: Row) -> None: ...
     def list_instances(self) -> list[Row]: ...
     def move_instance(self, sop_instance_uid: str, sha256: str, rel: str) -> None: ...
@@ -160,6 +168,15 @@ class SqlIndex:
         """Every archived version of every instance of a study, by instance then oldest stored first."""
         return self._db.execute("SELECT * FROM instances WHERE study_instance_uid = ? "
                                 "ORDER BY sop_instance_uid, stored_at, sha256 LIMIT ?", (study_instance_uid, limit))
+
+    def studies_by_accession(self, box_id: str, accession_hmac: str, limit: int) -> list[str]:
+        """The Study Instance UIDs archived from ``box_id`` whose accession digest is ``accession_hmac``."""
+        if not accession_hmac:
+            return []
+        rows = self._db.execute("SELECT DISTINCT study_instance_uid FROM instances WHERE accession_hmac = ? "
+                                "AND box_id = ? AND study_instance_uid <> '' ORDER BY study_instance_uid LIMIT ?",
+                                (accession_hmac, box_id, limit))
+        return [str(r["study_instance_uid"]) for r in rows]
 
     def supersede(self, sop_instance_uid: str, sha256s: list[str], at: float) -> None:
         self._db.executemany("UPDATE instances SET superseded_at = ? WHERE sop_instance_uid = ? AND sha256 = ? "

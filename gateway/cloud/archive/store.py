@@ -236,7 +236,7 @@ class Archive:
         return scratch
 
     def store(self, identity: InstanceIdentity, scratch: Path, box_id: str, transfer_id: bytes,
-              chunks: int, now: float, edge_item_id: int = 0) -> StoreResult:
+              chunks: int, now: float, edge_item_id: int = 0, accession_hmac: str = "") -> StoreResult:
         """Archive a verified scratch file (the bytes of ``identity``) and mark its transfer
         STORED, in one transaction.
 
@@ -247,6 +247,9 @@ class Archive:
         (docs/conformance.md, "Re-sent instances"): the current one is the version its box
         received last (the highest ``edge_item_id`` of that box), or, between boxes, the one
         archived last; every other version is marked superseded.
+
+        ``accession_hmac`` is the object's accession number as a keyed digest (``core.accession``),
+        kept beside it for a resend by accession; never the number itself.
         """
         row: dict[str, Any] = {}
         try:
@@ -255,7 +258,7 @@ class Archive:
                 if existing is None:
                     older = self.index.versions(identity.sop_instance_uid)
                     row = self._file_instance(identity, scratch, box_id, transfer_id, now, edge_item_id,
-                                              _superseded(older, box_id, edge_item_id, now))
+                                              _superseded(older, box_id, edge_item_id, now), accession_hmac)
                     self.index.enqueue_forwards(identity.sop_instance_uid, identity.sha256, self._forward, now)
                 self._upsert_transfer(box_id, transfer_id, TransferState.STORED, now, chunks,
                                       sha256=identity.sha256,
@@ -267,7 +270,8 @@ class Archive:
         return StoreResult(StoreOutcome.ARCHIVED, self._record(row))
 
     def _file_instance(self, identity: InstanceIdentity, scratch: Path, box_id: str, transfer_id: bytes,
-                       now: float, edge_item_id: int, superseded: tuple[float | None, list[str]]) -> dict[str, Any]:
+                       now: float, edge_item_id: int, superseded: tuple[float | None, list[str]],
+                       accession_hmac: str = "") -> dict[str, Any]:
         rel = self._free_name(identity)
         final = self._dir / rel
         ensure_dir_durable(final.parent)
@@ -279,7 +283,7 @@ class Archive:
             "sop_class_uid": identity.sop_class_uid,
             "transfer_syntax": identity.transfer_syntax_uid, "size": identity.size,
             "path": rel, "box_id": box_id, "transfer_id": transfer_id.hex(), "stored_at": now,
-            "edge_item_id": edge_item_id, "superseded_at": superseded[0]}
+            "edge_item_id": edge_item_id, "superseded_at": superseded[0], "accession_hmac": accession_hmac}
         self.index.insert_instance(row)
         if superseded[1]:
             self.index.supersede(identity.sop_instance_uid, superseded[1], now)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.cloud.commands import views
+from gateway.cloud.commands import resend, views
 from gateway.cloud.commands.queue import CommandQueue
 from gateway.cloud.commands.rollout import Rollouts
 from gateway.cloud.fleet.accounts import Accounts, Actor
@@ -154,19 +154,56 @@ def _check_id(command_id: str) -> None:
 def cmd_issue(args: argparse.Namespace) -> int:
     _check_box(args.box)
     kind, arguments = _kind(args.kind), _arguments(args)
+    if args.accession:
+        arguments["accession"] = args.accession
     with _opened(args) as (queue, accounts, _when_, _store):
         try:
-            row = queue.issue(args.box, kind, arguments, _actor().name, args.ttl_s or queue.default_ttl_s)
+            issued = resend.issue(queue, args.box, kind, arguments, _actor().name,
+                                  args.ttl_s or queue.default_ttl_s, _archive_studies(args))
         except ValueError as exc:  # the rules the console shares: their reason stays English
             raise ConfigError(_("the command is refused: {reason}").format(reason=exc)) from None
-        accounts.audit(_actor(), "command.issue", args.box, "ok", kind=kind.value, command=row.id, seq=row.seq,
-                       expires_at=row.expires_at)
+        except resend.UnknownAccession as exc:  # audited with the accession's digest, never the number
+            digest = queue.accession_digest(args.box, str(arguments["accession"]))
+            accounts.audit(_actor(), "command.issue", args.box, "refused", kind=kind.value, accession=digest,
+                           reason=str(exc))
+            if exc.found:
+                raise ConfigError(_("the command is refused: the accession number names more than {count} studies "
+                                    "archived from {box}; resend them by Study Instance UID").format(
+                    count=resend.MAX_STUDIES, box=args.box)) from None
+            raise ConfigError(_("the command is refused: no study archived from {box} has this accession "
+                                "number").format(box=args.box)) from None
+        more = {"accession": issued.accession_hmac} if issued.accession_hmac else {}
+        for row in issued.rows:
+            accounts.audit(_actor(), "command.issue", args.box, "ok", kind=kind.value, command=row.id, seq=row.seq,
+                           expires_at=row.expires_at, **more)
     if args.json:
-        print(json.dumps(views.command_doc(row), indent=2))
-    else:
+        docs = [views.command_doc(row) for row in issued.rows]
+        print(json.dumps(docs if issued.accession_hmac else docs[0], indent=2))
+        return 0
+    if issued.accession_hmac:
+        _tell(_("the accession number names {count} study(ies) archived from {box}: one resend each").format(
+            count=len(issued.rows), box=args.box))
+    for row in issued.rows:
         _tell(_("command {id} ({kind}, seq {seq}) queued for {box}; the fleet sends it while the box is online")
               .format(id=row.id, kind=kind.value, seq=row.seq, box=args.box))
     return 0
+
+
+def _archive_studies(args: argparse.Namespace) -> resend.Studies:
+    """The archive index's lookup of studies by accession digest, opened only when asked."""
+    def studies(box_id: str, digest: str, limit: int) -> list[str]:
+        from gateway.cloud import backends
+        from gateway.settings_files import cloud_settings
+
+        settings, paths = cloud_settings(args)
+        index = backends.open_archive_index(settings, paths)
+        if index is None:
+            return []  # no archive.db here: nothing archived on this node
+        try:
+            return index.studies_by_accession(box_id, digest, limit)
+        finally:
+            index.close()
+    return studies
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -286,6 +323,8 @@ def add_commands(cloud: Any, with_config: Callable[[argparse.ArgumentParser], ar
     for p in (issue,):
         p.add_argument("--arg", action="append", help=_("an argument, key=value (repeat)"))
         p.add_argument("--document-file", default="", help=_("config: the TOML document to send"))
+    issue.add_argument("--accession", default="", help=_(
+        "resend: the accession number; the cloud queues one resend per study it archived from the box under it"))
     issue.add_argument("--ttl-s", type=float, default=0.0, help=_(
         "expire after this many seconds (60 to 2592000; default fleet.command_ttl_s)"))
     issue.add_argument("--json", action="store_true", help=_("print JSON"))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.cloud.commands.store import DELIVERED, FAILED, FINAL_STATES, PENDING, CommandRow, CommandStore
-from gateway.core import acksig, command_rules, command_wire, schema, topics
+from gateway.core import accession, acksig, command_rules, command_wire, schema, topics
 from gateway.core.command_wire import Kind
 from gateway.core.errors import CommandReplyRefused, FrameError, IntegrityError
 from gateway.logs import MSG
@@ -48,6 +48,7 @@ class CommandQueue:
         self.store, self._signer, self._prefix, self._clock = store, signer, prefix, clock
         self._envelope = envelope_private
         self._key = command_rules.at_rest_key(envelope_private)
+        self._accession_key = accession.index_key(envelope_private)  # as the ingest's (archive index)
         self.resend_s = resend_s
         self.default_ttl_s = DEFAULT_TTL_S
         self.published = 0  # frames published
@@ -64,6 +65,10 @@ class CommandQueue:
 
     def open_at_rest(self, ref: str, box_id: str, sealed: bytes) -> dict[str, Any]:
         return command_rules.open_args(self._key, ref, box_id, sealed)
+
+    def accession_digest(self, box_id: str, accession_number: str) -> str:
+        """The archive index's digest of a box's accession number (``core.accession``), for a lookup."""
+        return accession.digest(self._accession_key, box_id, accession_number)
 
     # -- issuing ------------------------------------------------------------------------------------------
     def issue(self, box_id: str, kind: Kind, args: dict[str, Any], by: str, ttl_s: float = DEFAULT_TTL_S,

@@ -445,6 +445,8 @@ ROLLOUT = _obj(["id", "kind", "state", "canary", "wave_size", "issued", "total",
                counts={"type": "object", "additionalProperties": INT},
                boxes={"type": "array", "items": _obj(["box_id", "wave", "state"], box_id=STR, wave=INT, state=STR,
                                                      command_id=_null("string"), updated_at=NULL_NUM)})
+ISSUED: Schema = {**COMMAND, "properties": {**COMMAND["properties"],
+                                            "commands": {"type": "array", "items": COMMAND}}}
 _BOX_PARAM = _param("box_id", BOX_PATTERN, "the box id", required=True, where="path")
 _COMMAND_PARAM = _param("command_id", COMMAND_ID_PATTERN, "the command id", required=True, where="path")
 _NO_BOX = "no such box (or not one of the principal's sites)"
@@ -455,10 +457,12 @@ PATHS["/api/v1/boxes/{box_id}/commands"] = {
                                          commands={"type": "array", "items": COMMAND}), [_BOX_PARAM],
            not_found=_NO_BOX),
     **_post("issue a remote command to the box (operator: echo, bundle, quarantine list, renew, restart; admin: "
-            "resend, quarantine replay/drop, config, update); queued until the box is online, signed, audited",
-            COMMAND, _closed(["kind"], kind=COMMAND_KIND, args=ANY_OBJ,
-                             ttl_s={"type": "number", "minimum": 60, "maximum": 2592000}), [_BOX_PARAM],
-            not_found=_NO_BOX)}
+            "resend, quarantine replay/drop, config, update); queued until the box is online, signed, audited. A "
+            "resend by accession number is one resend per Study Instance UID archived from the box under it: the "
+            "answer is the first, 'commands' lists all",
+            ISSUED, _closed(["kind"], kind=COMMAND_KIND, args=ANY_OBJ,
+                            ttl_s={"type": "number", "minimum": 60, "maximum": 2592000}), [_BOX_PARAM],
+            not_found=_NO_BOX + ", or no study archived from it has the accession number")}
 PATHS["/api/v1/boxes/{box_id}/config-versions"] = _get(
     "the configuration versions the cloud sent the box, newest first, and the version it reports", _obj(
         ["box_id", "reported", "versions"], box_id=STR, reported=INT, versions={"type": "array", "items": _obj(

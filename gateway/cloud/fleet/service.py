@@ -210,6 +210,15 @@ class FleetService:
                 return []  # no archive.db here (yet): nothing archived on this node
             return versions.of_instance(self._archive_index, sop_instance_uid)
 
+    def archive_studies(self, box_id: str, accession_hmac: str, limit: int) -> list[str]:
+        """The Study Instance UIDs archived from a box under an accession digest (a resend by accession)."""
+        with self._archive_lock:
+            if self._archive_index is None:
+                self._archive_index = backends.open_archive_index(self.settings, self._paths)
+            if self._archive_index is None:
+                return []  # no archive.db here (yet): nothing archived on this node
+            return self._archive_index.studies_by_accession(box_id, accession_hmac, limit)
+
     def alive(self) -> bool:
         return (self._worker.is_alive() and self.link.alive() and (self.http is None or self.http.alive())
                 and all(r.alive() for r in self.worklist_readers))  # the worklist feed's threads, when it runs

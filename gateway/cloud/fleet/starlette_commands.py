@@ -3,7 +3,10 @@
 * ``GET /api/v1/boxes/{box}/commands``: a box's commands, newest first (viewer);
   ``POST`` issues one: ``{"kind", "args", "ttl_s"}``, the role the kind needs
   (``core.command_rules.required_role``: an operator diagnoses, an admin changes data, configuration or
-  software), audited as ``command.issue`` (kind, command id, seq; never the arguments).
+  software), audited as ``command.issue`` (kind, command id, seq; never the arguments). A resend by
+  ``accession`` is resolved through the archive index (``commands.resend``): one resend per Study Instance
+  UID archived from the box under it (the answer is the first, ``commands`` all), 404 when there is none;
+  audited with the accession number's digest only.
 * ``GET /api/v1/commands/{id}``: one command; ``GET /api/v1/commands/{id}/bundle``: its diagnostic
   bundle, opened for this download (operator), audited as ``command.bundle_download``.
 * ``GET /api/v1/boxes/{box}/config-versions`` (viewer) and ``/config-diff?from=&to=`` (admin: a
@@ -22,11 +25,12 @@ import re
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.cloud.commands import views
+from gateway.cloud.commands import resend, views
 from gateway.cloud.commands.rollout import ROLLOUT_KINDS
 from gateway.cloud.fleet.accounts import SITE
 from gateway.cloud.fleet.body import Body
@@ -87,12 +91,21 @@ def routes(docs: FleetDocs, auth: ConsoleAuth) -> list[BaseRoute]:
         principal.require(command_rules.required_role(kind, args), f"a {kind.value} command")
         ttl = b.number("ttl_s", 60.0, command_wire.MAX_LIFETIME_S) or docs.service.fleet.command_ttl_s
         try:
-            row = queue.issue(box_id, kind, args, principal.name, ttl)
+            issued = resend.issue(queue, box_id, kind, args, principal.name, ttl, docs.service.archive_studies)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        auth.accounts.audit(actor(request), "command.issue", box_id, "ok", kind=kind.value, command=row.id,
-                            seq=row.seq, expires_at=row.expires_at)
-        return json_answer(views.command_doc(row, False, queue))
+        except resend.UnknownAccession as exc:  # audited with the accession's digest, never the number
+            auth.accounts.audit(actor(request), "command.issue", box_id, "refused", kind=kind.value,
+                                accession=queue.accession_digest(box_id, str(args["accession"])), reason=str(exc))
+            raise HTTPException(404, str(exc)) from None
+        more = {"accession": issued.accession_hmac} if issued.accession_hmac else {}
+        for row in issued.rows:
+            auth.accounts.audit(actor(request), "command.issue", box_id, "ok", kind=kind.value, command=row.id,
+                                seq=row.seq, expires_at=row.expires_at, **more)
+        doc = views.command_doc(issued.rows[0], False, queue)
+        if issued.accession_hmac:  # one resend per study: the first above, all of them here
+            doc["commands"] = [views.command_doc(row, False, queue) for row in issued.rows]
+        return json_answer(doc)
 
     def _command(request: Request) -> Any:
         raw = request.path_params["command_id"]

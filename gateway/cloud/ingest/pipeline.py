@@ -11,7 +11,9 @@ from its topic and returns the acks to publish to that box:
 * else the verified frame is staged durably as ``<staging>/<box>/<transfer>/<seq>.chunk``
   and a PROGRESS ack lists the staged seqs; once 0..FINAL are staged the object
   is restored into a scratch file on the archive's filesystem, archived, marked
-  STORED, its staging removed, and a STORED ack (superseding PROGRESS) returned.
+  STORED, its staging removed, and a STORED ack (superseding PROGRESS) returned. On the way into
+  the archive its Accession Number is read (``core.accession``) and kept beside it as a keyed
+  digest only, for a resend by accession number.
   A manifest, codec, size or hash failure marks it REJECTED with that reason.
 
 Crash safety: a chunk is acked only once its file and directory entry are
@@ -46,7 +48,7 @@ from gateway.cloud.ingest.budget import LIMITS, BoxBudgets, OverBudget
 from gateway.cloud.ingest.staging import FileStaging, StagedTransfer, Staging
 from gateway.codecs.imagecodecs_codec import IMAGE_DECODERS
 from gateway.config import BOX_ID, BudgetSettings, IngestSettings
-from gateway.core import framing, transfer
+from gateway.core import accession, framing, transfer
 from gateway.core.acksig import AckSigner
 from gateway.core.codec import Codec
 from gateway.core.errors import CodecError, EnvelopeTamperedError, FrameError, IntegrityError, UnsupportedVersionError
@@ -130,6 +132,7 @@ class Ingest:
                  dead_letters: DeadLetters | None = None, budgets: BudgetSettings | None = None) -> None:
         self._settings, self._private, self._archive = settings, envelope_private_key, archive
         self._signer = ack_signer
+        self._accession_key = accession.index_key(envelope_private_key)  # the index keeps digests only
         self._staging: Staging = FileStaging(staging) if isinstance(staging, Path) else staging
         self._clock = clock
         self._dead_letters = dead_letters
@@ -261,13 +264,14 @@ class Ingest:
     def _assemble(self, chunk: _Verified, chunks: int, tdir: StagedTransfer) -> list[Outgoing]:
         frames = _StagedFrames(tdir, chunks)
         try:
-            manifest, scratch = self._restore(chunk, frames)
+            manifest, scratch, accession_number = self._restore(chunk, frames)
         except _Rejection as rejection:
             return self._reject(chunk, rejection.reason, chunks, tdir)
         except EnvelopeTamperedError:
             return self._drop_corrupt(chunk, frames.last_seq, tdir)
         result = self._archive.store(manifest.identity, scratch, chunk.box_id, chunk.frame.transfer_id,
-                                     chunks, self._clock(), manifest.item_id)
+                                     chunks, self._clock(), manifest.item_id,
+                                     accession.digest(self._accession_key, chunk.box_id, accession_number))
         tdir.clear()
         duplicate = result.outcome is StoreOutcome.DUPLICATE
         self._counters["objects_duplicate" if duplicate else "objects_stored"] += 1
@@ -277,8 +281,9 @@ class Ingest:
         return [self._ack(chunk, AckFrame(AckKind.STORED, chunk.frame.transfer_id,
                                           sha256=bytes.fromhex(manifest.identity.sha256)))]
 
-    def _restore(self, chunk: _Verified, frames: _StagedFrames) -> tuple[Manifest, Path]:
-        """Restore into a scratch file; ``_Rejection`` names what the box got wrong."""
+    def _restore(self, chunk: _Verified, frames: _StagedFrames) -> tuple[Manifest, Path, str]:
+        """Restore into a scratch file, reading the accession number on the way ("" if none);
+        ``_Rejection`` names what the box got wrong."""
         pieces = transfer.open_object(chunk.box_id, chunk.keys.data_key, frames,
                                       self._settings.max_object_bytes, IMAGE_DECODERS)
         try:
@@ -289,15 +294,16 @@ class Ingest:
             raise _Rejection(RejectReason.TOO_LARGE) from exc
         assert isinstance(manifest, Manifest)
         self._check_manifest(manifest)
+        reader = accession.AccessionReader(manifest.identity.transfer_syntax_uid, time.monotonic)
         try:
-            scratch = self._archive.receive(_only_bytes(pieces))
+            scratch = self._archive.receive(reader.through(_only_bytes(pieces)))
         except FrameError as exc:  # chunks after FINAL, or a FINAL too early
             raise _Rejection(RejectReason.MANIFEST) from exc
         except CodecError as exc:  # corrupt or truncated compressed stream
             raise _Rejection(RejectReason.CODEC) from exc
         except IntegrityError as exc:  # restored bytes differ from the manifest's size or hash
             raise _Rejection(RejectReason.INTEGRITY) from exc
-        return manifest, scratch
+        return manifest, scratch, reader.accession()
 
     def _check_manifest(self, manifest: Manifest) -> None:
         if manifest.codec not in set(Codec):

@@ -70,7 +70,9 @@ function issueForm(boxId, onIssued) {
     note.className = "muted";
     try {
       const c = await post(`/api/v1/boxes/${encodeURIComponent(boxId)}/commands`, { kind: kind.value, args: argsOf(form, kind.value) });
-      note.textContent = t("Command {seq} queued: it is signed and sent while the box is online.", { seq: c.seq });
+      note.textContent = c.commands
+        ? t("{count} resend command(s) queued, one per study archived from this box with that accession number.", { count: c.commands.length })
+        : t("Command {seq} queued: it is signed and sent while the box is online.", { seq: c.seq });
       onIssued();
     } catch (err) { note.className = "error"; note.textContent = String(err.message || err); }
   } }, kind, fields, el("button", { type: "submit", id: "issue-submit" }, t("Issue")), note);
