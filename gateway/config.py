@@ -184,6 +184,8 @@ class HealthSettings:
     metrics_port: int = _f(9464, "port of the local Prometheus /metrics endpoint; "
                            "0 = any free port, reported in state_dir/ports/edge.json")
     thermal_dir: str = _f("/sys/class/thermal", "where CPU temperature sensors are read (thermal_zone*/temp)")
+    config_check_s: float = _f(30.0, "after a remote configuration change, how long the edge's loops and both MQTT "
+                                      "connections have to come up before the change is rolled back")
 
 
 @dataclass(frozen=True)

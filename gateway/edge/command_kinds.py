@@ -200,7 +200,7 @@ class BoxCommands:
             return None
         state = remote_config.read_state(self._paths.state_dir)
         if state.pending == command_id:
-            if self._wait_healthy(remote_config.HEALTH_WAIT_S):
+            if self._wait_healthy(self._settings.health.config_check_s):
                 done = remote_config.commit(self._paths.state_dir)
                 log.info("remote configuration version %d applied", done.version, extra={
                     "MESSAGE_ID": MSG.CONFIG_APPLIED.value, "VERSION": done.version, "COMMAND_ID": command_id})
@@ -210,7 +210,7 @@ class BoxCommands:
             version = state.pending_version
             remote_config.roll_back(self._paths.state_dir, "the health check failed")
             return Outcome(False, f"version {version} rolled back: the health check failed within "
-                                  f"{remote_config.HEALTH_WAIT_S:.0f} s",
+                                  f"{self._settings.health.config_check_s:.0f} s",
                            {"version": version, "applied": False, "rolled_back": True},
                            then=self._hooks.restart_edge, then_at_once=True)
         if state.last_command == command_id:

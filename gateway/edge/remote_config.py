@@ -14,7 +14,7 @@ Applying a version, in order, each step durable before the next:
 2. ``stage``: the current document is kept as ``remote.previous.toml``, the new one written
    atomically, and ``remote_config.json`` says which command is pending; the edge restarts;
 3. at the next start (``starting``) the attempt is counted; the edge runs the health check
-   (its loops alive, the uplink and telemetry connections up within ``HEALTH_WAIT_S``) and
+   (its loops alive, the uplink and telemetry connections up within ``health.config_check_s``, 30 s by default) and
    ``commit``s, or ``roll_back``s (the previous document restored) and restarts again. A start
    that finds the attempt already counted (the new settings crashed the edge before its check)
    rolls back before it reads the settings.
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 FILE_NAME = "remote.toml"
 PREVIOUS_NAME = "remote.previous.toml"
 STATE_NAME = "remote_config.json"
-HEALTH_WAIT_S = 30.0
 _ALL = frozenset({"*"})
 REMOTE_KEYS: dict[str, frozenset[str]] = {
     "uplink": _ALL, "spool": frozenset({"retention_hours", "high_water_percent", "low_water_percent",

@@ -284,7 +284,7 @@ def _restart_edge_when_it_exits(d: LoopbackDeployment, what: str) -> None:
 
 def test_configuration_applies_after_its_health_check_and_rolls_back_when_the_check_fails(
         deploy: Deploy, tmp_path: Path) -> None:
-    d = deploy(secure=True)
+    d = deploy(secure=True, edge_overrides={"health": {"config_check_s": 10.0}})  # the broken version waits it out
     _stop_fleet(d)
     with _cloud(d, tmp_path / "cloud-id") as cloud:
         cloud.install_key()
