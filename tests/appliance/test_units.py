@@ -72,6 +72,14 @@ def test_exposure_is_at_most_3_when_analyzed_offline(unit: str) -> None:
     assert _exposure(SYSTEMD / unit) <= MAX_EXPOSURE
 
 
+def test_usb_handler_exposure_is_at_most_2_when_analyzed_offline() -> None:
+    """mgw-usb@ runs as root (it mounts sticks): no network, only its own stick, its mount private."""
+    assert _exposure(SYSTEMD / "mgw-usb@.service") <= 2.0
+    text = (SYSTEMD / "mgw-usb@.service").read_text()
+    for line in ("PrivateNetwork=yes", "DevicePolicy=closed", "DeviceAllow=/dev/%I rw", "PrivateMounts=yes"):
+        assert line in text, line
+
+
 def test_exposure_rises_above_3_when_hardening_is_removed(tmp_path: Path) -> None:
     """The check can fail: a unit without its hardening lines scores as exposed."""
     lines = (SYSTEMD / "mgw-edge.service").read_text().splitlines()
