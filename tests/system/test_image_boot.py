@@ -183,6 +183,11 @@ def test_unprovisioned_box_boots_then_a_failed_update_rolls_back_when_booted_und
     assert all(re.fullmatch(r"\d+\.\d", s) for s in scores.values()), scores
     # measured by the booted systemd: every gateway unit at 2.0 or better, mgw-usb@ (root, mounts sticks) included
     assert all(float(score) <= 2.0 for score in scores.values()), scores
+    # The journal message catalog: every MESSAGE_ID of ours is explained (`journalctl -x`) on the booted box.
+    catalog = (ROOT / "systemd/catalog/mgw.catalog").read_text()
+    ours = re.findall(r"^-- (5f1d5c0a0e9b4d6c9b8f3b7c2a1e\w{4})$", catalog, re.M)
+    assert first["catalog"] == [str(len(ours))], first.get("catalog")
+    assert first["catalog-entry"] == ["5f1d5c0a0e9b4d6c9b8f3b7c2a1e0001 mgw: mgw service started"], first
     # The signed bundle installs into slot B.
     assert first["install-exit"] == ["0"], first.get("install")
 
