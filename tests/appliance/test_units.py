@@ -72,6 +72,21 @@ def test_exposure_is_at_most_3_when_analyzed_offline(unit: str) -> None:
     assert _exposure(SYSTEMD / unit) <= MAX_EXPOSURE
 
 
+def test_usb_handler_exposure_is_at_most_2_when_analyzed_offline() -> None:
+    """mgw-usb@ runs as root (it mounts sticks): no network, only its own stick, its mount private; the
+    enrolment a bundle starts runs in mgw-provision@ as the service user, the bundle a credential."""
+    assert _exposure(SYSTEMD / "mgw-usb@.service") <= 2.0
+    assert _exposure(SYSTEMD / "mgw-provision@.service") <= 2.0
+    text = (SYSTEMD / "mgw-usb@.service").read_text()
+    for line in ("PrivateNetwork=yes", "PrivateDevices=yes", "DeviceAllow=/dev/%I rw", "PrivateMounts=yes",
+                 '--provision-command "/usr/lib/mgw/provision-stick %I"'):
+        assert line in text, line
+    text = (SYSTEMD / "mgw-provision@.service").read_text()
+    for line in ("User=mgw", "CapabilityBoundingSet=\n", "LoadCredential=bundle:/run/gateway-usb/%i.bundle",
+                 "ExecStart=/usr/bin/mgw provision --bundle %d/bundle"):
+        assert line in text, line
+
+
 def test_exposure_rises_above_3_when_hardening_is_removed(tmp_path: Path) -> None:
     """The check can fail: a unit without its hardening lines scores as exposed."""
     lines = (SYSTEMD / "mgw-edge.service").read_text().splitlines()
