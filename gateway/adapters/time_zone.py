@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import functools
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.core.utilisation import FixedOffset, Zone
@@ -40,9 +41,16 @@ def zone(name: str, fallback_offset_minutes: int = 0) -> Zone:
 def format_local(at: float, name: str) -> str:
     """``at`` as ``YYYY-MM-DD HH:MM:SS +HH:MM`` in zone ``name`` (UTC when empty or unknown)."""
     try:
-        offset = zone(name).utc_offset_s(at)
+        return format_at(at, zone(name).utc_offset_s)
     except ValueError:
-        offset = 0
-    when = datetime.datetime.fromtimestamp(at, datetime.timezone(datetime.timedelta(seconds=offset)))
+        return format_at(at, lambda _: 0)
+
+
+def format_at(at: float | None, offset_s: Callable[[float], int]) -> str:
+    """``at`` as ``YYYY-MM-DD HH:MM:SS +HH:MM`` at the offset ``offset_s`` gives for it; "-" for None."""
+    if at is None:
+        return "-"
+    offset = offset_s(float(at))
+    when = datetime.datetime.fromtimestamp(float(at), datetime.timezone(datetime.timedelta(seconds=offset)))
     stamp = when.strftime("%z")
     return when.strftime("%Y-%m-%d %H:%M:%S ") + stamp[:3] + ":" + stamp[3:5]

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.adapters.time_zone import format_at
 from gateway.cloud.commands import resend, views
 from gateway.cloud.commands.queue import CommandQueue
 from gateway.cloud.commands.rollout import Rollouts
@@ -103,18 +104,10 @@ def _opened(args: argparse.Namespace) -> Iterator[tuple[CommandQueue, Accounts, 
         queue = CommandQueue(store.commands, signer, envelope, settings.mqtt.topic_prefix, time.time,
                              settings.fleet.command_resend_s)
         queue.default_ttl_s = settings.fleet.command_ttl_s
-        yield queue, Accounts(store.auth, settings.fleet.auth), lambda at: _when(at, tz.utc_offset_s), store
+        yield queue, Accounts(store.auth, settings.fleet.auth), lambda at: format_at(at, tz.utc_offset_s), store
     finally:
         store.close()
 
-
-def _when(at: Any, offset_s: Callable[[float], int]) -> str:
-    if at is None:
-        return "-"
-    offset = offset_s(float(at))
-    sign = "+" if offset >= 0 else "-"
-    return (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(at) + offset))
-            + f" {sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}")
 
 
 def _arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from gateway.adapters.time_zone import format_at
 from gateway.cloud.worklist.store import WorklistStore
 from gateway.cloud.worklist.summary import status_doc
 from gateway.core.errors import ConfigError
@@ -59,15 +60,6 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[WorklistStore, Any, Calla
     finally:
         store.close()
 
-
-def _when(at: Any, offset_s: Callable[[float], int]) -> str:
-    """A time in the fleet's time zone (``fleet.time_zone``), with its offset."""
-    if at is None:
-        return "-"
-    offset = offset_s(float(at))
-    sign = "+" if offset >= 0 else "-"
-    return (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(at) + offset))
-            + f" {sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}")
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -121,13 +113,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         cleared = _("  cleared") if b["cleared"] else ""
         print(_("  {blank:24s} entries: {entries} (left out: {left_out})  seq: {seq}  published: {published}").format(
             blank="", entries=b["entries"], left_out=b["left_out"], seq=b["seq"],
-            published=_when(b["published_at"], tz.utc_offset_s)) + cleared)
+            published=format_at(b["published_at"], tz.utc_offset_s)) + cleared)
     _tell(_("Sources"))
     for s in doc["sources"]:
         orders = ", ".join(f"{k} {v}" for k, v in sorted(s["orders"].items())) or "0"
         print(_("  {source:6s} last poll: {last_poll}  last good: {last_ok}  orders: {orders}  errors: {errors}")
-              .format(source=s["source"], last_poll=_when(s["last_poll"], tz.utc_offset_s),
-                      last_ok=_when(s["last_ok"], tz.utc_offset_s), orders=orders, errors=s["errors"])
+              .format(source=s["source"], last_poll=format_at(s["last_poll"], tz.utc_offset_s),
+                      last_ok=format_at(s["last_ok"], tz.utc_offset_s), orders=orders, errors=s["errors"])
               + (f"  ({s['last_error'][:120]})" if s["last_error"] else ""))
     o = doc["outbox"]
     _tell(_("Statuses to the RIS: {pending} waiting (most attempts {attempts}), {sent} sent").format(
