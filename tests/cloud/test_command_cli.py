@@ -40,8 +40,9 @@ def _chinese(text: str) -> bool:
 
 
 def test_commands_are_queued_listed_and_audited_when_issued_from_the_cli(toml: str, tmp_path: Path) -> None:
-    code, out, _ = run("issue", "--box", "ct-01", "--kind", "echo", "--config", toml)
+    code, out, err = run("issue", "--box", "ct-01", "--kind", "echo", "--config", toml)
     assert code == 0 and "seq 1" in out and "queued for ct-01" in out and not _chinese(out), out
+    assert "has not seen box ct-01 yet" in err  # queued anyway, with a note: a typo is easy to spot
     doc_file = tmp_path / "box.toml"
     doc_file.write_text('[dicom]\nae_title = "CT1"\n')
     code, _, _ = run("issue", "--box", "ct-01", "--kind", "config", "--document-file", str(doc_file), "--config", toml)

@@ -19,6 +19,7 @@ import argparse
 import getpass
 import json
 import re
+import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -149,7 +150,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     kind, arguments = _kind(args.kind), _arguments(args)
     if args.accession:
         arguments["accession"] = args.accession
-    with _opened(args) as (queue, accounts, _when_, _store):
+    with _opened(args) as (queue, accounts, _when_, store):
+        unseen = args.box not in {b.box_id for b in store.load_boxes()}  # queued anyway: a box may enrol later
         try:
             issued = resend.issue(queue, args.box, kind, arguments, _actor().name,
                                   args.ttl_s or queue.default_ttl_s, _archive_studies(args))
@@ -165,6 +167,9 @@ def cmd_issue(args: argparse.Namespace) -> int:
                     count=resend.MAX_STUDIES, box=args.box)) from None
             raise ConfigError(_("the command is refused: no study archived from {box} has this accession "
                                 "number").format(box=args.box)) from None
+        if unseen:
+            print(_("note: the fleet has not seen box {box} yet (a typo?); the command waits until it connects "
+                    "or expires").format(box=args.box), file=sys.stderr)
         more = {"accession": issued.accession_hmac} if issued.accession_hmac else {}
         for row in issued.rows:
             accounts.audit(_actor(), "command.issue", args.box, "ok", kind=kind.value, command=row.id, seq=row.seq,
