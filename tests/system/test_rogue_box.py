@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,18 @@ def test_honest_boxes_deliver_byte_exact_and_no_cloud_process_exits_when_a_rogue
     def letters() -> list[dict[str, Any]]:
         return list(_get(f"{fleet_api}/dead-letters?limit=5000", console, token)["dead_letters"])
 
-    wait_for(lambda: {"malformed", "budget", "version"} <= {x["reason"] for x in letters()}, 120,
-             "the ingest's dead letters (budget, version) at the fleet beside the telemetry's")
+    seen: Counter[str] = Counter()
+
+    def reasons() -> bool:
+        seen.clear()
+        seen.update(x["reason"] for x in letters())
+        return {"malformed", "budget", "version"} <= set(seen)
+
+    try:
+        wait_for(reasons, 120, "the ingest's dead letters (budget, version) at the fleet beside the telemetry's")
+    except BaseException:
+        print("dead letters at the fleet, by reason:", dict(seen))
+        raise
     assert {x["box_id"] for x in letters()} == {ROGUE}  # nothing of an honest box was set aside
     alerts = _get(f"{fleet_api}/alerts", console, token)["alerts"]
     wait_for(lambda: any(a["box_id"] == ROGUE and a["kind"] == "dead_letters"

@@ -178,9 +178,10 @@ class CloudService:
             try:
                 message = self._inbox.get(timeout=0.2)
             except queue.Empty:
-                continue
-            self._handle_one(prefix, message)
-            if time.monotonic() >= next_flush:
+                pass
+            else:
+                self._handle_one(prefix, message)
+            if time.monotonic() >= next_flush:  # also when the flood has stopped: idle turns flush too
                 self._flush_dead_letters()
                 next_flush = time.monotonic() + DEAD_LETTER_FLUSH_S
         self._flush_dead_letters()

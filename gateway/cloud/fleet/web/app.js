@@ -722,8 +722,24 @@ async function loadMe() {
 }
 
 let current = "";
+let routing = false; // one route() at a time: a second would draw its page over the first's
+let routeAgain = false;
+let redraw = false;
 async function route() {
+  if (routing) { routeAgain = true; return; }
+  routing = true;
+  try {
+    do {
+      routeAgain = false;
+      await routeOnce();
+    } while (routeAgain);
+  } finally {
+    routing = false;
+  }
+}
+async function routeOnce() {
   clearTimeout(timer);
+  if (redraw) { redraw = false; current = ""; }
   bytes.last = 0;
   const view = document.getElementById("view");
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
@@ -765,7 +781,7 @@ async function route() {
   }
   if (!["utilisation", "audit", "commissioning", "versions"].includes(page)) timer = setTimeout(route, REFRESH_MS);
 }
-function navigate() { current = ""; route(); }
+function navigate() { redraw = true; route(); }
 
 async function start() {
   window.addEventListener("hashchange", navigate);
