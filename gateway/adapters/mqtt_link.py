@@ -98,6 +98,9 @@ class MqttLink:
         self._max_inflight = max_inflight
         self.server_max_packet_bytes = 0  # the broker's Maximum Packet Size from CONNACK; 0 = none announced
         self.server_receive_maximum = 0  # the broker's Receive Maximum from CONNACK; 0 = none announced
+        # CONNACK's session present flag of the last connection: the broker kept our subscriptions and
+        # what it queued for us. Set on the network thread before ``on_state(True)``, which may read it.
+        self.session_present = False
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
         self._client.max_inflight_messages_set(max_inflight)
@@ -354,6 +357,7 @@ class MqttLink:
             if result == paho.MQTT_ERR_SUCCESS and mid is not None:
                 self._pending_subscriptions[mid] = [topic for topic, _ in self._subscriptions]
         self._epoch += 1
+        self.session_present = bool(flags.session_present)
         self._connected.set()
         log.info("uplink connected", extra={
             "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",

@@ -221,12 +221,20 @@ class Sender:
         active.handle.seek(offset)
         return active.handle.read(length)
 
-    def link_changed(self, up: bool) -> None:
-        """After a reconnect every unacknowledged chunk is due again, from the first missing."""
+    def link_changed(self, up: bool, resumed: bool = False) -> None:
+        """After a reconnect to a new session every unacknowledged chunk is due again, from the first
+        missing: the cloud's acks sent during the outage were lost with the old session.
+
+        ``resumed``: the broker kept the session. Then nothing is republished now: paho redelivers
+        the publishes the broker had not acknowledged (MQTT requires it), the broker already holds
+        for the cloud those it had, and the cloud's acks queued for the box arrive. A chunk still
+        unacknowledged after the ack timeout is resent as after any loss (``expire``). Republishing
+        the window as well would put most of it on the wire twice after every cut."""
         if up:
             self.path.reset()
-            for active in self._active.values():
-                active.window.forget_in_flight()
+            if not resumed:
+                for active in self._active.values():
+                    active.window.forget_in_flight()
 
     # -- acknowledgements --------------------------------------------------------------
     def on_ack(self, payload: bytes) -> None:

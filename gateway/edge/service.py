@@ -74,6 +74,7 @@ class _Ack:
 @dataclass(frozen=True)
 class _Link:
     up: bool
+    resumed: bool = False  # up, and the broker kept the session: the acks queued during the outage follow
 
 
 class EdgeService:
@@ -233,7 +234,7 @@ class EdgeService:
         self._wake.set()
 
     def _on_link(self, up: bool) -> None:
-        self._events.put(_Link(up))
+        self._events.put(_Link(up, up and self.link.session_present))  # read on the thread that set it
         self._wake.set()
 
     def _on_network_up(self) -> None:  # the link watcher's thread
@@ -381,7 +382,7 @@ class EdgeService:
                 self.sender.on_ack(event.payload)
                 self.commitments.wake()
             else:
-                self.sender.link_changed(event.up)
+                self.sender.link_changed(event.up, event.resumed)
                 status.record_uplink(self.paths.state_dir, event.up, self._clock())
 
     def _relieve_disk(self) -> None:

@@ -275,3 +275,25 @@ def test_a_link_cut_resends_at_most_one_window_when_the_link_comes_back(make_box
     assert 0 < len(again) <= in_flight <= 24  # at most what was in flight at the cut: one window
     for item in items:  # nothing the cloud had staged went out again
         assert all(seq >= max(1, staged.get(item.id, 0)) for t, seq in again if t.endswith(item.transfer_id or "?"))
+
+
+def test_a_resumed_session_republishes_nothing_at_once_and_only_the_unacknowledged_after_the_ack_timeout(
+        make_box: MakeBox) -> None:
+    box = make_box(uplink={"window_chunks": 24, "transfers_in_flight": 4, "ack_timeout_s": 5.0})
+    item = packed(box, box.receive("CT_small.dcm"))
+    wire = Wire()
+    s = sender(box, wire)
+    s.pump()
+    sent = wire.seqs(item)
+    assert len(sent) >= 2
+    wire.sent.clear()
+    wire.up = False
+    s.link_changed(False)
+    wire.up = True
+    s.link_changed(True, resumed=True)  # the broker kept the session: paho redelivers, the acks follow
+    s.pump()
+    assert wire.seqs(item) == [] and s.in_flight() == len(sent)
+    s.on_ack(ack(box, box.store.get(item.id) or item, AckKind.PROGRESS, ((0, len(sent) - 1),)))  # queued acks
+    box.clock.now += 60.0  # the last one's ack never comes: it goes again after the ack timeout, alone
+    s.pump()
+    assert wire.seqs(item)[:1] == [sent[-1]] and sent[0] not in wire.seqs(item)

@@ -37,14 +37,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset, FileDataset, dcmread
 
 from gateway.adapters import ports
+from gateway.cloud import backends
+from gateway.config import load_cloud
 from gateway.loopback import await_ports
-from tests.peers import _missing, require_root, wait_for
+from gateway.paths import Paths
+from tests.peers import _missing, dcmtk, dcmtk_env, real_images, require_root, wait_for
 from tests.system.test_cloud_init import PASSWORD, Host
 
 pytestmark = pytest.mark.slow
@@ -223,14 +228,17 @@ while data := peer.recv(65536):
 """
 
 
-def _network(cloud: Cloud | None, tmp: Path) -> list[str]:
-    """User networking; with a cloud, restricted (no route out) but for relays to its loopback ports."""
+def _network(cloud: Cloud | None, tmp: Path, dicom_port: int = 0) -> list[str]:
+    """User networking; with a cloud, restricted (no route out) but for relays to its loopback ports,
+    and with ``dicom_port``, the host's loopback port that reaches the box's DICOM port 104."""
     if cloud is None:
         return ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
     relay = tmp / "relay.py"  # QEMU runs one per guest connection, the connection on its stdin and stdout
     relay.write_text(RELAY)
     forwards = "".join(f",guestfwd=tcp:{GUEST_CLOUD}:{port}-cmd:{sys.executable} {relay} {port}"
                        for port in (cloud.broker_port, cloud.enrol_port))
+    if dicom_port:
+        forwards += f",hostfwd=tcp:127.0.0.1:{dicom_port}-{GUEST_BOX}:104"
     return ["-netdev", f"user,id=net0,restrict=on{forwards}", "-device", "virtio-net-pci,netdev=net0"]
 
 
@@ -277,6 +285,47 @@ def _rolled_back_in(text: str) -> bool:
     """A report from slot A after slot B was marked bad: the whole failed-update path has run."""
     marked = text.find("slot B marked bad")
     return marked >= 0 and "MGW-REPORT slot A" in text[marked:] and "MGW-REPORT-END" in text[marked:]
+
+
+def _committed_in(text: str) -> bool:
+    """A report from slot B after the agent installed the bundle again: B's commit gate has decided."""
+    installed = text.find("MGW-AGENT install-exit 0")
+    return installed >= 0 and bool(re.search(r"MGW-REPORT slot B.*MGW-REPORT-END", text[installed:], re.S))
+
+
+def _check_committed(report: dict[str, list[str]], text: str) -> None:
+    """Boot 4, slot B: provisioned and reaching the cloud, its commit gate passed and B is committed."""
+    assert report["slot"] == ["B"], report
+    edge = _unit(report, "mgw-edge.service")
+    assert (edge["ActiveState"], edge["SubState"]) == ("active", "running"), report.get("why")
+    commit = _unit(report, "mgw-update-commit.service")
+    assert (commit["ActiveState"], commit["SubState"], commit["Result"]) == ("active", "exited", "success"), \
+        report.get("commit")
+    assert not [u for u in report.get("failed", []) if u.startswith("mgw-")], report.get("why")
+    rauc = _rauc(report)
+    assert rauc["RAUC_SYSTEM_BOOTED_BOOTNAME"] == "B"
+    slots = {rauc.get(f"RAUC_SLOT_BOOTNAME_{i}"): rauc.get(f"RAUC_SLOT_BOOT_STATUS_{i}") for i in (1, 2)}
+    assert slots.get("B") == "good", rauc
+    assert "slot B marked bad" not in text[text.find("MGW-AGENT install-exit 0"):]
+
+
+def _content(ds: Dataset) -> list[tuple[int, str, Any]]:
+    """Every element but group lengths (an encoding detail DCMTK may add or drop on the way), pixels included."""
+    return [(e.tag, e.VR, e.value) for e in ds.iterall() if e.tag.element != 0]
+
+
+def _archived(cloud: Cloud, sent: list[Path]) -> dict[str, FileDataset] | None:
+    """Every sent instance as the cloud archive holds it, by SOP Instance UID, each read from its object
+    decrypted in memory (``Archive.open`` checks its size and SHA-256 against the index); None until all are."""
+    settings = load_cloud([cloud.cloud_toml])
+    archive = backends.open_archive(settings, Paths.from_env(settings.cloud.state_dir, base=cloud.cloud_toml.parent))
+    wanted = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sent}
+    try:
+        found = {r.identity.sop_instance_uid: dcmread(BytesIO(b"".join(archive.open(r))))
+                 for r in archive.instances() if r.identity.sop_instance_uid in wanted}
+    finally:
+        archive.close()
+    return found if len(found) == len(wanted) else None
 
 
 def _check_rolled_back(reports: list[dict[str, list[str]]], text: str) -> None:
@@ -353,6 +402,7 @@ def test_failed_update_rolls_back_then_the_box_is_provisioned_from_a_stick_when_
     shutil.copy(OVMF_VARS, vars_fd)
     kvm = _kvm_usable()
     console, qmp_socket = tmp_path / "console.log", tmp_path / "qmp.sock"
+    dicom_port = ports.free_port()  # the host's loopback end of the hostfwd to the box's port 104
     cmd = [qemu, "-machine", "q35,accel=" + ("kvm" if kvm else "tcg"), "-cpu", "host" if kvm else "max",
            "-m", "1024", "-smp", "1", "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
            "-qmp", f"unix:{qmp_socket},server=on,wait=off",
@@ -361,7 +411,7 @@ def test_failed_update_rolls_back_then_the_box_is_provisioned_from_a_stick_when_
            "-drive", f"if=virtio,format=raw,file={disk}",
            "-drive", f"if=virtio,format=raw,readonly=on,file={bundle_disk}",
            "-device", "qemu-xhci,id=xhci", "-drive", f"if=none,id=stick,format=raw,file={stick}",
-           *_network(cloud, tmp_path)]
+           *_network(cloud, tmp_path, dicom_port)]
     qemu_log = tmp_path / "qemu.log"
     timings: dict[str, float] = {}
     began = time.monotonic()
@@ -385,8 +435,29 @@ def test_failed_update_rolls_back_then_the_box_is_provisioned_from_a_stick_when_
             assert enrolled and "Result=success" in enrolled.group(1), text[-6000:]
             # the cloud saw the enrolment the bundle started, from the guest through the relay
             assert "box enrolled BOX_ID=" + BOX in (cloud.root / "mgw-enrol.service.log").read_text()
+
+            # Boot 4: the stick pulled, the agent installs the bundle again through the update hooks and
+            # reboots into B, whose gate must pass: the edge serves, C-ECHO answers, the probe study is
+            # acknowledged by the cloud through the relay, and all of it holds for the settle window.
+            qmp.call("device_del", id="stick0")
+            text = _on_console(console, vm, _committed_in, BOOT_TIMEOUT_S * (1 if kvm else 2),
+                               "slot B's commit gate")
+            timings["committed"] = time.monotonic() - began
+            _check_committed(_reports_in(text)[-1], text)
         finally:
             qmp.close()
+
+        # A study from DCMTK on the host, through the hostfwd to the committed box, into the archive.
+        sent = [p for p in real_images() if p.name in ("693_UNCI.dcm", "MR2_UNCI.dcm")]
+        store = subprocess.run([dcmtk("storescu"), "-aet", "STORESCU", "-aec", "MGW", "127.0.0.1", str(dicom_port),
+                                *map(str, sent)], env=dcmtk_env(), capture_output=True, text=True, timeout=600)
+        assert store.returncode == 0, store.stderr
+        archived = wait_for(lambda: _archived(cloud, sent), 600, "the study from the booted box in the cloud archive")
+        timings["archived"] = time.monotonic() - began
+        assert archived is not None
+        for path in sent:
+            original = dcmread(path)
+            assert _content(archived[str(original.SOPInstanceUID)]) == _content(original), path.name
     except BaseException:
         print(cloud.logs())
         raise
