@@ -128,9 +128,9 @@ def on_free_port(start: Callable[..., T], count: int = 1, host: str = "127.0.0.1
     raise LocalError(f"no free port held after {attempts} attempts: {last}")
 
 
-def tcp_sockets(port: int, state: str, proc_root: Path = Path("/proc")) -> list[str]:
-    """Inodes of the TCP sockets (IPv4 and IPv6, this network namespace) whose local port is
-    ``port`` and whose state is ``state`` (the kernel's hex code: ``TCP_LISTEN``, ``TCP_ESTABLISHED``)."""
+def _tcp_rows(port: int, state: str, proc_root: Path) -> list[list[str]]:
+    """The rows of /proc/net/tcp and tcp6 (this network namespace) whose local port is ``port``
+    and whose state is ``state``; column 7 is the owner's uid, column 9 the socket's inode."""
     found = []
     for name in ("tcp", "tcp6"):
         try:
@@ -140,8 +140,25 @@ def tcp_sockets(port: int, state: str, proc_root: Path = Path("/proc")) -> list[
         for line in lines:
             cols = line.split()
             if len(cols) > 9 and cols[3] == state and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                found.append(cols[9])
+                found.append(cols)
     return found
+
+
+def tcp_sockets(port: int, state: str, proc_root: Path = Path("/proc")) -> list[str]:
+    """Inodes of the TCP sockets (IPv4 and IPv6, this network namespace) whose local port is
+    ``port`` and whose state is ``state`` (the kernel's hex code: ``TCP_LISTEN``, ``TCP_ESTABLISHED``)."""
+    return [cols[9] for cols in _tcp_rows(port, state, proc_root)]
+
+
+def listening_uids(port: int, proc_root: Path = Path("/proc")) -> set[int]:
+    """The users owning a socket listening on TCP ``port``: what a process that may not look into
+    another user's /proc/PID/fd (hidden by ProtectProc=, or without CAP_SYS_PTRACE) can still see."""
+    return {int(cols[7]) for cols in _tcp_rows(port, TCP_LISTEN, proc_root)}
+
+
+def can_inspect(pid: int, proc_root: Path = Path("/proc")) -> bool:
+    """Whether this process may list ``pid``'s file descriptors (``listens`` needs it)."""
+    return os.access(proc_root / str(pid) / "fd", os.R_OK | os.X_OK)
 
 
 def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:

@@ -58,12 +58,21 @@ def record_edge_ready(runtime_dir: Path, version: str, now: float) -> None:
 
 
 def read_edge_status(runtime_dir: Path) -> dict[str, Any] | None:
-    """The running edge's status, or None if absent or its process is gone."""
+    """The running edge's status, or None if absent or its process is gone.
+
+    A reader that may not signal the edge (another user, without CAP_KILL: the update gate's
+    unit) still learns that it exists: the kernel answers EPERM for a process, ESRCH for none."""
     try:
         doc = json.loads((runtime_dir / EDGE_STATUS_FILE).read_text())
         if not isinstance(doc, dict):
             return None
-        os.kill(int(doc["pid"]), 0)
+        pid = int(doc["pid"])
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except PermissionError:
+            pass  # it exists, and is not ours to signal
         return doc
     except (OSError, ValueError, KeyError, TypeError):
         return None

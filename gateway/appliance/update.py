@@ -43,7 +43,7 @@ from gateway.adapters.exam_store import UTILISATION_DB, mpps_in_progress
 from gateway.adapters.store import BACKUP_DIR as BACKUP_DIR
 from gateway.adapters.store import MIGRATIONS, SpoolStore, integrity_ok_of, schema_version_of
 from gateway.adapters.systemd_unit import UnitState
-from gateway.appliance.status import read_edge_status, read_uplink
+from gateway.appliance.status import EDGE_STATUS_FILE, read_edge_status, read_uplink
 from gateway.appliance.usb import hand_over
 from gateway.config import EdgeSettings, load_edge
 from gateway.core import admission
@@ -256,7 +256,7 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         return _service_steady(paths, probe, version, baseline)
     if check is GateCheck.ECHO:
         port = _dicom_port(settings, paths)
-        if baseline.pid and not ports.listens(baseline.pid, port):
+        if baseline.pid and not _edge_listens(baseline.pid, port, paths):
             raise LocalError(f"port {port} is not the listener of the edge service (pid {baseline.pid})")
         return dicom_probe.echo(probe.host, port, settings.dicom.ae_title, _calling(settings), source=probe.host) == 0
     if check is GateCheck.UPLINK:
@@ -278,6 +278,20 @@ def _check(check: GateCheck, settings: EdgeSettings, paths: Paths, probe: GatePr
         store.close()
 
 
+def _edge_listens(pid: int, port: int, paths: Paths) -> bool:
+    """The edge (``pid``) holds the listener on ``port``. The gate's own unit hides other users'
+    processes (ProtectProc=invisible, no CAP_SYS_PTRACE), so where it may not list the edge's
+    sockets it asks instead that the listener belongs to the user who wrote the edge's status
+    file (the edge's own user: nothing else of that user listens on the box)."""
+    if ports.can_inspect(pid):
+        return ports.listens(pid, port)
+    try:
+        owner = (paths.runtime_dir / EDGE_STATUS_FILE).stat().st_uid
+    except OSError:
+        return False
+    return owner != 0 and owner in ports.listening_uids(port)
+
+
 def _service_steady(paths: Paths, probe: GateProbe, version: str, baseline: _Baseline) -> bool:
     """The edge of ``version`` runs (its pid alive), its unit is active and running, and it is the
     same process, with the same restart count, as when the gate first saw it ready."""
@@ -288,6 +302,8 @@ def _service_steady(paths: Paths, probe: GateProbe, version: str, baseline: _Bas
     if unit is not None and not unit.running:
         raise LocalError(f"{EDGE_UNIT} is {unit.active}/{unit.sub}")
     pid, restarts = int(status["pid"]), None if unit is None else unit.restarts
+    if unit is not None and unit.main_pid and unit.main_pid != pid:
+        raise LocalError(f"the edge's status names pid {pid}, but {EDGE_UNIT}'s main process is {unit.main_pid}")
     if baseline.pid == 0:
         baseline.pid, baseline.restarts = pid, restarts
     if pid != baseline.pid or restarts != baseline.restarts:

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.adapters import store as store_module
 from gateway.appliance import update
+from gateway.appliance.status import read_edge_status
 from gateway.config import load_edge
 from gateway.loopback import EDGE_AE, LoopbackDeployment
 from gateway.paths import Paths
@@ -299,7 +300,8 @@ def test_commit_gate_rolls_back_when_systemd_restarted_the_unit_while_settling(
     seen: list[UnitState] = []
 
     def unit() -> UnitState:  # what `systemctl show` reports: running, then running again after a restart
-        seen.append(UnitState("active", "running", 0 if len(seen) < 3 else 1, 4242))
+        status = read_edge_status(paths.runtime_dir)  # the same main process: only the count moves
+        seen.append(UnitState("active", "running", 0 if len(seen) < 3 else 1, int(status["pid"]) if status else 0))
         return seen[-1]
 
     probe = update.default_probe(settings, paths)
