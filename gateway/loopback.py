@@ -338,14 +338,23 @@ class LoopbackDeployment:
     def kill_cloud_worker(self, n: int) -> None:
         self._end(self.clouds[n], signal.SIGKILL)
 
+    @staticmethod
+    def _end_all(procs: list[subprocess.Popen[bytes] | None], sig: int, timeout_s: float = 15.0) -> None:
+        """Signal every running process at once, then wait for all (each shuts down on its own)."""
+        running = [p for p in procs if p is not None and p.poll() is None]
+        for proc in running:
+            proc.send_signal(sig)
+        deadline = time.monotonic() + timeout_s
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def stop(self) -> None:
-        self._end(self.edge, signal.SIGTERM)
-        for proc in self.clouds:
-            self._end(proc, signal.SIGTERM)
-        self._end(self.enrolment, signal.SIGTERM)
-        self._end(self.fleet, signal.SIGTERM)
-        for proc in self.fleets.values():
-            self._end(proc, signal.SIGTERM)
+        """Every service at once, then the broker they were all connected to."""
+        self._end_all([self.edge, *self.clouds, self.enrolment, self.fleet, *self.fleets.values()], signal.SIGTERM)
         self.broker.stop()
         if self.secure:
             self.authority.close()

@@ -90,12 +90,17 @@ def _bearer(app: Any, token: str) -> Any:
     return guarded
 
 
-def _serve_with_token(bind: str, port: int, registry: CollectorRegistry, token: str) -> tuple[Any, threading.Thread]:
+POLL_S = 0.1  # serve_forever's poll: how long stop() waits for the serving thread (0.5 s by default)
+
+
+def _serve(bind: str, port: int, registry: CollectorRegistry, token: str) -> tuple[Any, threading.Thread]:
     class Server(exposition.ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
 
-    server = make_server(bind, port, _bearer(exposition.make_wsgi_app(registry), token), Server, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    app = exposition.make_wsgi_app(registry)
+    server = make_server(bind, port, _bearer(app, token) if token else app, Server, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_S}, name="metrics-http",
+                              daemon=True)
     thread.start()
     return server, thread
 
@@ -112,10 +117,7 @@ class MetricsServer:
 
     def start(self) -> None:
         try:
-            if self._token:
-                self._server, self._thread = _serve_with_token(self._bind, self._port, self._registry, self._token)
-            else:
-                self._server, self._thread = exposition.start_http_server(self._port, self._bind, self._registry)
+            self._server, self._thread = _serve(self._bind, self._port, self._registry, self._token)
         except OSError as exc:
             log.error("metrics endpoint not started: %s", exc, extra={
                 "MESSAGE_ID": MSG.METRICS_UNAVAILABLE.value, "BIND": f"{self._bind}:{self._port}"})
