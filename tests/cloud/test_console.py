@@ -126,6 +126,7 @@ def test_no_answer_is_a_server_error_and_each_matches_its_schema_when_the_api_is
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 60 cases for each of the API's operations: about 5 minutes on a busy machine
 def test_no_answer_is_a_server_error_and_each_matches_its_schema_when_the_api_is_fuzzed_thoroughly(
         populated: FleetService) -> None:
     _fuzz(populated, examples=60)
