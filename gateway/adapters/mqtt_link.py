@@ -89,7 +89,8 @@ class MqttLink:
         self._will_on_stop = False
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
-        self._epoch = 0  # +1 at every CONNACK; commands of an older connection are dropped
+        self._epoch = 0  # +1 at every CONNACK; acks of an older connection are dropped
+        self._publish_floor = 0  # publishes queued before this epoch are dropped: the session they were for is gone
         self.reconnects = 0
         self.nudges = 0
         self.dropped = 0  # commands queued while up whose connection ended before they were sent
@@ -184,8 +185,10 @@ class MqttLink:
         """Queue a message for the network thread; False when the link is down, or stalled (no
         room in the queue within QUEUE_WAIT_S): nothing was queued.
 
-        True means queued on a live connection, not delivered: if that connection ends
-        before the message is written, the message is lost (the caller's window resends).
+        True means queued on a live connection, not delivered. If that connection ends before
+        the message is handed to paho, it goes on the next connection when the broker resumes the
+        session (``session_present``), and is lost when the broker starts a new one (the caller's
+        window resends).
         A message larger than the broker accepts raises ``PacketTooLargeError`` here."""
         if not self._connected.is_set() or self._stop.is_set():
             return False
@@ -212,8 +215,11 @@ class MqttLink:
 
     # -- network thread: the only one that touches self._client ----------------------
     def _execute(self, command: PublishCommand | AckCommand) -> bool:
-        """Hand one command to paho; a command of an earlier connection is dropped."""
-        if command.epoch != self._epoch or not self._connected.is_set():
+        """Hand one command to paho. An ack of an earlier connection is dropped (the broker
+        redelivers its message), and so is a publish queued before the broker last started a new
+        session; one queued before a reconnect that resumed the session goes on this connection."""
+        stale = command.epoch != self._epoch if isinstance(command, AckCommand) else command.epoch < self._publish_floor
+        if stale or not self._connected.is_set():
             self.dropped += 1
             return False
         if isinstance(command, AckCommand):
@@ -259,10 +265,10 @@ class MqttLink:
             self._close()
 
     def _idle(self, delay: float) -> bool:
-        """Back off for ``delay`` seconds; True if nudged. Queued commands are stale: dropped."""
+        """Back off for ``delay`` seconds; True if nudged. What is queued stays (bounded: ``publish``
+        refuses while down); the next CONNACK decides whether it goes (``_execute``)."""
         deadline = time.monotonic() + delay
         while not self._stop.is_set():
-            self.dropped += self._commands.drop_all()
             if self._kick.is_set():
                 self._kick.clear()
                 return True
@@ -277,7 +283,8 @@ class MqttLink:
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._load_identity()
-            self._hand_over(TURN_COMMANDS)
+            if self._connected.is_set():  # not before CONNACK: it decides what the queue may send
+                self._hand_over(TURN_COMMANDS)
             sock = self._client.socket()
             if sock is None or not self._turn(sock):
                 return
@@ -286,7 +293,7 @@ class MqttLink:
     def _turn(self, sock: paho.SocketLike) -> bool:
         """Wait for the socket or a wake-up, then read, write and keep alive; False once it ended."""
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0  # decrypted, not yet read
-        busy = pending or (not self._commands.empty() and not self._client.want_write())
+        busy = pending or (self._connected.is_set() and not self._commands.empty() and not self._client.want_write())
         readable, writable = self._commands.wait(sock, self._client.want_write(), 0.0 if busy else TICK_S)
         ok = paho.MQTT_ERR_SUCCESS
         if (readable or pending) and self._client.loop_read() != ok:
@@ -358,6 +365,8 @@ class MqttLink:
                 self._pending_subscriptions[mid] = [topic for topic, _ in self._subscriptions]
         self._epoch += 1
         self.session_present = bool(flags.session_present)
+        if not self.session_present:  # a new session: the owner resends what it still wants sent
+            self._publish_floor = self._epoch
         self._connected.set()
         log.info("uplink connected", extra={
             "MESSAGE_ID": MSG.UPLINK_UP.value, "BROKER": f"{self._settings.host}:{self._settings.port}",

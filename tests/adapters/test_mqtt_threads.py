@@ -212,3 +212,60 @@ def test_queued_messages_leave_before_the_will_when_the_link_stops(plain_broker:
     finally:
         pub.stop()
         sub.stop()
+
+
+@pytest.mark.parametrize("resumed", [True, False], ids=["session kept", "new session"])
+def test_publishes_queued_at_a_cut_go_on_the_next_connection_only_when_the_broker_kept_the_session(
+        plain_broker: MosquittoBroker, resumed: bool) -> None:
+    """A throttled link holds most publishes in the link's queue; then it is cut. With the session
+    kept, every publish the link accepted arrives (paho redelivers what it had written, the queue
+    goes on the new connection); with a new session the queued ones are dropped (the sender resends)."""
+    proxy = LinkProxy()
+    proxy.target = ("127.0.0.1", plain_broker.port)
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    sub = MqttLink(MqttSettings(port=plain_broker.port), "queued-sub", subscriptions=[("q/#", 1)],
+                   on_message=inbox.put, session_expiry_s=300)
+    pub = MqttLink(MqttSettings(port=proxy.port, reconnect_min_s=0.1, reconnect_max_s=0.5), "queued-pub",
+                   subscriptions=[], on_message=lambda m: None, session_expiry_s=300 if resumed else 0)
+    sub.start()
+    pub.start()
+    try:
+        assert sub.wait_connected(60) and pub.wait_connected(60)
+        wait_subscribed(sub, "q/probe", inbox)
+        proxy.rate_bps = 4096  # the socket buffers fill, then paho's, then the link's queue
+        accepted: list[int] = []
+        for n in range(1000):  # until the queue is full (publish waits for room, then says no)
+            if not pub.publish(f"q/{n}", n.to_bytes(4, "big") + bytes(65532)):
+                break
+            accepted.append(n)
+        assert len(accepted) > 100
+        proxy.cut()
+        wait_for(lambda: not pub.connected, 60, "the cut noticed")
+        proxy.rate_bps = 0
+        proxy.restore()
+        wait_for(lambda: pub.connected, 60, "the publisher reconnected")
+        assert pub.session_present is resumed
+        got: set[int] = set()
+
+        def arrived() -> bool:
+            while True:
+                try:
+                    got.add(int.from_bytes(inbox.get(timeout=0.5).payload[:4], "big"))
+                except queue.Empty:
+                    return set(accepted) <= got
+        if resumed:
+            try:
+                wait_for(arrived, 120, "every accepted publish at the subscriber")
+            except BaseException:
+                print("accepted", len(accepted), "got", len(got), "missing", sorted(set(accepted) - got)[:20],
+                      "dropped", pub.dropped)
+                raise
+            assert pub.dropped == 0
+        else:
+            wait_for(lambda: pub.dropped > 0, 60, "the queued publishes of the old session dropped")
+            arrived()
+            assert not set(accepted) <= got  # lost with the session: the sender's window resends them
+    finally:
+        sub.stop()
+        pub.stop()
+        proxy.close()
