@@ -83,7 +83,9 @@ def _prometheus_config(tmp_path: Path, metrics_port: int, alertmanager_port: int
     rules.write_text(re.sub(r"for: \w+", "for: 0s", RULES.read_text()))
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({  # YAML is a superset of JSON
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # a scrape may take up to 2 s on a loaded machine: a failed one would make the series stale,
+        # resolve every alert at once and fire them again at the next scrape
+        "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
         "scrape_configs": [{"job_name": "mgw-fleet", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],

@@ -784,7 +784,6 @@ async function routeOnce() {
 function navigate() { redraw = true; route(); }
 
 async function start() {
-  window.addEventListener("hashchange", navigate);
   document.getElementById("lang").addEventListener("click", async () => {
     lang = lang === "zh-CN" ? "en" : "zh-CN";
     localStorage.setItem("mgw-lang", lang);
@@ -795,6 +794,9 @@ async function start() {
     try { await post("/auth/logout", {}); } finally { location.assign("/login.html"); }
   });
   try { await loadMe(); await loadLanguage(); } catch (err) { document.getElementById("error").textContent = String(err.message || err); }
+  // Only now: a view drawn before the user is known would leave out what their role may do, and
+  // the refreshes after it redraw the tables, not the forms. route() reads the hash as it is now.
+  window.addEventListener("hashchange", navigate);
   route();
 }
 start();
