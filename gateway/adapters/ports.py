@@ -157,8 +157,21 @@ def listening_uids(port: int, proc_root: Path = Path("/proc")) -> set[int]:
 
 
 def can_inspect(pid: int, proc_root: Path = Path("/proc")) -> bool:
-    """Whether this process may list ``pid``'s file descriptors (``listens`` needs it)."""
-    return os.access(proc_root / str(pid) / "fd", os.R_OK | os.X_OK)
+    """Whether this process may read where ``pid``'s file descriptors point (``listens`` needs it).
+
+    Tried, not asked with access(2): root with CAP_DAC_OVERRIDE may list another user's
+    /proc/PID/fd, but reading a link needs ptrace access (CAP_SYS_PTRACE), which it may lack."""
+    try:
+        with os.scandir(proc_root / str(pid) / "fd") as entries:
+            for entry in entries:
+                try:
+                    os.readlink(entry.path)
+                except FileNotFoundError:  # closed meanwhile: the next one
+                    continue
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:

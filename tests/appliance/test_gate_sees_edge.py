@@ -1,10 +1,11 @@
-"""The update gate sees the edge it checks though it runs as another user with a hidden /proc.
+"""The update gate sees the edge it checks though it may not look into the edge's process.
 
 On the appliance the edge runs as ``mgw``; mgw-update-commit.service runs as root without
 CAP_KILL or CAP_SYS_PTRACE and with ProtectProc=invisible. It can neither signal the edge nor
 list its sockets. Here the edge stands in as a real process of user ``nobody`` that listens on a
-port and wrote the status file, and the gate's checks run in a real process of user ``daemon``:
-two users that may not look into each other's processes, as on the box.
+port and wrote the status file. The gate's checks run in a real process of user ``daemon`` (another
+user, no capabilities), and in one of root without CAP_SYS_PTRACE (it may list the edge's
+/proc/PID/fd, by CAP_DAC_OVERRIDE, but not read where the descriptors point): as on the box.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import pwd
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +114,40 @@ def _gate_as_daemon(pid: int, port: int, other: int, paths: Paths) -> dict[str, 
     _, code = os.waitpid(child, 0)
     assert code == 0 and text, "the gate's child failed"
     return dict(json.loads(text))
+
+
+CHECK = """import json, sys
+from pathlib import Path
+from gateway.adapters import ports
+from gateway.appliance import update
+from gateway.appliance.status import read_edge_status
+from gateway.paths import Paths
+pid, port, other, runtime = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+paths = Paths(**{**Paths.from_env(str(runtime.parent)).__dict__, "runtime_dir": runtime})
+print(json.dumps({"inspect": ports.can_inspect(pid), "status": read_edge_status(runtime) is not None,
+                  "listens": update._edge_listens(pid, port, paths), "other": update._edge_listens(pid, other, paths)}))
+"""
+
+
+def _gate_as_root_without_ptrace(pid: int, port: int, other: int, paths: Paths) -> dict[str, bool]:
+    """The gate's checks from a process of root whose capabilities lack CAP_SYS_PTRACE (setpriv)."""
+    setpriv = shutil.which("setpriv") or pytest.fail("setpriv (util-linux) not installed")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([setpriv, "--bounding-set=-sys_ptrace", "--", sys.executable, "-c", CHECK, str(pid),
+                          str(port), str(other), str(paths.runtime_dir)],
+                         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_gate_as_root_without_ptrace_sees_the_edge_listening_when_it_may_list_but_not_read_its_descriptors(
+        edge: tuple[int, int, Paths]) -> None:
+    pid, port, paths = edge
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        seen = _gate_as_root_without_ptrace(pid, port, other.getsockname()[1], paths)
+    assert seen == {"inspect": False, "status": True, "listens": True, "other": False}
 
 
 def test_gate_sees_the_edge_alive_and_listening_when_it_may_neither_signal_it_nor_list_its_sockets(
