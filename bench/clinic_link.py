@@ -117,7 +117,7 @@ def edge_tx_bytes() -> int:
 
 
 def storescu(port: int, called: str, host: str, study: Path) -> float:
-    args = in_ns(dcmtk("storescu"), "-aet", "MODALITY", "-aec", called, "--max-pdu", "131072", "+sd",
+    args = in_ns(dcmtk("storescu"), "-aet", "MODALITY", "-aec", called, "--max-pdu", "131072", "+sd", "+r",
                  host, str(port), str(study))
     t0 = time.perf_counter()
     done = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=7200)
