@@ -279,7 +279,7 @@ class LoopbackDeployment:
 
     def kill_fleet(self, worker_id: str = "1") -> None:
         """SIGKILL a fleet instance (``1``: the first): it neither releases its lease nor says goodbye."""
-        self._end(self.fleet if worker_id == "1" else self.fleets.get(worker_id), signal.SIGKILL)
+        self._end_all([self.fleet if worker_id == "1" else self.fleets.get(worker_id)], signal.SIGKILL)
 
     @property
     def dashboard_url(self) -> str:
@@ -317,26 +317,14 @@ class LoopbackDeployment:
         self.edge = self._spawn(["edge", "run", *configs], "edge.log")
         self.await_report(self.edge_dir, "edge", self.edge, wait_s)  # it listens once it reported its ports
 
-    @staticmethod
-    def _end(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
     def kill_edge(self) -> None:
-        self._end(self.edge, signal.SIGKILL)
+        self._end_all([self.edge], signal.SIGKILL)
 
     def kill_cloud(self) -> None:
-        for proc in self.clouds:
-            self._end(proc, signal.SIGKILL)
+        self._end_all([*self.clouds], signal.SIGKILL)
 
     def kill_cloud_worker(self, n: int) -> None:
-        self._end(self.clouds[n], signal.SIGKILL)
+        self._end_all([self.clouds[n]], signal.SIGKILL)
 
     @staticmethod
     def _end_all(procs: list[subprocess.Popen[bytes] | None], sig: int, timeout_s: float = 15.0) -> None:

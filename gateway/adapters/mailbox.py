@@ -68,13 +68,6 @@ class Mailbox(Generic[T]):
     def empty(self) -> bool:
         return self._queue.empty()
 
-    def drop_all(self) -> int:
-        """Discard everything queued; the number discarded."""
-        dropped = 0
-        while self.get() is not None:
-            dropped += 1
-        return dropped
-
     def wait(self, sock: Selectable | None, want_write: bool, timeout_s: float) -> tuple[bool, bool]:
         """select() on ``sock`` (may be None) and the wake-up socket; (readable, writable) of ``sock``.
 
