@@ -320,6 +320,10 @@ class LoopbackDeployment:
     def kill_edge(self) -> None:
         self._end_all([self.edge], signal.SIGKILL)
 
+    def stop_fleet(self) -> None:
+        """The first fleet process, as systemd stops it (SIGTERM)."""
+        self._end_all([self.fleet], signal.SIGTERM)
+
     def kill_cloud(self) -> None:
         self._end_all([*self.clouds], signal.SIGKILL)
 

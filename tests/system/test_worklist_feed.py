@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import re
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,7 +127,7 @@ def _worklist(d: LoopbackDeployment, tmp: Path) -> list[str]:
 
 def _stop_fleet(d: LoopbackDeployment) -> None:
     """The test is the only cloud on the box's worklist topics."""
-    d._end(d.fleet, signal.SIGTERM)
+    d.stop_fleet()
 
 
 def test_box_serves_the_fed_worklist_and_refuses_bad_frames_when_the_cloud_publishes_them(
